@@ -1,0 +1,205 @@
+"""The student and its checkpoint: one directory, JSON config + safetensors, never pickled.
+
+Layout of a checkpoint directory::
+
+    config.json            StudentConfig (see encoders/config.py), human-readable
+    encoder/               shared encoder: Hugging Face save (safetensors + tokenizer files)
+    left_encoder/          ... or one per side when the encoder is not shared
+    right_encoder/
+    student.safetensors    projections (left_projection.*, right_projection.*) and head (head.*)
+
+The encoders are saved with only their K layers, so a checkpoint is self-contained: it never
+needs the pretrained source again. Stage one, stage two and training read this same format.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoModel, AutoTokenizer
+
+from encoders.config import StudentConfig
+from encoders.dual_encoder import DualEncoder
+from encoders.sources import load_pretrained
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "student.safetensors"
+SHARED_ENCODER_DIR = "encoder"
+SIDE_ENCODER_DIRS = {"left": "left_encoder", "right": "right_encoder"}
+
+
+class Student(nn.Module):
+    """Dual encoder + head, built from one StudentConfig.
+
+    ``head`` is None when the config names a head this build does not register and only
+    the encoder side is needed (stage one); scoring requires it.
+    """
+
+    def __init__(self, config: StudentConfig, encoder: DualEncoder, head: nn.Module | None):
+        super().__init__()
+        self.config = config
+        self.encoder = encoder
+        self.head = head
+        self._fingerprint: str | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        """Content hash of the config, tokenizers and every weight (hex sha256, 64 chars).
+        Equal students have equal fingerprints however they were saved or loaded."""
+        if self._fingerprint is None:
+            self._fingerprint = _fingerprint(self)
+        return self._fingerprint
+
+
+def build_student(config: StudentConfig, seed: int = 0) -> Student:
+    """A fresh student from the pretrained encoder named in ``config`` (projections and
+    head randomly initialised with ``seed``)."""
+    left_transformer, left_tokenizer = load_pretrained(config.encoder, config.encoder_layers)
+    if config.shared_encoder:
+        right_transformer, right_tokenizer = left_transformer, left_tokenizer
+    else:
+        right_transformer, right_tokenizer = load_pretrained(config.encoder, config.encoder_layers)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        encoder = DualEncoder(config, left_transformer, right_transformer, left_tokenizer, right_tokenizer)
+        head = _build_head(config, encoder)
+    return Student(config, encoder, head).eval()
+
+
+def save_student(student: Student, directory: str | os.PathLike) -> Path:
+    """Write ``student`` as a checkpoint directory (see module docstring)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = student.config
+    encoder = student.encoder
+    if config.shared_encoder:
+        _save_transformer(encoder.left, directory / SHARED_ENCODER_DIR)
+    else:
+        for side, name in SIDE_ENCODER_DIRS.items():
+            _save_transformer(encoder.side(side), directory / name)
+    tensors = {f"left_projection.{k}": v for k, v in encoder.left.projection.state_dict().items()}
+    tensors.update({f"right_projection.{k}": v for k, v in encoder.right.projection.state_dict().items()})
+    if student.head is not None:
+        tensors.update({f"head.{k}": v for k, v in student.head.state_dict().items()})
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(directory / WEIGHTS_FILE),
+              metadata={"format": "pairscore-student"})
+    (directory / CONFIG_FILE).write_text(config.to_json() + "\n", encoding="utf-8")
+    return directory
+
+
+def load_student(directory: str | os.PathLike) -> Student:
+    """Load a checkpoint written by :func:`save_student`. Raises ValueError naming what is
+    missing or wrong before any weight is read; never unpickles."""
+    directory = Path(directory)
+    config = read_config(directory)
+    encoder_dirs = ([SHARED_ENCODER_DIR] if config.shared_encoder else list(SIDE_ENCODER_DIRS.values()))
+    missing = [name for name in [WEIGHTS_FILE, *encoder_dirs] if not (directory / name).exists()]
+    if missing:
+        raise ValueError(f"checkpoint {str(directory)!r} is incomplete: missing {', '.join(missing)} "
+                         f"(a checkpoint holds {CONFIG_FILE}, {WEIGHTS_FILE} and {' or '.join(encoder_dirs)}/)")
+    transformers_and_tokenizers = [_load_transformer(directory / name) for name in encoder_dirs]
+    left, right = transformers_and_tokenizers[0], transformers_and_tokenizers[-1]
+    encoder = DualEncoder(config, left[0], right[0], left[1], right[1])
+    head = _build_head(config, encoder)
+    tensors = load_file(str(directory / WEIGHTS_FILE))
+    _load_part(encoder.left.projection, tensors, "left_projection.", directory)
+    _load_part(encoder.right.projection, tensors, "right_projection.", directory)
+    if head is not None:
+        _load_part(head, tensors, "head.", directory)
+    return Student(config, encoder, head).eval()
+
+
+def read_config(directory: str | os.PathLike) -> StudentConfig:
+    """The StudentConfig of a checkpoint directory, with errors that name the directory."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ValueError(f"model directory {str(directory)!r} does not exist")
+    path = directory / CONFIG_FILE
+    if not path.is_file():
+        raise ValueError(f"checkpoint {str(directory)!r} is incomplete: missing {CONFIG_FILE}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        config = StudentConfig.from_dict(data)
+    except (json.JSONDecodeError, TypeError, ValueError) as err:
+        raise ValueError(f"checkpoint config {str(path)!r} is invalid: {err}") from err
+    _check_head_name(config, directory)
+    return config
+
+
+def load_or_build_student(model_dir: str | os.PathLike | None, default: StudentConfig) -> Student:
+    """The student a job runs: the checkpoint at ``model_dir``, or ``default`` built from
+    its pretrained encoder when no directory is given."""
+    return load_student(model_dir) if model_dir else build_student(default)
+
+
+def _check_head_name(config: StudentConfig, directory: Path) -> None:
+    from heads import HEAD_NAMES  # heads are plain PyTorch; imported late to keep this module light
+    if config.head not in HEAD_NAMES:
+        raise ValueError(f"checkpoint {str(directory)!r} names unknown head {config.head!r}; "
+                         f"known heads: {', '.join(HEAD_NAMES)}")
+
+
+def _build_head(config: StudentConfig, encoder: DualEncoder) -> nn.Module:
+    from heads import build_head
+    return build_head(config.head, dim=encoder.left.output_dim, left_tokens=config.left_tokens,
+                      right_tokens=config.right_tokens, num_outputs=config.num_outputs,
+                      **config.head_options)
+
+
+def _save_transformer(side, target: Path) -> None:
+    side.transformer.save_pretrained(target, safe_serialization=True)
+    side.tokenizer.save_pretrained(target)
+
+
+def _load_transformer(source: Path):
+    model = AutoModel.from_pretrained(source, use_safetensors=True)
+    if getattr(model, "pooler", None) is not None:
+        model.pooler = None  # see encoders/sources.py: never used
+    return model, AutoTokenizer.from_pretrained(source, use_fast=True)
+
+
+def _load_part(module: nn.Module, tensors: dict[str, torch.Tensor], prefix: str, directory: Path) -> None:
+    part = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    expected = set(module.state_dict())
+    if set(part) != expected:
+        raise ValueError(f"checkpoint {str(directory)!r}: {WEIGHTS_FILE} does not match the config for "
+                         f"{prefix.rstrip('.')}: missing {sorted(expected - set(part))}, "
+                         f"unexpected {sorted(set(part) - expected)}")
+    module.load_state_dict(part, strict=True)
+
+
+def _fingerprint(student: Student) -> str:
+    digest = hashlib.sha256()
+    digest.update(student.config.to_json().encode())
+    sides = [student.encoder.left] if student.config.shared_encoder else [student.encoder.left, student.encoder.right]
+    for side in sides:
+        digest.update(_tokenizer_identity(side.tokenizer).encode())
+    parts = {"encoder.left.": student.encoder.left.transformer}
+    if not student.config.shared_encoder:
+        parts["encoder.right."] = student.encoder.right.transformer
+    parts["left_projection."] = student.encoder.left.projection
+    parts["right_projection."] = student.encoder.right.projection
+    if student.head is not None:
+        parts["head."] = student.head
+    for prefix, module in parts.items():
+        for name, tensor in sorted(module.state_dict().items()):
+            digest.update(f"{prefix}{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _tokenizer_identity(tokenizer) -> str:
+    """The tokenizer's vocabulary and rules, without the truncation/padding state that
+    every call changes."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return json.dumps(sorted(tokenizer.get_vocab().items()))
+    spec = json.loads(backend.to_str())
+    spec.pop("truncation", None)
+    spec.pop("padding", None)
+    return json.dumps(spec, sort_keys=True)

@@ -1,0 +1,177 @@
+"""The dual encoder: each side's transformer, first/last-N token selection, projection to D.
+
+Shapes: B texts in a batch, T tokens after tokenization (padded), H the encoder's hidden
+size, N the tokens kept for the side, D the projected size.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from encoders.config import StudentConfig, Side
+
+
+@dataclass(frozen=True)
+class TokenizedText:
+    """One text after tokenization: its token ids (special tokens included, at most the
+    side's max length) and whether the tokenizer had to cut it."""
+    ids: list[int]
+    truncated: bool
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.ids)
+
+
+@dataclass
+class TokenizedBatch:
+    """Padded model input. input_ids, attention_mask: (B, T) int64."""
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+
+    def to(self, device: torch.device | str) -> "TokenizedBatch":
+        return TokenizedBatch(self.input_ids.to(device), self.attention_mask.to(device))
+
+
+@dataclass
+class EncodedSide:
+    """Encoder output for a batch of texts of one side.
+
+    tokens: (B, N, D) projected token embeddings; rows past a text's length are zero.
+    mask:   (B, N) bool, True where ``tokens`` holds a real token.
+    pooled: (B, H) L2-normalised mean of the unprojected token states, or None.
+    """
+    tokens: torch.Tensor
+    mask: torch.Tensor
+    pooled: torch.Tensor | None
+
+
+def tokenize(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int
+             ) -> list[TokenizedText]:
+    """Tokenize without padding (batches are padded later, after sorting by length)."""
+    encoded = tokenizer(list(texts), truncation=True, max_length=max_length, padding=False)
+    if encoded.encodings is not None:
+        # Fast tokenizers record what truncation cut off; that is the exact signal.
+        truncated = [bool(e.overflowing) for e in encoded.encodings]
+    else:
+        # Slow tokenizers do not; a text that fills the max length is counted as cut.
+        truncated = [len(ids) >= max_length for ids in encoded["input_ids"]]
+    return [TokenizedText(ids, cut) for ids, cut in zip(encoded["input_ids"], truncated)]
+
+
+def collate(texts: Sequence[TokenizedText], pad_token_id: int) -> TokenizedBatch:
+    """Pad to the longest text of this batch only, so sorted batches pay little padding."""
+    longest = max(t.num_tokens for t in texts)
+    input_ids = torch.full((len(texts), longest), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(texts), longest), dtype=torch.long)
+    for row, text in enumerate(texts):
+        input_ids[row, :text.num_tokens] = torch.tensor(text.ids, dtype=torch.long)
+        attention_mask[row, :text.num_tokens] = 1
+    return TokenizedBatch(input_ids, attention_mask)
+
+
+def select_tokens(states: torch.Tensor, attention_mask: torch.Tensor, count: int, selection: str
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep ``count`` token states per text.
+
+    states: (B, T, H); attention_mask: (B, T). Returns (B, count, H) states, left-aligned,
+    and a (B, count) bool mask. ``first`` keeps positions 0..count-1 ([CLS] first); ``last``
+    keeps the text's final ``count`` real tokens ([SEP] last). Texts shorter than ``count``
+    get zero states and False mask past their length.
+    """
+    batch, length, hidden = states.shape
+    lengths = attention_mask.sum(dim=1)                                    # (B,)
+    slots = torch.arange(count, device=states.device)                      # (count,)
+    if selection == "first":
+        positions = slots.expand(batch, count)
+    elif selection == "last":
+        start = (lengths - count).clamp(min=0)                             # (B,)
+        positions = start[:, None] + slots[None, :]
+    else:
+        raise ValueError(f"token selection {selection!r} is not allowed: choose first or last")
+    mask = slots[None, :] < lengths.clamp(max=count)[:, None]              # (B, count)
+    gathered = states.gather(1, positions.clamp(max=length - 1)[:, :, None].expand(batch, count, hidden))
+    return gathered * mask[:, :, None].to(states.dtype), mask
+
+
+class SideEncoder(nn.Module):
+    """One side of the dual encoder: transformer (first K layers) -> keep N tokens -> project.
+
+    The projection is shared by every token of the side (DiPair 3.4). ``transformer`` may be
+    the same module object as the other side's when the encoder is shared.
+    """
+
+    def __init__(self, transformer: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                 num_tokens: int, max_length: int, selection: str, dim: int | None, pooled: bool):
+        super().__init__()
+        self.transformer = transformer
+        self.tokenizer = tokenizer
+        self.num_tokens = num_tokens
+        self.max_length = max_length
+        self.selection = selection
+        self.keep_pooled = pooled
+        hidden = transformer.config.hidden_size
+        self.projection = nn.Identity() if dim is None else nn.Linear(hidden, dim)
+        self.output_dim = hidden if dim is None else dim
+
+    def tokenize(self, texts: Sequence[str]) -> list[TokenizedText]:
+        return tokenize(self.tokenizer, texts, self.max_length)
+
+    def collate(self, texts: Sequence[TokenizedText]) -> TokenizedBatch:
+        return collate(texts, self.tokenizer.pad_token_id or 0)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> EncodedSide:
+        """input_ids, attention_mask: (B, T) -> EncodedSide with (B, N, D) tokens."""
+        states = self.transformer(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        kept, mask = select_tokens(states, attention_mask, self.num_tokens, self.selection)
+        # Projecting after selection costs N rows per text instead of T; padded rows stay zero.
+        tokens = self.projection(kept) * mask[:, :, None].to(kept.dtype)
+        pooled = mean_pool(states, attention_mask) if self.keep_pooled else None
+        return EncodedSide(tokens=tokens, mask=mask, pooled=pooled)
+
+    @torch.inference_mode()
+    def encode(self, texts: Sequence[str], batch_size: int = 64) -> EncodedSide:
+        """Encode raw texts in input order (plain PyTorch, no sorting): the reference path."""
+        device = next(self.parameters()).device
+        parts = []
+        for start in range(0, len(texts), batch_size):
+            batch = self.collate(self.tokenize(texts[start:start + batch_size])).to(device)
+            parts.append(self(batch.input_ids, batch.attention_mask))
+        return EncodedSide(
+            tokens=torch.cat([p.tokens for p in parts]),
+            mask=torch.cat([p.mask for p in parts]),
+            pooled=torch.cat([p.pooled for p in parts]) if self.keep_pooled else None,
+        )
+
+
+def mean_pool(states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, T, H), (B, T) -> (B, H): mean over real tokens, L2-normalised (the
+    sentence-transformers pooling of all-MiniLM-L6-v2)."""
+    weights = attention_mask.to(states.dtype)[:, :, None]
+    summed = (states * weights).sum(dim=1)
+    mean = summed / weights.sum(dim=1).clamp(min=1.0)
+    return nn.functional.normalize(mean, dim=-1)
+
+
+class DualEncoder(nn.Module):
+    """The two sides. With ``shared_encoder`` both sides hold the same transformer."""
+
+    def __init__(self, config: StudentConfig, left_transformer: PreTrainedModel,
+                 right_transformer: PreTrainedModel, left_tokenizer: PreTrainedTokenizerBase,
+                 right_tokenizer: PreTrainedTokenizerBase):
+        super().__init__()
+        self.left = SideEncoder(left_transformer, left_tokenizer, config.left_tokens,
+                                config.left_max_length, config.token_selection, config.dim, config.pooled)
+        self.right = SideEncoder(right_transformer, right_tokenizer, config.right_tokens,
+                                 config.right_max_length, config.token_selection, config.dim, config.pooled)
+
+    def side(self, side: Side) -> SideEncoder:
+        if side == "left":
+            return self.left
+        if side == "right":
+            return self.right
+        raise ValueError(f"side={side!r} is not allowed: choose left or right")

@@ -1,0 +1,153 @@
+"""Stage one: encode every unique text of a table once and write an embedding store.
+
+    python -m jobs.encode_texts --input texts.jsonl --text-col text --side left --output store/
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+
+import apache_beam as beam
+import click
+from apache_beam.io.filesystems import FileSystems
+
+from encoders.checkpoint import Student, load_or_build_student
+from encoders.config import baseline_config
+from jobs.common import BEAM_EPILOG, JOB_CONTEXT, run_job
+from pipeline.encode import DEAD_LETTER_TAG, DedupeTexts, EncodeSettings, EncodeTexts, ReadRows, TextColumns, pick_device
+from pipeline.outputs import WriteDeadLetters, WriteStore, prepare_output_dir
+from pipeline.readers import FORMATS, check_columns, expand_inputs
+from pipeline.runner import make_pipeline, validate_beam_args
+from pipeline.store import DTYPES, MANIFEST_FILE, StoreLayout, StoreManifest, count_rows, store_files
+from pipeline.summary import RunSummary, read_counters, split_dead_letters
+
+JOB_NAME = "encode_texts"
+
+
+@dataclass(frozen=True)
+class EncodeTextsJob:
+    """Everything one stage-one run needs; built once from the command line."""
+    inputs: tuple[str, ...]
+    output: str
+    text_col: str = "text"
+    id_col: str | None = None
+    side: str = "left"
+    model_dir: str | None = None
+    format: str | None = None
+    overwrite: bool = False
+    batch_size: int = 128
+    dtype: str = "float16"
+    device: str = "auto"
+
+
+def store_layout(student: Student, side: str, dtype: str) -> StoreLayout:
+    encoder = student.encoder.side(side)
+    pooled_dim = encoder.transformer.config.hidden_size if student.config.pooled else None
+    return StoreLayout(side=side, tokens_kept=encoder.num_tokens, dim=encoder.output_dim,
+                       dtype=dtype, pooled_dim=pooled_dim)
+
+
+def run(job: EncodeTextsJob, beam_args: list[str], argv: list[str] | None = None) -> RunSummary:
+    """Check everything that can be checked, run the pipeline, write manifest and summary."""
+    validate_beam_args(beam_args)
+    pick_device(job.device)
+    files = expand_inputs(job.inputs, job.format)
+    columns = TextColumns(text=job.text_col, id=job.id_col)
+    check_columns(files, [c for c in (columns.text, columns.id) if c])
+    student = load_or_build_student(job.model_dir, baseline_config())
+    layout = store_layout(student, job.side, job.dtype)
+    prepare_output_dir(job.output, job.overwrite)
+
+    started = time.monotonic()
+    pipeline = make_pipeline(beam_args)
+    read = pipeline | "ReadRows" >> ReadRows(files)
+    deduped = read.rows | "DedupeTexts" >> DedupeTexts(columns)
+    settings = EncodeSettings(model_dir=job.model_dir, side=job.side, batch_size=job.batch_size,
+                              dtype=job.dtype, device=job.device)
+    (deduped["unique"]
+     | "EncodeTexts" >> EncodeTexts(settings, layout)
+     | "WriteStore" >> WriteStore(job.output, layout))
+    ((read[DEAD_LETTER_TAG], deduped[DEAD_LETTER_TAG])
+     | "AllDeadLetters" >> beam.Flatten()
+     | "WriteDeadLetters" >> WriteDeadLetters(job.output))
+    result = pipeline.run()
+    result.wait_until_finish()
+
+    written = store_files(job.output)
+    store_rows = count_rows(written)
+    manifest = StoreManifest(
+        model_fingerprint=student.fingerprint, encoder=student.config.encoder, side=job.side,
+        tokens_kept=layout.tokens_kept, dim=layout.dim, dtype=layout.dtype, pooled_dim=layout.pooled_dim,
+        token_selection=student.config.token_selection, max_length=student.config.max_length(job.side),
+        rows=store_rows, files=[FileSystems.split(p)[1] for p in written])
+    with FileSystems.create(FileSystems.join(job.output, MANIFEST_FILE)) as handle:
+        handle.write((manifest.to_json() + "\n").encode("utf-8"))
+
+    counters, dead_letters = split_dead_letters(read_counters(result))
+    counts = {
+        "rows_read": counters.get("rows_read", 0),
+        "rows_kept": counters.get("rows_kept", 0),
+        "rows_duplicate": counters.get("rows_duplicate", 0),
+        "rows_dead_lettered": sum(dead_letters.values()),
+        "texts_encoded": counters.get("texts_encoded", 0),
+        "texts_truncated": counters.get("texts_truncated", 0),
+        "store_rows": store_rows,
+    }
+    accounted = counts["rows_kept"] + counts["rows_duplicate"] + counts["rows_dead_lettered"]
+    if accounted != counts["rows_read"] or store_rows != counts["rows_kept"]:
+        # A bundle that did not fail must be complete: never report a run that lost rows as done.
+        raise RuntimeError(f"row accounting failed: read {counts['rows_read']}, kept {counts['rows_kept']} + "
+                           f"duplicates {counts['rows_duplicate']} + dead-lettered {counts['rows_dead_lettered']}"
+                           f" = {accounted}; store rows {store_rows}")
+    notes = []
+    if job.model_dir is None:
+        notes.append("no --model: the zero-training baseline (packaged all-MiniLM-L6-v2, [CLS] token + "
+                     "mean-pooled sentence embedding); train a student for DiPair tokens")
+    summary = RunSummary(
+        job=JOB_NAME, arguments=list(argv if argv is not None else sys.argv[1:]), output=job.output,
+        model_fingerprints={"model": student.fingerprint}, wall_seconds=round(time.monotonic() - started, 3),
+        counts=counts, dead_letters=dead_letters,
+        reconciliation=(f"rows read {counts['rows_read']:,} = kept {counts['rows_kept']:,} + duplicates "
+                        f"{counts['rows_duplicate']:,} + dead-lettered {counts['rows_dead_lettered']:,}"),
+        notes=notes)
+    summary.write()
+    return summary
+
+
+@click.command(context_settings=JOB_CONTEXT, epilog=BEAM_EPILOG)
+@click.option("--input", "inputs", multiple=True, required=True, metavar="PATH",
+              help="Input table: a path, glob or Beam filesystem path (gs://, s3://); repeat for more. "
+                   "Format from the extension: .parquet, .jsonl, .csv, .tsv, the last three optionally .zst.")
+@click.option("--format", type=click.Choice(FORMATS), default=None,
+              help="Read every input as this format, whatever its extension.")
+@click.option("--text-col", default="text", show_default=True, help="Column holding the text.")
+@click.option("--id-col", default=None,
+              help="Column holding the text's id. Without it, a text's id is a stable hash of its content.")
+@click.option("--side", type=click.Choice(["left", "right"]), default="left", show_default=True,
+              help="Which side of the pairs these texts are: left keeps N tokens, right keeps M.")
+@click.option("--model", "model_dir", default=None, metavar="DIR",
+              help="Student checkpoint directory. Default: the zero-training baseline on the packaged "
+                   "all-MiniLM-L6-v2.")
+@click.option("--output", required=True, metavar="STORE_DIR",
+              help="Store directory to create: part-*.parquet, _MANIFEST.json, dead_letter/, _SUMMARY.json.")
+@click.option("--overwrite", is_flag=True, help="Replace the contents of a non-empty --output.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True,
+              help="Texts per encoder batch (texts are sorted by length first, so padding stays small).")
+@click.option("--dtype", type=click.Choice(DTYPES), default="float16", show_default=True,
+              help="Embedding storage: float16, or int8 with a per-row scale (half the bytes).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where the encoder runs; auto = CUDA when present (with mixed precision).")
+@click.pass_context
+def main(ctx: click.Context, **flags) -> None:
+    """Encode every unique text once and write an embedding store (stage one)."""
+    job = EncodeTextsJob(inputs=tuple(flags.pop("inputs")), **flags)
+
+    def go() -> None:
+        summary = run(job, list(ctx.args))
+        click.echo(summary.table())
+    run_job(go)
+
+
+if __name__ == "__main__":
+    main()

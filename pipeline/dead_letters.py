@@ -1,0 +1,64 @@
+"""Dead letters: rows that could not be used, kept with the reason why.
+
+Every job writes them to ``DIR/dead_letter/*.parquet`` with one fixed schema so that all
+files of a run (and of every job) read as one table:
+
+========  ======================================================================
+column    meaning
+========  ======================================================================
+reason    short machine-readable code, one of the ``REASON_*`` constants below
+detail    one human sentence: what was wrong, with the offending value
+source    where the row came from: ``path:line`` (text files) or ``path:row`` (Parquet)
+row       the original row's fields as a JSON object (invalid bytes shown as U+FFFD)
+========  ======================================================================
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, NamedTuple
+
+import pyarrow as pa
+
+# Reading
+REASON_INVALID_UTF8 = "invalid_utf8"
+REASON_INVALID_JSON = "invalid_json"
+REASON_NOT_AN_OBJECT = "not_a_json_object"
+REASON_BAD_FIELD_COUNT = "bad_field_count"
+# Text values
+REASON_NULL_TEXT = "null_text"
+REASON_EMPTY_TEXT = "empty_text"
+REASON_NON_STRING_TEXT = "non_string_text"
+REASON_NULL_ID = "null_id"
+REASON_INVALID_ID = "invalid_id"
+REASON_CONFLICTING_ID = "conflicting_id"
+
+DEAD_LETTER_SCHEMA = pa.schema([
+    ("reason", pa.string()),
+    ("detail", pa.string()),
+    ("source", pa.string()),
+    ("row", pa.string()),
+])
+
+
+class DeadLetter(NamedTuple):
+    """One unusable row. ``row`` holds the original fields, as read."""
+    reason: str
+    detail: str
+    source: str
+    row: dict
+
+    def to_record(self) -> dict[str, str]:
+        """The row as written to ``dead_letter/*.parquet`` (see module docstring)."""
+        return {
+            "reason": self.reason,
+            "detail": self.detail,
+            "source": self.source,
+            "row": json.dumps(self.row, ensure_ascii=False, default=_json_fallback, sort_keys=True),
+        }
+
+
+def _json_fallback(value: Any) -> str:
+    """Render values JSON cannot hold (bytes, numpy scalars, timestamps) readably."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return repr(value) if not hasattr(value, "isoformat") else value.isoformat()

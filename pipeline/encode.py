@@ -1,0 +1,303 @@
+"""Stage one as Beam transforms: read rows -> texts -> dedupe -> encode by length -> store.
+
+The logic lives in plain functions and the DoFns below; the composite transforms only wire
+them together. Every input row ends in exactly one place, counted by a Beam counter:
+kept (one store row per unique id), a duplicate of a kept row, or a dead letter.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Iterator, NamedTuple, Sequence
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.windowed_value import WindowedValue
+
+from pipeline import dead_letters as dl
+from pipeline.dead_letters import DeadLetter
+from pipeline.readers import InputFile, SourcedRow, read_rows
+from pipeline.store import StoreLayout, encode_token_block
+from pipeline.text_ids import text_id
+
+COUNTER_NAMESPACE = "pairscore"
+DEAD_LETTER_TAG = "dead_letter"
+
+
+def counter(name: str):
+    return Metrics.counter(COUNTER_NAMESPACE, name)
+
+
+def dead_letter_counter(reason: str):
+    return counter(f"dead_letter.{reason}")
+
+
+# --------------------------------------------------------------------------- reading
+
+class _ReadFileDoFn(beam.DoFn):
+    """InputFile -> SourcedRow, with malformed records to the dead-letter output."""
+
+    def __init__(self):
+        self.rows_read = counter("rows_read")
+
+    def process(self, file: InputFile) -> Iterator:
+        for item in read_rows(file):
+            self.rows_read.inc()
+            if isinstance(item, DeadLetter):
+                dead_letter_counter(item.reason).inc()
+                yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, item)
+            else:
+                yield item
+
+
+class ReadRows(beam.PTransform):
+    """Read every row of the input files. Outputs: main (SourcedRow), ``dead_letter``.
+
+    Files are read one per element after a reshuffle, so several files read in parallel.
+    """
+
+    def __init__(self, files: Sequence[InputFile]):
+        super().__init__()
+        self._files = list(files)
+
+    def expand(self, pbegin):
+        return (pbegin
+                | "ListFiles" >> beam.Create(self._files)
+                | "SpreadFiles" >> beam.Reshuffle()
+                | "ReadFiles" >> beam.ParDo(_ReadFileDoFn()).with_outputs(DEAD_LETTER_TAG, main="rows"))
+
+
+# --------------------------------------------------------------------------- texts
+
+@dataclass(frozen=True)
+class TextColumns:
+    """Which fields of a row hold the text and (optionally) its id."""
+    text: str
+    id: str | None = None
+
+
+class TextRow(NamedTuple):
+    """A row whose text is usable, with its id (given or derived) and where it came from."""
+    id: str
+    text: str
+    row: SourcedRow
+
+
+def extract_text(row: SourcedRow, columns: TextColumns) -> TextRow | DeadLetter:
+    """Validate one row's text (and id). Returns the usable TextRow, or the reason it is not."""
+    def reject(reason: str, detail: str) -> DeadLetter:
+        return DeadLetter(reason, detail, row.source, row.fields)
+
+    text = row.fields.get(columns.text)
+    if text is None:
+        missing = columns.text not in row.fields
+        return reject(dl.REASON_NULL_TEXT, f"text column {columns.text!r} is "
+                                           + ("absent from this row" if missing else "null"))
+    if not isinstance(text, str):
+        return reject(dl.REASON_NON_STRING_TEXT,
+                      f"text column {columns.text!r} holds a {type(text).__name__}, not a string: {text!r:.80}")
+    if not text.strip():
+        return reject(dl.REASON_EMPTY_TEXT, f"text column {columns.text!r} is empty or only whitespace")
+    if columns.id is None:
+        return TextRow(text_id(text), text, row)
+    raw_id = row.fields.get(columns.id)
+    if raw_id is None:
+        return reject(dl.REASON_NULL_ID, f"id column {columns.id!r} is null or absent")
+    if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
+        return reject(dl.REASON_INVALID_ID,
+                      f"id column {columns.id!r} holds a {type(raw_id).__name__}; ids are strings or integers")
+    if isinstance(raw_id, str) and not raw_id.strip():
+        return reject(dl.REASON_INVALID_ID, f"id column {columns.id!r} is empty")
+    return TextRow(str(raw_id), text, row)
+
+
+class _ExtractTextDoFn(beam.DoFn):
+    def __init__(self, columns: TextColumns):
+        self._columns = columns
+
+    def process(self, row: SourcedRow) -> Iterator:
+        result = extract_text(row, self._columns)
+        if isinstance(result, DeadLetter):
+            dead_letter_counter(result.reason).inc()
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, result)
+        else:
+            yield result.id, result
+
+
+class UniqueText(NamedTuple):
+    """A text to encode once, and the ids (one or more) that name it."""
+    text: str
+    ids: tuple[str, ...]
+
+
+def resolve_id(id_: str, rows: Iterable[TextRow]) -> tuple[UniqueText | None, int, list[DeadLetter]]:
+    """All rows that share one id -> (the unique text, duplicate row count, dead letters).
+
+    Rows repeating the same text are duplicates of the first. An id given with two or more
+    different texts is ambiguous: every one of its rows is dead-lettered, none is kept.
+    """
+    rows = list(rows)
+    texts = {r.text for r in rows}
+    if len(texts) == 1:
+        return UniqueText(rows[0].text, (id_,)), len(rows) - 1, []
+    detail = f"id {id_!r} is given with {len(texts)} different texts in {len(rows)} rows"
+    return None, 0, [DeadLetter(dl.REASON_CONFLICTING_ID, detail, r.row.source, r.row.fields) for r in rows]
+
+
+class _ResolveIdDoFn(beam.DoFn):
+    def __init__(self):
+        self.kept = counter("rows_kept")
+        self.duplicates = counter("rows_duplicate")
+
+    def process(self, element) -> Iterator:
+        id_, rows = element
+        unique, duplicates, rejected = resolve_id(id_, rows)
+        self.duplicates.inc(duplicates)
+        for letter in rejected:
+            dead_letter_counter(letter.reason).inc()
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, letter)
+        if unique is not None:
+            self.kept.inc()
+            yield unique
+
+
+def _merge_ids(element) -> UniqueText:
+    """(text hash, [UniqueText with one id each]) -> one UniqueText carrying every id."""
+    _, uniques = element
+    uniques = list(uniques)
+    return UniqueText(uniques[0].text, tuple(sorted(i for u in uniques for i in u.ids)))
+
+
+class DedupeTexts(beam.PTransform):
+    """SourcedRow -> UniqueText (each distinct text once). Outputs: main, ``dead_letter``.
+
+    Without an id column the id is the text's hash, so one grouping both dedupes and
+    identifies. With one, rows are grouped by id (duplicates and conflicts), then ids that
+    share a text are grouped so the text is still encoded once.
+    """
+
+    def __init__(self, columns: TextColumns):
+        super().__init__()
+        self._columns = columns
+
+    def expand(self, rows):
+        texts = rows | "ExtractText" >> beam.ParDo(_ExtractTextDoFn(self._columns)).with_outputs(
+            DEAD_LETTER_TAG, main="texts")
+        resolved = (texts.texts
+                    | "GroupById" >> beam.GroupByKey()
+                    | "ResolveIds" >> beam.ParDo(_ResolveIdDoFn()).with_outputs(DEAD_LETTER_TAG, main="unique"))
+        unique = resolved.unique
+        if self._columns.id is not None:
+            unique = (unique
+                      | "KeyByText" >> beam.Map(lambda u: (text_id(u.text), u))
+                      | "GroupByText" >> beam.GroupByKey()
+                      | "MergeIds" >> beam.Map(_merge_ids))
+        dead = (texts[DEAD_LETTER_TAG], resolved[DEAD_LETTER_TAG]) | "MergeDeadLetters" >> beam.Flatten()
+        return {"unique": unique, DEAD_LETTER_TAG: dead}
+
+
+# --------------------------------------------------------------------------- encoding
+
+@dataclass(frozen=True)
+class EncodeSettings:
+    """How stage one runs the encoder. ``model_dir`` None = the zero-training baseline."""
+    model_dir: str | None
+    side: str
+    batch_size: int = 128
+    dtype: str = "float16"
+    device: str = "auto"
+    # Texts tokenized and sorted by length together before being cut into batches; larger
+    # windows pad less, at the cost of holding more texts in memory.
+    sort_window: int = 4096
+
+
+def pick_device(name: str) -> str:
+    import torch
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
+    return name
+
+
+class _EncodeTextsDoFn(beam.DoFn):
+    """UniqueText -> pyarrow Tables of store rows, one per sort window.
+
+    The model loads once per worker in ``setup``. Texts are buffered, tokenized together,
+    sorted by token count and cut into batches, so each batch pads only to its own longest
+    text; this is where length batching pays.
+    """
+
+    def __init__(self, settings: EncodeSettings, layout: StoreLayout):
+        self._settings = settings
+        self._layout = layout
+        self._schema = layout.schema()
+        self.encoded = counter("texts_encoded")
+        self.truncated = counter("texts_truncated")
+
+    def setup(self):
+        import torch
+        from encoders.checkpoint import load_or_build_student
+        from encoders.config import baseline_config
+
+        self._torch = torch
+        self._device = pick_device(self._settings.device)
+        student = load_or_build_student(self._settings.model_dir, baseline_config())
+        self._encoder = student.encoder.side(self._settings.side).to(self._device).eval()
+        # Mixed precision on GPU: the encoder is the cost of stage one, and fp16 stores lose nothing.
+        self._autocast = self._device == "cuda"
+
+    def start_bundle(self):
+        self._buffer: list[UniqueText] = []
+
+    def process(self, unique: UniqueText) -> Iterator[pa.Table]:
+        self._buffer.append(unique)
+        if len(self._buffer) >= self._settings.sort_window:
+            yield self._flush()
+
+    def finish_bundle(self):
+        if self._buffer:
+            yield WindowedValue(self._flush(), GlobalWindow().max_timestamp(), [GlobalWindow()])
+
+    def _flush(self) -> pa.Table:
+        texts, self._buffer = self._buffer, []
+        tokenized = self._encoder.tokenize([t.text for t in texts])
+        order = sorted(range(len(texts)), key=lambda i: tokenized[i].num_tokens)
+        columns: dict[str, list] = {name: [] for name in self._schema.names}
+        for start in range(0, len(order), self._settings.batch_size):
+            batch_index = order[start:start + self._settings.batch_size]
+            batch = self._encoder.collate([tokenized[i] for i in batch_index]).to(self._device)
+            with self._torch.inference_mode(), self._torch.autocast("cuda", enabled=self._autocast):
+                encoded = self._encoder(batch.input_ids, batch.attention_mask)
+            token_bytes, scales = encode_token_block(encoded.tokens.float().cpu().numpy(), self._layout.dtype)
+            pooled = (encoded.pooled.float().cpu().numpy().astype("<f2") if encoded.pooled is not None else None)
+            for position, i in enumerate(batch_index):
+                unique, tok = texts[i], tokenized[i]
+                self.encoded.inc()
+                if tok.truncated:
+                    self.truncated.inc()
+                for id_ in unique.ids:  # ids sharing a text share its embedding
+                    columns["id"].append(id_)
+                    columns["text_hash"].append(text_id(unique.text))
+                    columns["num_tokens"].append(tok.num_tokens)
+                    columns["truncated"].append(tok.truncated)
+                    columns["tokens"].append(token_bytes[position])
+                    if scales is not None:
+                        columns["token_scale"].append(float(scales[position]))
+                    if pooled is not None:
+                        columns["pooled"].append(pooled[position].tobytes())
+        return pa.Table.from_pydict(columns, schema=self._schema)
+
+
+class EncodeTexts(beam.PTransform):
+    """UniqueText -> pyarrow Tables of store rows (see pipeline/store.py for the schema)."""
+
+    def __init__(self, settings: EncodeSettings, layout: StoreLayout):
+        super().__init__()
+        self._settings = settings
+        self._layout = layout
+
+    def expand(self, unique_texts):
+        return unique_texts | "EncodeByLength" >> beam.ParDo(_EncodeTextsDoFn(self._settings, self._layout))

@@ -1,0 +1,66 @@
+"""The run summary: Beam counters turned into the counts schedulers read and people see."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics.metric import MetricsFilter
+
+from pipeline.encode import COUNTER_NAMESPACE
+from pipeline.outputs import SUMMARY_FILE
+
+DEAD_LETTER_PREFIX = "dead_letter."
+
+
+def read_counters(result) -> dict[str, int]:
+    """All ``pairscore`` counters of a finished pipeline, summed over steps."""
+    counts: dict[str, int] = {}
+    query = result.metrics().query(MetricsFilter().with_namespace(COUNTER_NAMESPACE))
+    for metric in query["counters"]:
+        value = metric.committed if metric.committed is not None else metric.attempted
+        counts[metric.key.metric.name] = counts.get(metric.key.metric.name, 0) + int(value or 0)
+    return counts
+
+
+def split_dead_letters(counters: dict[str, int]) -> tuple[dict[str, int], dict[str, int]]:
+    """(plain counts, dead letters by reason)."""
+    plain = {k: v for k, v in counters.items() if not k.startswith(DEAD_LETTER_PREFIX)}
+    by_reason = {k[len(DEAD_LETTER_PREFIX):]: v for k, v in counters.items() if k.startswith(DEAD_LETTER_PREFIX)}
+    return plain, dict(sorted(by_reason.items()))
+
+
+@dataclass
+class RunSummary:
+    """What ``DIR/_SUMMARY.json`` holds (CLI contract): job, arguments, fingerprints, wall time,
+    counts (rows read, written, deduplicated, dead-lettered by reason)."""
+    job: str
+    arguments: list[str]
+    output: str
+    model_fingerprints: dict[str, str]
+    wall_seconds: float
+    counts: dict[str, int]
+    dead_letters: dict[str, int]
+    reconciliation: str
+    notes: list[str] = field(default_factory=list)
+
+    def write(self) -> str:
+        path = FileSystems.join(self.output, SUMMARY_FILE)
+        with FileSystems.create(path) as handle:
+            handle.write((json.dumps(asdict(self), indent=2) + "\n").encode("utf-8"))
+        return path
+
+    def table(self) -> str:
+        """A short table for people, the same numbers as the JSON."""
+        width = max([len(k) for k in self.counts] + [len(k) + 2 for k in self.dead_letters] + [20])
+        lines = [f"{self.job}: done in {self.wall_seconds:.1f} s -> {self.output}"]
+        lines += [f"  {name:<{width}} {value:>12,}" for name, value in self.counts.items()]
+        lines += [f"    {reason:<{width - 2}} {value:>12,}" for reason, value in self.dead_letters.items()]
+        lines.append(f"  {self.reconciliation}")
+        for name, fingerprint in self.model_fingerprints.items():
+            lines.append(f"  {name}: {fingerprint[:16]}")
+        lines += [f"  note: {note}" for note in self.notes]
+        return "\n".join(lines)
+
+

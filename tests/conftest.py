@@ -1,0 +1,57 @@
+"""Shared fixtures: tiny random encoders (fast), the packaged MiniLM (realism), shared data."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# Nothing may download during tests.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data, or a skip that says why (CI always has it)."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data not found at {SHARED_DATA}; these tests read real pairs from there")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_dir(tmp_path_factory) -> str:
+    """A 3-layer, 32-wide random BERT with the packaged MiniLM tokenizer, saved as a local
+    Hugging Face directory (safetensors)."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from encoders.sources import DEFAULT_ENCODER, resolve_encoder
+
+    target = tmp_path_factory.mktemp("tiny-encoder")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_encoder(DEFAULT_ENCODER))
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=3,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=256)
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(target, safe_serialization=True)
+    tokenizer.save_pretrained(target)
+    return str(target)
+
+
+@pytest.fixture(scope="session")
+def tiny_student_config(tiny_encoder_dir):
+    from encoders.config import StudentConfig
+    return StudentConfig(encoder=tiny_encoder_dir, encoder_layers=2, left_tokens=4, right_tokens=6,
+                         left_max_length=16, right_max_length=24, dim=8, pooled=True, head="dipair",
+                         head_options={})
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, tiny_student_config) -> str:
+    """A saved student checkpoint around the tiny encoder."""
+    from encoders.checkpoint import build_student, save_student
+    target = tmp_path_factory.mktemp("tiny-student")
+    save_student(build_student(tiny_student_config, seed=1), target)
+    return str(target)
