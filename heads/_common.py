@@ -1,0 +1,121 @@
+"""What every head shares: the call, its checks, config handling, a small FFNN.
+
+The call (every head)::
+
+    logits = head(left, left_mask, right, right_mask, left_pooled=None, right_pooled=None)
+
+    left        (B, N, D) float   projected left token embeddings (position 0 = [CLS])
+    left_mask   (B, N)    bool    True = real token; position 0 is always real
+    right       (B, M, D) float   projected right token embeddings
+    right_mask  (B, M)    bool
+    left_pooled / right_pooled  (B, H) float or None: pooled sentence embeddings; only
+                the ``pooled-cos`` head reads them, every other head accepts and ignores them
+    logits      (B, num_outputs) float
+
+Padded positions may hold any finite garbage: every head zeroes them (``torch.where``, so
+not even a stray NaN leaks through a multiplication by zero) before any arithmetic, and
+attention masks them as keys, so logits do not depend on them at all.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+
+def check_positive_int(name: str, value: Any) -> None:
+    """ValueError unless ``value`` is an int >= 1 (bools are not sizes)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name}={value!r} is not allowed: use a positive integer")
+
+
+def check_probability(name: str, value: Any) -> None:
+    """ValueError unless ``value`` is a number in [0, 1)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name}={value!r} is not allowed: use a number in [0, 1)")
+
+
+def check_hidden_sizes(name: str, value: Any) -> tuple[int, ...]:
+    """The FFNN hidden sizes as a tuple of positive ints (a JSON list is accepted)."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list)):
+        raise ValueError(f"{name}={value!r} is not allowed: use a list of positive integers, e.g. [128, 128]")
+    for size in value:
+        check_positive_int(f"{name} entry", size)
+    return tuple(value)
+
+
+class PairHead(nn.Module):
+    """Base of every head: the sizes it was built for, its frozen config, input checks.
+
+    Subclasses set ``name`` (the registry name) and ``config_class`` (a frozen dataclass whose
+    defaults are the head's defaults) and implement ``forward`` with the common call.
+    """
+
+    name: ClassVar[str]
+    config_class: ClassVar[type]
+    # What the first logit column means for the scoring job: "logits" (apply sigmoid/softmax)
+    # or "cosine" (already a similarity in [-1, 1]; report it as is).
+    score_kind: ClassVar[str] = "logits"
+
+    def __init__(self, config: Any, *, dim: int, left_tokens: int, right_tokens: int, num_outputs: int = 1):
+        super().__init__()
+        for size_name, size in (("dim", dim), ("left_tokens", left_tokens),
+                                ("right_tokens", right_tokens), ("num_outputs", num_outputs)):
+            check_positive_int(size_name, size)
+        if not isinstance(config, self.config_class):
+            raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
+        self.config = config
+        self.dim = dim
+        self.left_tokens = left_tokens
+        self.right_tokens = right_tokens
+        self.num_outputs = num_outputs
+
+    def check_inputs(self, left: torch.Tensor, left_mask: torch.Tensor,
+                     right: torch.Tensor, right_mask: torch.Tensor) -> None:
+        """ValueError naming the first argument whose shape or dtype does not fit this head."""
+        batch = left.shape[0] if left.dim() == 3 else None
+        for side, tokens, mask, count in (("left", left, left_mask, self.left_tokens),
+                                          ("right", right, right_mask, self.right_tokens)):
+            expected = (batch, count, self.dim)
+            if tokens.dim() != 3 or tuple(tokens.shape) != expected:
+                raise ValueError(f"{side} has shape {tuple(tokens.shape)}; this head was built for "
+                                 f"(B, {count}, {self.dim}) with B={batch}")
+            if not tokens.is_floating_point():
+                raise ValueError(f"{side} has dtype {tokens.dtype}; token embeddings must be floating point")
+            if tuple(mask.shape) != expected[:2]:
+                raise ValueError(f"{side}_mask has shape {tuple(mask.shape)}; expected {expected[:2]}")
+            if mask.dtype != torch.bool:
+                raise ValueError(f"{side}_mask has dtype {mask.dtype}; it must be torch.bool "
+                                 f"(True = real token), e.g. mask.bool()")
+
+    def extra_repr(self) -> str:
+        return (f"dim={self.dim}, left_tokens={self.left_tokens}, right_tokens={self.right_tokens}, "
+                f"num_outputs={self.num_outputs}, config={self.config}")
+
+
+def zero_padding(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``tokens`` (B, T, D) with padded positions (``mask`` (B, T) False) set to exactly 0."""
+    return torch.where(mask.unsqueeze(-1), tokens, tokens.new_zeros(()))
+
+
+def ffnn(in_features: int, hidden: tuple[int, ...], out_features: int, dropout: float) -> nn.Sequential:
+    """Linear -> ReLU -> Dropout for each hidden size, then a final Linear to the logits."""
+    layers: list[nn.Module] = []
+    for size in hidden:
+        layers += [nn.Linear(in_features, size), nn.ReLU(), nn.Dropout(dropout)]
+        in_features = size
+    layers.append(nn.Linear(in_features, out_features))
+    return nn.Sequential(*layers)
+
+
+def config_from_options(config_class: type, head_name: str, options: dict[str, Any]) -> Any:
+    """``config_class(**options)``, with a ValueError that names an unknown option and the
+    allowed ones (the dataclass would raise a bare TypeError)."""
+    allowed = [field.name for field in dataclasses.fields(config_class)]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown option {unknown[0]!r} for head {head_name!r}; "
+                         f"allowed options: {', '.join(allowed) if allowed else '(none)'}")
+    return config_class(**options)
