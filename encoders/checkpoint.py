@@ -47,6 +47,39 @@ class Student(nn.Module):
         self.head = head
         self._fingerprint: str | None = None
 
+    def score_tokens(self, left: torch.Tensor, left_mask: torch.Tensor, right: torch.Tensor,
+                     right_mask: torch.Tensor, left_pooled: torch.Tensor | None = None,
+                     right_pooled: torch.Tensor | None = None) -> torch.Tensor:
+        """The head on stored tokens: (B, N, D), (B, N), (B, M, D), (B, M) [, (B, H) x2]
+        -> logits (B, num_outputs). Stage two calls exactly this."""
+        if self.head is None:
+            raise ValueError(f"student has no head {self.config.head!r}: it cannot score pairs")
+        return self.head(left, left_mask, right, right_mask, left_pooled=left_pooled, right_pooled=right_pooled)
+
+    @torch.inference_mode()
+    def score_texts(self, left_texts: list[str], right_texts: list[str], batch_size: int = 64) -> torch.Tensor:
+        """Raw texts -> logits (B, num_outputs), in plain PyTorch with no store and no Beam:
+        the reference the pipeline's scores must equal."""
+        left = self.encoder.left.encode(left_texts, batch_size)
+        right = self.encoder.right.encode(right_texts, batch_size)
+        return self.score_tokens(left.tokens, left.mask, right.tokens, right.mask, left.pooled, right.pooled)
+
+    def scores_from_logits(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """logits (B, K) -> (score (B,), probs (B, K) or None).
+
+        One output: score = sigmoid(logit), a probability; a head whose output is already a
+        similarity (``score_kind == "cosine"``, the zero-training baseline) reports it as is.
+        K classes: probs = softmax(logits) and score = the probability of the last class
+        (the highest grade, e.g. "exact match").
+        """
+        logits = logits.float()
+        if logits.shape[1] == 1:
+            if getattr(self.head, "score_kind", "logits") == "cosine":
+                return logits[:, 0], None
+            return torch.sigmoid(logits[:, 0]), None
+        probs = torch.softmax(logits, dim=1)
+        return probs[:, -1], probs
+
     @property
     def fingerprint(self) -> str:
         """Content hash of the config, tokenizers and every weight (hex sha256, 64 chars).

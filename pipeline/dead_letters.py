@@ -31,6 +31,9 @@ REASON_NON_STRING_TEXT = "non_string_text"
 REASON_NULL_ID = "null_id"
 REASON_INVALID_ID = "invalid_id"
 REASON_CONFLICTING_ID = "conflicting_id"
+# Labels (training sets)
+REASON_NULL_LABEL = "null_label"
+REASON_INVALID_LABEL = "invalid_label"
 
 DEAD_LETTER_SCHEMA = pa.schema([
     ("reason", pa.string()),

@@ -26,12 +26,14 @@ COUNTER_NAMESPACE = "pairscore"
 DEAD_LETTER_TAG = "dead_letter"
 
 
-def counter(name: str):
-    return Metrics.counter(COUNTER_NAMESPACE, name)
+def counter(name: str, prefix: str = ""):
+    """A Beam counter. ``prefix`` keeps apart the counts of several inputs of one job
+    (``pairs.``, ``left.``): counters with one name are summed across steps."""
+    return Metrics.counter(COUNTER_NAMESPACE, prefix + name)
 
 
-def dead_letter_counter(reason: str):
-    return counter(f"dead_letter.{reason}")
+def dead_letter_counter(reason: str, prefix: str = ""):
+    return counter(f"dead_letter.{reason}", prefix)
 
 
 # --------------------------------------------------------------------------- reading
@@ -39,14 +41,15 @@ def dead_letter_counter(reason: str):
 class _ReadFileDoFn(beam.DoFn):
     """InputFile -> SourcedRow, with malformed records to the dead-letter output."""
 
-    def __init__(self):
-        self.rows_read = counter("rows_read")
+    def __init__(self, prefix: str):
+        self._prefix = prefix
+        self.rows_read = counter("rows_read", prefix)
 
     def process(self, file: InputFile) -> Iterator:
         for item in read_rows(file):
             self.rows_read.inc()
             if isinstance(item, DeadLetter):
-                dead_letter_counter(item.reason).inc()
+                dead_letter_counter(item.reason, self._prefix).inc()
                 yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, item)
             else:
                 yield item
@@ -58,15 +61,16 @@ class ReadRows(beam.PTransform):
     Files are read one per element after a reshuffle, so several files read in parallel.
     """
 
-    def __init__(self, files: Sequence[InputFile]):
+    def __init__(self, files: Sequence[InputFile], counter_prefix: str = ""):
         super().__init__()
         self._files = list(files)
+        self._prefix = counter_prefix
 
     def expand(self, pbegin):
         return (pbegin
                 | "ListFiles" >> beam.Create(self._files)
                 | "SpreadFiles" >> beam.Reshuffle()
-                | "ReadFiles" >> beam.ParDo(_ReadFileDoFn()).with_outputs(DEAD_LETTER_TAG, main="rows"))
+                | "ReadFiles" >> beam.ParDo(_ReadFileDoFn(self._prefix)).with_outputs(DEAD_LETTER_TAG, main="rows"))
 
 
 # --------------------------------------------------------------------------- texts
@@ -114,13 +118,14 @@ def extract_text(row: SourcedRow, columns: TextColumns) -> TextRow | DeadLetter:
 
 
 class _ExtractTextDoFn(beam.DoFn):
-    def __init__(self, columns: TextColumns):
+    def __init__(self, columns: TextColumns, prefix: str):
         self._columns = columns
+        self._prefix = prefix
 
     def process(self, row: SourcedRow) -> Iterator:
         result = extract_text(row, self._columns)
         if isinstance(result, DeadLetter):
-            dead_letter_counter(result.reason).inc()
+            dead_letter_counter(result.reason, self._prefix).inc()
             yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, result)
         else:
             yield result.id, result
@@ -147,16 +152,17 @@ def resolve_id(id_: str, rows: Iterable[TextRow]) -> tuple[UniqueText | None, in
 
 
 class _ResolveIdDoFn(beam.DoFn):
-    def __init__(self):
-        self.kept = counter("rows_kept")
-        self.duplicates = counter("rows_duplicate")
+    def __init__(self, prefix: str):
+        self._prefix = prefix
+        self.kept = counter("rows_kept", prefix)
+        self.duplicates = counter("rows_duplicate", prefix)
 
     def process(self, element) -> Iterator:
         id_, rows = element
         unique, duplicates, rejected = resolve_id(id_, rows)
         self.duplicates.inc(duplicates)
         for letter in rejected:
-            dead_letter_counter(letter.reason).inc()
+            dead_letter_counter(letter.reason, self._prefix).inc()
             yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, letter)
         if unique is not None:
             self.kept.inc()
@@ -178,16 +184,17 @@ class DedupeTexts(beam.PTransform):
     share a text are grouped so the text is still encoded once.
     """
 
-    def __init__(self, columns: TextColumns):
+    def __init__(self, columns: TextColumns, counter_prefix: str = ""):
         super().__init__()
         self._columns = columns
+        self._prefix = counter_prefix
 
     def expand(self, rows):
-        texts = rows | "ExtractText" >> beam.ParDo(_ExtractTextDoFn(self._columns)).with_outputs(
+        texts = rows | "ExtractText" >> beam.ParDo(_ExtractTextDoFn(self._columns, self._prefix)).with_outputs(
             DEAD_LETTER_TAG, main="texts")
         resolved = (texts.texts
                     | "GroupById" >> beam.GroupByKey()
-                    | "ResolveIds" >> beam.ParDo(_ResolveIdDoFn()).with_outputs(DEAD_LETTER_TAG, main="unique"))
+                    | "ResolveIds" >> beam.ParDo(_ResolveIdDoFn(self._prefix)).with_outputs(DEAD_LETTER_TAG, main="unique"))
         unique = resolved.unique
         if self._columns.id is not None:
             unique = (unique
@@ -230,12 +237,12 @@ class _EncodeTextsDoFn(beam.DoFn):
     text; this is where length batching pays.
     """
 
-    def __init__(self, settings: EncodeSettings, layout: StoreLayout):
+    def __init__(self, settings: EncodeSettings, layout: StoreLayout, prefix: str):
         self._settings = settings
         self._layout = layout
         self._schema = layout.schema()
-        self.encoded = counter("texts_encoded")
-        self.truncated = counter("texts_truncated")
+        self.encoded = counter("texts_encoded", prefix)
+        self.truncated = counter("texts_truncated", prefix)
 
     def setup(self):
         import torch
@@ -294,10 +301,12 @@ class _EncodeTextsDoFn(beam.DoFn):
 class EncodeTexts(beam.PTransform):
     """UniqueText -> pyarrow Tables of store rows (see pipeline/store.py for the schema)."""
 
-    def __init__(self, settings: EncodeSettings, layout: StoreLayout):
+    def __init__(self, settings: EncodeSettings, layout: StoreLayout, counter_prefix: str = ""):
         super().__init__()
         self._settings = settings
         self._layout = layout
+        self._prefix = counter_prefix
 
     def expand(self, unique_texts):
-        return unique_texts | "EncodeByLength" >> beam.ParDo(_EncodeTextsDoFn(self._settings, self._layout))
+        return unique_texts | "EncodeByLength" >> beam.ParDo(
+            _EncodeTextsDoFn(self._settings, self._layout, self._prefix))

@@ -24,10 +24,11 @@ def read_counters(result) -> dict[str, int]:
     return counts
 
 
-def split_dead_letters(counters: dict[str, int]) -> tuple[dict[str, int], dict[str, int]]:
-    """(plain counts, dead letters by reason)."""
-    plain = {k: v for k, v in counters.items() if not k.startswith(DEAD_LETTER_PREFIX)}
-    by_reason = {k[len(DEAD_LETTER_PREFIX):]: v for k, v in counters.items() if k.startswith(DEAD_LETTER_PREFIX)}
+def split_dead_letters(counters: dict[str, int], prefix: str = "") -> tuple[dict[str, int], dict[str, int]]:
+    """(counts under ``prefix`` without it, dead letters under ``prefix`` by reason)."""
+    mine = {k[len(prefix):]: v for k, v in counters.items() if k.startswith(prefix)}
+    plain = {k: v for k, v in mine.items() if not k.startswith(DEAD_LETTER_PREFIX)}
+    by_reason = {k[len(DEAD_LETTER_PREFIX):]: v for k, v in mine.items() if k.startswith(DEAD_LETTER_PREFIX)}
     return plain, dict(sorted(by_reason.items()))
 
 

@@ -1,0 +1,358 @@
+"""Stage two: score pairs with a student, encoding only the texts not yet in the stores.
+
+    python -m jobs.score_pairs --pairs pairs.jsonl --output scores/
+    python -m jobs.score_pairs --pairs pairs.parquet --left-id-col q --right-id-col p \\
+        --left-texts queries.parquet --right-texts products.parquet --model student/ \\
+        --store last-night/store --output tonight/
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import apache_beam as beam
+import click
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.parquetio import WriteToParquetBatched
+
+from encoders.checkpoint import Student, load_or_build_student
+from encoders.config import baseline_config
+from jobs.common import BEAM_EPILOG, JOB_CONTEXT, run_job
+from jobs.encode_texts import store_layout
+from pipeline.encode import (DEAD_LETTER_TAG, DedupeTexts, EncodeSettings, EncodeTexts, ReadRows, TextColumns,
+                             pick_device)
+from pipeline.outputs import WriteDeadLetters, WriteStore, prepare_output_dir
+from pipeline.readers import FORMATS, InputFile, check_columns, expand_inputs
+from pipeline.runner import make_pipeline, validate_beam_args
+from pipeline.score import (PAIRS, SIDES, DistinctPairTexts, PairColumns, ReadPairs, ScorePairs, ScoreSettings,
+                            _DropSupersededDoFn, _SplitKnownTextsDoFn, dedupe_pair_chunks, read_store_tables)
+from pipeline.store import (COMPRESSION, DTYPES, MANIFEST_FILE, StoreLayout, StoreManifest, count_rows,
+                            read_manifest, store_files)
+from pipeline.summary import RunSummary, read_counters, split_dead_letters
+
+JOB_NAME = "score_pairs"
+JOINS = ("auto", "broadcast", "shuffle")
+SCORES_PREFIX = "scores"
+# Python overhead per row of a store held in memory (dict entry, id string, arrays' share).
+LOOKUP_OVERHEAD_BYTES = 200
+
+
+@dataclass(frozen=True)
+class ScorePairsJob:
+    """Everything one stage-two run needs; built once from the command line."""
+    pairs: tuple[str, ...]
+    output: str
+    left_col: str = "left"
+    right_col: str = "right"
+    left_id_col: str | None = None
+    right_id_col: str | None = None
+    left_texts: tuple[str, ...] = ()
+    right_texts: tuple[str, ...] = ()
+    texts_id_col: str = "id"
+    texts_text_col: str = "text"
+    keep_cols: tuple[str, ...] = ()
+    model_dir: str | None = None
+    store: str | None = None
+    join: str = "auto"
+    broadcast_limit_mb: int = 1024
+    dedupe_pairs: bool = False
+    format: str | None = None
+    overwrite: bool = False
+    batch_size: int = 8192
+    encode_batch_size: int = 128
+    dtype: str = "float16"
+    device: str = "auto"
+    accelerator: str | None = None
+
+    @property
+    def columns(self) -> PairColumns:
+        return PairColumns(self.left_col, self.right_col, self.left_id_col, self.right_id_col, self.keep_cols)
+
+
+@dataclass(frozen=True)
+class SidePlan:
+    """One side's store: its layout, the files it starts from, where it is written."""
+    side: str
+    layout: StoreLayout
+    existing_files: tuple[str, ...]
+    existing_rows: int
+    text_files: tuple[InputFile, ...]
+    output: str
+
+
+def check_arguments(job: ScorePairsJob) -> None:
+    """Flag combinations that cannot work, named before anything is read."""
+    if (job.left_id_col is None) != (job.right_id_col is None):
+        raise ValueError("--left-id-col and --right-id-col go together: give both (pairs of ids) or neither "
+                         "(pairs of texts)")
+    if job.left_id_col and not (job.left_texts and job.right_texts):
+        raise ValueError("pairs of ids need --left-texts and --right-texts (id/text tables) to find their texts")
+    if not job.left_id_col and (job.left_texts or job.right_texts):
+        raise ValueError("--left-texts/--right-texts are for pairs of ids: also give --left-id-col and --right-id-col")
+    if job.join not in JOINS:
+        raise ValueError(f"--join {job.join!r} is not allowed: choose one of {', '.join(JOINS)}")
+    reserved = {"left_id", "right_id", "score", "probs"}
+    clashing = sorted(reserved & set(job.keep_cols))
+    if clashing:
+        raise ValueError(f"--keep-cols {','.join(clashing)} would overwrite output columns {sorted(reserved)}")
+
+
+def existing_store(job: ScorePairsJob, student: Student, side: str) -> tuple[tuple[str, ...], int, str]:
+    """(files, rows, dtype) of ``--store``'s side, checked against the model; empty if none."""
+    if job.store is None:
+        return (), 0, job.dtype
+    directory = FileSystems.join(job.store, side)
+    if not FileSystems.exists(FileSystems.join(directory, MANIFEST_FILE)):
+        return (), 0, job.dtype
+    manifest = read_manifest(directory)
+    expected = store_layout(student, side, manifest.dtype)
+    problems = []
+    if manifest.model_fingerprint != student.fingerprint:
+        problems.append(f"model fingerprint {manifest.model_fingerprint[:16]} != this model's {student.fingerprint[:16]}")
+    for name, have, want in (("tokens kept", manifest.tokens_kept, expected.tokens_kept), ("dim", manifest.dim, expected.dim),
+                             ("pooled dim", manifest.pooled_dim, expected.pooled_dim),
+                             ("token selection", manifest.token_selection, student.config.token_selection),
+                             ("max length", manifest.max_length, student.config.max_length(side))):
+        if have != want:
+            problems.append(f"{name} {have} != {want}")
+    if problems:
+        raise ValueError(f"store {directory!r} was written by another model: {'; '.join(problems)}. "
+                         "Use a store written with this --model, or leave out --store to encode afresh")
+    files = tuple(FileSystems.join(directory, name) for name in manifest.files)
+    return files, manifest.rows, manifest.dtype
+
+
+def choose_join(job: ScorePairsJob, plans: dict[str, SidePlan], pair_rows: int) -> tuple[str, str]:
+    """(join, why). Broadcast when both stores fit ``--broadcast-limit-mb`` in a worker's memory.
+
+    The stores' final size is known only after the run, so it is bounded before it: rows of the
+    existing store plus every row that could add a text (the text tables in id mode, two per
+    pair in text mode)."""
+    if job.join != "auto":
+        return job.join, f"--join {job.join}"
+    estimate = 0
+    for plan in plans.values():
+        new_rows = count_input_rows(plan.text_files) if plan.text_files else pair_rows
+        row_bytes = plan.layout.token_bytes + 2 * (plan.layout.pooled_dim or 0) + LOOKUP_OVERHEAD_BYTES
+        estimate += (plan.existing_rows + new_rows) * row_bytes
+    limit = job.broadcast_limit_mb * 2 ** 20
+    join = "broadcast" if estimate <= limit else "shuffle"
+    return join, f"auto: stores bounded by {estimate / 2 ** 20:,.0f} MB vs --broadcast-limit-mb {job.broadcast_limit_mb}"
+
+
+def count_input_rows(files: Sequence[InputFile]) -> int:
+    """Rows of the input files before the pipeline runs: exact for Parquet (footers) and for
+    small text files; large text files are extrapolated from their first 4 MB."""
+    return sum(count_rows([f.path]) if f.format == "parquet" else _estimate_lines(f) for f in files)
+
+
+def _estimate_lines(file: InputFile, sample_bytes: int = 1 << 22) -> int:
+    import zstandard
+    size = FileSystems.match([file.path])[0].metadata_list[0].size_in_bytes
+    with FileSystems.open(file.path, compression_type="uncompressed") as raw:
+        stream = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True) if file.compressed else raw
+        sample = stream.read(sample_bytes)
+        finished = len(sample) < sample_bytes or not stream.read(1)
+        consumed = raw.tell() if file.compressed else len(sample)
+    lines = sample.count(b"\n") + (1 if sample and not sample.endswith(b"\n") else 0)
+    return lines if finished else int(lines * size / max(consumed, 1)) + 1
+
+
+def output_schema(job: ScorePairsJob, student: Student, files: list[InputFile]) -> pa.Schema:
+    """left_id, right_id, score (+ probs for k classes) and the kept columns (Parquet inputs keep
+    their types; text formats keep strings)."""
+    fields = [pa.field("left_id", pa.string()), pa.field("right_id", pa.string()), pa.field("score", pa.float32())]
+    if student.config.num_outputs > 1:
+        fields.append(pa.field("probs", pa.list_(pa.float32())))
+    parquet_schema = None
+    if job.keep_cols and files[0].format == "parquet":
+        with FileSystems.open(files[0].path) as handle:
+            parquet_schema = pq.read_schema(handle)
+    for name in job.keep_cols:
+        kind = parquet_schema.field(name).type if parquet_schema is not None else pa.string()
+        fields.append(pa.field(name, kind))
+    return pa.schema(fields)
+
+
+def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None) -> RunSummary:
+    """Check everything that can be checked, run the pipeline, write manifests and summary."""
+    check_arguments(job)
+    validate_beam_args(beam_args)
+    pick_device(job.device)
+    columns = job.columns
+    pair_files = expand_inputs(job.pairs, job.format)
+    check_columns(pair_files, columns.required() + list(job.keep_cols))
+    text_files = {side: () for side in SIDES}
+    if columns.id_mode:
+        for side, patterns in (("left", job.left_texts), ("right", job.right_texts)):
+            text_files[side] = tuple(expand_inputs(patterns))
+            check_columns(text_files[side], [job.texts_id_col, job.texts_text_col])
+    student = load_or_build_student(job.model_dir, baseline_config())
+    if student.head is None:
+        raise ValueError(f"model {job.model_dir!r} has no head to score with")
+    plans = {}
+    for side in SIDES:
+        files, rows, dtype = existing_store(job, student, side)
+        plans[side] = SidePlan(side, store_layout(student, side, dtype), files, rows, text_files[side],
+                               FileSystems.join(job.output, "store", side))
+    join, why = choose_join(job, plans, 0 if columns.id_mode else count_input_rows(pair_files))
+    schema = output_schema(job, student, pair_files)
+    prepare_output_dir(job.output, job.overwrite)
+
+    started = time.monotonic()
+    pipeline = make_pipeline(beam_args)
+    read = pipeline | "ReadPairs" >> ReadPairs(pair_files, columns, chunk_size=job.batch_size)
+    chunks = dedupe_pair_chunks(read.chunks, job.batch_size) if job.dedupe_pairs else read.chunks
+    dead_letters = [read[DEAD_LETTER_TAG]]
+    side_tables = {}
+    for side, plan in plans.items():
+        label = side.capitalize()
+        if columns.id_mode:
+            text_rows = pipeline | f"Read{label}Texts" >> ReadRows(plan.text_files, counter_prefix=f"{side}_texts.")
+            deduped = text_rows.rows | f"Dedupe{label}Texts" >> DedupeTexts(
+                TextColumns(job.texts_text_col, job.texts_id_col), counter_prefix=f"{side}_texts.")
+            unique = deduped["unique"]
+            dead_letters += [text_rows[DEAD_LETTER_TAG], deduped[DEAD_LETTER_TAG]]
+        else:
+            unique = read[f"{side}_texts"] | f"Distinct{label}Texts" >> DistinctPairTexts()
+        old = (read_store_tables(pipeline, plan.existing_files, f"{label}Store") if plan.existing_files
+               else pipeline | f"No{label}Store" >> beam.Create([]))
+        to_encode = unique | f"Split{label}Known" >> beam.ParDo(_SplitKnownTextsDoFn(f"{side}."),
+                                                                 beam.pvalue.AsList(old))
+        settings = EncodeSettings(model_dir=job.model_dir, side=side, batch_size=job.encode_batch_size,
+                                  dtype=plan.layout.dtype, device=job.device)
+        new = to_encode | f"Encode{label}" >> EncodeTexts(settings, plan.layout, counter_prefix=f"{side}.")
+        kept_old = old | f"Drop{label}Superseded" >> beam.ParDo(_DropSupersededDoFn(), beam.pvalue.AsList(new))
+        side_tables[side] = (kept_old, new) | f"{label}StoreTables" >> beam.Flatten()
+        side_tables[side] | f"Write{label}Store" >> WriteStore(plan.output, plan.layout)
+
+    score_settings = ScoreSettings(model_dir=job.model_dir, left_layout=plans["left"].layout,
+                                   right_layout=plans["right"].layout, output_schema=schema, keep=job.keep_cols,
+                                   batch_size=job.batch_size, device=job.device)
+    scored = chunks | "ScorePairs" >> ScorePairs(score_settings, join, side_tables["left"], side_tables["right"],
+                                                  job.accelerator)
+    scored["scores"] | "WriteScores" >> WriteToParquetBatched(
+        FileSystems.join(job.output, SCORES_PREFIX), schema=schema, codec=COMPRESSION, file_name_suffix=".parquet")
+    dead_letters.append(scored[DEAD_LETTER_TAG])
+    tuple(dead_letters) | "AllDeadLetters" >> beam.Flatten() | "WriteDeadLetters" >> WriteDeadLetters(job.output)
+    result = pipeline.run()
+    result.wait_until_finish()
+
+    for side, plan in plans.items():
+        written = store_files(plan.output)
+        manifest = StoreManifest(
+            model_fingerprint=student.fingerprint, encoder=student.config.encoder, side=side,
+            tokens_kept=plan.layout.tokens_kept, dim=plan.layout.dim, dtype=plan.layout.dtype,
+            pooled_dim=plan.layout.pooled_dim, token_selection=student.config.token_selection,
+            max_length=student.config.max_length(side), rows=count_rows(written),
+            files=[FileSystems.split(p)[1] for p in written])
+        with FileSystems.create(FileSystems.join(plan.output, MANIFEST_FILE)) as handle:
+            handle.write((manifest.to_json() + "\n").encode("utf-8"))
+
+    counters = read_counters(result)
+    pair_counts, pair_dead = split_dead_letters(counters, PAIRS)
+    score_files = [m.path for m in FileSystems.match([FileSystems.join(job.output, f"{SCORES_PREFIX}*.parquet")])[0]
+                   .metadata_list]
+    counts = {
+        "pairs_read": pair_counts.get("rows_read", 0),
+        "pairs_scored": pair_counts.get("rows_scored", 0),
+        "pairs_duplicate": pair_counts.get("rows_duplicate", 0),
+        "pairs_dead_lettered": sum(pair_dead.values()),
+        "rows_written": count_rows(score_files),
+    }
+    for side in SIDES:
+        side_counts, side_dead = split_dead_letters(counters, f"{side}_texts.")
+        if columns.id_mode:
+            counts[f"{side}_text_rows_read"] = side_counts.get("rows_read", 0)
+            counts[f"{side}_text_rows_dead_lettered"] = sum(side_dead.values())
+        encoded, _ = split_dead_letters(counters, f"{side}.")
+        counts[f"{side}_texts_encoded"] = encoded.get("texts_encoded", 0)
+        counts[f"{side}_texts_reused"] = encoded.get("texts_reused", 0)
+        counts[f"{side}_texts_truncated"] = encoded.get("texts_truncated", 0)
+        pair_dead.update({f"{side}_texts:{k}": v for k, v in side_dead.items()})
+    accounted = counts["pairs_scored"] + counts["pairs_duplicate"] + counts["pairs_dead_lettered"]
+    if accounted != counts["pairs_read"] or counts["rows_written"] != counts["pairs_scored"]:
+        raise RuntimeError(f"pair accounting failed: read {counts['pairs_read']}, scored {counts['pairs_scored']} + "
+                           f"duplicates {counts['pairs_duplicate']} + dead-lettered {counts['pairs_dead_lettered']}; "
+                           f"rows written {counts['rows_written']}")
+    notes = [f"join: {join} ({why})"]
+    if job.model_dir is None:
+        notes.append("no --model: scores are the zero-training baseline, the cosine of the packaged "
+                     "all-MiniLM-L6-v2's mean-pooled sentence embeddings (in [-1, 1], not a probability)")
+    summary = RunSummary(
+        job=JOB_NAME, arguments=list(argv if argv is not None else sys.argv[1:]), output=job.output,
+        model_fingerprints={"model": student.fingerprint}, wall_seconds=round(time.monotonic() - started, 3),
+        counts=counts, dead_letters=dict(sorted(pair_dead.items())),
+        reconciliation=(f"pairs read {counts['pairs_read']:,} = scored {counts['pairs_scored']:,} + duplicates "
+                        f"{counts['pairs_duplicate']:,} + dead-lettered {counts['pairs_dead_lettered']:,}"),
+        notes=notes)
+    summary.write()
+    return summary
+
+
+def _split_list(ctx, param, value: str | None) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip()) if value else ()
+
+
+@click.command(context_settings=JOB_CONTEXT, epilog=BEAM_EPILOG)
+@click.option("--pairs", multiple=True, required=True, metavar="PATH",
+              help="Pair table: path, glob or Beam filesystem path; repeat for more. Format from the extension "
+                   "(.parquet, .jsonl, .csv, .tsv, the last three optionally .zst).")
+@click.option("--format", type=click.Choice(FORMATS), default=None, help="Read the pair tables as this format.")
+@click.option("--left-col", default="left", show_default=True, help="Left text column (pairs of texts).")
+@click.option("--right-col", default="right", show_default=True, help="Right text column (pairs of texts).")
+@click.option("--left-id-col", default=None, help="Left id column (pairs of ids; needs --left-texts).")
+@click.option("--right-id-col", default=None, help="Right id column (pairs of ids; needs --right-texts).")
+@click.option("--left-texts", multiple=True, metavar="PATH", help="Id/text table of the left texts.")
+@click.option("--right-texts", multiple=True, metavar="PATH", help="Id/text table of the right texts.")
+@click.option("--texts-id-col", default="id", show_default=True, help="Id column of the text tables.")
+@click.option("--texts-text-col", default="text", show_default=True, help="Text column of the text tables.")
+@click.option("--keep-cols", callback=_split_list, default=None, metavar="A,B",
+              help="Pair columns copied to the output as they are.")
+@click.option("--model", "model_dir", default=None, metavar="DIR",
+              help="Student checkpoint. Default: zero-training baseline (cosine of the packaged MiniLM's "
+                   "mean-pooled sentence embeddings).")
+@click.option("--store", default=None, metavar="DIR",
+              help="Stores of an earlier run (DIR/left, DIR/right, e.g. last night's OUTPUT/store): texts "
+                   "already there are reused, not re-encoded. Refused if written by another model.")
+@click.option("--output", required=True, metavar="DIR",
+              help="Directory to create: scores-*.parquet, store/{left,right}/, dead_letter/, _SUMMARY.json.")
+@click.option("--overwrite", is_flag=True, help="Replace the contents of a non-empty --output.")
+@click.option("--join", type=click.Choice(JOINS), default="auto", show_default=True,
+              help="broadcast: stores held in each worker's memory; shuffle: CoGroupByKey, scales past memory; "
+                   "auto: broadcast when the stores fit --broadcast-limit-mb.")
+@click.option("--broadcast-limit-mb", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="Memory a worker may spend on both stores for the broadcast join.")
+@click.option("--dedupe-pairs", is_flag=True,
+              help="Score each (left id, right id) once and count repeats as duplicates. Default: every "
+                   "row is scored and written, so outputs line up one-to-one with inputs.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8192, show_default=True,
+              help="Pairs per head batch (and per chunk of pairs).")
+@click.option("--encode-batch-size", type=click.IntRange(min=1), default=128, show_default=True,
+              help="Texts per encoder batch for texts not yet in a store.")
+@click.option("--dtype", type=click.Choice(DTYPES), default="float16", show_default=True,
+              help="Storage of newly encoded embeddings (an existing --store keeps its own).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where models run; auto = CUDA when present (mixed precision on GPU).")
+@click.option("--accelerator", default=None, metavar="HINT",
+              help="Beam resource hint for the scoring step, e.g. "
+                   "'type:nvidia-l4;count:1;install-nvidia-driver' (Dataflow); the join stays on CPU workers.")
+@click.pass_context
+def main(ctx: click.Context, **flags) -> None:
+    """Score pairs with a student (stage two), running stage one for texts not yet stored."""
+    for name in ("pairs", "left_texts", "right_texts"):
+        flags[name] = tuple(flags[name])
+    job = ScorePairsJob(**flags)
+
+    def go() -> None:
+        summary = run(job, list(ctx.args))
+        click.echo(summary.table())
+    run_job(go)
+
+
+if __name__ == "__main__":
+    main()
