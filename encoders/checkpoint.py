@@ -222,7 +222,7 @@ def _fingerprint(student: Student) -> str:
     for prefix, module in parts.items():
         for name, tensor in sorted(module.state_dict().items()):
             digest.update(f"{prefix}{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import os
+from typing import Sequence
 
 import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import WriteToParquet, WriteToParquetBatched
 
@@ -64,3 +67,15 @@ class WriteDeadLetters(beam.PTransform):
                 | "WriteDeadLetterParquet" >> WriteToParquet(
                     FileSystems.join(self._directory, DEAD_LETTER_DIR, STORE_FILE_PREFIX),
                     schema=DEAD_LETTER_SCHEMA, codec=COMPRESSION, file_name_suffix=STORE_FILE_SUFFIX))
+
+
+def write_dead_letter_file(directory: str, letters: Sequence[DeadLetter]) -> str:
+    """Dead letters of a job that runs without Beam -> ``DIR/dead_letter/part-00000-of-00001.parquet``,
+    the same schema and place as :class:`WriteDeadLetters` (written even when empty, as Beam does)."""
+    path = FileSystems.join(directory, DEAD_LETTER_DIR, f"{STORE_FILE_PREFIX}-00000-of-00001{STORE_FILE_SUFFIX}")
+    if "://" not in path:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    table = pa.Table.from_pylist([letter.to_record() for letter in letters], schema=DEAD_LETTER_SCHEMA)
+    with FileSystems.create(path) as handle:
+        pq.write_table(table, handle, compression=COMPRESSION)
+    return path

@@ -438,7 +438,8 @@ class ScorePairs(beam.PTransform):
                      | "JoinRight" >> beam.CoGroupByKey()
                      | "AttachRight" >> beam.FlatMap(_attach("right")).with_outputs(DEAD_LETTER_TAG, main="joined"))
         scores = (with_both.joined
-                  | "BatchJoined" >> beam.BatchElements(min_batch_size=256, max_batch_size=self._settings.batch_size)
+                  | "BatchJoined" >> beam.BatchElements(min_batch_size=min(256, self._settings.batch_size),
+                                                                   max_batch_size=self._settings.batch_size)
                   | "ScoreBatches" >> self._hinted(beam.ParDo(_ScoreJoinedBatchDoFn(self._settings))))
         dead = (with_left[DEAD_LETTER_TAG], with_both[DEAD_LETTER_TAG]) | "JoinDeadLetters" >> beam.Flatten()
         return {"scores": scores, DEAD_LETTER_TAG: dead}

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 
 from apache_beam.io.filesystems import FileSystems
@@ -45,6 +46,8 @@ class RunSummary:
     dead_letters: dict[str, int]
     reconciliation: str
     notes: list[str] = field(default_factory=list)
+    # Quality figures of jobs that train or evaluate (e.g. dev metrics per epoch); JSON values.
+    metrics: dict[str, Any] = field(default_factory=dict)
 
     def write(self) -> str:
         path = FileSystems.join(self.output, SUMMARY_FILE)

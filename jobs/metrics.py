@@ -1,0 +1,94 @@
+"""Quality metrics for the training loops and evaluation, in plain numpy.
+
+Kept here rather than taken from scikit-learn, which is only a test dependency; the tests check
+these against it. Shapes: P pairs, C outputs.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from encoders.teacher import TeacherTask, soft_labels
+
+# The dev metric that picks the best epoch, per task (higher is better).
+MAIN_METRIC = {"binary": "auc", "graded": "spearman", "classes": "accuracy"}
+
+
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks of ``values`` (P,), ties sharing the mean of their ranks."""
+    values = np.asarray(values, dtype=np.float64)
+    order = np.argsort(values, kind="mergesort")
+    ordered = values[order]
+    # Each run of equal values gets the mean of the ranks it spans.
+    starts = np.r_[0, np.flatnonzero(np.diff(ordered)) + 1]
+    ends = np.r_[starts[1:], len(values)]
+    mean_rank = (starts + ends + 1) / 2.0
+    ranks = np.empty(len(values), dtype=np.float64)
+    ranks[order] = np.repeat(mean_rank, ends - starts)
+    return ranks
+
+
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve of ``scores`` (P,) for 0/1 ``labels`` (P,), ties counted half
+    (Mann-Whitney U). NaN when only one class is present."""
+    labels = np.asarray(labels).astype(bool)
+    positives, negatives = int(labels.sum()), int((~labels).sum())
+    if not positives or not negatives:
+        return float("nan")
+    ranks = average_ranks(scores)
+    return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+def best_threshold_accuracy(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """(accuracy, threshold) of the best rule ``score >= threshold`` -> 1, thresholds taken at the
+    observed scores (how the zero-training cosine baseline is scored in FINDINGS.md)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels).astype(bool)
+    order = np.argsort(-scores, kind="mergesort")
+    ordered, hits = scores[order], labels[order]
+    # Predicting the first i (highest) as positive: correct = positives among them + negatives after.
+    true_positives = np.r_[0, np.cumsum(hits)]
+    true_negatives = (~labels).sum() - np.r_[0, np.cumsum(~hits)]
+    correct = true_positives + true_negatives
+    # Only cut between distinct scores, so equal scores get the same prediction.
+    valid = np.r_[True, ordered[1:] != ordered[:-1], True]
+    best = int(np.argmax(np.where(valid, correct, -1)))
+    threshold = float(ordered[best - 1]) if best > 0 else math.inf
+    return float(correct[best] / len(labels)), threshold
+
+
+def pearson(x: np.ndarray, y: np.ndarray) -> float:
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if len(x) < 2 or x.std() == 0 or y.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    return pearson(average_ranks(x), average_ranks(y))
+
+
+def task_metrics(task: TeacherTask, logits: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+    """Dev metrics for logits (P, C) against targets (P,) as from ``TeacherTask.target``.
+
+    binary:  auc, accuracy (at probability 0.5), log_loss, positive_rate (predicted), label_rate
+    graded:  spearman, pearson (of the probability against the [0, 1] target), mse
+    classes: accuracy, log_loss
+    """
+    targets = np.asarray(targets, dtype=np.float64)
+    probs = soft_labels(logits).astype(np.float64)
+    eps = 1e-7
+    if task.task == "binary":
+        predicted = probs >= 0.5
+        p = np.clip(probs, eps, 1 - eps)
+        return {"auc": roc_auc(probs, targets), "accuracy": float((predicted == (targets == 1)).mean()),
+                "log_loss": float(-(targets * np.log(p) + (1 - targets) * np.log(1 - p)).mean()),
+                "positive_rate": float(predicted.mean()), "label_rate": float(targets.mean())}
+    if task.task == "graded":
+        return {"spearman": spearman(probs, targets), "pearson": pearson(probs, targets),
+                "mse": float(((probs - targets) ** 2).mean())}
+    classes = targets.astype(np.int64)
+    chosen = np.clip(probs[np.arange(len(classes)), classes], eps, 1.0)
+    return {"accuracy": float((probs.argmax(axis=1) == classes).mean()),
+            "log_loss": float(-np.log(chosen).mean())}

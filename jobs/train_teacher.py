@@ -1,0 +1,395 @@
+"""Fine-tune a cross-encoder teacher on labeled pairs.
+
+    python -m jobs.train_teacher --train train.jsonl --dev dev.jsonl --task binary --output teacher/
+
+A training recipe that reads top to bottom: read and check the pairs, tokenize once, then per
+epoch length-grouped batches -> AdamW with linear warmup and decay, gradient clipping -> a dev
+evaluation; the best epoch's weights are the checkpoint. Plain PyTorch, no Beam: training sets
+fit in memory, and one process with all the cores trains fastest.
+"""
+from __future__ import annotations
+
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import click
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from encoders.sources import DEFAULT_ENCODER
+from encoders.teacher import LOSSES, TASKS, CrossEncoder, TeacherTask, autocast, build_teacher, load_teacher, save_teacher
+from jobs.common import run_job
+from jobs.metrics import MAIN_METRIC, task_metrics
+from pipeline import dead_letters as dl
+from pipeline.dead_letters import DeadLetter
+from pipeline.encode import pick_device
+from pipeline.outputs import prepare_output_dir, write_dead_letter_file
+from pipeline.pairs import TextPairColumns, extract_text_pair
+from pipeline.readers import FORMATS, InputFile, check_columns, expand_inputs, read_rows
+from pipeline.summary import RunSummary
+
+JOB_NAME = "train_teacher"
+# Length grouping: examples are sorted by length within windows of this many batches, so a batch
+# pads little while batch order stays random (sorting the whole set would put every long pair
+# in the last steps of the epoch).
+GROUP_BATCHES = 64
+
+
+@dataclass(frozen=True)
+class TrainTeacherJob:
+    """Everything one training run needs; built once from the command line."""
+    train: tuple[str, ...]
+    dev: tuple[str, ...]
+    output: str
+    task: str = "binary"
+    label_col: str = "label"
+    left_col: str = "left"
+    right_col: str = "right"
+    base: str = DEFAULT_ENCODER
+    swap: bool = False
+    epochs: int = 2
+    lr: float = 3e-5
+    batch_size: int = 32
+    max_length: int = 128
+    warmup: float = 0.1
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    device: str = "auto"
+    label_range: tuple[float, float] | None = None
+    num_classes: int | None = None
+    loss: str | None = None
+    limit: int | None = None
+    format: str | None = None
+    overwrite: bool = False
+    progress: bool = True
+
+    def teacher_task(self) -> TeacherTask:
+        return TeacherTask(task=self.task, loss=self.loss, label_range=self.label_range,
+                           num_classes=self.num_classes, max_length=self.max_length)
+
+    def check(self) -> None:
+        """Bad numbers fail here, before anything is read, naming the flag and what is allowed."""
+        positive_ints = {"--epochs": self.epochs, "--batch-size": self.batch_size}
+        if self.limit is not None:
+            positive_ints["--limit"] = self.limit
+        for flag, value in positive_ints.items():
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{flag} {value!r} is not allowed: give a positive integer")
+        if not self.lr > 0:
+            raise ValueError(f"--lr {self.lr!r} is not allowed: give a learning rate > 0")
+        if not 0 <= self.warmup < 1:
+            raise ValueError(f"--warmup {self.warmup!r} is not allowed: give the fraction of all steps "
+                             "spent warming up, 0 <= WARMUP < 1")
+        if self.weight_decay < 0 or not self.max_grad_norm > 0:
+            raise ValueError(f"--weight-decay {self.weight_decay!r} must be >= 0 and --max-grad-norm "
+                             f"{self.max_grad_norm!r} > 0")
+
+
+# --------------------------------------------------------------------------- data
+
+@dataclass
+class LabeledPairs:
+    """The usable pairs of one split (lefts, rights, targets: P each) and what was skipped."""
+    lefts: list[str] = field(default_factory=list)
+    rights: list[str] = field(default_factory=list)
+    targets: list[float] = field(default_factory=list)
+    rows_read: int = 0
+    skipped: list[DeadLetter] = field(default_factory=list)
+
+
+def read_labeled_pairs(files: Sequence[InputFile], columns: TextPairColumns, label_col: str,
+                       task: TeacherTask, limit: int | None = None) -> LabeledPairs:
+    """Read labeled pairs; rows with an unusable side or label are skipped as dead letters.
+
+    Reasons: the reader's (``invalid_json``, ...), the pair's (``left_empty_text``,
+    ``right_null_text``, ...), ``null_label`` (absent, null or empty) and ``invalid_label``
+    (not a number the task allows: see ``TeacherTask.target``). ``limit`` stops after that many rows.
+    """
+    pairs = LabeledPairs()
+    for file in files:
+        for item in read_rows(file):
+            if limit is not None and pairs.rows_read >= limit:
+                return pairs
+            pairs.rows_read += 1
+            if isinstance(item, DeadLetter):
+                pairs.skipped.append(item)
+                continue
+            pair = extract_text_pair(item, columns)
+            if isinstance(pair, DeadLetter):
+                pairs.skipped.append(pair)
+                continue
+            label = item.fields.get(label_col)
+            if label is None or (isinstance(label, str) and not label.strip()):
+                state = "absent from this row" if label_col not in item.fields else "null or empty"
+                pairs.skipped.append(DeadLetter(dl.REASON_NULL_LABEL, f"label column {label_col!r} is {state}",
+                                                item.source, item.fields))
+                continue
+            try:
+                target = task.target(label)
+            except ValueError as err:
+                pairs.skipped.append(DeadLetter(dl.REASON_INVALID_LABEL, f"label column {label_col!r}: {err}",
+                                                item.source, item.fields))
+                continue
+            pairs.lefts.append(pair.left)
+            pairs.rights.append(pair.right)
+            pairs.targets.append(target)
+    return pairs
+
+
+def training_examples(pairs: LabeledPairs, swap: bool) -> tuple[list[str], list[str], list[float]]:
+    """(lefts, rights, targets) to train on: each pair, and with ``swap`` each pair again with its
+    texts exchanged (for symmetric tasks: the teacher should not care which text comes first)."""
+    if not swap:
+        return pairs.lefts, pairs.rights, pairs.targets
+    return pairs.lefts + pairs.rights, pairs.rights + pairs.lefts, pairs.targets + pairs.targets
+
+
+def length_grouped_batches(lengths: Sequence[int], batch_size: int, rng: random.Random) -> list[list[int]]:
+    """Example indices cut into batches of similar length.
+
+    Shuffle; sort each window of ``GROUP_BATCHES * batch_size`` examples by length; cut the
+    windows into batches; shuffle the batches. Every example is in exactly one batch.
+    """
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    window = GROUP_BATCHES * batch_size
+    batches = []
+    for start in range(0, len(order), window):
+        group = sorted(order[start:start + window], key=lambda i: lengths[i])
+        batches += [group[i:i + batch_size] for i in range(0, len(group), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+# --------------------------------------------------------------------------- training
+
+def make_optimizer(teacher: CrossEncoder, job: TrainTeacherJob) -> torch.optim.Optimizer:
+    """AdamW as in BERT: no weight decay on biases and LayerNorm weights (DiPair 4.4 uses BERT's
+    defaults, eps 1e-6)."""
+    decay, no_decay = [], []
+    for name, parameter in teacher.named_parameters():
+        if parameter.requires_grad:
+            (no_decay if parameter.ndim < 2 else decay).append(parameter)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": job.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=job.lr, eps=1e-6)
+
+
+def train_epoch(teacher: CrossEncoder, examples: list, targets: torch.Tensor, batches: list[list[int]],
+                optimizer, scheduler, scaler, job: TrainTeacherJob, description: str) -> dict[str, float]:
+    """One pass over ``batches`` -> {train_loss (mean over the epoch), seconds, pairs_per_second}."""
+    teacher.train()
+    device = teacher.device
+    total_loss, seen, smoothed = 0.0, 0, None
+    started = time.perf_counter()
+    bar = tqdm(total=len(examples), desc=description, unit="pair", disable=not job.progress,
+               mininterval=1.0 if sys.stderr.isatty() else 30.0, file=sys.stderr)
+    for index in batches:
+        batch = {k: v.to(device) for k, v in teacher.collate([examples[i] for i in index]).items()}
+        with autocast(device):
+            logits = teacher(batch)                                   # (B, C)
+        loss = teacher.task.loss_value(logits, targets[index].to(device))
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)  # clip the true gradients, not the loss-scaled ones
+        torch.nn.utils.clip_grad_norm_(teacher.parameters(), job.max_grad_norm)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        value = float(loss.detach())
+        total_loss += value * len(index)
+        seen += len(index)
+        smoothed = value if smoothed is None else 0.98 * smoothed + 0.02 * value
+        bar.update(len(index))
+        bar.set_postfix(loss=f"{smoothed:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", refresh=False)
+    bar.close()
+    seconds = time.perf_counter() - started
+    return {"train_loss": total_loss / max(seen, 1), "seconds": round(seconds, 1),
+            "pairs_per_second": round(seen / seconds, 1) if seconds else 0.0}
+
+
+def run(job: TrainTeacherJob, argv: list[str] | None = None) -> RunSummary:
+    """Check everything that can be checked, train, keep the best epoch, write the summary."""
+    job.check()
+    task = job.teacher_task()
+    device = pick_device(job.device)
+    columns = TextPairColumns(left=job.left_col, right=job.right_col)
+    splits = {"train": expand_inputs(job.train, job.format), "dev": expand_inputs(job.dev, job.format)}
+    for files in splits.values():
+        check_columns(files, [*columns.required(), job.label_col])
+    random.seed(job.seed)
+    np.random.seed(job.seed)
+    torch.manual_seed(job.seed)
+    teacher = build_teacher(job.base, task, seed=job.seed).to(device)
+    prepare_output_dir(job.output, job.overwrite)
+
+    started = time.monotonic()
+    data = {name: read_labeled_pairs(files, columns, job.label_col, task, job.limit)
+            for name, files in splits.items()}
+    for name, pairs in data.items():
+        if not pairs.targets:
+            reasons = _by_reason(pairs.skipped)
+            raise ValueError(f"--{name} has no usable labeled pairs: {pairs.rows_read} rows read, all skipped "
+                             f"({', '.join(f'{k}: {v}' for k, v in reasons.items()) or 'no rows'})")
+    lefts, rights, train_targets = training_examples(data["train"], job.swap)
+    examples = teacher.tokenize(lefts, rights)
+    dev = data["dev"]
+    dev_examples = teacher.tokenize(dev.lefts, dev.rights)
+    targets = torch.tensor(train_targets, dtype=torch.float32)
+
+    rng = random.Random(job.seed)
+    lengths = [e.num_tokens for e in examples]
+    steps_per_epoch = -(-len(examples) // job.batch_size)
+    total_steps = steps_per_epoch * job.epochs
+    optimizer = make_optimizer(teacher, job)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(job.warmup * total_steps), total_steps)
+    # Loss scaling only for float16 autocast on GPU; bfloat16 and CPU float32 need none.
+    scaler = torch.amp.GradScaler("cuda", enabled=device == "cuda" and torch.cuda.is_available()
+                                  and not torch.cuda.is_bf16_supported())
+    main_metric = MAIN_METRIC[task.task]
+    epochs, best, best_score = [], None, -np.inf
+    for epoch in range(1, job.epochs + 1):
+        batches = length_grouped_batches(lengths, job.batch_size, rng)
+        record = {"epoch": epoch, **train_epoch(teacher, examples, targets, batches, optimizer, scheduler, scaler,
+                                                 job, f"epoch {epoch}/{job.epochs}")}
+        evaluated = time.perf_counter()
+        dev_logits = teacher.predict(dev_examples, batch_size=2 * job.batch_size)
+        record["dev"] = task_metrics(task, dev_logits, np.array(dev.targets))
+        record["dev_seconds"] = round(time.perf_counter() - evaluated, 1)
+        score = record["dev"][main_metric]
+        score = score if np.isfinite(score) else -np.inf  # e.g. AUC of a one-class dev set
+        if best is None or score > best_score:
+            best, best_score = record, score
+            save_teacher(teacher, job.output)
+        record["best_so_far"] = best is record
+        epochs.append(record)
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in record["dev"].items())
+        tqdm.write(f"epoch {epoch}: train loss {record['train_loss']:.4f} ({record['pairs_per_second']:.1f} "
+                   f"pairs/s); dev {shown}{' (best, saved)' if best is record else ''}", file=sys.stderr)
+
+    # The fingerprint is taken from the saved files, which also proves they load.
+    saved = load_teacher(job.output)
+    dead = [*data["train"].skipped, *dev.skipped]
+    write_dead_letter_file(job.output, dead)
+    train = data["train"]
+    counts = {
+        "train_rows_read": train.rows_read,
+        "train_pairs_used": len(train.targets),
+        "train_rows_skipped": len(train.skipped),
+        "train_examples": len(examples),
+        "train_examples_truncated": sum(e.truncated for e in examples),
+        "dev_rows_read": dev.rows_read,
+        "dev_pairs_used": len(dev.targets),
+        "dev_rows_skipped": len(dev.skipped),
+        "optimizer_steps": total_steps,
+        "best_epoch": best["epoch"],
+    }
+    reconciliation = (f"train rows read {train.rows_read:,} = used {len(train.targets):,} + skipped "
+                      f"{len(train.skipped):,}; dev rows read {dev.rows_read:,} = used {len(dev.targets):,} + "
+                      f"skipped {len(dev.skipped):,}; training examples {len(examples):,} = used pairs"
+                      + (" x 2 (--swap)" if job.swap else ""))
+    notes = [f"best epoch {best['epoch']} by dev {main_metric} = {best['dev'][main_metric]:.4f}; the checkpoint in "
+             f"{job.output} holds its weights",
+             f"device {device}, torch threads {torch.get_num_threads()}"]
+    if job.limit is not None:
+        notes.append(f"--limit {job.limit}: at most {job.limit} rows read from each of --train and --dev")
+    summary = RunSummary(
+        job=JOB_NAME, arguments=list(argv if argv is not None else sys.argv[1:]), output=job.output,
+        model_fingerprints={"teacher": saved.fingerprint}, wall_seconds=round(time.monotonic() - started, 3),
+        counts=counts, dead_letters=_by_reason(dead), reconciliation=reconciliation, notes=notes,
+        metrics={"task": task.to_dict(), "main_metric": main_metric, "best_epoch": best["epoch"],
+                 "best_dev": best["dev"], "epochs": epochs})
+    summary.write()
+    return summary
+
+
+def _by_reason(letters: Sequence[DeadLetter]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for letter in letters:
+        counts[letter.reason] = counts.get(letter.reason, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def parse_label_range(text: str | None) -> tuple[float, float] | None:
+    """``"LOW,HIGH"`` -> (low, high); ValueError naming the value otherwise."""
+    if text is None:
+        return None
+    parts = text.split(",")
+    try:
+        low, high = (float(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"--label-range {text!r} is not allowed: give two numbers LOW,HIGH, e.g. 0,5") from None
+    return low, high
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--train", multiple=True, required=True, metavar="PATH",
+              help="Labeled training pairs: a path, glob or Beam filesystem path; repeat for more. Format from "
+                   "the extension: .parquet, .jsonl, .csv, .tsv, the last three optionally .zst.")
+@click.option("--dev", multiple=True, required=True, metavar="PATH",
+              help="Labeled dev pairs, evaluated after every epoch; the best epoch is kept.")
+@click.option("--format", type=click.Choice(FORMATS), default=None,
+              help="Read every input as this format, whatever its extension.")
+@click.option("--left-col", default="left", show_default=True, help="Column holding the left text.")
+@click.option("--right-col", default="right", show_default=True, help="Column holding the right text.")
+@click.option("--label-col", default="label", show_default=True, help="Column holding the label.")
+@click.option("--task", type=click.Choice(TASKS), default="binary", show_default=True,
+              help="binary: labels 0/1, BCE on the logit. graded: numeric labels in --label-range, mapped to "
+                   "[0, 1] (BCE or MSE). classes: labels 0..K-1, softmax cross-entropy.")
+@click.option("--label-range", default=None, metavar="LOW,HIGH",
+              help="graded only: the label range mapped to [0, 1], e.g. 0,5 for STS-B. Labels outside are skipped.")
+@click.option("--num-classes", type=int, default=None, metavar="K", help="classes only: the number of classes.")
+@click.option("--loss", type=click.Choice(sorted({l for ls in LOSSES.values() for l in ls})), default=None,
+              help="bce (binary, graded; the default), mse on the sigmoid (graded), ce (classes; the default).")
+@click.option("--base", default=DEFAULT_ENCODER, show_default=True, metavar="MODEL",
+              help="Pretrained encoder to fine-tune: a local Hugging Face directory or hub id (offline: from the "
+                   "local cache). The default is the packaged all-MiniLM-L6-v2, no download.")
+@click.option("--swap", is_flag=True,
+              help="Also train on every pair with left and right exchanged (symmetric tasks, e.g. duplicate "
+                   "questions): doubles the training examples.")
+@click.option("--epochs", type=int, default=2, show_default=True, help="Passes over the training pairs.")
+@click.option("--lr", type=float, default=3e-5, show_default=True, help="Peak AdamW learning rate.")
+@click.option("--batch-size", type=int, default=32, show_default=True,
+              help="Pairs per optimizer step (batches are grouped by length, so padding stays small).")
+@click.option("--max-length", type=int, default=128, show_default=True,
+              help="Tokens per pair, both texts and special tokens included; longer pairs lose tokens from the "
+                   "longer text. Stored in the checkpoint; label_pairs uses it.")
+@click.option("--warmup", type=float, default=0.1, show_default=True,
+              help="Fraction of all steps over which the learning rate rises linearly from 0; it then decays "
+                   "linearly to 0.")
+@click.option("--weight-decay", type=float, default=0.01, show_default=True, help="AdamW weight decay.")
+@click.option("--max-grad-norm", type=float, default=1.0, show_default=True, help="Gradient clipping norm.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seeds the head initialisation, dropout and batch order.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where to train; auto = CUDA when present (with mixed precision).")
+@click.option("--limit", type=int, default=None, metavar="N",
+              help="Read at most N rows from each of --train and --dev (quick runs).")
+@click.option("--output", required=True, metavar="DIR",
+              help="Checkpoint directory to create: config.json, model.safetensors, tokenizer, teacher.json, "
+                   "dead_letter/, _SUMMARY.json.")
+@click.option("--overwrite", is_flag=True, help="Replace the contents of a non-empty --output.")
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="Show a progress bar with the loss and pairs/s.")
+def main(**flags) -> None:
+    """Fine-tune a cross-encoder teacher on labeled pairs and save it for label_pairs."""
+    argv = sys.argv[1:]
+
+    def go() -> None:
+        job = TrainTeacherJob(train=tuple(flags.pop("train")), dev=tuple(flags.pop("dev")),
+                              label_range=parse_label_range(flags.pop("label_range")), **flags)
+        summary = run(job, argv)
+        click.echo(summary.table())
+        for record in summary.metrics["epochs"]:
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in record["dev"].items())
+            click.echo(f"  epoch {record['epoch']}: train loss {record['train_loss']:.4f}, dev {shown}")
+    run_job(go)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,222 @@
+"""End to end: ``jobs.score_pairs`` equals the student run directly in PyTorch, for every head,
+both joins, in-process and multi-process; bad inputs with exact counts."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from click.testing import CliRunner
+
+from encoders.checkpoint import build_student, load_or_build_student, load_student, save_student
+from encoders.config import baseline_config
+from heads import HEAD_NAMES
+from jobs import score_pairs
+from jobs.score_pairs import ScorePairsJob, run
+from pipeline.text_ids import text_id
+
+MULTI_PROCESS = ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
+
+
+def read_scores(output: Path) -> dict[tuple[str, str], dict]:
+    tables = [pq.read_table(p) for p in sorted(output.glob("scores-*.parquet"))]
+    return {(r["left_id"], r["right_id"]): r for r in pa.concat_tables(tables).to_pylist()}
+
+
+def summary_of(output: Path) -> dict:
+    return json.loads((output / "_SUMMARY.json").read_text())
+
+
+def dead_letters(output: Path) -> list[dict]:
+    return pa.concat_tables([pq.read_table(p) for p in (output / "dead_letter").glob("*.parquet")]).to_pylist()
+
+
+@pytest.fixture(scope="module")
+def qqp_pairs(shared_data) -> list[dict]:
+    """60 real QQP dev pairs, with a few texts repeated across pairs."""
+    pairs = []
+    with open(shared_data / "qqp" / "dev.jsonl", encoding="utf-8") as handle:
+        for line in handle:
+            pair = json.loads(line)
+            pairs.append({"left": pair["left"], "right": pair["right"], "label": pair["label"]})
+            if len(pairs) == 50:
+                break
+    pairs += [{"left": pairs[i]["left"], "right": pairs[i + 1]["right"], "label": 0} for i in range(10)]
+    return pairs
+
+
+@pytest.fixture(scope="module")
+def pairs_file(tmp_path_factory, qqp_pairs) -> Path:
+    path = tmp_path_factory.mktemp("pairs") / "pairs.jsonl"
+    path.write_text("".join(json.dumps(p) + "\n" for p in qqp_pairs))
+    return path
+
+
+@pytest.fixture(scope="module")
+def head_checkpoints(tmp_path_factory, tiny_student_config) -> dict[str, str]:
+    """One tiny student per head (pooled on, so pooled-cos works too)."""
+    checkpoints = {}
+    for head in HEAD_NAMES:
+        directory = tmp_path_factory.mktemp(f"student-{head}")
+        save_student(build_student(tiny_student_config.replace(head=head), seed=7), directory)
+        checkpoints[head] = str(directory)
+    return checkpoints
+
+
+def reference_scores(student, pairs: list[dict]) -> np.ndarray:
+    logits = student.score_texts([p["left"] for p in pairs], [p["right"] for p in pairs])
+    score, _ = student.scores_from_logits(logits)
+    return score.numpy()
+
+
+@pytest.mark.parametrize("mode", ["in-process", "multi-process"])
+@pytest.mark.parametrize("join", ["broadcast", "shuffle"])
+@pytest.mark.parametrize("head", HEAD_NAMES)
+def test_pipeline_scores_equal_plain_pytorch(tmp_path, pairs_file, qqp_pairs, head_checkpoints, head, join, mode):
+    output = tmp_path / "out"
+    run(ScorePairsJob(pairs=(str(pairs_file),), output=str(output), model_dir=head_checkpoints[head], join=join,
+                      keep_cols=("label",), batch_size=16),
+        MULTI_PROCESS if mode == "multi-process" else [], argv=[])
+    scores = read_scores(output)
+    assert summary_of(output)["counts"]["pairs_scored"] == len(qqp_pairs)
+    expected = reference_scores(load_student(head_checkpoints[head]), qqp_pairs)
+    got = np.array([scores[(text_id(p["left"]), text_id(p["right"]))]["score"] for p in qqp_pairs])
+    # Stores hold float16 tokens; the reference keeps float32 all the way.
+    np.testing.assert_allclose(got, expected, atol=2e-3)
+    labels = [scores[(text_id(p["left"]), text_id(p["right"]))]["label"] for p in qqp_pairs]
+    assert labels == [str(p["label"]) for p in qqp_pairs]  # JSON ints kept as their JSON text
+
+
+def test_baseline_without_model_is_the_minilm_cosine(tmp_path, pairs_file, qqp_pairs):
+    output = tmp_path / "out"
+    summary = run(ScorePairsJob(pairs=(str(pairs_file),), output=str(output)), [], argv=[])
+    assert any("zero-training baseline" in note for note in summary.notes)
+    student = load_or_build_student(None, baseline_config())
+    left = student.encoder.left.encode([p["left"] for p in qqp_pairs]).pooled
+    right = student.encoder.right.encode([p["right"] for p in qqp_pairs]).pooled
+    expected = torch.nn.functional.cosine_similarity(left, right).numpy()
+    scores = read_scores(output)
+    got = np.array([scores[(text_id(p["left"]), text_id(p["right"]))]["score"] for p in qqp_pairs])
+    np.testing.assert_allclose(got, expected, atol=2e-3)
+    # The baseline ranks real duplicates above non-duplicates on this sample.
+    from sklearn.metrics import roc_auc_score
+    labelled = qqp_pairs[:50]
+    assert roc_auc_score([p["label"] for p in labelled], got[:50]) > 0.7
+
+
+def test_store_is_reused_by_the_same_model_and_refused_by_another(tmp_path, pairs_file, qqp_pairs, head_checkpoints):
+    first = tmp_path / "night1"
+    run(ScorePairsJob(pairs=(str(pairs_file),), output=str(first), model_dir=head_checkpoints["dipair"]), [], argv=[])
+    unique_left = len({p["left"] for p in qqp_pairs})
+    assert summary_of(first)["counts"]["left_texts_encoded"] == unique_left
+    more = tmp_path / "more.jsonl"
+    more.write_text(pairs_file.read_text() + json.dumps({"left": "a brand new question?", "right": qqp_pairs[0]["right"],
+                                                         "label": 0}) + "\n")
+    second = tmp_path / "night2"
+    run(ScorePairsJob(pairs=(str(more),), output=str(second), model_dir=head_checkpoints["dipair"],
+                      store=str(first / "store")), [], argv=[])
+    counts = summary_of(second)["counts"]
+    assert (counts["left_texts_encoded"], counts["left_texts_reused"]) == (1, unique_left)
+    assert counts["right_texts_encoded"] == 0
+    assert json.loads((second / "store" / "left" / "_MANIFEST.json").read_text())["rows"] == unique_left + 1
+    np.testing.assert_allclose(
+        [r["score"] for r in read_scores(second).values() if (r["left_id"], r["right_id"]) in read_scores(first)],
+        [read_scores(first)[k]["score"] for k in read_scores(second) if k in read_scores(first)], atol=1e-6)
+    with pytest.raises(ValueError, match="written by another model: model fingerprint"):
+        run(ScorePairsJob(pairs=(str(pairs_file),), output=str(tmp_path / "other"), model_dir=head_checkpoints["li"],
+                          store=str(first / "store")), [], argv=[])
+
+
+def test_pairs_of_ids_with_text_tables_and_bad_rows(tmp_path, head_checkpoints):
+    left = tmp_path / "left.jsonl"
+    left.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"id": "q1", "text": "how do I bake bread?"}, {"id": "q2", "text": "what is a sourdough starter?"},
+        {"id": "q3", "text": ""},                           # dead-lettered text: pairs with q3 cannot score
+        {"id": "q4", "text": "one"}, {"id": "q4", "text": "two"}]))  # conflicting id
+    right = tmp_path / "right.csv"
+    right.write_text("id,text\np1,bread flour 1kg\np2,rye sourdough starter kit\n")
+    pairs = tmp_path / "pairs.parquet"
+    pq.write_table(pa.table({
+        "q": ["q1", "q2", "q1", "q3", "q9", "q1", None, "q4", "q1"],
+        "p": ["p1", "p2", "p2", "p1", "p1", "p7", "p1", "p1", "p1"],
+        "rank": [1, 2, 3, 4, 5, 6, 7, 8, 9]}), pairs)
+    output = tmp_path / "out"
+    run(ScorePairsJob(pairs=(str(pairs),), output=str(output), left_id_col="q", right_id_col="p",
+                      left_texts=(str(left),), right_texts=(str(right),), keep_cols=("rank",),
+                      model_dir=head_checkpoints["dipair"]), [], argv=[])
+    summary = summary_of(output)
+    counts = summary["counts"]
+    # 9 pairs: 4 scored (q1-p1 twice: duplicate rows are scored once per row by default), 5 dead letters.
+    assert (counts["pairs_read"], counts["pairs_scored"], counts["pairs_dead_lettered"]) == (9, 4, 5)
+    assert summary["dead_letters"] == {"left_null_id": 1, "left_text_missing": 3, "right_text_missing": 1,
+                                       "left_texts:conflicting_id": 2, "left_texts:empty_text": 1}
+    assert counts["left_text_rows_read"] == 5 and counts["left_text_rows_dead_lettered"] == 3
+    ranks = sorted(r["rank"] for r in read_scores_all(output))
+    assert ranks == [1, 2, 3, 9]  # Parquet kept columns keep their type
+    missing = {json.loads(d["row"])["q"] for d in dead_letters(output) if d["reason"] == "left_text_missing"}
+    assert missing == {"q3", "q9", "q4"}
+
+
+def read_scores_all(output: Path) -> list[dict]:
+    return pa.concat_tables([pq.read_table(p) for p in output.glob("scores-*.parquet")]).to_pylist()
+
+
+def test_missing_sides_and_dedupe_flag(tmp_path, head_checkpoints):
+    rows = [{"left": "a question", "right": "an answer"}, {"left": "a question", "right": "an answer"},
+            {"left": "", "right": "x"}, {"left": "y"}, {"left": None, "right": "z"}, {"left": 5, "right": "w"}]
+    source = tmp_path / "pairs.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    plain, deduped = tmp_path / "plain", tmp_path / "deduped"
+    run(ScorePairsJob(pairs=(str(source),), output=str(plain), model_dir=head_checkpoints["de-ffnn"]), [], argv=[])
+    run(ScorePairsJob(pairs=(str(source),), output=str(deduped), model_dir=head_checkpoints["de-ffnn"],
+                      dedupe_pairs=True), [], argv=[])
+    assert summary_of(plain)["counts"]["pairs_scored"] == 2
+    assert summary_of(deduped)["counts"]["pairs_scored"] == 1
+    assert summary_of(deduped)["counts"]["pairs_duplicate"] == 1
+    assert summary_of(plain)["dead_letters"] == {"left_empty_text": 1, "left_non_string_text": 1,
+                                                 "left_null_text": 1, "right_null_text": 1}
+
+
+def test_bad_checkpoints_fail_before_the_pipeline(tmp_path, pairs_file, head_checkpoints):
+    broken = tmp_path / "broken"
+    shutil.copytree(head_checkpoints["dipair"], broken)
+    (broken / "student.safetensors").unlink()
+    runner = CliRunner()
+    result = runner.invoke(score_pairs.main, ["--pairs", str(pairs_file), "--model", str(broken),
+                                              "--output", str(tmp_path / "o1")])
+    assert result.exit_code == 2 and "incomplete: missing student.safetensors" in result.output
+    config = json.loads((Path(head_checkpoints["dipair"]) / "config.json").read_text())
+    config["head"] = "transformer-xl"
+    unknown = tmp_path / "unknown"
+    shutil.copytree(head_checkpoints["dipair"], unknown)
+    (unknown / "config.json").write_text(json.dumps(config))
+    result = runner.invoke(score_pairs.main, ["--pairs", str(pairs_file), "--model", str(unknown),
+                                              "--output", str(tmp_path / "o2")])
+    assert result.exit_code == 2 and "unknown head 'transformer-xl'" in result.output
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--left-id-col", "q"], "--left-id-col and --right-id-col go together"),
+    (["--left-id-col", "q", "--right-id-col", "p"], "need --left-texts and --right-texts"),
+    (["--left-texts", "x.jsonl"], "are for pairs of ids"),
+    (["--left-col", "question"], "question"),
+    (["--keep-cols", "score"], "would overwrite output columns"),
+])
+def test_bad_arguments_are_named(tmp_path, pairs_file, args, message):
+    result = CliRunner().invoke(score_pairs.main, ["--pairs", str(pairs_file), "--output", str(tmp_path / "o"), *args])
+    assert result.exit_code == 2 and message in result.output
+
+
+def test_help_explains_every_flag():
+    result = CliRunner().invoke(score_pairs.main, ["--help"])
+    assert result.exit_code == 0
+    for flag in ("--pairs", "--left-col", "--right-col", "--left-id-col", "--left-texts", "--texts-id-col",
+                 "--keep-cols", "--model", "--store", "--output", "--join", "--broadcast-limit-mb",
+                 "--dedupe-pairs", "--batch-size", "--device", "--accelerator", "--runner"):
+        assert flag in result.output
