@@ -75,13 +75,14 @@ class PairHead(nn.Module):
     def check_inputs(self, left: torch.Tensor, left_mask: torch.Tensor,
                      right: torch.Tensor, right_mask: torch.Tensor) -> None:
         """ValueError naming the first argument whose shape or dtype does not fit this head."""
-        batch = left.shape[0] if left.dim() == 3 else None
+        batch = left.shape[0] if left.dim() == 3 else "B"
         for side, tokens, mask, count in (("left", left, left_mask, self.left_tokens),
                                           ("right", right, right_mask, self.right_tokens)):
             expected = (batch, count, self.dim)
             if tokens.dim() != 3 or tuple(tokens.shape) != expected:
-                raise ValueError(f"{side} has shape {tuple(tokens.shape)}; this head was built for "
-                                 f"(B, {count}, {self.dim}) with B={batch}")
+                raise ValueError(f"{side} has shape {tuple(tokens.shape)}; expected {expected}: this head "
+                                 f"was built for {count} {side} tokens of dimension {self.dim} "
+                                 f"(and both sides need the same batch size)")
             if not tokens.is_floating_point():
                 raise ValueError(f"{side} has dtype {tokens.dtype}; token embeddings must be floating point")
             if tuple(mask.shape) != expected[:2]:

@@ -11,8 +11,17 @@ import numpy as np
 
 from encoders.teacher import TeacherTask, soft_labels
 
-# The dev metric that picks the best epoch, per task (higher is better).
+# The dev metric that picks the best epoch, per task (higher is better), and the one that breaks
+# its ties (lower is better): AUC and accuracy saturate on easy dev sets while the loss still improves.
 MAIN_METRIC = {"binary": "auc", "graded": "spearman", "classes": "accuracy"}
+TIE_BREAK_METRIC = {"binary": "log_loss", "graded": "mse", "classes": "log_loss"}
+
+
+def selection_score(task: TeacherTask, metrics: dict[str, float]) -> tuple[float, float]:
+    """Dev metrics -> a key that is larger for the better epoch; NaN (e.g. the AUC of a dev set
+    with one class) counts as worst."""
+    main, tie = metrics[MAIN_METRIC[task.task]], metrics[TIE_BREAK_METRIC[task.task]]
+    return (main if math.isfinite(main) else -math.inf, -tie if math.isfinite(tie) else -math.inf)
 
 
 def average_ranks(values: np.ndarray) -> np.ndarray:

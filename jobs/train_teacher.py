@@ -24,7 +24,7 @@ from transformers import get_linear_schedule_with_warmup
 from encoders.sources import DEFAULT_ENCODER
 from encoders.teacher import LOSSES, TASKS, CrossEncoder, TeacherTask, autocast, build_teacher, load_teacher, save_teacher
 from jobs.common import run_job
-from jobs.metrics import MAIN_METRIC, task_metrics
+from jobs.metrics import MAIN_METRIC, selection_score, task_metrics
 from pipeline import dead_letters as dl
 from pipeline.dead_letters import DeadLetter
 from pipeline.encode import pick_device
@@ -252,7 +252,7 @@ def run(job: TrainTeacherJob, argv: list[str] | None = None) -> RunSummary:
     scaler = torch.amp.GradScaler("cuda", enabled=device == "cuda" and torch.cuda.is_available()
                                   and not torch.cuda.is_bf16_supported())
     main_metric = MAIN_METRIC[task.task]
-    epochs, best, best_score = [], None, -np.inf
+    epochs, best, best_score = [], None, None
     for epoch in range(1, job.epochs + 1):
         batches = length_grouped_batches(lengths, job.batch_size, rng)
         record = {"epoch": epoch, **train_epoch(teacher, examples, targets, batches, optimizer, scheduler, scaler,
@@ -261,8 +261,7 @@ def run(job: TrainTeacherJob, argv: list[str] | None = None) -> RunSummary:
         dev_logits = teacher.predict(dev_examples, batch_size=2 * job.batch_size)
         record["dev"] = task_metrics(task, dev_logits, np.array(dev.targets))
         record["dev_seconds"] = round(time.perf_counter() - evaluated, 1)
-        score = record["dev"][main_metric]
-        score = score if np.isfinite(score) else -np.inf  # e.g. AUC of a one-class dev set
+        score = selection_score(task, record["dev"])
         if best is None or score > best_score:
             best, best_score = record, score
             save_teacher(teacher, job.output)

@@ -55,3 +55,13 @@ def tiny_checkpoint(tmp_path_factory, tiny_student_config) -> str:
     target = tmp_path_factory.mktemp("tiny-student")
     save_student(build_student(tiny_student_config, seed=1), target)
     return str(target)
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_dir(tmp_path_factory, tiny_encoder_dir) -> str:
+    """A binary cross-encoder teacher (random head, seed 0) around the tiny encoder, saved as a
+    teacher checkpoint (max length 32)."""
+    from encoders.teacher import TeacherTask, build_teacher, save_teacher
+    target = tmp_path_factory.mktemp("tiny-teacher")
+    save_teacher(build_teacher(tiny_encoder_dir, TeacherTask("binary", max_length=32), seed=0), target)
+    return str(target)

@@ -1,0 +1,233 @@
+"""Label pairs with a teacher cross-encoder: the distillation set the student learns from.
+
+    python -m jobs.label_pairs --pairs 'pairs/*.parquet' --teacher teacher/ --output distill/ \
+        [--temperature 1.0] [--previous distill-yesterday/]
+
+Writes ``DIR/part-*.parquet`` (see pipeline/label.py for the columns), ``DIR/dead_letter/``,
+``DIR/_MANIFEST.json`` (teacher fingerprint, temperature, columns) and ``DIR/_SUMMARY.json``.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import apache_beam as beam
+import click
+from apache_beam.io.filesystems import FileSystems
+
+from encoders.teacher import load_teacher
+from jobs.common import BEAM_EPILOG, JOB_CONTEXT, run_job
+from pipeline.encode import DEAD_LETTER_TAG, ReadRows, pick_device
+from pipeline.label import (BASE_COLUMNS, DistillationManifest, ExtractPairs, LabelPairs, LabelSettings,
+                            ReadPrevious, SkipLabeled, WriteDistillationSet, distillation_schema, schema_columns)
+from pipeline.outputs import WriteDeadLetters, prepare_output_dir
+from pipeline.pairs import TextPairColumns, kept_fields
+from pipeline.readers import FORMATS, check_columns, expand_inputs
+from pipeline.runner import make_pipeline, validate_beam_args
+from pipeline.store import MANIFEST_FILE, count_rows, store_files
+from pipeline.summary import RunSummary, read_counters, split_dead_letters
+
+JOB_NAME = "label_pairs"
+
+
+@dataclass(frozen=True)
+class LabelPairsJob:
+    """Everything one labeling run needs; built once from the command line."""
+    pairs: tuple[str, ...]
+    teacher: str
+    output: str
+    left_col: str = "left"
+    right_col: str = "right"
+    left_id_col: str | None = None
+    right_id_col: str | None = None
+    keep_cols: tuple[str, ...] = ()
+    temperature: float = 1.0
+    previous: str | None = None
+    batch_size: int = 64
+    max_length: int | None = None
+    device: str = "auto"
+    format: str | None = None
+    overwrite: bool = False
+
+
+def _check(job: LabelPairsJob) -> None:
+    if not job.temperature > 0:
+        raise ValueError(f"--temperature {job.temperature!r} is not allowed: give a number > 0 (1 = the teacher's "
+                         "own probabilities; > 1 softer labels)")
+    if job.batch_size < 1:
+        raise ValueError(f"--batch-size {job.batch_size!r} is not allowed: give a positive integer")
+    if job.max_length is not None and job.max_length < 4:
+        raise ValueError(f"--max-length {job.max_length!r} is not allowed: give an integer of at least 4")
+    clashes = [name for name in job.keep_cols if name in BASE_COLUMNS]
+    if clashes:
+        raise ValueError(f"--keep-cols {', '.join(clashes)}: the output already has a column of that name "
+                         f"(output columns: {', '.join(BASE_COLUMNS)})")
+    if len(set(job.keep_cols)) != len(job.keep_cols):
+        raise ValueError(f"--keep-cols {','.join(job.keep_cols)} names a column twice")
+    if job.previous is not None and _same_path(job.previous, job.output):
+        raise ValueError(f"--previous {job.previous!r} is also --output: write the new set to a new directory "
+                         "(the previous one is read while the new one is written)")
+
+
+def _same_path(a: str, b: str) -> bool:
+    if "://" in a or "://" in b:
+        return a.rstrip("/") == b.rstrip("/")
+    return os.path.abspath(a) == os.path.abspath(b)
+
+
+def _check_previous(job: LabelPairsJob, fingerprint: str, schema) -> tuple[DistillationManifest, list[str]]:
+    """The previous set must come from the same teacher and have the same columns."""
+    manifest = DistillationManifest.read(job.previous)
+    if manifest.teacher_fingerprint != fingerprint:
+        raise ValueError(f"--previous {job.previous!r} was labeled by another teacher (fingerprint "
+                         f"{manifest.teacher_fingerprint[:16]}, this one {fingerprint[:16]}): its labels cannot be "
+                         "reused; drop --previous to label every pair with this teacher")
+    if manifest.columns != schema_columns(schema):
+        raise ValueError(f"--previous {job.previous!r} has columns {manifest.columns} but this run writes "
+                         f"{schema_columns(schema)}: use the same --keep-cols (and input column types) as the "
+                         "previous run")
+    files = store_files(job.previous)
+    if not files:
+        raise ValueError(f"--previous {job.previous!r} holds no part-*.parquet files")
+    return manifest, files
+
+
+def run(job: LabelPairsJob, beam_args: list[str], argv: list[str] | None = None) -> RunSummary:
+    """Check everything that can be checked, run the pipeline, write manifest and summary."""
+    validate_beam_args(beam_args)
+    _check(job)
+    pick_device(job.device)
+    columns = TextPairColumns(left=job.left_col, right=job.right_col, left_id=job.left_id_col,
+                              right_id=job.right_id_col, keep=tuple(job.keep_cols))
+    files = expand_inputs(job.pairs, job.format)
+    check_columns(files, columns.required())
+    teacher = load_teacher(job.teacher)
+    if job.max_length is not None:
+        positions = getattr(teacher.model.config, "max_position_embeddings", None)
+        if positions is not None and job.max_length > positions:
+            raise ValueError(f"--max-length {job.max_length} is not allowed for teacher {job.teacher!r}: its "
+                             f"position embeddings stop at {positions}")
+        teacher.task = teacher.task.replace(max_length=job.max_length)
+    schema = distillation_schema(teacher.task.num_outputs, kept_fields(files, columns.keep))
+    settings = LabelSettings(teacher=job.teacher, fingerprint=teacher.fingerprint, schema=schema,
+                             keep=columns.keep, temperature=job.temperature, batch_size=job.batch_size,
+                             device=job.device, max_length=job.max_length)
+    previous_files = _check_previous(job, teacher.fingerprint, schema)[1] if job.previous else []
+    prepare_output_dir(job.output, job.overwrite)
+
+    started = time.monotonic()
+    pipeline = make_pipeline(beam_args)
+    read = pipeline | "ReadRows" >> ReadRows(files)
+    extracted = read.rows | "ExtractPairs" >> ExtractPairs(columns)
+    pairs = extracted.pairs
+    tables = []
+    if previous_files:
+        previous = pipeline | "ReadPrevious" >> ReadPrevious(
+            FileSystems.join(job.previous, "part*.parquet"), schema, job.temperature)
+        pairs = pairs | "SkipLabeled" >> SkipLabeled(previous["keys"])
+        tables.append(previous["rows"])
+    tables.insert(0, pairs | "LabelPairs" >> LabelPairs(settings))
+    (tables | "AllRows" >> beam.Flatten() | "WriteDistillationSet" >> WriteDistillationSet(job.output, schema))
+    ((read[DEAD_LETTER_TAG], extracted[DEAD_LETTER_TAG])
+     | "AllDeadLetters" >> beam.Flatten()
+     | "WriteDeadLetters" >> WriteDeadLetters(job.output))
+    result = pipeline.run()
+    result.wait_until_finish()
+
+    written = store_files(job.output)
+    rows = count_rows(written)
+    counters, dead_letters = split_dead_letters(read_counters(result))
+    counts = {
+        "pairs_read": counters.get("rows_read", 0),
+        "pairs_labeled": counters.get("pairs_labeled", 0),
+        "pairs_skipped_labeled": counters.get("pairs_skipped_labeled", 0),
+        "pairs_dead_lettered": sum(dead_letters.values()),
+        "pairs_truncated": counters.get("pairs_truncated", 0),
+        "previous_rows_copied": counters.get("previous_rows_copied", 0),
+        "output_rows": rows,
+    }
+    accounted = counts["pairs_labeled"] + counts["pairs_skipped_labeled"] + counts["pairs_dead_lettered"]
+    if accounted != counts["pairs_read"] or rows != counts["pairs_labeled"] + counts["previous_rows_copied"]:
+        # A bundle that did not fail must be complete: never report a run that lost pairs as done.
+        raise RuntimeError(f"pair accounting failed: read {counts['pairs_read']}, labeled {counts['pairs_labeled']} + "
+                           f"skipped {counts['pairs_skipped_labeled']} + dead-lettered "
+                           f"{counts['pairs_dead_lettered']} = {accounted}; output rows {rows}, copied "
+                           f"{counts['previous_rows_copied']}")
+    notes = []
+    if job.previous:
+        notes.append(f"--previous {job.previous}: {counts['pairs_skipped_labeled']:,} pairs already labeled there "
+                     f"were skipped; all {counts['previous_rows_copied']:,} of its rows were copied through (soft "
+                     f"labels recomputed at T={job.temperature:g}), so {job.output} is the complete set")
+    manifest = DistillationManifest(
+        teacher_fingerprint=teacher.fingerprint, teacher=job.teacher, task=teacher.task.to_dict(),
+        num_outputs=teacher.task.num_outputs, temperature=job.temperature, columns=schema_columns(schema),
+        kept_columns=list(columns.keep), rows=rows, files=[FileSystems.split(p)[1] for p in written],
+        previous=job.previous, notes=notes)
+    with FileSystems.create(FileSystems.join(job.output, MANIFEST_FILE)) as handle:
+        handle.write((manifest.to_json() + "\n").encode("utf-8"))
+    summary = RunSummary(
+        job=JOB_NAME, arguments=list(argv if argv is not None else sys.argv[1:]), output=job.output,
+        model_fingerprints={"teacher": teacher.fingerprint}, wall_seconds=round(time.monotonic() - started, 3),
+        counts=counts, dead_letters=dead_letters,
+        reconciliation=(f"pairs read {counts['pairs_read']:,} = labeled {counts['pairs_labeled']:,} + already labeled "
+                        f"{counts['pairs_skipped_labeled']:,} + dead-lettered {counts['pairs_dead_lettered']:,}; "
+                        f"output rows {rows:,} = labeled + copied {counts['previous_rows_copied']:,}"),
+        notes=notes, metrics={"temperature": job.temperature, "task": teacher.task.to_dict()})
+    summary.write()
+    return summary
+
+
+def _split_columns(value: str | None) -> tuple[str, ...]:
+    return tuple(name.strip() for name in value.split(",") if name.strip()) if value else ()
+
+
+@click.command(context_settings=JOB_CONTEXT, epilog=BEAM_EPILOG)
+@click.option("--pairs", multiple=True, required=True, metavar="PATH",
+              help="Pairs to label: a path, glob or Beam filesystem path (gs://, s3://); repeat for more. Format "
+                   "from the extension: .parquet, .jsonl, .csv, .tsv, the last three optionally .zst.")
+@click.option("--format", type=click.Choice(FORMATS), default=None,
+              help="Read every input as this format, whatever its extension.")
+@click.option("--left-col", default="left", show_default=True, help="Column holding the left text.")
+@click.option("--right-col", default="right", show_default=True, help="Column holding the right text.")
+@click.option("--left-id-col", default=None,
+              help="Column holding the left text's id (with --right-id-col). Without them an id is a stable hash "
+                   "of the text.")
+@click.option("--right-id-col", default=None, help="Column holding the right text's id.")
+@click.option("--keep-cols", default=None, metavar="A,B",
+              help="Input columns to copy to the output (Parquet types kept; text formats as strings).")
+@click.option("--teacher", required=True, metavar="DIR",
+              help="Teacher checkpoint: a train_teacher output, or any Hugging Face sequence-classification "
+                   "cross-encoder (path or cached hub id) with its trained head.")
+@click.option("--temperature", type=float, default=1.0, show_default=True,
+              help="T of the soft labels: sigmoid(logit / T), or softmax(logits / T) for k classes.")
+@click.option("--previous", default=None, metavar="DIR",
+              help="A previous label_pairs output from the same teacher: pairs it holds (same left and right "
+                   "text) are not labeled again, and all its rows are copied into --output, which is then the "
+                   "complete distillation set.")
+@click.option("--output", required=True, metavar="DIR",
+              help="Directory to create: part-*.parquet, dead_letter/, _MANIFEST.json, _SUMMARY.json.")
+@click.option("--overwrite", is_flag=True, help="Replace the contents of a non-empty --output.")
+@click.option("--batch-size", type=int, default=64, show_default=True,
+              help="Pairs per teacher batch (pairs are sorted by length first, so padding stays small).")
+@click.option("--max-length", type=int, default=None,
+              help="Tokens per pair; default: the teacher's own (teacher.json, else the tokenizer's, at most 512). "
+                   "Changing it changes the teacher fingerprint.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where the teacher runs; auto = CUDA when present (with mixed precision).")
+@click.pass_context
+def main(ctx: click.Context, **flags) -> None:
+    """Label pairs with a teacher cross-encoder and write the distillation set."""
+    argv = sys.argv[1:]
+
+    def go() -> None:
+        job = LabelPairsJob(pairs=tuple(flags.pop("pairs")), keep_cols=_split_columns(flags.pop("keep_cols")),
+                            **flags)
+        summary = run(job, list(ctx.args), argv)
+        click.echo(summary.table())
+    run_job(go)
+
+
+if __name__ == "__main__":
+    main()
