@@ -23,13 +23,12 @@ from encoders.checkpoint import Student, load_or_build_student
 from encoders.config import baseline_config
 from jobs.common import BEAM_EPILOG, JOB_CONTEXT, run_job
 from jobs.encode_texts import store_layout
-from pipeline.encode import (DEAD_LETTER_TAG, DedupeTexts, EncodeSettings, EncodeTexts, ReadRows, TextColumns,
-                             pick_device)
+from pipeline.encode import DEAD_LETTER_TAG, DedupeTexts, EncodeSettings, ReadRows, TextColumns, pick_device
 from pipeline.outputs import WriteDeadLetters, WriteStore, prepare_output_dir
 from pipeline.readers import FORMATS, InputFile, check_columns, expand_inputs
 from pipeline.runner import make_pipeline, validate_beam_args
-from pipeline.score import (PAIRS, SIDES, DistinctPairTexts, PairColumns, ReadPairs, ScorePairs, ScoreSettings,
-                            _DropSupersededDoFn, _SplitKnownTextsDoFn, dedupe_pair_chunks, read_store_tables)
+from pipeline.score import (PAIRS, SIDES, CompleteStore, DistinctPairTexts, PairColumns, ReadPairs, ScorePairs,
+                            ScoreSettings, dedupe_pair_chunks, read_store_tables)
 from pipeline.store import (COMPRESSION, DTYPES, MANIFEST_FILE, StoreLayout, StoreManifest, count_rows,
                             read_manifest, store_files)
 from pipeline.summary import RunSummary, read_counters, split_dead_letters
@@ -221,13 +220,9 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
             unique = read[f"{side}_texts"] | f"Distinct{label}Texts" >> DistinctPairTexts()
         old = (read_store_tables(pipeline, plan.existing_files, f"{label}Store") if plan.existing_files
                else pipeline | f"No{label}Store" >> beam.Create([]))
-        to_encode = unique | f"Split{label}Known" >> beam.ParDo(_SplitKnownTextsDoFn(f"{side}."),
-                                                                 beam.pvalue.AsList(old))
         settings = EncodeSettings(model_dir=job.model_dir, side=side, batch_size=job.encode_batch_size,
                                   dtype=plan.layout.dtype, device=job.device)
-        new = to_encode | f"Encode{label}" >> EncodeTexts(settings, plan.layout, counter_prefix=f"{side}.")
-        kept_old = old | f"Drop{label}Superseded" >> beam.ParDo(_DropSupersededDoFn(), beam.pvalue.AsList(new))
-        side_tables[side] = (kept_old, new) | f"{label}StoreTables" >> beam.Flatten()
+        side_tables[side] = unique | f"Complete{label}Store" >> CompleteStore(settings, plan.layout, old, f"{side}.")
         side_tables[side] | f"Write{label}Store" >> WriteStore(plan.output, plan.layout)
 
     score_settings = ScoreSettings(model_dir=job.model_dir, left_layout=plans["left"].layout,

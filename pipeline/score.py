@@ -24,8 +24,8 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline import dead_letters as dl
 from pipeline.dead_letters import DeadLetter
-from pipeline.encode import (DEAD_LETTER_TAG, TextColumns, TextRow, UniqueText, counter, dead_letter_counter,
-                             extract_text, pick_device)
+from pipeline.encode import (DEAD_LETTER_TAG, EncodeSettings, EncodeTexts, TextColumns, TextRow, UniqueText,
+                             counter, dead_letter_counter, extract_text, pick_device)
 from pipeline.readers import InputFile, SourcedRow, read_rows
 from pipeline.store import StoreLayout, TokenLookup, token_mask
 from pipeline.text_ids import text_id
@@ -226,6 +226,28 @@ class _DropSupersededDoFn(beam.DoFn):
         kept = _without_ids(table, new_ids)
         if kept.num_rows:
             yield kept
+
+
+class CompleteStore(beam.PTransform):
+    """UniqueText of one side + the existing store's tables -> every store table this run uses.
+
+    Texts already stored under the same id with the same text are reused; the others go
+    through stage one (``EncodeTexts``); stored rows whose id was re-encoded are dropped.
+    """
+
+    def __init__(self, settings: EncodeSettings, layout: StoreLayout, old_tables, counter_prefix: str):
+        super().__init__()
+        self._settings = settings
+        self._layout = layout
+        self._old = old_tables
+        self._prefix = counter_prefix
+
+    def expand(self, unique_texts):
+        to_encode = unique_texts | "SplitKnown" >> beam.ParDo(_SplitKnownTextsDoFn(self._prefix),
+                                                               beam.pvalue.AsList(self._old))
+        new = to_encode | "EncodeNew" >> EncodeTexts(self._settings, self._layout, counter_prefix=self._prefix)
+        kept_old = self._old | "DropSuperseded" >> beam.ParDo(_DropSupersededDoFn(), beam.pvalue.AsList(new))
+        return (kept_old, new) | "AllStoreTables" >> beam.Flatten()
 
 
 # --------------------------------------------------------------------------- scoring

@@ -220,3 +220,16 @@ def test_help_explains_every_flag():
                  "--keep-cols", "--model", "--store", "--output", "--join", "--broadcast-limit-mb",
                  "--dedupe-pairs", "--batch-size", "--device", "--accelerator", "--runner"):
         assert flag in result.output
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (CI has none)")
+def test_cuda_scores_match_cpu(tmp_path, pairs_file, head_checkpoints):
+    outputs = {}
+    for device in ("cpu", "cuda"):
+        outputs[device] = tmp_path / device
+        run(ScorePairsJob(pairs=(str(pairs_file),), output=str(outputs[device]), model_dir=head_checkpoints["dipair"],
+                          device=device), [], argv=[])
+    cpu, cuda = read_scores(outputs["cpu"]), read_scores(outputs["cuda"])
+    assert cpu.keys() == cuda.keys()
+    # bf16 autocast on GPU: close, not equal.
+    np.testing.assert_allclose([cuda[k]["score"] for k in cpu], [cpu[k]["score"] for k in cpu], atol=2e-2)
