@@ -1,16 +1,23 @@
-"""Stage two's hot path: how many pairs per second a head scores on this CPU, against the
-machine's GEMM roofline.
+"""Stage two's hot path: how many pairs per second the DiPair-TSF head scores on this CPU,
+against the machine's GEMM roofline.
 
-    python benchmarks/head_speed.py [--batch-size 4096] [--seconds 6] [--no-baseline]
+    python benchmarks/head_speed.py [--batch-size 4096] [--seconds 4] [--no-baseline]
 
-Prints, for the DiPair-TSF head (N=4, M=12, D=128, L=2, 1 attention head, FFN 1024, eval mode,
-``torch.inference_mode``): pairs/s in fp32 and under bf16 autocast, the GEMM GFLOP/s of the
-machine in fp32 and bf16 (2048^3 matmul), the head's FLOPs per pair and the fraction of the
-roofline (GEMM GFLOP/s / FLOPs per pair) reached. With the baseline on it also times the
-same architecture as a plain ``nn.TransformerEncoder`` (all positions, every layer).
+Prints, for DiPair-TSF with N=4, M=12, D=128, L=2, 1 attention head, FFN 1024 (eval mode,
+``torch.inference_mode``, batch 4096):
 
-All timings are medians over repeats; the inputs are random with random padding (position 0
-always real). Timings on shared machines are noisy: compare runs, not single numbers.
+* the machine's GEMM rate: fp32 2048^3 (measured before and after the heads, averaged) and
+  bf16 (2048^3, or 1024^3 where the CPU has no native bf16 and the fallback is very slow);
+* the head's FLOPs per pair (see ``dipair_flops_per_pair``) and the roofline, GEMM rate /
+  FLOPs per pair, counting the textbook last-layer shortcut;
+* pairs/s in fp32 and under bf16 autocast with no padding, and the fraction of the roofline;
+* pairs/s in fp32 with 30% of the positions after the first padded (padded positions skip the
+  layers, so this is faster than the roofline for full sequences);
+* unless --no-baseline, the same architecture as a plain ``nn.TransformerEncoder`` (every
+  layer at every position), fp32.
+
+Timings are medians over repeats of one random batch. On shared or virtual machines they
+drift by tens of percent from minute to minute: compare figures from the same run.
 """
 from __future__ import annotations
 
@@ -80,12 +87,9 @@ def _median_seconds(call: Callable[[], object], seconds: float, min_repeats: int
     call()
     warmup = time.perf_counter() - start
     times: list[float] = []
+    needed = 1 if warmup > seconds else min_repeats
     deadline = time.perf_counter() + seconds
-    while len(times) < max_repeats:
-        if len(times) >= min_repeats and time.perf_counter() > deadline:
-            break
-        if times and warmup > seconds and time.perf_counter() > deadline:
-            break
+    while len(times) < max_repeats and not (len(times) >= needed and time.perf_counter() > deadline):
         start = time.perf_counter()
         call()
         times.append(time.perf_counter() - start)
@@ -162,7 +166,7 @@ class TransformerEncoderBaseline(nn.Module):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch-size", type=int, default=4096)
-    parser.add_argument("--seconds", type=float, default=6.0, help="time spent per measurement")
+    parser.add_argument("--seconds", type=float, default=4.0, help="time spent per measurement")
     parser.add_argument("--no-baseline", action="store_true", help="skip the nn.TransformerEncoder baseline")
     args = parser.parse_args()
     n, m, dim, layers, heads, ffn = 4, 12, 128, 2, 1, 1024
@@ -170,31 +174,54 @@ def main() -> None:
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"CPU capability {torch.backends.cpu.get_cpu_capability()}, "
-          f"oneDNN bf16 support: {torch.ops.mkldnn._is_mkldnn_bf16_supported()}")
-    gemm = {"fp32": measure_gemm_gflops(torch.float32), "bf16": measure_gemm_gflops(torch.bfloat16)}
-    print(f"GEMM 2048^3: fp32 {gemm['fp32']:.0f} GFLOP/s, bf16 {gemm['bf16']:.1f} GFLOP/s")
-
-    flops = {variant: dipair_flops_per_pair(n, m, dim, layers, ffn, variant=variant) for variant in FLOP_VARIANTS}
-    print(f"DiPair-TSF N={n} M={m} D={dim} L={layers} heads={heads} FFN={ffn}: "
-          + ", ".join(f"{variant} {value / 1e6:.2f}" for variant, value in flops.items()) + " MFLOP/pair")
-
-    def report(label: str, result: dict) -> None:
-        print(f"\n{label} (batch {result['batch_size']})")
-        for precision in ("fp32", "bf16"):
-            if f"{precision}_pairs_per_s" not in result:
-                continue
-            rate = result[f"{precision}_pairs_per_s"]
-            fractions = ", ".join(
-                f"{rate * flops[variant] / (gemm[precision] * 1e9):.0%} of the {precision} roofline counting {variant}"
-                f" ({gemm[precision] * 1e9 / flops[variant]:,.0f} pairs/s)" for variant in FLOP_VARIANTS)
-            print(f"  {precision}: {rate:,.0f} pairs/s ({result[f'{precision}_repeats']} repeats); {fractions}")
+          f"native bf16 (oneDNN): {torch.ops.mkldnn._is_mkldnn_bf16_supported()}")
+    # The fp32 GEMM rate is measured before and after the heads and averaged: on shared or
+    # virtual machines the clock drifts, and the roofline should describe the same minutes.
+    gemm_before = measure_gemm_gflops(torch.float32)
+    # Without native bf16 (AVX512-BF16 / AMX) PyTorch falls back to a slow generic kernel, under
+    # 1 GFLOP/s: a 2048^3 product would take a minute, so measure a 1024^3 one instead.
+    bf16_size = 2048 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else 1024
+    gemm = {"bf16": measure_gemm_gflops(torch.bfloat16, size=bf16_size)}
 
     head = build_head("dipair", dim=dim, left_tokens=n, right_tokens=m, layers=layers, heads=heads, ffn=ffn)
-    report("heads.dipair", measure_head_throughput(head, args.batch_size, n, m, dim, args.seconds))
+    dipair = measure_head_throughput(head, args.batch_size, n, m, dim, args.seconds, padding=0.0)
+    padded = measure_head_throughput(head, args.batch_size, n, m, dim, args.seconds / 2, padding=0.3,
+                                     precisions=("fp32",))
+    baseline = None
     if not args.no_baseline:
-        baseline = TransformerEncoderBaseline(dim, n, m, layers, heads, ffn)
-        report("baseline nn.TransformerEncoder", measure_head_throughput(
-            baseline, args.batch_size, n, m, dim, min(args.seconds, 3.0), precisions=("fp32",)))
+        baseline = measure_head_throughput(TransformerEncoderBaseline(dim, n, m, layers, heads, ffn),
+                                           args.batch_size, n, m, dim, args.seconds / 2, padding=0.0,
+                                           precisions=("fp32",))
+    gemm["fp32"] = (gemm_before + measure_gemm_gflops(torch.float32)) / 2
+
+    flops = {variant: dipair_flops_per_pair(n, m, dim, layers, ffn, variant=variant) for variant in FLOP_VARIANTS}
+    roofline = {precision: gemm[precision] * 1e9 / flops["shortcut"] for precision in gemm}
+    print(f"GEMM: fp32 2048^3 {gemm['fp32']:.0f} GFLOP/s (before {gemm_before:.0f}, after "
+          f"{2 * gemm['fp32'] - gemm_before:.0f}), bf16 {bf16_size}^3 {gemm['bf16']:.1f} GFLOP/s")
+    print(f"DiPair-TSF N={n} M={m} D={dim} L={layers} heads={heads} FFN={ffn}, batch {args.batch_size}: "
+          + ", ".join(f"{variant} {value / 1e6:.2f}" for variant, value in flops.items()) + " MFLOP/pair")
+    print(f"roofline = GEMM rate / shortcut FLOPs: fp32 {roofline['fp32']:,.0f} pairs/s, "
+          f"bf16 {roofline['bf16']:,.0f} pairs/s\n")
+
+    native_bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    for precision in ("fp32", "bf16"):
+        rate = dipair[f"{precision}_pairs_per_s"]
+        if precision == "bf16" and not native_bf16:
+            print(f"heads.dipair bf16 autocast, no padding: {rate:,.0f} pairs/s "
+                  f"({dipair['bf16_repeats']} repeats); this CPU has no native bf16, autocast runs "
+                  f"generic fallback kernels, so no bf16 roofline is meaningful: use fp32 here")
+            continue
+        print(f"heads.dipair {precision}, no padding: {rate:,.0f} pairs/s "
+              f"({dipair[f'{precision}_repeats']} repeats) = {rate / roofline[precision]:.0%} of the "
+              f"{precision} roofline; counting full FLOPs {rate * flops['full'] / (gemm[precision] * 1e9):.0%}, "
+              f"executed FLOPs run at {rate * flops['executed'] / 1e9:.0f} GFLOP/s "
+              f"({rate * flops['executed'] / (gemm[precision] * 1e9):.0%} of GEMM)")
+    print(f"heads.dipair fp32, 30% of positions 1.. padded: {padded['fp32_pairs_per_s']:,.0f} pairs/s "
+          f"(padded positions are skipped)")
+    if baseline is not None:
+        rate = baseline["fp32_pairs_per_s"]
+        print(f"nn.TransformerEncoder fp32, no padding: {rate:,.0f} pairs/s = "
+              f"{rate * flops['full'] / (gemm['fp32'] * 1e9):.0%} of the fp32 GEMM rate on its (full) FLOPs")
 
 
 if __name__ == "__main__":

@@ -12,9 +12,10 @@ The call (every head)::
                 the ``pooled-cos`` head reads them, every other head accepts and ignores them
     logits      (B, num_outputs) float
 
-Padded positions may hold any finite garbage: every head zeroes them (``torch.where``, so
-not even a stray NaN leaks through a multiplication by zero) before any arithmetic, and
-attention masks them as keys, so logits do not depend on them at all.
+Padded positions may hold any garbage: every head drops them (dipair) or zeroes them with
+``torch.where`` (so not even a NaN leaks through a multiplication by zero) before any
+arithmetic, or reads only the first tokens, and attention masks them as keys, so logits do
+not depend on them at all.
 """
 from __future__ import annotations
 
@@ -90,6 +91,9 @@ class PairHead(nn.Module):
             if mask.dtype != torch.bool:
                 raise ValueError(f"{side}_mask has dtype {mask.dtype}; it must be torch.bool "
                                  f"(True = real token), e.g. mask.bool()")
+            if batch and not bool(mask[:, 0].all()):
+                raise ValueError(f"{side}_mask[:, 0] is False for some pairs; position 0 (the [CLS] "
+                                 f"token) must be real for every pair")
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, left_tokens={self.left_tokens}, right_tokens={self.right_tokens}, "

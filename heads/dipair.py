@@ -1,40 +1,46 @@
 """DiPair-TSF: a small transformer over the merged N + M token embeddings (DiPair §3.5).
 
-    tokens (B, N+M, D) = [left ; right], padded positions zeroed
+    tokens (B, N+M, D) = [left ; right]
       + position embedding (N+M, D) + segment embedding (left = 0, right = 1)
-      -> LayerNorm (post-LN, as BERT's embeddings)
-      -> L encoder layers (self-attention with key padding masked, feed-forward, residuals)
+      -> LayerNorm (post-LN only, as BERT's embeddings)
+      -> L encoder layers (self-attention with padded keys masked, feed-forward, residuals)
       -> output at position 0 -> [final LayerNorm when pre-LN] -> Linear -> (B, num_outputs)
 
-This is the hot path of the product (billions of pairs), so the forward is written for
-CPU throughput at batch sizes of thousands; the arithmetic is the textbook layer's, and
-tests/heads/test_dipair.py checks it against a plain reference implementation:
+This is the hot path of the product (billions of pairs), so the forward is written for CPU
+throughput at batch sizes of thousands. The function is the textbook one (post-LN layers as
+BERT's, pre-LN as GPT-2's); tests/heads/test_dipair_head.py checks it against a plain
+implementation. What differs is only how it is computed:
 
+* Padded positions are dropped before the first layer. Their outputs are never used (they
+  are masked as keys everywhere), so projections, LayerNorms and feed-forward run on the
+  real tokens only (``TokenRows``); attention scatters them back into the padded layout.
+  Whatever padded positions hold therefore never reaches the arithmetic.
 * Only position 0 of the last layer's output is used, so the last layer computes its
-  attention query, attention output and feed-forward for position 0 alone.
+  query, attention output and feed-forward for position 0 alone.
 * In that last layer the key and value projections are not applied to all N+M positions
   either: the score q.(W_k x_j + b_k) equals (W_k^T q).x_j plus a term that is the same for
   every j (softmax ignores it), and the attention-weighted sum of values sum_j p_j (W_v x_j
   + b_v) equals W_v (sum_j p_j x_j) + (sum_j p_j) b_v. So the query is pulled back through
   W_k once, the layer input is attended directly, and W_v is applied once per pair.
-* Large batches are processed in chunks of ``chunk_pairs`` pairs. The batch as a whole
-  would create intermediates of hundreds of MB (B*(N+M) rows x 1024 feed-forward units);
-  chunks keep them in cache and let the allocator reuse them, which measured about twice
-  as fast on a 2-core CPU. Chunking changes nothing but floating-point rounding.
-* The attention over all positions (layers before the last) uses
-  ``scaled_dot_product_attention`` with a boolean mask on q, k, v that are strided views of
-  one fused QKV projection (no copies).
+* On CPU, large batches are processed in chunks of ``chunk_pairs`` pairs. The batch as a
+  whole would create intermediates of hundreds of MB (B*(N+M) rows x 1024 feed-forward
+  units); chunks keep them in cache and let the allocator reuse them, which measured about
+  twice as fast on a 2-core CPU. Chunking changes nothing but floating-point rounding.
+* Attention over all positions uses ``scaled_dot_product_attention`` with a boolean mask
+  on q, k, v that are strided views of one fused QKV projection (no copies).
+
+Position 0 must be real in every pair (it is the [CLS] token); the heads' input check
+enforces it.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from heads._common import PairHead, check_positive_int, check_probability, zero_padding
+from heads._common import PairHead, check_positive_int, check_probability
 
 ACTIVATIONS = ("gelu", "relu")
 
@@ -74,10 +80,39 @@ class DiPairConfig:
             raise ValueError(f"layer_norm_eps={self.layer_norm_eps!r} is not allowed: use a positive number")
 
 
+class TokenRows:
+    """The real tokens of a batch as the rows of one (T, D) matrix, and back.
+
+    Outputs at padded positions are never used (padded keys are masked in every layer), so the
+    layers before the last run their projections, LayerNorms and feed-forward on the T real
+    tokens only; with padding that skips real work. Attention needs the padded (B, S, .)
+    layout: ``scatter`` puts rows back with zeros at padded positions. With no padding both
+    directions are free reshapes.
+    """
+
+    def __init__(self, mask: torch.Tensor):
+        """mask: (B, S) bool, True = real token."""
+        self.batch, self.length = mask.shape
+        self.index = None if bool(mask.all()) else mask.flatten().nonzero().squeeze(1)   # (T,)
+
+    def gather(self, padded: torch.Tensor) -> torch.Tensor:
+        """(B, S, F) -> (T, F), the real positions in batch-major order."""
+        flat = padded.reshape(self.batch * self.length, padded.shape[-1])
+        return flat if self.index is None else flat.index_select(0, self.index)
+
+    def scatter(self, rows: torch.Tensor) -> torch.Tensor:
+        """(T, F) -> (B, S, F), zeros at padded positions."""
+        features = rows.shape[-1]
+        if self.index is None:
+            return rows.view(self.batch, self.length, features)
+        padded = rows.new_zeros(self.batch * self.length, features).index_copy(0, self.index, rows)
+        return padded.view(self.batch, self.length, features)
+
+
 class DiPairLayer(nn.Module):
     """One transformer encoder layer (single fused QKV projection), post- or pre-LN.
 
-    ``forward`` maps every position, (B, S, D) -> (B, S, D); ``forward_first`` computes the
+    ``forward`` maps the real tokens' rows, (T, D) -> (T, D); ``forward_first`` computes the
     output at position 0 only, (B, S, D) -> (B, D), for the last layer.
     """
 
@@ -95,23 +130,30 @@ class DiPairLayer(nn.Module):
         self.ffn_out = nn.Linear(config.ffn, dim)
         self.ffn_norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
 
-    def forward(self, x: torch.Tensor, attend: torch.Tensor) -> torch.Tensor:
-        """x: (B, S, D); attend: (B, 1, 1, S) bool, True = key may be attended. -> (B, S, D)."""
-        batch, length, dim = x.shape
+    def forward(self, x: torch.Tensor, rows: TokenRows, attend: torch.Tensor) -> torch.Tensor:
+        """x: (T, D) real tokens' rows; attend: (B, 1, 1, S) bool, True = key may be attended.
+        -> (T, D)."""
         attention_in = self.attention_norm(x) if self.norm_first else x
-        # (B, S, 3, H, Dh) -> three (B, H, S, Dh) strided views; SDPA takes them as they are.
-        q, k, v = self.qkv(attention_in).view(batch, length, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        context = F.scaled_dot_product_attention(q, k, v, attn_mask=attend,
-                                                 dropout_p=self.dropout if self.training else 0.0)
-        context = context.transpose(1, 2).reshape(batch, length, dim)   # a view when H = 1
-        x = x + F.dropout(self.attention_out(context), self.dropout, self.training)
+        x = x + F.dropout(self._attention(attention_in, rows, attend), self.dropout, self.training)
         if self.norm_first:
             return x + F.dropout(self._feed_forward(self.ffn_norm(x)), self.dropout, self.training)
         x = self.attention_norm(x)
         return self.ffn_norm(x + F.dropout(self._feed_forward(x), self.dropout, self.training))
 
+    def _attention(self, attention_in: torch.Tensor, rows: TokenRows, attend: torch.Tensor) -> torch.Tensor:
+        """Self-attention with output projection: rows (T, D) -> rows (T, D)."""
+        dim = attention_in.shape[-1]
+        dropout = self.dropout if self.training else 0.0
+        qkv = rows.scatter(self.qkv(attention_in))                                 # (B, S, 3D)
+        batch, length, _ = qkv.shape
+        # (B, S, 3, H, Dh) -> three (B, H, S, Dh) strided views; SDPA takes them as they are.
+        q, k, v = qkv.view(batch, length, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        context = F.scaled_dot_product_attention(q, k, v, attn_mask=attend, dropout_p=dropout)
+        return self.attention_out(rows.gather(context.transpose(1, 2).reshape(batch, length, dim)))
+
     def forward_first(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-        """The layer's output at position 0 only. x: (B, S, D); key_mask: (B, S) bool. -> (B, D).
+        """The layer's output at position 0 only. x: (B, S, D), zeros at padded positions;
+        key_mask: (B, S) bool. -> (B, D).
 
         Keys and values still come from every real position; see the module docstring for
         why W_k and W_v need not be applied to each of them.
@@ -121,17 +163,18 @@ class DiPairLayer(nn.Module):
         w_q, w_k, w_v = self.qkv.weight.split(dim)       # each (D, D), output features x input
         b_q, _, b_v = self.qkv.bias.split(dim)           # b_k shifts all scores of a query equally
         attention_in = self.attention_norm(x) if self.norm_first else x           # (B, S, D)
-        query = F.linear(attention_in[:, 0], w_q, b_q).view(batch, heads, head_dim) * (head_dim ** -0.5)
-        # Per head h: q_h . (W_k,h x_j) = (W_k,h^T q_h) . x_j
-        query_in_input_space = torch.einsum("bhe,hed->bhd", query, w_k.view(heads, head_dim, dim))  # (B, H, D)
-        scores = torch.bmm(query_in_input_space, attention_in.transpose(1, 2))    # (B, H, S)
+        query = F.linear(attention_in[:, 0], w_q, b_q) * (head_dim ** -0.5)                   # (B, D)
+        # Per head h: q_h . (W_k,h x_j) = (W_k,h^T q_h) . x_j, one (B x Dh) @ (Dh x D) product per head.
+        query_heads = query.view(batch, heads, head_dim).transpose(0, 1)                        # (H, B, Dh)
+        pulled_back = torch.bmm(query_heads, w_k.view(heads, head_dim, dim)).transpose(0, 1)    # (B, H, D)
+        scores = torch.bmm(pulled_back, attention_in.transpose(1, 2))                           # (B, H, S)
         scores = scores.masked_fill(~key_mask.unsqueeze(1), float("-inf"))
-        probs = F.dropout(scores.softmax(dim=-1), self.dropout, self.training)     # (B, H, S)
-        mixed_input = torch.bmm(probs, attention_in)                                # (B, H, D)
+        probs = F.dropout(scores.softmax(dim=-1), self.dropout, self.training)                  # (B, H, S)
+        mixed_input = torch.bmm(probs, attention_in)                                            # (B, H, D)
         # sum_j p_j (W_v,h x_j + b_v,h) = W_v,h (sum_j p_j x_j) + (sum_j p_j) b_v,h; sum_j p_j is 1
         # except under attention dropout, so it is kept rather than assumed.
-        values = torch.einsum("bhd,hed->bhe", mixed_input, w_v.view(heads, head_dim, dim))    # (B, H, Dh)
-        values = values + probs.sum(dim=-1, keepdim=True) * b_v.view(heads, head_dim)
+        values = torch.bmm(mixed_input.transpose(0, 1), w_v.view(heads, head_dim, dim).transpose(1, 2))  # (H, B, Dh)
+        values = values.transpose(0, 1) + probs.sum(dim=-1, keepdim=True) * b_v.view(heads, head_dim)   # (B, H, Dh)
         attended = self.attention_out(values.reshape(batch, dim))                   # (B, D)
         first = x[:, 0] + F.dropout(attended, self.dropout, self.training)
         if self.norm_first:
@@ -199,17 +242,19 @@ class DiPairHead(PairHead):
                        right_mask: torch.Tensor) -> torch.Tensor:
         """The head on one chunk: same arguments and result as ``forward``."""
         mask = torch.cat([left_mask, right_mask], dim=1)                          # (B, S)
-        x = zero_padding(torch.cat([left, right], dim=1), mask)                   # (B, S, D)
+        rows = TokenRows(mask)
         n = self.left_tokens
-        # Position and segment embeddings are both per position here: add them as one (S, D).
-        x = x + torch.cat([self.position[:n] + self.segment[0], self.position[n:] + self.segment[1]])
+        # Position and segment embeddings are both per position: add them as one (S, D).
+        position_segment = torch.cat([self.position[:n] + self.segment[0], self.position[n:] + self.segment[1]])
+        # The gather drops padded positions, so whatever they hold never reaches a layer.
+        x = rows.gather(torch.cat([left, right], dim=1) + position_segment)        # (T, D)
         if self.embedding_norm is not None:
             x = self.embedding_norm(x)
         x = F.dropout(x, self.config.dropout, self.training)
         attend = mask[:, None, None, :]                                           # (B, 1, 1, S)
         for layer in self.layers[:-1]:
-            x = layer(x, attend)
-        first = self.layers[-1].forward_first(x, mask)                            # (B, D)
+            x = layer(x, rows, attend)
+        first = self.layers[-1].forward_first(rows.scatter(x), mask)              # (B, D)
         if self.final_norm is not None:
             first = self.final_norm(first)
         return self.classifier(first)

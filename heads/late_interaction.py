@@ -65,6 +65,8 @@ class LateInteractionHead(PairHead):
         """left (B, N, D), left_mask (B, N) bool, right (B, M, D), right_mask (B, M) bool
         -> logits (B, num_outputs). ``*_pooled`` are accepted and ignored."""
         self.check_inputs(left, left_mask, right, right_mask)
+        if left.shape[0] == 0:   # nn.MultiheadAttention cannot reshape an empty batch
+            return left.new_zeros(0, self.num_outputs)
         left = zero_padding(left, left_mask)
         right = zero_padding(right, right_mask)
         u, v = left[:, :1], right[:, :1]                                          # (B, 1, D) queries

@@ -49,21 +49,21 @@ def test_logits_shape_and_dtype(name, num_outputs):
 
 
 @pytest.mark.parametrize("name", HEAD_NAMES)
-def test_batch_of_one(name):
+@pytest.mark.parametrize("batch", [0, 1])
+def test_batch_of_zero_and_one(name, batch):
     head = build(name).eval()
     with torch.no_grad():
-        assert call(head, make_inputs(batch=1)).shape == (1, 1)
+        assert call(head, make_inputs(batch=batch)).shape == (batch, 1)
 
 
 @pytest.mark.parametrize("name", HEAD_NAMES)
-@pytest.mark.parametrize("garbage", [1e4, -3e4, 0.0])
+@pytest.mark.parametrize("garbage", [1e4, -3e4, 0.0, float("nan"), float("inf")])
 def test_padded_values_do_not_change_logits(name, garbage):
     head = build(name, 1 if name in ONE_OUTPUT_ONLY else 3).eval()
     inputs = make_inputs()
-    noisy_left = torch.where(inputs["left_mask"].unsqueeze(-1), inputs["left"],
-                             garbage * torch.randn(B, N, D))
-    noisy_right = torch.where(inputs["right_mask"].unsqueeze(-1), inputs["right"],
-                              garbage * torch.randn(B, M, D))
+    noise = garbage * torch.randn(B, max(N, M), D).abs()
+    noisy_left = torch.where(inputs["left_mask"].unsqueeze(-1), inputs["left"], noise[:, :N])
+    noisy_right = torch.where(inputs["right_mask"].unsqueeze(-1), inputs["right"], -noise[:, :M])
     with torch.no_grad():
         clean = call(head, inputs)
         noisy = call(head, inputs, left=noisy_left, right=noisy_right)
@@ -123,6 +123,7 @@ def test_dropout_only_in_training(name):
     ("left", torch.zeros(B, N, D, dtype=torch.long), "floating point"),
     ("left_mask", torch.ones(B, N), "torch.bool"),
     ("right_mask", torch.ones(B, M + 1, dtype=torch.bool), r"right_mask has shape \(6, 6\)"),
+    ("right_mask", torch.arange(B * M).reshape(B, M) % 7 != 0, r"right_mask\[:, 0\] is False for some pairs"),
 ])
 def test_bad_inputs_are_refused(name, argument, bad, message):
     head = build(name).eval()
