@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 import apache_beam as beam
 import click
-from apache_beam.io.filesystems import FileSystems
 
 from encoders.checkpoint import Student, load_or_build_student
 from encoders.config import baseline_config
@@ -19,7 +18,7 @@ from pipeline.encode import DEAD_LETTER_TAG, DedupeTexts, EncodeSettings, Encode
 from pipeline.outputs import WriteDeadLetters, WriteStore, prepare_output_dir
 from pipeline.readers import FORMATS, check_columns, expand_inputs
 from pipeline.runner import make_pipeline, validate_beam_args
-from pipeline.store import DTYPES, MANIFEST_FILE, StoreLayout, StoreManifest, count_rows, store_files
+from pipeline.store import DTYPES, StoreLayout, write_manifest
 from pipeline.summary import RunSummary, read_counters, split_dead_letters
 
 JOB_NAME = "encode_texts"
@@ -74,15 +73,10 @@ def run(job: EncodeTextsJob, beam_args: list[str], argv: list[str] | None = None
     result = pipeline.run()
     result.wait_until_finish()
 
-    written = store_files(job.output)
-    store_rows = count_rows(written)
-    manifest = StoreManifest(
-        model_fingerprint=student.fingerprint, encoder=student.config.encoder, side=job.side,
-        tokens_kept=layout.tokens_kept, dim=layout.dim, dtype=layout.dtype, pooled_dim=layout.pooled_dim,
-        token_selection=student.config.token_selection, max_length=student.config.max_length(job.side),
-        rows=store_rows, files=[FileSystems.split(p)[1] for p in written])
-    with FileSystems.create(FileSystems.join(job.output, MANIFEST_FILE)) as handle:
-        handle.write((manifest.to_json() + "\n").encode("utf-8"))
+    manifest = write_manifest(job.output, model_fingerprint=student.fingerprint, encoder=student.config.encoder,
+                              layout=layout, token_selection=student.config.token_selection,
+                              max_length=student.config.max_length(job.side))
+    store_rows = manifest.rows
 
     counters, dead_letters = split_dead_letters(read_counters(result))
     counts = {

@@ -29,8 +29,8 @@ from pipeline.readers import FORMATS, InputFile, check_columns, expand_inputs
 from pipeline.runner import make_pipeline, validate_beam_args
 from pipeline.score import (PAIRS, SIDES, CompleteStore, DistinctPairTexts, PairColumns, ReadPairs, ScorePairs,
                             ScoreSettings, dedupe_pair_chunks, read_store_tables)
-from pipeline.store import (COMPRESSION, DTYPES, MANIFEST_FILE, StoreLayout, StoreManifest, count_rows,
-                            read_manifest, store_files)
+from pipeline.store import (COMPRESSION, DTYPES, MANIFEST_FILE, StoreLayout, count_rows, read_manifest,
+                            write_manifest)
 from pipeline.summary import RunSummary, read_counters, split_dead_letters
 
 JOB_NAME = "score_pairs"
@@ -238,15 +238,9 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
     result.wait_until_finish()
 
     for side, plan in plans.items():
-        written = store_files(plan.output)
-        manifest = StoreManifest(
-            model_fingerprint=student.fingerprint, encoder=student.config.encoder, side=side,
-            tokens_kept=plan.layout.tokens_kept, dim=plan.layout.dim, dtype=plan.layout.dtype,
-            pooled_dim=plan.layout.pooled_dim, token_selection=student.config.token_selection,
-            max_length=student.config.max_length(side), rows=count_rows(written),
-            files=[FileSystems.split(p)[1] for p in written])
-        with FileSystems.create(FileSystems.join(plan.output, MANIFEST_FILE)) as handle:
-            handle.write((manifest.to_json() + "\n").encode("utf-8"))
+        write_manifest(plan.output, model_fingerprint=student.fingerprint, encoder=student.config.encoder,
+                       layout=plan.layout, token_selection=student.config.token_selection,
+                       max_length=student.config.max_length(side))
 
     counters = read_counters(result)
     pair_counts, pair_dead = split_dead_letters(counters, PAIRS)

@@ -22,7 +22,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline import dead_letters as dl
 from pipeline.dead_letters import DeadLetter
 from pipeline.encode import (DEAD_LETTER_TAG, EncodeSettings, EncodeTexts, TextColumns, TextRow, UniqueText,
                              counter, dead_letter_counter, extract_text, pick_device)

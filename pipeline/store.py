@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -159,6 +159,19 @@ def read_manifest(store_dir: str) -> StoreManifest:
         raise ValueError(f"{store_dir!r} is not an embedding store: {MANIFEST_FILE} is missing")
     with FileSystems.open(path) as handle:
         return StoreManifest.from_json(handle.read().decode("utf-8"))
+
+
+def write_manifest(store_dir: str, *, model_fingerprint: str, encoder: str, layout: StoreLayout,
+                   token_selection: str, max_length: int) -> StoreManifest:
+    """Write ``_MANIFEST.json`` for the files now in ``store_dir`` (rows counted from their footers)."""
+    files = store_files(store_dir)
+    manifest = StoreManifest(
+        model_fingerprint=model_fingerprint, encoder=encoder, side=layout.side, tokens_kept=layout.tokens_kept,
+        dim=layout.dim, dtype=layout.dtype, pooled_dim=layout.pooled_dim, token_selection=token_selection,
+        max_length=max_length, rows=count_rows(files), files=[FileSystems.split(p)[1] for p in files])
+    with FileSystems.create(FileSystems.join(store_dir, MANIFEST_FILE)) as handle:
+        handle.write((manifest.to_json() + "\n").encode("utf-8"))
+    return manifest
 
 
 def store_files(store_dir: str) -> list[str]:

@@ -8,7 +8,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 import zstandard
 from click.testing import CliRunner
 
@@ -16,7 +15,7 @@ from encoders.checkpoint import load_or_build_student, load_student
 from encoders.config import baseline_config
 from jobs import encode_texts
 from jobs.encode_texts import EncodeTextsJob, run
-from pipeline.store import decode_pooled, decode_tokens, read_manifest, read_store, token_mask
+from pipeline.store import decode_pooled, decode_tokens, read_store, token_mask
 from pipeline.text_ids import text_id
 
 
