@@ -15,6 +15,7 @@ roles (query x product), and the extra weights are a few D x D matrices.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -49,7 +50,7 @@ class LateInteractionHead(PairHead):
     def __init__(self, config: LIConfig = LIConfig(), *, dim: int, left_tokens: int,
                  right_tokens: int, num_outputs: int = 1):
         if config.heads is None:
-            config = LIConfig(heads=4 if dim % 4 == 0 else 1, hidden=config.hidden, dropout=config.dropout)
+            config = dataclasses.replace(config, heads=4 if dim % 4 == 0 else 1)
         super().__init__(config, dim=dim, left_tokens=left_tokens, right_tokens=right_tokens,
                          num_outputs=num_outputs)
         if dim % config.heads:
