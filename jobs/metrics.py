@@ -67,6 +67,35 @@ def best_threshold_accuracy(scores: np.ndarray, labels: np.ndarray) -> tuple[flo
     return float(correct[best] / len(labels)), threshold
 
 
+def roc_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(false positive rates, true positive rates, thresholds) of the rules ``score >= t`` for every
+    distinct score t, highest first, starting from (0, 0) at t = +inf: the points of the ROC curve
+    (scikit-learn's ``roc_curve`` with ``drop_intermediate=False``). Needs both classes."""
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels).astype(bool)
+    order = np.argsort(-scores, kind="mergesort")
+    ordered, hits = scores[order], labels[order]
+    # A cut after the last of each run of equal scores: equal scores get the same prediction.
+    last = np.r_[np.flatnonzero(np.diff(ordered)), len(ordered) - 1]
+    true_positives = np.cumsum(hits)[last]
+    false_positives = (last + 1) - true_positives
+    positives, negatives = hits.sum(), (~hits).sum()
+    if not positives or not negatives:
+        raise ValueError(f"an ROC curve needs both classes; got {positives} positives and {negatives} negatives")
+    return (np.r_[0.0, false_positives / negatives], np.r_[0.0, true_positives / positives],
+            np.r_[np.inf, ordered[last]])
+
+
+def f1_at_threshold(scores: np.ndarray, labels: np.ndarray, threshold: float) -> float:
+    """F1 of the rule ``score >= threshold`` -> positive: 2 TP / (2 TP + FP + FN); 0 when nothing
+    is predicted or labeled positive."""
+    predicted = np.asarray(scores, dtype=np.float64) >= threshold
+    labels = np.asarray(labels).astype(bool)
+    true_positives = int((predicted & labels).sum())
+    wrong = int((predicted != labels).sum())
+    return 2 * true_positives / (2 * true_positives + wrong) if true_positives else 0.0
+
+
 def pearson(x: np.ndarray, y: np.ndarray) -> float:
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if len(x) < 2 or x.std() == 0 or y.std() == 0:

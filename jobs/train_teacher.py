@@ -25,6 +25,7 @@ from encoders.sources import DEFAULT_ENCODER
 from encoders.teacher import LOSSES, TASKS, CrossEncoder, TeacherTask, autocast, build_teacher, load_teacher, save_teacher
 from jobs.common import run_job
 from jobs.metrics import MAIN_METRIC, selection_score, task_metrics
+from jobs.training import EpochProgress, grad_scaler, make_adamw, optimizer_step
 from pipeline import dead_letters as dl
 from pipeline.dead_letters import DeadLetter
 from pipeline.encode import pick_device
@@ -170,47 +171,24 @@ def length_grouped_batches(lengths: Sequence[int], batch_size: int, rng: random.
 # --------------------------------------------------------------------------- training
 
 def make_optimizer(teacher: CrossEncoder, job: TrainTeacherJob) -> torch.optim.Optimizer:
-    """AdamW as in BERT: no weight decay on biases and LayerNorm weights (DiPair 4.4 uses BERT's
-    defaults, eps 1e-6)."""
-    decay, no_decay = [], []
-    for name, parameter in teacher.named_parameters():
-        if parameter.requires_grad:
-            (no_decay if parameter.ndim < 2 else decay).append(parameter)
-    return torch.optim.AdamW([{"params": decay, "weight_decay": job.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=job.lr, eps=1e-6)
+    """AdamW as in BERT, one learning rate for the whole model (see jobs.training.make_adamw)."""
+    return make_adamw([(list(teacher.named_parameters()), job.lr)], job.weight_decay)
 
 
 def train_epoch(teacher: CrossEncoder, examples: list, targets: torch.Tensor, batches: list[list[int]],
                 optimizer, scheduler, scaler, job: TrainTeacherJob, description: str) -> dict[str, float]:
-    """One pass over ``batches`` -> {train_loss (mean over the epoch), seconds, pairs_per_second}."""
+    """One pass over ``batches`` -> {train_loss (mean over the epoch), pairs, seconds, pairs_per_second}."""
     teacher.train()
     device = teacher.device
-    total_loss, seen, smoothed = 0.0, 0, None
-    started = time.perf_counter()
-    bar = tqdm(total=len(examples), desc=description, unit="pair", disable=not job.progress,
-               mininterval=1.0 if sys.stderr.isatty() else 30.0, file=sys.stderr)
+    progress = EpochProgress(len(examples), description, job.progress)
     for index in batches:
         batch = {k: v.to(device) for k, v in teacher.collate([examples[i] for i in index]).items()}
         with autocast(device):
             logits = teacher(batch)                                   # (B, C)
         loss = teacher.task.loss_value(logits, targets[index].to(device))
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)  # clip the true gradients, not the loss-scaled ones
-        torch.nn.utils.clip_grad_norm_(teacher.parameters(), job.max_grad_norm)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        value = float(loss.detach())
-        total_loss += value * len(index)
-        seen += len(index)
-        smoothed = value if smoothed is None else 0.98 * smoothed + 0.02 * value
-        bar.update(len(index))
-        bar.set_postfix(loss=f"{smoothed:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", refresh=False)
-    bar.close()
-    seconds = time.perf_counter() - started
-    return {"train_loss": total_loss / max(seen, 1), "seconds": round(seconds, 1),
-            "pairs_per_second": round(seen / seconds, 1) if seconds else 0.0}
+        optimizer_step(loss, optimizer, scheduler, scaler, teacher.parameters(), job.max_grad_norm)
+        progress.update(loss, len(index), scheduler.get_last_lr()[0])
+    return progress.close()
 
 
 def run(job: TrainTeacherJob, argv: list[str] | None = None) -> RunSummary:
@@ -248,9 +226,7 @@ def run(job: TrainTeacherJob, argv: list[str] | None = None) -> RunSummary:
     total_steps = steps_per_epoch * job.epochs
     optimizer = make_optimizer(teacher, job)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(job.warmup * total_steps), total_steps)
-    # Loss scaling only for float16 autocast on GPU; bfloat16 and CPU float32 need none.
-    scaler = torch.amp.GradScaler("cuda", enabled=device == "cuda" and torch.cuda.is_available()
-                                  and not torch.cuda.is_bf16_supported())
+    scaler = grad_scaler(device)
     main_metric = MAIN_METRIC[task.task]
     epochs, best, best_score = [], None, None
     for epoch in range(1, job.epochs + 1):

@@ -1,0 +1,201 @@
+"""DiPair's tables 2-4 on QQP, end to end with pairscore's own jobs, in one command.
+
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/reproduce_qqp.py --out runs/qqp-repro
+    python benchmarks/reproduce_qqp.py --out runs/qqp-smoke --limit 120     # a smoke test of every step (minutes)
+
+Steps (each a ``python -m jobs.<name>`` command, printed before it runs; a step whose output already
+has ``_SUMMARY.json`` is skipped, so an interrupted run resumes where it stopped):
+
+1. data: ``../shared/data/qqp/train.jsonl`` is split into the teacher's and students' training pairs
+   and a *selection* set (the last ``--select-pairs`` pairs) on which every model picks its best
+   epoch and its accuracy threshold; ``dev.jsonl`` is only evaluated on, so it is a clean test set.
+2. teacher: ``train_teacher`` (MiniLM-L6 cross-encoder) on the training pairs (``--teacher DIR``
+   reuses one instead).
+3. candidates: ``build_candidates`` mines each training question's ``--top-k`` nearest questions.
+4. distillation set: ``label_pairs`` labels the training pairs (human labels kept) and the mined pairs.
+5. students: ``train_student`` with each head -- dipair, dipair-ffnn, li, de-ffnn, de-cos -- and the
+   same student config, two-stage; plus dipair one-stage (the ablation). The frozen encoder states
+   of stage 1 are computed once and shared through ``--cache-dir``.
+6. ``evaluate`` on dev: teacher, the six students and the zero-training cosine baseline.
+
+Writes ``OUT/RESULTS.md`` (the table, the ablation, the targets, the time of every step) next to
+``OUT/report/report.md`` (plots). Targets checked: dipair >= 98% of the teacher's AUC and above
+de-cos and de-ffnn; two-stage above one-stage; the whole run under 90 minutes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+QQP = REPO.parent / "shared" / "data" / "qqp"
+HEADS = ("dipair", "dipair-ffnn", "li", "de-ffnn", "de-cos")
+TARGET_MINUTES = 90
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=str(REPO / "runs" / "qqp-repro"), help="everything goes here")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="smoke test: use only the first N training pairs and N dev pairs, short schedules")
+    parser.add_argument("--teacher", default=None, help="an existing teacher checkpoint to use instead of training one "
+                        "(note: one trained on all of train.jsonl has seen the selection pairs)")
+    parser.add_argument("--select-pairs", type=int, default=1000, help="training pairs held out for model selection")
+    parser.add_argument("--teacher-epochs", type=int, default=1)
+    parser.add_argument("--teacher-max-length", type=int, default=64)
+    parser.add_argument("--top-k", type=int, default=2, help="mined neighbours per training question")
+    parser.add_argument("--random-per-left", type=int, default=0, help="random (easy negative) pairs per question")
+    parser.add_argument("--layers", type=int, default=None, help="student encoder layers K (default: all 6)")
+    parser.add_argument("--n", type=int, default=16, help="N = M, tokens kept per question (16 covers 67%% of QQP "
+                        "questions whole)")
+    parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--max-length", type=int, default=64, help="student tokenizer max length, both sides")
+    parser.add_argument("--stage1-epochs", type=int, default=6, help="most stage-1 epochs (early stop, patience 2)")
+    parser.add_argument("--stage2-max-pairs", type=int, default=3000,
+                        help="pairs of the (expensive) stage 2, and of the one-stage ablation")
+    parser.add_argument("--heads", default=",".join(HEADS), help="heads to train (comma-separated)")
+    parser.add_argument("--fresh", action="store_true", help="rerun steps whose output already exists")
+    args = parser.parse_args()
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    small = args.limit is not None
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    steps: list[dict] = []
+
+    def step(name: str, output: Path, args_: list[str]) -> None:
+        """Run one job unless its output is complete; record its wall time."""
+        command = [sys.executable, "-m", *args_]
+        done = (output / "_SUMMARY.json").exists()
+        print(f"\n=== {name}\n$ {shlex.join(['python', *command[1:]])}", flush=True)
+        if done and not args.fresh:
+            print("(done before: skipped)", flush=True)
+            steps.append({"step": name, "seconds": None, "command": shlex.join(["python", *command[1:]])})
+            return
+        started = time.monotonic()
+        subprocess.run(command + (["--overwrite"] if output.exists() else []), cwd=REPO, env=env, check=True)
+        steps.append({"step": name, "seconds": round(time.monotonic() - started, 1),
+                      "command": shlex.join(["python", *command[1:]])})
+
+    started = time.monotonic()
+    data = out / "data"
+    prepare_data(data, args.limit, args.select_pairs)
+    train, select, questions = data / "train.jsonl", data / "select.jsonl", data / "questions.jsonl"
+    dev = QQP / "dev.jsonl"
+    limit = ["--limit", str(args.limit)] if small else []
+
+    teacher = Path(args.teacher) if args.teacher else out / "teacher"
+    if not args.teacher:
+        step("teacher", teacher, ["jobs.train_teacher", "--train", str(train), "--dev", str(select), "--task", "binary",
+                                  "--epochs", str(args.teacher_epochs), "--max-length", str(args.teacher_max_length),
+                                  "--lr", "3e-5", "--batch-size", "32", "--no-progress", "--output", str(teacher)])
+    step("candidates", out / "candidates", [
+        "jobs.build_candidates", "--left-texts", str(questions), "--right-texts", str(questions), "--top-k",
+        str(args.top_k), "--random-per-left", str(args.random_per_left), "--max-length", str(args.max_length),
+        "--output", str(out / "candidates")])
+    step("label training pairs", out / "distill-train", [
+        "jobs.label_pairs", "--pairs", str(train), "--teacher", str(teacher), "--keep-cols", "label",
+        "--output", str(out / "distill-train")])
+    step("label mined pairs", out / "distill-mined", [
+        "jobs.label_pairs", "--pairs", str(out / "candidates"), "--teacher", str(teacher), "--left-id-col", "left_id",
+        "--right-id-col", "right_id", "--keep-cols", "source", "--output", str(out / "distill-mined")])
+
+    stage2_pairs = min(args.stage2_max_pairs, args.limit or args.stage2_max_pairs)
+    common = ["--distill", str(out / "distill-train"), "--distill", str(out / "distill-mined"), "--dev", str(select),
+              "--n", str(args.n), "--m", str(args.n), "--dim", str(args.dim), "--left-max-length", str(args.max_length),
+              "--right-max-length", str(args.max_length), "--swap", "--human-label-col", "label",
+              "--stage1-epochs", str(2 if small else args.stage1_epochs), "--stage1-batch-size", "256",
+              "--stage2-max-pairs", str(stage2_pairs),
+              "--cache-dir", str(out / "cache"), "--no-progress"]
+    if args.layers:
+        common += ["--layers", str(args.layers)]
+    students = {}
+    for head in [h for h in args.heads.split(",") if h]:
+        students[head] = out / f"student-{head}"
+        step(f"student {head}", students[head], ["jobs.train_student", "--head", head, *common,
+                                                 "--output", str(students[head])])
+    if "dipair" in students:
+        students["dipair-1stage"] = out / "student-dipair-1stage"
+        step("student dipair, one stage", students["dipair-1stage"], [
+            "jobs.train_student", "--head", "dipair", "--stages", "1", *common,
+            "--output", str(students["dipair-1stage"])])
+
+    report = out / "report"
+    models = [f"teacher={teacher}", *(f"{name}={path}" for name, path in students.items()), "baseline"]
+    step("evaluate", report, ["jobs.evaluate", "--pairs", str(dev), "--dev", str(select),
+                              *sum((["--model", m] for m in models), []), *limit, "--output", str(report)])
+    total = time.monotonic() - started
+    write_results(out, report, steps, total, args, stage2_pairs)
+
+
+def prepare_data(data: Path, limit: int | None, select_pairs: int) -> None:
+    """train.jsonl -> DATA/train.jsonl + DATA/select.jsonl (the last ``select_pairs``, or a fifth of
+    a --limit sample) and DATA/questions.jsonl (the unique questions of the training pairs)."""
+    if (data / "questions.jsonl").exists():
+        return
+    data.mkdir(parents=True, exist_ok=True)
+    rows = [json.loads(line) for line in (QQP / "train.jsonl").read_text(encoding="utf-8").splitlines()]
+    if limit is not None:
+        rows = rows[:limit + max(limit // 5, 20)]
+        select_pairs = max(limit // 5, 20)
+    train, select = rows[:-select_pairs], rows[-select_pairs:]
+    questions = sorted({text for row in train for text in (row["left"], row["right"])})
+    for name, table in (("train", train), ("select", select), ("questions", [{"text": q} for q in questions])):
+        with open(data / f"{name}.jsonl", "w", encoding="utf-8") as handle:
+            handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in table)
+    print(f"data: {len(train):,} training pairs, {len(select):,} selection pairs, {len(questions):,} questions",
+          flush=True)
+
+
+def write_results(out: Path, report: Path, steps: list[dict], total: float, args, stage2_pairs: int) -> None:
+    """OUT/RESULTS.md: DiPair-style table, the ablation, the targets and the time of each step."""
+    metrics = json.loads((report / "metrics.json").read_text(encoding="utf-8"))
+    models = metrics["models"]
+    teacher = models["teacher"]
+    lines = [f"# QQP reproduction ({'smoke test, --limit ' + str(args.limit) if args.limit else 'full'})", "",
+             f"Evaluated on `{metrics['pairs']['paths'][0]}` ({metrics['pairs']['count']:,} pairs, "
+             f"{metrics['pairs']['pairs_per_unique_text']:.2f} pairs per unique text); thresholds and best epochs "
+             f"chosen on the held-out selection pairs. Student: N = M = {args.n}, D = {args.dim}, "
+             f"K = {args.layers or 'all'}, max length {args.max_length}. Machine: {metrics['machine']['torch_threads']} "
+             f"torch threads, {metrics['machine']['platform']}.", "",
+             "| model | AUC | Δ vs teacher | accuracy | F1 | speedup end to end | speedup, head only |", "|---|---|---|---|---|---|---|"]
+    for name, result in models.items():
+        quality = result["quality"]
+        delta = quality["auc"] / teacher["quality"]["auc"] - 1
+        lines.append(f"| {name} | {quality['auc']:.4f} | {delta:+.1%} | {quality['accuracy']:.1%} | "
+                     f"{quality['f1']:.3f} | {result.get('speedup', 1.0):,.1f}× | "
+                     + (f"{result['speedup_head']:,.0f}× |" if "speedup_head" in result else "— |"))
+    auc = {name: result["quality"]["auc"] for name, result in models.items()}
+    checks = []
+    if "dipair" in auc:
+        checks.append(("dipair >= 98% of the teacher's AUC", auc["dipair"] >= 0.98 * auc["teacher"]))
+        for other in ("de-cos", "de-ffnn"):
+            if other in auc:
+                checks.append((f"dipair beats {other}", auc["dipair"] > auc[other]))
+        if "dipair-1stage" in auc:
+            checks.append(("two-stage dipair beats one-stage", auc["dipair"] > auc["dipair-1stage"]))
+            lines += ["", f"Ablation (DiPair §4.7): dipair two-stage AUC {auc['dipair']:.4f} vs one-stage "
+                          f"{auc['dipair-1stage']:.4f} (the same {stage2_pairs:,} pairs of encoder training; two-stage also "
+                          "had stage 1)."]
+    ran = [s["seconds"] for s in steps if s["seconds"] is not None]
+    if len(ran) == len(steps):
+        checks.append((f"whole run under {TARGET_MINUTES} minutes ({total / 60:.1f})", total < TARGET_MINUTES * 60))
+    lines += ["", "## Targets", ""] + [f"- {'PASS' if ok else 'FAIL'}: {what}" for what, ok in checks]
+    lines += ["", "## Steps", "", "| step | minutes | command |", "|---|---|---|"]
+    for s in steps:
+        minutes = "skipped (done before)" if s["seconds"] is None else f"{s['seconds'] / 60:.1f}"
+        lines.append(f"| {s['step']} | {minutes} | `{s['command']}` |")
+    lines += ["", f"Total {total / 60:.1f} minutes. Plots and every metric: [report/report.md](report/report.md)."]
+    (out / "RESULTS.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print("\n" + "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""A student on many pairs, the way the product runs it, in plain PyTorch (no Beam, no store):
+every unique text is encoded once (stage one), then the head runs over the pairs in large
+batches (stage two). Training evaluates dev with it and ``jobs.evaluate`` times it.
+
+Shapes: P pairs, U unique texts of a side, N tokens kept, D projected size, H hidden size,
+C outputs.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from encoders.checkpoint import Student
+from encoders.config import SIDES
+from encoders.dual_encoder import EncodedSide, SideEncoder
+from encoders.teacher import autocast
+
+
+@dataclass
+class Pairs:
+    """P pairs of texts as indices into each side's pool of unique texts, so every text is
+    tokenized and encoded once however many pairs it is in.
+
+    pools: side -> the U unique texts of that side, in order of first appearance;
+    index: side -> (P,) int64 rows of the pool.
+    """
+    pools: dict[str, list[str]]
+    index: dict[str, np.ndarray]
+
+    @classmethod
+    def of(cls, lefts: Sequence[str], rights: Sequence[str]) -> "Pairs":
+        if len(lefts) != len(rights):
+            raise ValueError(f"{len(lefts)} left texts but {len(rights)} right texts")
+        pools, index = {}, {}
+        for side, texts in (("left", lefts), ("right", rights)):
+            row: dict[str, int] = {}
+            index[side] = np.fromiter((row.setdefault(t, len(row)) for t in texts), np.int64, len(texts))
+            pools[side] = list(row)
+        return cls(pools, index)
+
+    def __len__(self) -> int:
+        return len(self.index["left"])
+
+    @property
+    def unique_texts(self) -> int:
+        """Texts the encoder runs on: the unique left texts plus the unique right texts."""
+        return len(self.pools["left"]) + len(self.pools["right"])
+
+
+def length_order(tokenized: Sequence, batch_size: int) -> Iterator[np.ndarray]:
+    """Indices of ``tokenized`` texts (anything with ``num_tokens``) in batches of similar length,
+    so each batch pads only to its own longest text."""
+    order = np.argsort([t.num_tokens for t in tokenized], kind="stable")
+    for start in range(0, len(order), batch_size):
+        yield order[start:start + batch_size]
+
+
+@torch.inference_mode()
+def encode_pool(side: SideEncoder, texts: Sequence[str], batch_size: int, device: str) -> EncodedSide:
+    """Texts -> the side's EncodedSide in input order: tokens (U, N, D) float32, mask (U, N) bool,
+    pooled (U, H) or None; length-sorted batches, mixed precision on GPU (as stage one encodes)."""
+    tokenized = side.tokenize(texts)
+    parts: list[tuple[np.ndarray, EncodedSide]] = []
+    for index in length_order(tokenized, batch_size):
+        batch = side.collate([tokenized[i] for i in index]).to(device)
+        with autocast(device):
+            parts.append((index, side(batch.input_ids, batch.attention_mask)))
+    if not parts:
+        return EncodedSide(torch.zeros(0, side.num_tokens, side.output_dim, device=device),
+                           torch.zeros(0, side.num_tokens, dtype=torch.bool, device=device), None)
+    # Undo the length sort: row i of the result is texts[i].
+    inverse = torch.from_numpy(np.argsort(np.concatenate([index for index, _ in parts]))).to(device)
+    tokens = torch.cat([encoded.tokens.float() for _, encoded in parts])[inverse]
+    mask = torch.cat([encoded.mask for _, encoded in parts])[inverse]
+    pooled = torch.cat([encoded.pooled.float() for _, encoded in parts])[inverse] if side.keep_pooled else None
+    return EncodedSide(tokens, mask, pooled)
+
+
+@torch.inference_mode()
+def encode_pairs(student: Student, pairs: Pairs, device: str, batch_size: int = 128) -> dict[str, EncodedSide]:
+    """Stage one: side -> EncodedSide of that side's pool (U rows), each unique text once."""
+    return {side: encode_pool(student.encoder.side(side), pairs.pools[side], batch_size, device) for side in SIDES}
+
+
+@torch.inference_mode()
+def head_logits(student: Student, encoded: dict[str, EncodedSide], pairs: Pairs, device: str,
+                batch_size: int = 4096) -> torch.Tensor:
+    """Stage two: gather each pair's stored tokens and run the head, ``batch_size`` pairs at a
+    time -> logits (P, C) float32 on CPU."""
+    left, right = encoded["left"], encoded["right"]
+    out = []
+    for start in range(0, len(pairs), batch_size):
+        rows = {side: torch.from_numpy(pairs.index[side][start:start + batch_size]).to(device) for side in SIDES}
+        with autocast(device):
+            logits = student.score_tokens(
+                left.tokens[rows["left"]], left.mask[rows["left"]], right.tokens[rows["right"]],
+                right.mask[rows["right"]],
+                left.pooled[rows["left"]] if left.pooled is not None else None,
+                right.pooled[rows["right"]] if right.pooled is not None else None)
+        out.append(logits.float().cpu())
+    return torch.cat(out) if out else torch.zeros(0, student.config.num_outputs)
+
+
+def pair_logits(student: Student, pairs: Pairs, device: str, encode_batch_size: int = 128,
+                head_batch_size: int = 4096) -> tuple[np.ndarray, dict[str, float]]:
+    """The student on P pairs: logits (P, C) float32 and the seconds spent in each stage,
+    ``encode_seconds`` (tokenize + encode both pools) and ``head_seconds`` (gather + head).
+    The student is run in eval mode and left in the mode it was in."""
+    was_training = student.training
+    student.eval()
+    try:
+        started = time.perf_counter()
+        encoded = encode_pairs(student, pairs, device, encode_batch_size)
+        synchronize(device)
+        encoded_at = time.perf_counter()
+        logits = head_logits(student, encoded, pairs, device, head_batch_size)
+        synchronize(device)
+        finished = time.perf_counter()
+    finally:
+        student.train(was_training)
+    return logits.numpy(), {"encode_seconds": encoded_at - started, "head_seconds": finished - encoded_at}
+
+
+def synchronize(device: str) -> None:
+    """Wait for queued GPU work, so a wall-clock time covers it."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
