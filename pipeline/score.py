@@ -242,8 +242,10 @@ class CompleteStore(beam.PTransform):
         self._prefix = counter_prefix
 
     def expand(self, unique_texts):
+        # Only ids and text hashes are needed to tell what is stored: keep the side input small.
+        known = self._old | "IdsAndHashes" >> beam.Map(lambda table: table.select(["id", "text_hash"]))
         to_encode = unique_texts | "SplitKnown" >> beam.ParDo(_SplitKnownTextsDoFn(self._prefix),
-                                                               beam.pvalue.AsList(self._old))
+                                                               beam.pvalue.AsList(known))
         new = to_encode | "EncodeNew" >> EncodeTexts(self._settings, self._layout, counter_prefix=self._prefix)
         kept_old = self._old | "DropSuperseded" >> beam.ParDo(_DropSupersededDoFn(), beam.pvalue.AsList(new))
         return (kept_old, new) | "AllStoreTables" >> beam.Flatten()
