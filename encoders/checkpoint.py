@@ -178,10 +178,13 @@ def _check_head_name(config: StudentConfig, directory: Path) -> None:
 
 
 def _build_head(config: StudentConfig, encoder: DualEncoder) -> nn.Module:
-    from heads import build_head
-    return build_head(config.head, dim=encoder.left.output_dim, left_tokens=config.left_tokens,
+    """The head the config names, wrapped in a CosineSkip when ``cosine_skip`` is on (its weights
+    are then ``head.inner.*`` plus ``head.scale`` and ``head.bias``)."""
+    from heads import CosineSkip, build_head
+    head = build_head(config.head, dim=encoder.left.output_dim, left_tokens=config.left_tokens,
                       right_tokens=config.right_tokens, num_outputs=config.num_outputs,
                       **config.head_options)
+    return CosineSkip(head) if config.cosine_skip else head
 
 
 def _save_transformer(side, target: Path) -> None:

@@ -35,6 +35,9 @@ class StudentConfig:
     pooled:           also keep the L2-normalised mean-pooled sentence embedding of each
                       text (unprojected), used by the zero-training baseline and mining.
     head / head_options / num_outputs: the head by registry name, its options, its logits.
+    cosine_skip:      add a learned ``scale * cos(pooled) + bias`` to the head's logits, so the
+                      student starts from the zero-shot cosine (heads/cosine_skip.py); needs
+                      ``pooled``.
     """
     encoder: str = DEFAULT_ENCODER
     encoder_layers: int | None = None
@@ -49,6 +52,7 @@ class StudentConfig:
     head: str = "dipair"
     head_options: dict[str, Any] = field(default_factory=dict)
     num_outputs: int = 1
+    cosine_skip: bool = False
 
     def __post_init__(self) -> None:
         def positive(name: str, value: Any, allow_none: bool = False) -> None:
@@ -66,6 +70,11 @@ class StudentConfig:
                              f"choose one of {', '.join(TOKEN_SELECTIONS)}")
         if not self.encoder or not isinstance(self.encoder, str):
             raise ValueError(f"encoder={self.encoder!r} is not allowed: give a path or hub id")
+        for name in ("shared_encoder", "pooled", "cosine_skip"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}={getattr(self, name)!r} is not allowed: use true or false")
+        if self.cosine_skip and not self.pooled:
+            raise ValueError("cosine_skip=true needs pooled=true: the skip path reads the pooled sentence embeddings")
         for side in SIDES:
             if self.tokens(side) > self.max_length(side):
                 raise ValueError(f"{side}_tokens={self.tokens(side)} exceeds {side}_max_length="

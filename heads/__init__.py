@@ -15,6 +15,9 @@ de-cos         dual encoder: learned scale * cos(u, v) + learned bias           
 pooled-cos     zero-training baseline: cos of the pooled sentence embeddings    pooled_cos.py
 =============  ===============================================================  ===========
 
+Any head but pooled-cos can be wrapped in ``CosineSkip`` (cosine_skip.py): the pooled-embedding
+cosine plus the head's logits, so training starts from the zero-shot baseline.
+
 Build by name and rebuild from a checkpoint's JSON::
 
     head = build_head("dipair", dim=128, left_tokens=4, right_tokens=12, layers=2)
@@ -29,6 +32,7 @@ from typing import Any
 from torch import nn
 
 from heads._common import PairHead, config_from_options
+from heads.cosine_skip import CosineSkip
 from heads.de_cos import DECosConfig, DECosHead
 from heads.de_ffnn import DEFFNNConfig, DEFFNNHead
 from heads.dipair import DiPairConfig, DiPairHead
@@ -42,7 +46,7 @@ _HEADS: dict[str, type[PairHead]] = {head.name: head for head in (
 HEAD_NAMES: tuple[str, ...] = tuple(_HEADS)
 
 __all__ = [
-    "HEAD_NAMES", "build_head", "head_options", "PairHead",
+    "HEAD_NAMES", "build_head", "head_options", "PairHead", "CosineSkip",
     "DiPairHead", "DiPairConfig", "DiPairFFNNHead", "DiPairFFNNConfig", "LateInteractionHead", "LIConfig",
     "DEFFNNHead", "DEFFNNConfig", "DECosHead", "DECosConfig", "PooledCosHead", "PooledCosConfig",
 ]

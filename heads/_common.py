@@ -9,7 +9,8 @@ The call (every head)::
     right       (B, M, D) float   projected right token embeddings
     right_mask  (B, M)    bool
     left_pooled / right_pooled  (B, H) float or None: pooled sentence embeddings; only
-                the ``pooled-cos`` head reads them, every other head accepts and ignores them
+                the ``pooled-cos`` head (and a ``CosineSkip`` around any head) reads them;
+                every other head accepts and ignores them
     logits      (B, num_outputs) float
 
 Padded positions may hold any garbage: every head drops them (dipair) or zeroes them with

@@ -26,11 +26,11 @@ from tqdm.auto import tqdm
 
 from encoders.checkpoint import Student, _tokenizer_identity
 from encoders.config import SIDES
-from encoders.dual_encoder import SideEncoder, select_tokens
+from encoders.dual_encoder import SideEncoder, mean_pool, select_tokens
 from encoders.teacher import autocast
 from jobs.student_inference import Pairs, length_order
 
-CACHE_FORMAT = "pairscore-frozen-states"
+CACHE_FORMAT = "pairscore-frozen-states-v2"   # v2: also the pooled sentence embeddings
 
 
 def project(side: SideEncoder, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -48,7 +48,9 @@ class FrozenStates:
     max lengths and ``first`` token selection both sides read one view that keeps max(N, M) tokens
     (the first N of max(N, M) kept tokens are the first N), so a text on both sides is encoded once.
 
-    states[view]: (U, T, H) float32 on CPU; mask[view]: (U, T) bool; rows: text -> row, per view.
+    states[view]: (U, T, H) float32 on CPU; mask[view]: (U, T) bool; pooled[view]: (U, H) float32,
+    the L2-normalised mean-pooled embedding of the whole text (for a cosine skip); rows: text ->
+    row, per view.
     """
 
     def __init__(self, student: Student, texts: dict[str, Sequence[str]], batch_size: int, device: str,
@@ -61,6 +63,7 @@ class FrozenStates:
                       else {"left": config.left_tokens, "right": config.right_tokens})
         self.states: dict[str, torch.Tensor] = {}
         self.mask: dict[str, torch.Tensor] = {}
+        self.pooled: dict[str, torch.Tensor] = {}
         self.rows: dict[str, dict[str, int]] = {}
         self.reused: list[str] = []
         started = time.perf_counter()
@@ -71,16 +74,17 @@ class FrozenStates:
             cached = _cache_path(cache_dir, encoder, count, pool) if cache_dir else None
             if cached and FileSystems.exists(cached):
                 tensors = load_file(cached)
-                states, mask = tensors["states"], tensors["mask"].bool()
+                states, mask, pooled = tensors["states"], tensors["mask"].bool(), tensors["pooled"]
                 self.reused.append(cached)
             else:
-                states, mask = frozen_token_states(encoder, pool, count, batch_size, device,
-                                                   f"stage 1: encode {len(pool):,} texts once" if progress else None)
+                states, mask, pooled = frozen_token_states(
+                    encoder, pool, count, batch_size, device,
+                    f"stage 1: encode {len(pool):,} texts once" if progress else None)
                 if cached:
                     os.makedirs(os.path.dirname(cached), exist_ok=True)
-                    save_file({"states": states, "mask": mask.to(torch.uint8)}, cached,
+                    save_file({"states": states, "mask": mask.to(torch.uint8), "pooled": pooled}, cached,
                               metadata={"format": CACHE_FORMAT})
-            self.states[view], self.mask[view] = states, mask
+            self.states[view], self.mask[view], self.pooled[view] = states, mask, pooled
             self.rows[view] = {text: row for row, text in enumerate(pool)}
         self.seconds = time.perf_counter() - started
 
@@ -90,34 +94,42 @@ class FrozenStates:
 
     @property
     def bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in [*self.states.values(), *self.mask.values()])
+        return sum(t.numel() * t.element_size()
+                   for t in [*self.states.values(), *self.mask.values(), *self.pooled.values()])
 
     def pair_rows(self, pairs: Pairs) -> dict[str, np.ndarray]:
         """side -> (P,) the cache row of each pair's text on that side."""
         return {side: np.fromiter((self.rows[self.view[side]][t] for t in pairs.pools[side]), np.int64,
                                   len(pairs.pools[side]))[pairs.index[side]] for side in SIDES}
 
+    def pooled_of(self, side: str, rows: np.ndarray) -> torch.Tensor:
+        """(B,) cache rows of ``side`` -> (B, H) pooled sentence embeddings."""
+        return self.pooled[self.view[side]][torch.from_numpy(rows)]
+
     def logits(self, student: Student, rows: dict[str, np.ndarray], device: str) -> torch.Tensor:
         """Projection + head on cached states: rows side -> (B,) cache rows -> logits (B, C)."""
-        sides = {}
+        sides, pooled = {}, {}
         for side in SIDES:
             view, n = self.view[side], student.config.tokens(side)
             index = torch.from_numpy(rows[side])
             states = self.states[view][index, :n].to(device)                     # (B, n, H)
             mask = self.mask[view][index, :n].to(device)                         # (B, n)
             sides[side] = (project(student.encoder.side(side), states, mask), mask)
-        return student.score_tokens(*sides["left"], *sides["right"])
+            pooled[side] = self.pooled[view][index].to(device) if student.config.pooled else None
+        return student.score_tokens(*sides["left"], *sides["right"], pooled["left"], pooled["right"])
 
 
 @torch.inference_mode()
 def frozen_token_states(side: SideEncoder, texts: Sequence[str], count: int, batch_size: int, device: str,
-                        progress: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Texts -> (U, count, H) float32 kept token states (before projection, on CPU) and (U, count)
-    bool mask, in input order: ``SideEncoder.forward`` up to the projection, keeping ``count`` tokens."""
+                        progress: str | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Texts -> (U, count, H) float32 kept token states (before projection, on CPU), (U, count)
+    bool mask and (U, H) float32 pooled embeddings, in input order: ``SideEncoder.forward`` up to
+    the projection, keeping ``count`` tokens."""
     tokenized = side.tokenize(texts)
     hidden = side.transformer.config.hidden_size
     states = torch.zeros(len(texts), count, hidden)
     mask = torch.zeros(len(texts), count, dtype=torch.bool)
+    pooled = torch.zeros(len(texts), hidden)
     was_training = side.training
     side.eval()
     bar = tqdm(total=len(texts), desc=progress, unit="text", disable=progress is None, file=sys.stderr,
@@ -127,15 +139,16 @@ def frozen_token_states(side: SideEncoder, texts: Sequence[str], count: int, bat
             batch = side.collate([tokenized[i] for i in index]).to(device)
             with autocast(device):
                 output = side.transformer(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-            kept, kept_mask = select_tokens(output.last_hidden_state.float(), batch.attention_mask, count,
-                                            side.selection)
+            last = output.last_hidden_state.float()
+            kept, kept_mask = select_tokens(last, batch.attention_mask, count, side.selection)
             rows = torch.from_numpy(index)
             states[rows], mask[rows] = kept.cpu(), kept_mask.cpu()
+            pooled[rows] = mean_pool(last, batch.attention_mask).cpu()
             bar.update(len(index))
     finally:
         bar.close()
         side.train(was_training)
-    return states, mask
+    return states, mask, pooled
 
 
 def _cache_path(directory: str, side: SideEncoder, count: int, texts: Sequence[str]) -> str:

@@ -50,7 +50,7 @@ from heads import HEAD_NAMES, build_head
 from jobs.common import run_job
 from jobs.metrics import MAIN_METRIC, selection_score, task_metrics
 from jobs.frozen_states import FrozenStates
-from jobs.student_inference import Pairs, pair_logits
+from jobs.student_inference import Pairs, encode_pool, pair_logits
 from jobs.training import EpochProgress, grad_scaler, make_adamw, optimizer_step
 from jobs.train_teacher import length_grouped_batches, parse_label_range, read_labeled_pairs
 from pipeline import dead_letters as dl
@@ -70,6 +70,8 @@ TRAINABLE_HEADS = tuple(name for name in HEAD_NAMES if name != "pooled-cos")
 LOSSES = ("ce", "mse")
 # FFNN width used when --head-layers sets the depth of an FFNN head (DiPair §4.2: x128x128).
 FFNN_WIDTH = 128
+# Training pairs whose cosines calibrate the cosine skip when no stage-1 cache has them all.
+COSINE_FIT_PAIRS = 8192
 # Soft labels of a k-class teacher must sum to 1 within this (they are float32 softmax outputs).
 SOFT_LABEL_SUM_TOLERANCE = 1e-3
 
@@ -96,6 +98,7 @@ class TrainStudentJob:
     head_layers: int | None = None
     head_options: dict[str, Any] = field(default_factory=dict)
     separate_encoders: bool = False
+    cosine_skip: bool = True
     left_max_length: int = 64
     right_max_length: int = 128
     token_selection: str = "first"
@@ -167,8 +170,8 @@ class TrainStudentJob:
             encoder=self.encoder, encoder_layers=self.layers, shared_encoder=not self.separate_encoders,
             left_tokens=self.n, right_tokens=self.m, left_max_length=self.left_max_length,
             right_max_length=self.right_max_length, token_selection=self.token_selection, dim=self.dim,
-            pooled=False, head=self.head, head_options=head_options_for(self.head, self.head_layers, self.head_options),
-            num_outputs=num_outputs)
+            pooled=self.cosine_skip, cosine_skip=self.cosine_skip, head=self.head,
+            head_options=head_options_for(self.head, self.head_layers, self.head_options), num_outputs=num_outputs)
 
 
 def head_options_for(head: str, layers: int | None, options: dict[str, Any]) -> dict[str, Any]:
@@ -582,7 +585,7 @@ class Trainer:
 
     def _encode_and_score(self, tokenized: dict[str, list], index: np.ndarray) -> torch.Tensor:
         """A batch of pair indices -> logits (B, C), encoding each unique text of the batch once."""
-        sides = {}
+        sides, pooled = {}, {}
         for side in SIDES:
             unique, inverse = np.unique(self.examples.pairs.index[side][index], return_inverse=True)
             encoder = self.student.encoder.side(side)
@@ -590,7 +593,30 @@ class Trainer:
             encoded = encoder(batch.input_ids, batch.attention_mask)
             back = torch.from_numpy(inverse.reshape(-1)).to(self.device)
             sides[side] = (encoded.tokens[back], encoded.mask[back])
-        return self.student.score_tokens(*sides["left"], *sides["right"])
+            pooled[side] = encoded.pooled[back] if encoded.pooled is not None else None
+        return self.student.score_tokens(*sides["left"], *sides["right"], pooled["left"], pooled["right"])
+
+    def fit_cosine_skip(self, sample: int = COSINE_FIT_PAIRS) -> dict[str, Any]:
+        """Calibrate the cosine skip to the teacher before training (heads/cosine_skip.py): the
+        logistic fit of the soft labels on the pooled-embedding cosine of up to ``sample`` training
+        pairs (all of them come free from the stage-1 cache; otherwise a sample is encoded)."""
+        pairs, head = self.examples.pairs, self.student.head
+        if self.cache is not None:
+            sample = len(pairs)
+        chosen = np.sort(np.random.default_rng(self.job.seed).permutation(len(pairs))[:sample])
+        if self.cache is not None:
+            rows = self.cache.pair_rows(pairs)
+            pooled = {side: self.cache.pooled_of(side, rows[side][chosen]) for side in SIDES}
+        else:
+            pooled = {}
+            for side in SIDES:
+                unique, inverse = np.unique(pairs.index[side][chosen], return_inverse=True)
+                encoded = encode_pool(self.student.encoder.side(side), [pairs.pools[side][i] for i in unique],
+                                      self.job.encode_batch_size, self.device)
+                pooled[side] = encoded.pooled.cpu()[torch.from_numpy(inverse.reshape(-1))]
+        cosine = F.cosine_similarity(pooled["left"], pooled["right"], dim=-1)
+        head.fit_to(cosine, self.examples.soft[torch.from_numpy(chosen)])
+        return {"pairs": len(chosen), "scale": head.scale.tolist(), "bias": head.bias.tolist()}
 
     def _train_epoch(self, forward: Callable[[np.ndarray], torch.Tensor], batches: list[list[int]], optimizer,
                      scheduler, scaler, parameters: list[torch.nn.Parameter], description: str) -> dict[str, float]:
@@ -697,6 +723,7 @@ def train(job: TrainStudentJob, argv: list[str] | None = None) -> tuple[RunSumma
     if stages[0].frozen_encoder:
         texts = {side: [*examples.pairs.pools[side], *dev_pairs.pools[side]] for side in SIDES}
         trainer.cache = FrozenStates(student, texts, job.encode_batch_size, device, job.cache_dir, job.progress)
+    skip_fit = trainer.fit_cosine_skip() if config.cosine_skip else None
     rng = random.Random(job.seed)
     per_stage = {stage.name: trainer.train_stage(stage, rng) for stage in stages}
     student.load_state_dict(trainer.best_state)   # in memory as on disk: the best epoch of the run
@@ -748,7 +775,7 @@ def train(job: TrainStudentJob, argv: list[str] | None = None) -> tuple[RunSumma
                  "stage1_cache": ({"texts": trainer.cache.texts, "bytes": trainer.cache.bytes,
                                    "seconds": round(trainer.cache.seconds, 1), "reused": trainer.cache.reused}
                                   if trainer.cache is not None else None),
-                 "student_config": config.to_dict()})
+                 "cosine_skip_fit": skip_fit, "student_config": config.to_dict()})
     summary.write()
     return summary, student
 
@@ -836,6 +863,11 @@ def parse_head_options(text: str | None) -> dict[str, Any]:
 @click.option("--head-options", default=None, metavar="JSON",
               help="Other head options as a JSON object, e.g. '{\"ffn\": 512, \"dropout\": 0.1}' (see the head's "
                    "*Config in heads/).")
+@click.option("--cosine-skip/--no-cosine-skip", default=True, show_default=True,
+              help="Add a learned scale * cos(pooled sentence embeddings) + bias to the head's logits, fitted to "
+                   "the teacher before training, so the student starts from the zero-shot cosine and the head "
+                   "learns the rest (heads/cosine_skip.py). The store then also keeps each text's pooled "
+                   "embedding. --no-cosine-skip: the plain DiPair head.")
 @click.option("--separate-encoders", is_flag=True,
               help="One encoder per side (default: one shared encoder; the projections are per side either way).")
 @click.option("--left-max-length", type=int, default=64, show_default=True,

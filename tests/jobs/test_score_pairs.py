@@ -14,7 +14,7 @@ import torch
 from click.testing import CliRunner
 
 from encoders.checkpoint import build_student, load_or_build_student, load_student, save_student
-from encoders.config import baseline_config
+from encoders.config import StudentConfig, baseline_config
 from heads import HEAD_NAMES
 from jobs import score_pairs
 from jobs.score_pairs import ScorePairsJob, run
@@ -90,6 +90,25 @@ def test_pipeline_scores_equal_plain_pytorch(tmp_path, pairs_file, qqp_pairs, he
     np.testing.assert_allclose(got, expected, atol=2e-3)
     labels = [scores[(text_id(p["left"]), text_id(p["right"]))]["label"] for p in qqp_pairs]
     assert labels == [str(p["label"]) for p in qqp_pairs]  # JSON ints kept as their JSON text
+
+
+def test_cosine_skip_student_scores_equal_plain_pytorch(tmp_path, pairs_file, qqp_pairs):
+    """A student with a cosine skip (heads/cosine_skip.py) on the real MiniLM: the store keeps the
+    pooled embeddings next to the tokens and score_pairs adds the skip exactly as the model does."""
+    config = StudentConfig(encoder_layers=2, left_tokens=4, right_tokens=6, pooled=True, cosine_skip=True)
+    student = build_student(config, seed=3)
+    with torch.no_grad():   # a realistic fitted skip (QQP: about 13 * cos - 11)
+        student.head.scale.fill_(13.0)
+        student.head.bias.fill_(-11.0)
+    save_student(student, tmp_path / "student")
+    output = tmp_path / "out"
+    run(ScorePairsJob(pairs=(str(pairs_file),), output=str(output), model_dir=str(tmp_path / "student")), [], argv=[])
+    scores = read_scores(output)
+    assert (output / "store" / "left").exists()
+    expected = reference_scores(load_student(tmp_path / "student"), qqp_pairs)
+    got = np.array([scores[(text_id(p["left"]), text_id(p["right"]))]["score"] for p in qqp_pairs])
+    np.testing.assert_allclose(got, expected, atol=3e-3)
+    assert np.ptp(expected) > 0.3   # the skip spreads the scores: the tolerance above is a real test
 
 
 def test_baseline_without_model_is_the_minilm_cosine(tmp_path, pairs_file, qqp_pairs):
