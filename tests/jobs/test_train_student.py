@@ -412,3 +412,18 @@ def test_help_explains_every_flag():
                  "--encoder-lr", "--batch-size", "--warmup", "--seed", "--device", "--cache-dir", "--limit",
                  "--human-label-col", "--human-label-weight", "--output", "--overwrite"):
         assert flag in result.output
+
+
+def test_cosine_skip_is_fitted_before_training_the_same_from_cache_or_encoder(tmp_path, toy, tiny_encoder_dir):
+    """The skip's start (heads/cosine_skip.py) is fitted on the pretrained encoder's cosines:
+    stage 1 reads them from its cache, one-stage training encodes them; both give the same fit."""
+    two, student = train(tiny_job(toy, tiny_encoder_dir, tmp_path / "two", stage1_epochs=1), argv=[])
+    one, _ = train(tiny_job(toy, tiny_encoder_dir, tmp_path / "one", stages=1), argv=[])
+    fits = two.metrics["cosine_skip_fit"], one.metrics["cosine_skip_fit"]
+    assert fits[0]["pairs"] == fits[1]["pairs"] == len(distill_rows())
+    assert fits[0]["scale"][0] == pytest.approx(fits[1]["scale"][0], rel=1e-3)
+    assert fits[0]["bias"][0] == pytest.approx(fits[1]["bias"][0], rel=1e-3)
+    assert fits[0]["scale"][0] > 0   # toy teacher: more similar texts are more often "yes"
+    assert student.config.cosine_skip and student.config.pooled
+    no_skip = run(tiny_job(toy, tiny_encoder_dir, tmp_path / "plain", stage1_epochs=1, cosine_skip=False), argv=[])
+    assert no_skip.metrics["cosine_skip_fit"] is None and not load_student(tmp_path / "plain").config.pooled
