@@ -214,7 +214,7 @@ def _fingerprint(student: Student) -> str:
     digest.update(student.config.to_json().encode())
     sides = [student.encoder.left] if student.config.shared_encoder else [student.encoder.left, student.encoder.right]
     for side in sides:
-        digest.update(_tokenizer_identity(side.tokenizer).encode())
+        digest.update(tokenizer_identity(side.tokenizer).encode())
     parts = {"encoder.left.": student.encoder.left.transformer}
     if not student.config.shared_encoder:
         parts["encoder.right."] = student.encoder.right.transformer
@@ -229,7 +229,7 @@ def _fingerprint(student: Student) -> str:
     return digest.hexdigest()
 
 
-def _tokenizer_identity(tokenizer) -> str:
+def tokenizer_identity(tokenizer) -> str:
     """The tokenizer's vocabulary and rules, without the truncation/padding state that
     every call changes."""
     backend = getattr(tokenizer, "backend_tokenizer", None)

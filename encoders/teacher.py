@@ -37,7 +37,7 @@ from torch.nn import functional as F
 from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel,
                           PreTrainedTokenizerBase)
 
-from encoders.checkpoint import _tokenizer_identity
+from encoders.checkpoint import tokenizer_identity
 from encoders.sources import resolve_encoder
 
 TEACHER_FILE = "teacher.json"
@@ -446,7 +446,7 @@ def _fingerprint(teacher: CrossEncoder) -> str:
               if not k.startswith("_") and k not in _VOLATILE_CONFIG_KEYS}
     digest.update(json.dumps(config, sort_keys=True, default=str).encode())
     digest.update(teacher.task.to_json().encode())
-    digest.update(_tokenizer_identity(teacher.tokenizer).encode())
+    digest.update(tokenizer_identity(teacher.tokenizer).encode())
     for name, tensor in sorted(teacher.model.state_dict().items()):
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
         digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())

@@ -24,7 +24,7 @@ from apache_beam.io.filesystems import FileSystems
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from encoders.checkpoint import Student, _tokenizer_identity
+from encoders.checkpoint import Student, tokenizer_identity
 from encoders.config import SIDES
 from encoders.dual_encoder import SideEncoder, mean_pool, select_tokens
 from encoders.teacher import autocast
@@ -158,7 +158,7 @@ def _cache_path(directory: str, side: SideEncoder, count: int, texts: Sequence[s
     digest = hashlib.sha256()
     digest.update(json.dumps({"format": CACHE_FORMAT, "max_length": side.max_length, "count": count,
                               "selection": side.selection}).encode())
-    digest.update(_tokenizer_identity(side.tokenizer).encode())
+    digest.update(tokenizer_identity(side.tokenizer).encode())
     for name, tensor in sorted(side.transformer.state_dict().items()):
         digest.update(f"{name}:{tuple(tensor.shape)}".encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())

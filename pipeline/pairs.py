@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from pipeline.dead_letters import DeadLetter
 from pipeline.encode import TextColumns, extract_text
-from pipeline.readers import InputError, InputFile, SourcedRow, _open_raw, _parquet_file
+from pipeline.readers import InputError, InputFile, SourcedRow, open_raw, parquet_file
 
 SIDES = ("left", "right")
 
@@ -79,8 +79,8 @@ def kept_fields(files: Sequence[InputFile], names: Sequence[str]) -> list[pa.Fie
     types: dict[str, tuple[pa.DataType, str]] = {}
     for file in files:
         if file.format == "parquet":
-            with _open_raw(file.path) as raw:
-                schema = _parquet_file(raw, file.path).schema_arrow
+            with open_raw(file.path) as raw:
+                schema = parquet_file(raw, file.path).schema_arrow
             found = {name: schema.field(name).type for name in names if name in schema.names}
         else:
             found = {}

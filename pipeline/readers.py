@@ -316,8 +316,8 @@ def _columns_of(file: InputFile) -> tuple[list[str] | None, str]:
     description is empty for a CSV/TSV file without even a header line.
     """
     if file.format == "parquet":
-        with _open_raw(file.path) as raw:
-            return _parquet_file(raw, file.path).schema_arrow.names, "its schema"
+        with open_raw(file.path) as raw:
+            return parquet_file(raw, file.path).schema_arrow.names, "its schema"
     with _open_stream(file) as stream:
         if file.format == "jsonl":
             return _first_json_object_keys(stream)
@@ -404,8 +404,8 @@ def _project(fields: dict, columns: list[str] | None) -> dict:
 # Parquet ------------------------------------------------------------------------------------
 
 def _read_parquet(file: InputFile, columns: list[str] | None) -> Iterator[SourcedRow]:
-    with _open_raw(file.path) as raw:
-        parquet = _parquet_file(raw, file.path)
+    with open_raw(file.path) as raw:
+        parquet = parquet_file(raw, file.path)
         if columns is not None:
             present = parquet.schema_arrow.names
             missing = [name for name in columns if name not in present]
@@ -428,7 +428,8 @@ def _read_parquet(file: InputFile, columns: list[str] | None) -> Iterator[Source
                 index += 1
 
 
-def _parquet_file(raw: IO[bytes], path: str) -> pq.ParquetFile:
+def parquet_file(raw: IO[bytes], path: str) -> pq.ParquetFile:
+    """A Parquet file over ``raw`` (the bytes of ``path``); InputError naming ``path`` when it is not one."""
     try:
         return pq.ParquetFile(raw)
     except (pa.ArrowException, OSError) as err:
@@ -589,7 +590,7 @@ def _replace_invalid(text: str) -> str:
 # Opening files
 # --------------------------------------------------------------------------------------------
 
-def _open_raw(path: str) -> IO[bytes]:
+def open_raw(path: str) -> IO[bytes]:
     """The file's bytes as stored (Beam must not guess compression from the extension)."""
     try:
         return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
@@ -601,7 +602,7 @@ def _open_raw(path: str) -> IO[bytes]:
 def _open_stream(file: InputFile) -> Iterator[IO[bytes]]:
     """A buffered binary stream of the file's (decompressed) content."""
     with contextlib.ExitStack() as stack:
-        raw = stack.enter_context(_open_raw(file.path))
+        raw = stack.enter_context(open_raw(file.path))
         if not file.compressed:
             yield raw
             return
