@@ -12,10 +12,9 @@ from typing import Iterable, Iterator, NamedTuple, Sequence
 import apache_beam as beam
 import pyarrow as pa
 from apache_beam.metrics import Metrics
-from apache_beam.transforms.window import GlobalWindow
-from apache_beam.utils.windowed_value import WindowedValue
 
 from pipeline import dead_letters as dl
+from pipeline.batching import SortWindowDoFn
 from pipeline.dead_letters import DeadLetter
 from pipeline.readers import InputFile, SourcedRow, read_rows
 from pipeline.store import StoreLayout, encode_token_block
@@ -228,7 +227,7 @@ def pick_device(name: str) -> str:
     return name
 
 
-class _EncodeTextsDoFn(beam.DoFn):
+class _EncodeTextsDoFn(SortWindowDoFn):
     """UniqueText -> pyarrow Tables of store rows, one per sort window.
 
     The model loads once per worker in ``setup``. Texts are buffered, tokenized together,
@@ -237,6 +236,7 @@ class _EncodeTextsDoFn(beam.DoFn):
     """
 
     def __init__(self, settings: EncodeSettings, layout: StoreLayout, prefix: str):
+        super().__init__(settings.sort_window)
         self._settings = settings
         self._layout = layout
         self._schema = layout.schema()
@@ -255,20 +255,7 @@ class _EncodeTextsDoFn(beam.DoFn):
         # Mixed precision on GPU: the encoder is the cost of stage one, and fp16 stores lose nothing.
         self._autocast = self._device == "cuda"
 
-    def start_bundle(self):
-        self._buffer: list[UniqueText] = []
-
-    def process(self, unique: UniqueText) -> Iterator[pa.Table]:
-        self._buffer.append(unique)
-        if len(self._buffer) >= self._settings.sort_window:
-            yield self._flush()
-
-    def finish_bundle(self):
-        if self._buffer:
-            yield WindowedValue(self._flush(), GlobalWindow().max_timestamp(), [GlobalWindow()])
-
-    def _flush(self) -> pa.Table:
-        texts, self._buffer = self._buffer, []
+    def flush(self, texts: list[UniqueText]) -> pa.Table:
         tokenized = self._encoder.tokenize([t.text for t in texts])
         order = sorted(range(len(texts)), key=lambda i: tokenized[i].num_tokens)
         columns: dict[str, list] = {name: [] for name in self._schema.names}

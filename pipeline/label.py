@@ -32,9 +32,8 @@ import numpy as np
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import ReadFromParquetBatched, WriteToParquetBatched
-from apache_beam.transforms.window import GlobalWindow
-from apache_beam.utils.windowed_value import WindowedValue
 
+from pipeline.batching import SortWindowDoFn
 from pipeline.dead_letters import DeadLetter
 from pipeline.encode import DEAD_LETTER_TAG, counter, dead_letter_counter, pick_device
 from pipeline.pairs import TextPair, TextPairColumns, extract_text_pair, kept_column_values
@@ -243,7 +242,7 @@ def load_labeling_teacher(settings: LabelSettings):
     return teacher
 
 
-class _LabelPairsDoFn(beam.DoFn):
+class _LabelPairsDoFn(SortWindowDoFn):
     """TextPair -> pyarrow Tables of distillation rows, one per sort window.
 
     The teacher loads once per worker in ``setup``. Pairs are buffered, tokenized together and
@@ -252,6 +251,7 @@ class _LabelPairsDoFn(beam.DoFn):
     """
 
     def __init__(self, settings: LabelSettings):
+        super().__init__(settings.sort_window)
         self._settings = settings
         self.labeled = counter("pairs_labeled")
         self.truncated = counter("pairs_truncated")
@@ -261,22 +261,9 @@ class _LabelPairsDoFn(beam.DoFn):
         self._teacher = teacher.to(pick_device(self._settings.device)).eval()
         self._fields = {f.name: f for f in self._settings.schema}
 
-    def start_bundle(self):
-        self._buffer: list[TextPair] = []
-
-    def process(self, pair: TextPair) -> Iterator[pa.Table]:
-        self._buffer.append(pair)
-        if len(self._buffer) >= self._settings.sort_window:
-            yield self._flush()
-
-    def finish_bundle(self):
-        if self._buffer:
-            yield WindowedValue(self._flush(), GlobalWindow().max_timestamp(), [GlobalWindow()])
-
-    def _flush(self) -> pa.Table:
+    def flush(self, pairs: list[TextPair]) -> pa.Table:
         from encoders.teacher import soft_labels
 
-        pairs, self._buffer = self._buffer, []
         tokenized = self._teacher.tokenize([p.left for p in pairs], [p.right for p in pairs])
         logits = self._teacher.predict(tokenized, self._settings.batch_size)        # (P, C) float32
         soft = soft_labels(logits, self._settings.temperature)                       # (P,) or (P, C)
