@@ -108,6 +108,7 @@ class TrainStudentJob:
     stage1_epochs: int = 10
     patience: int = 2
     stage2_epochs: int = 1
+    stage1_max_pairs: int | None = None
     stage2_max_pairs: int | None = None
     lr: float = 5e-4
     stage2_lr: float = 1e-4
@@ -137,7 +138,8 @@ class TrainStudentJob:
                     "--stage1-batch-size": self.stage1_batch_size, "--encode-batch-size": self.encode_batch_size,
                     "--patience": self.patience}
         for flag, value in (("--layers", self.layers), ("--head-layers", self.head_layers),
-                            ("--limit", self.limit), ("--stage2-max-pairs", self.stage2_max_pairs)):
+                            ("--limit", self.limit), ("--stage1-max-pairs", self.stage1_max_pairs),
+                            ("--stage2-max-pairs", self.stage2_max_pairs)):
             if value is not None:
                 positive[flag] = value
         for flag, value in positive.items():
@@ -486,7 +488,7 @@ def plan_stages(student: Student, job: TrainStudentJob) -> list[Stage]:
         return [Stage("one_stage", "one stage: everything trains", False, job.stage2_epochs, job.batch_size,
                       [(rest, job.lr), (encoder, job.encoder_lr)], max_pairs=job.stage2_max_pairs)]
     return [Stage("stage1", "stage 1: encoder frozen", True, job.stage1_epochs, job.stage1_batch_size,
-                  [(rest, job.lr)], patience=job.patience),
+                  [(rest, job.lr)], patience=job.patience, max_pairs=job.stage1_max_pairs),
             Stage("stage2", "stage 2: everything trains", False, job.stage2_epochs, job.batch_size,
                   [(rest, job.stage2_lr), (encoder, job.encoder_lr)], max_pairs=job.stage2_max_pairs)]
 
@@ -889,6 +891,10 @@ def parse_head_options(text: str | None) -> dict[str, Any]:
               help="Stage 1 stops after this many epochs without a better dev score.")
 @click.option("--stage2-epochs", type=int, default=1, show_default=True,
               help="Epochs of stage 2 (and of --stages 1).")
+@click.option("--stage1-max-pairs", type=int, default=None, metavar="P",
+              help="At most P pairs per stage-1 epoch (a new random sample each epoch), for distillation sets "
+                   "larger than an epoch needs to be: dev is then evaluated, and early stopping decided, every P "
+                   "pairs.")
 @click.option("--stage2-max-pairs", type=int, default=None, metavar="P",
               help="At most P pairs per stage-2 epoch (a new random sample each epoch): stage 2 runs the encoder "
                    "and costs far more per pair than stage 1.")

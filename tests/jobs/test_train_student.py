@@ -427,3 +427,10 @@ def test_cosine_skip_is_fitted_before_training_the_same_from_cache_or_encoder(tm
     assert student.config.cosine_skip and student.config.pooled
     no_skip = run(tiny_job(toy, tiny_encoder_dir, tmp_path / "plain", stage1_epochs=1, cosine_skip=False), argv=[])
     assert no_skip.metrics["cosine_skip_fit"] is None and not load_student(tmp_path / "plain").config.pooled
+
+
+def test_max_pairs_cap_each_epoch_of_both_stages(tmp_path, toy, tiny_encoder_dir):
+    summary = run(tiny_job(toy, tiny_encoder_dir, tmp_path / "capped", stage1_epochs=2, patience=5,
+                           stage1_max_pairs=20, stage2_max_pairs=12), argv=[])
+    assert [(r["stage"], r["pairs"]) for r in summary.metrics["epochs"]] == [("stage1", 20), ("stage1", 20),
+                                                                               ("stage2", 12)]
