@@ -57,6 +57,8 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--max-length", type=int, default=64, help="student tokenizer max length, both sides")
     parser.add_argument("--stage1-epochs", type=int, default=6, help="most stage-1 epochs (early stop, patience 2)")
+    parser.add_argument("--stage1-max-pairs", type=int, default=40_000,
+                        help="training pairs per stage-1 epoch (a new random sample each epoch)")
     parser.add_argument("--stage2-max-pairs", type=int, default=3000,
                         help="pairs of the (expensive) stage 2, and of the one-stage ablation")
     parser.add_argument("--heads", default=",".join(HEADS), help="heads to train (comma-separated)")
@@ -122,7 +124,7 @@ def main() -> None:
               "--n", str(args.n), "--m", str(args.n), "--dim", str(args.dim), "--left-max-length", str(args.max_length),
               "--right-max-length", str(args.max_length), "--swap", "--human-label-col", "label",
               "--stage1-epochs", str(2 if small else args.stage1_epochs), "--stage1-batch-size", "256",
-              "--stage2-max-pairs", str(stage2_pairs),
+              "--stage1-max-pairs", str(args.stage1_max_pairs), "--stage2-max-pairs", str(stage2_pairs),
               "--cache-dir", str(out / "cache"), "--no-progress"]
     if args.layers:
         common += ["--layers", str(args.layers)]
