@@ -153,7 +153,8 @@ def load_model(name: str, source: str, device: str) -> Model:
     else:
         description = (f"head {config.head}, K={layers}, N={config.left_tokens}, M={config.right_tokens}, "
                        f"D={config.dim or student.encoder.left.output_dim}"
-                       + ("" if config.shared_encoder else ", separate encoders"))
+                       + ("" if config.shared_encoder else ", separate encoders")
+                       + (", cosine skip" if config.cosine_skip else ""))
     return Model(name, kind, source, student, student.fingerprint, description)
 
 
