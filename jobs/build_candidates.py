@@ -241,8 +241,11 @@ def run(job: BuildCandidatesJob, argv: list[str] | None = None) -> RunSummary:
     embeddings = {}
     for name, pool in pools.items():
         tic = time.perf_counter()
-        embeddings[name] = embed_texts(side, pool.texts, job.batch_size,
-                                       f"encode {name}" if job.progress else None).to(device)
+        if name == "right" and right.texts == left.texts:
+            embeddings[name] = embeddings["left"]   # one pool on both sides (e.g. questions x questions)
+        else:
+            embeddings[name] = embed_texts(side, pool.texts, job.batch_size,
+                                           f"encode {name}" if job.progress else None).to(device)
         seconds[f"encode_{name}"] = round(time.perf_counter() - tic, 2)
 
     # A left text whose identical text is in the right pool must not be paired with it.

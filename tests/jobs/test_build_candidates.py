@@ -118,6 +118,25 @@ def test_knn_pairs_are_the_true_top_k(mined, tiny_encoder_dir):
                                                                          reverse=True), atol=1e-5)
 
 
+def test_one_pool_on_both_sides_is_encoded_once(tmp_path, tiny_encoder_dir, monkeypatch):
+    """Questions x questions: the same texts on both sides are embedded once, and each text's
+    neighbours are the true top-k of the others (never itself)."""
+    texts = [f"How do I get better at {t}?" for t in TOPICS]
+    pool = write_jsonl(tmp_path / "q.jsonl", [{"text": t} for t in texts])
+    calls = []
+    real = build_candidates.embed_texts
+    monkeypatch.setattr(build_candidates, "embed_texts", lambda *a, **k: calls.append(1) or real(*a, **k))
+    run(BuildCandidatesJob(left_texts=(str(pool),), right_texts=(str(pool),), output=str(tmp_path / "o"), top_k=3,
+                           random_per_left=0, encoder=tiny_encoder_dir, progress=False), argv=["test"])
+    assert len(calls) == 1
+    embedded = build_student(baseline_config().replace(encoder=tiny_encoder_dir)).encoder.left.encode(texts).pooled
+    sims = (embedded @ embedded.T).numpy()
+    rows = candidates_of(tmp_path / "o")
+    for i, text in enumerate(texts):
+        expected = [texts[j] for j in np.argsort(-sims[i]) if j != i][:3]
+        assert [r["right"] for r in sorted((r for r in rows if r["left"] == text), key=lambda r: r["rank"])] == expected
+
+
 def test_random_pairs_self_pairs_and_duplicates(mined, tiny_encoder_dir):
     output, _, lefts, rights = mined
     rows = candidates_of(output)
