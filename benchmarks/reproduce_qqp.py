@@ -56,8 +56,8 @@ def main() -> None:
                         "questions whole)")
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--max-length", type=int, default=64, help="student tokenizer max length, both sides")
-    parser.add_argument("--stage1-epochs", type=int, default=6, help="most stage-1 epochs (early stop, patience 2)")
-    parser.add_argument("--stage1-max-pairs", type=int, default=40_000,
+    parser.add_argument("--stage1-epochs", type=int, default=4, help="most stage-1 epochs (early stop, patience 2)")
+    parser.add_argument("--stage1-max-pairs", type=int, default=30_000,
                         help="training pairs per stage-1 epoch (a new random sample each epoch)")
     parser.add_argument("--stage2-max-pairs", type=int, default=3000,
                         help="pairs of the (expensive) stage 2, and of the one-stage ablation")
