@@ -49,6 +49,27 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
 
+def auc_difference_interval(scores_a: np.ndarray, scores_b: np.ndarray, labels: np.ndarray, weight_b: float = 1.0,
+                            resamples: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """AUC(a) - weight_b * AUC(b) on the same pairs, with a paired bootstrap interval.
+
+    scores_a, scores_b, labels: (P,). Pairs are resampled with replacement and both models are
+    scored on each resample, so what the two share (the same hard pairs) cancels. Returns
+    (difference, low, high), the interval at ``level`` from the percentiles of ``resamples``
+    resamples. ``weight_b`` = 0.98 asks "does a keep 98% of b's AUC?".
+    """
+    scores_a, scores_b = np.asarray(scores_a, np.float64), np.asarray(scores_b, np.float64)
+    labels = np.asarray(labels).astype(bool)
+    rng = np.random.default_rng(seed)
+    differences = np.empty(resamples)
+    for r in range(resamples):
+        index = rng.integers(0, len(labels), len(labels))
+        differences[r] = roc_auc(scores_a[index], labels[index]) - weight_b * roc_auc(scores_b[index], labels[index])
+    tail = (1 - level) / 2 * 100
+    low, high = np.nanpercentile(differences, [tail, 100 - tail])
+    return roc_auc(scores_a, labels) - weight_b * roc_auc(scores_b, labels), float(low), float(high)
+
+
 def best_threshold_accuracy(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     """(accuracy, threshold) of the best rule ``score >= threshold`` -> 1, thresholds taken at the
     observed scores (how the zero-training cosine baseline is scored in FINDINGS.md)."""

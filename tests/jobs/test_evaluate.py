@@ -14,7 +14,7 @@ from sklearn.metrics import f1_score, roc_auc_score, roc_curve as sklearn_roc_cu
 
 from jobs import evaluate
 from jobs.evaluate import EvaluateJob, parse_model_spec, quality, run
-from jobs.metrics import f1_at_threshold, roc_curve
+from jobs.metrics import auc_difference_interval, f1_at_threshold, roc_curve
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -58,6 +58,26 @@ def test_roc_curve_f1_and_graded_metrics_match_scikit_learn_and_scipy():
     graded = quality("graded", scores + 0.1 * grades, grades, None)
     assert graded["pearson"] == pytest.approx(pearsonr(scores + 0.1 * grades, grades)[0])
     assert graded["spearman"] == pytest.approx(spearmanr(scores + 0.1 * grades, grades)[0])
+
+
+def test_auc_difference_interval_is_paired_and_covers_the_truth():
+    rng = np.random.default_rng(1)
+    labels = rng.random(600) < 0.4
+    signal = labels + rng.normal(0, 1.0, 600)
+    # The same scores: the difference is 0 on every resample.
+    assert auc_difference_interval(signal, signal, labels, resamples=200) == (0.0, 0.0, 0.0)
+    # A clearly better model: the interval excludes 0, and the point estimate is scikit-learn's difference.
+    better = labels + rng.normal(0, 0.3, 600)
+    difference, low, high = auc_difference_interval(better, signal, labels, resamples=500)
+    assert difference == pytest.approx(roc_auc_score(labels, better) - roc_auc_score(labels, signal))
+    assert 0 < low < difference < high
+    # weight_b: "keeps 98% of b" is AUC(a) - 0.98 AUC(b).
+    kept, _, _ = auc_difference_interval(signal, better, labels, weight_b=0.98, resamples=10)
+    assert kept == pytest.approx(roc_auc_score(labels, signal) - 0.98 * roc_auc_score(labels, better))
+    # Noise only: two equally good models give an interval around 0.
+    other = labels + rng.normal(0, 1.0, 600)
+    _, low, high = auc_difference_interval(other, signal, labels, resamples=500)
+    assert low < 0 < high
 
 
 @pytest.mark.parametrize("spec, expected", [
