@@ -604,12 +604,11 @@ class Trainer:
         pairs (all of them come free from the stage-1 cache; otherwise a sample is encoded)."""
         pairs, head = self.examples.pairs, self.student.head
         if self.cache is not None:
-            sample = len(pairs)
-        chosen = np.sort(np.random.default_rng(self.job.seed).permutation(len(pairs))[:sample])
-        if self.cache is not None:
+            chosen = np.arange(len(pairs))
             rows = self.cache.pair_rows(pairs)
-            pooled = {side: self.cache.pooled_of(side, rows[side][chosen]) for side in SIDES}
+            pooled = {side: self.cache.pooled_of(side, rows[side]) for side in SIDES}
         else:
+            chosen = np.sort(np.random.default_rng(self.job.seed).permutation(len(pairs))[:sample])
             pooled = {}
             for side in SIDES:
                 unique, inverse = np.unique(pairs.index[side][chosen], return_inverse=True)
