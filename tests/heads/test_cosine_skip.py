@@ -59,7 +59,7 @@ def test_fit_is_the_maximum_likelihood_logistic_fit_of_the_soft_labels():
     soft = 1 / (1 + np.exp(-(12 * cosine - 8 + rng.normal(0, 1.5, 400))))
     skip = CosineSkip(build_head("dipair", dim=8, left_tokens=2, right_tokens=2))
     skip.fit_to(torch.tensor(cosine, dtype=torch.float32), torch.tensor(soft, dtype=torch.float32)[:, None])
-    reference = LogisticRegression(penalty=None, tol=1e-10, max_iter=10_000).fit(
+    reference = LogisticRegression(C=np.inf, tol=1e-10, max_iter=10_000).fit(
         np.concatenate([cosine, cosine])[:, None], np.r_[np.ones(400), np.zeros(400)],
         sample_weight=np.r_[soft, 1 - soft])
     assert float(skip.scale.detach()[0]) == pytest.approx(reference.coef_[0, 0], rel=1e-4)
