@@ -1,6 +1,6 @@
 """DiPair's tables 2-4 on QQP, end to end with pairscore's own jobs, in one command.
 
-    OMP_WAIT_POLICY=PASSIVE python benchmarks/reproduce_qqp.py --out runs/qqp-repro
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/reproduce_qqp.py --out runs/qqp-repro --ablate-skip
     python benchmarks/reproduce_qqp.py --out runs/qqp-smoke --limit 120     # a smoke test of every step (minutes)
 
 Steps (each a ``python -m jobs.<name>`` command, printed before it runs; a step whose output already
@@ -14,13 +14,17 @@ has ``_SUMMARY.json`` is skipped, so an interrupted run resumes where it stopped
 3. candidates: ``build_candidates`` mines each training question's ``--top-k`` nearest questions.
 4. distillation set: ``label_pairs`` labels the training pairs (human labels kept) and the mined pairs.
 5. students: ``train_student`` with each head -- dipair, dipair-ffnn, li, de-ffnn, de-cos -- and the
-   same student config, two-stage; plus dipair one-stage (the ablation). The frozen encoder states
-   of stage 1 are computed once and shared through ``--cache-dir``.
+   same student config (with the cosine skip), two-stage; plus dipair one-stage (the ablation) and,
+   with ``--ablate-skip``, dipair without the cosine skip (not counted in the time). The frozen
+   encoder states of stage 1 are computed once and shared through ``--cache-dir``.
 6. ``evaluate`` on dev: teacher, the six students and the zero-training cosine baseline.
 
 Writes ``OUT/RESULTS.md`` (the table, the ablation, the targets, the time of every step) next to
 ``OUT/report/report.md`` (plots). Targets checked: dipair >= 98% of the teacher's AUC and above
-de-cos and de-ffnn; two-stage above one-stage; the whole run under 90 minutes.
+de-cos and de-ffnn; two-stage above one-stage (each with the 95% paired-bootstrap interval of the
+AUC difference on dev, so a reader sees which the dev set can tell from noise); the whole run under
+90 minutes (the sum of the steps' times, kept in OUT/step_seconds.json across resumed runs;
+``--until labels`` stops after the distillation set).
 """
 from __future__ import annotations
 
