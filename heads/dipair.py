@@ -22,8 +22,8 @@ implementation. What differs is only how it is computed:
   every j (softmax ignores it), and the attention-weighted sum of values sum_j p_j (W_v x_j
   + b_v) equals W_v (sum_j p_j x_j) + (sum_j p_j) b_v. So the query is pulled back through
   W_k once, the layer input is attended directly, and W_v is applied once per pair.
-* On CPU, large batches are scored (without gradients) in chunks of ``chunk_pairs`` pairs. The batch as a
-  whole would create intermediates of hundreds of MB (B*(N+M) rows x 1024 feed-forward
+* On CPU, large batches are scored (without gradients) in chunks of ``chunk_pairs`` pairs. The
+  batch as a whole would create intermediates of hundreds of MB (B*(N+M) rows x 1024 feed-forward
   units); chunks keep them in cache and let the allocator reuse them, which measured about
   twice as fast on a 2-core CPU. Chunking changes nothing but floating-point rounding.
 * Attention over all positions uses ``scaled_dot_product_attention`` with a boolean mask
