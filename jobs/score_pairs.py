@@ -15,7 +15,6 @@ from typing import Sequence
 import apache_beam as beam
 import click
 import pyarrow as pa
-import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import WriteToParquetBatched
 
@@ -25,10 +24,12 @@ from jobs.common import BEAM_EPILOG, JOB_CONTEXT, run_job
 from jobs.encode_texts import store_layout
 from pipeline.encode import DEAD_LETTER_TAG, DedupeTexts, EncodeSettings, ReadRows, TextColumns, pick_device
 from pipeline.outputs import WriteDeadLetters, WriteStore, prepare_output_dir
+from pipeline.pairs import kept_fields
 from pipeline.readers import FORMATS, InputFile, check_columns, expand_inputs
 from pipeline.runner import make_pipeline, validate_beam_args
 from pipeline.score import (PAIRS, SIDES, CompleteStore, DistinctPairTexts, PairColumns, ReadPairs, ScorePairs,
                             ScoreSettings, dedupe_pair_chunks, read_store_tables)
+from pipeline.scoring_core import torch_threads_for
 from pipeline.store import (COMPRESSION, DTYPES, MANIFEST_FILE, StoreLayout, count_rows, read_manifest,
                             write_manifest)
 from pipeline.summary import RunSummary, read_counters, split_dead_letters
@@ -125,19 +126,24 @@ def existing_store(job: ScorePairsJob, student: Student, side: str) -> tuple[tup
     return files, manifest.rows, manifest.dtype
 
 
-def choose_join(job: ScorePairsJob, plans: dict[str, SidePlan], pair_rows: int) -> tuple[str, str]:
-    """(join, why). Broadcast when both stores fit ``--broadcast-limit-mb`` in a worker's memory.
-
-    The stores' final size is known only after the run, so it is bounded before it: rows of the
-    existing store plus every row that could add a text (the text tables in id mode, two per
-    pair in text mode)."""
-    if job.join != "auto":
-        return job.join, f"--join {job.join}"
+def store_bytes_bound(plans: dict[str, SidePlan], pair_rows: int) -> int:
+    """Both stores' size, bounded before the run (their final size is known only after it): rows
+    of the existing store plus every row that could add a text (the text tables in id mode, two
+    per pair in text mode)."""
     estimate = 0
     for plan in plans.values():
         new_rows = count_input_rows(plan.text_files) if plan.text_files else pair_rows
         row_bytes = plan.layout.token_bytes + 2 * (plan.layout.pooled_dim or 0) + LOOKUP_OVERHEAD_BYTES
         estimate += (plan.existing_rows + new_rows) * row_bytes
+    return estimate
+
+
+def choose_join(job: ScorePairsJob, plans: dict[str, SidePlan], pair_rows: int) -> tuple[str, str]:
+    """(join, why). Broadcast when both stores fit ``--broadcast-limit-mb`` in a worker's memory
+    (:func:`store_bytes_bound`)."""
+    if job.join != "auto":
+        return job.join, f"--join {job.join}"
+    estimate = store_bytes_bound(plans, pair_rows)
     limit = job.broadcast_limit_mb * 2 ** 20
     join = "broadcast" if estimate <= limit else "shuffle"
     return join, f"auto: stores bounded by {estimate / 2 ** 20:,.0f} MB vs --broadcast-limit-mb {job.broadcast_limit_mb}"
@@ -161,20 +167,36 @@ def _estimate_lines(file: InputFile, sample_bytes: int = 1 << 22) -> int:
     return lines if finished else int(lines * size / max(consumed, 1)) + 1
 
 
-def output_schema(job: ScorePairsJob, student: Student, files: list[InputFile]) -> pa.Schema:
-    """left_id, right_id, score (+ probs for k classes) and the kept columns (Parquet inputs keep
-    their types; text formats keep strings)."""
+def output_schema(job: ScorePairsJob, student: Student, files: list[InputFile],
+                  kept: list[pa.Field] | None = None) -> pa.Schema:
+    """left_id, right_id, score (+ probs for k classes) and the kept columns, typed by
+    :func:`pipeline.pairs.kept_fields` (Parquet keeps its types, JSONL JSON's, CSV/TSV strings;
+    inputs that disagree fail here, before the pipeline starts)."""
     fields = [pa.field("left_id", pa.string()), pa.field("right_id", pa.string()), pa.field("score", pa.float32())]
     if student.config.num_outputs > 1:
         fields.append(pa.field("probs", pa.list_(pa.float32())))
-    parquet_schema = None
-    if job.keep_cols and files[0].format == "parquet":
-        with FileSystems.open(files[0].path) as handle:
-            parquet_schema = pq.read_schema(handle)
-    for name in job.keep_cols:
-        kind = parquet_schema.field(name).type if parquet_schema is not None else pa.string()
-        fields.append(pa.field(name, kind))
+    fields += kept if kept is not None else kept_fields(files, job.keep_cols)
     return pa.schema(fields)
+
+
+def worker_processes(beam_args: Sequence[str]) -> int | None:
+    """Scoring processes per machine, to share its cores between their torch threads: the
+    multi-process DirectRunner's ``--direct_num_workers``; 1 in process; None (torch's default)
+    for other runners, which size their own workers."""
+    from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+    options = PipelineOptions(list(beam_args))
+    runner = (options.view_as(StandardOptions).runner or "direct").lower()
+    if runner not in {"directrunner", "direct", "switchingdirectrunner", "fnapirunner"}:
+        return None
+    direct = options.view_as(DirectOptions)
+    return max(1, direct.direct_num_workers or 1) if direct.direct_running_mode == "multi_processing" else 1
+
+
+def shuffle_buckets(store_bytes: int, pair_rows: int) -> int:
+    """Partitions of the shuffle join and of ``--dedupe-pairs``: enough that one bucket's store
+    rows (about 256 MiB) and pairs (about 2M) fit a worker, and never fewer than 64 so that
+    many workers share the work."""
+    return max(64, -(-store_bytes // (256 << 20)), -(-pair_rows // (2 << 20)))
 
 
 def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None) -> RunSummary:
@@ -185,6 +207,7 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
     columns = job.columns
     pair_files = expand_inputs(job.pairs, job.format)
     check_columns(pair_files, columns.required() + list(job.keep_cols))
+    kept = kept_fields(pair_files, job.keep_cols)
     text_files = {side: () for side in SIDES}
     if columns.id_mode:
         for side, patterns in (("left", job.left_texts), ("right", job.right_texts)):
@@ -198,14 +221,16 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
         files, rows, dtype = existing_store(job, student, side)
         plans[side] = SidePlan(side, store_layout(student, side, dtype), files, rows, text_files[side],
                                FileSystems.join(job.output, "store", side))
-    join, why = choose_join(job, plans, 0 if columns.id_mode else count_input_rows(pair_files))
-    schema = output_schema(job, student, pair_files)
+    pair_rows = count_input_rows(pair_files) if (not columns.id_mode or job.dedupe_pairs) else 0
+    join, why = choose_join(job, plans, 0 if columns.id_mode else pair_rows)
+    buckets = shuffle_buckets(store_bytes_bound(plans, 0 if columns.id_mode else pair_rows), pair_rows)
+    schema = output_schema(job, student, pair_files, kept)
     prepare_output_dir(job.output, job.overwrite)
 
     started = time.monotonic()
     pipeline = make_pipeline(beam_args)
-    read = pipeline | "ReadPairs" >> ReadPairs(pair_files, columns, chunk_size=job.batch_size)
-    chunks = dedupe_pair_chunks(read.chunks, job.batch_size) if job.dedupe_pairs else read.chunks
+    read = pipeline | "ReadPairs" >> ReadPairs(pair_files, columns, chunk_size=job.batch_size, kept=kept)
+    pairs = dedupe_pair_chunks(read["pairs"], job.batch_size, buckets) if job.dedupe_pairs else read["pairs"]
     dead_letters = [read[DEAD_LETTER_TAG]]
     side_tables = {}
     for side, plan in plans.items():
@@ -227,8 +252,12 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
 
     score_settings = ScoreSettings(model_dir=job.model_dir, left_layout=plans["left"].layout,
                                    right_layout=plans["right"].layout, output_schema=schema, keep=job.keep_cols,
-                                   batch_size=job.batch_size, device=job.device)
-    scored = chunks | "ScorePairs" >> ScorePairs(score_settings, join, side_tables["left"], side_tables["right"],
+                                   batch_size=job.batch_size, device=job.device, columns=columns,
+                                   pair_paths=tuple(f.path for f in pair_files),
+                                   threads=(torch_threads_for(processes) if (processes := worker_processes(beam_args))
+                                            else None),
+                                   buckets=buckets)
+    scored = pairs | "ScorePairs" >> ScorePairs(score_settings, join, side_tables["left"], side_tables["right"],
                                                   job.accelerator)
     scored["scores"] | "WriteScores" >> WriteToParquetBatched(
         FileSystems.join(job.output, SCORES_PREFIX), schema=schema, codec=COMPRESSION, file_name_suffix=".parquet")

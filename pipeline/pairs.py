@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from pipeline.dead_letters import DeadLetter
 from pipeline.encode import TextColumns, extract_text
-from pipeline.readers import InputError, InputFile, SourcedRow, open_raw, parquet_file
+from pipeline.readers import JSONL_PROBE_LINES, InputError, InputFile, SourcedRow, open_raw, parquet_file, read_rows
 
 SIDES = ("left", "right")
 
@@ -67,14 +67,21 @@ def extract_text_pair(row: SourcedRow, columns: TextPairColumns) -> TextPair | D
 
 
 def kept_fields(files: Sequence[InputFile], names: Sequence[str]) -> list[pa.Field]:
-    """The output fields of the ``--keep-cols``, decided before the pipeline starts.
+    """The output fields of the ``--keep-cols``, decided once, before the pipeline starts.
 
-    Parquet columns keep their type (every Parquet input must agree on it); columns of text
-    formats (CSV, TSV, JSONL) are strings, and JSON values that are not strings are written as
-    their JSON text (:func:`kept_column_values`) rather than lost.
+    * Parquet columns keep their type.
+    * JSONL columns take JSON's type, judged from the file's first JSON objects (the first
+      1000 lines, as :func:`pipeline.readers.check_columns` probes): only integers -> int64;
+      integers and floats -> float64; only booleans -> bool; only strings -> string; objects,
+      arrays or a mix of kinds -> string holding each value's JSON text (the documented
+      fallback). A column that is null or absent in every probed object does not decide.
+    * CSV/TSV columns are strings.
+
+    Every input must agree; a later value that does not fit the decided type is dead-lettered
+    (``kept_column_type``) by the pipelines, never changed silently.
 
     Raises:
-        InputError: Parquet inputs that give a kept column different types.
+        InputError: two inputs that give a kept column different types, naming both files.
     """
     types: dict[str, tuple[pa.DataType, str]] = {}
     for file in files:
@@ -82,20 +89,59 @@ def kept_fields(files: Sequence[InputFile], names: Sequence[str]) -> list[pa.Fie
             with open_raw(file.path) as raw:
                 schema = parquet_file(raw, file.path).schema_arrow
             found = {name: schema.field(name).type for name in names if name in schema.names}
+        elif file.format == "jsonl":
+            found = _jsonl_types(file, names)
         else:
-            found = {}
-        for name in names:
-            kind = found.get(name, pa.string())
+            found = {name: pa.string() for name in names}
+        for name, kind in found.items():
             seen = types.setdefault(name, (kind, file.path))
             if seen[0] != kind:
                 raise InputError(f"kept column {name!r} is {seen[0]} in {seen[1]} but {kind} in {file.path}; "
                                  "convert the inputs to one type, or do not keep the column")
-    return [pa.field(name, types[name][0]) for name in names]
+    return [pa.field(name, types.get(name, (pa.string(),))[0]) for name in names]
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int" if -2 ** 63 <= value < 2 ** 63 else "other"
+    if isinstance(value, float):
+        return "float"
+    return "str" if isinstance(value, str) else "other"
+
+
+def _jsonl_types(file: InputFile, names: Sequence[str]) -> dict[str, pa.DataType]:
+    """Kept columns' types from a JSONL file's first objects; columns never seen with a value are left out."""
+    kinds: dict[str, set[str]] = {name: set() for name in names}
+    for number, item in enumerate(read_rows(file), start=1):
+        if number > JSONL_PROBE_LINES:
+            break
+        if isinstance(item, SourcedRow):
+            for name in names:
+                value = item.fields.get(name)
+                if value is not None:
+                    kinds[name].add(_json_kind(value))
+    decided = {}
+    for name, seen in kinds.items():
+        if not seen:
+            continue
+        decided[name] = {frozenset({"int"}): pa.int64(), frozenset({"int", "float"}): pa.float64(),
+                         frozenset({"float"}): pa.float64(), frozenset({"bool"}): pa.bool_()
+                         }.get(frozenset(seen), pa.string())
+    return decided
 
 
 def kept_column_values(values: list[Any], field: pa.Field) -> list[Any]:
     """Values of one kept column, made to fit its field: JSON values in a string column become
-    their JSON text."""
+    their JSON text. A value that does not fit a number or bool column raises InputError (the
+    scoring core dead-letters such rows instead: :func:`pipeline.scoring_core.kept_values`)."""
     if pa.types.is_string(field.type) or pa.types.is_large_string(field.type):
         return [v if v is None or isinstance(v, str) else json.dumps(v, ensure_ascii=False) for v in values]
+    from pipeline.scoring_core import kept_values
+    _, misfit = kept_values(values, field)
+    if misfit is not None:
+        bad = values[int(misfit.argmax())]
+        raise InputError(f"kept column {field.name!r} holds a {type(bad).__name__} ({bad!r:.80}) but is "
+                         f"{field.type} in the output, as decided from the inputs' first rows")
     return values

@@ -75,6 +75,7 @@ _READ_BUFFER_BYTES = 1 << 20
 _PARQUET_BATCH_ROWS = 4096
 # How many lines check_columns looks through for a first JSON object before giving up on the file.
 _JSONL_PROBE_LINES = 1000
+JSONL_PROBE_LINES = _JSONL_PROBE_LINES  # also how far kept_fields looks for a kept column's JSON type
 # csv's default limit (131072 characters) would fail the job on one long text. The limit is also
 # what stops a stray unclosed quote from swallowing the rest of a huge file into one field, so it
 # is raised to a size no real text reaches rather than removed.
@@ -712,3 +713,102 @@ class _ZstdFrameChecker:
             raise InputError(f"{self._path} is truncated: its zstd data ends in the middle of a "
                              "frame, so rows at the end are missing (was the file cut off while "
                              "being written or copied?)")
+
+
+# --------------------------------------------------------------------------------------------
+# Reading in columnar batches (stage two)
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ReadSlice:
+    """A unit of reading work: a whole text file, or a run of row groups of a Parquet file, so
+    that one big Parquet file is read by many workers at once. ``row_groups`` is empty for text
+    files; ``first_row`` is the file's row index of the slice's first row (Parquet)."""
+    file: InputFile
+    row_groups: tuple[int, ...] = ()
+    first_row: int = 0
+
+
+def read_slices(file: InputFile, target_rows: int = 1 << 17) -> list[ReadSlice]:
+    """The slices of one file: runs of whole Parquet row groups of about ``target_rows`` rows
+    (at least one group each); a text file is one slice (a CSV record may span lines and zstd
+    streams cannot be entered in the middle, so byte ranges are not safe there)."""
+    if file.format != "parquet":
+        return [ReadSlice(file)]
+    with open_raw(file.path) as raw:
+        metadata = parquet_file(raw, file.path).metadata
+    slices, groups, first, rows, start = [], [], 0, 0, 0
+    for group in range(metadata.num_row_groups):
+        if not groups:
+            first = start
+        groups.append(group)
+        rows += metadata.row_group(group).num_rows
+        start += metadata.row_group(group).num_rows
+        if rows >= target_rows:
+            slices.append(ReadSlice(file, tuple(groups), first))
+            groups, rows = [], 0
+    if groups:
+        slices.append(ReadSlice(file, tuple(groups), first))
+    return slices
+
+
+class ParquetBatch(NamedTuple):
+    """Rows of a Parquet slice: the ``columns`` asked for as a record batch, the file's row index
+    of each row, and a way to fetch whole original rows (for dead letters) by batch row."""
+    batch: pa.RecordBatch
+    positions: Any  # numpy (rows,) int64
+    originals: Any  # callable: numpy rows -> list of dicts (every column of those rows)
+
+
+def read_parquet_slice(piece: ReadSlice, columns: Sequence[str], batch_rows: int) -> Iterator[ParquetBatch]:
+    """Record batches of ``columns`` over a Parquet slice, in file order.
+
+    Raises:
+        InputError: a file that is not Parquet or whose data is corrupt, naming it.
+    """
+    import numpy as np
+
+    path = piece.file.path
+    with open_raw(path) as raw:
+        parquet = parquet_file(raw, path)
+        start = piece.first_row
+        for group in piece.row_groups:
+            offset = 0
+            try:
+                batches = list(parquet.iter_batches(batch_size=batch_rows, row_groups=[group], columns=list(columns)))
+            except (pa.ArrowException, OSError) as err:
+                raise InputError(f"{path} is corrupt: reading Parquet row group {group} (rows from {start}) "
+                                 f"failed ({err}); the rest of the file cannot be read") from err
+            for batch in batches:
+                def originals(rows, group=group, offset=offset):
+                    # Rare (bad rows only): the whole row group is read again with every column.
+                    with open_raw(path) as again:
+                        whole = parquet_file(again, path).read_row_group(group)
+                    return whole.take(pa.array(np.asarray(rows) + offset)).to_pylist()
+                yield ParquetBatch(batch, np.arange(start + offset, start + offset + batch.num_rows, dtype=np.int64),
+                                   originals)
+                offset += batch.num_rows
+            start += parquet.metadata.row_group(group).num_rows
+
+
+class RowBatch(NamedTuple):
+    """Good rows of a text file (their whole fields) and each one's line number."""
+    rows: list
+    lines: list
+
+
+def read_row_batches(file: InputFile, batch_rows: int) -> Iterator[RowBatch | DeadLetter]:
+    """A JSONL/CSV/TSV file as batches of up to ``batch_rows`` good rows, with each malformed
+    record as a DeadLetter (as :func:`read_rows` judges them), in file order."""
+    rows, lines = [], []
+    for item in read_rows(file):
+        if isinstance(item, DeadLetter):
+            yield item
+            continue
+        rows.append(item.fields)
+        lines.append(int(item.source.rsplit(":", 1)[1]))
+        if len(rows) >= batch_rows:
+            yield RowBatch(rows, lines)
+            rows, lines = [], []
+    if rows:
+        yield RowBatch(rows, lines)

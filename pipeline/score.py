@@ -1,19 +1,28 @@
-"""Stage two as Beam transforms: pairs -> (stage one for new texts) -> join with stores -> head.
+"""Stage two as Beam transforms around the scoring core (``pipeline/scoring_core.py``).
 
-Pairs travel in chunks (lists of a few thousand) rather than one element each, so Beam's
-per-element cost is paid once per chunk and the head sees big batches. Two joins:
+Pairs travel as Arrow tables of a few thousand rows, so Beam's per-element cost is paid once
+per batch and the head sees big batches:
 
-- **broadcast**: each store is a side input held in memory by every scoring worker
-  (``TokenLookup``); a chunk's ids are looked up in a dict and gathered with numpy.
-- **shuffle**: pairs are keyed by left id and co-grouped with the left store's rows, then by
-  right id with the right store's; scales past worker memory at a per-pair shuffle cost.
+- **read**: every pair file is cut into slices (runs of Parquet row groups; a text file is one
+  slice), the slices are spread over workers, and each is read in record batches of only the
+  columns the job needs; the core validates each batch (columnar; bad rows become dead letters)
+  and keeps ids, kept columns and where each row came from. The batches are then spread again
+  (``Reshuffle``), so reading and scoring parallelise independently.
+- **broadcast join**: each store is a side input held once per worker process
+  (``shared.Shared``) as a :class:`~pipeline.scoring_core.StoreLookup`; the student is loaded
+  once per worker process the same way.
+- **shuffle join**: pairs and store rows are partitioned by a hash of the id into buckets and
+  co-grouped per bucket, first by left id and then by right id; within a bucket the join is the
+  core's lookup over Arrow tables. Only ids, kept columns and tokens move, never input rows.
 
-Every pair read ends as a scored row or a dead letter, counted under ``pairs.``.
+Every pair read ends as a scored row, a duplicate (``--dedupe-pairs``) or a dead letter,
+counted under ``pairs.``.
 """
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
+import threading
+import uuid
+from dataclasses import dataclass, field
 from typing import Iterator, NamedTuple, Sequence
 
 import apache_beam as beam
@@ -21,12 +30,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.utils import shared
 
 from pipeline.dead_letters import DeadLetter
-from pipeline.encode import (DEAD_LETTER_TAG, EncodeSettings, EncodeTexts, TextColumns, TextRow, UniqueText,
-                             counter, dead_letter_counter, extract_text, pick_device)
-from pipeline.readers import InputFile, SourcedRow, read_rows
-from pipeline.store import StoreLayout, TokenLookup, token_mask
+from pipeline.encode import (DEAD_LETTER_TAG, EncodeSettings, EncodeTexts, TextColumns, UniqueText, counter,
+                             dead_letter_counter, extract_text)
+from pipeline.readers import InputFile, ReadSlice, SourcedRow, read_parquet_slice, read_row_batches, read_slices
+from pipeline.scoring_core import (HeadScorer, PairColumns, StoreLookup, id_hashes, missing_letters,
+                                   partition, prepare_pairs, score_pairs, score_table, side_arrays, store_columns,
+                                   table_from_rows)
+from pipeline.store import StoreLayout
 from pipeline.text_ids import text_id
 
 PAIRS = "pairs."
@@ -35,27 +48,8 @@ SIDES = ("left", "right")
 
 # --------------------------------------------------------------------------- pairs
 
-@dataclass(frozen=True)
-class PairColumns:
-    """Where a pair's two sides are. Text mode: ``left``/``right`` hold the texts and ids are
-    their content hashes. Id mode (``left_id``/``right_id`` set): they hold ids whose texts
-    come from separate text tables."""
-    left: str = "left"
-    right: str = "right"
-    left_id: str | None = None
-    right_id: str | None = None
-    keep: tuple[str, ...] = ()
-
-    @property
-    def id_mode(self) -> bool:
-        return self.left_id is not None
-
-    def required(self) -> list[str]:
-        return [self.left_id, self.right_id] if self.id_mode else [self.left, self.right]
-
-
 class Pair(NamedTuple):
-    """A pair ready to join: its two ids, the columns to pass through, where it came from."""
+    """One pair, validated one row at a time (the reference the columnar core must agree with)."""
     left_id: str
     right_id: str
     kept: tuple
@@ -66,6 +60,8 @@ def extract_pair(row: SourcedRow, columns: PairColumns) -> tuple[Pair, str | Non
     """Validate one pair row -> (Pair, left text, right text) (texts None in id mode), or why not.
 
     Reasons are the stage-one ones with the side in front (``left_empty_text``, ``right_null_id``).
+    The pipeline validates whole batches with :func:`pipeline.scoring_core.validate_pairs`, which
+    gives the same reasons; this per-row form is the reference its tests compare against.
     """
     ids, texts = [], []
     for side in SIDES:
@@ -84,60 +80,83 @@ def extract_pair(row: SourcedRow, columns: PairColumns) -> tuple[Pair, str | Non
     return Pair(ids[0], ids[1], kept, row), texts[0], texts[1]
 
 
-class _ReadPairChunksDoFn(beam.DoFn):
-    """InputFile -> chunks of Pair; malformed rows and bad pairs to ``dead_letter``; in text
-    mode each chunk's distinct texts to ``left_texts`` / ``right_texts`` as TextRow."""
+class _ReadPairBatchesDoFn(beam.DoFn):
+    """ReadSlice -> prepared pair tables (main); malformed rows and bad pairs to ``dead_letter``;
+    in text mode each batch's distinct texts to ``left_texts`` / ``right_texts`` as (id, text)."""
 
-    def __init__(self, columns: PairColumns, chunk_size: int):
+    def __init__(self, columns: PairColumns, kept: Sequence[pa.Field], paths: Sequence[str], batch_rows: int):
         self._columns = columns
-        self._chunk_size = chunk_size
+        self._kept = list(kept)
+        self._paths = list(paths)
+        self._batch_rows = batch_rows
         self.rows_read = counter("rows_read", PAIRS)
 
-    def process(self, file: InputFile) -> Iterator:
-        chunk: list[Pair] = []
-        texts: tuple[dict, dict] = ({}, {})
-        for item in read_rows(file):
-            self.rows_read.inc()
-            result = item if isinstance(item, DeadLetter) else extract_pair(item, self._columns)
-            if isinstance(result, DeadLetter):
-                dead_letter_counter(result.reason, PAIRS).inc()
-                yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, result)
+    def setup(self):
+        self._file_index = {path: index for index, path in enumerate(self._paths)}
+
+    def process(self, piece: ReadSlice) -> Iterator:
+        file = piece.file
+        index = self._file_index[file.path]
+        if file.format == "parquet":
+            for part in read_parquet_slice(piece, self._columns.needed(), self._batch_rows):
+                self.rows_read.inc(part.batch.num_rows)
+                yield from self._emit(prepare_pairs(pa.Table.from_batches([part.batch]), self._columns, self._kept,
+                                                    index, part.positions, file.path, part.originals))
+            return
+        for item in read_row_batches(file, self._batch_rows):
+            if isinstance(item, DeadLetter):
+                self.rows_read.inc()
+                dead_letter_counter(item.reason, PAIRS).inc()
+                yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, item)
                 continue
-            pair, left_text, right_text = result
-            chunk.append(pair)
-            if left_text is not None:
-                texts[0].setdefault(pair.left_id, TextRow(pair.left_id, left_text, pair.row))
-                texts[1].setdefault(pair.right_id, TextRow(pair.right_id, right_text, pair.row))
-            if len(chunk) >= self._chunk_size:
-                yield from self._emit(chunk, texts)
-                chunk, texts = [], ({}, {})
-        if chunk:
-            yield from self._emit(chunk, texts)
+            self.rows_read.inc(len(item.rows))
+            converted = table_from_rows(item.rows, self._columns, self._kept)
+            yield from self._emit(prepare_pairs(
+                converted.table, self._columns, self._kept, index, np.asarray(item.lines, np.int64), file.path,
+                lambda rows, item=item: [item.rows[r] for r in rows], converted.non_string, converted.misfit))
 
     @staticmethod
-    def _emit(chunk, texts) -> Iterator:
-        for side, side_texts in zip(SIDES, texts):
-            for text_row in side_texts.values():
-                yield beam.pvalue.TaggedOutput(f"{side}_texts", (text_row.id, text_row.text))
-        yield chunk
+    def _emit(prepared) -> Iterator:
+        for letter in prepared.dead_letters:
+            dead_letter_counter(letter.reason, PAIRS).inc()
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, letter)
+        for side, (ids, texts) in prepared.texts.items():
+            for id_, text in zip(ids.to_pylist(), texts.to_pylist()):
+                yield beam.pvalue.TaggedOutput(f"{side}_texts", (id_, text))
+        if prepared.pairs.num_rows:
+            yield prepared.pairs
 
 
 class ReadPairs(beam.PTransform):
-    """Pair files -> outputs ``chunks`` (lists of Pair), ``dead_letter``, ``left_texts`` and
-    ``right_texts`` ((id, text), distinct within a chunk; empty in id mode)."""
+    """Pair files -> a dict of PCollections: ``pairs`` (prepared Arrow tables: ``left_id``,
+    ``right_id``, kept columns, where each row came from; spread over workers), ``dead_letter``,
+    ``left_texts`` and ``right_texts`` ((id, text), distinct within a batch; empty in id mode).
 
-    def __init__(self, files: Sequence[InputFile], columns: PairColumns, chunk_size: int):
+    ``kept``: the output fields of the kept columns (:func:`pipeline.pairs.kept_fields`).
+    """
+
+    def __init__(self, files: Sequence[InputFile], columns: PairColumns, chunk_size: int,
+                 kept: Sequence[pa.Field] = (), slice_rows: int = 1 << 17):
         super().__init__()
         self._files = list(files)
         self._columns = columns
         self._chunk_size = chunk_size
+        self._kept = list(kept) if kept else [pa.field(name, pa.string()) for name in columns.keep]
+        self._slice_rows = slice_rows
 
     def expand(self, pbegin):
-        return (pbegin
+        slice_rows = self._slice_rows
+        read = (pbegin
                 | "ListPairFiles" >> beam.Create(self._files)
-                | "SpreadPairFiles" >> beam.Reshuffle()
-                | "ReadPairChunks" >> beam.ParDo(_ReadPairChunksDoFn(self._columns, self._chunk_size)).with_outputs(
-                    DEAD_LETTER_TAG, "left_texts", "right_texts", main="chunks"))
+                | "SlicePairFiles" >> beam.FlatMap(lambda file: read_slices(file, slice_rows))
+                | "SpreadSlices" >> beam.Reshuffle()
+                | "ReadPairBatches" >> beam.ParDo(_ReadPairBatchesDoFn(
+                    self._columns, self._kept, [f.path for f in self._files], self._chunk_size)).with_outputs(
+                    DEAD_LETTER_TAG, "left_texts", "right_texts", main="pairs"))
+        # Reading and scoring parallelise independently: a file read by one worker is scored by many.
+        pairs = read.pairs | "SpreadPairBatches" >> beam.Reshuffle()
+        return {"pairs": pairs, DEAD_LETTER_TAG: read[DEAD_LETTER_TAG],
+                "left_texts": read.left_texts, "right_texts": read.right_texts}
 
 
 def _first_text(element) -> UniqueText:
@@ -146,7 +165,7 @@ def _first_text(element) -> UniqueText:
 
 
 class DistinctPairTexts(beam.PTransform):
-    """(id, text) pairs from every chunk -> UniqueText, one per text (text mode: id = hash)."""
+    """(id, text) pairs from every batch -> UniqueText, one per text (text mode: id = hash)."""
 
     def expand(self, id_texts):
         return (id_texts
@@ -154,22 +173,47 @@ class DistinctPairTexts(beam.PTransform):
                 | "OnePerId" >> beam.Map(_first_text))
 
 
-def dedupe_pair_chunks(chunks, chunk_size: int):
-    """Chunks of Pair -> chunks with each (left_id, right_id) once; counts the repeats."""
+def _pair_hashes(table: pa.Table) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        return id_hashes(table.column("left_id")) * np.uint64(31) ^ id_hashes(table.column("right_id"))
+
+
+def _rebatch(tables: Iterator[pa.Table], rows: int) -> Iterator[pa.Table]:
+    """Tables -> tables of about ``rows`` rows (the last one smaller)."""
+    held, count = [], 0
+    for table in tables:
+        held.append(table)
+        count += table.num_rows
+        if count >= rows:
+            yield pa.concat_tables(held)
+            held, count = [], 0
+    if held:
+        yield pa.concat_tables(held)
+
+
+def dedupe_pair_chunks(pairs, chunk_size: int, buckets: int = 64):
+    """Prepared pair tables -> tables with each (left_id, right_id) once; counts the repeats.
+
+    Pairs are partitioned by a hash of both ids and each bucket is deduplicated in Arrow, so a
+    bucket's pairs must fit a worker's memory (``buckets`` is sized from the input by the job).
+    """
     duplicates = counter("rows_duplicate", PAIRS)
 
-    def first(element):
-        _, pairs = element
-        pairs = list(pairs)
-        duplicates.inc(len(pairs) - 1)
-        return pairs[0]
+    def first_of_each(element) -> Iterator[pa.Table]:
+        _, tables = element
+        table = pa.concat_tables(list(tables))
+        numbered = table.select(["left_id", "right_id"]).append_column("_row", pa.array(np.arange(table.num_rows)))
+        firsts = numbered.group_by(["left_id", "right_id"], use_threads=False).aggregate([("_row", "min")])
+        keep = np.sort(firsts.column("_row_min").to_numpy())
+        duplicates.inc(table.num_rows - len(keep))
+        unique = table.take(pa.array(keep))
+        for start in range(0, unique.num_rows, chunk_size):
+            yield unique.slice(start, chunk_size)
 
-    return (chunks
-            | "PairsOneByOne" >> beam.FlatMap(lambda chunk: chunk)
-            | "KeyByPair" >> beam.Map(lambda p: ((p.left_id, p.right_id), p))
-            | "GroupByPair" >> beam.GroupByKey()
-            | "FirstOfEachPair" >> beam.Map(first)
-            | "Rechunk" >> beam.BatchElements(min_batch_size=chunk_size, max_batch_size=chunk_size))
+    return (pairs
+            | "PartitionByPair" >> beam.FlatMap(lambda table: partition(table, _pair_hashes(table), buckets))
+            | "GroupByPairBucket" >> beam.GroupByKey()
+            | "FirstOfEachPair" >> beam.FlatMap(first_of_each))
 
 
 # --------------------------------------------------------------------------- stores
@@ -255,7 +299,12 @@ class CompleteStore(beam.PTransform):
 
 @dataclass(frozen=True)
 class ScoreSettings:
-    """How the head runs. ``model_dir`` None = the zero-training baseline."""
+    """How the head runs. ``model_dir`` None = the zero-training baseline.
+
+    columns / pair_paths: what the pairs are and the files they came from (dead letters' sources);
+    threads: torch threads per worker process (None: torch's default); buckets: partitions of the
+    shuffle join; run_token: tells this pipeline's per-process objects from another run's.
+    """
     model_dir: str | None
     left_layout: StoreLayout
     right_layout: StoreLayout
@@ -263,173 +312,140 @@ class ScoreSettings:
     keep: tuple[str, ...]
     batch_size: int = 8192
     device: str = "auto"
+    columns: PairColumns = PairColumns()
+    pair_paths: tuple[str, ...] = ()
+    threads: int | None = None
+    buckets: int = 64
+    run_token: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
-class _Scorer:
-    """The head on one worker: loads the student once, scores gathered arrays."""
-
-    def __init__(self, settings: ScoreSettings):
-        import torch
-        from encoders.checkpoint import load_or_build_student
-        from encoders.config import baseline_config
-
-        self.torch = torch
-        self.settings = settings
-        self.device = pick_device(settings.device)
-        student = load_or_build_student(settings.model_dir, baseline_config())
-        # Only the head runs here; the encoder's weights are not needed on scoring workers.
-        student.encoder = None
-        self.student = student.to(self.device).eval()
-        self.autocast = self.device == "cuda"
-
-    def score(self, left: tuple, right: tuple) -> tuple[np.ndarray, np.ndarray | None]:
-        """left/right: (tokens (B, N, D) float32, mask (B, N) bool, pooled (B, H) or None)
-        -> scores (B,) float32 and probs (B, K) or None."""
-        torch = self.torch
-        scores, probs = [], []
-        total = left[0].shape[0]
-        for start in range(0, total, self.settings.batch_size):
-            part = slice(start, start + self.settings.batch_size)
-            tensors = [None if a is None else torch.from_numpy(np.ascontiguousarray(a[part])).to(self.device)
-                       for a in (*left, *right)]
-            with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
-                logits = self.student.score_tokens(tensors[0], tensors[1], tensors[3], tensors[4],
-                                                   tensors[2], tensors[5])
-            score, prob = self.student.scores_from_logits(logits)
-            scores.append(score.float().cpu().numpy())
-            if prob is not None:
-                probs.append(prob.float().cpu().numpy())
-        return (np.concatenate(scores).astype(np.float32) if scores else np.zeros(0, np.float32),
-                np.concatenate(probs).astype(np.float32) if probs else None)
-
-    def table(self, pairs: Sequence[Pair], scores: np.ndarray, probs: np.ndarray | None) -> pa.Table:
-        schema = self.settings.output_schema
-        data = {"left_id": [p.left_id for p in pairs], "right_id": [p.right_id for p in pairs], "score": scores}
-        if probs is not None:
-            data["probs"] = list(probs)
-        for position, name in enumerate(self.settings.keep):
-            values = [p.kept[position] for p in pairs]
-            if pa.types.is_string(schema.field(name).type):
-                # Text inputs keep columns as strings; JSON values that are not strings are
-                # written as their JSON text rather than lost.
-                values = [v if v is None or isinstance(v, str) else json.dumps(v) for v in values]
-            data[name] = values
-        return pa.Table.from_pydict(data, schema=schema)
-
-
-def _missing_letter(pair: Pair, side: str) -> DeadLetter:
-    id_ = pair.left_id if side == "left" else pair.right_id
-    return DeadLetter(f"{side}_text_missing",
-                      f"{side} id {id_!r} has no encoded text (absent from the text table, or its text was "
-                      "dead-lettered)", pair.row.source, pair.row.fields)
-
-
-class _ScoreChunksBroadcastDoFn(beam.DoFn):
-    """Chunk of Pair + both stores as side inputs -> a pyarrow Table of scores."""
+class _Worker:
+    """What one worker process holds for scoring: the student's head and, for the broadcast
+    join, both stores' lookups; built once per process and shared by its DoFn threads."""
 
     def __init__(self, settings: ScoreSettings):
+        from pipeline.encode import pick_device
+        self.scorer = HeadScorer.load(settings.model_dir, pick_device(settings.device), settings.batch_size,
+                                      settings.threads)
         self._settings = settings
-        self.scored = counter("rows_scored", PAIRS)
         self._lookups = None
+        self._lock = threading.Lock()
+
+    def lookups(self, left_tables, right_tables) -> tuple[StoreLookup, StoreLookup]:
+        with self._lock:
+            if self._lookups is None:
+                self._lookups = (StoreLookup(left_tables, self._settings.left_layout),
+                                 StoreLookup(right_tables, self._settings.right_layout))
+            return self._lookups
+
+
+class _ScoreBroadcastDoFn(beam.DoFn):
+    """Prepared pair table + both stores as side inputs -> a pyarrow Table of scores."""
+
+    def __init__(self, settings: ScoreSettings, handle: shared.Shared):
+        self._settings = settings
+        self._handle = handle
+        self.scored = counter("rows_scored", PAIRS)
 
     def setup(self):
-        self._scorer = _Scorer(self._settings)
+        settings = self._settings
+        self._worker = self._handle.acquire(lambda: _Worker(settings), tag=settings.run_token)
 
-    def _lookup(self, left_tables, right_tables) -> tuple[TokenLookup, TokenLookup]:
-        # Side inputs are materialised once per worker; rebuild only if Beam hands new ones.
-        if self._lookups is None or self._lookups[0] is not left_tables or self._lookups[1] is not right_tables:
-            self._lookups = (left_tables, right_tables,
-                             TokenLookup(left_tables, self._settings.left_layout),
-                             TokenLookup(right_tables, self._settings.right_layout))
-        return self._lookups[2], self._lookups[3]
-
-    def process(self, chunk: list[Pair], left_tables, right_tables) -> Iterator:
-        left_lookup, right_lookup = self._lookup(left_tables, right_tables)
-        left_rows = left_lookup.rows([p.left_id for p in chunk])
-        right_rows = right_lookup.rows([p.right_id for p in chunk])
-        found = (left_rows >= 0) & (right_rows >= 0)
-        for index in np.flatnonzero(~found):
-            letter = _missing_letter(chunk[index], "left" if left_rows[index] < 0 else "right")
+    def process(self, pairs: pa.Table, left_tables, right_tables) -> Iterator:
+        left, right = self._worker.lookups(left_tables, right_tables)
+        settings = self._settings
+        scores, letters = score_pairs(pairs, left, right, self._worker.scorer, settings.output_schema,
+                                      settings.columns, settings.pair_paths)
+        for letter in letters:
             dead_letter_counter(letter.reason, PAIRS).inc()
             yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, letter)
-        keep = np.flatnonzero(found)
-        if not len(keep):
-            return
-        scores, probs = self._scorer.score(left_lookup.gather(left_rows[keep]), right_lookup.gather(right_rows[keep]))
-        self.scored.inc(len(keep))
-        yield self._scorer.table([chunk[i] for i in keep], scores, probs)
+        if scores.num_rows:
+            self.scored.inc(scores.num_rows)
+            yield scores
 
 
-class StoreEntry(NamedTuple):
-    """One store row as the shuffle join carries it."""
-    tokens: bytes
-    num_tokens: int
-    scale: float | None
-    pooled: bytes | None
+class _AttachSideDoFn(beam.DoFn):
+    """(bucket, {pairs, store}) -> the bucket's pairs with their ``side``'s store columns added
+    (``_left_tokens`` ...), in tables of about ``batch_size`` rows; pairs whose id is not in the
+    store to ``dead_letter``."""
 
-
-def store_entries(table: pa.Table) -> Iterator[tuple[str, StoreEntry]]:
-    """A store table -> (id, StoreEntry) per row."""
-    columns = table.to_pydict()
-    scales = columns.get("token_scale") or [None] * table.num_rows
-    pooled = columns.get("pooled") or [None] * table.num_rows
-    for row in range(table.num_rows):
-        yield columns["id"][row], StoreEntry(columns["tokens"][row], columns["num_tokens"][row], scales[row],
-                                             pooled[row])
-
-
-def decode_entries(entries: Sequence[StoreEntry], layout: StoreLayout) -> tuple:
-    """StoreEntries -> (tokens (B, N, D) float32, mask (B, N), pooled (B, H) or None), like TokenLookup.gather."""
-    dtype = "<f2" if layout.dtype == "float16" else np.int8
-    tokens = np.frombuffer(b"".join(e.tokens for e in entries), dtype=dtype).reshape(
-        len(entries), layout.tokens_kept, layout.dim).astype(np.float32)
-    if layout.dtype == "int8":
-        tokens *= np.array([e.scale for e in entries], dtype=np.float32)[:, None, None]
-    mask = token_mask(np.array([e.num_tokens for e in entries]), layout.tokens_kept)
-    pooled = (np.frombuffer(b"".join(e.pooled for e in entries), dtype="<f2").reshape(
-        len(entries), layout.pooled_dim).astype(np.float32) if layout.pooled_dim else None)
-    return tokens, mask, pooled
-
-
-def _attach(side: str):
-    """(id, {pairs, store}) -> one (pair, entry) per pair, or dead letters when the id is unknown."""
-    def attach(element) -> Iterator:
-        _, grouped = element
-        entries = list(grouped["store"])
-        for item in grouped["pairs"]:
-            if not entries:
-                letter = _missing_letter(item[0] if side == "right" else item, side)
-                dead_letter_counter(letter.reason, PAIRS).inc()
-                yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, letter)
-            elif side == "left":
-                yield item.right_id, (item, entries[0])
-            else:
-                pair, left_entry = item
-                yield pair, left_entry, entries[0]
-    return attach
-
-
-class _ScoreJoinedBatchDoFn(beam.DoFn):
-    """A batch of (pair, left entry, right entry) -> a pyarrow Table of scores."""
-
-    def __init__(self, settings: ScoreSettings):
+    def __init__(self, side: str, layout: StoreLayout, settings: ScoreSettings):
+        self._side = side
+        self._layout = layout
         self._settings = settings
+
+    def process(self, element) -> Iterator:
+        _, grouped = element
+        store = list(grouped["store"])
+        lookup = StoreLookup(store, self._layout)
+        side, settings = self._side, self._settings
+
+        def attached() -> Iterator[pa.Table]:
+            for pairs in grouped["pairs"]:
+                rows = lookup.rows(pairs.column(f"{side}_id"))
+                missing = np.flatnonzero(rows < 0)
+                if len(missing):
+                    for letter in missing_letters(pairs, missing, side, settings.columns, settings.pair_paths):
+                        dead_letter_counter(letter.reason, PAIRS).inc()
+                        self._letters.append(letter)
+                    found = np.flatnonzero(rows >= 0)
+                    pairs, rows = pairs.take(pa.array(found)), rows[found]
+                if pairs.num_rows:
+                    columns = lookup.table.take(pa.array(rows))
+                    for name in columns.column_names:
+                        pairs = pairs.append_column(f"_{side}_{name}", columns.column(name))
+                    yield pairs
+
+        self._letters: list[DeadLetter] = []
+        for table in _rebatch(attached(), settings.batch_size):
+            yield from self._drain()
+            yield table
+        yield from self._drain()
+
+    def _drain(self) -> Iterator:
+        letters, self._letters = self._letters, []
+        for letter in letters:
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, letter)
+
+
+class _ScoreJoinedDoFn(beam.DoFn):
+    """Pairs carrying both sides' store columns -> a pyarrow Table of scores."""
+
+    def __init__(self, settings: ScoreSettings, handle: shared.Shared):
+        self._settings = settings
+        self._handle = handle
         self.scored = counter("rows_scored", PAIRS)
 
     def setup(self):
-        self._scorer = _Scorer(self._settings)
+        settings = self._settings
+        self._worker = self._handle.acquire(lambda: _Worker(settings), tag=settings.run_token)
 
-    def process(self, batch) -> Iterator[pa.Table]:
-        pairs = [b[0] for b in batch]
-        scores, probs = self._scorer.score(decode_entries([b[1] for b in batch], self._settings.left_layout),
-                                           decode_entries([b[2] for b in batch], self._settings.right_layout))
-        self.scored.inc(len(pairs))
-        yield self._scorer.table(pairs, scores, probs)
+    def process(self, pairs: pa.Table) -> Iterator[pa.Table]:
+        settings = self._settings
+        scores, probs = self._worker.scorer.score(side_arrays(pairs, settings.left_layout, "_left_"),
+                                                  side_arrays(pairs, settings.right_layout, "_right_"))
+        self.scored.inc(pairs.num_rows)
+        yield score_table(pairs, scores, probs, settings.output_schema)
+
+
+def _store_partitions(layout: StoreLayout, buckets: int):
+    columns = ["id", *store_columns(layout)]
+
+    def split(table: pa.Table):
+        table = table.select(columns)
+        return partition(table, id_hashes(table.column("id")), buckets)
+    return split
+
+
+def _pair_partitions(side: str, buckets: int):
+    def split(table: pa.Table):
+        return partition(table, id_hashes(table.column(f"{side}_id")), buckets)
+    return split
 
 
 class ScorePairs(beam.PTransform):
-    """Chunks of Pair + left/right store tables -> Tables of scores; ``dead_letter`` for pairs
-    whose text is missing. ``join``: broadcast or shuffle (see module docstring)."""
+    """Prepared pair tables + left/right store tables -> Tables of scores; ``dead_letter`` for
+    pairs whose text is missing. ``join``: broadcast or shuffle (see module docstring)."""
 
     def __init__(self, settings: ScoreSettings, join: str, left_tables, right_tables, accelerator: str | None):
         super().__init__()
@@ -443,26 +459,28 @@ class ScorePairs(beam.PTransform):
         # Dataflow runs a step with an accelerator hint on GPU workers; the join stays on CPU ones.
         return pardo.with_resource_hints(accelerator=self._accelerator) if self._accelerator else pardo
 
-    def expand(self, chunks):
+    def expand(self, pairs):
+        settings = self._settings
+        handle = shared.Shared()
         if self._join == "broadcast":
-            scored = chunks | "ScoreChunks" >> self._hinted(beam.ParDo(
-                _ScoreChunksBroadcastDoFn(self._settings),
+            scored = pairs | "ScoreBatches" >> self._hinted(beam.ParDo(
+                _ScoreBroadcastDoFn(settings, handle),
                 beam.pvalue.AsList(self._left_tables), beam.pvalue.AsList(self._right_tables)
             ).with_outputs(DEAD_LETTER_TAG, main="scores"))
             return {"scores": scored.scores, DEAD_LETTER_TAG: scored[DEAD_LETTER_TAG]}
 
-        left_entries = self._left_tables | "LeftEntries" >> beam.FlatMap(store_entries)
-        right_entries = self._right_tables | "RightEntries" >> beam.FlatMap(store_entries)
-        by_left = chunks | "PairsByLeftId" >> beam.FlatMap(lambda chunk: ((p.left_id, p) for p in chunk))
-        with_left = ({"pairs": by_left, "store": left_entries}
-                     | "JoinLeft" >> beam.CoGroupByKey()
-                     | "AttachLeft" >> beam.FlatMap(_attach("left")).with_outputs(DEAD_LETTER_TAG, main="joined"))
-        with_both = ({"pairs": with_left.joined, "store": right_entries}
-                     | "JoinRight" >> beam.CoGroupByKey()
-                     | "AttachRight" >> beam.FlatMap(_attach("right")).with_outputs(DEAD_LETTER_TAG, main="joined"))
-        scores = (with_both.joined
-                  | "BatchJoined" >> beam.BatchElements(min_batch_size=min(256, self._settings.batch_size),
-                                                                   max_batch_size=self._settings.batch_size)
-                  | "ScoreBatches" >> self._hinted(beam.ParDo(_ScoreJoinedBatchDoFn(self._settings))))
-        dead = (with_left[DEAD_LETTER_TAG], with_both[DEAD_LETTER_TAG]) | "JoinDeadLetters" >> beam.Flatten()
-        return {"scores": scores, DEAD_LETTER_TAG: dead}
+        buckets = settings.buckets
+        joined, dead = pairs, []
+        for side, tables, layout in (("left", self._left_tables, settings.left_layout),
+                                     ("right", self._right_tables, settings.right_layout)):
+            label = side.capitalize()
+            store = tables | f"Partition{label}Store" >> beam.FlatMap(_store_partitions(layout, buckets))
+            keyed = joined | f"PartitionBy{label}Id" >> beam.FlatMap(_pair_partitions(side, buckets))
+            attached = ({"pairs": keyed, "store": store}
+                        | f"Join{label}" >> beam.CoGroupByKey()
+                        | f"Attach{label}" >> beam.ParDo(_AttachSideDoFn(side, layout, settings)).with_outputs(
+                            DEAD_LETTER_TAG, main="joined"))
+            joined = attached.joined
+            dead.append(attached[DEAD_LETTER_TAG])
+        scores = joined | "ScoreJoined" >> self._hinted(beam.ParDo(_ScoreJoinedDoFn(settings, handle)))
+        return {"scores": scores, DEAD_LETTER_TAG: tuple(dead) | "JoinDeadLetters" >> beam.Flatten()}

@@ -201,43 +201,6 @@ def read_store(store_dir: str, columns: Sequence[str] | None = None) -> tuple[St
     return manifest, pa.concat_tables(tables) if tables else schema.empty_table()
 
 
-
-
-class TokenLookup:
-    """A store held in memory for the broadcast join: id -> row, tokens kept as stored.
-
-    tokens: (R, N, D) float16 (or int8 with (R,) scales); num_tokens: (R,); pooled: (R, H)
-    float16 or None. Holding the stored dtype halves memory against float32; each scoring
-    batch converts only the rows it gathers.
-    """
-
-    def __init__(self, tables: Sequence[pa.Table], layout: StoreLayout):
-        self.layout = layout
-        table = pa.concat_tables(tables) if tables else layout.schema().empty_table()
-        ids = table.column("id").to_pylist()
-        # Later rows win: newly encoded rows come after reused ones and replace them.
-        self.row_of = {id_: row for row, id_ in enumerate(ids)}
-        dtype = "<f2" if layout.dtype == "float16" else np.int8
-        raw = np.frombuffer(_binary_buffer(table.column("tokens")), dtype=dtype)
-        self.tokens = raw.reshape(table.num_rows, layout.tokens_kept, layout.dim)
-        self.scales = table.column("token_scale").to_numpy() if layout.dtype == "int8" else None
-        self.num_tokens = table.column("num_tokens").to_numpy()
-        self.pooled = (np.frombuffer(_binary_buffer(table.column("pooled")), dtype="<f2")
-                       .reshape(table.num_rows, layout.pooled_dim) if layout.pooled_dim else None)
-
-    def __len__(self) -> int:
-        return len(self.row_of)
-
-    def rows(self, ids: Sequence[str]) -> np.ndarray:
-        """Row index per id, -1 where the store has no such id."""
-        get = self.row_of.get
-        return np.fromiter((get(i, -1) for i in ids), dtype=np.int64, count=len(ids))
-
-    def gather(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """rows (B,) valid indices -> tokens (B, N, D) float32, mask (B, N) bool, pooled (B, H) or None."""
-        tokens = self.tokens[rows].astype(np.float32)
-        if self.scales is not None:
-            tokens *= self.scales[rows][:, None, None]
-        mask = token_mask(self.num_tokens[rows], self.layout.tokens_kept)
-        pooled = self.pooled[rows].astype(np.float32) if self.pooled is not None else None
-        return tokens, mask, pooled
+# The in-memory store lookup lives with the scoring core (binary search over sorted ids, numpy
+# gathers); this name is kept for code that imported it from here.
+from pipeline.scoring_core import StoreLookup as TokenLookup  # noqa: E402,F401

@@ -89,7 +89,7 @@ def test_pipeline_scores_equal_plain_pytorch(tmp_path, pairs_file, qqp_pairs, he
     # Stores hold float16 tokens; the reference keeps float32 all the way.
     np.testing.assert_allclose(got, expected, atol=2e-3)
     labels = [scores[(text_id(p["left"]), text_id(p["right"]))]["label"] for p in qqp_pairs]
-    assert labels == [str(p["label"]) for p in qqp_pairs]  # JSON ints kept as their JSON text
+    assert labels == [p["label"] for p in qqp_pairs]  # JSON ints keep their type (int64), issue 12
 
 
 def test_cosine_skip_student_scores_equal_plain_pytorch(tmp_path, pairs_file, qqp_pairs):
