@@ -18,6 +18,7 @@ from encoders.checkpoint import Student
 from encoders.config import SIDES
 from encoders.dual_encoder import EncodedSide, SideEncoder
 from encoders.teacher import autocast
+from pipeline.scoring_core import run_head
 
 
 @dataclass
@@ -89,18 +90,19 @@ def encode_pairs(student: Student, pairs: Pairs, device: str, batch_size: int = 
 @torch.inference_mode()
 def head_logits(student: Student, encoded: dict[str, EncodedSide], pairs: Pairs, device: str,
                 batch_size: int = 4096) -> torch.Tensor:
-    """Stage two: gather each pair's stored tokens and run the head, ``batch_size`` pairs at a
-    time -> logits (P, C) float32 on CPU."""
+    """Stage two: gather each pair's tokens and run the head through the scoring core's
+    :func:`~pipeline.scoring_core.run_head` (the one inference path, as ``score_pairs`` runs it),
+    ``batch_size`` pairs at a time -> logits (P, C) float32 on CPU."""
     left, right = encoded["left"], encoded["right"]
     out = []
     for start in range(0, len(pairs), batch_size):
         rows = {side: torch.from_numpy(pairs.index[side][start:start + batch_size]).to(device) for side in SIDES}
-        with autocast(device):
-            logits = student.score_tokens(
-                left.tokens[rows["left"]], left.mask[rows["left"]], right.tokens[rows["right"]],
-                right.mask[rows["right"]],
-                left.pooled[rows["left"]] if left.pooled is not None else None,
-                right.pooled[rows["right"]] if right.pooled is not None else None)
+        # The head runs exactly as stage two runs it (pipeline.scoring_core.run_head).
+        logits = run_head(student,
+                          (left.tokens[rows["left"]], left.mask[rows["left"]],
+                           left.pooled[rows["left"]] if left.pooled is not None else None),
+                          (right.tokens[rows["right"]], right.mask[rows["right"]],
+                           right.pooled[rows["right"]] if right.pooled is not None else None), device)
         out.append(logits.float().cpu())
     return torch.cat(out) if out else torch.zeros(0, student.config.num_outputs)
 

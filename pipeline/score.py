@@ -20,6 +20,8 @@ counted under ``pairs.``.
 """
 from __future__ import annotations
 
+import os
+import socket
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -44,6 +46,14 @@ from pipeline.text_ids import text_id
 
 PAIRS = "pairs."
 SIDES = ("left", "right")
+# Rows read and scored per worker process (``read.HOST:PID``), apart from the job's own counters:
+# they show how the work spread (benchmarks/score_pairs.py reports them).
+WORKER_NAMESPACE = "pairscore.workers"
+
+
+def worker_counter(stage: str):
+    from apache_beam.metrics import Metrics
+    return Metrics.counter(WORKER_NAMESPACE, f"{stage}.{socket.gethostname()}:{os.getpid()}")
 
 
 # --------------------------------------------------------------------------- pairs
@@ -93,6 +103,7 @@ class _ReadPairBatchesDoFn(beam.DoFn):
 
     def setup(self):
         self._file_index = {path: index for index, path in enumerate(self._paths)}
+        self._worker_read = worker_counter("read")
 
     def process(self, piece: ReadSlice) -> Iterator:
         file = piece.file
@@ -100,6 +111,7 @@ class _ReadPairBatchesDoFn(beam.DoFn):
         if file.format == "parquet":
             for part in read_parquet_slice(piece, self._columns.needed(), self._batch_rows):
                 self.rows_read.inc(part.batch.num_rows)
+                self._worker_read.inc(part.batch.num_rows)
                 yield from self._emit(prepare_pairs(pa.Table.from_batches([part.batch]), self._columns, self._kept,
                                                     index, part.positions, file.path, part.originals))
             return
@@ -110,6 +122,7 @@ class _ReadPairBatchesDoFn(beam.DoFn):
                 yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, item)
                 continue
             self.rows_read.inc(len(item.rows))
+            self._worker_read.inc(len(item.rows))
             converted = table_from_rows(item.rows, self._columns, self._kept)
             yield from self._emit(prepare_pairs(
                 converted.table, self._columns, self._kept, index, np.asarray(item.lines, np.int64), file.path,
@@ -136,7 +149,7 @@ class ReadPairs(beam.PTransform):
     """
 
     def __init__(self, files: Sequence[InputFile], columns: PairColumns, chunk_size: int,
-                 kept: Sequence[pa.Field] = (), slice_rows: int = 1 << 17):
+                 kept: Sequence[pa.Field] = (), slice_rows: int = 1 << 14):
         super().__init__()
         self._files = list(files)
         self._columns = columns
@@ -350,6 +363,7 @@ class _ScoreBroadcastDoFn(beam.DoFn):
     def setup(self):
         settings = self._settings
         self._worker = self._handle.acquire(lambda: _Worker(settings), tag=settings.run_token)
+        self._worker_scored = worker_counter("scored")
 
     def process(self, pairs: pa.Table, left_tables, right_tables) -> Iterator:
         left, right = self._worker.lookups(left_tables, right_tables)
@@ -361,6 +375,7 @@ class _ScoreBroadcastDoFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, letter)
         if scores.num_rows:
             self.scored.inc(scores.num_rows)
+            self._worker_scored.inc(scores.num_rows)
             yield scores
 
 
@@ -419,12 +434,14 @@ class _ScoreJoinedDoFn(beam.DoFn):
     def setup(self):
         settings = self._settings
         self._worker = self._handle.acquire(lambda: _Worker(settings), tag=settings.run_token)
+        self._worker_scored = worker_counter("scored")
 
     def process(self, pairs: pa.Table) -> Iterator[pa.Table]:
         settings = self._settings
         scores, probs = self._worker.scorer.score(side_arrays(pairs, settings.left_layout, "_left_"),
                                                   side_arrays(pairs, settings.right_layout, "_right_"))
         self.scored.inc(pairs.num_rows)
+        self._worker_scored.inc(pairs.num_rows)
         yield score_table(pairs, scores, probs, settings.output_schema)
 
 
