@@ -94,9 +94,10 @@ def test_logits_are_the_teachers_own(bad_input_run, tiny_teacher_dir):
     by_pid = {}
     for r in rows:
         by_pid.setdefault(r["pid"], []).append(r)
-    assert sorted(by_pid) == ["0", "1", "10", "105", "11", "2", "3", "4", "5", "6", "7", "8", "9"]
-    assert len(by_pid["0"]) == 2 and by_pid["105"][0]["truncated"] and not by_pid["1"][0]["truncated"]
-    first = by_pid["3"][0]
+    # JSONL ints kept with --keep-cols stay ints (int64), as kept_fields decides (issue 12).
+    assert sorted(by_pid) == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 105]
+    assert len(by_pid[0]) == 2 and by_pid[105][0]["truncated"] and not by_pid[1][0]["truncated"]
+    first = by_pid[3][0]
     assert (first["left_id"], first["right_id"]) == (text_id(PAIRS[3]["left"]), text_id(PAIRS[3]["right"]))
 
 
@@ -106,7 +107,7 @@ def test_manifest_and_summary_record_the_teacher_fingerprint(bad_input_run, tiny
     manifest = json.loads((output / "_MANIFEST.json").read_text())
     assert manifest["teacher_fingerprint"] == fingerprint == summary.model_fingerprints["teacher"]
     assert manifest["temperature"] == 2.0 and manifest["rows"] == 14 and manifest["kept_columns"] == ["pid"]
-    assert manifest["columns"]["pid"] == "string"  # JSONL values are kept as strings
+    assert manifest["columns"]["pid"] == "int64"  # JSONL ints keep their type (issue 12)
     meta = pq.ParquetFile(sorted(output.glob("part-*.parquet"))[0]).metadata
     assert meta.row_group(0).column(0).compression == "ZSTD"
 
