@@ -110,7 +110,8 @@ def run(job: LabelPairsJob, beam_args: list[str], argv: list[str] | None = None)
             raise ValueError(f"--max-length {job.max_length} is not allowed for teacher {job.teacher!r}: its "
                              f"position embeddings stop at {positions}")
         teacher.task = teacher.task.replace(max_length=job.max_length)
-    schema = distillation_schema(teacher.task.num_outputs, kept_fields(files, columns.keep))
+    kept = kept_fields(files, columns.keep)
+    schema = distillation_schema(teacher.task.num_outputs, kept)
     settings = LabelSettings(teacher=job.teacher, fingerprint=teacher.fingerprint, schema=schema,
                              keep=columns.keep, temperature=job.temperature, batch_size=job.batch_size,
                              device=job.device, max_length=job.max_length)
@@ -120,7 +121,7 @@ def run(job: LabelPairsJob, beam_args: list[str], argv: list[str] | None = None)
     started = time.monotonic()
     pipeline = make_pipeline(beam_args)
     read = pipeline | "ReadRows" >> ReadRows(files)
-    extracted = read.rows | "ExtractPairs" >> ExtractPairs(columns)
+    extracted = read.rows | "ExtractPairs" >> ExtractPairs(columns, kept)
     pairs = extracted.pairs
     tables = []
     if previous_files:

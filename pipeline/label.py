@@ -107,11 +107,12 @@ def schema_columns(schema: pa.Schema) -> dict[str, str]:
 class _ExtractPairsDoFn(beam.DoFn):
     """SourcedRow -> TextPair; rows with an unusable side to ``dead_letter``."""
 
-    def __init__(self, columns: TextPairColumns):
+    def __init__(self, columns: TextPairColumns, kept: Sequence[pa.Field] = ()):
         self._columns = columns
+        self._kept = list(kept)
 
     def process(self, row: SourcedRow) -> Iterator:
-        result = extract_text_pair(row, self._columns)
+        result = extract_text_pair(row, self._columns, self._kept)
         if isinstance(result, DeadLetter):
             dead_letter_counter(result.reason).inc()
             yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, result)
@@ -122,12 +123,13 @@ class _ExtractPairsDoFn(beam.DoFn):
 class ExtractPairs(beam.PTransform):
     """SourcedRow -> TextPair. Outputs: main (``pairs``), ``dead_letter``."""
 
-    def __init__(self, columns: TextPairColumns):
+    def __init__(self, columns: TextPairColumns, kept: Sequence[pa.Field] = ()):
         super().__init__()
         self._columns = columns
+        self._kept = kept
 
     def expand(self, rows):
-        return rows | "CheckPairs" >> beam.ParDo(_ExtractPairsDoFn(self._columns)).with_outputs(
+        return rows | "CheckPairs" >> beam.ParDo(_ExtractPairsDoFn(self._columns, self._kept)).with_outputs(
             DEAD_LETTER_TAG, main="pairs")
 
 

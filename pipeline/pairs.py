@@ -53,8 +53,11 @@ class TextPair(NamedTuple):
     source: str
 
 
-def extract_text_pair(row: SourcedRow, columns: TextPairColumns) -> TextPair | DeadLetter:
-    """Validate one row's two texts (and ids) -> the TextPair, or the first side's reason it is unusable."""
+def extract_text_pair(row: SourcedRow, columns: TextPairColumns,
+                      kept: Sequence[pa.Field] = ()) -> TextPair | DeadLetter:
+    """Validate one row's two texts (and ids) -> the TextPair, or the first side's reason it is
+    unusable; with ``kept`` (:func:`kept_fields`), a kept value that does not fit its decided
+    type is refused too (``kept_column_type``), as the scoring core refuses it."""
     sides = []
     for side, text_col, id_col in (("left", columns.left, columns.left_id),
                                    ("right", columns.right, columns.right_id)):
@@ -62,6 +65,14 @@ def extract_text_pair(row: SourcedRow, columns: TextPairColumns) -> TextPair | D
         if isinstance(result, DeadLetter):
             return DeadLetter(f"{side}_{result.reason}", f"{side} side: {result.detail}", row.source, row.fields)
         sides.append(result)
+    from pipeline.scoring_core import REASON_KEPT_COLUMN_TYPE, kept_values
+    for field in kept:
+        value = row.fields.get(field.name)
+        if kept_values([value], field)[1] is not None:
+            return DeadLetter(REASON_KEPT_COLUMN_TYPE,
+                              f"kept column {field.name!r} holds a {type(value).__name__} ({value!r:.80}) but is "
+                              f"{field.type} in the output, as decided from the inputs' first rows before the run",
+                              row.source, row.fields)
     kept = tuple(row.fields.get(name) for name in columns.keep)
     return TextPair(sides[0].id, sides[1].id, sides[0].text, sides[1].text, kept, row.source)
 

@@ -252,3 +252,86 @@ def test_cuda_scores_match_cpu(tmp_path, pairs_file, head_checkpoints):
     assert cpu.keys() == cuda.keys()
     # bf16 autocast on GPU: close, not equal.
     np.testing.assert_allclose([cuda[k]["score"] for k in cpu], [cpu[k]["score"] for k in cpu], atol=2e-2)
+
+
+def test_jsonl_kept_columns_keep_json_types_and_misfits_are_dead_letters(tmp_path, head_checkpoints):
+    # Types are decided from the first 1000 lines; the misfit comes after them.
+    rows = [{"left": f"question {i % 6}", "right": f"answer {i % 6}", "n": i, "w": i / 2, "ok": i % 2 == 0,
+             "tag": f"t{i}", "meta": {"i": i}} for i in range(1000)]
+    rows.append({"left": "late", "right": "row", "n": "seven", "w": 1, "ok": True, "tag": 7, "meta": [1]})
+    source = tmp_path / "pairs.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    output = tmp_path / "out"
+    summary = run(ScorePairsJob(pairs=(str(source),), output=str(output), model_dir=head_checkpoints["de-cos"],
+                                keep_cols=("n", "w", "ok", "tag", "meta")), [], argv=[])
+    table = pa.concat_tables([pq.read_table(p) for p in output.glob("scores-*.parquet")])
+    assert [table.schema.field(n).type for n in ("n", "w", "ok", "tag", "meta")] == [
+        pa.int64(), pa.float64(), pa.bool_(), pa.string(), pa.string()]
+    assert sorted(table.column("n").to_pylist()) == list(range(1000))
+    assert sorted(table.column("meta").to_pylist())[0] == '{"i": 0}'
+    # "seven" does not fit int64: dead-lettered with the row as read, never turned into something else.
+    assert summary.dead_letters == {"kept_column_type": 1} and summary.counts["pairs_scored"] == 1000
+    letter = dead_letters(output)[0]
+    assert json.loads(letter["row"])["n"] == "seven" and "'n'" in letter["detail"]
+    # Inputs that disagree on a kept column's type fail before the pipeline starts, naming both files.
+    other = tmp_path / "more.csv"
+    other.write_text("left,right,n\na,b,1\n")
+    with pytest.raises(ValueError, match=r"kept column 'n' is string in .*more\.csv but int64 in .*pairs\.jsonl"):
+        run(ScorePairsJob(pairs=(str(source), str(other)), output=str(tmp_path / "o2"),
+                          model_dir=head_checkpoints["de-cos"], keep_cols=("n",)), [], argv=[])
+    assert not (tmp_path / "o2").exists()
+
+
+def test_one_parquet_file_in_row_group_slices_scores_every_pair_once_on_two_workers(tmp_path, head_checkpoints):
+    """A single Parquet file of many row groups is cut into slices that different workers read;
+    every pair is scored once, with the same score as the in-process run."""
+    rows = 40_000
+    texts = [f"text number {i}" for i in range(50)]
+    pairs = tmp_path / "one.parquet"
+    index = np.arange(rows)
+    pq.write_table(pa.table({"left": pa.array(texts).take(pa.array(index % 50)),
+                             "right": pa.array(texts).take(pa.array(index // 50 % 50)),
+                             "row": pa.array(index, pa.int32())}), pairs, row_group_size=4_000)
+    outputs = {}
+    for mode, args in (("in-process", []), ("multi-process", MULTI_PROCESS)):
+        outputs[mode] = tmp_path / mode
+        summary = run(ScorePairsJob(pairs=(str(pairs),), output=str(outputs[mode]), model_dir=head_checkpoints["de-cos"],
+                                    keep_cols=("row",), batch_size=2048), args, argv=[])
+        assert summary.counts["pairs_read"] == summary.counts["pairs_scored"] == rows
+    tables = {mode: pa.concat_tables([pq.read_table(p) for p in out.glob("scores-*.parquet")]).sort_by("row")
+              for mode, out in outputs.items()}
+    assert tables["multi-process"].column("row").to_pylist() == list(range(rows))
+    np.testing.assert_allclose(tables["multi-process"].column("score").to_numpy(),
+                               tables["in-process"].column("score").to_numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("dedupe", [False, True])
+def test_shuffle_join_equals_broadcast_with_missing_ids_and_repeats(tmp_path, head_checkpoints, dedupe):
+    left = tmp_path / "left.jsonl"
+    left.write_text("".join(json.dumps({"id": f"q{i}", "text": f"question {i}"}) + "\n" for i in range(6)))
+    right = tmp_path / "right.jsonl"
+    right.write_text("".join(json.dumps({"id": f"p{i}", "text": f"product {i}"}) + "\n" for i in range(5)))
+    q = [f"q{i % 8}" for i in range(60)]            # q6, q7: no text
+    p = [f"p{(i * 7) % 6}" for i in range(60)]      # p5: no text
+    pairs = tmp_path / "pairs.parquet"
+    pq.write_table(pa.table({"q": q, "p": p, "n": list(range(60))}), pairs)
+    results = {}
+    for join in ("broadcast", "shuffle"):
+        output = tmp_path / join
+        summary = run(ScorePairsJob(pairs=(str(pairs),), output=str(output), left_id_col="q", right_id_col="p",
+                                    left_texts=(str(left),), right_texts=(str(right),), join=join,
+                                    dedupe_pairs=dedupe, model_dir=head_checkpoints["dipair"], batch_size=8,
+                                    keep_cols=() if dedupe else ("n",)), [], argv=[])
+        rows = read_scores_all(output)
+        results[join] = (summary.counts, summary.dead_letters,
+                         sorted((r["left_id"], r["right_id"], round(r["score"], 6)) for r in rows))
+    assert results["shuffle"] == results["broadcast"]
+    counts, letters, rows = results["shuffle"]
+    missing = sum(1 for a, b in zip(q, p) if a in ("q6", "q7"))
+    right_missing = sum(1 for a, b in zip(q, p) if a not in ("q6", "q7") and b == "p5")
+    if dedupe:
+        assert counts["pairs_duplicate"] == 60 - len(set(zip(q, p)))
+        assert len(rows) == len({(a, b) for a, b in zip(q, p) if a not in ("q6", "q7") and b != "p5"})
+    else:
+        assert letters == {"left_text_missing": missing, "right_text_missing": right_missing}
+        assert counts["pairs_scored"] == 60 - missing - right_missing == len(rows)

@@ -245,3 +245,12 @@ def test_id_hashes_are_stable_and_partitions_cover_every_row():
     parts = list(partition(table, id_hashes(ids), 3))
     assert sorted(n for _, t in parts for n in t.column("n").to_pylist()) == list(range(6))
     assert len({b for b, _ in parts}) == len(parts)
+
+
+def test_label_pairs_refuses_a_kept_value_of_another_type_the_same_way():
+    from pipeline.pairs import TextPairColumns, extract_text_pair
+    columns = TextPairColumns(keep=("k",))
+    kept = [pa.field("k", pa.float64())]
+    assert extract_text_pair(SourcedRow("a:1", {"left": "x", "right": "y", "k": 3}), columns, kept).kept == (3,)
+    letter = extract_text_pair(SourcedRow("a:2", {"left": "x", "right": "y", "k": "3"}), columns, kept)
+    assert letter.reason == "kept_column_type" and "double" in letter.detail and letter.source == "a:2"
