@@ -395,14 +395,14 @@ class _AttachSideDoFn(beam.DoFn):
         lookup = StoreLookup(store, self._layout)
         side, settings = self._side, self._settings
 
+        letters: list[DeadLetter] = []   # filled while attached() runs, emitted as they come
+
         def attached() -> Iterator[pa.Table]:
             for pairs in grouped["pairs"]:
                 rows = lookup.rows(pairs.column(f"{side}_id"))
                 missing = np.flatnonzero(rows < 0)
                 if len(missing):
-                    for letter in missing_letters(pairs, missing, side, settings.columns, settings.pair_paths):
-                        dead_letter_counter(letter.reason, PAIRS).inc()
-                        self._letters.append(letter)
+                    letters.extend(missing_letters(pairs, missing, side, settings.columns, settings.pair_paths))
                     found = np.flatnonzero(rows >= 0)
                     pairs, rows = pairs.take(pa.array(found)), rows[found]
                 if pairs.num_rows:
@@ -411,16 +411,17 @@ class _AttachSideDoFn(beam.DoFn):
                         pairs = pairs.append_column(f"_{side}_{name}", columns.column(name))
                     yield pairs
 
-        self._letters: list[DeadLetter] = []
-        for table in _rebatch(attached(), settings.batch_size):
-            yield from self._drain()
-            yield table
-        yield from self._drain()
+        def drain() -> Iterator:
+            while letters:
+                letter = letters.pop()
+                dead_letter_counter(letter.reason, PAIRS).inc()
+                yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, letter)
 
-    def _drain(self) -> Iterator:
-        letters, self._letters = self._letters, []
-        for letter in letters:
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, letter)
+        # A bucket's pairs may be many: they are attached and handed on a batch at a time.
+        for table in _rebatch(attached(), settings.batch_size):
+            yield from drain()
+            yield table
+        yield from drain()
 
 
 class _ScoreJoinedDoFn(beam.DoFn):

@@ -185,6 +185,10 @@ def read_scores_all(output: Path) -> list[dict]:
     return pa.concat_tables([pq.read_table(p) for p in output.glob("scores-*.parquet")]).to_pylist()
 
 
+def read_scores_table(output: Path) -> pa.Table:
+    return pa.concat_tables([pq.read_table(p) for p in output.glob("scores-*.parquet")])
+
+
 def test_missing_sides_and_dedupe_flag(tmp_path, head_checkpoints):
     rows = [{"left": "a question", "right": "an answer"}, {"left": "a question", "right": "an answer"},
             {"left": "", "right": "x"}, {"left": "y"}, {"left": None, "right": "z"}, {"left": 5, "right": "w"}]
@@ -264,7 +268,7 @@ def test_jsonl_kept_columns_keep_json_types_and_misfits_are_dead_letters(tmp_pat
     output = tmp_path / "out"
     summary = run(ScorePairsJob(pairs=(str(source),), output=str(output), model_dir=head_checkpoints["de-cos"],
                                 keep_cols=("n", "w", "ok", "tag", "meta")), [], argv=[])
-    table = pa.concat_tables([pq.read_table(p) for p in output.glob("scores-*.parquet")])
+    table = read_scores_table(output)
     assert [table.schema.field(n).type for n in ("n", "w", "ok", "tag", "meta")] == [
         pa.int64(), pa.float64(), pa.bool_(), pa.string(), pa.string()]
     assert sorted(table.column("n").to_pylist()) == list(range(1000))
@@ -298,8 +302,7 @@ def test_one_parquet_file_in_row_group_slices_scores_every_pair_once_on_two_work
         summary = run(ScorePairsJob(pairs=(str(pairs),), output=str(outputs[mode]), model_dir=head_checkpoints["de-cos"],
                                     keep_cols=("row",), batch_size=2048), args, argv=[])
         assert summary.counts["pairs_read"] == summary.counts["pairs_scored"] == rows
-    tables = {mode: pa.concat_tables([pq.read_table(p) for p in out.glob("scores-*.parquet")]).sort_by("row")
-              for mode, out in outputs.items()}
+    tables = {mode: read_scores_table(out).sort_by("row") for mode, out in outputs.items()}
     assert tables["multi-process"].column("row").to_pylist() == list(range(rows))
     np.testing.assert_allclose(tables["multi-process"].column("score").to_numpy(),
                                tables["in-process"].column("score").to_numpy(), atol=1e-6)
