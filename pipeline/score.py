@@ -161,6 +161,8 @@ class ReadPairs(beam.PTransform):
         slice_rows = self._slice_rows
         read = (pbegin
                 | "ListPairFiles" >> beam.Create(self._files)
+                # Footers are read where the files are sliced: many files, many workers.
+                | "SpreadPairFiles" >> beam.Reshuffle()
                 | "SlicePairFiles" >> beam.FlatMap(lambda file: read_slices(file, slice_rows))
                 | "SpreadSlices" >> beam.Reshuffle()
                 | "ReadPairBatches" >> beam.ParDo(_ReadPairBatchesDoFn(
