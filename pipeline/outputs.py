@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import fnmatch
 import functools
 import json
 import os
@@ -94,11 +95,15 @@ def normalise(path: str) -> str:
     return os.path.realpath(os.path.abspath(os.path.expanduser(path)))
 
 
+def _is_glob(part: str) -> bool:
+    return any(c in part for c in "*?[")
+
+
 def glob_base(path: str) -> str:
     """A glob's directory part (``data/2024-*/x.jsonl`` -> ``data``); a plain path itself."""
     parts = path.replace("\\", "/").split("/")
     for index, part in enumerate(parts):
-        if any(c in part for c in "*?["):
+        if _is_glob(part):
             return "/".join(parts[:index]) or "."
     return path
 
@@ -107,22 +112,45 @@ def _within(inner: str, outer: str) -> bool:
     return inner == outer or inner.startswith(outer.rstrip("/") + "/")
 
 
+def _glob_reaches(pattern: str, out: str) -> bool:
+    """Whether a glob can match ``out`` or anything inside it (``**`` reaches everything below)."""
+    pattern_parts, out_parts = pattern.split("/"), out.split("/")
+    for have, want in zip(out_parts, pattern_parts):
+        if "**" in want:
+            return True
+        if not fnmatch.fnmatchcase(have, want):
+            return False
+    return True
+
+
 def check_no_overlap(output: str, related: Mapping[str, Iterable[str | None]]) -> None:
     """Refuse an ``--output`` that contains, or is inside, any path the run reads (``related``:
-    flag -> paths): ``--overwrite`` would delete it, and a run would read what it writes."""
+    flag -> paths): ``--overwrite`` would delete it, and a run would read what it writes.
+
+    A glob counts as its directory part, except that an output inside that directory is
+    allowed when the glob cannot match it (``--input 'data/*.jsonl' --output data/store``)."""
     out = normalise(output)
     for flag, paths in related.items():
         for path in paths:
             if not path:
                 continue
-            other = normalise(glob_base(path))
-            if _within(other, out):
-                where = "is" if other == out else "contains"
+            base = normalise(glob_base(path))
+            if _within(base, out):
+                where = "is" if base == out else "contains"
                 raise OutputError(f"--output {output!r} {where} {flag} {path!r}: write the output to a directory "
                                   f"that holds none of the job's inputs")
-            if _within(out, other):
+            if _within(out, base):
+                if base != normalise(path) and not _glob_reaches(_normalise_glob(path), out):
+                    continue
                 raise OutputError(f"--output {output!r} is inside {flag} {path!r}: write the output outside "
                                   f"the job's inputs")
+
+
+def _normalise_glob(path: str) -> str:
+    """A glob with its directory part normalised like :func:`normalise` (the pattern part kept)."""
+    base = glob_base(path)
+    rest = path.replace("\\", "/")[len(base):].lstrip("/") if path.startswith(base) else path
+    return normalise(base).rstrip("/") + "/" + rest
 
 
 # --------------------------------------------------------------------------- the lock
