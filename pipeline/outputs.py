@@ -108,6 +108,11 @@ def glob_base(path: str) -> str:
     return path
 
 
+def local_path_or_none(value: str | None) -> str | None:
+    """``value`` if it names an existing local path (a model directory), else None (a hub id)."""
+    return value if value and not is_remote(value) and os.path.exists(value) else None
+
+
 def _within(inner: str, outer: str) -> bool:
     return inner == outer or inner.startswith(outer.rstrip("/") + "/")
 
