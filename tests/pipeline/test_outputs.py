@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -166,22 +165,6 @@ def test_output_that_is_a_file_is_refused_in_one_line(tmp_path):
     (tmp_path / "out").write_text("x")
     with pytest.raises(OutputError, match="is an existing file"):
         open_output(str(tmp_path / "out"), job="t", overwrite=True)
-
-
-@pytest.fixture
-def read_only_dir(tmp_path):
-    """A directory nobody may write to: chmod for a normal user, the immutable flag for root."""
-    target = tmp_path / "ro"
-    target.mkdir()
-    if os.geteuid() != 0:
-        target.chmod(0o555)
-        yield target
-        target.chmod(0o755)
-        return
-    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(target)]).returncode != 0:
-        pytest.skip("running as root without chattr: cannot make a read-only directory")
-    yield target
-    subprocess.run(["chattr", "-i", str(target)], check=True)
 
 
 def test_read_only_output_is_refused_in_one_line(read_only_dir):
