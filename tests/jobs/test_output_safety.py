@@ -188,7 +188,7 @@ def staging_has_started(output: Path) -> bool:
 
 def test_killed_run_leaves_nothing_complete_and_a_rerun_equals_an_uninterrupted_run(tmp_path, tiny_checkpoint):
     texts = write_jsonl(tmp_path / "texts.jsonl", [{"text": f"text number {i} about {TOPICS[i % 6]}"}
-                                                   for i in range(3000)])
+                                                   for i in range(400)])
     killed = tmp_path / "killed"
     args = ["--input", str(texts), "--model", tiny_checkpoint, "--batch-size", "2"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -218,7 +218,7 @@ def test_killed_run_leaves_nothing_complete_and_a_rerun_equals_an_uninterrupted_
                      [], argv=[])
     assert sorted(p.name for p in killed.iterdir()) == sorted(p.name for p in clean.iterdir())
     again, reference = parts_table(killed).sort_by("id"), parts_table(clean).sort_by("id")
-    assert again.num_rows == reference.num_rows == 3000
+    assert again.num_rows == reference.num_rows == 400
     assert again.equals(reference)
     manifests = [json.loads((d / "_MANIFEST.json").read_text()) for d in (killed, clean)]
     assert manifests[0] == manifests[1]
