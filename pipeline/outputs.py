@@ -377,6 +377,7 @@ class OutputDir:
     holder: LockHolder
     run_id: str
     notes: list[str] = field(default_factory=list)
+    created: bool = False   # this run created the directory (a failed run then removes it)
     _committed: list[str] = field(default_factory=list)
     _closed: bool = False
 
@@ -422,9 +423,9 @@ class OutputDir:
         for path in reversed(self._committed):
             with contextlib.suppress(Exception):
                 FileSystems.delete([path])
-        if not is_remote(self.path):
-            _remove_empty_dirs(self.path, keep=self.path)
         self._close()
+        if not is_remote(self.path):
+            _remove_empty_dirs(self.path, keep=None if self.created else self.path)
 
     def _close(self) -> None:
         if is_remote(self.staging):
@@ -472,7 +473,7 @@ class OutputDir:
         self.abort()   # a no-op after a commit; otherwise nothing of this run stays
 
 
-def _remove_empty_dirs(path: str, keep: str) -> None:
+def _remove_empty_dirs(path: str, keep: str | None) -> None:
     for root, dirs, files in os.walk(path, topdown=False):
         if root != keep and not os.listdir(root):
             with contextlib.suppress(OSError):
@@ -495,6 +496,7 @@ def open_output(output: str, *, job: str, overwrite: bool,
                           f"another --output (remove {FileSystems.join(output, LOCK_FILE)} only if that run is gone)")
     _check_contents(output, overwrite)
 
+    created = not FileSystems.exists(output)
     try:
         if not is_remote(output):
             os.makedirs(output, exist_ok=True)
@@ -503,7 +505,8 @@ def open_output(output: str, *, job: str, overwrite: bool,
     except OSError as err:
         raise OutputError(f"--output {output!r} cannot be created: {err.strerror or err}") from None
     me, stale = acquire_lock(output, job)
-    out = OutputDir(path=output, job=job, holder=me, run_id=f"{time.strftime('%Y%m%d%H%M%S')}-{me.token[:8]}")
+    out = OutputDir(path=output, job=job, holder=me, run_id=f"{time.strftime('%Y%m%d%H%M%S')}-{me.token[:8]}",
+                    created=created)
     if stale is not None:
         out.notes.append(f"took over the lock of {stale.describe()}, which was no longer running")
     try:

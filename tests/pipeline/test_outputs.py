@@ -244,7 +244,20 @@ def test_a_failing_run_leaves_nothing(tmp_path):
         raise RuntimeError("row accounting failed")
     with pytest.raises(RuntimeError):
         run()
-    assert everything(target) == []
+    assert not target.exists()   # created by the run, removed with everything in it
+
+
+def test_a_failing_run_keeps_an_output_directory_it_did_not_create(tmp_path):
+    target = tmp_path / "out"
+    target.mkdir()
+
+    @abort_output_on_failure
+    def run():
+        stage_a_store(open_output(str(target), job="t", overwrite=False))
+        raise KeyboardInterrupt   # Ctrl-C cleans up too
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    assert target.is_dir() and everything(target) == []
 
 
 def test_summary_that_cannot_be_written_commits_nothing(tmp_path, monkeypatch):
@@ -261,7 +274,7 @@ def test_summary_that_cannot_be_written_commits_nothing(tmp_path, monkeypatch):
         out.commit(summary_for(target))
     with pytest.raises(OSError, match="No space left"):
         run()
-    assert everything(target) == []
+    assert not target.exists()   # created by the run, removed with everything in it
 
 
 def test_a_commit_that_fails_half_way_is_undone(tmp_path, monkeypatch):
@@ -283,7 +296,7 @@ def test_a_commit_that_fails_half_way_is_undone(tmp_path, monkeypatch):
         out.commit(summary_for(target))
     with pytest.raises(OSError):
         run()
-    assert everything(target) == []
+    assert not target.exists()   # created by the run, removed with everything in it
 
 
 # --------------------------------------------------------------------------- checkpoints
