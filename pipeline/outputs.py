@@ -313,9 +313,10 @@ def _top(name: str) -> str:
     return name.split("/", 1)[0]
 
 
-def _why_pairscore(path: str, entries: Sequence[str]) -> str | None:
-    """Why ``path`` counts as a pairscore output (None if it does not): a committed marker, a
-    lock or staging leftovers (only pairscore writes those names)."""
+def _why_pairscore(path: str, entries: Sequence[str], dead_run_lock: bool) -> str | None:
+    """Why ``path`` counts as a pairscore output (None if it does not): a committed marker, the
+    lock of a run that died (say, half-way through its commit), or only staging leftovers (only
+    pairscore writes those names). ``entries`` leave out ``_LOCK`` itself."""
     tops = {_top(e) for e in entries}
     for marker in (SUCCESS_FILE, SUMMARY_FILE, MANIFEST_FILE):
         if marker in tops:
@@ -327,11 +328,10 @@ def _why_pairscore(path: str, entries: Sequence[str]) -> str | None:
         for side in ("left", "right"):
             if os.path.isfile(os.path.join(path, "store", side, MANIFEST_FILE)):
                 return f"store/{side}/{MANIFEST_FILE}"
-    if tops and all(t.startswith(STAGING_PREFIX) or t == LOCK_FILE or t.startswith(LOCK_FILE + ".stale-")
-                    for t in tops):
+    if dead_run_lock:
+        return f"{LOCK_FILE} of a pairscore run that is no longer running"
+    if tops and all(t.startswith((STAGING_PREFIX, LOCK_FILE + ".stale-")) for t in tops):
         return "leftovers of an interrupted pairscore run"
-    if LOCK_FILE in tops:
-        return LOCK_FILE
     return None
 
 
@@ -484,7 +484,10 @@ def open_output(output: str, *, job: str, overwrite: bool,
                 reads: Mapping[str, Iterable[str | None]] = {}) -> OutputDir:
     """Check ``--output`` (before touching anything), lock it, clear an old output (``overwrite``)
     and create the staging directory. ``reads``: flag -> paths the run reads, which the output
-    may neither contain nor be inside. Raises OutputError (exit 2) with one line."""
+    may neither contain nor be inside. Raises OutputError (exit 2) with one line.
+
+    Call it inside a function decorated with :func:`abort_output_on_failure` (every job's
+    ``run``), or use the returned OutputDir as a context manager, so that a failure cleans up."""
     check_no_overlap(output, reads)
     if not is_remote(output):
         if os.path.exists(output) and not os.path.isdir(output):
@@ -494,7 +497,7 @@ def open_output(output: str, *, job: str, overwrite: bool,
     if holder is not None and not holder.is_dead():
         raise OutputError(f"--output {output!r} is in use by {holder.describe()}: wait for it to finish, or choose "
                           f"another --output (remove {FileSystems.join(output, LOCK_FILE)} only if that run is gone)")
-    _check_contents(output, overwrite)
+    _check_contents(output, overwrite, dead_run_lock=holder is not None)
 
     created = not FileSystems.exists(output)
     try:
@@ -515,7 +518,7 @@ def open_output(output: str, *, job: str, overwrite: bool,
         if entries and not overwrite:
             raise OutputError(_not_empty(output, entries))
         if entries:
-            if _why_pairscore(output, entries) is None:
+            if _why_pairscore(output, entries, dead_run_lock=holder is not None or stale is not None) is None:
                 raise OutputError(_not_ours(output, entries))
             _delete_old_output(output, entries)
         if not is_remote(output):
@@ -529,13 +532,13 @@ def open_output(output: str, *, job: str, overwrite: bool,
     return out
 
 
-def _check_contents(output: str, overwrite: bool) -> None:
+def _check_contents(output: str, overwrite: bool, dead_run_lock: bool) -> None:
     entries = [e for e in _list_entries(output) if _top(e) != LOCK_FILE]
     if not entries:
         return
     if not overwrite:
         raise OutputError(_not_empty(output, entries))
-    if _why_pairscore(output, entries) is None:
+    if _why_pairscore(output, entries, dead_run_lock) is None:
         raise OutputError(_not_ours(output, entries))
 
 

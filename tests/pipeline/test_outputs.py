@@ -142,7 +142,7 @@ OLD_DATA = ["scores/part-0.parquet", "dead_letter/part-0.parquet"]
     ([SUCCESS_FILE, SUMMARY_FILE, *OLD_DATA], [SUCCESS_FILE, SUMMARY_FILE]),
     ([MANIFEST_FILE, "part-0.parquet"], [MANIFEST_FILE]),
     ([f"store/left/{MANIFEST_FILE}", *OLD_DATA], [f"store/left/{MANIFEST_FILE}"]),
-    # a run killed before its commit: its staging directory and its (stale) lock
+    # a run killed before its commit: its staging directory (and a lock put aside by a take-over)
     ([f"{STAGING_PREFIX}20260101-abc/part-0.parquet", f"{LOCK_FILE}.stale-x"], None),
 ], ids=["summary", "success", "manifest", "store-manifest", "leftovers"])
 def test_overwrite_replaces_a_pairscore_output_markers_first(tmp_path, monkeypatch, files, first_deleted):
@@ -220,6 +220,25 @@ def test_stale_lock_of_a_pid_that_does_not_exist(tmp_path):
     assert out.notes == [f"took over the lock of score_pairs (pid {dead_pid} on host {socket.gethostname()}, "
                          "started yesterday), which was no longer running"]
     out.abort()
+
+
+def test_a_run_killed_half_way_through_its_commit_is_replaced(tmp_path):
+    """Data already moved into place, no markers yet, the dead run's lock: still pairscore's."""
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    target = tmp_path / "out"
+    (target / "scores").mkdir(parents=True)
+    (target / "scores" / "part-0.parquet").write_text("committed")
+    (target / f"{STAGING_PREFIX}x").mkdir()
+    (target / LOCK_FILE).write_text(json.dumps({"pid": int(finished.stdout), "host": socket.gethostname(),
+                                                "started": "s", "job": "score_pairs", "token": "t0"}))
+    out = open_output(str(target), job="t", overwrite=True)
+    assert everything(target) == sorted([LOCK_FILE, Path(out.staging).name])
+    out.abort()
+    # Without that lock the same files are not provably pairscore's: refused, untouched.
+    (target / "scores").mkdir()
+    (target / "scores" / "part-0.parquet").write_text("whose?")
+    with pytest.raises(OutputError, match="would delete scores"):
+        open_output(str(target), job="t", overwrite=True)
 
 
 def test_a_lock_from_another_host_is_never_taken(tmp_path):
