@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import duckdb
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
