@@ -47,9 +47,11 @@ import functools
 import json
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -558,10 +560,14 @@ F = TypeVar("F", bound=Callable)
 
 def abort_output_on_failure(run: F) -> F:
     """Decorate a job's ``run``: an output opened by :func:`open_output` during the call is
-    aborted (staging, partial commit and lock removed) if the call raises, Ctrl-C included."""
+    aborted (staging, partial commit and lock removed) if the call raises, Ctrl-C included.
+
+    While it runs, SIGTERM (what schedulers send on a timeout) exits the same way, through
+    SystemExit(143), so a terminated run cleans up too; only SIGKILL leaves leftovers."""
     @functools.wraps(run)
     def wrapper(*args, **kwargs):
         token = _OPEN_OUTPUTS.set([])
+        previous = _exit_on_sigterm()
         try:
             return run(*args, **kwargs)
         except BaseException:
@@ -569,8 +575,23 @@ def abort_output_on_failure(run: F) -> F:
                 out.abort()
             raise
         finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
             _OPEN_OUTPUTS.reset(token)
     return wrapper  # type: ignore[return-value]
+
+
+def _exit_on_sigterm():
+    """Turn SIGTERM into SystemExit(143) in the main thread if nobody handles it yet; returns the
+    handler to restore (None when nothing was installed)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return None
+
+    def terminate(signum, frame):
+        raise SystemExit(128 + signum)
+    return signal.signal(signal.SIGTERM, terminate)
 
 
 # --------------------------------------------------------------------------- checkpoints

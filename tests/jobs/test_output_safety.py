@@ -223,6 +223,27 @@ def test_killed_run_leaves_nothing_complete_and_a_rerun_equals_an_uninterrupted_
     assert manifests[0] == manifests[1]
 
 
+def test_terminated_run_cleans_up_after_itself(tmp_path, tiny_checkpoint):
+    """SIGTERM (a scheduler's timeout) removes the staging directory and the lock."""
+    texts = write_jsonl(tmp_path / "texts.jsonl", [{"text": f"text number {i}"} for i in range(400)])
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, "-m", "jobs.encode_texts", "--input", str(texts), "--model",
+                                tiny_checkpoint, "--batch-size", "2", "--output", str(out)],
+                               env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        while not staging_has_started(out) and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert process.poll() is None, "the run ended before it could be terminated: give it more texts"
+        process.terminate()
+        assert process.wait(timeout=60) == 143
+    finally:
+        process.kill()
+        process.wait()
+    assert not out.exists()
+
+
 # --------------------------------------------------------------------------- --overwrite and --output
 
 
