@@ -107,6 +107,17 @@ def test_each_table_directory_reads_back_as_exactly_that_table(runs, directory, 
     assert sort_rows(by_duckdb.to_pylist(), keys) == want
 
 
+def test_spark_reads_each_table_directory_as_that_table(runs):
+    pyspark = pytest.importorskip("pyspark.sql")
+    spark = pyspark.SparkSession.builder.master("local[1]").appName("pairscore-layout").getOrCreate()
+    try:
+        for directory, columns, _ in TABLES:
+            frame = spark.read.parquet(str(runs / directory))
+            assert frame.columns == columns and frame.count() == parts_table(runs / directory).num_rows
+    finally:
+        spark.stop()
+
+
 def test_score_pairs_layout_and_summary_list_the_files(runs):
     out = runs / "runs" / "example-scores"
     top = sorted(p.name for p in out.iterdir())
