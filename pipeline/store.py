@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -365,31 +366,34 @@ def _not_a_store_message(root: str) -> str:
     nested = FileSystems.join(root, "store")
     if all(FileSystems.exists(FileSystems.join(nested, s, MANIFEST_FILE)) for s in SIDES):
         return f"{head}, found a job output holding its store in {nested}: pass --store {nested!r}"
-    found = []
-    for s in SIDES:
-        side_dir = FileSystems.join(root, s)
-        if FileSystems.exists(FileSystems.join(side_dir, MANIFEST_FILE)):
-            found.append(f"{side_dir}/{MANIFEST_FILE}")
-        else:
-            entries = _entries(side_dir)
-            found.append(f"{side_dir} holding {entries} but no {MANIFEST_FILE} (deleted?)" if entries
-                         else f"no {side_dir}")
     entries = _entries(root)
     if entries is None and not FileSystems.exists(root):
         return (f"{head}, but {root} does not exist (a first run goes without --store; later runs pass "
                 "the previous run's OUTPUT/store)")
-    return f"{head}, found {'; '.join(found)} (in {root}: {entries or 'nothing'})"
+    found = []
+    for s in SIDES:
+        side_dir = FileSystems.join(root, s)
+        if FileSystems.exists(FileSystems.join(side_dir, MANIFEST_FILE)):
+            found.append(FileSystems.join(side_dir, MANIFEST_FILE))
+        elif side_entries := _entries(side_dir):
+            found.append(f"{side_dir} holding {side_entries} but no {MANIFEST_FILE} (deleted?)")
+    if not found:
+        return f"{head}, found no left/ or right/ store in it ({root} holds {entries or 'nothing'})"
+    return f"{head}, found {'; '.join(found)}"
 
 
 def _entries(directory: str, limit: int = 6) -> str | None:
     """A short listing of a directory's entries for messages, or None when it has none."""
     try:
-        paths = sorted(m.path for m in FileSystems.match([FileSystems.join(directory, "*")])[0].metadata_list)
+        if FileSystems.get_scheme(directory) is None:   # local: list subdirectories too
+            names = sorted(os.listdir(directory))
+        else:
+            matched = FileSystems.match([FileSystems.join(directory, "*")])[0].metadata_list
+            names = sorted({FileSystems.split(m.path)[1] for m in matched})
     except Exception:  # noqa: BLE001 - a listing is only for the message
         return None
-    if not paths:
+    if not names:
         return None
-    names = sorted({FileSystems.split(p)[1] for p in paths})
     return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 

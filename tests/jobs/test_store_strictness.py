@@ -231,3 +231,11 @@ def test_a_good_store_is_still_reused(tmp_path, night_one, square_checkpoint, st
                                 model_dir=square_checkpoint, store=str(store)), [], argv=[])
     assert summary.counts["left_texts_encoded"] == summary.counts["right_texts_encoded"] == 0
     assert summary.counts["left_texts_reused"] == len({p["left"] for p in PAIRS})
+
+
+def test_a_directory_without_stores_lists_what_it_holds(tmp_path, night_one, square_checkpoint):
+    somewhere = tmp_path / "somewhere"
+    (somewhere / "notes").mkdir(parents=True)
+    (somewhere / "scores.csv").write_text("x\n")
+    message = refused(night_one, tmp_path, square_checkpoint, somewhere)
+    assert f"found no left/ or right/ store in it ({somewhere} holds notes, scores.csv)" in message
