@@ -14,7 +14,7 @@ import pytest
 
 from encoders.checkpoint import load_student
 from encoders.config import StudentConfig
-from encoders.sources import load_pretrained
+from encoders.sources import load_config, load_pretrained
 from encoders.teacher import TeacherTask, build_teacher, load_teacher
 
 REPO = Path(__file__).resolve().parents[2]
@@ -81,6 +81,8 @@ def test_a_pretrained_encoder_with_code_is_refused(tmp_path, tiny_encoder_dir, m
     plant_code(encoder, marker)
     with pytest.raises(ValueError, match=r"encoder .* ships code .*config\.json has an auto_map"):
         load_pretrained(str(encoder), 2)
+    with pytest.raises(ValueError, match="ships code"):   # train_student's check of --encoder
+        load_config(str(encoder))
     with pytest.raises(ValueError, match="ships code"):
         from encoders.checkpoint import build_student
         build_student(StudentConfig(encoder=str(encoder), encoder_layers=2, left_tokens=2, right_tokens=2, dim=4))
