@@ -42,6 +42,10 @@ DTYPES = ("float16", "int8")
 COMPRESSION = "zstd"
 
 
+class StoreError(ValueError):
+    """A ``--store`` (or a store read back) that cannot be used; the message names the file."""
+
+
 @dataclass(frozen=True)
 class StoreLayout:
     """What one store's rows hold: enough to build its schema and decode it."""
@@ -125,10 +129,6 @@ class StoreManifest:
         if problems:
             raise StoreError(f"store manifest {path} is invalid: {'; '.join(problems)}")
         return cls(**data)
-
-
-class StoreError(ValueError):
-    """A ``--store`` (or a store read back) that cannot be used; the message names the file."""
 
 
 # What each manifest key may hold: (check, what is allowed).
