@@ -101,7 +101,7 @@ def extract_text(row: SourcedRow, columns: TextColumns) -> TextRow | DeadLetter:
     if not isinstance(text, str):
         return reject(dl.REASON_NON_STRING_TEXT,
                       f"text column {columns.text!r} holds a {type(text).__name__}, not a string: {text!r:.80}")
-    if is_blank(text):
+    if not _starts_visibly(text) and is_blank(text):
         # Whitespace, NUL and other controls, zero-width/format characters, lone combining
         # marks: an encoder sees an empty sequence, and two such texts would score as equal.
         return reject(dl.REASON_EMPTY_TEXT, f"text column {columns.text!r} has no visible character "
@@ -120,6 +120,13 @@ def extract_text(row: SourcedRow, columns: TextColumns) -> TextRow | DeadLetter:
         # table must not keep an id that no pair could ever name.
         return reject(dl.REASON_INVALID_ID, f"id column {columns.id!r} has no visible character: {raw_id!r:.80}")
     return TextRow(str(raw_id), text, row)
+
+
+def _starts_visibly(text: str) -> bool:
+    """An ASCII letter or digit first: certainly not blank. Most texts start so, and this costs a
+    tenth of :func:`is_blank`, which stays the one definition for every other text."""
+    first = text[:1]
+    return first.isascii() and first.isalnum()
 
 
 class _ExtractTextDoFn(beam.DoFn):

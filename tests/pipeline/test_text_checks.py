@@ -74,3 +74,12 @@ def test_one_visible_character_keeps_the_text_as_it_is(text):
 def test_invisible_ids_are_invalid_like_invisible_texts():
     result = extract_text(SourcedRow("f.jsonl:1", {"id": "\u200b", "text": "fine"}), TextColumns("text", "id"))
     assert result.reason == dl.REASON_INVALID_ID
+
+
+def test_extract_text_agrees_with_is_blank_on_every_code_point():
+    """extract_text skips is_blank for texts that start with an ASCII letter or digit; whatever
+    the first character, its verdict is is_blank's."""
+    columns = TextColumns("text")
+    for char in ALL_CODE_POINTS[:0x3000:7] + [chr(c) for c in range(128)] + ["\u3164", "\u2800", "\ufeff"]:
+        result = extract_text(SourcedRow("s", {"text": char}), columns)
+        assert (getattr(result, "reason", None) == dl.REASON_EMPTY_TEXT) == is_blank(char), repr(char)
