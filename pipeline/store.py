@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -40,6 +41,8 @@ STORE_FILE_PREFIX = "part"
 STORE_FILE_SUFFIX = ".parquet"
 DTYPES = ("float16", "int8")
 COMPRESSION = "zstd"
+# Part footers checked at once before a run (each is a round trip on object stores).
+_CHECK_THREADS = 16
 
 
 class StoreError(ValueError):
@@ -241,15 +244,17 @@ def read_manifest(store_dir: str) -> StoreManifest:
 def check_store_parts(store_dir: str, manifest: StoreManifest) -> tuple[str, ...]:
     """The paths of the store's part files, each checked before any pipeline reads it: present,
     a readable Parquet footer, the columns and types of the manifest's layout, and row counts that
-    add up to the manifest's ``rows``. StoreError naming the file otherwise."""
+    add up to the manifest's ``rows``. StoreError naming the file otherwise.
+
+    Only footers are read, a few files at a time (on object stores each is a round trip)."""
     manifest_path = FileSystems.join(store_dir, MANIFEST_FILE)
     want = manifest.layout.schema()
-    paths, total = [], 0
-    for name in manifest.files:
-        path = FileSystems.join(store_dir, name)
+    paths = [FileSystems.join(store_dir, name) for name in manifest.files]
+
+    def part_rows(path: str) -> int:
         if not FileSystems.exists(path):
-            raise StoreError(f"store manifest {manifest_path} lists {name}, which is missing from {store_dir}: "
-                             "the store is incomplete")
+            raise StoreError(f"store manifest {manifest_path} lists {FileSystems.split(path)[1]}, which is "
+                             f"missing from {store_dir}: the store is incomplete")
         try:
             with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
                 footer = pq.ParquetFile(handle)
@@ -257,12 +262,13 @@ def check_store_parts(store_dir: str, manifest: StoreManifest) -> tuple[str, ...
         except (pa.ArrowException, OSError) as err:
             raise StoreError(f"store part {path} is corrupt or truncated (its Parquet footer cannot be "
                              f"read: {err})") from None
-        have = [(f.name, f.type) for f in schema]
-        if have != [(f.name, f.type) for f in want]:
+        if [(f.name, f.type) for f in schema] != [(f.name, f.type) for f in want]:
             raise StoreError(f"store part {path} does not match {manifest_path}: it has columns "
                              f"{_describe_columns(schema)}, the manifest's layout needs {_describe_columns(want)}")
-        paths.append(path)
-        total += rows
+        return rows
+
+    with ThreadPoolExecutor(max_workers=max(1, min(_CHECK_THREADS, len(paths)))) as pool:
+        total = sum(pool.map(part_rows, paths))
     if total != manifest.rows:
         raise StoreError(f"store manifest {manifest_path} says rows {manifest.rows} but its part files hold "
                          f"{total}: the store was changed after it was written")
