@@ -38,7 +38,7 @@ from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTo
                           PreTrainedTokenizerBase)
 
 from encoders.checkpoint import tokenizer_identity
-from encoders.sources import resolve_encoder
+from encoders.sources import refuse_checkpoint_code, resolve_encoder
 
 TEACHER_FILE = "teacher.json"
 TASK_FORMAT = "pairscore-teacher"
@@ -361,10 +361,11 @@ def build_teacher(base: str, task: TeacherTask, seed: int = 0) -> CrossEncoder:
             position embeddings.
     """
     location = resolve_encoder(base)
+    refuse_checkpoint_code(location, "base model")
     labels = {i: f"class_{i}" for i in range(task.num_outputs)} if task.task == "classes" else {0: "score"}
     try:
         config = AutoConfig.from_pretrained(location, num_labels=task.num_outputs, id2label=labels,
-                                            label2id={v: k for k, v in labels.items()})
+                                            label2id={v: k for k, v in labels.items()}, trust_remote_code=False)
     except (OSError, ValueError) as err:
         raise ValueError(f"cannot load base model {base!r}: {err}") from err
     positions = getattr(config, "max_position_embeddings", None)
@@ -375,21 +376,28 @@ def build_teacher(base: str, task: TeacherTask, seed: int = 0) -> CrossEncoder:
         torch.manual_seed(seed)
         try:
             model = AutoModelForSequenceClassification.from_pretrained(
-                location, config=config, use_safetensors=True, ignore_mismatched_sizes=True)
+                location, config=config, use_safetensors=True, ignore_mismatched_sizes=True, trust_remote_code=False)
         except (OSError, ValueError) as err:
             raise ValueError(f"cannot load base model {base!r} as a cross-encoder (safetensors weights "
                              f"are required): {err}") from err
-    tokenizer = AutoTokenizer.from_pretrained(location, use_fast=True)
+    tokenizer = AutoTokenizer.from_pretrained(location, use_fast=True, trust_remote_code=False)
     return CrossEncoder(model, tokenizer, task)
 
 
 def save_teacher(teacher: CrossEncoder, directory: str | os.PathLike) -> Path:
-    """Write a teacher checkpoint (see the module docstring); returns the directory."""
+    """Write a teacher checkpoint (see the module docstring); returns the directory.
+
+    Written to a temporary directory beside ``directory`` and renamed into place
+    (pipeline.outputs.atomic_directory), so a crash during a save never leaves a half-written
+    model. An existing ``directory`` must be empty or an earlier teacher checkpoint."""
+    from pipeline.outputs import atomic_directory  # Beam's FileSystems: imported only to save
+
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    teacher.model.save_pretrained(directory, safe_serialization=True)
-    teacher.tokenizer.save_pretrained(directory)
-    (directory / TEACHER_FILE).write_text(teacher.task.to_json() + "\n", encoding="utf-8")
+    earlier_teacher = (directory / TEACHER_FILE).is_file()
+    with atomic_directory(directory, allowed=lambda name: earlier_teacher) as target:
+        teacher.model.save_pretrained(target, safe_serialization=True)
+        teacher.tokenizer.save_pretrained(target)
+        (target / TEACHER_FILE).write_text(teacher.task.to_json() + "\n", encoding="utf-8")
     return directory
 
 
@@ -406,9 +414,10 @@ def load_teacher(source: str | os.PathLike) -> CrossEncoder:
     local = Path(location)
     if local.is_dir() and not (local / "config.json").is_file():
         raise ValueError(f"teacher {source!r} is not a model directory: it has no config.json")
+    refuse_checkpoint_code(location, "teacher")
     try:
         model, info = AutoModelForSequenceClassification.from_pretrained(
-            location, use_safetensors=True, output_loading_info=True)
+            location, use_safetensors=True, output_loading_info=True, trust_remote_code=False)
     except (OSError, ValueError) as err:
         raise ValueError(f"cannot load teacher {source!r} (safetensors weights are required): {err}") from err
     if info["missing_keys"]:
@@ -417,7 +426,7 @@ def load_teacher(source: str | os.PathLike) -> CrossEncoder:
         raise ValueError(f"teacher {source!r} is not a trained cross-encoder: weights "
                          f"{', '.join(sorted(info['missing_keys'])[:4])} are missing, so its classification "
                          "head would be random; train one with python -m jobs.train_teacher --base ...")
-    tokenizer = AutoTokenizer.from_pretrained(location, use_fast=True)
+    tokenizer = AutoTokenizer.from_pretrained(location, use_fast=True, trust_remote_code=False)
     task_path = local / TEACHER_FILE
     if task_path.is_file():
         try:

@@ -216,7 +216,8 @@ def validate_pairs(table: pa.Table, columns: PairColumns, non_string: dict[str, 
 
 
 def _detail(reason: str, column: str, row: dict, field: pa.Field | None = None) -> str:
-    """The dead letter's sentence, worded as extract_text words it."""
+    """The dead letter's sentence, worded as :func:`pipeline.encode.extract_text` words it (which this
+    module cannot import: it imports Beam); ``test_scoring_core`` checks that the two agree."""
     value = row.get(column)
     if reason.endswith("null_text") or reason.endswith("null_id"):
         return f"text column {column!r} is " + ("absent from this row" if column not in row else "null")
@@ -225,7 +226,8 @@ def _detail(reason: str, column: str, row: dict, field: pa.Field | None = None) 
     if reason == REASON_KEPT_COLUMN_TYPE:
         return (f"kept column {column!r} holds a {type(value).__name__} ({value!r:.80}) but is {field.type} in the "
                 "output, as decided from the inputs' first rows before the run; the value is not changed silently")
-    return f"text column {column!r} is empty or only whitespace"
+    return (f"text column {column!r} has no visible character (empty, or only whitespace/control/format/combining "
+            f"characters): {value!r:.80}")
 
 
 def dead_letters_of(codes: np.ndarray, columns: PairColumns, kept: Sequence[pa.Field],

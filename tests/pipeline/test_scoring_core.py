@@ -129,6 +129,7 @@ TEXT_ROWS = [
     {"left": ["a"], "right": None, "k": 5},           # left_non_string_text (left first)
     {"left": " \t\n", "right": "x", "k": 6},          # left_empty_text
     {"left": "", "right": "", "k": 7},                # left_empty_text
+    {"left": "\u200b\u2060", "right": "x", "k": 7},  # left_empty_text (zero-width only)
     {"left": "x", "right": None, "k": 8},             # right_null_text
     {"left": "x", "right": {"a": 1}, "k": 9},         # right_non_string_text
     {"left": "x", "right": "   ", "k": 10},           # right_empty_text
@@ -148,10 +149,10 @@ def test_every_bad_row_reason_with_exact_counts_as_extract_pair_gives_them():
     reasons = {}
     for letter in prepared.dead_letters:
         reasons[letter.reason] = reasons.get(letter.reason, 0) + 1
-    assert reasons == {"left_null_text": 2, "left_non_string_text": 2, "left_empty_text": 2, "right_null_text": 1,
+    assert reasons == {"left_null_text": 2, "left_non_string_text": 2, "left_empty_text": 3, "right_null_text": 1,
                        "right_non_string_text": 1, "right_empty_text": 1, "kept_column_type": 3}
     assert prepared.pairs.num_rows == 2 and prepared.pairs.column("k").to_pylist() == [1, None]
-    assert prepared.pairs.column("_position").to_pylist() == [1, 13]
+    assert prepared.pairs.column("_position").to_pylist() == [1, 14]
     # The same reasons, details, sources and rows as the per-row reference, for the side checks.
     for letter in prepared.dead_letters:
         line = int(letter.source.rsplit(":", 1)[1])
