@@ -364,8 +364,10 @@ class SideArrays(NamedTuple):
     num_tokens: np.ndarray
     pooled: np.ndarray | None
 
-    def take(self, rows: np.ndarray) -> "SideArrays":
-        return SideArrays(self.tokens[rows], None if self.scales is None else self.scales[rows],
+    def take(self, rows: np.ndarray, tokens: bool = True) -> "SideArrays":
+        """These arrays at ``rows``; ``tokens=False`` leaves the tokens out (None), for heads that do not read them."""
+        return SideArrays(self.tokens[rows] if tokens and self.tokens is not None else None,
+                          None if self.scales is None else self.scales[rows],
                           self.num_tokens[rows], None if self.pooled is None else self.pooled[rows])
 
 
@@ -436,9 +438,9 @@ class StoreLookup:
         found = (self._keys[at] == keys) & ~too_long
         return np.where(found, self._rows[at], -1).astype(np.int64)
 
-    def gather(self, rows: np.ndarray) -> SideArrays:
-        """(B,) valid rows -> SideArrays of those rows (numpy take)."""
-        return self.arrays.take(rows)
+    def gather(self, rows: np.ndarray, tokens: bool = True) -> SideArrays:
+        """(B,) valid rows -> SideArrays of those rows (numpy take); ``tokens=False``: without tokens."""
+        return self.arrays.take(rows, tokens)
 
 
 # --------------------------------------------------------------------------- partitions
@@ -505,6 +507,9 @@ class HeadScorer:
         self.device = device
         self.batch_size = batch_size
         self.num_outputs = student.config.num_outputs
+        # A head that never reads the token embeddings (the pooled-cos baseline) is given
+        # placeholders of the right shape: its pairs cost no token gather, conversion or copy.
+        self.reads_tokens = getattr(student.head, "reads_tokens", True)
 
     @classmethod
     def load(cls, model_dir: str | None, device: str = "cpu", batch_size: int = 8192,
@@ -529,15 +534,26 @@ class HeadScorer:
             return tensor.pin_memory().to(self.device, non_blocking=True)
         return tensor
 
-    def _side(self, side: SideArrays, tokens_kept: int) -> tuple:
+    def _side(self, side: SideArrays, name: str) -> tuple:
+        """SideArrays of B pairs -> (tokens (B, N, D) float32, mask (B, N) bool, pooled (B, H) float32 or None)."""
         torch = self.torch
+        pooled = self._tensor(side.pooled)
+        pooled = None if pooled is None else pooled.float()
+        head = self.student.head
+        if side.tokens is None:
+            # Only heads that say reads_tokens = False get here; they are PairHeads, with these sizes.
+            tokens_kept = head.left_tokens if name == "left" else head.right_tokens
+            batch, shape = len(side.num_tokens), (tokens_kept, head.dim)
+            return (torch.zeros((1, *shape), device=self.device).expand(batch, *shape),
+                    torch.ones((1, tokens_kept), dtype=torch.bool, device=self.device).expand(batch, tokens_kept),
+                    pooled)
+        tokens_kept = side.tokens.shape[1]
         tokens = self._tensor(side.tokens).float()
         if side.scales is not None:
             tokens = tokens * self._tensor(side.scales.astype(np.float32))[:, None, None]
         num_tokens = self._tensor(side.num_tokens.astype(np.int64))
         mask = torch.arange(tokens_kept, device=tokens.device)[None, :] < num_tokens.clamp(max=tokens_kept)[:, None]
-        pooled = self._tensor(side.pooled)
-        return tokens, mask, None if pooled is None else pooled.float()
+        return tokens, mask, pooled
 
     def score(self, left: SideArrays, right: SideArrays) -> tuple[np.ndarray, np.ndarray | None]:
         """B pairs -> scores (B,) float32 and, for C > 1 classes, probs (B, C) float32."""
@@ -549,8 +565,8 @@ class HeadScorer:
             one_batch = total <= self.batch_size
             left_part = left if one_batch else left.take(np.arange(start, min(total, start + self.batch_size)))
             right_part = right if one_batch else right.take(np.arange(start, min(total, start + self.batch_size)))
-            logits = run_head(self.student, self._side(left_part, left.tokens.shape[1]),
-                              self._side(right_part, right.tokens.shape[1]), self.device)
+            logits = run_head(self.student, self._side(left_part, "left"), self._side(right_part, "right"),
+                              self.device)
             score, prob = self.student.scores_from_logits(logits)
             scores[part] = score.float().cpu().numpy()
             if probs is not None:
@@ -612,7 +628,8 @@ def score_pairs(pairs: pa.Table, left: StoreLookup, right: StoreLookup, scorer: 
     keep = np.flatnonzero(found)
     if letters:
         pairs = pairs.take(pa.array(keep))
-    scores, probs = scorer.score(left.gather(left_rows[keep]), right.gather(right_rows[keep]))
+    scores, probs = scorer.score(left.gather(left_rows[keep], scorer.reads_tokens),
+                                 right.gather(right_rows[keep], scorer.reads_tokens))
     return score_table(pairs, scores, probs, schema), letters
 
 

@@ -44,7 +44,9 @@ def store_table(ids: list[str], layout: StoreLayout, seed: int) -> tuple[pa.Tabl
 @pytest.fixture(scope="module")
 def students(tiny_student_config):
     return {"dipair": build_student(tiny_student_config, seed=3).eval(),
-            "classes": build_student(tiny_student_config.replace(head="de-ffnn", num_outputs=3), seed=4).eval()}
+            "classes": build_student(tiny_student_config.replace(head="de-ffnn", num_outputs=3), seed=4).eval(),
+            # Reads no tokens: the core passes placeholders and must still give the head's own scores.
+            "cosine": build_student(tiny_student_config.replace(head="pooled-cos"), seed=5).eval()}
 
 
 def schema_for(student, kept: list[pa.Field]) -> pa.Schema:
@@ -55,7 +57,7 @@ def schema_for(student, kept: list[pa.Field]) -> pa.Schema:
 
 
 @pytest.mark.parametrize("dtype", ["float16", "int8"])
-@pytest.mark.parametrize("name", ["dipair", "classes"])
+@pytest.mark.parametrize("name", ["dipair", "classes", "cosine"])
 def test_scores_equal_the_head_run_directly(students, tiny_student_config, name, dtype):
     student = students[name]
     config = tiny_student_config
