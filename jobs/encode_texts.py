@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import apache_beam as beam
 import click
@@ -16,7 +16,7 @@ from encoders.config import baseline_config
 from jobs.common import BEAM_EPILOG, JOB_CONTEXT, run_job
 from pipeline.encode import DEAD_LETTER_TAG, DedupeTexts, EncodeSettings, EncodeTexts, ReadRows, TextColumns, pick_device
 from pipeline.outputs import WriteDeadLetters, WriteStore, prepare_output_dir
-from pipeline.readers import FORMATS, check_columns, expand_inputs
+from pipeline.readers import FORMATS, check_columns, expand_inputs, worker_path
 from pipeline.runner import make_pipeline, validate_beam_args
 from pipeline.store import DTYPES, StoreLayout, write_manifest
 from pipeline.summary import RunSummary, read_counters, split_dead_letters
@@ -50,6 +50,7 @@ def store_layout(student: Student, side: str, dtype: str) -> StoreLayout:
 def run(job: EncodeTextsJob, beam_args: list[str], argv: list[str] | None = None) -> RunSummary:
     """Check everything that can be checked, run the pipeline, write manifest and summary."""
     validate_beam_args(beam_args)
+    job = replace(job, output=worker_path(job.output), model_dir=worker_path(job.model_dir))
     pick_device(job.device)
     files = expand_inputs(job.inputs, job.format)
     columns = TextColumns(text=job.text_col, id=job.id_col)

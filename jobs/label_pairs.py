@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import apache_beam as beam
 import click
@@ -24,7 +24,7 @@ from pipeline.label import (BASE_COLUMNS, DistillationManifest, ExtractPairs, La
                             ReadPrevious, SkipLabeled, WriteDistillationSet, distillation_schema, schema_columns)
 from pipeline.outputs import WriteDeadLetters, prepare_output_dir
 from pipeline.pairs import TextPairColumns, kept_fields
-from pipeline.readers import FORMATS, check_columns, expand_inputs
+from pipeline.readers import FORMATS, check_columns, expand_inputs, worker_path
 from pipeline.runner import make_pipeline, validate_beam_args
 from pipeline.store import MANIFEST_FILE, count_rows, store_files
 from pipeline.summary import RunSummary, read_counters, split_dead_letters
@@ -97,6 +97,9 @@ def _check_previous(job: LabelPairsJob, fingerprint: str, schema) -> tuple[Disti
 def run(job: LabelPairsJob, beam_args: list[str], argv: list[str] | None = None) -> RunSummary:
     """Check everything that can be checked, run the pipeline, write manifest and summary."""
     validate_beam_args(beam_args)
+    # A teacher that is not a local path may be a cached hub id: it stays as given.
+    job = replace(job, output=worker_path(job.output), previous=worker_path(job.previous),
+                  teacher=worker_path(job.teacher) if os.path.exists(job.teacher) else job.teacher)
     _check(job)
     pick_device(job.device)
     columns = TextPairColumns(left=job.left_col, right=job.right_col, left_id=job.left_id_col,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import apache_beam as beam
@@ -25,7 +25,7 @@ from jobs.common import BEAM_EPILOG, JOB_CONTEXT, run_job
 from jobs.encode_texts import store_layout
 from pipeline.encode import DEAD_LETTER_TAG, DedupeTexts, EncodeSettings, ReadRows, TextColumns, pick_device
 from pipeline.outputs import WriteDeadLetters, WriteStore, prepare_output_dir
-from pipeline.readers import FORMATS, InputFile, check_columns, expand_inputs
+from pipeline.readers import FORMATS, InputFile, check_columns, expand_inputs, worker_path
 from pipeline.runner import make_pipeline, validate_beam_args
 from pipeline.score import (PAIRS, SIDES, CompleteStore, DistinctPairTexts, PairColumns, ReadPairs, ScorePairs,
                             ScoreSettings, dedupe_pair_chunks, read_store_tables)
@@ -181,6 +181,8 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
     """Check everything that can be checked, run the pipeline, write manifests and summary."""
     check_arguments(job)
     validate_beam_args(beam_args)
+    job = replace(job, output=worker_path(job.output), model_dir=worker_path(job.model_dir),
+                  store=worker_path(job.store))
     pick_device(job.device)
     columns = job.columns
     pair_files = expand_inputs(job.pairs, job.format)
