@@ -16,7 +16,9 @@ Hugging Face and safetensors load from local files only. So a directory on ``gs:
   same model share one. A copy is written under a temporary name and committed by rename, so a
   half-copied model is never loaded.
 * Each process copies a given directory once: the driver and every ``DoFn.setup`` of one worker
-  process that load the same ``--model`` (stage one, stage two, both sides) share the copy.
+  process that load the same ``--model`` (stage one, stage two, both sides) share the copy. Each
+  load lists the remote directory again (one call), so a model replaced on the remote store is
+  copied afresh rather than served stale.
 
 The cache lives in ``$PAIRSCORE_MODEL_CACHE``, by default ``<tempdir>/pairscore-models``.
 """
@@ -40,8 +42,8 @@ COPIED_SUFFIXES = (".safetensors", ".json", ".txt", ".model")
 
 _COPY_CHUNK_BYTES = 8 << 20
 _LOG = logging.getLogger(__name__)
-# remote directory -> its local copy, for this process. The lock makes threads of one worker
-# (DoFn.setup may run in several) wait for one copy instead of making their own.
+# remote directory -> (its listing when copied, its local copy), for this process. The lock makes
+# threads of one worker (DoFn.setup may run in several) wait for one copy instead of each making one.
 _COPIES: dict[str, str] = {}
 _LOCK = threading.Lock()
 
@@ -60,21 +62,29 @@ def local_model_dir(path: str) -> str:
     (or a hub id), else this process's copy of it (made on first use; see the module docstring).
 
     Raises:
-        ValueError: a remote ``path`` with no files under it, or with a file whose name would
-            land outside the copy.
+        ValueError: a remote ``path`` with no model files under it, or with a file whose name
+            would land outside the copy.
     """
     path = str(path)
     if not is_remote(path):
         return path
+    files, skipped = _list_model_files(path)
+    # A listing (names, sizes, modification times) is one cheap call; it tells whether the copy
+    # this process made still stands for what is on the remote store now.
+    listing = tuple((name, metadata.size_in_bytes, metadata.last_updated_in_seconds)
+                    for name, metadata in sorted(files.items()))
     with _LOCK:
-        copied = _COPIES.get(path)
-        if copied is None or not os.path.isdir(copied):
-            copied = _COPIES[path] = _copy(path)
-        return copied
+        known = _COPIES.get(path)
+        if known is None or known[0] != listing or not os.path.isdir(known[1]):
+            if skipped:
+                _LOG.info("model directory %s: not copied (not safetensors, JSON or a tokenizer vocabulary): %s",
+                          path, ", ".join(sorted(skipped)))
+            known = _COPIES[path] = (listing, _copy(path, files))
+        return known[1]
 
 
-def _copy(remote: str) -> str:
-    """Copy the allowed files under ``remote`` into the cache; the copy's local path."""
+def _list_model_files(remote: str) -> tuple[dict, list[str]]:
+    """({relative name: FileMetadata} of the files to copy, [relative names left behind])."""
     base = remote.rstrip("/")
     listed = FileSystems.match([FileSystems.join(base, "**")])[0].metadata_list
     files, skipped = {}, []
@@ -83,15 +93,17 @@ def _copy(remote: str) -> str:
         if relative.startswith("..") or posixpath.isabs(relative):
             raise ValueError(f"model directory {remote!r}: file {metadata.path!r} lies outside it")
         if relative.endswith(COPIED_SUFFIXES):
-            files[relative] = metadata.path
+            files[relative] = metadata
         else:
             skipped.append(relative)
     if not files:
         raise ValueError(f"model directory {remote!r} does not exist (no model files under it: expected "
                          f"config.json and *.safetensors)")
-    if skipped:
-        _LOG.info("model directory %s: not copied (not safetensors, JSON or a tokenizer vocabulary): %s",
-                  remote, ", ".join(sorted(skipped)))
+    return files, skipped
+
+
+def _copy(remote: str, files: dict) -> str:
+    """Copy ``files`` (see :func:`_list_model_files`) into the cache; the copy's local path."""
     root = cache_root()
     os.makedirs(root, exist_ok=True)
     partial = os.path.join(root, f".partial-{os.getpid()}-{uuid.uuid4().hex}")
@@ -102,7 +114,7 @@ def _copy(remote: str) -> str:
             os.makedirs(os.path.dirname(target), exist_ok=True)
             file_digest = hashlib.sha256()
             # UNCOMPRESSED: a file named *.gz must arrive as its bytes, not decompressed.
-            with FileSystems.open(files[relative], compression_type=CompressionTypes.UNCOMPRESSED) as source, \
+            with FileSystems.open(files[relative].path, compression_type=CompressionTypes.UNCOMPRESSED) as source, \
                     open(target, "wb") as sink:
                 while chunk := source.read(_COPY_CHUNK_BYTES):
                     file_digest.update(chunk)
