@@ -34,7 +34,7 @@ NOT_WAITED_FOR = {
     "output_executable_path": "Flink/Spark would write an executable jar instead of running the job",
     "wait_until_finish_duration": "the job would stop waiting before the pipeline finishes",
     "streaming": "these are batch jobs: a streaming pipeline does not finish",
-    "update": "--update replaces a running streaming job; these are batch jobs",
+    "update": "it replaces a running streaming job; these are batch jobs",
 }
 
 # Runners whose options live in a module Beam does not import by itself (and which needs extras).
