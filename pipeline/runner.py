@@ -88,6 +88,12 @@ def validate_beam_args(beam_args: Sequence[str]) -> None:
         if getattr(namespace, dest, None):
             raise ValueError(f"--{dest} is not allowed: {why}")
     runner = namespace.runner
+    if runner is not None and runner.lower() in ("portablerunner", "portable") and not namespace.job_endpoint:
+        raise ValueError("--runner=PortableRunner needs --job_endpoint: embed (a job service in this process) or "
+                         "HOST:PORT of a running job service")
+    if (namespace.environment_type or "").upper() == "EXTERNAL" and not namespace.environment_config:
+        raise ValueError("--environment_type=EXTERNAL needs --environment_config=HOST:PORT of a worker pool "
+                         "(python -m apache_beam.runners.worker.worker_pool_main --service_port=PORT)")
     if runner is not None and runner.lower() not in LOCAL_RUNNER_NAMES:
         from apache_beam.runners.runner import create_runner
         try:

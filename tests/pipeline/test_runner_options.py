@@ -48,6 +48,9 @@ def test_every_runners_flags_are_accepted(args):
     (["--direct_running_mode=threads"], "invalid choice: 'threads'"),
     (["--runner=NoSuchRunner"], "--runner NoSuchRunner cannot be used here"),
     (["stray"], "unexpected argument(s) stray"),
+    (["--runner=PortableRunner"], "--runner=PortableRunner needs --job_endpoint"),
+    (["--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=EXTERNAL"],
+     "--environment_type=EXTERNAL needs --environment_config=HOST:PORT"),
 ])
 def test_unknown_flags_and_bad_values_are_refused_naming_the_flag(args, named):
     with pytest.raises(ValueError) as err:
