@@ -33,7 +33,7 @@ import tempfile
 import threading
 import uuid
 
-from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystem import BeamIOError, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 CACHE_ENV = "PAIRSCORE_MODEL_CACHE"
@@ -86,9 +86,8 @@ def local_model_dir(path: str) -> str:
 def _list_model_files(remote: str) -> tuple[dict, list[str]]:
     """({relative name: FileMetadata} of the files to copy, [relative names left behind])."""
     base = remote.rstrip("/")
-    listed = FileSystems.match([FileSystems.join(base, "**")])[0].metadata_list
     files, skipped = {}, []
-    for metadata in listed:
+    for metadata in _list_recursively(base):
         relative = posixpath.normpath(metadata.path[len(base):].lstrip("/"))
         if relative.startswith("..") or posixpath.isabs(relative):
             raise ValueError(f"model directory {remote!r}: file {metadata.path!r} lies outside it")
@@ -100,6 +99,29 @@ def _list_model_files(remote: str) -> tuple[dict, list[str]]:
         raise ValueError(f"model directory {remote!r} does not exist (no model files under it: expected "
                          f"config.json and *.safetensors)")
     return files, skipped
+
+
+def _list_recursively(base: str, depth: int = 3) -> list:
+    """FileMetadata of every file under ``base``.
+
+    Object stores (gs://, s3://) have no directories: one listing of the prefix returns every
+    object under it. Filesystems with directories (hdfs://) list one level at a time, showing
+    subdirectories (a checkpoint's ``encoder/``) as entries, which are listed in turn."""
+    if not FileSystems.get_filesystem(base).has_dirs():
+        return FileSystems.match([FileSystems.join(base, "**")])[0].metadata_list
+    found = []
+    for metadata in FileSystems.match([FileSystems.join(base, "*")])[0].metadata_list:
+        name = metadata.path.rstrip("/").rsplit("/", 1)[-1]
+        if depth and "." not in name:  # no extension: perhaps a directory
+            try:
+                inside = _list_recursively(metadata.path.rstrip("/"), depth - 1)
+            except BeamIOError:  # a file after all (listing a file fails)
+                inside = None
+            if inside:
+                found.extend(inside)
+                continue
+        found.append(metadata)
+    return found
 
 
 def _copy(remote: str, files: dict) -> str:

@@ -22,6 +22,7 @@ from apache_beam.io.filesystem import CompressedFile, CompressionTypes, FileMeta
 from apache_beam.io.filesystems import FileSystems
 
 from encoders.checkpoint import load_student
+from encoders import remote as remote_module
 from encoders.remote import CACHE_ENV, local_model_dir
 from encoders.teacher import load_teacher
 from jobs.label_pairs import LabelPairsJob
@@ -33,9 +34,12 @@ SCHEME = "testfs"
 
 
 class TempDirFileSystem(FileSystem):
-    """``testfs://KEY`` is the file ``ROOT/KEY``; like an object store it has no directories."""
+    """``testfs://KEY`` is the file ``ROOT/KEY``. Like an object store (gs://, s3://) it has no
+    directories and lists every object under a prefix; with ``DIRS`` it lists one directory level
+    at a time, subdirectories included, as hdfs:// does."""
 
     ROOT: str | None = None
+    DIRS = False
     opened: Counter = Counter()  # testfs path -> times opened for reading
 
     @classmethod
@@ -60,9 +64,16 @@ class TempDirFileSystem(FileSystem):
         pass  # an object store has nothing to create
 
     def has_dirs(self):
-        return False
+        return self.DIRS
 
     def _list(self, prefix):
+        if self.DIRS:
+            local = self._local(prefix)
+            for name in sorted(os.listdir(local)) if os.path.isdir(local) else []:
+                entry = os.path.join(local, name)
+                size = os.path.getsize(entry) if os.path.isfile(entry) else 0
+                yield FileMetadata(self._remote(entry), size, os.path.getmtime(entry))
+            return
         for directory, _, names in os.walk(self.ROOT):
             for name in names:
                 local = os.path.join(directory, name)
@@ -125,6 +136,7 @@ def testfs(tmp_path, monkeypatch):
     monkeypatch.setattr(TempDirFileSystem, "ROOT", str(root))
     monkeypatch.setattr(TempDirFileSystem, "opened", Counter())
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "model-cache"))
+    monkeypatch.setattr(remote_module, "_COPIES", {})  # each test is a fresh process to encoders/remote.py
     return root
 
 
@@ -152,7 +164,9 @@ def read_table(directory: str, pattern: str) -> pa.Table:
     return table.sort_by(key)
 
 
-def test_remote_model_is_copied_once_per_process_without_pickles(testfs, tiny_checkpoint):
+@pytest.mark.parametrize("directories", [False, True], ids=["object-store", "directories"])
+def test_remote_model_is_copied_once_per_process_without_pickles(testfs, tiny_checkpoint, monkeypatch, directories):
+    monkeypatch.setattr(TempDirFileSystem, "DIRS", directories)
     remote = upload(tiny_checkpoint, testfs, "models/student")
     (testfs / "models/student/encoder/pytorch_model.bin").write_bytes(b"a pickle that must never be loaded")
     (testfs / "models/student-v2").mkdir()  # a sibling whose name shares the prefix is not part of it
