@@ -129,27 +129,15 @@ def in_process(workdir, tiny_checkpoint, tiny_teacher_dir) -> dict:
         }
 
 
-def _runner(request, workdir, monkeypatch) -> tuple[str, list[str]]:
-    """(name, Beam args) of the separate-process runner ``request.param``; the test runs in ``workdir``."""
+@pytest.fixture(params=["external", "multi-process"])
+def runner(request, workdir, monkeypatch) -> tuple[str, list[str]]:
+    """(name, Beam args) of one separate-process runner; the test runs in ``workdir``."""
     monkeypatch.chdir(workdir)
     if request.param == "external":
         args, pool_cwd = request.getfixturevalue("worker_pool")
         assert pool_cwd != workdir
         return request.param, args
     return request.param, MULTI_PROCESS
-
-
-# Every job runs on the EXTERNAL pool. The multi-process DirectRunner runs score_pairs here (stage
-# one and two in its workers); encode_texts and label_pairs already run multi-process against
-# plain PyTorch in their own test files, and each separate-process run costs seconds of imports.
-@pytest.fixture(params=["external"])
-def runner(request, workdir, monkeypatch) -> tuple[str, list[str]]:
-    return _runner(request, workdir, monkeypatch)
-
-
-@pytest.fixture(params=["external", "multi-process"])
-def any_runner(request, workdir, monkeypatch) -> tuple[str, list[str]]:
-    return _runner(request, workdir, monkeypatch)
 
 
 TEXTS = [{"text": "how do i learn python"}, {"text": "best way to learn python"}, {"text": "what is a fox"},
@@ -176,8 +164,8 @@ def test_encode_texts(runner, in_process, tiny_checkpoint):
     assert_same_outputs(f"{name}-encode", "in-process-encode", ("store", "dead_letter"))
 
 
-def test_score_pairs(any_runner, in_process, tiny_checkpoint):
-    name, args = any_runner
+def test_score_pairs(runner, in_process, tiny_checkpoint):
+    name, args = runner
     flags = dict(pairs=("pairs.jsonl",), model_dir=tiny_checkpoint, keep_cols=("pid",), batch_size=2)
     got = score(ScorePairsJob(output=f"{name}-score", join="shuffle", **flags), args, [])
     assert got.counts == in_process["score"] and got.counts["pairs_scored"] == 4
