@@ -151,9 +151,14 @@ PAIRS = [{"left": "how do i learn python", "right": "best way to learn python", 
          {"left": "", "right": "a red fox", "pid": 4}]
 
 
+# The output layout, in one place: scores of score_pairs; parts of a store or a distillation set.
+SCORES = "scores*.parquet"
+PARTS = "part*.parquet"
+
+
 def read_table(directory: str, pattern: str) -> pa.Table:
-    """One table from the Parquet files under a job's output (local or testfs://), rows sorted by id.
-    The one place that knows the output layout of these tests."""
+    """One table from the Parquet files ``pattern`` under ``directory`` (local or testfs://),
+    rows sorted by their first column (``pid`` where there is one)."""
     paths = sorted(m.path for m in FileSystems.match([FileSystems.join(directory, pattern)])[0].metadata_list)
     tables = []
     for path in paths:
@@ -209,20 +214,20 @@ def test_score_pairs_with_everything_on_a_remote_filesystem_equals_the_local_run
     assert summary.counts["pairs_scored"] == 3 and summary.counts["pairs_dead_lettered"] == 1
     assert TempDirFileSystem.opened[f"{model}/student.safetensors"] == 1
 
-    expected = read_table(str(local), "scores*.parquet")
-    got = read_table(first, "scores*.parquet")
+    expected = read_table(str(local), SCORES)
+    got = read_table(first, SCORES)
     assert got.column("pid").to_pylist() == expected.column("pid").to_pylist() == ["1", "2", "3"]
     np.testing.assert_allclose(got.column("score").to_numpy(), expected.column("score").to_numpy(), rtol=1e-6)
     for side in ("left", "right"):
-        assert (read_table(f"{first}/store/{side}", "part*.parquet").equals(
-            read_table(str(local / "store" / side), "part*.parquet")))
+        assert (read_table(f"{first}/store/{side}", PARTS).equals(
+            read_table(str(local / "store" / side), PARTS)))
     assert FileSystems.exists(f"{first}/_SUMMARY.json") and FileSystems.exists(f"{first}/store/left/_MANIFEST.json")
 
     again = score(ScorePairsJob(pairs=(f"{SCHEME}://in/pairs.jsonl",), output=f"{SCHEME}://runs/second",
                                 model_dir=model, store=f"{first}/store", keep_cols=("pid",)), [], [])
     assert again.counts["left_texts_encoded"] == again.counts["right_texts_encoded"] == 0
     assert again.counts["left_texts_reused"] == 2 and again.counts["right_texts_reused"] == 2
-    np.testing.assert_allclose(read_table(f"{SCHEME}://runs/second", "scores*.parquet").column("score").to_numpy(),
+    np.testing.assert_allclose(read_table(f"{SCHEME}://runs/second", SCORES).column("score").to_numpy(),
                                expected.column("score").to_numpy(), rtol=1e-6)
 
 
@@ -240,7 +245,7 @@ def test_label_pairs_with_a_remote_teacher_and_previous_set(testfs, tmp_path, ti
     assert summary.counts["pairs_labeled"] == 1 and summary.counts["pairs_skipped_labeled"] == 2
     local = tmp_path / "local"
     label(LabelPairsJob(pairs=(str(more),), teacher=tiny_teacher_dir, output=str(local)), [], [])
-    got, expected = (read_table(d, "part*.parquet").sort_by("left").sort_by("right")
+    got, expected = (read_table(d, PARTS).sort_by("left").sort_by("right")
                      for d in (f"{SCHEME}://distill/day2", str(local)))
     assert got.column("left").to_pylist() == expected.column("left").to_pylist()
     np.testing.assert_allclose(got.column("logit").to_numpy(), expected.column("logit").to_numpy(), rtol=1e-5)
