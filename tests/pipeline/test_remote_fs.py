@@ -245,7 +245,7 @@ def test_label_pairs_with_a_remote_teacher_and_previous_set(testfs, tmp_path, ti
     assert summary.counts["pairs_labeled"] == 1 and summary.counts["pairs_skipped_labeled"] == 2
     local = tmp_path / "local"
     label(LabelPairsJob(pairs=(str(more),), teacher=tiny_teacher_dir, output=str(local)), [], [])
-    got, expected = (read_table(d, PARTS).sort_by("left").sort_by("right")
+    got, expected = (read_table(d, PARTS).sort_by([("left", "ascending"), ("right", "ascending")])
                      for d in (f"{SCHEME}://distill/day2", str(local)))
     assert got.column("left").to_pylist() == expected.column("left").to_pylist()
     np.testing.assert_allclose(got.column("logit").to_numpy(), expected.column("logit").to_numpy(), rtol=1e-5)
