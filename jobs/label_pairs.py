@@ -3,8 +3,9 @@
     python -m jobs.label_pairs --pairs 'pairs/*.parquet' --teacher teacher/ --output distill/ \
         [--temperature 1.0] [--previous distill-yesterday/]
 
-Writes ``DIR/part-*.parquet`` (see pipeline/label.py for the columns), ``DIR/dead_letter/``,
-``DIR/_MANIFEST.json`` (teacher fingerprint, temperature, columns) and ``DIR/_SUMMARY.json``.
+Writes ``DIR/part-*.parquet`` (see pipeline/label.py for the columns), ``DIR/_dead_letter/``,
+``DIR/_MANIFEST.json`` (teacher fingerprint, temperature, columns), ``DIR/_SUMMARY.json`` and
+``DIR/_SUCCESS``, committed at the end (pipeline/outputs.py).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from jobs.common import BEAM_EPILOG, JOB_CONTEXT, run_job
 from pipeline.encode import DEAD_LETTER_TAG, ReadRows, pick_device
 from pipeline.label import (BASE_COLUMNS, DistillationManifest, ExtractPairs, LabelPairs, LabelSettings,
                             ReadPrevious, SkipLabeled, WriteDistillationSet, distillation_schema, schema_columns)
-from pipeline.outputs import WriteDeadLetters, prepare_output_dir
+from pipeline.outputs import WriteDeadLetters, abort_output_on_failure, open_output
 from pipeline.pairs import TextPairColumns, kept_fields
 from pipeline.readers import FORMATS, check_columns, expand_inputs, worker_path
 from pipeline.runner import make_pipeline, validate_beam_args
@@ -94,6 +95,7 @@ def _check_previous(job: LabelPairsJob, fingerprint: str, schema) -> tuple[Disti
     return manifest, files
 
 
+@abort_output_on_failure
 def run(job: LabelPairsJob, beam_args: list[str], argv: list[str] | None = None) -> RunSummary:
     """Check everything that can be checked, run the pipeline, write manifest and summary."""
     validate_beam_args(beam_args)
@@ -118,7 +120,8 @@ def run(job: LabelPairsJob, beam_args: list[str], argv: list[str] | None = None)
                              keep=columns.keep, temperature=job.temperature, batch_size=job.batch_size,
                              device=job.device, max_length=job.max_length)
     previous_files = _check_previous(job, teacher.fingerprint, schema)[1] if job.previous else []
-    prepare_output_dir(job.output, job.overwrite)
+    out = open_output(job.output, job=JOB_NAME, overwrite=job.overwrite,
+                      reads={"--pairs": job.pairs, "--teacher": [job.teacher], "--previous": [job.previous]})
 
     started = time.monotonic()
     pipeline = make_pipeline(beam_args)
@@ -132,14 +135,14 @@ def run(job: LabelPairsJob, beam_args: list[str], argv: list[str] | None = None)
         pairs = pairs | "SkipLabeled" >> SkipLabeled(previous["keys"])
         tables.append(previous["rows"])
     tables.insert(0, pairs | "LabelPairs" >> LabelPairs(settings))
-    (tables | "AllRows" >> beam.Flatten() | "WriteDistillationSet" >> WriteDistillationSet(job.output, schema))
+    (tables | "AllRows" >> beam.Flatten() | "WriteDistillationSet" >> WriteDistillationSet(out.staged(), schema))
     ((read[DEAD_LETTER_TAG], extracted[DEAD_LETTER_TAG])
      | "AllDeadLetters" >> beam.Flatten()
-     | "WriteDeadLetters" >> WriteDeadLetters(job.output))
+     | "WriteDeadLetters" >> WriteDeadLetters(out.staged()))
     result = pipeline.run()
-    result.wait_until_finish()
+    result.wait_until_finish()   # the commit below runs here, in the launching process
 
-    written = store_files(job.output)
+    written = store_files(out.staged())
     rows = count_rows(written)
     counters, dead_letters = split_dead_letters(read_counters(result))
     counts = {
@@ -168,7 +171,7 @@ def run(job: LabelPairsJob, beam_args: list[str], argv: list[str] | None = None)
         num_outputs=teacher.task.num_outputs, temperature=job.temperature, columns=schema_columns(schema),
         kept_columns=list(columns.keep), rows=rows, files=[FileSystems.split(p)[1] for p in written],
         previous=job.previous, notes=notes)
-    with FileSystems.create(FileSystems.join(job.output, MANIFEST_FILE)) as handle:
+    with FileSystems.create(out.staged(MANIFEST_FILE)) as handle:
         handle.write((manifest.to_json() + "\n").encode("utf-8"))
     summary = RunSummary(
         job=JOB_NAME, arguments=list(argv if argv is not None else sys.argv[1:]), output=job.output,
@@ -178,7 +181,7 @@ def run(job: LabelPairsJob, beam_args: list[str], argv: list[str] | None = None)
                         f"{counts['pairs_skipped_labeled']:,} + dead-lettered {counts['pairs_dead_lettered']:,}; "
                         f"output rows {rows:,} = labeled + copied {counts['previous_rows_copied']:,}"),
         notes=notes, metrics={"temperature": job.temperature, "task": teacher.task.to_dict()})
-    summary.write()
+    out.commit(summary)
     return summary
 
 
@@ -210,8 +213,9 @@ def _split_columns(value: str | None) -> tuple[str, ...]:
                    "text) are not labeled again, and all its rows are copied into --output, which is then the "
                    "complete distillation set.")
 @click.option("--output", required=True, metavar="DIR",
-              help="Directory to create: part-*.parquet, dead_letter/, _MANIFEST.json, _SUMMARY.json.")
-@click.option("--overwrite", is_flag=True, help="Replace the contents of a non-empty --output.")
+              help="Directory to create: part-*.parquet, _dead_letter/, _MANIFEST.json, _SUMMARY.json, _SUCCESS.")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier pairscore output in --output (refused for a "
+              "directory pairscore did not write).")
 @click.option("--batch-size", type=int, default=64, show_default=True,
               help="Pairs per teacher batch (pairs are sorted by length first, so padding stays small).")
 @click.option("--max-length", type=int, default=None,

@@ -37,12 +37,12 @@ MULTI_PROCESS = ["--direct_num_workers=2", "--direct_running_mode=multi_processi
 
 # Where each kind of table lies under a job's output: the one place that knows the layout.
 OUTPUT_FILES = {
-    "scores": "scores*.parquet",
+    "scores": "scores/*.parquet",
     "store": "part-*.parquet",
     "left_store": "store/left/part-*.parquet",
     "right_store": "store/right/part-*.parquet",
     "distillation": "part-*.parquet",
-    "dead_letter": "dead_letter/*.parquet",
+    "dead_letter": "_dead_letter/*.parquet",
 }
 
 

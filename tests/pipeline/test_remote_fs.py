@@ -152,7 +152,7 @@ PAIRS = [{"left": "how do i learn python", "right": "best way to learn python", 
 
 
 # The output layout, in one place: scores of score_pairs; parts of a store or a distillation set.
-SCORES = "scores*.parquet"
+SCORES = "scores/*.parquet"
 PARTS = "part*.parquet"
 
 
