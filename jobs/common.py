@@ -1,26 +1,129 @@
-"""What every job shares: click settings, error reporting, the summary at the end."""
+"""What every job's command line shares: click settings, the options every job has, and running
+a job with its progress and logging set up and its errors reported.
+
+Light on purpose (click and the standard library only): the command lines in jobs/cli.py import
+it before they have parsed anything.
+"""
 from __future__ import annotations
 
+import logging
 import sys
-from typing import Callable
+import time
+from typing import Callable, Sequence
 
 import click
 
-from pipeline.readers import InputError
+from jobs import PROCESS_STARTED
+from pipeline import progress
 
-# Options a job does not declare are collected and handed to Beam as pipeline options.
-JOB_CONTEXT = {"ignore_unknown_options": True, "allow_extra_args": True,
-               "help_option_names": ["-h", "--help"], "max_content_width": 100}
+# Options a Beam job does not declare are collected and handed to Beam as pipeline options.
+BEAM_JOB_CONTEXT = {"ignore_unknown_options": True, "allow_extra_args": True,
+                    "help_option_names": ["-h", "--help"], "max_content_width": 100}
+# Jobs without Beam take only their own options.
+PLAIN_JOB_CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+JOB_CONTEXT = BEAM_JOB_CONTEXT  # the name jobs used before
 
 BEAM_EPILOG = ("Any other option is passed to Beam as a pipeline option, e.g. --runner, "
                "--direct_num_workers=2 --direct_running_mode=multi_processing, or Dataflow flags. "
                "Default runner: Beam's in-process runner (DirectRunner without the Prism download).")
 
+ARGV_KEY = "pairscore.argv"
+DEVICES = ("auto", "cpu", "cuda")
+# Beam's local runners (pipeline/runner.py runs them in-process); their workers are quieted.
+_LOCAL_RUNNERS = {"directrunner", "direct", "switchingdirectrunner", "fnapirunner"}
 
-def run_job(job: Callable[[], object]) -> None:
-    """Run ``job``; a bad argument or input becomes one clear line and exit status 2."""
+
+class JobCommand(click.Command):
+    """A job's command: remembers the arguments it was given (``ctx.meta[ARGV_KEY]``), which
+    the summary records, the same under ``pairscore <job>`` and ``python -m jobs.<name>``."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta[ARGV_KEY] = list(args)
+        return super().parse_args(ctx, args)
+
+
+# --------------------------------------------------------------------------- shared options
+
+def output_option(help: str, metavar: str = "DIR"):
+    return click.option("--output", required=True, metavar=metavar, help=help)
+
+
+overwrite_option = click.option("--overwrite", is_flag=True, help="Replace the contents of a non-empty --output.")
+
+
+def device_option(help: str = "Where models run; auto = CUDA when present (mixed precision on GPU)."):
+    return click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, help=help)
+
+
+def run_options(command: Callable) -> Callable:
+    """--quiet and --verbose: how much a run says while it runs."""
+    command = click.option("--verbose", is_flag=True,
+                           help="Show the log messages of Beam and its workers (hidden by default).")(command)
+    return click.option("--quiet", is_flag=True,
+                        help="No progress output (errors and the final summary still print).")(command)
+
+
+def split_list(ctx, param, value: str | None) -> tuple[str, ...]:
+    """``a, b,c`` -> ("a", "b", "c")."""
+    return tuple(v.strip() for v in value.split(",") if v.strip()) if value else ()
+
+
+# --------------------------------------------------------------------------- running a job
+
+# Set by the entry points (jobs/cli.py) when this process is one command-line run, so that its
+# wall time counts from the process start; tests and library calls count from the job's start.
+_from_process_start = False
+_run_started: float | None = None
+
+
+def count_from_process_start() -> None:
+    global _from_process_start
+    _from_process_start = True
+
+
+def run_started() -> float:
+    """``time.monotonic()`` at the start of this run: when a command line runs the job, the
+    process start (interpreter start-up and imports included, so a summary's "done in" is the
+    time the user waited); otherwise when ``run_job`` began, or now outside ``run_job``."""
+    wall = _run_started if _run_started is not None else time.time()
+    return time.monotonic() - (time.time() - wall)
+
+
+def configure_logging(verbose: bool) -> None:
+    """Beam's INFO and WARNING messages (runner, workers, file renames) only with --verbose."""
+    logging.getLogger().setLevel(logging.INFO if verbose else logging.WARNING)
+    logging.getLogger("apache_beam").setLevel(logging.INFO if verbose else logging.ERROR)
+
+
+def beam_args_for_run(beam_args: Sequence[str], verbose: bool) -> list[str]:
+    """The pass-through Beam options, plus quiet workers for a local runner unless --verbose or
+    the user set the workers' log level: multi-process workers log at INFO to the terminal."""
+    args = list(beam_args)
+    runner = None
+    for i, arg in enumerate(args):
+        if arg == "--runner" and i + 1 < len(args):
+            runner = args[i + 1]
+        elif arg.startswith("--runner="):
+            runner = arg.split("=", 1)[1]
+    local = runner is None or runner.lower() in _LOCAL_RUNNERS
+    if local and not verbose and not any(a.startswith("--default_sdk_harness_log_level") for a in args):
+        args.append("--default_sdk_harness_log_level=ERROR")
+    return args
+
+
+def run_job(job: Callable[[], object], *, name: str, quiet: bool = False, verbose: bool = False) -> None:
+    """Run ``job`` with progress reporting (unless ``quiet``) and logging set for this run; a bad
+    argument or input becomes one clear line and exit status 2."""
+    global _run_started
+    _run_started = PROCESS_STARTED if _from_process_start else time.time()
+    configure_logging(verbose)
+    progress.start(name, quiet=quiet, started=_run_started)
     try:
         job()
-    except (InputError, ValueError) as err:
+    except ValueError as err:  # pipeline.readers.InputError too
+        progress.stop()
         click.echo(f"error: {err}", err=True)
         sys.exit(2)
+    finally:
+        progress.stop()
+        _run_started = None

@@ -14,6 +14,7 @@ import pyarrow as pa
 from apache_beam.metrics import Metrics
 
 from pipeline import dead_letters as dl
+from pipeline import progress
 from pipeline.batching import SortWindowDoFn
 from pipeline.dead_letters import DeadLetter
 from pipeline.readers import InputFile, SourcedRow, read_rows
@@ -26,8 +27,22 @@ DEAD_LETTER_TAG = "dead_letter"
 
 def counter(name: str, prefix: str = ""):
     """A Beam counter. ``prefix`` keeps apart the counts of several inputs of one job
-    (``pairs.``, ``left.``): counters with one name are summed across steps."""
-    return Metrics.counter(COUNTER_NAMESPACE, prefix + name)
+    (``pairs.``, ``left.``): counters with one name are summed across steps. The ones the
+    progress line shows (``pipeline.progress.LABELS``) also count there."""
+    beam_counter = Metrics.counter(COUNTER_NAMESPACE, prefix + name)
+    return _ProgressCounter(beam_counter, prefix + name) if prefix + name in progress.LABELS else beam_counter
+
+
+class _ProgressCounter:
+    """A Beam counter whose increments also reach this process's progress reporter."""
+
+    def __init__(self, beam_counter, name: str):
+        self._counter = beam_counter
+        self._name = name
+
+    def inc(self, n: int = 1) -> None:
+        self._counter.inc(n)
+        progress.count(self._name, n)
 
 
 def dead_letter_counter(reason: str, prefix: str = ""):
