@@ -85,12 +85,12 @@ def main_module(name: str) -> None:
 @click.pass_context
 def encode_texts(ctx: click.Context, quiet: bool, verbose: bool, **flags) -> None:
     """Encode every unique text of a table once and write an embedding store (stage one)."""
-    def go() -> None:
+    def go() -> str:
         from jobs import encode_texts as module
         job = module.EncodeTextsJob(inputs=tuple(flags.pop("inputs")), **flags)
         summary = module.run(job, beam_args_for_run(ctx.args, verbose), ctx.meta[ARGV_KEY])
-        click.echo(summary.table())
-    run_job(go, name="encode_texts", quiet=quiet, verbose=verbose)
+        return summary.table()
+    run_job(go, name="encode_texts", quiet=quiet, verbose=verbose, beam_args=ctx.args)
 
 
 @pairscore.command("score-pairs", cls=JobCommand, context_settings=BEAM_JOB_CONTEXT, epilog=BEAM_EPILOG)
@@ -138,13 +138,13 @@ def encode_texts(ctx: click.Context, quiet: bool, verbose: bool, **flags) -> Non
 @click.pass_context
 def score_pairs(ctx: click.Context, quiet: bool, verbose: bool, **flags) -> None:
     """Score pairs with a student (stage two), running stage one for texts not yet stored."""
-    def go() -> None:
+    def go() -> str:
         from jobs import score_pairs as module
         for name in ("pairs", "left_texts", "right_texts"):
             flags[name] = tuple(flags[name])
         summary = module.run(module.ScorePairsJob(**flags), beam_args_for_run(ctx.args, verbose), ctx.meta[ARGV_KEY])
-        click.echo(summary.table())
-    run_job(go, name="score_pairs", quiet=quiet, verbose=verbose)
+        return summary.table()
+    run_job(go, name="score_pairs", quiet=quiet, verbose=verbose, beam_args=ctx.args)
 
 
 @pairscore.command("label-pairs", cls=JobCommand, context_settings=BEAM_JOB_CONTEXT, epilog=BEAM_EPILOG)
@@ -182,12 +182,12 @@ def score_pairs(ctx: click.Context, quiet: bool, verbose: bool, **flags) -> None
 @click.pass_context
 def label_pairs(ctx: click.Context, quiet: bool, verbose: bool, **flags) -> None:
     """Label pairs with a teacher cross-encoder: the distillation set (logits and soft labels)."""
-    def go() -> None:
+    def go() -> str:
         from jobs import label_pairs as module
         job = module.LabelPairsJob(pairs=tuple(flags.pop("pairs")), keep_cols=flags.pop("keep_cols"), **flags)
         summary = module.run(job, beam_args_for_run(ctx.args, verbose), ctx.meta[ARGV_KEY])
-        click.echo(summary.table())
-    run_job(go, name="label_pairs", quiet=quiet, verbose=verbose)
+        return summary.table()
+    run_job(go, name="label_pairs", quiet=quiet, verbose=verbose, beam_args=ctx.args)
 
 
 @pairscore.command("build-candidates", cls=JobCommand, context_settings=PLAIN_JOB_CONTEXT)
@@ -221,13 +221,13 @@ def label_pairs(ctx: click.Context, quiet: bool, verbose: bool, **flags) -> None
 def build_candidates(ctx: click.Context, quiet: bool, verbose: bool, progress: bool, **flags) -> None:
     """Mine unlabeled candidate pairs for distillation: each left text's top-k nearest right texts
     (exact cosine search) plus random right texts."""
-    def go() -> None:
+    def go() -> str:
         from jobs import build_candidates as module
         job = module.BuildCandidatesJob(left_texts=tuple(flags.pop("left_texts")),
                                         right_texts=tuple(flags.pop("right_texts")), progress=progress and not quiet,
                                         **flags)
         summary = module.run(job, ctx.meta[ARGV_KEY])
-        click.echo(summary.table())
+        return summary.table()
     run_job(go, name="build_candidates", quiet=quiet, verbose=verbose)
 
 
@@ -282,16 +282,17 @@ def build_candidates(ctx: click.Context, quiet: bool, verbose: bool, progress: b
 @click.pass_context
 def train_teacher(ctx: click.Context, quiet: bool, verbose: bool, progress: bool, **flags) -> None:
     """Fine-tune a cross-encoder teacher on labeled pairs."""
-    def go() -> None:
+    def go() -> str:
         from jobs import train_teacher as module
         job = module.TrainTeacherJob(train=tuple(flags.pop("train")), dev=tuple(flags.pop("dev")),
                                      label_range=module.parse_label_range(flags.pop("label_range")),
                                      progress=progress and not quiet, **flags)
         summary = module.run(job, ctx.meta[ARGV_KEY])
-        click.echo(summary.table())
+        lines = [summary.table()]
         for record in summary.metrics["epochs"]:
             shown = ", ".join(f"{k} {v:.4f}" for k, v in record["dev"].items())
-            click.echo(f"  epoch {record['epoch']}: train loss {record['train_loss']:.4f}, dev {shown}")
+            lines.append(f"  epoch {record['epoch']}: train loss {record['train_loss']:.4f}, dev {shown}")
+        return "\n".join(lines)
     run_job(go, name="train_teacher", quiet=quiet, verbose=verbose)
 
 
@@ -399,7 +400,7 @@ def train_teacher(ctx: click.Context, quiet: bool, verbose: bool, progress: bool
 @click.pass_context
 def train_student(ctx: click.Context, quiet: bool, verbose: bool, progress: bool, **flags) -> None:
     """Distil a teacher into a DiPair student: two-stage training on a distillation set."""
-    def go() -> None:
+    def go() -> str:
         from jobs import train_student as module
         from jobs.train_teacher import parse_label_range
         job = module.TrainStudentJob(distill=tuple(flags.pop("distill")), dev=tuple(flags.pop("dev")),
@@ -407,11 +408,13 @@ def train_student(ctx: click.Context, quiet: bool, verbose: bool, progress: bool
                                      head_options=module.parse_head_options(flags.pop("head_options")),
                                      progress=progress and not quiet, **flags)
         summary = module.run(job, ctx.meta[ARGV_KEY])
-        click.echo(summary.table())
+        lines = [summary.table()]
         for record in summary.metrics["epochs"]:
             shown = ", ".join(f"{k} {v:.4f}" for k, v in record["dev"].items())
-            click.echo(f"  {record['stage']} epoch {record['epoch']}: train loss {record['train_loss']:.4f}, dev {shown}")
-        click.echo(f"  train loss floor (entropy of the targets): {summary.metrics['train_loss_floor']:.4f}")
+            lines.append(f"  {record['stage']} epoch {record['epoch']}: train loss {record['train_loss']:.4f}, "
+                         f"dev {shown}")
+        lines.append(f"  train loss floor (entropy of the targets): {summary.metrics['train_loss_floor']:.4f}")
+        return "\n".join(lines)
     run_job(go, name="train_student", quiet=quiet, verbose=verbose)
 
 
@@ -446,7 +449,7 @@ def train_student(ctx: click.Context, quiet: bool, verbose: bool, progress: bool
 @click.pass_context
 def evaluate(ctx: click.Context, quiet: bool, verbose: bool, **flags) -> None:
     """Quality and speed of teachers, students and the zero-training baseline, side by side."""
-    def go() -> None:
+    def go() -> str:
         import json
 
         from jobs import evaluate as module
@@ -456,9 +459,8 @@ def evaluate(ctx: click.Context, quiet: bool, verbose: bool, **flags) -> None:
                                  dev=tuple(flags.pop("dev")), label_range=parse_label_range(flags.pop("label_range")),
                                  **flags)
         summary = module.run(job, ctx.meta[ARGV_KEY])
-        click.echo(summary.table())
         with open(os.path.join(job.output, module.METRICS_FILE), encoding="utf-8") as handle:
-            click.echo(results_table(json.load(handle)))
+            return summary.table() + "\n" + results_table(json.load(handle))
     run_job(go, name="evaluate", quiet=quiet, verbose=verbose)
 
 

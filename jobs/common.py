@@ -6,10 +6,14 @@ it before they have parsed anything.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import re
 import sys
+import threading
 import time
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence, TextIO
 
 import click
 
@@ -111,19 +115,71 @@ def beam_args_for_run(beam_args: Sequence[str], verbose: bool) -> list[str]:
     return args
 
 
-def run_job(job: Callable[[], object], *, name: str, quiet: bool = False, verbose: bool = False) -> None:
-    """Run ``job`` with progress reporting (unless ``quiet``) and logging set for this run; a bad
-    argument or input becomes one clear line and exit status 2."""
+# What a Beam worker process logs through its default handler ("INFO:__main__:...", from its
+# start-up, before it has read the pipeline options that set its log level).
+_WORKER_LOG_LINE = re.compile(rb"^(DEBUG|INFO|WARNING):(root|__main__|apache_beam[\w.]*):")
+
+
+def _multi_process(beam_args: Sequence[str]) -> bool:
+    joined = " ".join(beam_args).replace("=", " ")
+    return "--direct_running_mode multi_processing" in joined
+
+
+@contextlib.contextmanager
+def _without_worker_logs() -> Iterator[TextIO]:
+    """Route file descriptor 2 (inherited by Beam's worker processes) through a thread that
+    drops the workers' start-up log lines and passes every other line on; yields a stream on the
+    real stderr for the progress line (which redraws in place, so it bypasses the line filter)."""
+    sys.stderr.flush()
+    real = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def pump() -> None:
+        pending = b""
+        with os.fdopen(read_end, "rb", buffering=0) as source:
+            while chunk := source.read(65536):
+                *lines, pending = (pending + chunk).split(b"\n")
+                kept = b"".join(line + b"\n" for line in lines if not _WORKER_LOG_LINE.match(line))
+                if kept:
+                    os.write(real, kept)
+        if pending and not _WORKER_LOG_LINE.match(pending):
+            os.write(real, pending)
+
+    thread = threading.Thread(target=pump, name="pairscore-stderr", daemon=True)
+    thread.start()
+    stream = os.fdopen(os.dup(real), "w", buffering=1)
+    try:
+        yield stream
+    finally:
+        sys.stderr.flush()
+        stream.close()
+        os.dup2(real, 2)   # closes the pipe's last write end held here: the pump sees its end
+        thread.join(timeout=5)
+        os.close(real)
+
+
+def run_job(job: Callable[[], str], *, name: str, quiet: bool = False, verbose: bool = False,
+            beam_args: Sequence[str] = ()) -> None:
+    """Run ``job`` with progress reporting (unless ``quiet``) and logging set for this run, then
+    print what it returns (the summary) below the progress; a bad argument or input becomes one
+    clear line and exit status 2. ``beam_args``: the pass-through Beam options; with multi-process
+    workers their start-up log lines are filtered out."""
     global _run_started
     _run_started = PROCESS_STARTED if _from_process_start else time.time()
     configure_logging(verbose)
-    progress.start(name, quiet=quiet, started=_run_started)
-    try:
-        job()
-    except ValueError as err:  # pipeline.readers.InputError too
-        progress.stop()
-        click.echo(f"error: {err}", err=True)
-        sys.exit(2)
-    finally:
-        progress.stop()
-        _run_started = None
+    with contextlib.ExitStack() as stack:
+        stream = (stack.enter_context(_without_worker_logs()) if not verbose and _multi_process(beam_args)
+                  else None)
+        progress.start(name, quiet=quiet, started=_run_started, stream=stream)
+        try:
+            report = job()
+        except ValueError as err:  # pipeline.readers.InputError too
+            progress.stop()
+            click.echo(f"error: {err}", err=True)
+            sys.exit(2)
+        finally:
+            progress.stop()
+            _run_started = None
+    click.echo(report)

@@ -58,7 +58,8 @@ def choose_mode(quiet: bool, stream: TextIO | None = None) -> str:
 
 
 def format_line(job: str, elapsed: float, counts: dict[str, int], rates: dict[str, float]) -> str:
-    """``score_pairs 1:02 · pairs read 12,000 (980/s) · pairs scored 8,192 (1,950/s)``."""
+    """``score_pairs 1:02 | pairs read 12,000 (980/s) | pairs scored 8,192 (1,950/s)``; ASCII only,
+    whatever the log's encoding."""
     minutes, seconds = divmod(int(elapsed), 60)
     clock = f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}" if minutes >= 60 else f"{minutes}:{seconds:02d}"
     parts = [f"{job} {clock}"]
@@ -66,8 +67,8 @@ def format_line(job: str, elapsed: float, counts: dict[str, int], rates: dict[st
         rate = rates.get(label)
         parts.append(f"{label} {value:,}" + (f" ({rate:,.0f}/s)" if rate else ""))
     if len(parts) == 1:
-        parts.append("starting")
-    return " · ".join(parts)
+        parts.append("running")
+    return " | ".join(parts)
 
 
 class Reporter:
@@ -86,6 +87,7 @@ class Reporter:
         self._lock = threading.Lock()
         self._counts: dict[str, int] = {}
         self._first_seen: dict[str, float] = {}
+        self._last_moved: dict[str, tuple[int, float]] = {}  # label -> (count, when the line saw it move)
         self._shown: dict[str, int] | None = None
         self._live_drawn = False
         self._stop = threading.Event()
@@ -99,11 +101,18 @@ class Reporter:
             self._counts[label] += n
 
     def line(self) -> str:
+        """The line for now. A rate is over the time its count was seen moving, so a finished
+        stage keeps the rate it ran at."""
         now = self._clock()
         with self._lock:
             counts = dict(self._counts)
-            rates = {label: value / (now - self._first_seen[label]) for label, value in counts.items()
-                     if now - self._first_seen[label] >= 1.0}
+        rates = {}
+        for label, value in counts.items():
+            if self._last_moved.get(label, (None,))[0] != value:
+                self._last_moved[label] = (value, now)
+            seconds = self._last_moved[label][1] - self._first_seen[label]
+            if seconds >= 1.0:
+                rates[label] = value / seconds
         job = f"{self.job} [worker {os.getpid()}]" if self.worker else self.job
         return format_line(job, now - self.started, counts, rates)
 
