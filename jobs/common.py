@@ -18,7 +18,6 @@ from typing import Callable, Iterator, Sequence, TextIO
 import click
 
 from jobs import PROCESS_STARTED
-from pipeline import progress
 
 # Options a Beam job does not declare are collected and handed to Beam as pipeline options.
 BEAM_JOB_CONTEXT = {"ignore_unknown_options": True, "allow_extra_args": True,
@@ -166,6 +165,10 @@ def run_job(job: Callable[[], str], *, name: str, quiet: bool = False, verbose: 
     print what it returns (the summary) below the progress; a bad argument or input becomes one
     clear line and exit status 2. ``beam_args``: the pass-through Beam options; with multi-process
     workers their start-up log lines are filtered out."""
+    # Imported here, not above: `python -m jobs.<name>` first moves the current directory (which
+    # may hold a user's own pipeline.py) behind pairscore's packages (jobs.cli.main_module).
+    from pipeline import progress
+
     global _run_started
     _run_started = PROCESS_STARTED if _from_process_start else time.time()
     configure_logging(verbose)
