@@ -88,7 +88,7 @@ class Reporter:
         self._counts: dict[str, int] = {}
         self._first_seen: dict[str, float] = {}
         self._last_moved: dict[str, tuple[int, float]] = {}  # label -> (count, when the line saw it move)
-        self._shown: dict[str, int] | None = None
+        self._shown: dict[str, int] = {}
         self._live_drawn = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
