@@ -51,6 +51,7 @@ from jobs.common import run_started
 from pipeline.dead_letters import DeadLetter
 from pipeline.encode import TextColumns, TextRow, extract_text, pick_device, resolve_id
 from pipeline.outputs import prepare_output_dir, write_dead_letter_file
+from pipeline.progress import bar_options
 from pipeline.readers import InputFile, check_columns, expand_inputs, read_rows
 from pipeline.store import COMPRESSION, STORE_FILE_PREFIX, STORE_FILE_SUFFIX
 from pipeline.summary import RunSummary
@@ -152,8 +153,8 @@ def embed_texts(side: SideEncoder, texts: Sequence[str], batch_size: int, progre
     tokenized = side.tokenize(texts)
     order = np.argsort([t.num_tokens for t in tokenized], kind="stable")
     out = torch.empty(len(texts), side.transformer.config.hidden_size)
-    bar = tqdm(total=len(texts), desc=progress, unit="text", disable=progress is None, file=sys.stderr,
-               mininterval=1.0 if sys.stderr.isatty() else 30.0)
+    bar = tqdm(total=len(texts), desc=progress, unit="text", disable=progress is None,
+               **bar_options())
     for start in range(0, len(order), batch_size):
         index = order[start:start + batch_size]
         batch = side.collate([tokenized[i] for i in index]).to(device)

@@ -49,6 +49,32 @@ ENV_STARTED = "PAIRSCORE_STARTED"                # wall-clock time the launching
 ENV_INTERVAL = "PAIRSCORE_PROGRESS_SECONDS"      # overrides the interval (tests)
 
 
+def bar_options(stream: TextIO | None = None) -> dict:
+    """``file`` and ``mininterval`` for a tqdm bar (the jobs without Beam: training, mining), so
+    that it behaves as the line here: redrawn every second on a terminal, a plain line every
+    ``LOG_SECONDS`` otherwise."""
+    stream = stream if stream is not None else sys.stderr
+    if getattr(stream, "isatty", lambda: False)():
+        return {"file": stream, "mininterval": 1.0}
+    return {"file": LineStream(stream), "mininterval": LOG_SECONDS}
+
+
+class LineStream:
+    """A stream for tqdm off a terminal: each redraw (``\r`` + bar) becomes one plain line, so a
+    log file gets readable lines instead of carriage returns."""
+
+    def __init__(self, stream: TextIO):
+        self._stream = stream
+
+    def write(self, text: str) -> None:
+        text = text.replace("\r", "").rstrip()
+        if text:
+            self._stream.write(text + "\n")
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+
 def choose_mode(quiet: bool, stream: TextIO | None = None) -> str:
     """``off`` with --quiet, ``live`` on a terminal, else ``log``."""
     if quiet:

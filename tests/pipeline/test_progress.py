@@ -113,3 +113,18 @@ def test_a_job_reports_progress_unless_quiet(tmp_path, tiny_checkpoint, monkeypa
         assert progress_lines == []
     else:
         assert progress_lines and "texts encoded 40" in progress_lines[-1] and "rows read 40" in progress_lines[-1]
+
+
+def test_training_bars_write_plain_lines_off_a_terminal():
+    from tqdm.auto import tqdm
+
+    out = io.StringIO()
+    options = progress.bar_options(out)
+    assert options["mininterval"] == progress.LOG_SECONDS
+    bar = tqdm(total=3, desc="stage 1, epoch 1", unit="pair", **options)
+    bar.update(3)
+    bar.close()
+    lines = out.getvalue().splitlines()
+    assert "\r" not in out.getvalue() and lines and all(line.startswith("stage 1, epoch 1") for line in lines)
+    assert "3/3" in lines[-1]
+    assert progress.bar_options(Terminal())["mininterval"] == 1.0
