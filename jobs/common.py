@@ -24,7 +24,6 @@ BEAM_JOB_CONTEXT = {"ignore_unknown_options": True, "allow_extra_args": True,
                     "help_option_names": ["-h", "--help"], "max_content_width": 100}
 # Jobs without Beam take only their own options.
 PLAIN_JOB_CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-JOB_CONTEXT = BEAM_JOB_CONTEXT  # the name jobs used before
 
 BEAM_EPILOG = ("Any other option is passed to Beam as a pipeline option, e.g. --runner, "
                "--direct_num_workers=2 --direct_running_mode=multi_processing, or Dataflow flags. "
@@ -32,8 +31,6 @@ BEAM_EPILOG = ("Any other option is passed to Beam as a pipeline option, e.g. --
 
 ARGV_KEY = "pairscore.argv"
 DEVICES = ("auto", "cpu", "cuda")
-# Beam's local runners (pipeline/runner.py runs them in-process); their workers are quieted.
-_LOCAL_RUNNERS = {"directrunner", "direct", "switchingdirectrunner", "fnapirunner"}
 
 
 class JobCommand(click.Command):
@@ -100,7 +97,10 @@ def configure_logging(verbose: bool) -> None:
 
 def beam_args_for_run(beam_args: Sequence[str], verbose: bool) -> list[str]:
     """The pass-through Beam options, plus quiet workers for a local runner unless --verbose or
-    the user set the workers' log level: multi-process workers log at INFO to the terminal."""
+    the user set the workers' log level: multi-process workers log at INFO to the terminal.
+    Called once the job's modules are imported (Beam among them)."""
+    from pipeline.runner import LOCAL_RUNNER_NAMES
+
     args = list(beam_args)
     runner = None
     for i, arg in enumerate(args):
@@ -108,7 +108,7 @@ def beam_args_for_run(beam_args: Sequence[str], verbose: bool) -> list[str]:
             runner = args[i + 1]
         elif arg.startswith("--runner="):
             runner = arg.split("=", 1)[1]
-    local = runner is None or runner.lower() in _LOCAL_RUNNERS
+    local = runner is None or runner.lower() in LOCAL_RUNNER_NAMES
     if local and not verbose and not any(a.startswith("--default_sdk_harness_log_level") for a in args):
         args.append("--default_sdk_harness_log_level=ERROR")
     return args

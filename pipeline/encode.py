@@ -34,15 +34,22 @@ def counter(name: str, prefix: str = ""):
 
 
 class _ProgressCounter:
-    """A Beam counter whose increments also reach this process's progress reporter."""
+    """A Beam counter whose increments also go to this process's progress tally: one integer
+    add per call (it is called per row), which the reporter's thread reads."""
 
     def __init__(self, beam_counter, name: str):
         self._counter = beam_counter
         self._name = name
+        self._tally: list[int] | None = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_tally": None}  # a tally belongs to the process that made it
 
     def inc(self, n: int = 1) -> None:
         self._counter.inc(n)
-        progress.count(self._name, n)
+        if self._tally is None:
+            self._tally = progress.tally(self._name)
+        self._tally[0] += n
 
 
 def dead_letter_counter(reason: str, prefix: str = ""):

@@ -1,9 +1,9 @@
 """Progress while a job runs: rows read, texts encoded, pairs scored, their rates, time elapsed.
 
 One reporter per process. The Beam DoFns count through ``pipeline.encode.counter`` (the Beam
-counters the summary reads), which also adds the counts named in ``LABELS`` here; adding is a
-dict update under a lock, with no clock and no output on the DoFn's thread. A daemon thread
-of the reporter looks at the counts twice a second and writes:
+counters the summary reads); the counters named in ``LABELS`` also add to a tally, a plain
+integer of this process, so counting costs no lock, clock or output on the DoFn's thread (it
+runs per row). A daemon thread of the reporter sums the tallies twice a second and writes:
 
 - on a terminal (stderr is a TTY): one live line, redrawn in place every ``LIVE_SECONDS``;
 - otherwise (schedulers, log files): a plain line every ``LOG_SECONDS``;
@@ -111,7 +111,8 @@ class Reporter:
         self._stream = stream if stream is not None else sys.stderr
         self._clock = clock
         self._lock = threading.Lock()
-        self._counts: dict[str, int] = {}
+        self._tallies: list[tuple[str, list[int]]] = []   # (label, [count]) per counting DoFn
+        self._direct: dict[str, list[int]] = {}
         self._first_seen: dict[str, float] = {}
         self._last_moved: dict[str, tuple[int, float]] = {}  # label -> (count, when the line saw it move)
         self._shown: dict[str, int] = {}
@@ -119,21 +120,37 @@ class Reporter:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def add(self, label: str, n: int) -> None:
+    def tally(self, label: str) -> list[int]:
+        """A new one-integer tally under ``label`` for one counting object to add to."""
+        counter = [0]
         with self._lock:
-            if label not in self._counts:
-                self._counts[label] = 0
-                self._first_seen[label] = self._clock()
-            self._counts[label] += n
+            self._tallies.append((label, counter))
+        return counter
+
+    def add(self, label: str, n: int) -> None:
+        """Add ``n`` under ``label`` (for counting outside a Beam counter)."""
+        if label not in self._direct:
+            self._direct[label] = self.tally(label)
+        self._direct[label][0] += n
+
+    def counts(self) -> dict[str, int]:
+        """Label -> the sum of its tallies, in the order the labels first counted."""
+        with self._lock:
+            tallies = list(self._tallies)
+        totals: dict[str, int] = {}
+        for label, counter in tallies:
+            if counter[0]:
+                totals[label] = totals.get(label, 0) + counter[0]
+        return totals
 
     def line(self) -> str:
         """The line for now. A rate is over the time its count was seen moving, so a finished
         stage keeps the rate it ran at."""
         now = self._clock()
-        with self._lock:
-            counts = dict(self._counts)
+        counts = self.counts()
         rates = {}
         for label, value in counts.items():
+            self._first_seen.setdefault(label, now)
             if self._last_moved.get(label, (None,))[0] != value:
                 self._last_moved[label] = (value, now)
             seconds = self._last_moved[label][1] - self._first_seen[label]
@@ -146,9 +163,8 @@ class Reporter:
         """Write the current line (a worker only when its counts moved since the last one)."""
         if self.mode == "off":
             return
-        with self._lock:
-            moved = self._counts != self._shown
-            self._shown = dict(self._counts)
+        counts = self.counts()
+        moved, self._shown = counts != self._shown, counts
         if self.worker and not moved:
             return
         text = self.line()
@@ -191,7 +207,8 @@ _reporter_lock = threading.Lock()
 def start(job: str, quiet: bool, started: float, stream: TextIO | None = None) -> Reporter:
     """Report progress of ``job`` from this process (and its Beam workers) until ``stop``.
     ``started``: wall-clock time the process started (the elapsed time counts from it)."""
-    global _reporter
+    global _reporter, _silent_pid
+    _silent_pid = None
     mode = choose_mode(quiet, stream)
     os.environ.update({ENV_MODE: mode, ENV_OWNER: str(os.getpid()), ENV_JOB: job, ENV_STARTED: repr(started)})
     with _reporter_lock:
@@ -211,21 +228,24 @@ def stop() -> None:
         os.environ.pop(name, None)
 
 
-def count(name: str, n: int) -> None:
-    """Add ``n`` to the counter ``name`` (prefix + name) if it is one the line shows."""
-    label = LABELS.get(name)
-    if label is None or n <= 0:
-        return
+def tally(name: str) -> list[int]:
+    """A tally for the Beam counter ``name`` (prefix + name, one of ``LABELS``) to add to: shown
+    by this process's reporter, or a tally nobody reads when this process does not report."""
     reporter = _reporter or _worker_reporter()
-    if reporter is not None:
-        reporter.add(label, n)
+    return reporter.tally(LABELS[name]) if reporter is not None else [0]
+
+
+_silent_pid: int | None = None  # a process found not to report (e.g. a remote worker): no more lookups
 
 
 def _worker_reporter() -> Reporter | None:
     """In a Beam worker process started by a reporting job: its own reporter, made once."""
-    global _reporter
+    global _reporter, _silent_pid
+    if _silent_pid == os.getpid():
+        return None
     mode = os.environ.get(ENV_MODE)
     if mode not in ("live", "log"):
+        _silent_pid = os.getpid()
         return None
     with _reporter_lock:
         if _reporter is None:

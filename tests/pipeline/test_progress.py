@@ -39,13 +39,15 @@ def test_log_mode_writes_plain_lines_with_the_rate_the_count_moved_at():
     clock, out = FakeClock(), io.StringIO()
     reporter = Reporter("encode_texts", "log", started=clock.now - 10, worker=False, stream=out, clock=clock)
     reporter.add("texts encoded", 100)
+    reporter.show()
     clock.now += 2
     reporter.add("texts encoded", 100)
     reporter.show()
     clock.now += 60                     # the stage is over: its count stops moving, its rate stays
     reporter.show()
     lines = out.getvalue().splitlines()
-    assert lines == ["encode_texts 0:12 | texts encoded 200 (100/s)", "encode_texts 1:12 | texts encoded 200 (100/s)"]
+    assert lines == ["encode_texts 0:10 | texts encoded 100", "encode_texts 0:12 | texts encoded 200 (100/s)",
+                     "encode_texts 1:12 | texts encoded 200 (100/s)"]
     assert "\r" not in out.getvalue()
 
 
@@ -88,7 +90,7 @@ def test_beam_counters_feed_the_reporter_and_only_the_shown_ones():
         counter("texts_encoded", "left.").inc(2)
         counter("texts_encoded", "right.").inc(3)
         counter("dead_letter.empty_text", "pairs.").inc()   # not on the line
-        assert reporter._counts == {"pairs read": 7, "texts encoded": 5}
+        assert reporter.counts() == {"pairs read": 7, "texts encoded": 5}
     finally:
         progress.stop()
     assert progress.ENV_MODE not in os.environ
