@@ -344,7 +344,6 @@ def write_candidates(path: str, left: TextPool, right: TextPool, embeddings: dic
             for source, (count, total) in totals.items()}
 
 
-
 # The command line is declared in jobs/cli.py (light, so that --help and bad arguments answer
 # before the imports above); ``main`` is kept for callers of ``jobs.build_candidates.main``.
 main = cli.build_candidates

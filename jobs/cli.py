@@ -17,7 +17,8 @@ import click
 
 from jobs.common import (ARGV_KEY, BEAM_EPILOG, BEAM_JOB_CONTEXT, PLAIN_JOB_CONTEXT, JobCommand,
                          beam_args_for_run, count_from_process_start, device_option, output_option,
-                         overwrite_option, run_job, run_options, split_list)
+                         overwrite_option, parse_head_options, parse_label_range, run_job, run_options,
+                         split_list)
 
 # Choices the flags offer, spelled here so that --help needs no heavy import. Each is defined in
 # the library (named in the comment); tests/jobs/test_cli.py checks that the two agree.
@@ -283,10 +284,10 @@ def build_candidates(ctx: click.Context, quiet: bool, verbose: bool, progress: b
 def train_teacher(ctx: click.Context, quiet: bool, verbose: bool, progress: bool, **flags) -> None:
     """Fine-tune a cross-encoder teacher on labeled pairs."""
     def go() -> str:
+        label_range = parse_label_range(flags.pop("label_range"))
         from jobs import train_teacher as module
         job = module.TrainTeacherJob(train=tuple(flags.pop("train")), dev=tuple(flags.pop("dev")),
-                                     label_range=module.parse_label_range(flags.pop("label_range")),
-                                     progress=progress and not quiet, **flags)
+                                     label_range=label_range, progress=progress and not quiet, **flags)
         summary = module.run(job, ctx.meta[ARGV_KEY])
         lines = [summary.table()]
         for record in summary.metrics["epochs"]:
@@ -401,11 +402,11 @@ def train_teacher(ctx: click.Context, quiet: bool, verbose: bool, progress: bool
 def train_student(ctx: click.Context, quiet: bool, verbose: bool, progress: bool, **flags) -> None:
     """Distil a teacher into a DiPair student: two-stage training on a distillation set."""
     def go() -> str:
+        label_range = parse_label_range(flags.pop("label_range"))
+        head_options = parse_head_options(flags.pop("head_options"))
         from jobs import train_student as module
-        from jobs.train_teacher import parse_label_range
         job = module.TrainStudentJob(distill=tuple(flags.pop("distill")), dev=tuple(flags.pop("dev")),
-                                     label_range=parse_label_range(flags.pop("label_range")),
-                                     head_options=module.parse_head_options(flags.pop("head_options")),
+                                     label_range=label_range, head_options=head_options,
                                      progress=progress and not quiet, **flags)
         summary = module.run(job, ctx.meta[ARGV_KEY])
         lines = [summary.table()]
@@ -452,12 +453,11 @@ def evaluate(ctx: click.Context, quiet: bool, verbose: bool, **flags) -> None:
     def go() -> str:
         import json
 
+        label_range = parse_label_range(flags.pop("label_range"))
         from jobs import evaluate as module
         from jobs.report import results_table
-        from jobs.train_teacher import parse_label_range
         job = module.EvaluateJob(pairs=tuple(flags.pop("pairs")), models=tuple(flags.pop("models")),
-                                 dev=tuple(flags.pop("dev")), label_range=parse_label_range(flags.pop("label_range")),
-                                 **flags)
+                                 dev=tuple(flags.pop("dev")), label_range=label_range, **flags)
         summary = module.run(job, ctx.meta[ARGV_KEY])
         with open(os.path.join(job.output, module.METRICS_FILE), encoding="utf-8") as handle:
             return summary.table() + "\n" + results_table(json.load(handle))

@@ -7,13 +7,14 @@ it before they have parsed anything.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
 import sys
 import threading
 import time
-from typing import Callable, Iterator, Sequence, TextIO
+from typing import Any, Callable, Iterator, Sequence, TextIO
 
 import click
 
@@ -66,6 +67,35 @@ def run_options(command: Callable) -> Callable:
 def split_list(ctx, param, value: str | None) -> tuple[str, ...]:
     """``a, b,c`` -> ("a", "b", "c")."""
     return tuple(v.strip() for v in value.split(",") if v.strip()) if value else ()
+
+
+# --------------------------------------------------------------------------- flag values
+# Parsed before the job's modules are imported, so that a bad value answers at once.
+
+def parse_label_range(text: str | None) -> tuple[float, float] | None:
+    """``"LOW,HIGH"`` -> (low, high); ValueError naming the value otherwise."""
+    if text is None:
+        return None
+    parts = text.split(",")
+    try:
+        low, high = (float(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"--label-range {text!r} is not allowed: give two numbers LOW,HIGH, e.g. 0,5") from None
+    return low, high
+
+
+def parse_head_options(text: str | None) -> dict[str, Any]:
+    """``--head-options '{"ffn": 512}'`` -> a dict; ValueError naming the value otherwise."""
+    if not text:
+        return {}
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--head-options {text!r} is not allowed: give a JSON object, e.g. "
+                         f"'{{\"ffn\": 512}}' ({err})") from None
+    if not isinstance(options, dict):
+        raise ValueError(f"--head-options {text!r} is not allowed: give a JSON object, e.g. '{{\"ffn\": 512}}'")
+    return options
 
 
 # --------------------------------------------------------------------------- running a job

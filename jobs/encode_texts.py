@@ -115,7 +115,6 @@ def run(job: EncodeTextsJob, beam_args: list[str], argv: list[str] | None = None
     return summary
 
 
-
 # The command line is declared in jobs/cli.py (light, so that --help and bad arguments answer
 # before the imports above); ``main`` is kept for callers of ``jobs.encode_texts.main``.
 main = cli.encode_texts

@@ -397,7 +397,6 @@ def _strict_json(value: Any) -> Any:
     return value
 
 
-
 # The command line is declared in jobs/cli.py (light, so that --help and bad arguments answer
 # before the imports above); ``main`` is kept for callers of ``jobs.evaluate.main``.
 main = cli.evaluate

@@ -185,7 +185,6 @@ def run(job: LabelPairsJob, beam_args: list[str], argv: list[str] | None = None)
     return summary
 
 
-
 # The command line is declared in jobs/cli.py (light, so that --help and bad arguments answer
 # before the imports above); ``main`` is kept for callers of ``jobs.label_pairs.main``.
 main = cli.label_pairs

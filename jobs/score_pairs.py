@@ -289,7 +289,6 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
     return summary
 
 
-
 # The command line is declared in jobs/cli.py (light, so that --help and bad arguments answer
 # before the imports above); ``main`` is kept for callers of ``jobs.score_pairs.main``.
 main = cli.score_pairs

@@ -53,7 +53,7 @@ from encoders.sources import DEFAULT_ENCODER
 from encoders.teacher import TASKS, TeacherTask, autocast
 from heads import HEAD_NAMES, build_head
 from jobs import cli
-from jobs.common import run_started
+from jobs.common import parse_head_options, run_started
 from jobs.metrics import MAIN_METRIC, selection_score, task_metrics
 from jobs.frozen_states import FrozenStates
 from jobs.student_inference import Pairs, encode_pool, pair_logits
@@ -816,21 +816,6 @@ def _reasons_dict(letters: Sequence[DeadLetter]) -> dict[str, int]:
 
 def _reasons(letters: Sequence[DeadLetter]) -> str:
     return ", ".join(f"{k}: {v}" for k, v in _reasons_dict(letters).items())
-
-
-def parse_head_options(text: str | None) -> dict[str, Any]:
-    """``--head-options '{"ffn": 512}'`` -> a dict; ValueError naming the value otherwise."""
-    if not text:
-        return {}
-    try:
-        options = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"--head-options {text!r} is not allowed: give a JSON object, e.g. "
-                         f"'{{\"ffn\": 512}}' ({err})") from None
-    if not isinstance(options, dict):
-        raise ValueError(f"--head-options {text!r} is not allowed: give a JSON object, e.g. '{{\"ffn\": 512}}'")
-    return options
-
 
 
 # The command line is declared in jobs/cli.py (light, so that --help and bad arguments answer

@@ -29,7 +29,7 @@ from transformers import get_linear_schedule_with_warmup
 from encoders.sources import DEFAULT_ENCODER
 from encoders.teacher import CrossEncoder, TeacherTask, autocast, build_teacher, load_teacher, save_teacher
 from jobs import cli
-from jobs.common import run_started
+from jobs.common import parse_label_range, run_started
 from jobs.metrics import MAIN_METRIC, selection_score, task_metrics
 from jobs.training import EpochProgress, grad_scaler, make_adamw, optimizer_step
 from pipeline import dead_letters as dl
@@ -294,19 +294,6 @@ def _by_reason(letters: Sequence[DeadLetter]) -> dict[str, int]:
     for letter in letters:
         counts[letter.reason] = counts.get(letter.reason, 0) + 1
     return dict(sorted(counts.items()))
-
-
-def parse_label_range(text: str | None) -> tuple[float, float] | None:
-    """``"LOW,HIGH"`` -> (low, high); ValueError naming the value otherwise."""
-    if text is None:
-        return None
-    parts = text.split(",")
-    try:
-        low, high = (float(p) for p in parts)
-    except ValueError:
-        raise ValueError(f"--label-range {text!r} is not allowed: give two numbers LOW,HIGH, e.g. 0,5") from None
-    return low, high
-
 
 
 # The command line is declared in jobs/cli.py (light, so that --help and bad arguments answer

@@ -65,6 +65,9 @@ def test_bad_arguments_answer_before_the_heavy_imports():
     code, heavy, output = _heavy_modules_after("jobs.train_student", ["--distill", "d", "--dev", "v", "--output", "o",
                                                                       "--head", "pooled-cos"])
     assert code == 2 and "'pooled-cos' is not one of" in output and heavy == []
+    code, heavy, output = _heavy_modules_after("jobs.train_teacher", ["--train", "t", "--dev", "d", "--output", "o",
+                                                                      "--task", "graded", "--label-range", "0;5"])
+    assert code == 2 and "--label-range '0;5' is not allowed" in output and heavy == []
 
 
 def test_console_group_help_imports_nothing_heavy():
