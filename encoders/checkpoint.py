@@ -25,7 +25,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from encoders.config import StudentConfig
 from encoders.dual_encoder import DualEncoder
-from encoders.sources import load_pretrained
+from encoders.sources import load_pretrained, refuse_checkpoint_code
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "student.safetensors"
@@ -161,6 +161,7 @@ def read_config(directory: str | os.PathLike) -> StudentConfig:
     except (json.JSONDecodeError, TypeError, ValueError) as err:
         raise ValueError(f"checkpoint config {str(path)!r} is invalid: {err}") from err
     _check_head_name(config, directory)
+    refuse_checkpoint_code(directory, "checkpoint")
     return config
 
 
@@ -193,10 +194,10 @@ def _save_transformer(side, target: Path) -> None:
 
 
 def _load_transformer(source: Path):
-    model = AutoModel.from_pretrained(source, use_safetensors=True)
+    model = AutoModel.from_pretrained(source, use_safetensors=True, trust_remote_code=False)
     if getattr(model, "pooler", None) is not None:
         model.pooler = None  # see encoders/sources.py: never used
-    return model, AutoTokenizer.from_pretrained(source, use_fast=True)
+    return model, AutoTokenizer.from_pretrained(source, use_fast=True, trust_remote_code=False)
 
 
 def _load_part(module: nn.Module, tensors: dict[str, torch.Tensor], prefix: str, directory: Path) -> None:

@@ -38,7 +38,7 @@ from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTo
                           PreTrainedTokenizerBase)
 
 from encoders.checkpoint import tokenizer_identity
-from encoders.sources import resolve_encoder
+from encoders.sources import refuse_checkpoint_code, resolve_encoder
 
 TEACHER_FILE = "teacher.json"
 TASK_FORMAT = "pairscore-teacher"
@@ -361,10 +361,11 @@ def build_teacher(base: str, task: TeacherTask, seed: int = 0) -> CrossEncoder:
             position embeddings.
     """
     location = resolve_encoder(base)
+    refuse_checkpoint_code(location, "base model")
     labels = {i: f"class_{i}" for i in range(task.num_outputs)} if task.task == "classes" else {0: "score"}
     try:
         config = AutoConfig.from_pretrained(location, num_labels=task.num_outputs, id2label=labels,
-                                            label2id={v: k for k, v in labels.items()})
+                                            label2id={v: k for k, v in labels.items()}, trust_remote_code=False)
     except (OSError, ValueError) as err:
         raise ValueError(f"cannot load base model {base!r}: {err}") from err
     positions = getattr(config, "max_position_embeddings", None)
@@ -375,11 +376,11 @@ def build_teacher(base: str, task: TeacherTask, seed: int = 0) -> CrossEncoder:
         torch.manual_seed(seed)
         try:
             model = AutoModelForSequenceClassification.from_pretrained(
-                location, config=config, use_safetensors=True, ignore_mismatched_sizes=True)
+                location, config=config, use_safetensors=True, ignore_mismatched_sizes=True, trust_remote_code=False)
         except (OSError, ValueError) as err:
             raise ValueError(f"cannot load base model {base!r} as a cross-encoder (safetensors weights "
                              f"are required): {err}") from err
-    tokenizer = AutoTokenizer.from_pretrained(location, use_fast=True)
+    tokenizer = AutoTokenizer.from_pretrained(location, use_fast=True, trust_remote_code=False)
     return CrossEncoder(model, tokenizer, task)
 
 
@@ -406,9 +407,10 @@ def load_teacher(source: str | os.PathLike) -> CrossEncoder:
     local = Path(location)
     if local.is_dir() and not (local / "config.json").is_file():
         raise ValueError(f"teacher {source!r} is not a model directory: it has no config.json")
+    refuse_checkpoint_code(location, "teacher")
     try:
         model, info = AutoModelForSequenceClassification.from_pretrained(
-            location, use_safetensors=True, output_loading_info=True)
+            location, use_safetensors=True, output_loading_info=True, trust_remote_code=False)
     except (OSError, ValueError) as err:
         raise ValueError(f"cannot load teacher {source!r} (safetensors weights are required): {err}") from err
     if info["missing_keys"]:
@@ -417,7 +419,7 @@ def load_teacher(source: str | os.PathLike) -> CrossEncoder:
         raise ValueError(f"teacher {source!r} is not a trained cross-encoder: weights "
                          f"{', '.join(sorted(info['missing_keys'])[:4])} are missing, so its classification "
                          "head would be random; train one with python -m jobs.train_teacher --base ...")
-    tokenizer = AutoTokenizer.from_pretrained(location, use_fast=True)
+    tokenizer = AutoTokenizer.from_pretrained(location, use_fast=True, trust_remote_code=False)
     task_path = local / TEACHER_FILE
     if task_path.is_file():
         try:

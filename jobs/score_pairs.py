@@ -35,7 +35,7 @@ from pipeline.readers import InputFile, check_columns, expand_inputs
 from pipeline.runner import make_pipeline, validate_beam_args
 from pipeline.score import (PAIRS, SIDES, CompleteStore, DistinctPairTexts, PairColumns, ReadPairs, ScorePairs,
                             ScoreSettings, dedupe_pair_chunks, read_store_tables)
-from pipeline.store import (COMPRESSION, MANIFEST_FILE, StoreLayout, count_rows, read_manifest,
+from pipeline.store import (COMPRESSION, StoreLayout, StoreWanted, count_rows, open_store_side,
                             write_manifest)
 from pipeline.summary import RunSummary, read_counters, split_dead_letters
 
@@ -110,25 +110,11 @@ def existing_store(job: ScorePairsJob, student: Student, side: str) -> tuple[tup
     """(files, rows, dtype) of ``--store``'s side, checked against the model; empty if none."""
     if job.store is None:
         return (), 0, job.dtype
-    directory = FileSystems.join(job.store, side)
-    if not FileSystems.exists(FileSystems.join(directory, MANIFEST_FILE)):
-        return (), 0, job.dtype
-    manifest = read_manifest(directory)
-    expected = store_layout(student, side, manifest.dtype)
-    problems = []
-    if manifest.model_fingerprint != student.fingerprint:
-        problems.append(f"model fingerprint {manifest.model_fingerprint[:16]} != this model's {student.fingerprint[:16]}")
-    for name, have, want in (("tokens kept", manifest.tokens_kept, expected.tokens_kept), ("dim", manifest.dim, expected.dim),
-                             ("pooled dim", manifest.pooled_dim, expected.pooled_dim),
-                             ("token selection", manifest.token_selection, student.config.token_selection),
-                             ("max length", manifest.max_length, student.config.max_length(side))):
-        if have != want:
-            problems.append(f"{name} {have} != {want}")
-    if problems:
-        raise ValueError(f"store {directory!r} was written by another model: {'; '.join(problems)}. "
-                         "Use a store written with this --model, or leave out --store to encode afresh")
-    files = tuple(FileSystems.join(directory, name) for name in manifest.files)
-    return files, manifest.rows, manifest.dtype
+    layout = store_layout(student, side, job.dtype)
+    store = open_store_side(job.store, side, StoreWanted(
+        student.fingerprint, student.config.encoder, layout.tokens_kept, layout.dim, layout.pooled_dim,
+        student.config.token_selection, student.config.max_length(side)))
+    return store.files, store.manifest.rows, store.manifest.dtype
 
 
 def choose_join(job: ScorePairsJob, plans: dict[str, SidePlan], pair_rows: int) -> tuple[str, str]:

@@ -789,10 +789,9 @@ def train(job: TrainStudentJob, argv: list[str] | None = None) -> tuple[RunSumma
 
 def check_encoder(config: StudentConfig) -> None:
     """The encoder exists and has at least K layers (its config only; the weights load later)."""
-    from transformers import AutoConfig
-    from encoders.sources import resolve_encoder
+    from encoders.sources import load_config
     try:
-        encoder_config = AutoConfig.from_pretrained(resolve_encoder(config.encoder))
+        encoder_config = load_config(config.encoder)
     except OSError as err:
         raise ValueError(f"--encoder {config.encoder!r} cannot be loaded (a local Hugging Face directory or a "
                          f"cached hub id): {err}") from err

@@ -287,8 +287,6 @@ def _column_problem(file: InputFile, required: list[str]) -> str | None:
         return str(err)
     except zstandard.ZstdError as err:
         return f"{file.path} is not valid zstd-compressed data: {err}"
-    except csv.Error as err:
-        return f"{file.path}: cannot parse the header line: {err}"
     if columns is None:  # a JSONL file with no JSON object near the top: nothing to check
         return None
     missing = [name for name in required if name not in columns]
@@ -321,7 +319,7 @@ def _columns_of(file: InputFile) -> tuple[list[str] | None, str]:
     with _open_stream(file) as stream:
         if file.format == "jsonl":
             return _first_json_object_keys(stream)
-        header = next(_csv_reader(stream, file.format), None)
+        _, header = next(_records(stream, file.format, file.path), (0, None))
         if header is None:
             return [], ""
         return [_replace_invalid(name) for name in header], "its header line"
@@ -351,10 +349,10 @@ def read_rows(file: InputFile,
     """Stream the rows of one file.
 
     Good rows come as :class:`SourcedRow`; ``source`` is ``path:LINE`` for text files (1-based; for
-    CSV/TSV the header is line 1 and a record spanning several lines is numbered by its first
-    line) and ``path:ROWINDEX`` (0-based) for Parquet. Values: CSV/TSV give strings (an empty field
-    is ``""``); JSONL keeps JSON types (``null`` is None); Parquet gives what pyarrow's
-    ``to_pylist`` gives.
+    CSV/TSV the header is line 1, and a CSV record spanning several lines is numbered by its first
+    line; a TSV record is always one line, read without quote processing) and ``path:ROWINDEX``
+    (0-based) for Parquet. Values: CSV/TSV give strings (an empty field is ``""``); JSONL keeps
+    JSON types (``null`` is None); Parquet gives what pyarrow's ``to_pylist`` gives.
 
     Malformed records come as :class:`~pipeline.dead_letters.DeadLetter`, whose ``row`` holds the
     original fields with invalid bytes shown as U+FFFD:
@@ -509,36 +507,65 @@ def _describe_bad_bytes(line: bytes, err: UnicodeDecodeError) -> str:
 
 # CSV / TSV ----------------------------------------------------------------------------------
 
-def _csv_reader(stream: IO[bytes], format: str):
-    """A csv reader over a binary stream.
+def _records(stream: IO[bytes], format: str, path: str) -> Iterator[tuple[int, list[str]]]:
+    """``(first line, fields)`` for every record of a CSV or TSV stream, the header included.
 
-    Decoding with ``surrogateescape`` keeps invalid bytes as lone surrogates instead of failing
-    the whole file, so each record can be checked on its own; ``utf-8-sig`` drops the byte order
-    mark spreadsheet programs put first, which would otherwise end up in the first column's name;
-    ``newline=""`` is what the csv module needs to handle quoted fields with line breaks.
+    Text is decoded with ``surrogateescape``, which keeps invalid bytes as lone surrogates instead
+    of failing the whole file, so each record can be checked on its own; a UTF-8 byte order mark
+    (which spreadsheet programs put first) is dropped so it does not end up in the first column's
+    name. A blank line comes as an empty list.
+
+    * **CSV** follows RFC 4180 quoting: a quoted field may hold commas, ``""`` and line breaks,
+      so one record may span several lines.
+    * **TSV** has no quoting at all (the IANA ``text/tab-separated-values`` rule): one line is
+      one record, split on tabs, and a ``"`` is an ordinary character. A stray quote in one text
+      therefore cannot swallow the lines after it. A line ends at ``\\n`` (a ``\\r`` before it
+      is dropped); fields cannot hold tabs or line breaks.
     """
+    if format == "tsv":
+        yield from _tsv_records(stream)
+        return
     if csv.field_size_limit() < _CSV_FIELD_LIMIT_CHARS:
         csv.field_size_limit(_CSV_FIELD_LIMIT_CHARS)
+    # newline="" is what the csv module needs to handle quoted fields with line breaks.
     text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
-    return csv.reader(text, delimiter="," if format == "csv" else "\t")
+    reader = csv.reader(text, delimiter=",")
+    last_line = 0
+    while True:
+        try:
+            values = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:
+            raise InputError(f"{path}: cannot parse the CSV record ending on line "
+                             f"{reader.line_num} ({err}); an unclosed quote makes the rest of "
+                             "the file one field") from err
+        # line_num is the record's last line; the record starts after the previous one.
+        first_line, last_line = last_line + 1, reader.line_num
+        yield first_line, values
+
+
+def _tsv_records(stream: IO[bytes]) -> Iterator[tuple[int, list[str]]]:
+    # Split on b"\n" in binary (as JSONL is), so lines are lines whatever the text holds.
+    for number, line in enumerate(stream, start=1):
+        if number == 1:
+            line = line.removeprefix(_UTF8_BOM)
+        line = line.removesuffix(b"\n").removesuffix(b"\r")
+        yield number, line.decode("utf-8", errors="surrogateescape").split("\t") if line else []
 
 
 def _read_delimited(file: InputFile,
                     columns: list[str] | None) -> Iterator[SourcedRow | DeadLetter]:
     with _open_stream(file) as stream:
-        reader = _csv_reader(stream, file.format)
-        records = _guard_csv(reader, file.path)
-        header = next(records, None)
+        records = _records(stream, file.format, file.path)
+        _, header = next(records, (0, None))
         if header is None:  # an empty file: no header, no rows
             return
         # A header with invalid bytes is not worth failing the file over, but its names must be
         # writable; they get U+FFFD like any other invalid text.
         names = [_replace_invalid(name) for name in header]
         width = len(names)
-        last_line = reader.line_num
-        for values in records:
-            # line_num is the record's last line; the record starts after the previous one.
-            first_line, last_line = last_line + 1, reader.line_num
+        for first_line, values in records:
             if not values:  # a blank line
                 continue
             source = f"{file.path}:{first_line}"
@@ -550,7 +577,7 @@ def _read_delimited(file: InputFile,
                                  f"record has {len(values)} fields but the header has {width}",
                                  source, row)
                 continue
-            # Surrogates can only come from invalid bytes (see _csv_reader); one search over the
+            # Surrogates can only come from invalid bytes (see _records); one search over the
             # joined record is much cheaper than one per field.
             if _SURROGATE.search("\x00".join(values)):
                 bad = [name for name, value in zip(names, values) if _SURROGATE.search(value)]
@@ -559,20 +586,6 @@ def _read_delimited(file: InputFile,
                                  source, dict(zip(names, map(_replace_invalid, values))))
                 continue
             yield SourcedRow(source, _project(dict(zip(names, values)), columns))
-
-
-def _guard_csv(reader, path: str) -> Iterator[list[str]]:
-    """The reader's records, with csv's parse errors turned into InputError naming the file."""
-    while True:
-        try:
-            values = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as err:
-            raise InputError(f"{path}: cannot parse the CSV record ending on line "
-                             f"{reader.line_num} ({err}); an unclosed quote makes the rest of "
-                             "the file one field") from err
-        yield values
 
 
 def _replace_invalid(text: str) -> str:

@@ -24,12 +24,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 SCHEMA_VERSION = 1
@@ -38,6 +41,12 @@ STORE_FILE_PREFIX = "part"
 STORE_FILE_SUFFIX = ".parquet"
 DTYPES = ("float16", "int8")
 COMPRESSION = "zstd"
+# Part footers checked at once before a run (each is a round trip on object stores).
+_CHECK_THREADS = 16
+
+
+class StoreError(ValueError):
+    """A ``--store`` (or a store read back) that cannot be used; the message names the file."""
 
 
 @dataclass(frozen=True)
@@ -96,12 +105,77 @@ class StoreManifest:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "StoreManifest":
-        data = json.loads(text)
+    def from_json(cls, text: str, path: str = MANIFEST_FILE) -> "StoreManifest":
+        """Parse and check a manifest; ``path`` names it in every error (StoreError).
+
+        Every key must be known and of its type, and ``files`` may name only the store's own
+        part files (``part*.parquet``, no directories): a store never reads outside itself."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise StoreError(f"store manifest {path} is not valid JSON: {err.msg} at line {err.lineno} "
+                             f"column {err.colno}") from None
+        if not isinstance(data, dict):
+            raise StoreError(f"store manifest {path} holds a JSON {type(data).__name__}, not an object")
         if data.get("schema_version") != SCHEMA_VERSION:
-            raise ValueError(f"store schema version {data.get('schema_version')!r} is not supported "
-                             f"(this pairscore reads {SCHEMA_VERSION})")
+            raise StoreError(f"store manifest {path}: schema version {data.get('schema_version')!r} is not "
+                             f"supported (this pairscore reads {SCHEMA_VERSION})")
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(data) - set(known))
+        missing = [name for name in known if name not in data]
+        if unknown or missing:
+            parts = ([f"unknown key(s) {', '.join(map(repr, unknown))}"] if unknown else []) + \
+                    ([f"missing key(s) {', '.join(map(repr, missing))}"] if missing else [])
+            raise StoreError(f"store manifest {path} has {' and '.join(parts)}; a schema version "
+                             f"{SCHEMA_VERSION} manifest has exactly {', '.join(known)}")
+        problems = [p for name, value in data.items() if (p := _field_problem(name, value))]
+        if problems:
+            raise StoreError(f"store manifest {path} is invalid: {'; '.join(problems)}")
         return cls(**data)
+
+
+# What each manifest key may hold: (check, what is allowed).
+_FIELD_RULES = {
+    "model_fingerprint": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
+    "encoder": (lambda v: isinstance(v, str), "a string"),
+    "side": (lambda v: v in ("left", "right"), "'left' or 'right'"),
+    "tokens_kept": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "dim": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "dtype": (lambda v: v in DTYPES, " or ".join(map(repr, DTYPES))),
+    "pooled_dim": (lambda v: v is None or (_is_int(v) and v >= 1), "null or an integer >= 1"),
+    "token_selection": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
+    "max_length": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "rows": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "files": (lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v), "a list of file names"),
+    "schema_version": (lambda v: v == SCHEMA_VERSION, str(SCHEMA_VERSION)),
+}
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _field_problem(name: str, value) -> str | None:
+    check, allowed = _FIELD_RULES[name]
+    if not check(value):
+        return f"{name} is {value!r:.80}, expected {allowed}"
+    if name == "files":
+        outside = [n for n in value if not is_part_file_name(n)]
+        if outside:
+            return (f"files lists {', '.join(repr(n) for n in outside[:3])}, which is not a part file of this "
+                    f"store: a store reads only its own {STORE_FILE_PREFIX}*{STORE_FILE_SUFFIX} files, "
+                    "directly inside its directory")
+        if len(set(value)) != len(value):
+            return "files lists a part file more than once"
+    return None
+
+
+def is_part_file_name(name: str) -> bool:
+    """True for a bare part file name (``part-00000-of-00001.parquet``): no directory, no ``..``,
+    nothing absolute, so joining it to the store's directory stays inside it."""
+    return (name == name.strip() and not any(c in name for c in "/\\:\x00")
+            and name.startswith(STORE_FILE_PREFIX) and name.endswith(STORE_FILE_SUFFIX)
+            and name not in (".", ".."))
 
 
 def encode_token_block(tokens: np.ndarray, dtype: str) -> tuple[list[bytes], np.ndarray | None]:
@@ -154,11 +228,179 @@ def _binary_buffer(column: pa.ChunkedArray) -> bytes | memoryview:
 
 
 def read_manifest(store_dir: str) -> StoreManifest:
+    """The checked manifest of one store directory (see :meth:`StoreManifest.from_json`)."""
     path = FileSystems.join(store_dir, MANIFEST_FILE)
     if not FileSystems.exists(path):
-        raise ValueError(f"{store_dir!r} is not an embedding store: {MANIFEST_FILE} is missing")
-    with FileSystems.open(path) as handle:
-        return StoreManifest.from_json(handle.read().decode("utf-8"))
+        raise StoreError(f"{store_dir!r} is not an embedding store: {path} is missing")
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        raw = handle.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise StoreError(f"store manifest {path} is not UTF-8 text: {err}") from None
+    return StoreManifest.from_json(text, path)
+
+
+def check_store_parts(store_dir: str, manifest: StoreManifest) -> tuple[str, ...]:
+    """The paths of the store's part files, each checked before any pipeline reads it: present,
+    a readable Parquet footer, the columns and types of the manifest's layout, and row counts that
+    add up to the manifest's ``rows``. StoreError naming the file otherwise.
+
+    Only footers are read, a few files at a time (on object stores each is a round trip)."""
+    manifest_path = FileSystems.join(store_dir, MANIFEST_FILE)
+    want = manifest.layout.schema()
+    paths = [FileSystems.join(store_dir, name) for name in manifest.files]
+
+    def part_rows(path: str) -> int:
+        if not FileSystems.exists(path):
+            raise StoreError(f"store manifest {manifest_path} lists {FileSystems.split(path)[1]}, which is "
+                             f"missing from {store_dir}: the store is incomplete")
+        try:
+            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+                footer = pq.ParquetFile(handle)
+                schema, rows = footer.schema_arrow, footer.metadata.num_rows
+        except (pa.ArrowException, OSError) as err:
+            raise StoreError(f"store part {path} is corrupt or truncated (its Parquet footer cannot be "
+                             f"read: {err})") from None
+        if [(f.name, f.type) for f in schema] != [(f.name, f.type) for f in want]:
+            raise StoreError(f"store part {path} does not match {manifest_path}: it has columns "
+                             f"{_describe_columns(schema)}, the manifest's layout needs {_describe_columns(want)}")
+        return rows
+
+    with ThreadPoolExecutor(max_workers=max(1, min(_CHECK_THREADS, len(paths)))) as pool:
+        total = sum(pool.map(part_rows, paths))
+    if total != manifest.rows:
+        raise StoreError(f"store manifest {manifest_path} says rows {manifest.rows} but its part files hold "
+                         f"{total}: the store was changed after it was written")
+    return tuple(paths)
+
+
+def _describe_columns(schema: pa.Schema) -> str:
+    return ", ".join(f"{f.name} {f.type}" for f in schema)
+
+
+@dataclass(frozen=True)
+class StoreWanted:
+    """What the model that will use a store needs the store to hold (one side)."""
+    model_fingerprint: str
+    encoder: str
+    tokens_kept: int
+    dim: int
+    pooled_dim: int | None
+    token_selection: str
+    max_length: int
+
+
+@dataclass(frozen=True)
+class OpenedStore:
+    """One side of a ``--store``, checked: its manifest and the paths of its part files."""
+    directory: str
+    manifest: StoreManifest
+    files: tuple[str, ...]
+
+
+SIDES = ("left", "right")
+
+
+def open_store_side(store_root: str, side: str, wanted: StoreWanted) -> OpenedStore:
+    """``STORE_ROOT/<side>`` checked for use as ``side`` by the model ``wanted`` describes.
+
+    Everything is checked before a pipeline starts, each failure a StoreError naming the path:
+    the two-side layout (``ROOT/left/_MANIFEST.json``, ``ROOT/right/_MANIFEST.json``, with a
+    hint when a one-side store or a job's output directory is given instead), the manifest
+    (see :meth:`StoreManifest.from_json`), its side (swapped ``left/`` and ``right/`` are named),
+    the model (fingerprint, encoder, N or M, D, pooled size, token selection, max length) and
+    every part file (:func:`check_store_parts`).
+    """
+    directory = FileSystems.join(store_root, side)
+    if not all(FileSystems.exists(FileSystems.join(store_root, s, MANIFEST_FILE)) for s in SIDES):
+        raise StoreError(_not_a_store_message(store_root))
+    manifest = read_manifest(directory)
+    manifest_path = FileSystems.join(directory, MANIFEST_FILE)
+    if manifest.side != side:
+        other = FileSystems.join(store_root, _other(side), MANIFEST_FILE)
+        if _side_of(other) == side:
+            raise StoreError(f"--store {store_root!r} has its sides swapped: {manifest_path} says side "
+                             f"{manifest.side!r} and {other} says side {side!r}; its left/ must hold the "
+                             "left store and right/ the right one")
+        raise StoreError(f"{manifest_path} says side {manifest.side!r}, but --store uses it as the {side} "
+                         f"store: {directory} must hold a {side} store")
+    problems = []
+    if manifest.model_fingerprint != wanted.model_fingerprint:
+        problems.append(f"model fingerprint {manifest.model_fingerprint[:16]} != this model's "
+                        f"{wanted.model_fingerprint[:16]}")
+    for name, have, want in (("encoder", manifest.encoder, wanted.encoder),
+                             ("tokens kept", manifest.tokens_kept, wanted.tokens_kept),
+                             ("dim", manifest.dim, wanted.dim), ("pooled dim", manifest.pooled_dim, wanted.pooled_dim),
+                             ("token selection", manifest.token_selection, wanted.token_selection),
+                             ("max length", manifest.max_length, wanted.max_length)):
+        if have != want:
+            problems.append(f"{name} {have} != {want}")
+    if problems:
+        raise StoreError(f"store {directory!r} was written by another model: {'; '.join(problems)}. "
+                         "Use a store written with this --model, or leave out --store to encode afresh")
+    return OpenedStore(directory, manifest, check_store_parts(directory, manifest))
+
+
+def _other(side: str) -> str:
+    return "right" if side == "left" else "left"
+
+
+def _side_of(manifest_path: str) -> str | None:
+    """The ``side`` a manifest claims, or None when it cannot be read (for messages only)."""
+    try:
+        with FileSystems.open(manifest_path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            data = json.loads(handle.read().decode("utf-8"))
+        return data.get("side") if isinstance(data, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _not_a_store_message(root: str) -> str:
+    """Why ``root`` is not a two-side store: what was expected, what is there, and how to fix it."""
+    expected = " and ".join(FileSystems.join(root, s, MANIFEST_FILE) for s in SIDES)
+    head = f"--store {root!r} is not a two-side embedding store: expected {expected}"
+    own_side = _side_of(FileSystems.join(root, MANIFEST_FILE))
+    if own_side is not None:
+        parent, name = FileSystems.split(root.rstrip("/"))
+        up = (f"; it looks one level too deep: pass --store {parent!r}"
+              if name in SIDES and FileSystems.exists(FileSystems.join(parent, _other(name), MANIFEST_FILE)) else "")
+        return (f"{head}, found {FileSystems.join(root, MANIFEST_FILE)} of a one-side {own_side!r} store "
+                f"(as encode_texts writes){up}. --store takes a directory DIR holding DIR/left (a left store) "
+                "and DIR/right (a right store): put this store at DIR/" + own_side + " and a "
+                f"{_other(own_side)} store at DIR/{_other(own_side)}, then pass --store DIR")
+    nested = FileSystems.join(root, "store")
+    if all(FileSystems.exists(FileSystems.join(nested, s, MANIFEST_FILE)) for s in SIDES):
+        return f"{head}, found a job output holding its store in {nested}: pass --store {nested!r}"
+    entries = _entries(root)
+    if entries is None and not FileSystems.exists(root):
+        return (f"{head}, but {root} does not exist (a first run goes without --store; later runs pass "
+                "the previous run's OUTPUT/store)")
+    found = []
+    for s in SIDES:
+        side_dir = FileSystems.join(root, s)
+        if FileSystems.exists(FileSystems.join(side_dir, MANIFEST_FILE)):
+            found.append(FileSystems.join(side_dir, MANIFEST_FILE))
+        elif side_entries := _entries(side_dir):
+            found.append(f"{side_dir} holding {side_entries} but no {MANIFEST_FILE} (deleted?)")
+    if not found:
+        return f"{head}, found no left/ or right/ store in it ({root} holds {entries or 'nothing'})"
+    return f"{head}, found {'; '.join(found)}"
+
+
+def _entries(directory: str, limit: int = 6) -> str | None:
+    """A short listing of a directory's entries for messages, or None when it has none."""
+    try:
+        if FileSystems.get_scheme(directory) is None:   # local: list subdirectories too
+            names = sorted(os.listdir(directory))
+        else:
+            matched = FileSystems.match([FileSystems.join(directory, "*")])[0].metadata_list
+            names = sorted({FileSystems.split(m.path)[1] for m in matched})
+    except Exception:  # noqa: BLE001 - a listing is only for the message
+        return None
+    if not names:
+        return None
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def write_manifest(store_dir: str, *, model_fingerprint: str, encoder: str, layout: StoreLayout,
@@ -189,18 +431,17 @@ def count_rows(paths: Sequence[str]) -> int:
 
 
 def read_store(store_dir: str, columns: Sequence[str] | None = None) -> tuple[StoreManifest, pa.Table]:
-    """The whole store as one Arrow table (tests, small stores, broadcast lookups)."""
+    """The whole store as one Arrow table (tests, small stores, broadcast lookups): only the part
+    files its manifest lists, each checked first (:func:`check_store_parts`)."""
     manifest = read_manifest(store_dir)
     tables = []
-    for path in store_files(store_dir):
-        with FileSystems.open(path) as handle:
+    for path in check_store_parts(store_dir, manifest):
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
             tables.append(pq.read_table(handle, columns=list(columns) if columns else None))
     schema = manifest.layout.schema()
     if columns:
         schema = pa.schema([schema.field(c) for c in columns])
     return manifest, pa.concat_tables(tables) if tables else schema.empty_table()
-
-
 
 
 class TokenLookup:

@@ -35,6 +35,8 @@ ROWS = [
     {"left": "café ünïcode", "right": ""},
     {"left": 'say "hi"', "right": "tab\there"},
 ]
+# TSV has no quoting (a quote is an ordinary character), so a field cannot hold a tab.
+TSV_ROWS = [{**row, "right": row["right"].replace("\t", " ")} for row in ROWS]
 
 
 # --------------------------------------------------------------------------------------------
@@ -60,6 +62,9 @@ def write_table(path: Path, rows: list[dict]) -> Path:
         return path
     if fmt == "jsonl":
         data = "".join(json.dumps(row) + "\n" for row in rows)
+    elif fmt == "tsv":  # no quoting in TSV: a field cannot hold a tab or a line break
+        assert not any(c in str(v) for row in rows for v in row.values() for c in "\t\r\n")
+        data = "".join("\t".join(map(str, r)) + "\n" for r in [list(rows[0]), *[r.values() for r in rows]])
     else:
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n",
@@ -136,7 +141,8 @@ def test_detect_format_rejects_unknown_override_and_zstd_parquet():
 @pytest.mark.parametrize("name", ["p.parquet", "p.jsonl", "p.jsonl.zst", "p.ndjson",
                                   "p.csv", "p.csv.zst", "p.tsv", "p.tsv.zst"])
 def test_each_format_round_trips(tmp_path, name):
-    path = write_table(tmp_path / name, ROWS)
+    rows = TSV_ROWS if ".tsv" in name else ROWS
+    path = write_table(tmp_path / name, rows)
     file, = expand_inputs([str(path)])
     assert file == InputFile(str(path), *detect_format(name))
     check_columns([file], ["left", "right"])
@@ -144,7 +150,7 @@ def test_each_format_round_trips(tmp_path, name):
     results = list(read_rows(file))
 
     assert all(isinstance(r, SourcedRow) for r in results)
-    assert [r.fields for r in results] == ROWS
+    assert [r.fields for r in results] == rows
     first = {"parquet": 0, "jsonl": 1, "csv": 2, "tsv": 2}[file.format]  # CSV header is line 1
     assert [r.source for r in results] == [f"{path}:{first + i}" for i in range(len(ROWS))]
 
@@ -489,12 +495,41 @@ def test_csv_dead_letters_multiline_fields_and_blank_lines(tmp_path, name):
         letter.to_record()["row"].encode("utf-8")
 
 
-def test_tsv_quoting_and_field_count(tmp_path):
-    path = write_bytes(tmp_path / "d.tsv", b'left\tright\n"a\tb"\tc\nd,e\tf\ng\n')
+def test_tsv_has_no_quoting_and_counts_fields(tmp_path):
+    # TSV is read without quote processing: quotes are kept as they are, and a tab always splits.
+    path = write_bytes(tmp_path / "d.tsv", b'left\tright\n"a\tb"\tc\nd,e\tf\ng\n"q"\t say ""hi""\n')
     good, dead = split(read_all(path))
-    assert good == [SourcedRow(f"{path}:2", {"left": "a\tb", "right": "c"}),
-                    SourcedRow(f"{path}:3", {"left": "d,e", "right": "f"})]
-    assert [brief(d) for d in dead] == [(REASON_BAD_FIELD_COUNT, f"{path}:4", {"left": "g"})]
+    assert good == [SourcedRow(f"{path}:3", {"left": "d,e", "right": "f"}),
+                    SourcedRow(f"{path}:5", {"left": '"q"', "right": ' say ""hi""'})]
+    assert [brief(d) for d in dead] == [
+        (REASON_BAD_FIELD_COUNT, f"{path}:2", {"left": '"a', "right": 'b"', "_extra_fields": ["c"]}),
+        (REASON_BAD_FIELD_COUNT, f"{path}:4", {"left": "g"})]
+
+
+@pytest.mark.parametrize("name", ["six.tsv", "six.tsv.zst"])
+def test_tsv_unbalanced_quote_does_not_swallow_lines(tmp_path, name):
+    """One line is one row: a text that starts with an unbalanced quote stays in its own row."""
+    lines = [b"id\ttext", b"1\tfirst", b'2\t"unbalanced start of a quote', b"3\tthird", b"4\tfourth",
+             b'5\tfifth with a " inside', b"6\tsixth"]
+    path = write_bytes(tmp_path / name, b"\r\n".join(lines) + b"\r\n")
+    check_columns([input_file(path)], ["id", "text"])
+    good, dead = split(read_all(path))
+    assert dead == []
+    assert [(r.source, r.fields["id"]) for r in good] == [(f"{path}:{n + 2}", str(n + 1)) for n in range(6)]
+    assert good[1].fields["text"] == '"unbalanced start of a quote'
+    assert good[4].fields["text"] == 'fifth with a " inside'
+
+
+def test_tsv_header_is_read_without_quoting_too(tmp_path):
+    path = write_bytes(tmp_path / "h.tsv", b'"id\ttext"\n1\tx\n')
+    with pytest.raises(InputError, match="""has no column 'id'"""):
+        check_columns([input_file(path)], ["id"])
+    check_columns([input_file(path)], ['"id'])
+
+
+def test_tsv_lone_carriage_return_stays_in_its_field(tmp_path):
+    path = write_bytes(tmp_path / "cr.tsv", b"a\tb\nx\ry\tz\n")
+    assert read_all(path) == [SourcedRow(f"{path}:2", {"a": "x\ry", "b": "z"})]
 
 
 def test_csv_byte_order_mark_and_invalid_header_bytes(tmp_path):

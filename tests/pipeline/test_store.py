@@ -1,4 +1,7 @@
-"""Store encoding: float16 and int8 round trips, schema, masks."""
+"""Store encoding: float16 and int8 round trips, schema, masks; manifests checked strictly."""
+import json
+import re
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -50,3 +53,33 @@ def test_token_mask_from_num_tokens():
 def test_unknown_dtype_is_refused():
     with pytest.raises(ValueError, match="dtype 'float8' is not allowed: choose one of float16, int8"):
         StoreLayout("left", 4, 8, "float8", None)
+
+
+GOOD_MANIFEST = {"model_fingerprint": "f" * 64, "encoder": "enc", "side": "left", "tokens_kept": 4, "dim": 8,
+                 "dtype": "float16", "pooled_dim": None, "token_selection": "first", "max_length": 16, "rows": 3,
+                 "files": ["part-00000-of-00001.parquet"], "schema_version": 1}
+
+
+def test_manifest_round_trips_and_every_value_is_checked():
+    from pipeline.store import StoreError, StoreManifest
+    manifest = StoreManifest.from_json(json.dumps(GOOD_MANIFEST), "m.json")
+    assert StoreManifest.from_json(manifest.to_json()) == manifest
+    for changes, message in [({"dim": True}, "dim is True, expected an integer >= 1"),
+                             ({"pooled_dim": 0}, "pooled_dim is 0"),
+                             ({"files": ["part-0.parquet", "part-0.parquet"]}, "more than once"),
+                             ({"files": ["part-0.parquet\x00/../x"]}, "not a part file"),
+                             ({"model_fingerprint": ""}, "model_fingerprint is ''")]:
+        with pytest.raises(StoreError, match=f"store manifest m.json is invalid: .*{re.escape(message)}"):
+            StoreManifest.from_json(json.dumps({**GOOD_MANIFEST, **changes}), "m.json")
+    with pytest.raises(StoreError, match="m.json holds a JSON list, not an object"):
+        StoreManifest.from_json("[]", "m.json")
+
+
+@pytest.mark.parametrize("name, ok", [("part-00000-of-00001.parquet", True), ("part.parquet", True),
+                                      ("../part-0.parquet", False), ("/abs/part-0.parquet", False),
+                                      ("part-0.parquet/..", False), ("..\\part-0.parquet", False),
+                                      ("gs://b/part-0.parquet", False), (" part-0.parquet", False),
+                                      ("data.parquet", False), ("part-0.json", False)])
+def test_part_file_names_stay_inside_the_store(name, ok):
+    from pipeline.store import is_part_file_name
+    assert is_part_file_name(name) is ok
