@@ -41,8 +41,13 @@ def pairscore() -> None:
     """
 
 
+# The directory holding pairscore's packages (jobs/, pipeline/, encoders/, heads/).
+PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 def console_main() -> None:
     """The ``pairscore`` console script (setup.py entry point)."""
+    _shield_beam_workers()
     count_from_process_start()
     pairscore(prog_name="pairscore")
 
@@ -54,11 +59,26 @@ def main_module(name: str) -> None:
     (or ``heads.py`` ...) there would shadow pairscore's package of that name once the job
     imports it; the current directory moves to the end unless it is where pairscore lives.
     """
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if sys.path and os.path.abspath(sys.path[0] or os.curdir) != here:
+    if sys.path and os.path.abspath(sys.path[0] or os.curdir) != PACKAGE_ROOT:
         sys.path.append(sys.path.pop(0))
+    _shield_beam_workers()
     count_from_process_start()
     COMMANDS[name].main(prog_name=f"python -m jobs.{name}")
+
+
+def _shield_beam_workers() -> None:
+    """Beam's multi-process workers start as ``python -m ...`` in the current directory, which
+    would put a user's ``pipeline.py`` there ahead of pairscore's when they load the pipeline's
+    functions. PYTHONSAFEPATH (Python 3.11+) keeps the current directory off their path; a
+    checkout that is not installed goes on their PYTHONPATH instead (an installed one is found
+    in site-packages as usual)."""
+    import site
+
+    os.environ["PYTHONSAFEPATH"] = "1"
+    installed = {os.path.abspath(p) for p in site.getsitepackages() + [site.getusersitepackages()]}
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if PACKAGE_ROOT not in installed and PACKAGE_ROOT not in (os.path.abspath(p) for p in paths):
+        os.environ["PYTHONPATH"] = os.pathsep.join([PACKAGE_ROOT] + paths)
 
 
 @pairscore.command("encode-texts", cls=JobCommand, context_settings=BEAM_JOB_CONTEXT, epilog=BEAM_EPILOG)

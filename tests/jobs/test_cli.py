@@ -3,6 +3,7 @@ process start, and no shadowing by a user's own ``pipeline.py``."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -189,3 +190,21 @@ def test_a_users_pipeline_py_does_not_shadow_the_package(tmp_path):
         assert done.returncode == 2, (command, done.stderr)
         assert "missing.jsonl" in done.stderr and "user pipeline.py" not in done.stderr
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_multi_process_run_beside_a_users_pipeline_py_is_quiet_and_unshadowed(tmp_path, tiny_checkpoint):
+    """Beam's worker processes start in the current directory too: they must load pairscore's
+    pipeline package, not the user's pipeline.py, and their start-up logs stay hidden."""
+    folder = tmp_path / "work"
+    folder.mkdir()
+    (folder / "pipeline.py").write_text("raise RuntimeError('the user pipeline.py was imported')\n")
+    texts = folder / "texts.jsonl"
+    texts.write_text("".join(f'{{"text": "text number {i}"}}\n' for i in range(12)))
+    done = subprocess.run([sys.executable, "-m", "jobs.encode_texts", "--input", str(texts), "--model", tiny_checkpoint,
+                           "--output", str(folder / "out"), "--direct_num_workers=2",
+                           "--direct_running_mode=multi_processing"],
+                          capture_output=True, text=True, cwd=folder, env=_env(), timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "encode_texts: done in" in done.stdout and re.search(r"texts_encoded\s+12\b", done.stdout)
+    noise = [line for line in done.stderr.splitlines() if not line.startswith("encode_texts ")]
+    assert noise == [], done.stderr
