@@ -160,7 +160,11 @@ def _without_worker_logs() -> Iterator[TextIO]:
     drops the workers' start-up log lines and passes every other line on; yields a stream on the
     real stderr for the progress line (which redraws in place, so it bypasses the line filter)."""
     sys.stderr.flush()
-    real = os.dup(2)
+    try:
+        real = os.dup(2)
+    except OSError:  # no file descriptor 2 to filter (embedded use): leave it alone
+        yield sys.stderr
+        return
     read_end, write_end = os.pipe()
     os.dup2(write_end, 2)
     os.close(write_end)
