@@ -488,3 +488,7 @@ def evaluate(ctx: click.Context, quiet: bool, verbose: bool, **flags) -> None:
 COMMANDS = {name: pairscore.commands[name.replace("_", "-")] for name in
             ("encode_texts", "score_pairs", "label_pairs", "build_candidates", "train_teacher", "train_student",
              "evaluate")}
+
+
+if __name__ == "__main__":  # python -m jobs.cli <command> ...: the console script without installing
+    console_main()

@@ -80,6 +80,13 @@ def test_console_group_help_imports_nothing_heavy():
     assert "Usage: pairscore score-pairs" in done.stdout and done.stdout.strip().endswith("HEAVY=")
 
 
+def test_python_m_jobs_cli_is_the_console_script():
+    done = subprocess.run([sys.executable, "-m", "jobs.cli", "--help"], capture_output=True, text=True, env=_env(),
+                          cwd=REPO, timeout=120)
+    assert done.returncode == 0 and "Usage: pairscore" in done.stdout
+    assert all(job.replace("_", "-") in done.stdout for job in JOBS)
+
+
 def test_the_choices_offered_before_import_are_the_librarys():
     from encoders.sources import DEFAULT_ENCODER
     from encoders.teacher import LOSSES, TASKS
