@@ -105,23 +105,31 @@ def build_student(config: StudentConfig, seed: int = 0) -> Student:
 
 
 def save_student(student: Student, directory: str | os.PathLike) -> Path:
-    """Write ``student`` as a checkpoint directory (see module docstring)."""
+    """Write ``student`` as a checkpoint directory (see module docstring).
+
+    The files are written to a temporary directory beside ``directory`` and renamed into place
+    (pipeline.outputs.atomic_directory): a crash during a save never leaves a half-written
+    model, and re-saving replaces the previous checkpoint whole. A ``directory`` holding anything
+    but a checkpoint is refused rather than replaced."""
+    from pipeline.outputs import atomic_directory  # Beam's FileSystems: imported only to save
+
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    checkpoint_names = {CONFIG_FILE, WEIGHTS_FILE, SHARED_ENCODER_DIR, *SIDE_ENCODER_DIRS.values()}
     config = student.config
     encoder = student.encoder
-    if config.shared_encoder:
-        _save_transformer(encoder.left, directory / SHARED_ENCODER_DIR)
-    else:
-        for side, name in SIDE_ENCODER_DIRS.items():
-            _save_transformer(encoder.side(side), directory / name)
-    tensors = {f"left_projection.{k}": v for k, v in encoder.left.projection.state_dict().items()}
-    tensors.update({f"right_projection.{k}": v for k, v in encoder.right.projection.state_dict().items()})
-    if student.head is not None:
-        tensors.update({f"head.{k}": v for k, v in student.head.state_dict().items()})
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(directory / WEIGHTS_FILE),
-              metadata={"format": "pairscore-student"})
-    (directory / CONFIG_FILE).write_text(config.to_json() + "\n", encoding="utf-8")
+    with atomic_directory(directory, allowed=checkpoint_names.__contains__) as target:
+        if config.shared_encoder:
+            _save_transformer(encoder.left, target / SHARED_ENCODER_DIR)
+        else:
+            for side, name in SIDE_ENCODER_DIRS.items():
+                _save_transformer(encoder.side(side), target / name)
+        tensors = {f"left_projection.{k}": v for k, v in encoder.left.projection.state_dict().items()}
+        tensors.update({f"right_projection.{k}": v for k, v in encoder.right.projection.state_dict().items()})
+        if student.head is not None:
+            tensors.update({f"head.{k}": v for k, v in student.head.state_dict().items()})
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(target / WEIGHTS_FILE),
+                  metadata={"format": "pairscore-student"})
+        (target / CONFIG_FILE).write_text(config.to_json() + "\n", encoding="utf-8")
     return directory
 
 

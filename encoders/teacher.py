@@ -385,12 +385,19 @@ def build_teacher(base: str, task: TeacherTask, seed: int = 0) -> CrossEncoder:
 
 
 def save_teacher(teacher: CrossEncoder, directory: str | os.PathLike) -> Path:
-    """Write a teacher checkpoint (see the module docstring); returns the directory."""
+    """Write a teacher checkpoint (see the module docstring); returns the directory.
+
+    Written to a temporary directory beside ``directory`` and renamed into place
+    (pipeline.outputs.atomic_directory), so a crash during a save never leaves a half-written
+    model. An existing ``directory`` must be empty or an earlier teacher checkpoint."""
+    from pipeline.outputs import atomic_directory  # Beam's FileSystems: imported only to save
+
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    teacher.model.save_pretrained(directory, safe_serialization=True)
-    teacher.tokenizer.save_pretrained(directory)
-    (directory / TEACHER_FILE).write_text(teacher.task.to_json() + "\n", encoding="utf-8")
+    earlier_teacher = (directory / TEACHER_FILE).is_file()
+    with atomic_directory(directory, allowed=lambda name: earlier_teacher) as target:
+        teacher.model.save_pretrained(target, safe_serialization=True)
+        teacher.tokenizer.save_pretrained(target)
+        (target / TEACHER_FILE).write_text(teacher.task.to_json() + "\n", encoding="utf-8")
     return directory
 
 

@@ -50,7 +50,7 @@ from jobs import cli
 from jobs.common import run_started
 from pipeline.dead_letters import DeadLetter
 from pipeline.encode import TextColumns, TextRow, extract_text, pick_device, resolve_id
-from pipeline.outputs import prepare_output_dir, write_dead_letter_file
+from pipeline.outputs import abort_output_on_failure, local_path_or_none, open_output, write_dead_letter_file
 from pipeline.progress import bar_options
 from pipeline.readers import InputFile, check_columns, expand_inputs, read_rows
 from pipeline.store import COMPRESSION, STORE_FILE_PREFIX, STORE_FILE_SUFFIX
@@ -229,6 +229,7 @@ def encoder_for(job: BuildCandidatesJob) -> Student:
     return build_student(config)
 
 
+@abort_output_on_failure
 def run(job: BuildCandidatesJob, argv: list[str] | None = None) -> RunSummary:
     """Check everything that can be checked, read, encode, search, sample, write, summarise."""
     job.check()
@@ -239,7 +240,9 @@ def run(job: BuildCandidatesJob, argv: list[str] | None = None) -> RunSummary:
         check_columns(side_files, [c for c in (columns.text, columns.id) if c])
     student = encoder_for(job)
     side = student.encoder.left.to(device).eval()  # one shared encoder: both pools in one space
-    prepare_output_dir(job.output, job.overwrite)
+    out = open_output(job.output, job=JOB_NAME, overwrite=job.overwrite,
+                      reads={"--left-texts": job.left_texts, "--right-texts": job.right_texts,
+                             "--encoder": [local_path_or_none(job.encoder)]})
 
     started = run_started()
     pools = {name: read_text_pool(side_files, columns) for name, side_files in files.items()}
@@ -266,10 +269,10 @@ def run(job: BuildCandidatesJob, argv: list[str] | None = None) -> RunSummary:
                 for row, x in zip(knn_index_np, exclude.tolist())]
     random_index = sample_random(len(right.texts), job.random_per_left, excluded, np.random.default_rng(job.seed))
 
-    path = FileSystems.join(job.output, f"{STORE_FILE_PREFIX}-00000-of-00001{STORE_FILE_SUFFIX}")
+    path = out.staged(f"{STORE_FILE_PREFIX}-00000-of-00001{STORE_FILE_SUFFIX}")
     by_source = write_candidates(path, left, right, embeddings, knn_sims.numpy(), knn_index_np, random_index)
     dead = [*left.dead, *right.dead]
-    write_dead_letter_file(job.output, dead)
+    write_dead_letter_file(out.staged(), dead)
 
     counts = {}
     for name, pool in pools.items():
@@ -300,7 +303,7 @@ def run(job: BuildCandidatesJob, argv: list[str] | None = None) -> RunSummary:
         model_fingerprints={"encoder": student.fingerprint}, wall_seconds=round(time.monotonic() - started, 3),
         counts=counts, dead_letters=dict(sorted(dead_letters.items())), reconciliation=reconciliation, notes=notes,
         metrics={"seconds": seconds, "sources": by_source})
-    summary.write()
+    out.commit(summary)
     return summary
 
 

@@ -95,7 +95,8 @@ def _shield_beam_workers() -> None:
 @click.option("--model", "model_dir", default=None, metavar="DIR",
               help="Student checkpoint directory. Default: the zero-training baseline on the packaged "
                    "all-MiniLM-L6-v2.")
-@output_option("Store directory to create: part-*.parquet, _MANIFEST.json, dead_letter/, _SUMMARY.json.", metavar="STORE_DIR")
+@output_option("Store directory to create: part-*.parquet, _MANIFEST.json, _dead_letter/, _SUMMARY.json, _SUCCESS.",
+               metavar="STORE_DIR")
 @overwrite_option
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True,
               help="Texts per encoder batch (texts are sorted by length first, so padding stays small).")
@@ -105,7 +106,7 @@ def _shield_beam_workers() -> None:
 @run_options
 @click.pass_context
 def encode_texts(ctx: click.Context, quiet: bool, verbose: bool, **flags) -> None:
-    """Encode every unique text of a table once and write an embedding store (stage one)."""
+    """Encode every unique text once and write an embedding store (stage one)."""
     def go() -> str:
         from jobs import encode_texts as module
         job = module.EncodeTextsJob(inputs=tuple(flags.pop("inputs")), **flags)
@@ -135,7 +136,8 @@ def encode_texts(ctx: click.Context, quiet: bool, verbose: bool, **flags) -> Non
 @click.option("--store", default=None, metavar="DIR",
               help="Stores of an earlier run (DIR/left, DIR/right, e.g. last night's OUTPUT/store): texts "
                    "already there are reused, not re-encoded. Refused if written by another model.")
-@output_option("Directory to create: scores-*.parquet, store/{left,right}/, dead_letter/, _SUMMARY.json.")
+@output_option("Directory to create: scores/ (the scores table), store/{left,right}/ (tomorrow's --store), "
+               "_dead_letter/, _SUMMARY.json, _SUCCESS.")
 @overwrite_option
 @click.option("--join", type=click.Choice(JOINS), default="auto", show_default=True,
               help="broadcast: stores held in each worker's memory; shuffle: CoGroupByKey, scales past memory; "
@@ -191,7 +193,7 @@ def score_pairs(ctx: click.Context, quiet: bool, verbose: bool, **flags) -> None
               help="A previous label_pairs output from the same teacher: pairs it holds (same left and right "
                    "text) are not labeled again, and all its rows are copied into --output, which is then the "
                    "complete distillation set.")
-@output_option("Directory to create: part-*.parquet, dead_letter/, _MANIFEST.json, _SUMMARY.json.")
+@output_option("Directory to create: part-*.parquet, _dead_letter/, _MANIFEST.json, _SUMMARY.json, _SUCCESS.")
 @overwrite_option
 @click.option("--batch-size", type=int, default=64, show_default=True,
               help="Pairs per teacher batch (pairs are sorted by length first, so padding stays small).")
@@ -202,7 +204,7 @@ def score_pairs(ctx: click.Context, quiet: bool, verbose: bool, **flags) -> None
 @run_options
 @click.pass_context
 def label_pairs(ctx: click.Context, quiet: bool, verbose: bool, **flags) -> None:
-    """Label pairs with a teacher cross-encoder: the distillation set (logits and soft labels)."""
+    """Label pairs with a teacher cross-encoder and write the distillation set."""
     def go() -> str:
         from jobs import label_pairs as module
         job = module.LabelPairsJob(pairs=tuple(flags.pop("pairs")), keep_cols=flags.pop("keep_cols"), **flags)
@@ -234,14 +236,13 @@ def label_pairs(ctx: click.Context, quiet: bool, verbose: bool, **flags) -> None
               help="Texts per encoder batch (sorted by length first).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the random pairs.")
 @device_option("Where encoding and search run; auto = CUDA when present.")
-@output_option("Directory to create: part-00000-of-00001.parquet, dead_letter/, _SUMMARY.json.")
+@output_option("Directory to create: part-00000-of-00001.parquet, _dead_letter/, _SUMMARY.json, _SUCCESS.")
 @overwrite_option
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show encoding progress bars.")
 @run_options
 @click.pass_context
 def build_candidates(ctx: click.Context, quiet: bool, verbose: bool, progress: bool, **flags) -> None:
-    """Mine unlabeled candidate pairs for distillation: each left text's top-k nearest right texts
-    (exact cosine search) plus random right texts."""
+    """Mine candidate pairs (top-k neighbours + random pairs) for teacher labeling."""
     def go() -> str:
         from jobs import build_candidates as module
         job = module.BuildCandidatesJob(left_texts=tuple(flags.pop("left_texts")),
@@ -295,14 +296,14 @@ def build_candidates(ctx: click.Context, quiet: bool, verbose: bool, progress: b
 @click.option("--limit", type=int, default=None, metavar="N",
               help="Read at most N rows from each of --train and --dev (quick runs).")
 @output_option("Checkpoint directory to create: config.json, model.safetensors, tokenizer, teacher.json, "
-                   "dead_letter/, _SUMMARY.json.")
+               "_dead_letter/, _SUMMARY.json, _SUCCESS (the checkpoint is committed when training ends).")
 @overwrite_option
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Show a progress bar with the loss and pairs/s.")
 @run_options
 @click.pass_context
 def train_teacher(ctx: click.Context, quiet: bool, verbose: bool, progress: bool, **flags) -> None:
-    """Fine-tune a cross-encoder teacher on labeled pairs."""
+    """Fine-tune a cross-encoder teacher on labeled pairs and save it for label_pairs."""
     def go() -> str:
         label_range = parse_label_range(flags.pop("label_range"))
         from jobs import train_teacher as module
@@ -413,14 +414,14 @@ def train_teacher(ctx: click.Context, quiet: bool, verbose: bool, progress: bool
 @click.option("--limit", type=int, default=None, metavar="N",
               help="Read at most N rows from each of --distill and --dev (quick runs).")
 @output_option("Student checkpoint directory to create: config.json, student.safetensors, encoder/, "
-                   "dead_letter/, _SUMMARY.json.")
+               "_dead_letter/, _SUMMARY.json, _SUCCESS (the checkpoint is committed when training ends).")
 @overwrite_option
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Show a progress bar with the loss and pairs/s.")
 @run_options
 @click.pass_context
 def train_student(ctx: click.Context, quiet: bool, verbose: bool, progress: bool, **flags) -> None:
-    """Distil a teacher into a DiPair student: two-stage training on a distillation set."""
+    """Distil a teacher into a DiPair student (two-stage training) and save the checkpoint."""
     def go() -> str:
         label_range = parse_label_range(flags.pop("label_range"))
         head_options = parse_head_options(flags.pop("head_options"))
@@ -464,12 +465,13 @@ def train_student(ctx: click.Context, quiet: bool, verbose: bool, progress: bool
 @device_option("Where models run; auto = CUDA when present (mixed precision). Speeds are of this device.")
 @click.option("--limit", type=int, default=None, metavar="N",
               help="Read at most N rows from each of --pairs and --dev (quick runs).")
-@output_option("Directory to create: report.md, *.png, metrics.json, scores.parquet, dead_letter/, _SUMMARY.json.")
+@output_option("Directory to create: report.md, *.png, metrics.json, scores.parquet, _dead_letter/, _SUMMARY.json, "
+               "_SUCCESS.")
 @overwrite_option
 @run_options
 @click.pass_context
 def evaluate(ctx: click.Context, quiet: bool, verbose: bool, **flags) -> None:
-    """Quality and speed of teachers, students and the zero-training baseline, side by side."""
+    """Evaluate teachers, students and the baseline on labeled pairs: quality, agreement, speed, plots."""
     def go() -> str:
         import json
 

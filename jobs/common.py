@@ -49,7 +49,8 @@ def output_option(help: str, metavar: str = "DIR"):
     return click.option("--output", required=True, metavar=metavar, help=help)
 
 
-overwrite_option = click.option("--overwrite", is_flag=True, help="Replace the contents of a non-empty --output.")
+overwrite_option = click.option("--overwrite", is_flag=True, help="Replace an earlier pairscore output in --output "
+                                "(refused for a directory pairscore did not write).")
 
 
 def device_option(help: str = "Where models run; auto = CUDA when present (mixed precision on GPU)."):

@@ -21,10 +21,10 @@ from encoders.config import baseline_config
 from jobs import cli
 from jobs.common import run_started
 from pipeline.encode import DEAD_LETTER_TAG, DedupeTexts, EncodeSettings, EncodeTexts, ReadRows, TextColumns, pick_device
-from pipeline.outputs import WriteDeadLetters, WriteStore, prepare_output_dir
+from pipeline.outputs import WriteDeadLetters, WriteStore, abort_output_on_failure, open_output
 from pipeline.readers import check_columns, expand_inputs
 from pipeline.runner import make_pipeline, validate_beam_args
-from pipeline.store import StoreLayout, write_manifest
+from pipeline.store import StoreLayout, count_rows, store_files, write_manifest
 from pipeline.summary import RunSummary, read_counters, split_dead_letters
 
 JOB_NAME = "encode_texts"
@@ -53,6 +53,7 @@ def store_layout(student: Student, side: str, dtype: str) -> StoreLayout:
                        dtype=dtype, pooled_dim=pooled_dim)
 
 
+@abort_output_on_failure
 def run(job: EncodeTextsJob, beam_args: list[str], argv: list[str] | None = None) -> RunSummary:
     """Check everything that can be checked, run the pipeline, write manifest and summary."""
     validate_beam_args(beam_args)
@@ -62,7 +63,8 @@ def run(job: EncodeTextsJob, beam_args: list[str], argv: list[str] | None = None
     check_columns(files, [c for c in (columns.text, columns.id) if c])
     student = load_or_build_student(job.model_dir, baseline_config())
     layout = store_layout(student, job.side, job.dtype)
-    prepare_output_dir(job.output, job.overwrite)
+    out = open_output(job.output, job=JOB_NAME, overwrite=job.overwrite,
+                      reads={"--input": job.inputs, "--model": [job.model_dir]})
 
     started = run_started()
     pipeline = make_pipeline(beam_args)
@@ -72,17 +74,14 @@ def run(job: EncodeTextsJob, beam_args: list[str], argv: list[str] | None = None
                               dtype=job.dtype, device=job.device)
     (deduped["unique"]
      | "EncodeTexts" >> EncodeTexts(settings, layout)
-     | "WriteStore" >> WriteStore(job.output, layout))
+     | "WriteStore" >> WriteStore(out.staged(), layout))
     ((read[DEAD_LETTER_TAG], deduped[DEAD_LETTER_TAG])
      | "AllDeadLetters" >> beam.Flatten()
-     | "WriteDeadLetters" >> WriteDeadLetters(job.output))
+     | "WriteDeadLetters" >> WriteDeadLetters(out.staged()))
     result = pipeline.run()
-    result.wait_until_finish()
+    result.wait_until_finish()   # the commit below runs here, in the launching process
 
-    manifest = write_manifest(job.output, model_fingerprint=student.fingerprint, encoder=student.config.encoder,
-                              layout=layout, token_selection=student.config.token_selection,
-                              max_length=student.config.max_length(job.side))
-    store_rows = manifest.rows
+    store_rows = count_rows(store_files(out.staged()))
 
     counters, dead_letters = split_dead_letters(read_counters(result))
     counts = {
@@ -111,7 +110,10 @@ def run(job: EncodeTextsJob, beam_args: list[str], argv: list[str] | None = None
         reconciliation=(f"rows read {counts['rows_read']:,} = kept {counts['rows_kept']:,} + duplicates "
                         f"{counts['rows_duplicate']:,} + dead-lettered {counts['rows_dead_lettered']:,}"),
         notes=notes)
-    summary.write()
+    write_manifest(out.staged(), model_fingerprint=student.fingerprint, encoder=student.config.encoder,
+                   layout=layout, token_selection=student.config.token_selection,
+                   max_length=student.config.max_length(job.side))
+    out.commit(summary)
     return summary
 
 

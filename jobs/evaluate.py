@@ -8,7 +8,7 @@ and accuracy and F1 at the threshold that is best on ``--dev``, or on the evalua
 no ``--dev`` is given; graded: Pearson and Spearman), its agreement with the first teacher among
 the models, and its pairs/s on this machine. Writes ``DIR/report.md`` with PNG plots
 (``report.py``), ``DIR/metrics.json``, ``DIR/scores.parquet`` (every model's score per pair),
-``DIR/dead_letter/`` and ``DIR/_SUMMARY.json``.
+``DIR/_dead_letter/``, ``DIR/_SUMMARY.json`` and ``DIR/_SUCCESS``, committed at the end (pipeline/outputs.py).
 
 Speed, and its regime: a teacher reads every pair whole, so its cost is per pair. A student
 encodes each unique text once and runs its head per pair, so its pairs/s depends on how many
@@ -50,7 +50,7 @@ from jobs.student_inference import Pairs, encode_pairs, head_logits, synchronize
 from jobs.train_teacher import LabeledPairs, read_labeled_pairs
 from pipeline.dead_letters import DeadLetter
 from pipeline.encode import pick_device
-from pipeline.outputs import prepare_output_dir, write_dead_letter_file
+from pipeline.outputs import abort_output_on_failure, local_path_or_none, open_output, write_dead_letter_file
 from pipeline.pairs import TextPairColumns
 from pipeline.readers import check_columns, expand_inputs
 from pipeline.store import COMPRESSION
@@ -262,6 +262,7 @@ MAIN_METRICS = {"binary": "auc", "graded": "spearman"}
 
 # --------------------------------------------------------------------------- the job
 
+@abort_output_on_failure
 def run(job: EvaluateJob, argv: list[str] | None = None) -> RunSummary:
     """Check, load every model, score, measure, write the report."""
     job.check()
@@ -281,7 +282,9 @@ def run(job: EvaluateJob, argv: list[str] | None = None) -> RunSummary:
     for files in split_files.values():
         check_columns(files, [*columns.required(), job.label_col])
     models = [load_model(name, source, device) for name, source in specs]
-    prepare_output_dir(job.output, job.overwrite)
+    out = open_output(job.output, job=JOB_NAME, overwrite=job.overwrite,
+                      reads={"--pairs": job.pairs, "--dev": job.dev,
+                             "--model": [local_path_or_none(source) for _, source in specs]})
 
     started = run_started()
     splits = {name: read_labeled_pairs(files, columns, job.label_col, task, job.limit)
@@ -337,13 +340,13 @@ def run(job: EvaluateJob, argv: list[str] | None = None) -> RunSummary:
                     "torch": torch.__version__, "platform": platform.platform(), "python": platform.python_version()},
         "models": results,
     }
-    write_scores(os.path.join(job.output, SCORES_FILE), evaluated, pairs, scored)
-    with open(os.path.join(job.output, METRICS_FILE), "w", encoding="utf-8") as handle:
+    write_scores(out.staged(SCORES_FILE), evaluated, pairs, scored)
+    with open(out.staged(METRICS_FILE), "w", encoding="utf-8") as handle:
         json.dump(_strict_json(metrics), handle, indent=2, allow_nan=False)
         handle.write("\n")
-    write_report(job.output, metrics, {name: s.scores for name, s in scored.items()}, targets)
+    write_report(out.staged(), metrics, {name: s.scores for name, s in scored.items()}, targets)
     dead = [letter for labeled in splits.values() for letter in labeled.skipped]
-    write_dead_letter_file(job.output, dead)
+    write_dead_letter_file(out.staged(), dead)
 
     counts = {"pairs_rows_read": evaluated.rows_read, "pairs_used": len(targets),
               "pairs_rows_skipped": len(evaluated.skipped), "models": len(models)}
@@ -361,7 +364,7 @@ def run(job: EvaluateJob, argv: list[str] | None = None) -> RunSummary:
         counts=counts, dead_letters=_by_reason(dead), reconciliation=reconciliation, notes=notes,
         metrics={name: {"quality": r["quality"], "pairs_per_second": r["speed"]["pairs_per_second"]}
                  for name, r in results.items()})
-    summary.write()
+    out.commit(summary)
     return summary
 
 

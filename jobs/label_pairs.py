@@ -3,8 +3,9 @@
     python -m jobs.label_pairs --pairs 'pairs/*.parquet' --teacher teacher/ --output distill/ \
         [--temperature 1.0] [--previous distill-yesterday/]
 
-Writes ``DIR/part-*.parquet`` (see pipeline/label.py for the columns), ``DIR/dead_letter/``,
-``DIR/_MANIFEST.json`` (teacher fingerprint, temperature, columns) and ``DIR/_SUMMARY.json``.
+Writes ``DIR/part-*.parquet`` (see pipeline/label.py for the columns), ``DIR/_dead_letter/``,
+``DIR/_MANIFEST.json`` (teacher fingerprint, temperature, columns), ``DIR/_SUMMARY.json`` and
+``DIR/_SUCCESS``, committed at the end (pipeline/outputs.py).
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from jobs.common import run_started
 from pipeline.encode import DEAD_LETTER_TAG, ReadRows, pick_device
 from pipeline.label import (BASE_COLUMNS, DistillationManifest, ExtractPairs, LabelPairs, LabelSettings,
                             ReadPrevious, SkipLabeled, WriteDistillationSet, distillation_schema, schema_columns)
-from pipeline.outputs import WriteDeadLetters, prepare_output_dir
+from pipeline.outputs import WriteDeadLetters, abort_output_on_failure, open_output
 from pipeline.pairs import TextPairColumns, kept_fields
 from pipeline.readers import check_columns, expand_inputs
 from pipeline.runner import make_pipeline, validate_beam_args
@@ -100,6 +101,7 @@ def _check_previous(job: LabelPairsJob, fingerprint: str, schema) -> tuple[Disti
     return manifest, files
 
 
+@abort_output_on_failure
 def run(job: LabelPairsJob, beam_args: list[str], argv: list[str] | None = None) -> RunSummary:
     """Check everything that can be checked, run the pipeline, write manifest and summary."""
     validate_beam_args(beam_args)
@@ -121,7 +123,8 @@ def run(job: LabelPairsJob, beam_args: list[str], argv: list[str] | None = None)
                              keep=columns.keep, temperature=job.temperature, batch_size=job.batch_size,
                              device=job.device, max_length=job.max_length)
     previous_files = _check_previous(job, teacher.fingerprint, schema)[1] if job.previous else []
-    prepare_output_dir(job.output, job.overwrite)
+    out = open_output(job.output, job=JOB_NAME, overwrite=job.overwrite,
+                      reads={"--pairs": job.pairs, "--teacher": [job.teacher], "--previous": [job.previous]})
 
     started = run_started()
     pipeline = make_pipeline(beam_args)
@@ -135,14 +138,14 @@ def run(job: LabelPairsJob, beam_args: list[str], argv: list[str] | None = None)
         pairs = pairs | "SkipLabeled" >> SkipLabeled(previous["keys"])
         tables.append(previous["rows"])
     tables.insert(0, pairs | "LabelPairs" >> LabelPairs(settings))
-    (tables | "AllRows" >> beam.Flatten() | "WriteDistillationSet" >> WriteDistillationSet(job.output, schema))
+    (tables | "AllRows" >> beam.Flatten() | "WriteDistillationSet" >> WriteDistillationSet(out.staged(), schema))
     ((read[DEAD_LETTER_TAG], extracted[DEAD_LETTER_TAG])
      | "AllDeadLetters" >> beam.Flatten()
-     | "WriteDeadLetters" >> WriteDeadLetters(job.output))
+     | "WriteDeadLetters" >> WriteDeadLetters(out.staged()))
     result = pipeline.run()
-    result.wait_until_finish()
+    result.wait_until_finish()   # the commit below runs here, in the launching process
 
-    written = store_files(job.output)
+    written = store_files(out.staged())
     rows = count_rows(written)
     counters, dead_letters = split_dead_letters(read_counters(result))
     counts = {
@@ -171,7 +174,7 @@ def run(job: LabelPairsJob, beam_args: list[str], argv: list[str] | None = None)
         num_outputs=teacher.task.num_outputs, temperature=job.temperature, columns=schema_columns(schema),
         kept_columns=list(columns.keep), rows=rows, files=[FileSystems.split(p)[1] for p in written],
         previous=job.previous, notes=notes)
-    with FileSystems.create(FileSystems.join(job.output, MANIFEST_FILE)) as handle:
+    with FileSystems.create(out.staged(MANIFEST_FILE)) as handle:
         handle.write((manifest.to_json() + "\n").encode("utf-8"))
     summary = RunSummary(
         job=JOB_NAME, arguments=list(argv if argv is not None else sys.argv[1:]), output=job.output,
@@ -181,7 +184,7 @@ def run(job: LabelPairsJob, beam_args: list[str], argv: list[str] | None = None)
                         f"{counts['pairs_skipped_labeled']:,} + dead-lettered {counts['pairs_dead_lettered']:,}; "
                         f"output rows {rows:,} = labeled + copied {counts['previous_rows_copied']:,}"),
         notes=notes, metrics={"temperature": job.temperature, "task": teacher.task.to_dict()})
-    summary.write()
+    out.commit(summary)
     return summary
 
 

@@ -30,18 +30,19 @@ from jobs import cli
 from jobs.common import run_started
 from jobs.encode_texts import store_layout
 from pipeline.encode import DEAD_LETTER_TAG, DedupeTexts, EncodeSettings, ReadRows, TextColumns, pick_device
-from pipeline.outputs import WriteDeadLetters, WriteStore, prepare_output_dir
+from pipeline.outputs import WriteDeadLetters, WriteStore, abort_output_on_failure, open_output
 from pipeline.readers import InputFile, check_columns, expand_inputs
 from pipeline.runner import make_pipeline, validate_beam_args
 from pipeline.score import (PAIRS, SIDES, CompleteStore, DistinctPairTexts, PairColumns, ReadPairs, ScorePairs,
                             ScoreSettings, dedupe_pair_chunks, read_store_tables)
-from pipeline.store import (COMPRESSION, StoreLayout, StoreWanted, count_rows, open_store_side,
-                            write_manifest)
+from pipeline.store import (COMPRESSION, STORE_FILE_PREFIX, STORE_FILE_SUFFIX, StoreLayout, StoreWanted,
+                            count_rows, open_store_side, store_files, write_manifest)
 from pipeline.summary import RunSummary, read_counters, split_dead_letters
 
 JOB_NAME = "score_pairs"
 JOINS = ("auto", "broadcast", "shuffle")
-SCORES_PREFIX = "scores"
+SCORES_DIR = "scores"        # OUT/scores/: the scores table
+STORE_DIR = "store"          # OUT/store/{left,right}/: tomorrow's --store
 # Python overhead per row of a store held in memory (dict entry, id string, arrays' share).
 LOOKUP_OVERHEAD_BYTES = 200
 
@@ -80,13 +81,13 @@ class ScorePairsJob:
 
 @dataclass(frozen=True)
 class SidePlan:
-    """One side's store: its layout, the files it starts from, where it is written."""
+    """One side's store: its layout, the files it starts from, where it is written (staged)."""
     side: str
     layout: StoreLayout
     existing_files: tuple[str, ...]
     existing_rows: int
     text_files: tuple[InputFile, ...]
-    output: str
+    output: str   # relative to --output, e.g. store/left
 
 
 def check_arguments(job: ScorePairsJob) -> None:
@@ -169,6 +170,7 @@ def output_schema(job: ScorePairsJob, student: Student, files: list[InputFile]) 
     return pa.schema(fields)
 
 
+@abort_output_on_failure
 def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None) -> RunSummary:
     """Check everything that can be checked, run the pipeline, write manifests and summary."""
     check_arguments(job)
@@ -189,10 +191,12 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
     for side in SIDES:
         files, rows, dtype = existing_store(job, student, side)
         plans[side] = SidePlan(side, store_layout(student, side, dtype), files, rows, text_files[side],
-                               FileSystems.join(job.output, "store", side))
+                               STORE_DIR + "/" + side)
     join, why = choose_join(job, plans, 0 if columns.id_mode else count_input_rows(pair_files))
     schema = output_schema(job, student, pair_files)
-    prepare_output_dir(job.output, job.overwrite)
+    out = open_output(job.output, job=JOB_NAME, overwrite=job.overwrite,
+                      reads={"--pairs": job.pairs, "--left-texts": job.left_texts, "--right-texts": job.right_texts,
+                             "--store": [job.store], "--model": [job.model_dir]})
 
     started = run_started()
     pipeline = make_pipeline(beam_args)
@@ -215,7 +219,7 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
         settings = EncodeSettings(model_dir=job.model_dir, side=side, batch_size=job.encode_batch_size,
                                   dtype=plan.layout.dtype, device=job.device)
         side_tables[side] = unique | f"Complete{label}Store" >> CompleteStore(settings, plan.layout, old, f"{side}.")
-        side_tables[side] | f"Write{label}Store" >> WriteStore(plan.output, plan.layout)
+        side_tables[side] | f"Write{label}Store" >> WriteStore(out.staged(plan.output), plan.layout)
 
     score_settings = ScoreSettings(model_dir=job.model_dir, left_layout=plans["left"].layout,
                                    right_layout=plans["right"].layout, output_schema=schema, keep=job.keep_cols,
@@ -223,21 +227,15 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
     scored = chunks | "ScorePairs" >> ScorePairs(score_settings, join, side_tables["left"], side_tables["right"],
                                                   job.accelerator)
     scored["scores"] | "WriteScores" >> WriteToParquetBatched(
-        FileSystems.join(job.output, SCORES_PREFIX), schema=schema, codec=COMPRESSION, file_name_suffix=".parquet")
+        out.staged(SCORES_DIR, STORE_FILE_PREFIX), schema=schema, codec=COMPRESSION, file_name_suffix=STORE_FILE_SUFFIX)
     dead_letters.append(scored[DEAD_LETTER_TAG])
-    tuple(dead_letters) | "AllDeadLetters" >> beam.Flatten() | "WriteDeadLetters" >> WriteDeadLetters(job.output)
+    tuple(dead_letters) | "AllDeadLetters" >> beam.Flatten() | "WriteDeadLetters" >> WriteDeadLetters(out.staged())
     result = pipeline.run()
-    result.wait_until_finish()
-
-    for side, plan in plans.items():
-        write_manifest(plan.output, model_fingerprint=student.fingerprint, encoder=student.config.encoder,
-                       layout=plan.layout, token_selection=student.config.token_selection,
-                       max_length=student.config.max_length(side))
+    result.wait_until_finish()   # the commit below runs here, in the launching process
 
     counters = read_counters(result)
     pair_counts, pair_dead = split_dead_letters(counters, PAIRS)
-    score_files = [m.path for m in FileSystems.match([FileSystems.join(job.output, f"{SCORES_PREFIX}*.parquet")])[0]
-                   .metadata_list]
+    score_files = store_files(out.staged(SCORES_DIR))
     counts = {
         "pairs_read": pair_counts.get("rows_read", 0),
         "pairs_scored": pair_counts.get("rows_scored", 0),
@@ -271,7 +269,12 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
         reconciliation=(f"pairs read {counts['pairs_read']:,} = scored {counts['pairs_scored']:,} + duplicates "
                         f"{counts['pairs_duplicate']:,} + dead-lettered {counts['pairs_dead_lettered']:,}"),
         notes=notes)
-    summary.write()
+    # Manifests only now that the counts reconcile: a store with a manifest is a complete store.
+    for side, plan in plans.items():
+        write_manifest(out.staged(plan.output), model_fingerprint=student.fingerprint, encoder=student.config.encoder,
+                       layout=plan.layout, token_selection=student.config.token_selection,
+                       max_length=student.config.max_length(side))
+    out.commit(summary)
     return summary
 
 

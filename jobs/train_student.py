@@ -53,7 +53,7 @@ from encoders.sources import DEFAULT_ENCODER
 from encoders.teacher import TASKS, TeacherTask, autocast
 from heads import HEAD_NAMES, build_head
 from jobs import cli
-from jobs.common import parse_head_options, run_started
+from jobs.common import run_started
 from jobs.metrics import MAIN_METRIC, selection_score, task_metrics
 from jobs.frozen_states import FrozenStates
 from jobs.student_inference import Pairs, encode_pool, pair_logits
@@ -63,7 +63,7 @@ from pipeline import dead_letters as dl
 from pipeline.dead_letters import DeadLetter
 from pipeline.encode import pick_device
 from pipeline.label import DISTILLATION_FORMAT
-from pipeline.outputs import prepare_output_dir, write_dead_letter_file
+from pipeline.outputs import abort_output_on_failure, local_path_or_none, open_output, write_dead_letter_file
 from pipeline.pairs import TextPairColumns, extract_text_pair
 from pipeline.readers import InputError, InputFile, check_columns, expand_inputs, read_rows
 from pipeline.store import MANIFEST_FILE
@@ -525,6 +525,7 @@ class Trainer:
     best: dict[str, Any] | None = None
     best_state: dict[str, torch.Tensor] | None = None
     records: list[dict[str, Any]] = field(default_factory=list)
+    checkpoint_dir: str | None = None   # where the best epoch is saved (staged; committed at the end)
 
     def train_stage(self, stage: Stage, rng: random.Random) -> list[dict[str, Any]]:
         """Run one stage; returns its epoch records. Ends with the stage's best weights loaded."""
@@ -563,7 +564,7 @@ class Trainer:
             score = selection_score(self.task, record["dev"])
             if self.best_score is None or score > self.best_score:
                 self.best_score, self.best, self.best_state = score, record, _copy_state(student)
-                save_student(student, job.output)   # the best epoch so far is always on disk
+                save_student(student, self.checkpoint_dir)   # the best epoch so far is always on disk
             record["best_so_far"] = self.best is record
             if stage_best is None or score > stage_best:
                 stage_best, bad_epochs = score, 0
@@ -682,6 +683,7 @@ def run(job: TrainStudentJob, argv: list[str] | None = None) -> RunSummary:
     return train(job, argv)[0]
 
 
+@abort_output_on_failure
 def train(job: TrainStudentJob, argv: list[str] | None = None) -> tuple[RunSummary, Student]:
     """``run``, also returning the trained student in memory (the best epoch's weights, as saved)."""
     job.check()
@@ -700,7 +702,9 @@ def train(job: TrainStudentJob, argv: list[str] | None = None) -> tuple[RunSumma
     # A dry build of the head names a bad option (or a size it cannot take) before anything is read.
     build_head(config.head, dim=config.dim, left_tokens=config.left_tokens, right_tokens=config.right_tokens,
                num_outputs=num_outputs, **config.head_options)
-    prepare_output_dir(job.output, job.overwrite)
+    out = open_output(job.output, job=JOB_NAME, overwrite=job.overwrite,
+                      reads={"--distill": job.distill, "--dev": job.dev, "--encoder": [local_path_or_none(job.encoder)],
+                             "--cache-dir": [job.cache_dir]})
 
     started = run_started()
     random.seed(job.seed)
@@ -725,7 +729,8 @@ def train(job: TrainStudentJob, argv: list[str] | None = None) -> tuple[RunSumma
                          f"id, safetensors weights): {err}") from err
     examples = Examples.of(data, job.swap)
     dev_pairs = Pairs.of(dev.lefts, dev.rights)
-    trainer = Trainer(student, job, task, device, examples, dev_pairs, np.array(dev.targets))
+    trainer = Trainer(student, job, task, device, examples, dev_pairs, np.array(dev.targets),
+                      checkpoint_dir=out.checkpoint_dir)
     stages = plan_stages(student, job)
     if stages[0].frozen_encoder:
         texts = {side: [*examples.pairs.pools[side], *dev_pairs.pools[side]] for side in SIDES}
@@ -736,9 +741,9 @@ def train(job: TrainStudentJob, argv: list[str] | None = None) -> tuple[RunSumma
     student.load_state_dict(trainer.best_state)   # in memory as on disk: the best epoch of the run
 
     # The fingerprint is taken from the saved files, which also proves they load.
-    saved = load_student(job.output)
+    saved = load_student(out.checkpoint_dir)
     dead = [*data.skipped, *dev.skipped]
-    write_dead_letter_file(job.output, dead)
+    write_dead_letter_file(out.staged(), dead)
     best = trainer.best
     counts = {
         "distill_rows_read": data.rows_read,
@@ -783,7 +788,7 @@ def train(job: TrainStudentJob, argv: list[str] | None = None) -> tuple[RunSumma
                                    "seconds": round(trainer.cache.seconds, 1), "reused": trainer.cache.reused}
                                   if trainer.cache is not None else None),
                  "cosine_skip_fit": skip_fit, "student_config": config.to_dict()})
-    summary.write()
+    out.commit(summary)
     return summary, student
 
 

@@ -29,13 +29,13 @@ from transformers import get_linear_schedule_with_warmup
 from encoders.sources import DEFAULT_ENCODER
 from encoders.teacher import CrossEncoder, TeacherTask, autocast, build_teacher, load_teacher, save_teacher
 from jobs import cli
-from jobs.common import parse_label_range, run_started
+from jobs.common import run_started
 from jobs.metrics import MAIN_METRIC, selection_score, task_metrics
 from jobs.training import EpochProgress, grad_scaler, make_adamw, optimizer_step
 from pipeline import dead_letters as dl
 from pipeline.dead_letters import DeadLetter
 from pipeline.encode import pick_device
-from pipeline.outputs import prepare_output_dir, write_dead_letter_file
+from pipeline.outputs import abort_output_on_failure, local_path_or_none, open_output, write_dead_letter_file
 from pipeline.pairs import TextPairColumns, extract_text_pair
 from pipeline.readers import InputFile, check_columns, expand_inputs, read_rows
 from pipeline.summary import RunSummary
@@ -197,6 +197,7 @@ def train_epoch(teacher: CrossEncoder, examples: list, targets: torch.Tensor, ba
     return progress.close()
 
 
+@abort_output_on_failure
 def run(job: TrainTeacherJob, argv: list[str] | None = None) -> RunSummary:
     """Check everything that can be checked, train, keep the best epoch, write the summary."""
     job.check()
@@ -210,7 +211,8 @@ def run(job: TrainTeacherJob, argv: list[str] | None = None) -> RunSummary:
     np.random.seed(job.seed)
     torch.manual_seed(job.seed)
     teacher = build_teacher(job.base, task, seed=job.seed).to(device)
-    prepare_output_dir(job.output, job.overwrite)
+    out = open_output(job.output, job=JOB_NAME, overwrite=job.overwrite,
+                      reads={"--train": job.train, "--dev": job.dev, "--base": [local_path_or_none(job.base)]})
 
     started = run_started()
     data = {name: read_labeled_pairs(files, columns, job.label_col, task, job.limit)
@@ -246,7 +248,7 @@ def run(job: TrainTeacherJob, argv: list[str] | None = None) -> RunSummary:
         score = selection_score(task, record["dev"])
         if best is None or score > best_score:
             best, best_score = record, score
-            save_teacher(teacher, job.output)
+            save_teacher(teacher, out.checkpoint_dir)   # staged: committed as --output when training ends
         record["best_so_far"] = best is record
         epochs.append(record)
         shown = ", ".join(f"{k} {v:.4f}" for k, v in record["dev"].items())
@@ -254,9 +256,9 @@ def run(job: TrainTeacherJob, argv: list[str] | None = None) -> RunSummary:
                    f"pairs/s); dev {shown}{' (best, saved)' if best is record else ''}", file=sys.stderr)
 
     # The fingerprint is taken from the saved files, which also proves they load.
-    saved = load_teacher(job.output)
+    saved = load_teacher(out.checkpoint_dir)
     dead = [*data["train"].skipped, *dev.skipped]
-    write_dead_letter_file(job.output, dead)
+    write_dead_letter_file(out.staged(), dead)
     train = data["train"]
     counts = {
         "train_rows_read": train.rows_read,
@@ -285,7 +287,7 @@ def run(job: TrainTeacherJob, argv: list[str] | None = None) -> RunSummary:
         counts=counts, dead_letters=_by_reason(dead), reconciliation=reconciliation, notes=notes,
         metrics={"task": task.to_dict(), "main_metric": main_metric, "best_epoch": best["epoch"],
                  "best_dev": best["dev"], "epochs": epochs})
-    summary.write()
+    out.commit(summary)
     return summary
 
 

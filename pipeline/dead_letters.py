@@ -1,6 +1,6 @@
 """Dead letters: rows that could not be used, kept with the reason why.
 
-Every job writes them to ``DIR/dead_letter/*.parquet`` with one fixed schema so that all
+Every job writes them to ``DIR/_dead_letter/*.parquet`` with one fixed schema so that all
 files of a run (and of every job) read as one table:
 
 ========  ======================================================================
@@ -51,7 +51,7 @@ class DeadLetter(NamedTuple):
     row: dict
 
     def to_record(self) -> dict[str, str]:
-        """The row as written to ``dead_letter/*.parquet`` (see module docstring)."""
+        """The row as written to ``_dead_letter/*.parquet`` (see module docstring)."""
         return {
             "reason": self.reason,
             "detail": self.detail,

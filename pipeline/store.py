@@ -405,7 +405,11 @@ def _entries(directory: str, limit: int = 6) -> str | None:
 
 def write_manifest(store_dir: str, *, model_fingerprint: str, encoder: str, layout: StoreLayout,
                    token_selection: str, max_length: int) -> StoreManifest:
-    """Write ``_MANIFEST.json`` for the files now in ``store_dir`` (rows counted from their footers)."""
+    """Write ``_MANIFEST.json`` for the files now in ``store_dir`` (rows counted from their footers).
+
+    Jobs call it on their staging directory only after the run's counts reconcile; the commit
+    (pipeline/outputs.py) moves it into place after the part files, so a store with a manifest
+    is always complete."""
     files = store_files(store_dir)
     manifest = StoreManifest(
         model_fingerprint=model_fingerprint, encoder=encoder, side=layout.side, tokens_kept=layout.tokens_kept,

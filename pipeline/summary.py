@@ -1,4 +1,8 @@
-"""The run summary: Beam counters turned into the counts schedulers read and people see."""
+"""The run summary: Beam counters turned into the counts schedulers read and people see.
+
+A job builds a :class:`RunSummary` once its counts reconcile and hands it to
+``OutputDir.commit`` (pipeline/outputs.py), which fills in ``files`` and writes
+``_SUMMARY.json`` as part of the commit; nothing else writes it."""
 from __future__ import annotations
 
 import json
@@ -6,11 +10,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 
 from pipeline.encode import COUNTER_NAMESPACE
-from pipeline.outputs import SUMMARY_FILE
 
 DEAD_LETTER_PREFIX = "dead_letter."
 
@@ -36,7 +38,7 @@ def split_dead_letters(counters: dict[str, int], prefix: str = "") -> tuple[dict
 @dataclass
 class RunSummary:
     """What ``DIR/_SUMMARY.json`` holds (CLI contract): job, arguments, fingerprints, wall time,
-    counts (rows read, written, deduplicated, dead-lettered by reason)."""
+    counts (rows read, written, deduplicated, dead-lettered by reason), and the files written."""
     job: str
     arguments: list[str]
     output: str
@@ -48,12 +50,20 @@ class RunSummary:
     notes: list[str] = field(default_factory=list)
     # Quality figures of jobs that train or evaluate (e.g. dev metrics per epoch); JSON values.
     metrics: dict[str, Any] = field(default_factory=dict)
+    # Every file the run committed besides _SUMMARY.json and _SUCCESS, relative to ``output``
+    # (filled in by OutputDir.commit).
+    files: list[str] = field(default_factory=list)
 
-    def write(self) -> str:
-        path = FileSystems.join(self.output, SUMMARY_FILE)
-        with FileSystems.create(path) as handle:
-            handle.write((json.dumps(asdict(self), indent=2) + "\n").encode("utf-8"))
-        return path
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+    def written(self) -> list[str]:
+        """The files as people read them: each directory once with its file count (``./``: the output itself)."""
+        groups: dict[str, int] = {}
+        for path in self.files:
+            head = path.rsplit("/", 1)[0] + "/" if "/" in path else "./"
+            groups[head] = groups.get(head, 0) + 1
+        return [f"{name} ({count} file{'s' if count != 1 else ''})" for name, count in sorted(groups.items())]
 
     def table(self) -> str:
         """A short table for people, the same numbers as the JSON."""
@@ -65,6 +75,8 @@ class RunSummary:
         for name, fingerprint in self.model_fingerprints.items():
             lines.append(f"  {name}: {fingerprint[:16]}")
         lines += [f"  note: {note}" for note in self.notes]
+        if self.files:
+            lines.append(f"  wrote: {', '.join(self.written())}")
         return "\n".join(lines)
 
 

@@ -65,3 +65,24 @@ def tiny_teacher_dir(tmp_path_factory, tiny_encoder_dir) -> str:
     target = tmp_path_factory.mktemp("tiny-teacher")
     save_teacher(build_teacher(tiny_encoder_dir, TeacherTask("binary", max_length=32), seed=0), target)
     return str(target)
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A directory nobody may write to: chmod for a normal user, the immutable flag for root
+    (root ignores permissions); skipped where neither works."""
+    import shutil
+    import subprocess
+
+    target = tmp_path / "read-only"
+    target.mkdir()
+    if os.geteuid() != 0:
+        target.chmod(0o555)
+        yield target
+        target.chmod(0o755)
+        return
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(target)],
+                                                        capture_output=True).returncode != 0:
+        pytest.skip("running as root without chattr +i: cannot make a read-only directory")
+    yield target
+    subprocess.run(["chattr", "-i", str(target)], check=True)

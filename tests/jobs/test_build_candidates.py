@@ -91,7 +91,7 @@ def test_counts_and_bad_rows_exactly(mined):
         "pairs_random": 24, "pairs_written": 72}
     assert stored["dead_letters"] == {"left.empty_text": 1, "left.invalid_json": 1, "left.non_string_text": 1,
                                       "left.null_text": 1}
-    assert len(pq.read_table(output / "dead_letter").to_pylist()) == 4
+    assert len(pq.read_table(output / "_dead_letter").to_pylist()) == 4
     assert "left rows read 17 = kept 12 + duplicates 1 + dead-lettered 4" in stored["reconciliation"]
 
 

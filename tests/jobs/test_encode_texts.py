@@ -25,7 +25,7 @@ def write_jsonl_lines(path: Path, lines: list[bytes]) -> Path:
 
 
 def dead_letters(output: Path) -> list[dict]:
-    table = pa.concat_tables([pq.read_table(p) for p in sorted((output / "dead_letter").glob("*.parquet"))])
+    table = pa.concat_tables([pq.read_table(p) for p in sorted((output / "_dead_letter").glob("*.parquet"))])
     return table.to_pylist()
 
 

@@ -27,7 +27,7 @@ def output_rows(output: Path) -> list[dict]:
 
 
 def dead_letters(output: Path) -> list[dict]:
-    return pq.read_table(output / "dead_letter").to_pylist()
+    return pq.read_table(output / "_dead_letter").to_pylist()
 
 
 def summary_of(output: Path) -> dict:

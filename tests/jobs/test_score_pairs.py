@@ -24,7 +24,7 @@ MULTI_PROCESS = ["--direct_num_workers=2", "--direct_running_mode=multi_processi
 
 
 def read_scores(output: Path) -> dict[tuple[str, str], dict]:
-    tables = [pq.read_table(p) for p in sorted(output.glob("scores-*.parquet"))]
+    tables = [pq.read_table(p) for p in sorted((output / "scores").glob("part-*.parquet"))]
     return {(r["left_id"], r["right_id"]): r for r in pa.concat_tables(tables).to_pylist()}
 
 
@@ -33,7 +33,7 @@ def summary_of(output: Path) -> dict:
 
 
 def dead_letters(output: Path) -> list[dict]:
-    return pa.concat_tables([pq.read_table(p) for p in (output / "dead_letter").glob("*.parquet")]).to_pylist()
+    return pa.concat_tables([pq.read_table(p) for p in (output / "_dead_letter").glob("*.parquet")]).to_pylist()
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +182,7 @@ def test_pairs_of_ids_with_text_tables_and_bad_rows(tmp_path, head_checkpoints):
 
 
 def read_scores_all(output: Path) -> list[dict]:
-    return pa.concat_tables([pq.read_table(p) for p in output.glob("scores-*.parquet")]).to_pylist()
+    return pa.concat_tables([pq.read_table(p) for p in (output / "scores").glob("part-*.parquet")]).to_pylist()
 
 
 def test_missing_sides_and_dedupe_flag(tmp_path, head_checkpoints):

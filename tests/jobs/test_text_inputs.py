@@ -19,7 +19,7 @@ INVISIBLE = ["\x00", "\u200b", "\ufeff\u200b", "\x01\x1b\x85", "\u0301\u0308", "
 
 
 def dead_letters(output: Path) -> list[dict]:
-    return pa.concat_tables([pq.read_table(p) for p in (output / "dead_letter").glob("*.parquet")]).to_pylist()
+    return pa.concat_tables([pq.read_table(p) for p in (output / "_dead_letter").glob("*.parquet")]).to_pylist()
 
 
 def test_encode_texts_reads_every_tsv_line_and_drops_invisible_texts(tmp_path, tiny_checkpoint):
@@ -49,5 +49,5 @@ def test_score_pairs_never_scores_two_invisible_texts(tmp_path, tiny_checkpoint)
                           [], argv=[])
     assert summary.counts["pairs_scored"] == 1
     assert summary.dead_letters == {"left_empty_text": 2, "right_empty_text": 1}
-    scored = pa.concat_tables([pq.read_table(p) for p in output.glob("scores-*.parquet")]).to_pylist()
+    scored = pa.concat_tables([pq.read_table(p) for p in (output / "scores").glob("part-*.parquet")]).to_pylist()
     assert [(r["left_id"], r["right_id"]) for r in scored] == [(text_id("a question"), text_id("an answer"))]

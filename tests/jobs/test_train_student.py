@@ -263,7 +263,7 @@ def test_checkpoint_through_score_pairs_equals_the_trained_model(tmp_path, toy, 
     pairs_file = write_jsonl(tmp_path / "pairs.jsonl", [{"left": r["left"], "right": r["right"]} for r in rows])
     scored = tmp_path / "scored"
     score_pairs_run(ScorePairsJob(pairs=(str(pairs_file),), output=str(scored), model_dir=str(output)), [], argv=[])
-    table = pa.concat_tables([pq.read_table(p) for p in scored.glob("scores-*.parquet")]).to_pylist()
+    table = pa.concat_tables([pq.read_table(p) for p in (scored / "scores").glob("part-*.parquet")]).to_pylist()
     got = {(r["left_id"], r["right_id"]): r["score"] for r in table}
     logits, _ = pair_logits(student, Pairs.of([r["left"] for r in rows], [r["right"] for r in rows]), "cpu")
     expected = torch.sigmoid(torch.from_numpy(logits[:, 0])).numpy()
@@ -296,7 +296,7 @@ def test_bad_rows_are_skipped_and_counted_exactly(tmp_path, tiny_encoder_dir):
     assert counts["distill_pairs_with_human_label"] == 12 and counts["train_examples"] == 26   # --swap doubles
     assert (counts["dev_rows_read"], counts["dev_pairs_used"], counts["dev_rows_skipped"]) == (7, 6, 1)
     assert summary.dead_letters == {"invalid_label": 4, "left_empty_text": 1, "null_label": 1, "right_null_text": 1}
-    letters = pq.read_table(output / "dead_letter").to_pylist()
+    letters = pq.read_table(output / "_dead_letter").to_pylist()
     assert len(letters) == 7 and any("outside [0, 1]" in l["detail"] for l in letters)
     assert "distill rows read 19 = used 13 + skipped 6" in summary.reconciliation
 

@@ -66,7 +66,7 @@ def test_bad_rows_are_skipped_and_counted_exactly(bad_rows_run):
     assert stored["dead_letters"] == {"invalid_json": 1, "invalid_label": 3, "invalid_utf8": 1,
                                       "left_empty_text": 1, "left_non_string_text": 1, "left_null_text": 1,
                                       "null_label": 3, "right_empty_text": 1, "right_null_text": 1}
-    letters = pq.read_table(output / "dead_letter").to_pylist()
+    letters = pq.read_table(output / "_dead_letter").to_pylist()
     assert len(letters) == 13
     dev_letter = [l for l in letters if l["source"].startswith(str(output.parent / "dev.jsonl"))]
     assert len(dev_letter) == 1 and "not 0 or 1" in dev_letter[0]["detail"]

@@ -1,0 +1,329 @@
+"""Every job's output, as a user and a scheduler depend on it: one table per directory (read
+back by pandas, pyarrow.dataset and DuckDB), the README's reading snippets run verbatim, a
+killed or failing run that leaves nothing complete-looking, ``--overwrite`` that cannot delete
+inputs or foreign files, the lock, and one-line errors for a bad ``--output``."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from jobs import encode_texts, score_pairs, train_teacher
+from jobs.build_candidates import BuildCandidatesJob, run as run_build_candidates
+from jobs.encode_texts import EncodeTextsJob, run as run_encode_texts
+from jobs.label_pairs import LabelPairsJob, run as run_label_pairs
+from jobs.score_pairs import ScorePairsJob, run as run_score_pairs
+from jobs.train_teacher import TrainTeacherJob, run as run_train_teacher
+from pipeline.summary import RunSummary
+
+REPO = Path(__file__).resolve().parents[2]
+MARKERS = {"_SUMMARY.json", "_SUCCESS", "_MANIFEST.json"}
+TOPICS = ["cooking pasta", "the violin", "a bicycle chain", "tomatoes", "a marathon", "a cover letter"]
+PAIRS = [{"left": f"how do I learn {t}?", "right": f"tips for {u}", "pair_id": i * 10 + j}
+         for i, t in enumerate(TOPICS) for j, u in enumerate(TOPICS[:3])]
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def tree(path: Path) -> list[str]:
+    return sorted(p.relative_to(path).as_posix() for p in path.rglob("*"))
+
+
+def parts_table(directory: Path) -> pa.Table:
+    """The table as its part files hold it, read one by one: what every reader must return."""
+    return pa.concat_tables([pq.read_table(p) for p in sorted(directory.glob("part-*.parquet"))])
+
+
+def sort_rows(rows: list[dict], keys: list[str]) -> list[dict]:
+    return sorted(rows, key=lambda r: tuple(str(r[k]) for k in keys))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_checkpoint, tiny_teacher_dir, tiny_encoder_dir) -> Path:
+    """One small real run of every Beam/table job, laid out as the README's snippets expect:
+    ``runs/example-scores`` (score_pairs) and ``store`` (encode_texts)."""
+    root = tmp_path_factory.mktemp("outputs")
+    pairs = write_jsonl(root / "pairs.jsonl", PAIRS + [{"left": "", "right": "x", "pair_id": -1}])
+    texts = write_jsonl(root / "texts.jsonl", [{"text": f"how do I learn {t}?"} for t in TOPICS] + [{"text": " "}])
+    run_score_pairs(ScorePairsJob(pairs=(str(pairs),), output=str(root / "runs" / "example-scores"),
+                                  model_dir=tiny_checkpoint, keep_cols=("pair_id",)), [], argv=[])
+    run_encode_texts(EncodeTextsJob(inputs=(str(texts),), output=str(root / "store"), model_dir=tiny_checkpoint),
+                     [], argv=[])
+    run_label_pairs(LabelPairsJob(pairs=(str(pairs),), teacher=tiny_teacher_dir, output=str(root / "distill")),
+                    [], argv=[])
+    run_build_candidates(BuildCandidatesJob(left_texts=(str(texts),), right_texts=(str(texts),),
+                                            output=str(root / "candidates"), top_k=2, random_per_left=1,
+                                            encoder=tiny_encoder_dir, progress=False), argv=[])
+    return root
+
+
+# (directory, columns of its table, what the summary says it holds)
+TABLES = [
+    ("runs/example-scores/scores", ["left_id", "right_id", "score", "pair_id"], ("counts", "rows_written")),
+    ("runs/example-scores/store/left", ["id", "text_hash", "num_tokens", "truncated", "tokens", "pooled"], None),
+    ("runs/example-scores/store/right", ["id", "text_hash", "num_tokens", "truncated", "tokens", "pooled"], None),
+    ("runs/example-scores/_dead_letter", ["reason", "detail", "source", "row"], ("counts", "pairs_dead_lettered")),
+    ("store", ["id", "text_hash", "num_tokens", "truncated", "tokens", "pooled"], ("counts", "store_rows")),
+    ("distill", ["left_id", "right_id", "left", "right", "logit", "soft_label", "truncated"], ("counts", "output_rows")),
+    ("candidates", ["left", "right", "left_id", "right_id", "source", "similarity", "rank"],
+     ("counts", "pairs_written")),
+]
+
+
+@pytest.mark.parametrize("directory, columns, counted", TABLES, ids=[t[0] for t in TABLES])
+def test_each_table_directory_reads_back_as_exactly_that_table(runs, directory, columns, counted):
+    path = runs / directory
+    expected = parts_table(path)
+    assert expected.column_names == columns and expected.num_rows > 0
+    if counted:
+        summary_dir = path.parent if path.name in ("scores", "_dead_letter") else path
+        summary = json.loads((summary_dir / "_SUMMARY.json").read_text())
+        assert summary[counted[0]][counted[1]] == expected.num_rows
+    keys = [c for c in ("left_id", "right_id", "id", "reason", "source", "rank") if c in columns]
+    want = sort_rows(expected.to_pylist(), keys)
+    by_pandas = pd.read_parquet(path)
+    assert list(by_pandas.columns) == columns
+    assert len(by_pandas) == expected.num_rows
+    by_dataset = ds.dataset(path).to_table()
+    assert sort_rows(by_dataset.to_pylist(), keys) == want
+    by_duckdb = duckdb.sql(f"select * from read_parquet('{path}/*.parquet')").to_arrow_table()
+    assert by_duckdb.column_names == columns
+    assert sort_rows(by_duckdb.to_pylist(), keys) == want
+
+
+def test_spark_reads_each_table_directory_as_that_table(runs):
+    pyspark = pytest.importorskip("pyspark.sql")
+    spark = pyspark.SparkSession.builder.master("local[1]").appName("pairscore-layout").getOrCreate()
+    try:
+        for directory, columns, _ in TABLES:
+            frame = spark.read.parquet(str(runs / directory))
+            assert frame.columns == columns and frame.count() == parts_table(runs / directory).num_rows
+    finally:
+        spark.stop()
+
+
+def test_score_pairs_layout_and_summary_list_the_files(runs):
+    out = runs / "runs" / "example-scores"
+    top = sorted(p.name for p in out.iterdir())
+    assert top == ["_SUCCESS", "_SUMMARY.json", "_dead_letter", "scores", "store"]
+    summary = json.loads((out / "_SUMMARY.json").read_text())
+    committed = sorted(p for p in tree(out) if (out / p).is_file() and p not in ("_SUMMARY.json", "_SUCCESS"))
+    assert summary["files"] == committed
+    assert {"store/left/_MANIFEST.json", "store/right/_MANIFEST.json"} <= set(summary["files"])
+    assert any(f.startswith("scores/part-") for f in summary["files"])
+    for job_dir in ("store", "distill", "candidates"):
+        names = {p.name for p in (runs / job_dir).iterdir()}
+        assert {"_SUCCESS", "_SUMMARY.json", "_dead_letter"} <= names
+        assert not any(n.startswith(("_LOCK", "_temporary")) for n in names)
+
+
+def readme_snippets() -> list[str]:
+    """The ```python blocks of README.md that follow the marker line, verbatim."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    return re.findall(r"<!-- executed by tests/jobs/test_output_safety.py -->\n```python\n(.*?)```", text, re.S)
+
+
+def test_readme_reading_snippets_run_verbatim(runs, monkeypatch, capsys):
+    snippets = readme_snippets()
+    assert len(snippets) >= 3
+    monkeypatch.chdir(runs)
+    namespace: dict = {}
+    for snippet in snippets:
+        exec(compile(snippet, "README.md", "exec"), namespace)
+    assert list(namespace["scores"].columns) == ["left_id", "right_id", "score", "pair_id"]
+    assert len(namespace["scores"]) == len(PAIRS)
+    assert set(namespace["dead"]["reason"]) == {"left_empty_text"}
+    assert namespace["tokens"].shape[1:] == (4, 8)   # the tiny student keeps N=4 tokens of D=8
+    assert f"{len(PAIRS)} pairs scored" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- failures leave nothing
+
+
+def test_a_run_that_fails_its_own_count_check_leaves_no_manifest(tmp_path, tiny_checkpoint, monkeypatch):
+    texts = write_jsonl(tmp_path / "t.jsonl", [{"text": "a"}, {"text": "b"}])
+    monkeypatch.setattr(encode_texts, "count_rows", lambda files: 1)   # a lost part file
+    with pytest.raises(RuntimeError, match="row accounting failed"):
+        run_encode_texts(EncodeTextsJob(inputs=(str(texts),), output=str(tmp_path / "out"), model_dir=tiny_checkpoint),
+                         [], argv=[])
+    assert not (tmp_path / "out").exists()   # no part file, manifest, summary, _SUCCESS or lock
+
+
+def test_summary_that_cannot_be_written_fails_the_run_and_commits_nothing(tmp_path, tiny_checkpoint, monkeypatch):
+    texts = write_jsonl(tmp_path / "t.jsonl", [{"text": "a"}, {"text": "b"}])
+
+    def disk_full(self):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(RunSummary, "to_json", disk_full)
+    result = CliRunner().invoke(encode_texts.main, ["--input", str(texts), "--output", str(tmp_path / "out"),
+                                                    "--model", tiny_checkpoint])
+    assert result.exit_code != 0
+    assert not (tmp_path / "out").exists()   # no part file, manifest, summary, _SUCCESS or lock
+
+
+def test_a_failed_training_run_leaves_no_model(tmp_path, tiny_encoder_dir, monkeypatch):
+    rows = [{"left": f"is {w} good", "right": f"{'yes' if i % 2 else 'no'} {w}", "label": i % 2}
+            for i, w in enumerate(["apple", "river", "engine", "violin"])]
+    data = write_jsonl(tmp_path / "pairs.jsonl", rows)
+
+    def fail(*args, **kwargs):
+        raise OSError(5, "Input/output error")
+    monkeypatch.setattr(train_teacher, "write_dead_letter_file", fail)   # after the best epoch was saved
+    with pytest.raises(OSError):
+        run_train_teacher(TrainTeacherJob(train=(str(data),), dev=(str(data),), output=str(tmp_path / "t"),
+                                          base=tiny_encoder_dir, epochs=1, batch_size=4, max_length=16,
+                                          progress=False), argv=[])
+    assert not (tmp_path / "t").exists()
+
+
+def staging_has_started(output: Path) -> bool:
+    return any(any(p.iterdir()) for p in output.glob("_temporary-*") if p.is_dir())
+
+
+def test_killed_run_leaves_nothing_complete_and_a_rerun_equals_an_uninterrupted_run(tmp_path, tiny_checkpoint):
+    texts = write_jsonl(tmp_path / "texts.jsonl", [{"text": f"text number {i} about {TOPICS[i % 6]}"}
+                                                   for i in range(400)])
+    killed = tmp_path / "killed"
+    args = ["--input", str(texts), "--model", tiny_checkpoint, "--batch-size", "2"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen([sys.executable, "-m", "jobs.encode_texts", *args, "--output", str(killed)],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        while not staging_has_started(killed) and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert process.poll() is None, "the run ended before it could be killed: give it more texts"
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait()
+    left = tree(killed)
+    assert not [p for p in left if p.rsplit("/", 1)[-1] in MARKERS], left
+    assert not [p for p in left if p.startswith("part-")], left          # nothing committed
+    assert sorted({p.split("/", 1)[0] for p in left}) == ["_LOCK", next(p for p in left if p.startswith("_temporary-"))]
+
+    result = CliRunner().invoke(encode_texts.main, [*args, "--output", str(killed)])
+    assert result.exit_code == 2 and "is not empty" in result.output
+    rerun = run_encode_texts(EncodeTextsJob(inputs=(str(texts),), output=str(killed), model_dir=tiny_checkpoint,
+                                            batch_size=2, overwrite=True), [], argv=[])
+    assert any(f"pid {process.pid}" in note and "no longer running" in note for note in rerun.notes)
+    clean = tmp_path / "clean"
+    run_encode_texts(EncodeTextsJob(inputs=(str(texts),), output=str(clean), model_dir=tiny_checkpoint, batch_size=2),
+                     [], argv=[])
+    assert sorted(p.name for p in killed.iterdir()) == sorted(p.name for p in clean.iterdir())
+    again, reference = parts_table(killed).sort_by("id"), parts_table(clean).sort_by("id")
+    assert again.num_rows == reference.num_rows == 400
+    assert again.equals(reference)
+    manifests = [json.loads((d / "_MANIFEST.json").read_text()) for d in (killed, clean)]
+    assert manifests[0] == manifests[1]
+
+
+def test_terminated_run_cleans_up_after_itself(tmp_path, tiny_checkpoint):
+    """SIGTERM (a scheduler's timeout) removes the staging directory and the lock."""
+    texts = write_jsonl(tmp_path / "texts.jsonl", [{"text": f"text number {i}"} for i in range(400)])
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, "-m", "jobs.encode_texts", "--input", str(texts), "--model",
+                                tiny_checkpoint, "--batch-size", "2", "--output", str(out)],
+                               env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        while not staging_has_started(out) and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert process.poll() is None, "the run ended before it could be terminated: give it more texts"
+        process.terminate()
+        assert process.wait(timeout=60) == 143
+    finally:
+        process.kill()
+        process.wait()
+    assert not out.exists()
+
+
+# --------------------------------------------------------------------------- --overwrite and --output
+
+
+def test_store_inside_the_output_is_refused_before_anything_is_touched(runs, tmp_path, tiny_checkpoint):
+    out = runs / "runs" / "example-scores"
+    before = {p: (out / p).stat().st_mtime_ns for p in tree(out)}
+    result = CliRunner().invoke(score_pairs.main, [
+        "--pairs", str(runs / "pairs.jsonl"), "--model", tiny_checkpoint, "--store", str(out / "store"),
+        "--output", str(out), "--overwrite"])
+    assert result.exit_code == 2
+    assert "contains --store" in result.output and len(result.output.strip().splitlines()) == 1
+    assert {p: (out / p).stat().st_mtime_ns for p in tree(out)} == before
+
+
+def test_output_equal_to_the_input_directory_is_refused(tmp_path, tiny_checkpoint):
+    (tmp_path / "data").mkdir()
+    texts = write_jsonl(tmp_path / "data" / "t.jsonl", [{"text": "a"}])
+    result = CliRunner().invoke(encode_texts.main, ["--input", str(texts), "--model", tiny_checkpoint,
+                                                    "--output", str(tmp_path / "data"), "--overwrite"])
+    assert result.exit_code == 2 and "contains --input" in result.output
+    assert texts.read_text() == '{"text": "a"}\n'
+
+
+def test_overwrite_names_foreign_files_and_keeps_them(tmp_path, tiny_checkpoint):
+    texts = write_jsonl(tmp_path / "t.jsonl", [{"text": "a"}])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "report.xlsx").write_text("mine")
+    result = CliRunner().invoke(encode_texts.main, ["--input", str(texts), "--model", tiny_checkpoint,
+                                                    "--output", str(out), "--overwrite"])
+    assert result.exit_code == 2 and "would delete report.xlsx" in result.output
+    assert tree(out) == ["report.xlsx"]
+
+
+def test_overwrite_replaces_an_earlier_run(tmp_path, tiny_checkpoint):
+    out = tmp_path / "out"
+    for texts in (["a", "b", "c"], ["d"]):
+        source = write_jsonl(tmp_path / "t.jsonl", [{"text": t} for t in texts])
+        result = CliRunner().invoke(encode_texts.main, ["--input", str(source), "--model", tiny_checkpoint,
+                                                        "--output", str(out), "--overwrite"])
+        assert result.exit_code == 0, result.output
+    assert parts_table(out).num_rows == 1
+    assert json.loads((out / "_SUMMARY.json").read_text())["counts"]["rows_read"] == 1
+
+
+def test_output_that_is_a_file_or_read_only_exits_2_in_one_line(tmp_path, tiny_checkpoint, read_only_dir):
+    texts = write_jsonl(tmp_path / "t.jsonl", [{"text": "a"}])
+    (tmp_path / "file").write_text("x")
+    for output, message in ((tmp_path / "file", "is an existing file"), (read_only_dir, "cannot be written")):
+        result = CliRunner().invoke(encode_texts.main, ["--input", str(texts), "--model", tiny_checkpoint,
+                                                        "--output", str(output)])
+        assert result.exit_code == 2, result.output
+        assert message in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_second_run_on_a_locked_output_is_refused_naming_the_holder(tmp_path, tiny_checkpoint):
+    texts = write_jsonl(tmp_path / "t.jsonl", [{"text": "a"}])
+    out = tmp_path / "out"
+    code = ("import time\nfrom pipeline.outputs import open_output\n"
+            f"open_output({str(out)!r}, job='score_pairs', overwrite=False)\nprint('locked', flush=True)\n"
+            "time.sleep(120)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        result = CliRunner().invoke(encode_texts.main, ["--input", str(texts), "--model", tiny_checkpoint,
+                                                        "--output", str(out), "--overwrite"])
+        assert result.exit_code == 2
+        assert f"is in use by score_pairs (pid {holder.pid} on host" in result.output
+    finally:
+        holder.kill()
+        holder.wait()
