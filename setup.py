@@ -26,6 +26,9 @@ setup(
         # jobs.evaluate draws its report's plots (Agg backend, no display needed).
         "matplotlib>=3.7",
     ],
+    # `pairscore <job>`: one command with a subcommand per job (jobs/cli.py). A console script runs
+    # with its own directory first on sys.path, so a user's pipeline.py or jobs/ cannot shadow ours.
+    entry_points={"console_scripts": ["pairscore = jobs.cli:console_main"]},
     extras_require={
         "test": ["pytest>=8", "pytest-timeout", "pandas>=2", "duckdb>=1.0", "scikit-learn>=1.3"],
     },

@@ -25,6 +25,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from encoders.config import StudentConfig
 from encoders.dual_encoder import DualEncoder
+from encoders.remote import local_model_dir
 from encoders.sources import load_pretrained, refuse_checkpoint_code
 
 CONFIG_FILE = "config.json"
@@ -135,8 +136,9 @@ def save_student(student: Student, directory: str | os.PathLike) -> Path:
 
 def load_student(directory: str | os.PathLike) -> Student:
     """Load a checkpoint written by :func:`save_student`. Raises ValueError naming what is
-    missing or wrong before any weight is read; never unpickles."""
-    directory = Path(directory)
+    missing or wrong before any weight is read; never unpickles. ``directory`` may be on any
+    Beam filesystem (gs://, s3://, ...): it is then loaded from a local copy (encoders/remote.py)."""
+    directory = Path(local_model_dir(directory))
     config = read_config(directory)
     encoder_dirs = ([SHARED_ENCODER_DIR] if config.shared_encoder else list(SIDE_ENCODER_DIRS.values()))
     missing = [name for name in [WEIGHTS_FILE, *encoder_dirs] if not (directory / name).exists()]

@@ -38,6 +38,7 @@ from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTo
                           PreTrainedTokenizerBase)
 
 from encoders.checkpoint import tokenizer_identity
+from encoders.remote import local_model_dir
 from encoders.sources import refuse_checkpoint_code, resolve_encoder
 
 TEACHER_FILE = "teacher.json"
@@ -410,7 +411,7 @@ def load_teacher(source: str | os.PathLike) -> CrossEncoder:
             without a trained classification head, or its teacher.json is invalid.
     """
     source = str(source)
-    location = resolve_encoder(source)
+    location = resolve_encoder(local_model_dir(source))  # gs://, s3://...: a local copy
     local = Path(location)
     if local.is_dir() and not (local / "config.json").is_file():
         raise ValueError(f"teacher {source!r} is not a model directory: it has no config.json")

@@ -1,6 +1,30 @@
-"""Command-line entry points: ``python -m jobs.<name>``. Each builds one frozen config
-object from its flags and hands each transform only its own part."""
+"""Command-line entry points: ``pairscore <job>`` and ``python -m jobs.<name>`` (jobs/cli.py).
+Each builds one frozen config object from its flags and hands each transform only its own part.
+
+Light on purpose (standard library only): every entry point imports this package first.
+"""
 import logging
+import os
+import time
+
+
+def _process_start_time() -> float:
+    """Wall-clock time this process started, interpreter start-up included: from /proc on Linux,
+    else now (this package is the first of pairscore's modules any entry point imports)."""
+    now = time.time()
+    try:
+        with open("/proc/self/stat", encoding="ascii") as handle:
+            # Field 22, starttime in clock ticks after boot; the command name (field 2) may hold spaces.
+            start_ticks = int(handle.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime", encoding="ascii") as handle:
+            uptime = float(handle.read().split()[0])
+        age = uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return now
+    return now - age if age >= 0 else now
+
+
+PROCESS_STARTED = _process_start_time()
 
 
 class _DropImportNoise(logging.Filter):

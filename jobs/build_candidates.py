@@ -22,13 +22,18 @@ Shapes: NL left texts, NR right texts, H embedding size, k neighbours per left t
 """
 from __future__ import annotations
 
+if __name__ == "__main__":
+    # `python -m jobs.build_candidates`: the command line (jobs/cli.py, light) parses the flags before the
+    # imports below run, and imports this module by name only to run the job.
+    from jobs.cli import main_module
+    main_module("build_candidates")
+
 import math
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
-import click
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -41,11 +46,13 @@ from encoders.config import baseline_config
 from encoders.dual_encoder import SideEncoder
 from encoders.sources import DEFAULT_ENCODER
 from encoders.teacher import autocast
-from jobs.common import run_job
+from jobs import cli
+from jobs.common import run_started
 from pipeline.dead_letters import DeadLetter
 from pipeline.encode import TextColumns, TextRow, extract_text, pick_device, resolve_id
 from pipeline.outputs import abort_output_on_failure, local_path_or_none, open_output, write_dead_letter_file
-from pipeline.readers import FORMATS, InputFile, check_columns, expand_inputs, read_rows
+from pipeline.progress import bar_options
+from pipeline.readers import InputFile, check_columns, expand_inputs, read_rows
 from pipeline.store import COMPRESSION, STORE_FILE_PREFIX, STORE_FILE_SUFFIX
 from pipeline.summary import RunSummary
 
@@ -146,8 +153,8 @@ def embed_texts(side: SideEncoder, texts: Sequence[str], batch_size: int, progre
     tokenized = side.tokenize(texts)
     order = np.argsort([t.num_tokens for t in tokenized], kind="stable")
     out = torch.empty(len(texts), side.transformer.config.hidden_size)
-    bar = tqdm(total=len(texts), desc=progress, unit="text", disable=progress is None, file=sys.stderr,
-               mininterval=1.0 if sys.stderr.isatty() else 30.0)
+    bar = tqdm(total=len(texts), desc=progress, unit="text", disable=progress is None,
+               **bar_options())
     for start in range(0, len(order), batch_size):
         index = order[start:start + batch_size]
         batch = side.collate([tokenized[i] for i in index]).to(device)
@@ -237,7 +244,7 @@ def run(job: BuildCandidatesJob, argv: list[str] | None = None) -> RunSummary:
                       reads={"--left-texts": job.left_texts, "--right-texts": job.right_texts,
                              "--encoder": [local_path_or_none(job.encoder)]})
 
-    started = time.monotonic()
+    started = run_started()
     pools = {name: read_text_pool(side_files, columns) for name, side_files in files.items()}
     left, right = pools["left"], pools["right"]
     seconds = {}
@@ -340,46 +347,6 @@ def write_candidates(path: str, left: TextPool, right: TextPool, embeddings: dic
             for source, (count, total) in totals.items()}
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--left-texts", multiple=True, required=True, metavar="PATH",
-              help="Pool of left texts: a path, glob or Beam filesystem path; repeat for more. Format from the "
-                   "extension: .parquet, .jsonl, .csv, .tsv, the last three optionally .zst.")
-@click.option("--right-texts", multiple=True, required=True, metavar="PATH",
-              help="Pool of right texts (may be the same files as --left-texts).")
-@click.option("--format", type=click.Choice(FORMATS), default=None,
-              help="Read every input as this format, whatever its extension.")
-@click.option("--texts-text-col", default="text", show_default=True, help="Column holding the text.")
-@click.option("--texts-id-col", default=None,
-              help="Column holding the text's id. Without it, a text's id is a stable hash of its content.")
-@click.option("--top-k", type=int, required=True, metavar="K",
-              help="Nearest right texts per left text (exact cosine search), the text itself excluded.")
-@click.option("--random-per-left", type=int, default=1, show_default=True, metavar="R",
-              help="Random right texts per left text, as easy negatives (never a neighbour or the text itself).")
-@click.option("--encoder", default=DEFAULT_ENCODER, show_default=True, metavar="MODEL",
-              help="Sentence encoder (Hugging Face directory or hub id), mean pooled and normalised; the default "
-                   "is the packaged all-MiniLM-L6-v2, no download.")
-@click.option("--max-length", type=int, default=128, show_default=True, help="Tokens per text for the encoder.")
-@click.option("--batch-size", type=int, default=128, show_default=True,
-              help="Texts per encoder batch (sorted by length first).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the random pairs.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-              help="Where encoding and search run; auto = CUDA when present.")
-@click.option("--output", required=True, metavar="DIR",
-              help="Directory to create: part-00000-of-00001.parquet, _dead_letter/, _SUMMARY.json, _SUCCESS.")
-@click.option("--overwrite", is_flag=True, help="Replace an earlier pairscore output in --output (refused for a "
-              "directory pairscore did not write).")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Show encoding progress bars.")
-def main(**flags) -> None:
-    """Mine candidate pairs (top-k neighbours + random pairs) for teacher labeling."""
-    argv = sys.argv[1:]
-
-    def go() -> None:
-        job = BuildCandidatesJob(left_texts=tuple(flags.pop("left_texts")),
-                                 right_texts=tuple(flags.pop("right_texts")), **flags)
-        summary = run(job, argv)
-        click.echo(summary.table())
-    run_job(go)
-
-
-if __name__ == "__main__":
-    main()
+# The command line is declared in jobs/cli.py (light, so that --help and bad arguments answer
+# before the imports above); ``main`` is kept for callers of ``jobs.build_candidates.main``.
+main = cli.build_candidates

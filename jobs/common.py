@@ -1,26 +1,223 @@
-"""What every job shares: click settings, error reporting, the summary at the end."""
+"""What every job's command line shares: click settings, the options every job has, and running
+a job with its progress and logging set up and its errors reported.
+
+Light on purpose (click and the standard library only): the command lines in jobs/cli.py import
+it before they have parsed anything.
+"""
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
+import os
+import re
 import sys
-from typing import Callable
+import threading
+import time
+from typing import Any, Callable, Iterator, Sequence, TextIO
 
 import click
 
-from pipeline.readers import InputError
+from jobs import PROCESS_STARTED
 
-# Options a job does not declare are collected and handed to Beam as pipeline options.
-JOB_CONTEXT = {"ignore_unknown_options": True, "allow_extra_args": True,
-               "help_option_names": ["-h", "--help"], "max_content_width": 100}
+# Options a Beam job does not declare are collected and handed to Beam as pipeline options.
+BEAM_JOB_CONTEXT = {"ignore_unknown_options": True, "allow_extra_args": True,
+                    "help_option_names": ["-h", "--help"], "max_content_width": 100}
+# Jobs without Beam take only their own options.
+PLAIN_JOB_CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 BEAM_EPILOG = ("Any other option is passed to Beam as a pipeline option, e.g. --runner, "
                "--direct_num_workers=2 --direct_running_mode=multi_processing, or Dataflow flags. "
                "Default runner: Beam's in-process runner (DirectRunner without the Prism download).")
 
+ARGV_KEY = "pairscore.argv"
+DEVICES = ("auto", "cpu", "cuda")
 
-def run_job(job: Callable[[], object]) -> None:
-    """Run ``job``; a bad argument or input becomes one clear line and exit status 2."""
+
+class JobCommand(click.Command):
+    """A job's command: remembers the arguments it was given (``ctx.meta[ARGV_KEY]``), which
+    the summary records, the same under ``pairscore <job>`` and ``python -m jobs.<name>``."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta[ARGV_KEY] = list(args)
+        return super().parse_args(ctx, args)
+
+
+# --------------------------------------------------------------------------- shared options
+
+def output_option(help: str, metavar: str = "DIR"):
+    return click.option("--output", required=True, metavar=metavar, help=help)
+
+
+overwrite_option = click.option("--overwrite", is_flag=True, help="Replace an earlier pairscore output in --output "
+                                "(refused for a directory pairscore did not write).")
+
+
+def device_option(help: str = "Where models run; auto = CUDA when present (mixed precision on GPU)."):
+    return click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, help=help)
+
+
+def run_options(command: Callable) -> Callable:
+    """--quiet and --verbose: how much a run says while it runs."""
+    command = click.option("--verbose", is_flag=True,
+                           help="Show the log messages of Beam and its workers (hidden by default).")(command)
+    return click.option("--quiet", is_flag=True,
+                        help="No progress output (errors and the final summary still print).")(command)
+
+
+def split_list(ctx, param, value: str | None) -> tuple[str, ...]:
+    """``a, b,c`` -> ("a", "b", "c")."""
+    return tuple(v.strip() for v in value.split(",") if v.strip()) if value else ()
+
+
+# --------------------------------------------------------------------------- flag values
+# Parsed before the job's modules are imported, so that a bad value answers at once.
+
+def parse_label_range(text: str | None) -> tuple[float, float] | None:
+    """``"LOW,HIGH"`` -> (low, high); ValueError naming the value otherwise."""
+    if text is None:
+        return None
+    parts = text.split(",")
     try:
-        job()
-    except (InputError, ValueError) as err:
-        click.echo(f"error: {err}", err=True)
-        sys.exit(2)
+        low, high = (float(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"--label-range {text!r} is not allowed: give two numbers LOW,HIGH, e.g. 0,5") from None
+    return low, high
+
+
+def parse_head_options(text: str | None) -> dict[str, Any]:
+    """``--head-options '{"ffn": 512}'`` -> a dict; ValueError naming the value otherwise."""
+    if not text:
+        return {}
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--head-options {text!r} is not allowed: give a JSON object, e.g. "
+                         f"'{{\"ffn\": 512}}' ({err})") from None
+    if not isinstance(options, dict):
+        raise ValueError(f"--head-options {text!r} is not allowed: give a JSON object, e.g. '{{\"ffn\": 512}}'")
+    return options
+
+
+# --------------------------------------------------------------------------- running a job
+
+# Set by the entry points (jobs/cli.py) when this process is one command-line run, so that its
+# wall time counts from the process start; tests and library calls count from the job's start.
+_from_process_start = False
+_run_started: float | None = None
+
+
+def count_from_process_start() -> None:
+    global _from_process_start
+    _from_process_start = True
+
+
+def run_started() -> float:
+    """``time.monotonic()`` at the start of this run: when a command line runs the job, the
+    process start (interpreter start-up and imports included, so a summary's "done in" is the
+    time the user waited); otherwise when ``run_job`` began, or now outside ``run_job``."""
+    wall = _run_started if _run_started is not None else time.time()
+    return time.monotonic() - (time.time() - wall)
+
+
+def configure_logging(verbose: bool) -> None:
+    """Beam's INFO and WARNING messages (runner, workers, file renames) only with --verbose."""
+    logging.getLogger().setLevel(logging.INFO if verbose else logging.WARNING)
+    logging.getLogger("apache_beam").setLevel(logging.INFO if verbose else logging.ERROR)
+
+
+def beam_args_for_run(beam_args: Sequence[str], verbose: bool) -> list[str]:
+    """The pass-through Beam options, plus quiet workers for a local runner unless --verbose or
+    the user set the workers' log level: multi-process workers log at INFO to the terminal.
+    Called once the job's modules are imported (Beam among them)."""
+    from pipeline.runner import LOCAL_RUNNER_NAMES
+
+    args = list(beam_args)
+    runner = None
+    for i, arg in enumerate(args):
+        if arg == "--runner" and i + 1 < len(args):
+            runner = args[i + 1]
+        elif arg.startswith("--runner="):
+            runner = arg.split("=", 1)[1]
+    local = runner is None or runner.lower() in LOCAL_RUNNER_NAMES
+    if local and not verbose and not any(a.startswith("--default_sdk_harness_log_level") for a in args):
+        args.append("--default_sdk_harness_log_level=ERROR")
+    return args
+
+
+# What a Beam worker process logs through its default handler ("INFO:__main__:...", from its
+# start-up, before it has read the pipeline options that set its log level).
+_WORKER_LOG_LINE = re.compile(rb"^(DEBUG|INFO|WARNING):(root|__main__|apache_beam[\w.]*):")
+
+
+def _multi_process(beam_args: Sequence[str]) -> bool:
+    joined = " ".join(beam_args).replace("=", " ")
+    return "--direct_running_mode multi_processing" in joined
+
+
+@contextlib.contextmanager
+def _without_worker_logs() -> Iterator[TextIO]:
+    """Route file descriptor 2 (inherited by Beam's worker processes) through a thread that
+    drops the workers' start-up log lines and passes every other line on; yields a stream on the
+    real stderr for the progress line (which redraws in place, so it bypasses the line filter)."""
+    sys.stderr.flush()
+    try:
+        real = os.dup(2)
+    except OSError:  # no file descriptor 2 to filter (embedded use): leave it alone
+        yield sys.stderr
+        return
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def pump() -> None:
+        pending = b""
+        with os.fdopen(read_end, "rb", buffering=0) as source:
+            while chunk := source.read(65536):
+                *lines, pending = (pending + chunk).split(b"\n")
+                kept = b"".join(line + b"\n" for line in lines if not _WORKER_LOG_LINE.match(line))
+                if kept:
+                    os.write(real, kept)
+        if pending and not _WORKER_LOG_LINE.match(pending):
+            os.write(real, pending)
+
+    thread = threading.Thread(target=pump, name="pairscore-stderr", daemon=True)
+    thread.start()
+    stream = os.fdopen(os.dup(real), "w", buffering=1)
+    try:
+        yield stream
+    finally:
+        sys.stderr.flush()
+        stream.close()
+        os.dup2(real, 2)   # closes the pipe's last write end held here: the pump sees its end
+        thread.join(timeout=5)
+        os.close(real)
+
+
+def run_job(job: Callable[[], str], *, name: str, quiet: bool = False, verbose: bool = False,
+            beam_args: Sequence[str] = ()) -> None:
+    """Run ``job`` with progress reporting (unless ``quiet``) and logging set for this run, then
+    print what it returns (the summary) below the progress; a bad argument or input becomes one
+    clear line and exit status 2. ``beam_args``: the pass-through Beam options; with multi-process
+    workers their start-up log lines are filtered out."""
+    # Imported here, not above: `python -m jobs.<name>` first moves the current directory (which
+    # may hold a user's own pipeline.py) behind pairscore's packages (jobs.cli.main_module).
+    from pipeline import progress
+
+    global _run_started
+    _run_started = PROCESS_STARTED if _from_process_start else time.time()
+    configure_logging(verbose)
+    with contextlib.ExitStack() as stack:
+        stream = (stack.enter_context(_without_worker_logs()) if not verbose and _multi_process(beam_args)
+                  else None)
+        progress.start(name, quiet=quiet, started=_run_started, stream=stream)
+        try:
+            report = job()
+        except ValueError as err:  # pipeline.readers.InputError too
+            progress.stop()
+            click.echo(f"error: {err}", err=True)
+            sys.exit(2)
+        finally:
+            progress.stop()
+            _run_started = None
+    click.echo(report)

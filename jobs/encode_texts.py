@@ -4,21 +4,27 @@
 """
 from __future__ import annotations
 
+if __name__ == "__main__":
+    # `python -m jobs.encode_texts`: the command line (jobs/cli.py, light) parses the flags before the
+    # imports below run, and imports this module by name only to run the job.
+    from jobs.cli import main_module
+    main_module("encode_texts")
+
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import apache_beam as beam
-import click
 
 from encoders.checkpoint import Student, load_or_build_student
 from encoders.config import baseline_config
-from jobs.common import BEAM_EPILOG, JOB_CONTEXT, run_job
+from jobs import cli
+from jobs.common import run_started
 from pipeline.encode import DEAD_LETTER_TAG, DedupeTexts, EncodeSettings, EncodeTexts, ReadRows, TextColumns, pick_device
 from pipeline.outputs import WriteDeadLetters, WriteStore, abort_output_on_failure, open_output
-from pipeline.readers import FORMATS, check_columns, expand_inputs
+from pipeline.readers import check_columns, expand_inputs, worker_path
 from pipeline.runner import make_pipeline, validate_beam_args
-from pipeline.store import DTYPES, StoreLayout, count_rows, store_files, write_manifest
+from pipeline.store import StoreLayout, count_rows, store_files, write_manifest
 from pipeline.summary import RunSummary, read_counters, split_dead_letters
 
 JOB_NAME = "encode_texts"
@@ -51,6 +57,7 @@ def store_layout(student: Student, side: str, dtype: str) -> StoreLayout:
 def run(job: EncodeTextsJob, beam_args: list[str], argv: list[str] | None = None) -> RunSummary:
     """Check everything that can be checked, run the pipeline, write manifest and summary."""
     validate_beam_args(beam_args)
+    job = replace(job, output=worker_path(job.output), model_dir=worker_path(job.model_dir))
     pick_device(job.device)
     files = expand_inputs(job.inputs, job.format)
     columns = TextColumns(text=job.text_col, id=job.id_col)
@@ -60,7 +67,7 @@ def run(job: EncodeTextsJob, beam_args: list[str], argv: list[str] | None = None
     out = open_output(job.output, job=JOB_NAME, overwrite=job.overwrite,
                       reads={"--input": job.inputs, "--model": [job.model_dir]})
 
-    started = time.monotonic()
+    started = run_started()
     pipeline = make_pipeline(beam_args)
     read = pipeline | "ReadRows" >> ReadRows(files)
     deduped = read.rows | "DedupeTexts" >> DedupeTexts(columns)
@@ -111,40 +118,6 @@ def run(job: EncodeTextsJob, beam_args: list[str], argv: list[str] | None = None
     return summary
 
 
-@click.command(context_settings=JOB_CONTEXT, epilog=BEAM_EPILOG)
-@click.option("--input", "inputs", multiple=True, required=True, metavar="PATH",
-              help="Input table: a path, glob or Beam filesystem path (gs://, s3://); repeat for more. "
-                   "Format from the extension: .parquet, .jsonl, .csv, .tsv, the last three optionally .zst.")
-@click.option("--format", type=click.Choice(FORMATS), default=None,
-              help="Read every input as this format, whatever its extension.")
-@click.option("--text-col", default="text", show_default=True, help="Column holding the text.")
-@click.option("--id-col", default=None,
-              help="Column holding the text's id. Without it, a text's id is a stable hash of its content.")
-@click.option("--side", type=click.Choice(["left", "right"]), default="left", show_default=True,
-              help="Which side of the pairs these texts are: left keeps N tokens, right keeps M.")
-@click.option("--model", "model_dir", default=None, metavar="DIR",
-              help="Student checkpoint directory. Default: the zero-training baseline on the packaged "
-                   "all-MiniLM-L6-v2.")
-@click.option("--output", required=True, metavar="STORE_DIR",
-              help="Store directory to create: part-*.parquet, _MANIFEST.json, _dead_letter/, _SUMMARY.json, _SUCCESS.")
-@click.option("--overwrite", is_flag=True, help="Replace an earlier pairscore output in --output (refused for a "
-              "directory pairscore did not write).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True,
-              help="Texts per encoder batch (texts are sorted by length first, so padding stays small).")
-@click.option("--dtype", type=click.Choice(DTYPES), default="float16", show_default=True,
-              help="Embedding storage: float16, or int8 with a per-row scale (half the bytes).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-              help="Where the encoder runs; auto = CUDA when present (with mixed precision).")
-@click.pass_context
-def main(ctx: click.Context, **flags) -> None:
-    """Encode every unique text once and write an embedding store (stage one)."""
-    job = EncodeTextsJob(inputs=tuple(flags.pop("inputs")), **flags)
-
-    def go() -> None:
-        summary = run(job, list(ctx.args))
-        click.echo(summary.table())
-    run_job(go)
-
-
-if __name__ == "__main__":
-    main()
+# The command line is declared in jobs/cli.py (light, so that --help and bad arguments answer
+# before the imports above); ``main`` is kept for callers of ``jobs.encode_texts.main``.
+main = cli.encode_texts

@@ -18,6 +18,12 @@ texts, DiPair's setting). Both are plain PyTorch in this process (no Beam, no st
 """
 from __future__ import annotations
 
+if __name__ == "__main__":
+    # `python -m jobs.evaluate`: the command line (jobs/cli.py, light) parses the flags before the
+    # imports below run, and imports this module by name only to run the job.
+    from jobs.cli import main_module
+    main_module("evaluate")
+
 import json
 import math
 import os
@@ -36,16 +42,17 @@ import torch
 from encoders.checkpoint import CONFIG_FILE, Student, build_student, load_student
 from encoders.config import CONFIG_FORMAT, baseline_config
 from encoders.teacher import CrossEncoder, TeacherTask, load_teacher, soft_labels
-from jobs.common import run_job
+from jobs import cli
+from jobs.common import run_started
 from jobs.metrics import best_threshold_accuracy, f1_at_threshold, pearson, roc_auc, spearman
-from jobs.report import results_table, write_report
+from jobs.report import write_report
 from jobs.student_inference import Pairs, encode_pairs, head_logits, synchronize
-from jobs.train_teacher import LabeledPairs, parse_label_range, read_labeled_pairs
+from jobs.train_teacher import LabeledPairs, read_labeled_pairs
 from pipeline.dead_letters import DeadLetter
 from pipeline.encode import pick_device
 from pipeline.outputs import abort_output_on_failure, local_path_or_none, open_output, write_dead_letter_file
 from pipeline.pairs import TextPairColumns
-from pipeline.readers import FORMATS, check_columns, expand_inputs
+from pipeline.readers import check_columns, expand_inputs
 from pipeline.store import COMPRESSION
 from pipeline.summary import RunSummary
 
@@ -279,7 +286,7 @@ def run(job: EvaluateJob, argv: list[str] | None = None) -> RunSummary:
                       reads={"--pairs": job.pairs, "--dev": job.dev,
                              "--model": [local_path_or_none(source) for _, source in specs]})
 
-    started = time.monotonic()
+    started = run_started()
     splits = {name: read_labeled_pairs(files, columns, job.label_col, task, job.limit)
               for name, files in split_files.items()}
     for name, labeled in splits.items():
@@ -393,51 +400,6 @@ def _strict_json(value: Any) -> Any:
     return value
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--pairs", multiple=True, required=True, metavar="PATH",
-              help="Labeled pairs to evaluate on: a path, glob or Beam filesystem path; repeat for more.")
-@click.option("--model", "models", multiple=True, required=True, metavar="[NAME=]DIR|baseline",
-              help="A model to evaluate; repeat for more: a teacher checkpoint (train_teacher output or any Hugging "
-                   "Face sequence-classification cross-encoder), a student checkpoint (train_student output), or "
-                   "`baseline` for the zero-training cosine of the packaged MiniLM. NAME=DIR names it in the report "
-                   "(default: the directory's name).")
-@click.option("--dev", multiple=True, metavar="PATH",
-              help="Labeled pairs on which the accuracy/F1 threshold of each model is chosen. Without it the threshold "
-                   "is chosen on --pairs themselves (optimistic); the report says which.")
-@click.option("--format", type=click.Choice(FORMATS), default=None,
-              help="Read every input as this format, whatever its extension.")
-@click.option("--left-col", default="left", show_default=True, help="Column holding the left text.")
-@click.option("--right-col", default="right", show_default=True, help="Column holding the right text.")
-@click.option("--label-col", default="label", show_default=True, help="Column holding the label.")
-@click.option("--task", type=click.Choice(["binary", "graded"]), default="binary", show_default=True,
-              help="binary: labels 0/1 (AUC, accuracy, F1). graded: numbers in --label-range (Pearson, Spearman).")
-@click.option("--label-range", default=None, metavar="LOW,HIGH", help="graded only: the range of the labels.")
-@click.option("--batch-size", type=int, default=64, show_default=True, help="Pairs per teacher batch.")
-@click.option("--encode-batch-size", type=int, default=128, show_default=True, help="Texts per student encoder batch.")
-@click.option("--head-batch-size", type=int, default=8192, show_default=True, help="Pairs per student head batch.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-              help="Where models run; auto = CUDA when present (mixed precision). Speeds are of this device.")
-@click.option("--limit", type=int, default=None, metavar="N",
-              help="Read at most N rows from each of --pairs and --dev (quick runs).")
-@click.option("--output", required=True, metavar="DIR",
-              help="Directory to create: report.md, *.png, metrics.json, scores.parquet, _dead_letter/, _SUMMARY.json, "
-                   "_SUCCESS.")
-@click.option("--overwrite", is_flag=True, help="Replace an earlier pairscore output in --output (refused for a "
-              "directory pairscore did not write).")
-def main(**flags) -> None:
-    """Evaluate teachers, students and the baseline on labeled pairs: quality, agreement, speed, plots."""
-    argv = sys.argv[1:]
-
-    def go() -> None:
-        job = EvaluateJob(pairs=tuple(flags.pop("pairs")), models=tuple(flags.pop("models")),
-                          dev=tuple(flags.pop("dev")), label_range=parse_label_range(flags.pop("label_range")),
-                          **flags)
-        summary = run(job, argv)
-        click.echo(summary.table())
-        with open(os.path.join(job.output, METRICS_FILE), encoding="utf-8") as handle:
-            click.echo(results_table(json.load(handle)))
-    run_job(go)
-
-
-if __name__ == "__main__":
-    main()
+# The command line is declared in jobs/cli.py (light, so that --help and bad arguments answer
+# before the imports above); ``main`` is kept for callers of ``jobs.evaluate.main``.
+main = cli.evaluate

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 import time
 from typing import Sequence
 
@@ -29,6 +28,7 @@ from encoders.config import SIDES
 from encoders.dual_encoder import SideEncoder, mean_pool, select_tokens
 from encoders.teacher import autocast
 from jobs.student_inference import Pairs, length_order
+from pipeline.progress import bar_options
 
 CACHE_FORMAT = "pairscore-frozen-states-v2"   # v2: also the pooled sentence embeddings
 
@@ -132,8 +132,8 @@ def frozen_token_states(side: SideEncoder, texts: Sequence[str], count: int, bat
     pooled = torch.zeros(len(texts), hidden)
     was_training = side.training
     side.eval()
-    bar = tqdm(total=len(texts), desc=progress, unit="text", disable=progress is None, file=sys.stderr,
-               mininterval=1.0 if sys.stderr.isatty() else 30.0)
+    bar = tqdm(total=len(texts), desc=progress, unit="text", disable=progress is None,
+               **bar_options())
     try:
         for index in length_order(tokenized, batch_size):
             batch = side.collate([tokenized[i] for i in index]).to(device)

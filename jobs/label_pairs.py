@@ -9,23 +9,29 @@ Writes ``DIR/part-*.parquet`` (see pipeline/label.py for the columns), ``DIR/_de
 """
 from __future__ import annotations
 
+if __name__ == "__main__":
+    # `python -m jobs.label_pairs`: the command line (jobs/cli.py, light) parses the flags before the
+    # imports below run, and imports this module by name only to run the job.
+    from jobs.cli import main_module
+    main_module("label_pairs")
+
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import apache_beam as beam
-import click
 from apache_beam.io.filesystems import FileSystems
 
 from encoders.teacher import load_teacher
-from jobs.common import BEAM_EPILOG, JOB_CONTEXT, run_job
+from jobs import cli
+from jobs.common import run_started
 from pipeline.encode import DEAD_LETTER_TAG, ReadRows, pick_device
 from pipeline.label import (BASE_COLUMNS, DistillationManifest, ExtractPairs, LabelPairs, LabelSettings,
                             ReadPrevious, SkipLabeled, WriteDistillationSet, distillation_schema, schema_columns)
 from pipeline.outputs import WriteDeadLetters, abort_output_on_failure, open_output
 from pipeline.pairs import TextPairColumns, kept_fields
-from pipeline.readers import FORMATS, check_columns, expand_inputs
+from pipeline.readers import check_columns, expand_inputs, worker_path
 from pipeline.runner import make_pipeline, validate_beam_args
 from pipeline.store import MANIFEST_FILE, count_rows, store_files
 from pipeline.summary import RunSummary, read_counters, split_dead_letters
@@ -99,6 +105,9 @@ def _check_previous(job: LabelPairsJob, fingerprint: str, schema) -> tuple[Disti
 def run(job: LabelPairsJob, beam_args: list[str], argv: list[str] | None = None) -> RunSummary:
     """Check everything that can be checked, run the pipeline, write manifest and summary."""
     validate_beam_args(beam_args)
+    # A teacher that is not a local path may be a cached hub id: it stays as given.
+    job = replace(job, output=worker_path(job.output), previous=worker_path(job.previous),
+                  teacher=worker_path(job.teacher) if os.path.exists(job.teacher) else job.teacher)
     _check(job)
     pick_device(job.device)
     columns = TextPairColumns(left=job.left_col, right=job.right_col, left_id=job.left_id_col,
@@ -121,7 +130,7 @@ def run(job: LabelPairsJob, beam_args: list[str], argv: list[str] | None = None)
     out = open_output(job.output, job=JOB_NAME, overwrite=job.overwrite,
                       reads={"--pairs": job.pairs, "--teacher": [job.teacher], "--previous": [job.previous]})
 
-    started = time.monotonic()
+    started = run_started()
     pipeline = make_pipeline(beam_args)
     read = pipeline | "ReadRows" >> ReadRows(files)
     extracted = read.rows | "ExtractPairs" >> ExtractPairs(columns, kept)
@@ -183,56 +192,6 @@ def run(job: LabelPairsJob, beam_args: list[str], argv: list[str] | None = None)
     return summary
 
 
-def _split_columns(value: str | None) -> tuple[str, ...]:
-    return tuple(name.strip() for name in value.split(",") if name.strip()) if value else ()
-
-
-@click.command(context_settings=JOB_CONTEXT, epilog=BEAM_EPILOG)
-@click.option("--pairs", multiple=True, required=True, metavar="PATH",
-              help="Pairs to label: a path, glob or Beam filesystem path (gs://, s3://); repeat for more. Format "
-                   "from the extension: .parquet, .jsonl, .csv, .tsv, the last three optionally .zst.")
-@click.option("--format", type=click.Choice(FORMATS), default=None,
-              help="Read every input as this format, whatever its extension.")
-@click.option("--left-col", default="left", show_default=True, help="Column holding the left text.")
-@click.option("--right-col", default="right", show_default=True, help="Column holding the right text.")
-@click.option("--left-id-col", default=None,
-              help="Column holding the left text's id (with --right-id-col). Without them an id is a stable hash "
-                   "of the text.")
-@click.option("--right-id-col", default=None, help="Column holding the right text's id.")
-@click.option("--keep-cols", default=None, metavar="A,B",
-              help="Input columns to copy to the output (Parquet types kept; text formats as strings).")
-@click.option("--teacher", required=True, metavar="DIR",
-              help="Teacher checkpoint: a train_teacher output, or any Hugging Face sequence-classification "
-                   "cross-encoder (path or cached hub id) with its trained head.")
-@click.option("--temperature", type=float, default=1.0, show_default=True,
-              help="T of the soft labels: sigmoid(logit / T), or softmax(logits / T) for k classes.")
-@click.option("--previous", default=None, metavar="DIR",
-              help="A previous label_pairs output from the same teacher: pairs it holds (same left and right "
-                   "text) are not labeled again, and all its rows are copied into --output, which is then the "
-                   "complete distillation set.")
-@click.option("--output", required=True, metavar="DIR",
-              help="Directory to create: part-*.parquet, _dead_letter/, _MANIFEST.json, _SUMMARY.json, _SUCCESS.")
-@click.option("--overwrite", is_flag=True, help="Replace an earlier pairscore output in --output (refused for a "
-              "directory pairscore did not write).")
-@click.option("--batch-size", type=int, default=64, show_default=True,
-              help="Pairs per teacher batch (pairs are sorted by length first, so padding stays small).")
-@click.option("--max-length", type=int, default=None,
-              help="Tokens per pair; default: the teacher's own (teacher.json, else the tokenizer's, at most 512). "
-                   "Changing it changes the teacher fingerprint.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-              help="Where the teacher runs; auto = CUDA when present (with mixed precision).")
-@click.pass_context
-def main(ctx: click.Context, **flags) -> None:
-    """Label pairs with a teacher cross-encoder and write the distillation set."""
-    argv = sys.argv[1:]
-
-    def go() -> None:
-        job = LabelPairsJob(pairs=tuple(flags.pop("pairs")), keep_cols=_split_columns(flags.pop("keep_cols")),
-                            **flags)
-        summary = run(job, list(ctx.args), argv)
-        click.echo(summary.table())
-    run_job(go)
-
-
-if __name__ == "__main__":
-    main()
+# The command line is declared in jobs/cli.py (light, so that --help and bad arguments answer
+# before the imports above); ``main`` is kept for callers of ``jobs.label_pairs.main``.
+main = cli.label_pairs

@@ -7,30 +7,36 @@
 """
 from __future__ import annotations
 
+if __name__ == "__main__":
+    # `python -m jobs.score_pairs`: the command line (jobs/cli.py, light) parses the flags before the
+    # imports below run, and imports this module by name only to run the job.
+    from jobs.cli import main_module
+    main_module("score_pairs")
+
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import apache_beam as beam
-import click
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import WriteToParquetBatched
 
 from encoders.checkpoint import Student, load_or_build_student
 from encoders.config import baseline_config
-from jobs.common import BEAM_EPILOG, JOB_CONTEXT, run_job
+from jobs import cli
+from jobs.common import run_started
 from jobs.encode_texts import store_layout
 from pipeline.encode import DEAD_LETTER_TAG, DedupeTexts, EncodeSettings, ReadRows, TextColumns, pick_device
 from pipeline.outputs import WriteDeadLetters, WriteStore, abort_output_on_failure, open_output
 from pipeline.pairs import kept_fields
-from pipeline.readers import FORMATS, InputFile, check_columns, expand_inputs
+from pipeline.readers import InputFile, check_columns, expand_inputs, worker_path
 from pipeline.runner import make_pipeline, validate_beam_args
 from pipeline.score import (PAIRS, SIDES, CompleteStore, DistinctPairTexts, PairColumns, ReadPairs, ScorePairs,
                             ScoreSettings, dedupe_pair_chunks, read_store_tables)
 from pipeline.scoring_core import torch_threads_for
-from pipeline.store import (COMPRESSION, DTYPES, STORE_FILE_PREFIX, STORE_FILE_SUFFIX, StoreLayout, StoreWanted,
+from pipeline.store import (COMPRESSION, STORE_FILE_PREFIX, STORE_FILE_SUFFIX, StoreLayout, StoreWanted,
                             count_rows, open_store_side, store_files, write_manifest)
 from pipeline.summary import RunSummary, read_counters, split_dead_letters
 
@@ -191,6 +197,8 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
     """Check everything that can be checked, run the pipeline, write manifests and summary."""
     check_arguments(job)
     validate_beam_args(beam_args)
+    job = replace(job, output=worker_path(job.output), model_dir=worker_path(job.model_dir),
+                  store=worker_path(job.store))
     pick_device(job.device)
     columns = job.columns
     pair_files = expand_inputs(job.pairs, job.format)
@@ -217,7 +225,7 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
                       reads={"--pairs": job.pairs, "--left-texts": job.left_texts, "--right-texts": job.right_texts,
                              "--store": [job.store], "--model": [job.model_dir]})
 
-    started = time.monotonic()
+    started = run_started()
     pipeline = make_pipeline(beam_args)
     read = pipeline | "ReadPairs" >> ReadPairs(pair_files, columns, chunk_size=job.batch_size, kept=kept)
     pairs = dedupe_pair_chunks(read["pairs"], job.batch_size, buckets) if job.dedupe_pairs else read["pairs"]
@@ -301,67 +309,6 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
     return summary
 
 
-def _split_list(ctx, param, value: str | None) -> tuple[str, ...]:
-    return tuple(v.strip() for v in value.split(",") if v.strip()) if value else ()
-
-
-@click.command(context_settings=JOB_CONTEXT, epilog=BEAM_EPILOG)
-@click.option("--pairs", multiple=True, required=True, metavar="PATH",
-              help="Pair table: path, glob or Beam filesystem path; repeat for more. Format from the extension "
-                   "(.parquet, .jsonl, .csv, .tsv, the last three optionally .zst).")
-@click.option("--format", type=click.Choice(FORMATS), default=None, help="Read the pair tables as this format.")
-@click.option("--left-col", default="left", show_default=True, help="Left text column (pairs of texts).")
-@click.option("--right-col", default="right", show_default=True, help="Right text column (pairs of texts).")
-@click.option("--left-id-col", default=None, help="Left id column (pairs of ids; needs --left-texts).")
-@click.option("--right-id-col", default=None, help="Right id column (pairs of ids; needs --right-texts).")
-@click.option("--left-texts", multiple=True, metavar="PATH", help="Id/text table of the left texts.")
-@click.option("--right-texts", multiple=True, metavar="PATH", help="Id/text table of the right texts.")
-@click.option("--texts-id-col", default="id", show_default=True, help="Id column of the text tables.")
-@click.option("--texts-text-col", default="text", show_default=True, help="Text column of the text tables.")
-@click.option("--keep-cols", callback=_split_list, default=None, metavar="A,B",
-              help="Pair columns copied to the output as they are.")
-@click.option("--model", "model_dir", default=None, metavar="DIR",
-              help="Student checkpoint. Default: zero-training baseline (cosine of the packaged MiniLM's "
-                   "mean-pooled sentence embeddings).")
-@click.option("--store", default=None, metavar="DIR",
-              help="Stores of an earlier run (DIR/left, DIR/right, e.g. last night's OUTPUT/store): texts "
-                   "already there are reused, not re-encoded. Refused if written by another model.")
-@click.option("--output", required=True, metavar="DIR",
-              help="Directory to create: scores/ (the scores table), store/{left,right}/ (tomorrow's --store), "
-                   "_dead_letter/, _SUMMARY.json, _SUCCESS.")
-@click.option("--overwrite", is_flag=True, help="Replace an earlier pairscore output in --output (refused for a "
-              "directory pairscore did not write).")
-@click.option("--join", type=click.Choice(JOINS), default="auto", show_default=True,
-              help="broadcast: stores held in each worker's memory; shuffle: CoGroupByKey, scales past memory; "
-                   "auto: broadcast when the stores fit --broadcast-limit-mb.")
-@click.option("--broadcast-limit-mb", type=click.IntRange(min=1), default=1024, show_default=True,
-              help="Memory a worker may spend on both stores for the broadcast join.")
-@click.option("--dedupe-pairs", is_flag=True,
-              help="Score each (left id, right id) once and count repeats as duplicates. Default: every "
-                   "row is scored and written, so outputs line up one-to-one with inputs.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8192, show_default=True,
-              help="Pairs per head batch (and per chunk of pairs).")
-@click.option("--encode-batch-size", type=click.IntRange(min=1), default=128, show_default=True,
-              help="Texts per encoder batch for texts not yet in a store.")
-@click.option("--dtype", type=click.Choice(DTYPES), default="float16", show_default=True,
-              help="Storage of newly encoded embeddings (an existing --store keeps its own).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-              help="Where models run; auto = CUDA when present (mixed precision on GPU).")
-@click.option("--accelerator", default=None, metavar="HINT",
-              help="Beam resource hint for the scoring step, e.g. "
-                   "'type:nvidia-l4;count:1;install-nvidia-driver' (Dataflow); the join stays on CPU workers.")
-@click.pass_context
-def main(ctx: click.Context, **flags) -> None:
-    """Score pairs with a student (stage two), running stage one for texts not yet stored."""
-    for name in ("pairs", "left_texts", "right_texts"):
-        flags[name] = tuple(flags[name])
-    job = ScorePairsJob(**flags)
-
-    def go() -> None:
-        summary = run(job, list(ctx.args))
-        click.echo(summary.table())
-    run_job(go)
-
-
-if __name__ == "__main__":
-    main()
+# The command line is declared in jobs/cli.py (light, so that --help and bad arguments answer
+# before the imports above); ``main`` is kept for callers of ``jobs.score_pairs.main``.
+main = cli.score_pairs

@@ -25,6 +25,12 @@ projected size.
 """
 from __future__ import annotations
 
+if __name__ == "__main__":
+    # `python -m jobs.train_student`: the command line (jobs/cli.py, light) parses the flags before the
+    # imports below run, and imports this module by name only to run the job.
+    from jobs.cli import main_module
+    main_module("train_student")
+
 import json
 import math
 import random
@@ -34,7 +40,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-import click
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -47,19 +52,20 @@ from encoders.config import SIDES, StudentConfig
 from encoders.sources import DEFAULT_ENCODER
 from encoders.teacher import TASKS, TeacherTask, autocast
 from heads import HEAD_NAMES, build_head
-from jobs.common import run_job
+from jobs import cli
+from jobs.common import run_started
 from jobs.metrics import MAIN_METRIC, selection_score, task_metrics
 from jobs.frozen_states import FrozenStates
 from jobs.student_inference import Pairs, encode_pool, pair_logits
 from jobs.training import EpochProgress, grad_scaler, make_adamw, optimizer_step
-from jobs.train_teacher import length_grouped_batches, parse_label_range, read_labeled_pairs
+from jobs.train_teacher import length_grouped_batches, read_labeled_pairs
 from pipeline import dead_letters as dl
 from pipeline.dead_letters import DeadLetter
 from pipeline.encode import pick_device
 from pipeline.label import DISTILLATION_FORMAT
 from pipeline.outputs import abort_output_on_failure, local_path_or_none, open_output, write_dead_letter_file
 from pipeline.pairs import TextPairColumns, extract_text_pair
-from pipeline.readers import FORMATS, InputError, InputFile, check_columns, expand_inputs, read_rows
+from pipeline.readers import InputError, InputFile, check_columns, expand_inputs, read_rows
 from pipeline.store import MANIFEST_FILE
 from pipeline.summary import RunSummary
 
@@ -700,7 +706,7 @@ def train(job: TrainStudentJob, argv: list[str] | None = None) -> tuple[RunSumma
                       reads={"--distill": job.distill, "--dev": job.dev, "--encoder": [local_path_or_none(job.encoder)],
                              "--cache-dir": [job.cache_dir]})
 
-    started = time.monotonic()
+    started = run_started()
     random.seed(job.seed)
     np.random.seed(job.seed)
     torch.manual_seed(job.seed)
@@ -816,139 +822,6 @@ def _reasons(letters: Sequence[DeadLetter]) -> str:
     return ", ".join(f"{k}: {v}" for k, v in _reasons_dict(letters).items())
 
 
-def parse_head_options(text: str | None) -> dict[str, Any]:
-    """``--head-options '{"ffn": 512}'`` -> a dict; ValueError naming the value otherwise."""
-    if not text:
-        return {}
-    try:
-        options = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"--head-options {text!r} is not allowed: give a JSON object, e.g. "
-                         f"'{{\"ffn\": 512}}' ({err})") from None
-    if not isinstance(options, dict):
-        raise ValueError(f"--head-options {text!r} is not allowed: give a JSON object, e.g. '{{\"ffn\": 512}}'")
-    return options
-
-
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--distill", multiple=True, required=True, metavar="PATH",
-              help="The distillation set: a label_pairs output directory (or its files, a glob, a Beam filesystem "
-                   "path); repeat for more. Columns left, right, soft_label and logit (soft_labels and logits for "
-                   "k-class teachers).")
-@click.option("--dev", multiple=True, required=True, metavar="PATH",
-              help="Labeled dev pairs (--label-col), evaluated after every epoch; the best epoch is kept.")
-@click.option("--format", type=click.Choice(FORMATS), default=None,
-              help="Read every input as this format, whatever its extension.")
-@click.option("--left-col", default="left", show_default=True, help="Column holding the left text.")
-@click.option("--right-col", default="right", show_default=True, help="Column holding the right text.")
-@click.option("--label-col", default="label", show_default=True, help="Column holding the dev label.")
-@click.option("--task", type=click.Choice(TASKS), default=None,
-              help="How dev (and human) labels are read. Default: the teacher's task from the distillation set's "
-                   "_MANIFEST.json; without one, binary (classes for k-class soft labels).")
-@click.option("--label-range", default=None, metavar="LOW,HIGH",
-              help="graded only: the label range mapped to [0, 1], e.g. 0,5 for STS-B.")
-@click.option("--human-label-col", default=None, metavar="COL",
-              help="A column of the distillation set with human labels (e.g. label_pairs --keep-cols label). Pairs "
-                   "with one learn from both; pairs without (mined pairs) from the teacher alone.")
-@click.option("--human-label-weight", type=float, default=0.5, show_default=True,
-              help="Weight w of the human label where a pair has one: loss = (1 - w) * teacher loss + w * human loss.")
-@click.option("--head", type=click.Choice(TRAINABLE_HEADS), required=True,
-              help="The head, from heads/: dipair (DiPair-TSF), dipair-ffnn, li (late interaction), de-ffnn, de-cos.")
-@click.option("--encoder", default=DEFAULT_ENCODER, show_default=True, metavar="MODEL",
-              help="Pretrained encoder: a local Hugging Face directory or hub id (offline: from the local cache). "
-                   "The default is the packaged all-MiniLM-L6-v2, no download.")
-@click.option("--layers", type=int, default=None, metavar="K",
-              help="Encoder layers kept (DiPair's K, 1-4 there). Default: all.")
-@click.option("--n", "n", type=int, default=4, show_default=True, metavar="N", help="Left token embeddings kept.")
-@click.option("--m", "m", type=int, default=12, show_default=True, metavar="M", help="Right token embeddings kept.")
-@click.option("--dim", type=int, default=128, show_default=True, metavar="D", help="Projected dimension.")
-@click.option("--head-layers", type=int, default=None, metavar="L",
-              help="Head depth: transformer layers of dipair (default 2), or hidden layers of 128 units of the FFNN "
-                   "heads dipair-ffnn, de-ffnn, li (default 2). de-cos has none.")
-@click.option("--head-options", default=None, metavar="JSON",
-              help="Other head options as a JSON object, e.g. '{\"ffn\": 512, \"dropout\": 0.1}' (see the head's "
-                   "*Config in heads/).")
-@click.option("--cosine-skip/--no-cosine-skip", default=True, show_default=True,
-              help="Add a learned scale * cos(pooled sentence embeddings) + bias to the head's logits, fitted to "
-                   "the teacher before training, so the student starts from the zero-shot cosine and the head "
-                   "learns the rest (heads/cosine_skip.py). The store then also keeps each text's pooled "
-                   "embedding. --no-cosine-skip: the plain DiPair head.")
-@click.option("--separate-encoders", is_flag=True,
-              help="One encoder per side (default: one shared encoder; the projections are per side either way).")
-@click.option("--left-max-length", type=int, default=64, show_default=True,
-              help="Left tokenizer max length, special tokens included.")
-@click.option("--right-max-length", type=int, default=128, show_default=True,
-              help="Right tokenizer max length, special tokens included.")
-@click.option("--token-selection", type=click.Choice(["first", "last"]), default="first", show_default=True,
-              help="Keep the first N / M output tokens ([CLS] first) or the last ones.")
-@click.option("--stages", type=click.IntRange(1, 2), default=2, show_default=True,
-              help="2: DiPair's schedule, stage 1 with the encoder frozen (early stop on dev), then stage 2 with "
-                   "everything. 1: everything from the first step (the ablation).")
-@click.option("--loss", type=click.Choice(LOSSES), default="ce", show_default=True,
-              help="ce: cross-entropy on the soft labels (DiPair eq. 1). mse: squared error on the teacher's logits.")
-@click.option("--swap", is_flag=True,
-              help="Also train on every pair with left and right exchanged (symmetric tasks): doubles the examples.")
-@click.option("--stage1-epochs", type=int, default=10, show_default=True,
-              help="Most epochs of stage 1 (it stops early after --patience epochs without dev improvement).")
-@click.option("--patience", type=int, default=2, show_default=True,
-              help="Stage 1 stops after this many epochs without a better dev score.")
-@click.option("--stage2-epochs", type=int, default=1, show_default=True,
-              help="Epochs of stage 2 (and of --stages 1).")
-@click.option("--stage1-max-pairs", type=int, default=None, metavar="P",
-              help="At most P pairs per stage-1 epoch (a new random sample each epoch), for distillation sets "
-                   "larger than an epoch needs to be: dev is then evaluated, and early stopping decided, every P "
-                   "pairs.")
-@click.option("--stage2-max-pairs", type=int, default=None, metavar="P",
-              help="At most P pairs per stage-2 epoch (a new random sample each epoch): stage 2 runs the encoder "
-                   "and costs far more per pair than stage 1.")
-@click.option("--lr", type=float, default=5e-4, show_default=True,
-              help="Peak learning rate of projection + head in stage 1 (and in --stages 1).")
-@click.option("--stage2-lr", type=float, default=1e-4, show_default=True,
-              help="Peak learning rate of projection + head in stage 2.")
-@click.option("--encoder-lr", type=float, default=2e-5, show_default=True,
-              help="Peak learning rate of the encoder when it trains (stage 2, --stages 1).")
-@click.option("--batch-size", type=int, default=32, show_default=True,
-              help="Pairs per step when the encoder trains (stage 2, --stages 1).")
-@click.option("--stage1-batch-size", type=int, default=128, show_default=True, help="Pairs per step in stage 1.")
-@click.option("--encode-batch-size", type=int, default=128, show_default=True,
-              help="Texts per batch when encoding without gradients (stage-1 cache, dev).")
-@click.option("--warmup", type=float, default=0.1, show_default=True,
-              help="Fraction of each stage's steps over which its learning rates rise linearly from 0; they then "
-                   "decay linearly to 0 at the stage's last epoch.")
-@click.option("--weight-decay", type=float, default=0.01, show_default=True, help="AdamW weight decay.")
-@click.option("--max-grad-norm", type=float, default=1.0, show_default=True, help="Gradient clipping norm.")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Seeds the projection and head initialisation, dropout and batch order.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-              help="Where to train; auto = CUDA when present (with mixed precision).")
-@click.option("--cache-dir", default=None, metavar="DIR",
-              help="Keep stage 1's frozen encoder states here (one safetensors file per encoder, length and text "
-                   "set) and reuse them: runs that differ only in the head encode the texts once.")
-@click.option("--limit", type=int, default=None, metavar="N",
-              help="Read at most N rows from each of --distill and --dev (quick runs).")
-@click.option("--output", required=True, metavar="DIR",
-              help="Student checkpoint directory to create: config.json, student.safetensors, encoder/, "
-                   "_dead_letter/, _SUMMARY.json, _SUCCESS (the checkpoint is committed when training ends).")
-@click.option("--overwrite", is_flag=True, help="Replace an earlier pairscore output in --output (refused for a "
-              "directory pairscore did not write).")
-@click.option("--progress/--no-progress", default=True, show_default=True,
-              help="Show a progress bar with the loss and pairs/s.")
-def main(**flags) -> None:
-    """Distil a teacher into a DiPair student (two-stage training) and save the checkpoint."""
-    argv = sys.argv[1:]
-
-    def go() -> None:
-        job = TrainStudentJob(distill=tuple(flags.pop("distill")), dev=tuple(flags.pop("dev")),
-                              label_range=parse_label_range(flags.pop("label_range")),
-                              head_options=parse_head_options(flags.pop("head_options")), **flags)
-        summary = run(job, argv)
-        click.echo(summary.table())
-        for record in summary.metrics["epochs"]:
-            shown = ", ".join(f"{k} {v:.4f}" for k, v in record["dev"].items())
-            click.echo(f"  {record['stage']} epoch {record['epoch']}: train loss {record['train_loss']:.4f}, dev {shown}")
-        click.echo(f"  train loss floor (entropy of the targets): {summary.metrics['train_loss_floor']:.4f}")
-    run_job(go)
-
-
-if __name__ == "__main__":
-    main()
+# The command line is declared in jobs/cli.py (light, so that --help and bad arguments answer
+# before the imports above); ``main`` is kept for callers of ``jobs.train_student.main``.
+main = cli.train_student

@@ -9,21 +9,27 @@ fit in memory, and one process with all the cores trains fastest.
 """
 from __future__ import annotations
 
+if __name__ == "__main__":
+    # `python -m jobs.train_teacher`: the command line (jobs/cli.py, light) parses the flags before the
+    # imports below run, and imports this module by name only to run the job.
+    from jobs.cli import main_module
+    main_module("train_teacher")
+
 import random
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
-import click
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from encoders.sources import DEFAULT_ENCODER
-from encoders.teacher import LOSSES, TASKS, CrossEncoder, TeacherTask, autocast, build_teacher, load_teacher, save_teacher
-from jobs.common import run_job
+from encoders.teacher import CrossEncoder, TeacherTask, autocast, build_teacher, load_teacher, save_teacher
+from jobs import cli
+from jobs.common import run_started
 from jobs.metrics import MAIN_METRIC, selection_score, task_metrics
 from jobs.training import EpochProgress, grad_scaler, make_adamw, optimizer_step
 from pipeline import dead_letters as dl
@@ -31,7 +37,7 @@ from pipeline.dead_letters import DeadLetter
 from pipeline.encode import pick_device
 from pipeline.outputs import abort_output_on_failure, local_path_or_none, open_output, write_dead_letter_file
 from pipeline.pairs import TextPairColumns, extract_text_pair
-from pipeline.readers import FORMATS, InputFile, check_columns, expand_inputs, read_rows
+from pipeline.readers import InputFile, check_columns, expand_inputs, read_rows
 from pipeline.summary import RunSummary
 
 JOB_NAME = "train_teacher"
@@ -208,7 +214,7 @@ def run(job: TrainTeacherJob, argv: list[str] | None = None) -> RunSummary:
     out = open_output(job.output, job=JOB_NAME, overwrite=job.overwrite,
                       reads={"--train": job.train, "--dev": job.dev, "--base": [local_path_or_none(job.base)]})
 
-    started = time.monotonic()
+    started = run_started()
     data = {name: read_labeled_pairs(files, columns, job.label_col, task, job.limit)
             for name, files in splits.items()}
     for name, pairs in data.items():
@@ -292,82 +298,6 @@ def _by_reason(letters: Sequence[DeadLetter]) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def parse_label_range(text: str | None) -> tuple[float, float] | None:
-    """``"LOW,HIGH"`` -> (low, high); ValueError naming the value otherwise."""
-    if text is None:
-        return None
-    parts = text.split(",")
-    try:
-        low, high = (float(p) for p in parts)
-    except ValueError:
-        raise ValueError(f"--label-range {text!r} is not allowed: give two numbers LOW,HIGH, e.g. 0,5") from None
-    return low, high
-
-
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--train", multiple=True, required=True, metavar="PATH",
-              help="Labeled training pairs: a path, glob or Beam filesystem path; repeat for more. Format from "
-                   "the extension: .parquet, .jsonl, .csv, .tsv, the last three optionally .zst.")
-@click.option("--dev", multiple=True, required=True, metavar="PATH",
-              help="Labeled dev pairs, evaluated after every epoch; the best epoch is kept.")
-@click.option("--format", type=click.Choice(FORMATS), default=None,
-              help="Read every input as this format, whatever its extension.")
-@click.option("--left-col", default="left", show_default=True, help="Column holding the left text.")
-@click.option("--right-col", default="right", show_default=True, help="Column holding the right text.")
-@click.option("--label-col", default="label", show_default=True, help="Column holding the label.")
-@click.option("--task", type=click.Choice(TASKS), default="binary", show_default=True,
-              help="binary: labels 0/1, BCE on the logit. graded: numeric labels in --label-range, mapped to "
-                   "[0, 1] (BCE or MSE). classes: labels 0..K-1, softmax cross-entropy.")
-@click.option("--label-range", default=None, metavar="LOW,HIGH",
-              help="graded only: the label range mapped to [0, 1], e.g. 0,5 for STS-B. Labels outside are skipped.")
-@click.option("--num-classes", type=int, default=None, metavar="K", help="classes only: the number of classes.")
-@click.option("--loss", type=click.Choice(sorted({l for ls in LOSSES.values() for l in ls})), default=None,
-              help="bce (binary, graded; the default), mse on the sigmoid (graded), ce (classes; the default).")
-@click.option("--base", default=DEFAULT_ENCODER, show_default=True, metavar="MODEL",
-              help="Pretrained encoder to fine-tune: a local Hugging Face directory or hub id (offline: from the "
-                   "local cache). The default is the packaged all-MiniLM-L6-v2, no download.")
-@click.option("--swap", is_flag=True,
-              help="Also train on every pair with left and right exchanged (symmetric tasks, e.g. duplicate "
-                   "questions): doubles the training examples.")
-@click.option("--epochs", type=int, default=2, show_default=True, help="Passes over the training pairs.")
-@click.option("--lr", type=float, default=3e-5, show_default=True, help="Peak AdamW learning rate.")
-@click.option("--batch-size", type=int, default=32, show_default=True,
-              help="Pairs per optimizer step (batches are grouped by length, so padding stays small).")
-@click.option("--max-length", type=int, default=128, show_default=True,
-              help="Tokens per pair, both texts and special tokens included; longer pairs lose tokens from the "
-                   "longer text. Stored in the checkpoint; label_pairs uses it.")
-@click.option("--warmup", type=float, default=0.1, show_default=True,
-              help="Fraction of all steps over which the learning rate rises linearly from 0; it then decays "
-                   "linearly to 0.")
-@click.option("--weight-decay", type=float, default=0.01, show_default=True, help="AdamW weight decay.")
-@click.option("--max-grad-norm", type=float, default=1.0, show_default=True, help="Gradient clipping norm.")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Seeds the head initialisation, dropout and batch order.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-              help="Where to train; auto = CUDA when present (with mixed precision).")
-@click.option("--limit", type=int, default=None, metavar="N",
-              help="Read at most N rows from each of --train and --dev (quick runs).")
-@click.option("--output", required=True, metavar="DIR",
-              help="Checkpoint directory to create: config.json, model.safetensors, tokenizer, teacher.json, "
-                   "_dead_letter/, _SUMMARY.json, _SUCCESS (the checkpoint is committed when training ends).")
-@click.option("--overwrite", is_flag=True, help="Replace an earlier pairscore output in --output (refused for a "
-              "directory pairscore did not write).")
-@click.option("--progress/--no-progress", default=True, show_default=True,
-              help="Show a progress bar with the loss and pairs/s.")
-def main(**flags) -> None:
-    """Fine-tune a cross-encoder teacher on labeled pairs and save it for label_pairs."""
-    argv = sys.argv[1:]
-
-    def go() -> None:
-        job = TrainTeacherJob(train=tuple(flags.pop("train")), dev=tuple(flags.pop("dev")),
-                              label_range=parse_label_range(flags.pop("label_range")), **flags)
-        summary = run(job, argv)
-        click.echo(summary.table())
-        for record in summary.metrics["epochs"]:
-            shown = ", ".join(f"{k} {v:.4f}" for k, v in record["dev"].items())
-            click.echo(f"  epoch {record['epoch']}: train loss {record['train_loss']:.4f}, dev {shown}")
-    run_job(go)
-
-
-if __name__ == "__main__":
-    main()
+# The command line is declared in jobs/cli.py (light, so that --help and bad arguments answer
+# before the imports above); ``main`` is kept for callers of ``jobs.train_teacher.main``.
+main = cli.train_teacher

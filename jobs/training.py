@@ -2,12 +2,13 @@
 one optimizer step with mixed precision and clipping, and an epoch's loss, speed and progress bar."""
 from __future__ import annotations
 
-import sys
 import time
 from typing import Iterable, Sequence
 
 import torch
 from tqdm.auto import tqdm
+
+from pipeline.progress import bar_options
 
 NamedParameters = Sequence[tuple[str, torch.nn.Parameter]]
 
@@ -51,7 +52,7 @@ class EpochProgress:
         self.total_loss, self.seen, self.smoothed = 0.0, 0, None
         self.started = time.perf_counter()
         self.bar = tqdm(total=total, desc=description, unit="pair", disable=not enabled,
-                        mininterval=1.0 if sys.stderr.isatty() else 30.0, file=sys.stderr)
+                        **bar_options())
 
     def update(self, loss: torch.Tensor, pairs: int, lr: float) -> None:
         value = float(loss.detach())

@@ -174,10 +174,19 @@ def expand_inputs(patterns: Sequence[str], format: str | None = None) -> list[In
         raise InputError(f"unknown input format {format!r}; allowed formats: {', '.join(FORMATS)}")
     found: dict[str, InputFile] = {}
     for pattern in patterns:
-        for path in _match_pattern(pattern, format):
+        for path in map(worker_path, _match_pattern(pattern, format)):
             if path not in found:
                 found[path] = InputFile(path, *detect_format(path, format))
     return [found[path] for path in sorted(found)]
+
+
+def worker_path(path: str | None) -> str | None:
+    """``path`` as a worker must see it: a local path made absolute (workers need not share the
+    launching process's working directory); a Beam filesystem path (gs://, s3://, hdfs://, ...)
+    unchanged; None stays None."""
+    if path is None or FileSystems.get_scheme(path) is not None:
+        return path
+    return os.path.abspath(path)
 
 
 def _match_pattern(pattern: str, format: str | None) -> list[str]:

@@ -1,12 +1,105 @@
-"""Building and running a Beam pipeline from the options a job did not recognise."""
+"""Beam options for every job: checked before the start, then turned into a pipeline.
+
+Every option a job does not declare itself is handed to Beam. :func:`validate_beam_args` checks
+them with Beam's own option classes, so any flag that any runner defines passes (Dataflow's
+``--worker_machine_type``, ``--experiment``, ``--no_use_public_ips``, ``--resource_hint``, Flink's
+``--flink_master``, Spark's ``--spark_master_url``, the portable ``--environment_option`` ...), and
+a flag that no runner defines, a bad value, or a mode the jobs cannot run in fails before the
+pipeline starts, naming the flag. :func:`make_pipeline` then builds the pipeline so that the
+runners usable without a cluster (in-process, multi-process DirectRunner, PortableRunner with the
+embedded job service) never reach for the network.
+
+Every job waits for its pipeline (``wait_until_finish()``) and then writes its manifests and
+``_SUMMARY.json`` from the launching process, so modes in which ``run()`` returns before the
+pipeline has run, or in which it never finishes, are refused (see :data:`NOT_WAITED_FOR`).
+"""
 from __future__ import annotations
 
+import importlib
 from typing import Sequence
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions, PortableOptions, StandardOptions
+from apache_beam.options.pipeline_options import _BeamArgumentParser  # the parser Beam's options classes fill
 
 LOCAL_RUNNER_NAMES = {"directrunner", "direct", "switchingdirectrunner", "fnapirunner"}
+
+# Option (argparse dest) -> why a job cannot run with it: each makes ``pipeline.run()`` return
+# without the pipeline having run to its end, while every job writes its manifests and summary
+# after waiting for it.
+NOT_WAITED_FOR = {
+    "template_location": "Dataflow would save a template instead of running the job; launch the job itself "
+                         "(the summary and manifests are written after it finishes)",
+    "dry_run": "the runner would not submit the job",
+    "output_executable_path": "Flink/Spark would write an executable jar instead of running the job",
+    "wait_until_finish_duration": "the job would stop waiting before the pipeline finishes",
+    "streaming": "these are batch jobs: a streaming pipeline does not finish",
+    "update": "it replaces a running streaming job; these are batch jobs",
+}
+
+# Runners whose options live in a module Beam does not import by itself (and which needs extras).
+_OPTIONAL_OPTION_MODULES = ("apache_beam.runners.dask.dask_runner",)
+
+
+class _RefusingParser(_BeamArgumentParser):
+    """Beam's argument parser, raising ValueError where argparse would exit the process."""
+
+    def error(self, message):
+        raise ValueError(f"Beam option: {message}")
+
+
+def beam_option_parser() -> _BeamArgumentParser:
+    """A parser that knows every flag of every Beam options class that is importable here.
+
+    This is what Beam does in ``PipelineOptions.get_all_options``: each options class adds its
+    own arguments (with their aliases, ``--no_...`` negations and types) to one parser."""
+    for module in _OPTIONAL_OPTION_MODULES:
+        try:
+            importlib.import_module(module)
+        except ImportError:  # e.g. the DaskRunner without dask installed: its flags stay unknown
+            pass
+    parser = _RefusingParser(allow_abbrev=False, add_help=False, conflict_handler="resolve")
+    classes = {}
+    for cls in PipelineOptions.__subclasses__():
+        classes.setdefault(f"{cls.__module__}.{cls.__qualname__}", cls)
+    for cls in classes.values():
+        cls._add_argparse_args(parser)  # the hook Beam's own option parsing calls
+    return parser
+
+
+def validate_beam_args(beam_args: Sequence[str]) -> None:
+    """Fail before anything runs when a pass-through option is not a Beam option, has a bad
+    value, names a runner that cannot be created, or asks for a mode the job cannot wait for.
+
+    Raises:
+        ValueError: one line naming the flag(s) and what is allowed.
+    """
+    namespace, unknown = beam_option_parser().parse_known_args(list(beam_args))
+    flags = [arg for arg in unknown if arg.startswith("-")]
+    if flags:
+        hint = ""
+        if any(flag.lstrip("-").startswith("dask_") for flag in flags):
+            hint = " (DaskRunner options need dask and distributed installed)"
+        raise ValueError(f"unknown option(s) {', '.join(flags)}: not a flag of this job (see --help) nor a "
+                         f"pipeline option of any Beam runner{hint}")
+    if unknown:
+        raise ValueError(f"unexpected argument(s) {' '.join(unknown)}: give options as --name=value")
+    for dest, why in NOT_WAITED_FOR.items():
+        if getattr(namespace, dest, None):
+            raise ValueError(f"--{dest} is not allowed: {why}")
+    runner = namespace.runner
+    if runner is not None and runner.lower() in ("portablerunner", "portable") and not namespace.job_endpoint:
+        raise ValueError("--runner=PortableRunner needs --job_endpoint: embed (a job service in this process) or "
+                         "HOST:PORT of a running job service")
+    if (namespace.environment_type or "").upper() == "EXTERNAL" and not namespace.environment_config:
+        raise ValueError("--environment_type=EXTERNAL needs --environment_config=HOST:PORT of a worker pool "
+                         "(python -m apache_beam.runners.worker.worker_pool_main --service_port=PORT)")
+    if runner is not None and runner.lower() not in LOCAL_RUNNER_NAMES:
+        from apache_beam.runners.runner import create_runner
+        try:
+            create_runner(runner)
+        except (ImportError, ValueError) as err:
+            raise ValueError(f"--runner {runner} cannot be used here: {err}") from err
 
 
 def make_pipeline(beam_args: Sequence[str]) -> beam.Pipeline:
@@ -17,6 +110,11 @@ def make_pipeline(beam_args: Sequence[str]) -> beam.Pipeline:
     which fails without network before it falls back to the very same runner.
     ``--direct_num_workers`` and ``--direct_running_mode`` (in_memory | multi_threading |
     multi_processing) work as documented by Beam.
+
+    ``--runner=PortableRunner --job_endpoint=embed`` runs the job service in this process; without
+    an ``--environment_type`` it uses LOOPBACK workers (Beam's default there, DOCKER, would pull an
+    SDK image). ``--environment_type=EXTERNAL --environment_config=HOST:PORT`` hands the work to a
+    worker pool (``python -m apache_beam.runners.worker.worker_pool_main --service_port=PORT``).
     """
     options = PipelineOptions(list(beam_args))
     runner_name = options.view_as(StandardOptions).runner
@@ -31,14 +129,8 @@ def make_pipeline(beam_args: Sequence[str]) -> beam.Pipeline:
         provision = fn_runner.ExtendedProvisionInfo(
             beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
         return beam.Pipeline(runner=fn_runner.FnApiRunner(provision_info=provision), options=options)
+    portable = options.view_as(PortableOptions)
+    if portable.job_endpoint == "embed" and portable.environment_type is None:
+        portable.environment_type = "LOOPBACK"
     return beam.Pipeline(options=options)
 
-
-def validate_beam_args(beam_args: Sequence[str]) -> None:
-    """Fail before anything runs when a pass-through option is not a Beam option."""
-    options = PipelineOptions(list(beam_args))
-    unknown = [arg for arg in beam_args if arg.startswith("--")
-               and arg[2:].split("=", 1)[0].replace("-", "_") not in options.get_all_options()]
-    if unknown:
-        raise ValueError(f"unknown option(s) {', '.join(unknown)}: not a flag of this job "
-                         f"(see --help) nor a Beam pipeline option")

@@ -1,0 +1,217 @@
+"""The command line: light start-up, the ``pairscore`` group, shared options, timing from the
+process start, and no shadowing by a user's own ``pipeline.py``."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from jobs import cli, common
+
+REPO = Path(__file__).resolve().parents[2]
+JOBS = ("encode_texts", "score_pairs", "label_pairs", "build_candidates", "train_teacher", "train_student",
+        "evaluate")
+HEAVY = ("torch", "apache_beam", "transformers")
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    return env
+
+
+def _heavy_modules_after(module: str, args: list[str]) -> tuple[int, list[str], str]:
+    """Run ``python -m <module> <args>`` the way ``python -m`` does (as ``__main__``) in a fresh
+    interpreter; return its exit status, the heavy modules it imported, and its output."""
+    probe = textwrap.dedent(f"""
+        import runpy, sys
+        sys.argv = [{module!r}] + {args!r}
+        code = 0
+        try:
+            runpy.run_module({module!r}, run_name="__main__", alter_sys=True)
+        except SystemExit as exit:
+            code = exit.code or 0
+        heavy = [m for m in {HEAVY!r} if m in sys.modules]
+        print("HEAVY=" + ",".join(heavy), "CODE=" + str(code), file=sys.stderr)
+    """)
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=_env(), cwd=REPO,
+                          timeout=120)
+    last = done.stderr.strip().splitlines()[-1]
+    heavy = last.split()[0].split("=", 1)[1]
+    code = int(last.split()[1].split("=", 1)[1])
+    return code, [m for m in heavy.split(",") if m], done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("job", JOBS)
+def test_help_imports_no_torch_beam_or_transformers(job):
+    code, heavy, output = _heavy_modules_after(f"jobs.{job}", ["--help"])
+    assert code == 0 and f"python -m jobs.{job}" in output and "--output" in output
+    assert heavy == [], f"--help of jobs.{job} imported {heavy}"
+
+
+def test_bad_arguments_answer_before_the_heavy_imports():
+    code, heavy, output = _heavy_modules_after("jobs.score_pairs", ["--pairs", "p.jsonl", "--output", "o",
+                                                                    "--join", "bogus"])
+    assert code == 2 and "'bogus' is not one of 'auto', 'broadcast', 'shuffle'" in output and heavy == []
+    code, heavy, output = _heavy_modules_after("jobs.encode_texts", ["--input", "t.jsonl"])
+    assert code == 2 and "Missing option '--output'" in output and heavy == []
+    code, heavy, output = _heavy_modules_after("jobs.train_student", ["--distill", "d", "--dev", "v", "--output", "o",
+                                                                      "--head", "pooled-cos"])
+    assert code == 2 and "'pooled-cos' is not one of" in output and heavy == []
+    code, heavy, output = _heavy_modules_after("jobs.train_teacher", ["--train", "t", "--dev", "d", "--output", "o",
+                                                                      "--task", "graded", "--label-range", "0;5"])
+    assert code == 2 and "--label-range '0;5' is not allowed" in output and heavy == []
+
+
+def test_console_group_help_imports_nothing_heavy():
+    probe = ("import sys; from jobs.cli import pairscore\n"
+             "try:\n    pairscore(['score-pairs', '--help'], prog_name='pairscore')\n"
+             "except SystemExit:\n    pass\n"
+             f"print('HEAVY=' + ','.join(m for m in {HEAVY!r} if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=_env(), timeout=120)
+    assert "Usage: pairscore score-pairs" in done.stdout and done.stdout.strip().endswith("HEAVY=")
+
+
+def test_python_m_jobs_cli_is_the_console_script():
+    done = subprocess.run([sys.executable, "-m", "jobs.cli", "--help"], capture_output=True, text=True, env=_env(),
+                          cwd=REPO, timeout=120)
+    assert done.returncode == 0 and "Usage: pairscore" in done.stdout
+    assert all(job.replace("_", "-") in done.stdout for job in JOBS)
+
+
+def test_the_choices_offered_before_import_are_the_librarys():
+    from encoders.sources import DEFAULT_ENCODER
+    from encoders.teacher import LOSSES, TASKS
+    from jobs.score_pairs import JOINS
+    from jobs.train_student import LOSSES as STUDENT_LOSSES
+    from jobs.train_student import TRAINABLE_HEADS
+    from pipeline.readers import FORMATS
+    from pipeline.store import DTYPES
+    assert cli.FORMATS == FORMATS and cli.DTYPES == DTYPES and cli.JOINS == JOINS and cli.TASKS == TASKS
+    assert cli.TEACHER_LOSSES == tuple(sorted({loss for losses in LOSSES.values() for loss in losses}))
+    assert cli.STUDENT_LOSSES == STUDENT_LOSSES and cli.STUDENT_HEADS == TRAINABLE_HEADS
+    assert cli.DEFAULT_ENCODER == DEFAULT_ENCODER
+
+
+def test_pairscore_lists_every_job_and_each_has_the_shared_options():
+    result = CliRunner().invoke(cli.pairscore, ["--help"])
+    assert result.exit_code == 0
+    for job in JOBS:
+        assert job.replace("_", "-") in result.output
+    for job in JOBS:
+        result = CliRunner().invoke(cli.pairscore, [job.replace("_", "-"), "--help"])
+        assert result.exit_code == 0, result.output
+        for flag in ("--output", "--overwrite", "--device", "--quiet", "--verbose"):
+            assert flag in result.output, (job, flag)
+    # The job modules keep their `main` (the same command) for callers of jobs.<name>.main.
+    from jobs import score_pairs
+    assert score_pairs.main is cli.pairscore.commands["score-pairs"]
+
+
+def test_a_bad_choice_is_one_line_with_what_is_allowed():
+    result = CliRunner().invoke(cli.pairscore, ["score-pairs", "--pairs", "p", "--output", "o", "--join", "bogus"])
+    assert result.exit_code == 2
+    assert "Invalid value for '--join': 'bogus' is not one of 'auto', 'broadcast', 'shuffle'." in result.output
+
+
+def test_beam_workers_are_quieted_only_for_local_runners_without_verbose():
+    quiet = "--default_sdk_harness_log_level=ERROR"
+    assert common.beam_args_for_run([], verbose=False) == [quiet]
+    assert common.beam_args_for_run(["--runner=DirectRunner"], verbose=False)[-1] == quiet
+    assert common.beam_args_for_run([], verbose=True) == []
+    assert common.beam_args_for_run(["--runner", "DataflowRunner"], verbose=False) == ["--runner", "DataflowRunner"]
+    assert common.beam_args_for_run(["--default_sdk_harness_log_level=DEBUG"], verbose=False) == [
+        "--default_sdk_harness_log_level=DEBUG"]
+
+
+def test_worker_start_up_logs_are_dropped_and_everything_else_passes(capfd):
+    """What Beam's multi-process workers print before they read their log level goes; a
+    worker's progress line, an error and a traceback line stay."""
+    worker = ("import sys\n"
+              "sys.stderr.write('WARNING:root:apitools not found, and bigquery client libraries ...\\n')\n"
+              "sys.stderr.write('INFO:__main__:Logging handler created.\\n')\n"
+              "sys.stderr.write('INFO:apache_beam.runners.worker.sdk_worker:Control channel established.\\n')\n"
+              "sys.stderr.write('encode_texts [worker 7] 0:05 | texts encoded 10\\n')\n"
+              "sys.stderr.write('ERROR:__main__:Python sdk harness failed\\n')\n"
+              "sys.stderr.write('Traceback (most recent call last):')\n")
+    with common._without_worker_logs() as progress_stream:
+        subprocess.run([sys.executable, "-c", worker], check=True)
+        progress_stream.write("\rlive line")
+        progress_stream.flush()
+    err = capfd.readouterr().err
+    assert "apitools" not in err and "Logging handler" not in err and "Control channel" not in err
+    assert "encode_texts [worker 7] 0:05 | texts encoded 10\n" in err
+    assert "ERROR:__main__:Python sdk harness failed\n" in err and "Traceback (most recent call last):" in err
+    assert "\rlive line" in err
+
+
+def test_process_start_is_before_the_package_import():
+    probe = "import time; time.sleep(0.6); import jobs; print(time.time() - jobs.PROCESS_STARTED)"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=_env(), check=True)
+    assert float(done.stdout) >= 0.6
+
+
+def test_run_time_counts_from_the_process_start_under_the_command_line(monkeypatch):
+    seen = []
+
+    def job() -> str:
+        seen.append(time.monotonic() - common.run_started())
+        return "done"
+
+    monkeypatch.setattr(common, "PROCESS_STARTED", time.time() - 5.0)
+    common.run_job(job, name="t", quiet=True)           # a library call or test: from run_job's start
+    monkeypatch.setattr(common, "_from_process_start", True)
+    common.run_job(job, name="t", quiet=True)           # the entry points: from the process start
+    assert seen[0] < 1.0 and 5.0 <= seen[1] < 6.5
+
+
+def _console_script(tmp_path: Path) -> list[str]:
+    """The installed ``pairscore`` script; without an install (a bare checkout), the same
+    wrapper pip writes for ``jobs.cli:console_main``, run from its own directory."""
+    installed = shutil.which("pairscore")
+    if installed:
+        return [installed]
+    wrapper = tmp_path / "bin" / "pairscore"
+    wrapper.parent.mkdir()
+    wrapper.write_text("import sys\nfrom jobs.cli import console_main\nsys.exit(console_main())\n")
+    return [sys.executable, str(wrapper)]
+
+
+def test_a_users_pipeline_py_does_not_shadow_the_package(tmp_path):
+    """Run from a folder holding its own pipeline.py: both entry points reach the job's own
+    input check (which imports pipeline.readers) and name the missing file."""
+    folder = tmp_path / "work"
+    folder.mkdir()
+    (folder / "pipeline.py").write_text("raise RuntimeError('the user pipeline.py was imported')\n")
+    args = ["--pairs", "missing.jsonl", "--output", "out"]
+    for command in (_console_script(tmp_path) + ["score-pairs"], [sys.executable, "-m", "jobs.score_pairs"]):
+        done = subprocess.run(command + args, capture_output=True, text=True, cwd=folder, env=_env(), timeout=300)
+        assert done.returncode == 2, (command, done.stderr)
+        assert "missing.jsonl" in done.stderr and "user pipeline.py" not in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_multi_process_run_beside_a_users_pipeline_py_is_quiet_and_unshadowed(tmp_path, tiny_checkpoint):
+    """Beam's worker processes start in the current directory too: they must load pairscore's
+    pipeline package, not the user's pipeline.py, and their start-up logs stay hidden."""
+    folder = tmp_path / "work"
+    folder.mkdir()
+    (folder / "pipeline.py").write_text("raise RuntimeError('the user pipeline.py was imported')\n")
+    texts = folder / "texts.jsonl"
+    texts.write_text("".join(f'{{"text": "text number {i}"}}\n' for i in range(12)))
+    done = subprocess.run([sys.executable, "-m", "jobs.encode_texts", "--input", str(texts), "--model", tiny_checkpoint,
+                           "--output", str(folder / "out"), "--direct_num_workers=2",
+                           "--direct_running_mode=multi_processing"],
+                          capture_output=True, text=True, cwd=folder, env=_env(), timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "encode_texts: done in" in done.stdout and re.search(r"texts_encoded\s+12\b", done.stdout)
+    noise = [line for line in done.stderr.splitlines() if not line.startswith("encode_texts ")]
+    assert noise == [], done.stderr

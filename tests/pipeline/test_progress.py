@@ -1,0 +1,132 @@
+"""The progress reporter: what it writes in each mode, and that the Beam counters feed it."""
+from __future__ import annotations
+
+import io
+import os
+
+import pytest
+
+from pipeline import progress
+from pipeline.progress import Reporter, choose_mode, format_line
+
+
+class FakeClock:
+    def __init__(self, now: float = 1000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_line_shows_counts_rates_and_elapsed_time():
+    line = format_line("score_pairs", 62.4, {"pairs read": 12000, "pairs scored": 8192}, {"pairs scored": 1950.4})
+    assert line == "score_pairs 1:02 | pairs read 12,000 | pairs scored 8,192 (1,950/s)"
+    assert format_line("encode_texts", 3725, {}, {}) == "encode_texts 1:02:05 | running"
+
+
+def test_modes():
+    assert choose_mode(quiet=True, stream=Terminal()) == "off"
+    assert choose_mode(quiet=False, stream=Terminal()) == "live"
+    assert choose_mode(quiet=False, stream=io.StringIO()) == "log"
+
+
+def test_log_mode_writes_plain_lines_with_the_rate_the_count_moved_at():
+    clock, out = FakeClock(), io.StringIO()
+    reporter = Reporter("encode_texts", "log", started=clock.now - 10, worker=False, stream=out, clock=clock)
+    reporter.add("texts encoded", 100)
+    reporter.show()
+    clock.now += 2
+    reporter.add("texts encoded", 100)
+    reporter.show()
+    clock.now += 60                     # the stage is over: its count stops moving, its rate stays
+    reporter.show()
+    lines = out.getvalue().splitlines()
+    assert lines == ["encode_texts 0:10 | texts encoded 100", "encode_texts 0:12 | texts encoded 200 (100/s)",
+                     "encode_texts 1:12 | texts encoded 200 (100/s)"]
+    assert "\r" not in out.getvalue()
+
+
+def test_live_mode_redraws_one_line_and_ends_it_on_close():
+    clock, out = FakeClock(), Terminal()
+    reporter = Reporter("score_pairs", "live", started=clock.now, worker=False, stream=out, clock=clock)
+    reporter.show()
+    reporter.add("pairs scored", 5)
+    reporter.show()
+    reporter.close()
+    text = out.getvalue()
+    assert text.startswith("\rscore_pairs 0:00 | running\x1b[K\rscore_pairs 0:00 | pairs scored 5\x1b[K")
+    assert text.endswith("\n") and text.count("\n") == 1
+
+
+def test_off_writes_nothing_and_a_worker_writes_only_when_its_counts_moved():
+    out = io.StringIO()
+    quiet = Reporter("j", "off", started=0, worker=False, stream=out)
+    quiet.add("rows read", 3)
+    quiet.show()
+    quiet.close()
+    assert out.getvalue() == ""
+    clock = FakeClock()
+    worker = Reporter("j", "live", started=clock.now, worker=True, stream=out, clock=clock)
+    worker.show()                        # nothing counted yet: nothing to say
+    worker.add("rows read", 3)
+    worker.show()
+    worker.show()
+    assert out.getvalue() == f"j [worker {os.getpid()}] 0:00 | rows read 3\n"
+
+
+def test_beam_counters_feed_the_reporter_and_only_the_shown_ones():
+    from pipeline.encode import counter
+
+    out = io.StringIO()
+    reporter = progress.start("score_pairs", quiet=False, started=0.0, stream=out)
+    try:
+        assert os.environ[progress.ENV_MODE] == "log"      # worker processes inherit it
+        counter("rows_read", "pairs.").inc(7)
+        counter("texts_encoded", "left.").inc(2)
+        counter("texts_encoded", "right.").inc(3)
+        counter("dead_letter.empty_text", "pairs.").inc()   # not on the line
+        assert reporter.counts() == {"pairs read": 7, "texts encoded": 5}
+    finally:
+        progress.stop()
+    assert progress.ENV_MODE not in os.environ
+    counter("rows_read", "pairs.").inc(1)                   # no reporter: counting still works
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_a_job_reports_progress_unless_quiet(tmp_path, tiny_checkpoint, monkeypatch, quiet):
+    from click.testing import CliRunner
+
+    from jobs.cli import pairscore
+
+    source = tmp_path / "texts.jsonl"
+    source.write_text("".join(f'{{"text": "text number {i}"}}\n' for i in range(40)))
+    monkeypatch.setenv(progress.ENV_INTERVAL, "0.05")
+    args = ["encode-texts", "--input", str(source), "--model", tiny_checkpoint, "--output", str(tmp_path / "out")]
+    result = CliRunner().invoke(pairscore, args + (["--quiet"] if quiet else []))
+    assert result.exit_code == 0, result.output
+    progress_lines = [line for line in result.output.splitlines() if line.startswith("encode_texts 0:")]
+    assert "encode_texts: done in" in result.output
+    if quiet:
+        assert progress_lines == []
+    else:
+        assert progress_lines and "texts encoded 40" in progress_lines[-1] and "rows read 40" in progress_lines[-1]
+
+
+def test_training_bars_write_plain_lines_off_a_terminal():
+    from tqdm.auto import tqdm
+
+    out = io.StringIO()
+    options = progress.bar_options(out)
+    assert options["mininterval"] == progress.LOG_SECONDS
+    bar = tqdm(total=3, desc="stage 1, epoch 1", unit="pair", **options)
+    bar.update(3)
+    bar.close()
+    lines = out.getvalue().splitlines()
+    assert "\r" not in out.getvalue() and lines and all(line.startswith("stage 1, epoch 1") for line in lines)
+    assert "3/3" in lines[-1]
+    assert progress.bar_options(Terminal())["mininterval"] == 1.0

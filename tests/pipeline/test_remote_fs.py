@@ -1,0 +1,251 @@
+"""Models, stores, inputs and outputs on a remote Beam filesystem.
+
+``testfs://`` is a Beam ``FileSystem`` defined here (defining the subclass registers the scheme)
+over a temporary directory, with object-store semantics like gs:// and s3:// (no directories, only
+prefixes), so the code paths a cluster takes really run: listing, the model copy into the local
+cache, reads and writes through ``FileSystems``. The scheme exists only in this test process, so
+these runs stay on the in-process runner: a separate worker process would not know ``testfs://``.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+from collections import Counter
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from apache_beam.io.filesystem import CompressedFile, CompressionTypes, FileMetadata, FileSystem
+from apache_beam.io.filesystems import FileSystems
+
+from encoders.checkpoint import load_student
+from encoders import remote as remote_module
+from encoders.remote import CACHE_ENV, local_model_dir
+from encoders.teacher import load_teacher
+from jobs.label_pairs import LabelPairsJob
+from jobs.label_pairs import run as label
+from jobs.score_pairs import ScorePairsJob
+from jobs.score_pairs import run as score
+
+SCHEME = "testfs"
+
+
+class TempDirFileSystem(FileSystem):
+    """``testfs://KEY`` is the file ``ROOT/KEY``. Like an object store (gs://, s3://) it has no
+    directories and lists every object under a prefix; with ``DIRS`` it lists one directory level
+    at a time, subdirectories included, as hdfs:// does."""
+
+    ROOT: str | None = None
+    DIRS = False
+    opened: Counter = Counter()  # testfs path -> times opened for reading
+
+    @classmethod
+    def scheme(cls):
+        return SCHEME
+
+    def _local(self, path: str) -> str:
+        assert path.startswith(f"{SCHEME}://") and self.ROOT, path
+        return os.path.join(self.ROOT, path[len(SCHEME) + 3:])
+
+    def _remote(self, local: str) -> str:
+        return f"{SCHEME}://" + os.path.relpath(local, self.ROOT).replace(os.sep, "/")
+
+    def join(self, basepath, *paths):
+        return "/".join([basepath.rstrip("/"), *(p.strip("/") for p in paths)])
+
+    def split(self, path):
+        head, _, tail = path.rstrip("/").rpartition("/")
+        return head, tail
+
+    def mkdirs(self, path):
+        pass  # an object store has nothing to create
+
+    def has_dirs(self):
+        return self.DIRS
+
+    def _list(self, prefix):
+        if self.DIRS:
+            local = self._local(prefix)
+            for name in sorted(os.listdir(local)) if os.path.isdir(local) else []:
+                entry = os.path.join(local, name)
+                size = os.path.getsize(entry) if os.path.isfile(entry) else 0
+                yield FileMetadata(self._remote(entry), size, os.path.getmtime(entry))
+            return
+        for directory, _, names in os.walk(self.ROOT):
+            for name in names:
+                local = os.path.join(directory, name)
+                remote = self._remote(local)
+                if remote.startswith(prefix):
+                    yield FileMetadata(remote, os.path.getsize(local), os.path.getmtime(local))
+
+    def _open(self, path, mode, compression_type):
+        compression_type = FileSystem._get_compression_type(path, compression_type)
+        raw = io.open(self._local(path), mode)
+        return raw if compression_type == CompressionTypes.UNCOMPRESSED else CompressedFile(raw, compression_type)
+
+    def create(self, path, mime_type="application/octet-stream", compression_type=CompressionTypes.AUTO):
+        os.makedirs(os.path.dirname(self._local(path)), exist_ok=True)
+        return self._open(path, "wb", compression_type)
+
+    def open(self, path, mime_type="application/octet-stream", compression_type=CompressionTypes.AUTO):
+        self.opened[path] += 1
+        return self._open(path, "rb", compression_type)
+
+    def copy(self, sources, destinations):
+        for source, destination in zip(sources, destinations):
+            os.makedirs(os.path.dirname(self._local(destination)), exist_ok=True)
+            shutil.copyfile(self._local(source), self._local(destination))
+
+    def rename(self, sources, destinations):
+        for source, destination in zip(sources, destinations):
+            os.makedirs(os.path.dirname(self._local(destination)), exist_ok=True)
+            os.replace(self._local(source), self._local(destination))
+
+    def exists(self, path):
+        return os.path.isfile(self._local(path))
+
+    def size(self, path):
+        return os.path.getsize(self._local(path))
+
+    def last_updated(self, path):
+        return os.path.getmtime(self._local(path))
+
+    def checksum(self, path):
+        return str(self.size(path))
+
+    def metadata(self, path):
+        return FileMetadata(path, self.size(path), self.last_updated(path))
+
+    def delete(self, paths):
+        for path in paths:  # an object, or every object under a prefix
+            local = self._local(path)
+            if os.path.isdir(local):
+                shutil.rmtree(local)
+            elif os.path.exists(local):
+                os.remove(local)
+
+
+@pytest.fixture
+def testfs(tmp_path, monkeypatch):
+    """The testfs:// root (a fresh temporary directory) and an empty local model cache."""
+    root = tmp_path / "bucket"
+    root.mkdir()
+    monkeypatch.setattr(TempDirFileSystem, "ROOT", str(root))
+    monkeypatch.setattr(TempDirFileSystem, "opened", Counter())
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "model-cache"))
+    monkeypatch.setattr(remote_module, "_COPIES", {})  # each test is a fresh process to encoders/remote.py
+    return root
+
+
+def upload(local_dir: str, root, key: str) -> str:
+    shutil.copytree(local_dir, root / key)
+    return f"{SCHEME}://{key}"
+
+
+PAIRS = [{"left": "how do i learn python", "right": "best way to learn python", "pid": 1},
+         {"left": "what is a fox", "right": "a red fox", "pid": 2},
+         {"left": "how do i learn python", "right": "a red fox", "pid": 3},
+         {"left": "", "right": "a red fox", "pid": 4}]
+
+
+# The output layout, in one place: scores of score_pairs; parts of a store or a distillation set.
+SCORES = "scores/*.parquet"
+PARTS = "part*.parquet"
+
+
+def read_table(directory: str, pattern: str) -> pa.Table:
+    """One table from the Parquet files ``pattern`` under ``directory`` (local or testfs://),
+    rows sorted by their first column (``pid`` where there is one)."""
+    paths = sorted(m.path for m in FileSystems.match([FileSystems.join(directory, pattern)])[0].metadata_list)
+    tables = []
+    for path in paths:
+        with FileSystems.open(path) as handle:
+            tables.append(pq.read_table(handle))
+    table = pa.concat_tables(tables)
+    key = "pid" if "pid" in table.column_names else table.column_names[0]
+    return table.sort_by(key)
+
+
+@pytest.mark.parametrize("directories", [False, True], ids=["object-store", "directories"])
+def test_remote_model_is_copied_once_per_process_without_pickles(testfs, tiny_checkpoint, monkeypatch, directories):
+    monkeypatch.setattr(TempDirFileSystem, "DIRS", directories)
+    remote = upload(tiny_checkpoint, testfs, "models/student")
+    (testfs / "models/student/encoder/pytorch_model.bin").write_bytes(b"a pickle that must never be loaded")
+    (testfs / "models/student-v2").mkdir()  # a sibling whose name shares the prefix is not part of it
+    (testfs / "models/student-v2/config.json").write_text("{}")
+
+    first, again = local_model_dir(remote), local_model_dir(remote + "/")
+    assert local_model_dir(remote) == first and os.path.isdir(first)
+    copied = sorted(os.path.relpath(os.path.join(d, n), first) for d, _, names in os.walk(first) for n in names)
+    assert "encoder/pytorch_model.bin" not in copied and not any("v2" in name for name in copied)
+    assert {"config.json", "student.safetensors", "encoder/model.safetensors", "encoder/tokenizer.json"} <= set(copied)
+    assert TempDirFileSystem.opened[f"{remote}/student.safetensors"] == 2  # remote and remote/: one copy each
+    assert again == first  # ... and the same content lands in the same cache directory
+    assert load_student(remote).fingerprint == load_student(tiny_checkpoint).fingerprint
+    assert TempDirFileSystem.opened[f"{remote}/student.safetensors"] == 2  # loading reused the copy
+
+    (testfs / "models/student/student.safetensors").write_bytes(b"changed")  # replaced on the remote store
+    changed = local_model_dir(remote)
+    assert changed != first and open(os.path.join(changed, "student.safetensors"), "rb").read() == b"changed"
+
+    with pytest.raises(ValueError, match="testfs://models/none' does not exist"):
+        local_model_dir(f"{SCHEME}://models/none")
+    assert local_model_dir("relative/model") == "relative/model"  # local paths are left alone
+
+
+def test_score_pairs_with_everything_on_a_remote_filesystem_equals_the_local_run(testfs, tmp_path, tiny_checkpoint):
+    """--pairs, --model, --store and --output all on testfs://: the scores and stores equal the local
+    run's, the second run reuses the remote store, and the student is copied once in this process
+    (the driver and every DoFn.setup share the copy)."""
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(p) + "\n" for p in PAIRS))
+    (testfs / "in").mkdir()
+    shutil.copy(pairs, testfs / "in" / "pairs.jsonl")
+    model = upload(tiny_checkpoint, testfs, "models/student")
+
+    local = tmp_path / "local"
+    score(ScorePairsJob(pairs=(str(pairs),), output=str(local), model_dir=tiny_checkpoint, keep_cols=("pid",)), [], [])
+    first = f"{SCHEME}://runs/first"
+    summary = score(ScorePairsJob(pairs=(f"{SCHEME}://in/",), output=first, model_dir=model, keep_cols=("pid",),
+                                  join="shuffle"), [], [])
+    assert summary.counts["pairs_scored"] == 3 and summary.counts["pairs_dead_lettered"] == 1
+    assert TempDirFileSystem.opened[f"{model}/student.safetensors"] == 1
+
+    expected = read_table(str(local), SCORES)
+    got = read_table(first, SCORES)
+    assert got.column("pid").to_pylist() == expected.column("pid").to_pylist() == ["1", "2", "3"]
+    np.testing.assert_allclose(got.column("score").to_numpy(), expected.column("score").to_numpy(), rtol=1e-6)
+    for side in ("left", "right"):
+        assert (read_table(f"{first}/store/{side}", PARTS).equals(
+            read_table(str(local / "store" / side), PARTS)))
+    assert FileSystems.exists(f"{first}/_SUMMARY.json") and FileSystems.exists(f"{first}/store/left/_MANIFEST.json")
+
+    again = score(ScorePairsJob(pairs=(f"{SCHEME}://in/pairs.jsonl",), output=f"{SCHEME}://runs/second",
+                                model_dir=model, store=f"{first}/store", keep_cols=("pid",)), [], [])
+    assert again.counts["left_texts_encoded"] == again.counts["right_texts_encoded"] == 0
+    assert again.counts["left_texts_reused"] == 2 and again.counts["right_texts_reused"] == 2
+    np.testing.assert_allclose(read_table(f"{SCHEME}://runs/second", SCORES).column("score").to_numpy(),
+                               expected.column("score").to_numpy(), rtol=1e-6)
+
+
+def test_label_pairs_with_a_remote_teacher_and_previous_set(testfs, tmp_path, tiny_teacher_dir):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(p) + "\n" for p in PAIRS[:2]))
+    more = tmp_path / "more.jsonl"
+    more.write_text("".join(json.dumps(p) + "\n" for p in PAIRS[:3]))
+    teacher = upload(tiny_teacher_dir, testfs, "models/teacher")
+    assert load_teacher(teacher).fingerprint == load_teacher(tiny_teacher_dir).fingerprint
+
+    label(LabelPairsJob(pairs=(str(pairs),), teacher=teacher, output=f"{SCHEME}://distill/day1"), [], [])
+    summary = label(LabelPairsJob(pairs=(str(more),), teacher=teacher, output=f"{SCHEME}://distill/day2",
+                                  previous=f"{SCHEME}://distill/day1"), [], [])
+    assert summary.counts["pairs_labeled"] == 1 and summary.counts["pairs_skipped_labeled"] == 2
+    local = tmp_path / "local"
+    label(LabelPairsJob(pairs=(str(more),), teacher=tiny_teacher_dir, output=str(local)), [], [])
+    got, expected = (read_table(d, PARTS).sort_by([("left", "ascending"), ("right", "ascending")])
+                     for d in (f"{SCHEME}://distill/day2", str(local)))
+    assert got.column("left").to_pylist() == expected.column("left").to_pylist()
+    np.testing.assert_allclose(got.column("logit").to_numpy(), expected.column("logit").to_numpy(), rtol=1e-5)
