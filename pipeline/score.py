@@ -334,6 +334,11 @@ class ScoreSettings:
     run_token: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
+# Students the launching process has loaded, by run token: an in-process runner's workers use
+# them instead of loading the same checkpoint again (worker processes find nothing here and load).
+LOADED_STUDENTS: dict[str, object] = {}
+
+
 class _Worker:
     """What one worker process holds for scoring: the student's head and, for the broadcast
     join, both stores' lookups; built once per process and shared by its DoFn threads."""
@@ -341,7 +346,7 @@ class _Worker:
     def __init__(self, settings: ScoreSettings):
         from pipeline.encode import pick_device
         self.scorer = HeadScorer.load(settings.model_dir, pick_device(settings.device), settings.batch_size,
-                                      settings.threads)
+                                      settings.threads, loaded=LOADED_STUDENTS.get(settings.run_token))
         self._settings = settings
         self._lookups = None
         self._lock = threading.Lock()
