@@ -135,8 +135,12 @@ def run_process(argv: list[str], module: str | None = None) -> dict:
 
 
 def marginal(small: int, large: int, small_seconds: float, large_seconds: float) -> tuple[float, float]:
-    """(pairs/s of the extra pairs, seconds left at zero pairs) of a job timed at two sizes."""
-    rate = (large - small) / max(large_seconds - small_seconds, 1e-9)
+    """(pairs/s of the extra pairs, seconds left at zero pairs) of a job timed at two sizes; (nan,
+    nan) when the larger run was not slower, i.e. the extra pairs cost less than the noise: use
+    larger sizes then."""
+    if large_seconds <= small_seconds:
+        return float("nan"), float("nan")
+    rate = (large - small) / (large_seconds - small_seconds)
     return rate, small_seconds - small / rate
 
 
