@@ -32,7 +32,7 @@ from pipeline.encode import DEAD_LETTER_TAG, DedupeTexts, EncodeSettings, ReadRo
 from pipeline.outputs import WriteDeadLetters, WriteStore, abort_output_on_failure, open_output
 from pipeline.pairs import kept_fields
 from pipeline.readers import InputFile, check_columns, expand_inputs, worker_path
-from pipeline.runner import make_pipeline, validate_beam_args
+from pipeline.runner import is_local_runner, make_pipeline, validate_beam_args
 from pipeline.score import (LOADED_STUDENTS, PAIRS, SIDES, CompleteStore, DistinctPairTexts, PairColumns, ReadPairs, ScorePairs,
                             ScoreSettings, dedupe_pair_chunks, read_store_tables)
 from pipeline.scoring_core import torch_threads_for
@@ -176,12 +176,10 @@ def worker_processes(beam_args: Sequence[str]) -> int | None:
     """Scoring processes per machine, to share its cores between their torch threads: the
     multi-process DirectRunner's ``--direct_num_workers``; 1 in process; None (torch's default)
     for other runners, which size their own workers."""
-    from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
-    options = PipelineOptions(list(beam_args))
-    runner = (options.view_as(StandardOptions).runner or "direct").lower()
-    if runner not in {"directrunner", "direct", "switchingdirectrunner", "fnapirunner"}:
+    from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
+    if not is_local_runner(beam_args):
         return None
-    direct = options.view_as(DirectOptions)
+    direct = PipelineOptions(list(beam_args)).view_as(DirectOptions)
     return max(1, direct.direct_num_workers or 1) if direct.direct_running_mode == "multi_processing" else 1
 
 
@@ -227,7 +225,8 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
 
     started = run_started()
     pipeline = make_pipeline(beam_args)
-    read = pipeline | "ReadPairs" >> ReadPairs(pair_files, columns, chunk_size=job.batch_size, kept=kept)
+    read = pipeline | "ReadPairs" >> ReadPairs(pair_files, columns, chunk_size=job.batch_size, kept=kept,
+                                                    spread_batches=not is_local_runner(beam_args))
     pairs = dedupe_pair_chunks(read["pairs"], job.batch_size, buckets) if job.dedupe_pairs else read["pairs"]
     dead_letters = [read[DEAD_LETTER_TAG]]
     side_tables = {}

@@ -102,6 +102,13 @@ def validate_beam_args(beam_args: Sequence[str]) -> None:
             raise ValueError(f"--runner {runner} cannot be used here: {err}") from err
 
 
+def is_local_runner(beam_args: Sequence[str]) -> bool:
+    """True when ``beam_args`` run on this machine's own runner (no ``--runner``, the DirectRunner,
+    in-process or multi-process): no shuffle service, every grouping held in this machine's memory."""
+    runner = PipelineOptions(list(beam_args)).view_as(StandardOptions).runner
+    return runner is None or runner.lower() in LOCAL_RUNNER_NAMES
+
+
 def make_pipeline(beam_args: Sequence[str]) -> beam.Pipeline:
     """A pipeline for ``beam_args`` (``--runner``, ``--direct_num_workers``, Dataflow flags ...).
 

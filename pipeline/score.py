@@ -6,8 +6,10 @@ per batch and the head sees big batches:
 - **read**: every pair file is cut into slices (runs of Parquet row groups; a text file is one
   slice), the slices are spread over workers, and each is read in record batches of only the
   columns the job needs; the core validates each batch (columnar; bad rows become dead letters)
-  and keeps ids, kept columns and where each row came from. The batches are then spread again
-  (``Reshuffle``), so reading and scoring parallelise independently.
+  and keeps ids, kept columns and where each row came from. On a distributed runner the batches
+  are then spread again (``Reshuffle``), so reading and scoring parallelise independently; the
+  local runner skips that step, because it would hold every batch of the run in memory (the
+  slices are already spread, so local workers still share one big file).
 - **broadcast join**: each store is a side input held once per worker process
   (``shared.Shared``) as a :class:`~pipeline.scoring_core.StoreLookup`; the student is loaded
   once per worker process the same way.
@@ -146,11 +148,14 @@ class ReadPairs(beam.PTransform):
     ``left_texts`` and ``right_texts`` ((id, text), distinct within a batch; empty in id mode).
 
     ``kept``: the output fields of the kept columns (:func:`pipeline.pairs.kept_fields`).
+    ``spread_batches``: reshuffle the read batches before scoring (distributed runners; see the
+    module docstring for why the local runner does not).
     """
 
     def __init__(self, files: Sequence[InputFile], columns: PairColumns, chunk_size: int,
-                 kept: Sequence[pa.Field] = (), slice_rows: int = 1 << 14):
+                 kept: Sequence[pa.Field] = (), slice_rows: int = 1 << 14, spread_batches: bool = True):
         super().__init__()
+        self._spread_batches = spread_batches
         self._files = list(files)
         self._columns = columns
         self._chunk_size = chunk_size
@@ -169,7 +174,7 @@ class ReadPairs(beam.PTransform):
                     self._columns, self._kept, [f.path for f in self._files], self._chunk_size)).with_outputs(
                     DEAD_LETTER_TAG, "left_texts", "right_texts", main="pairs"))
         # Reading and scoring parallelise independently: a file read by one worker is scored by many.
-        pairs = read.pairs | "SpreadPairBatches" >> beam.Reshuffle()
+        pairs = (read.pairs | "SpreadPairBatches" >> beam.Reshuffle()) if self._spread_batches else read.pairs
         return {"pairs": pairs, DEAD_LETTER_TAG: read[DEAD_LETTER_TAG],
                 "left_texts": read.left_texts, "right_texts": read.right_texts}
 
