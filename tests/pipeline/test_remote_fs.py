@@ -216,7 +216,7 @@ def test_score_pairs_with_everything_on_a_remote_filesystem_equals_the_local_run
 
     expected = read_table(str(local), SCORES)
     got = read_table(first, SCORES)
-    assert got.column("pid").to_pylist() == expected.column("pid").to_pylist() == ["1", "2", "3"]
+    assert got.column("pid").to_pylist() == expected.column("pid").to_pylist() == [1, 2, 3]
     np.testing.assert_allclose(got.column("score").to_numpy(), expected.column("score").to_numpy(), rtol=1e-6)
     for side in ("left", "right"):
         assert (read_table(f"{first}/store/{side}", PARTS).equals(
