@@ -357,7 +357,7 @@ class SideArrays(NamedTuple):
     """One side of B pairs as gathered from a store, still in the stored dtype.
 
     tokens (B, N, D) float16 or int8; scales (B,) float32 (int8) or None; num_tokens (B,);
-    pooled (B, H) float16 or None.
+    pooled (B, H) float16 (float32 from a StoreLookup) or None.
     """
     tokens: np.ndarray
     scales: np.ndarray | None
@@ -407,7 +407,11 @@ class StoreLookup:
         table = (pa.concat_tables([t.select(["id", *store_columns(layout)]) for t in tables]) if tables else
                  layout.schema().empty_table().select(["id", *store_columns(layout)]))
         self.table = table.drop_columns(["id"])   # the store columns, for joins that carry rows on
-        self.arrays = side_arrays(table, layout)
+        arrays = side_arrays(table, layout)
+        # Pooled embeddings are converted to float32 once per stored text rather than once per
+        # pair that gathers them (a store's text is gathered by many pairs); this costs H*2 more
+        # bytes a row, which the broadcast join's memory bound counts.
+        self.arrays = arrays if arrays.pooled is None else arrays._replace(pooled=arrays.pooled.astype(np.float32))
         ids = table.column("id").combine_chunks()
         self._dict = None
         if len(ids) and pc.max(pc.binary_length(ids)).as_py() > _MAX_KEY_BYTES:
