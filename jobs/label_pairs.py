@@ -31,6 +31,7 @@ from pipeline.label import (BASE_COLUMNS, DistillationManifest, ExtractPairs, La
                             ReadPrevious, SkipLabeled, WriteDistillationSet, distillation_schema, schema_columns)
 from pipeline.outputs import WriteDeadLetters, abort_output_on_failure, open_output
 from pipeline.pairs import TextPairColumns, kept_fields
+from pipeline.paths import escape_glob
 from pipeline.readers import check_columns, expand_inputs, worker_path
 from pipeline.runner import make_pipeline, validate_beam_args
 from pipeline.store import MANIFEST_FILE, count_rows, store_files
@@ -138,7 +139,7 @@ def run(job: LabelPairsJob, beam_args: list[str], argv: list[str] | None = None)
     tables = []
     if previous_files:
         previous = pipeline | "ReadPrevious" >> ReadPrevious(
-            FileSystems.join(job.previous, "part*.parquet"), schema, job.temperature)
+            FileSystems.join(escape_glob(job.previous), "part*.parquet"), schema, job.temperature)
         pairs = pairs | "SkipLabeled" >> SkipLabeled(previous["keys"])
         tables.append(previous["rows"])
     tables.insert(0, pairs | "LabelPairs" >> LabelPairs(settings))

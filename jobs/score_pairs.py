@@ -31,6 +31,7 @@ from jobs.encode_texts import store_layout
 from pipeline.encode import DEAD_LETTER_TAG, DedupeTexts, EncodeSettings, ReadRows, TextColumns, pick_device
 from pipeline.outputs import WriteDeadLetters, WriteStore, abort_output_on_failure, open_output
 from pipeline.pairs import kept_fields
+from pipeline.paths import escape_glob
 from pipeline.readers import InputFile, check_columns, expand_inputs, worker_path
 from pipeline.runner import is_local_runner, make_pipeline, validate_beam_args
 from pipeline.score import (LOADED_STUDENTS, PAIRS, SIDES, CompleteStore, DistinctPairTexts, PairColumns, ReadPairs, ScorePairs,
@@ -151,7 +152,7 @@ def count_input_rows(files: Sequence[InputFile]) -> int:
 
 def _estimate_lines(file: InputFile, sample_bytes: int = 1 << 22) -> int:
     import zstandard
-    size = FileSystems.match([file.path])[0].metadata_list[0].size_in_bytes
+    size = FileSystems.match([escape_glob(file.path)])[0].metadata_list[0].size_in_bytes
     with FileSystems.open(file.path, compression_type="uncompressed") as raw:
         stream = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True) if file.compressed else raw
         sample = stream.read(sample_bytes)

@@ -35,6 +35,8 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline.paths import escape_glob
+
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "_MANIFEST.json"
 STORE_FILE_PREFIX = "part"
@@ -394,7 +396,7 @@ def _entries(directory: str, limit: int = 6) -> str | None:
         if FileSystems.get_scheme(directory) is None:   # local: list subdirectories too
             names = sorted(os.listdir(directory))
         else:
-            matched = FileSystems.match([FileSystems.join(directory, "*")])[0].metadata_list
+            matched = FileSystems.match([FileSystems.join(escape_glob(directory), "*")])[0].metadata_list
             names = sorted({FileSystems.split(m.path)[1] for m in matched})
     except Exception:  # noqa: BLE001 - a listing is only for the message
         return None
@@ -421,7 +423,7 @@ def write_manifest(store_dir: str, *, model_fingerprint: str, encoder: str, layo
 
 
 def store_files(store_dir: str) -> list[str]:
-    pattern = FileSystems.join(store_dir, f"{STORE_FILE_PREFIX}*{STORE_FILE_SUFFIX}")
+    pattern = FileSystems.join(escape_glob(store_dir), f"{STORE_FILE_PREFIX}*{STORE_FILE_SUFFIX}")
     return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
 
 
