@@ -7,6 +7,7 @@ it before they have parsed anything.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -127,9 +128,27 @@ def run_started() -> float:
 
 
 def configure_logging(verbose: bool) -> None:
-    """Beam's INFO and WARNING messages (runner, workers, file renames) only with --verbose."""
+    """Beam's INFO and WARNING messages (runner, workers, file renames) only with --verbose; its
+    report of a full disk never (the job's one line names the file)."""
     logging.getLogger().setLevel(logging.INFO if verbose else logging.WARNING)
     logging.getLogger("apache_beam").setLevel(logging.INFO if verbose else logging.ERROR)
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _DiskFullLogFilter) for f in handler.filters):
+            handler.addFilter(_DiskFullLogFilter())
+
+
+class _DiskFullLogFilter(logging.Filter):
+    """Drops the log records (Beam logs a failed transform with its traceback before raising it
+    again) of a full disk, which the job reports in one line naming the file."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error, seen = (record.exc_info[1] if record.exc_info else None), set()
+        while error is not None and id(error) not in seen:
+            if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+                return False
+            seen.add(id(error))
+            error = error.__cause__ or error.__context__
+        return f"[Errno {errno.ENOSPC}]" not in record.getMessage()
 
 
 def beam_args_for_run(beam_args: Sequence[str], verbose: bool) -> list[str]:

@@ -11,29 +11,41 @@ is going ``_LOCK`` and ``_temporary-<run id>/``. One-table jobs write their part
 
 Commit protocol (every job, through :func:`open_output` and :meth:`OutputDir.commit`)
 -------------------------------------------------------------------------------------
+Paths are literal: ``--output`` never acts as a pattern (an output path holding ``*``, ``?`` or
+``[`` is refused, since Beam's writers would match it), and every listing, delete and existence
+check of a path pairscore was given is literal (the OS calls locally, escaped patterns through
+Beam's FileSystems elsewhere, pipeline/paths.py).
+
 1. Before anything is touched, ``--output`` is checked: not a file, not inside nor containing an
-   input, ``--store``, ``--previous``, ``--model`` or ``--teacher`` path (absolute, normalised
-   paths; a glob counts as its directory part), not locked by a live run, and empty — or, with
-   ``--overwrite``, written by pairscore (it holds ``_SUMMARY.json``, ``_SUCCESS``, a
-   ``_MANIFEST.json``, or only leftovers of an interrupted run). Anything else is refused with one
-   line naming what would be deleted (exit 2).
+   input, ``--store``, ``--previous``, ``--model`` or ``--teacher`` path (after resolving
+   symlinks: each match of a glob, and every link inside a directory), not locked by a live run,
+   and empty — or, with ``--overwrite``, holding only an earlier pairscore output (the files its
+   ``_SUMMARY.json`` lists) and the leftovers of interrupted pairscore runs (staging directories
+   holding pairscore's ``_PAIRSCORE_STAGING.json``, lock copies of dead holders). A ``_SUCCESS``,
+   a manifest or a dead lock proves nothing; anything else is named and left alone (exit 2).
 2. ``OUT/_LOCK`` is created atomically (``O_CREAT|O_EXCL``) holding pid, host, start time and job.
    A second run on the same output fails naming the holder; the lock of a dead process on this
    host is named and taken over. Object stores (``gs://``, ``s3://``) have no exclusive create
    through Beam's FileSystems: there the lock is best effort (check, write, read back).
-3. With ``--overwrite`` the old output is deleted now, its markers first (``_SUCCESS``,
-   ``_SUMMARY.json``, manifests), so an interrupted delete never looks complete.
-4. The run writes everything under ``OUT/_temporary-<run id>/`` (the final layout, mirrored).
+3. Leftovers of interrupted runs are cleaned up under the lock: a commit that was cut short is
+   rolled back from its plan (the earlier output comes back as it was), other staging removed.
+   The earlier output itself is not touched: it stays complete and readable until the commit.
+4. The run writes everything under ``OUT/_temporary-<run id>/`` (the final layout, mirrored),
+   whose first file is the staging marker.
 5. Driver side, after ``wait_until_finish()`` and after the counts reconcile, the job writes its
-   manifests (into the staging directory) and calls :meth:`OutputDir.commit`, which writes the
-   summary and an empty ``_SUCCESS`` there, then moves data files, then manifests, then
-   ``_SUMMARY.json``, then ``_SUCCESS`` into place, each by ``FileSystems.rename`` (an atomic
-   rename locally; copy + delete on object stores), removes the staging directory and the lock.
-   Jobs therefore always wait for their pipeline: a runner launched without waiting would never
-   reach the commit and leave no ``_SUCCESS``.
-6. A run that fails (an exception, Ctrl-C) removes what it staged and anything it had started to
-   commit, and its lock (:func:`abort_output_on_failure`); a killed run leaves only
-   ``_temporary-*`` and a stale ``_LOCK``, which the next ``--overwrite`` run takes over and clears.
+   manifests (into the staging directory) and calls :meth:`OutputDir.commit`: the summary and an
+   empty ``_SUCCESS`` are written into staging, then the plan of every move (``_COMMIT.json``),
+   then the earlier output's files are moved aside (``_SUCCESS`` first) and the new data files,
+   manifests, ``_SUMMARY.json`` and ``_SUCCESS`` moved into place, each by ``FileSystems.rename``
+   (an atomic rename locally; copy + delete on object stores). The run has committed when its
+   ``_SUCCESS`` is in place; then the staging directory (with the earlier output) and the lock
+   go. Jobs therefore always wait for their pipeline: a runner launched without waiting would
+   never reach the commit and leave no ``_SUCCESS``.
+6. A run that fails or is interrupted (an exception, Ctrl-C, SIGTERM) rolls back whatever part
+   of its commit happened, judging each move from the files themselves, so ``OUT`` is the earlier
+   output again (:func:`abort_output_on_failure`); a commit whose ``_SUCCESS`` is in place is kept
+   whole. A killed run leaves only its marked staging directory and a stale ``_LOCK``, which the
+   next ``--overwrite`` run takes over, rolling back the commit if it had begun.
 
 Checkpoints are saved the same way (:func:`atomic_directory`): written to a temporary directory
 beside the target and renamed into place, so a crash never leaves a half-written model.
@@ -844,7 +856,7 @@ def abort_output_on_failure(run: F) -> F:
             signum = _interrupted_by
             if signum is None and isinstance(err, KeyboardInterrupt):
                 signum = signal.SIGINT
-            if signum is not None and not isinstance(err, Interrupted):
+            if signum is not None:   # whatever Beam wrapped it in: one line, 130 / 143
                 raise Interrupted(signum, _interrupted_line(signum, _last_outcomes)) from None
             raise
         finally:
