@@ -57,7 +57,6 @@ import contextvars
 import errno
 import fnmatch
 import functools
-import glob
 import json
 import logging
 import os
@@ -155,8 +154,11 @@ def _resolved(path: str) -> list[tuple[str, str]]:
     directories. The overlap guard compares every one of them with ``--output``."""
     if os.path.lexists(path) or not has_glob(path):
         tops = [path]
-    else:
-        tops = sorted(glob.glob(path, recursive=True))
+    else:   # matched as the readers match it (Beam's ``**`` crosses directories)
+        try:
+            tops = sorted(m.path for m in FileSystems.match([path])[0].metadata_list)
+        except Exception:  # noqa: BLE001 - a glob that cannot be listed reads nothing
+            tops = []
     found: list[tuple[str, str]] = []
     seen: set[str] = set()
     pending = [(top, top) for top in tops]
@@ -850,7 +852,10 @@ def abort_output_on_failure(run: F) -> F:
         except BaseException as err:
             outcomes = []
             for out in list(_OPEN_OUTPUTS.get() or []):
-                out.abort()
+                try:
+                    out.abort()
+                except KeyboardInterrupt:
+                    pass   # a signal held back during the clean-up, delivered when it was done
                 outcomes.append((out.path, out.outcome))
             _last_outcomes[:] = outcomes or [(output, None)]
             signum = _interrupted_by
