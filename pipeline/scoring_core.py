@@ -14,7 +14,8 @@ The path of one batch of P pairs, every step columnar (Python objects only for t
    ``right_empty_text``, ``left_non_string_id`` ...; ``kept_column_type`` for a kept value that
    does not fit its decided type); only bad rows become :class:`DeadLetter`.
 3. :func:`pair_ids`: the two id columns (given, or the content hash of each *unique* text).
-4. :class:`StoreLookup`: ids -> store rows by binary search over fixed-width id keys, gathers
+4. :class:`StoreLookup`: ids -> store rows by binary search over fixed-width id keys (bytes and
+   length, so distinct ids never meet), gathers
    with numpy ``take``.
 5. :class:`HeadScorer`: the student's head over the gathered tokens, in batches.
 6. :func:`score_table`: ids, ``score``, ``probs`` and kept columns as one Arrow table.
@@ -329,11 +330,16 @@ def binary_values(column: pa.ChunkedArray | pa.Array, dtype: str, shape: tuple[i
     return flat.view(dtype).reshape(rows, *shape)
 
 
-def _fixed_width_keys(ids: pa.Array, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _fixed_width_keys(ids: pa.Array, width: int | None = None,
+                      with_length: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(P,) strings -> ((P,) numpy ``S{width}`` keys, (P,) bool: longer than ``width``).
 
     Built from Arrow's offsets and bytes with numpy, no Python string per row. Keys compare
-    bytewise (so binary search works); numpy ignores trailing NUL bytes, which ids do not have.
+    bytewise (so binary search works). The bytes alone are zero-padded, so ``"L0"`` and
+    ``"L0\\x00"`` would get the same key; ``with_length`` appends each id's byte length (2 bytes,
+    big-endian; ids here are at most ``_MAX_KEY_BYTES``), which makes the key injective: two
+    keys are equal only for the same bytes of the same length. (numpy's ``S`` comparisons ignore
+    trailing NULs, which is harmless once every key has the same width and carries its length.)
     """
     if isinstance(ids, pa.ChunkedArray):
         ids = ids.combine_chunks()
@@ -347,10 +353,15 @@ def _fixed_width_keys(ids: pa.Array, width: int | None = None) -> tuple[np.ndarr
     too_long = lengths > width
     span = np.arange(width)
     inside = span[None, :] < np.minimum(lengths, width)[:, None]
-    keys = np.zeros((count, width), np.uint8)
+    suffix = 2 if with_length else 0
+    keys = np.zeros((count, width + suffix), np.uint8)
     if count and len(data):
-        keys[inside] = data[np.minimum(offsets[:-1, None] + span[None, :], len(data) - 1)[inside]]
-    return keys.view(f"S{width}").reshape(count), too_long
+        keys[:, :width][inside] = data[np.minimum(offsets[:-1, None] + span[None, :], len(data) - 1)[inside]]
+    if with_length:
+        clipped = np.minimum(lengths, 0xFFFF)
+        keys[:, width] = clipped >> 8
+        keys[:, width + 1] = clipped & 0xFF
+    return keys.view(f"S{width + suffix}").reshape(count), too_long
 
 
 class SideArrays(NamedTuple):
@@ -395,7 +406,8 @@ def store_columns(layout) -> list[str]:
 class StoreLookup:
     """A store held in memory: ids -> rows by binary search, rows -> SideArrays by ``take``.
 
-    Ids are kept sorted as fixed-width byte keys (R,) with the store row of each; a batch of
+    Ids are kept sorted as fixed-width keys (R,) (the id's bytes, zero-padded, then its length:
+    distinct ids have distinct keys) with the store row of each; a batch of
     P ids is found with one ``numpy.searchsorted`` (P log R byte comparisons in C), not P dict
     lookups. Tokens stay in the stored dtype (half the memory of float32); only gathered rows
     are converted, by the head. When an id is stored twice the later row wins (newly encoded
@@ -418,13 +430,15 @@ class StoreLookup:
             # Very long ids: fixed-width keys would be mostly padding.
             self._dict = {i: r for r, i in enumerate(ids.to_pylist())}
             return
-        keys, _ = _fixed_width_keys(ids)
+        # Keys carry each id's length: ids that differ only in trailing NUL bytes stay apart.
+        lengths = pc.binary_length(ids).to_numpy(zero_copy_only=False) if len(ids) else np.zeros(0, np.int64)
+        self._width = max(1, int(lengths.max()) if len(ids) else 1)
+        keys, _ = _fixed_width_keys(ids, self._width, with_length=True)
         order = np.argsort(keys, kind="stable")
         keys = keys[order]
         last = np.ones(len(keys), bool)
         last[:-1] = keys[1:] != keys[:-1]
         self._keys, self._rows = keys[last], order[last]
-        self._width = keys.dtype.itemsize
 
     def __len__(self) -> int:
         return len(self._dict) if self._dict is not None else len(self._keys)
@@ -437,7 +451,7 @@ class StoreLookup:
             return np.fromiter((get(i, -1) for i in values), np.int64, len(values))
         if not len(self._keys):
             return np.full(len(ids), -1, np.int64)
-        keys, too_long = _fixed_width_keys(ids, self._width)
+        keys, too_long = _fixed_width_keys(ids, self._width, with_length=True)
         at = np.minimum(np.searchsorted(self._keys, keys), len(self._keys) - 1)
         found = (self._keys[at] == keys) & ~too_long
         return np.where(found, self._rows[at], -1).astype(np.int64)

@@ -121,6 +121,28 @@ def test_long_ids_and_an_empty_store(tiny_student_config):
     assert len(empty) == 0 and list(empty.rows(pa.array(["a"]))) == [-1]
 
 
+def test_ids_differing_in_any_byte_get_their_own_rows():
+    """Two different ids never share a store row: every code point 0..255 (NUL included), appended
+    to an id or put inside it, is another id than the id without it; in one store and both ways."""
+    layout = StoreLayout("left", 2, 4, "float16", None)
+    base = ["L0", "L", "abc"]
+    variants = [b + chr(c) for b in base for c in range(256)]
+    variants += [b[:1] + chr(c) + b[1:] for b in base for c in range(256)]
+    variants += ["L0" + "\x00" * k for k in range(2, 5)] + ["\x00", "\x00\x00", "\x00L0"]
+    ids = list(dict.fromkeys(base + variants))
+    table, _, _, _ = store_table(ids, StoreLayout("left", 2, 4, "float16", 3), 0)
+    lookup = StoreLookup([table.drop_columns(["pooled"])], layout)
+    assert len(lookup) == len(ids)
+    assert list(lookup.rows(pa.array(ids))) == list(range(len(ids)))
+    # A store holding only the bare ids finds none of the variants (and the variants' store no bare id).
+    bare = StoreLookup([table.slice(0, len(base)).drop_columns(["pooled"])], layout)
+    others = [i for i in ids if i not in base]
+    assert list(bare.rows(pa.array(others))) == [-1] * len(others)
+    assert list(bare.rows(pa.array(base))) == [0, 1, 2]
+    only_variants = StoreLookup([table.slice(len(base)).drop_columns(["pooled"])], layout)
+    assert list(only_variants.rows(pa.array(base))) == [-1] * len(base)
+
+
 # --------------------------------------------------------------------------- validation
 
 TEXT_ROWS = [
