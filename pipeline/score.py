@@ -40,7 +40,7 @@ from pipeline.dead_letters import DeadLetter
 from pipeline.encode import (DEAD_LETTER_TAG, EncodeSettings, EncodeTexts, TextColumns, UniqueText, counter,
                              dead_letter_counter, extract_text)
 from pipeline.readers import InputFile, ReadSlice, SourcedRow, read_parquet_slice, read_row_batches, read_slices
-from pipeline.scoring_core import (HeadScorer, PairColumns, StoreLookup, id_hashes, missing_letters,
+from pipeline.scoring_core import (HeadScorer, PairColumns, StoreLookup, canonical_id, id_hashes, missing_letters,
                                    partition, prepare_pairs, score_pairs, score_table, side_arrays, store_columns,
                                    table_from_rows)
 from pipeline.store import StoreLayout
@@ -79,6 +79,12 @@ def extract_pair(row: SourcedRow, columns: PairColumns) -> tuple[Pair, str | Non
     for side in SIDES:
         if columns.id_mode:
             id_col = columns.left_id if side == "left" else columns.right_id
+            value = row.fields.get(id_col)
+            if not isinstance(value, str) and canonical_id(value) is not None:
+                # An integer id: its canonical text, as text tables give it.
+                ids.append(canonical_id(value))
+                texts.append(None)
+                continue
             # Reuse stage one's id rules; the id column doubles as a dummy text column.
             result = extract_text(row, TextColumns(text=id_col, id=id_col))
         else:

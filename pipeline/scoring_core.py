@@ -111,13 +111,31 @@ class RowTable(NamedTuple):
     misfit: dict[str, np.ndarray]
 
 
-def _strings(values: list) -> tuple[pa.Array, np.ndarray | None]:
-    """Values of a text/id column -> (string array with non-strings as null, non-string mask or None)."""
+def canonical_id(value: Any) -> str | None:
+    """An id value -> the one string form every table compares it in, or None when it is no id.
+
+    Strings are ids as they are; integers (not bools) are their decimal text, as a text table's
+    integer ids become (:func:`pipeline.encode.extract_text`), so ``42`` in a JSONL or Parquet
+    pair table meets ``42`` or ``"42"`` in a text table."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def _strings(values: list, integers: bool = False) -> tuple[pa.Array, np.ndarray | None]:
+    """Values of a text/id column -> (string array with non-strings as null, non-string mask or None).
+    ``integers`` (id columns): integers are accepted in their canonical form (:func:`canonical_id`)."""
     try:
         return pa.array(values, pa.string()), None
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         # Rare: some value is a number, list or object. Only now look at each value.
+        if integers:
+            values = [v if isinstance(v, str) or canonical_id(v) is None else canonical_id(v) for v in values]
         non_string = np.fromiter((v is not None and not isinstance(v, str) for v in values), bool, len(values))
+        if not non_string.any():
+            return pa.array(values, pa.string()), None
         return pa.array([None if bad else v for v, bad in zip(values, non_string)], pa.string()), non_string
 
 
@@ -166,7 +184,7 @@ def table_from_rows(rows: Sequence[dict], columns: PairColumns, kept: Sequence[p
             if bad is not None:
                 misfit[name] = bad
         else:
-            array, bad = _strings(values)
+            array, bad = _strings(values, integers=columns.id_mode)
             if bad is not None:
                 non_string[name] = bad
         arrays.append(array)
@@ -176,8 +194,9 @@ def table_from_rows(rows: Sequence[dict], columns: PairColumns, kept: Sequence[p
 
 # --------------------------------------------------------------------------- validation
 
-def _as_strings(column: pa.ChunkedArray | pa.Array) -> tuple[pa.Array, np.ndarray]:
-    """A column of any Arrow type -> (string array, (P,) bool of non-null non-string values)."""
+def _as_strings(column: pa.ChunkedArray | pa.Array, integers: bool = False) -> tuple[pa.Array, np.ndarray]:
+    """A column of any Arrow type -> (string array, (P,) bool of non-null non-string values).
+    ``integers`` (id columns): an integer column is its values' decimal text (:func:`canonical_id`)."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     kind = column.type
@@ -185,6 +204,8 @@ def _as_strings(column: pa.ChunkedArray | pa.Array) -> tuple[pa.Array, np.ndarra
         column, kind = column.dictionary_decode(), kind.value_type
     if pa.types.is_string(kind):
         return column, np.zeros(len(column), bool)
+    if integers and pa.types.is_integer(kind):
+        return column.cast(pa.string()), np.zeros(len(column), bool)
     if pa.types.is_large_string(kind) or pa.types.is_string_view(kind):
         return column.cast(pa.string()), np.zeros(len(column), bool)
     # A Parquet column of another type: every value present is not a string.
@@ -206,7 +227,7 @@ def validate_pairs(table: pa.Table, columns: PairColumns, non_string: dict[str, 
     # Later assignments win: the right side before the left, the checks in reverse order.
     for side in reversed(SIDES):
         name = columns.side_column(side)
-        strings, other_type = _as_strings(table.column(name))
+        strings, other_type = _as_strings(table.column(name), integers=columns.id_mode)
         if non_string and name in non_string:
             other_type = other_type | non_string[name]
         null = np.asarray(strings.is_null().to_numpy(zero_copy_only=False), bool) & ~other_type
@@ -300,7 +321,7 @@ def prepare_pairs(table: pa.Table, columns: PairColumns, kept: Sequence[pa.Field
     valid = table.take(pa.array(good)) if len(letters) else table
     data, texts = {}, {}
     for side in SIDES:
-        strings, _ = _as_strings(valid.column(columns.side_column(side)))
+        strings, _ = _as_strings(valid.column(columns.side_column(side)), integers=columns.id_mode)
         if columns.id_mode:
             data[f"{side}_id"] = strings
         else:

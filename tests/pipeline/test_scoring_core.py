@@ -189,7 +189,8 @@ def test_every_bad_row_reason_with_exact_counts_as_extract_pair_gives_them():
 
 
 def test_id_mode_reasons_name_ids_and_parquet_types_are_checked():
-    table = pa.table({"q": ["a", None, "", " ", "b", "c"], "p": pa.array([1, 2, 3, 4, None, 6], pa.int64())})
+    # Integer id columns are ids (test_integer_ids_...); a float column is not.
+    table = pa.table({"q": ["a", None, "", " ", "b", "c"], "p": pa.array([1, 2, 3, 4, None, 6], pa.float64())})
     codes = validate_pairs(table, ID_MODE)
     assert [reason_name(int(c), True) for c in codes] == [
         "right_non_string_id", "left_null_id", "left_empty_id", "left_empty_id", "right_null_id",
@@ -198,6 +199,37 @@ def test_id_mode_reasons_name_ids_and_parquet_types_are_checked():
     prepared = prepare_pairs(table, ID_MODE, [], 3, np.arange(6), "ids.parquet")
     for index, letter in enumerate(prepared.dead_letters):
         assert letter == extract_pair(SourcedRow(f"ids.parquet:{index}", rows[index]), ID_MODE)
+
+
+def test_integer_ids_in_pair_tables_are_their_decimal_text():
+    """Pair tables' integer ids (JSONL numbers, Parquet int columns of any width) are accepted and
+    compared as text tables give them: ``str(value)``; bools and floats are still not ids."""
+    rows = [{"q": 7, "p": "p1"}, {"q": -3, "p": 2 ** 63 + 5}, {"q": "7", "p": 0}, {"q": True, "p": 1},
+            {"q": 1.5, "p": 1}, {"q": 8, "p": [1]}]
+    converted = table_from_rows(rows, ID_MODE, [])
+    prepared = prepare_pairs(converted.table, ID_MODE, [], 0, np.arange(1, len(rows) + 1), "ids.jsonl",
+                             lambda picked: [rows[r] for r in picked], converted.non_string, converted.misfit)
+    assert prepared.pairs.column("left_id").to_pylist() == ["7", "-3", "7"]
+    assert prepared.pairs.column("right_id").to_pylist() == ["p1", str(2 ** 63 + 5), "0"]
+    assert [l.reason for l in prepared.dead_letters] == ["left_non_string_id", "left_non_string_id",
+                                                         "right_non_string_id"]
+    for line, row in enumerate(rows, start=1):
+        reference = extract_pair(SourcedRow(f"ids.jsonl:{line}", row), ID_MODE)
+        if line <= 3:
+            pair = reference[0]
+            assert (pair.left_id, pair.right_id) == tuple(prepared.pairs.slice(line - 1, 1).select(
+                ["left_id", "right_id"]).to_pylist()[0].values())
+        else:
+            assert reference == prepared.dead_letters[line - 4]
+    for kind in (pa.int8(), pa.int16(), pa.int32(), pa.int64(), pa.uint8(), pa.uint32(), pa.uint64()):
+        table = pa.table({"q": pa.array([1, None, 100], kind), "p": pa.array([0, 5, 127], kind)})
+        prepared = prepare_pairs(table, ID_MODE, [], 0, np.arange(3), "ids.parquet")
+        assert prepared.pairs.column("left_id").to_pylist() == ["1", "100"], kind
+        assert prepared.pairs.column("right_id").to_pylist() == ["0", "127"], kind
+        assert [l.reason for l in prepared.dead_letters] == ["left_null_id"]
+    # Text mode: a number is still not a text.
+    assert reason_name(int(validate_pairs(pa.table({"left": pa.array([1]), "right": ["x"]}), PairColumns())[0]),
+                       False) == "left_non_string_text"
 
 
 @pytest.mark.parametrize("blank", ["\u200b", "\u200b\u200d\ufeff", "\x00\x01", " \u00a0\u3000", "\u0301",
