@@ -148,8 +148,17 @@ def _fits(value: Any, kind: pa.DataType) -> bool:
     if pa.types.is_integer(kind):
         return isinstance(value, int) and not isinstance(value, bool) and -2 ** 63 <= value < 2 ** 63
     if pa.types.is_floating(kind):
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        # An integer fits only where the float holds it exactly (|value| <= 2**53 for a double):
+        # beyond, it would be rounded (and Arrow refuses the whole batch).
+        exact = 2 ** _FLOAT_MANTISSA_BITS.get(kind.bit_width, 53)
+        return isinstance(value, float) or -exact <= value <= exact
     return True
+
+
+# Significand bits (with the implicit one) of float16/32/64: the integers each holds exactly.
+_FLOAT_MANTISSA_BITS = {16: 11, 32: 24, 64: 53}
 
 
 def kept_values(values: list, field: pa.Field) -> tuple[pa.Array, np.ndarray | None]:

@@ -314,6 +314,21 @@ def test_jsonl_kept_columns_keep_json_types_and_misfits_are_dead_letters(tmp_pat
     assert not (tmp_path / "o2").exists()
 
 
+def test_an_integer_beyond_2_53_in_a_float_kept_column_is_dead_lettered(tmp_path, head_checkpoints):
+    # ints and floats in the first objects: the column is float64; 2**53 + 1 has no exact double.
+    rows = [{"left": f"question {i}", "right": f"answer {i}", "w": w}
+            for i, w in enumerate([0.5, 3, 2 ** 53 + 1, 2 ** 53, -1.25])]
+    source = tmp_path / "pairs.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    output = tmp_path / "out"
+    summary = run(ScorePairsJob(pairs=(str(source),), output=str(output), model_dir=head_checkpoints["de-cos"],
+                                keep_cols=("w",)), [], argv=[])
+    assert summary.dead_letters == {"kept_column_type": 1} and summary.counts["pairs_scored"] == 4
+    assert sorted(read_scores_table(output).column("w").to_pylist()) == [-1.25, 0.5, 3.0, float(2 ** 53)]
+    letter = dead_letters(output)[0]
+    assert json.loads(letter["row"])["w"] == 2 ** 53 + 1 and letter["source"] == f"{source}:3"
+
+
 def test_one_parquet_file_in_row_group_slices_scores_every_pair_once_on_two_workers(tmp_path, head_checkpoints):
     """A single Parquet file of many row groups is cut into slices that different workers read;
     every pair is scored once, with the same score as the in-process run."""

@@ -15,7 +15,7 @@ from pipeline.pairs import kept_fields
 from pipeline.readers import InputError, InputFile, SourcedRow, read_parquet_slice, read_slices
 from pipeline.score import extract_pair
 from pipeline.scoring_core import (HeadScorer, PairColumns, StoreLookup, id_hashes, partition, prepare_pairs,
-                                   score_batch, table_from_rows, validate_pairs, reason_name)
+                                   kept_values, score_batch, table_from_rows, validate_pairs, reason_name)
 from pipeline.store import StoreLayout, encode_token_block
 from pipeline.text_ids import text_id
 
@@ -311,3 +311,25 @@ def test_label_pairs_refuses_a_kept_value_of_another_type_the_same_way():
     assert extract_text_pair(SourcedRow("a:1", {"left": "x", "right": "y", "k": 3}), columns, kept).kept == (3,)
     letter = extract_text_pair(SourcedRow("a:2", {"left": "x", "right": "y", "k": "3"}), columns, kept)
     assert letter.reason == "kept_column_type" and "double" in letter.detail and letter.source == "a:2"
+
+
+@pytest.mark.parametrize("big", [2 ** 53 + 1, -(2 ** 53) - 1, 2 ** 60, 2 ** 64, -(2 ** 70)])
+def test_an_integer_a_float_column_cannot_hold_exactly_is_a_misfit(big):
+    """A float64 kept column takes integers up to 2**53 (exact in a double); a larger one is
+    dead-lettered as kept_column_type, never rounded nor a failed job."""
+    field = pa.field("w", pa.float64())
+    array, misfit = kept_values([0.5, 2 ** 53, -(2 ** 53), big, None, 7], field)
+    assert array.to_pylist() == [0.5, float(2 ** 53), -float(2 ** 53), None, None, 7.0]
+    assert list(misfit) == [False, False, False, True, False, False]
+    rows = [{"left": "a", "right": "b", "w": v} for v in (0.5, big, 3)]
+    converted = table_from_rows(rows, PairColumns(keep=("w",)), [field])
+    prepared = prepare_pairs(converted.table, PairColumns(keep=("w",)), [field], 0, np.arange(1, 4), "p.jsonl",
+                             lambda picked: [rows[r] for r in picked], converted.non_string, converted.misfit)
+    assert prepared.pairs.column("w").to_pylist() == [0.5, 3.0]
+    assert [(l.reason, l.source) for l in prepared.dead_letters] == [("kept_column_type", "p.jsonl:2")]
+    assert "'w'" in prepared.dead_letters[0].detail and "double" in prepared.dead_letters[0].detail
+    from pipeline.pairs import TextPairColumns, extract_text_pair
+    letter = extract_text_pair(SourcedRow("a:9", {"left": "x", "right": "y", "w": big}), TextPairColumns(keep=("w",)),
+                               [field])
+    assert letter.reason == "kept_column_type" and letter.source == "a:9"
+
