@@ -40,10 +40,10 @@ from pipeline.dead_letters import DeadLetter
 from pipeline.encode import (DEAD_LETTER_TAG, EncodeSettings, EncodeTexts, TextColumns, UniqueText, counter,
                              dead_letter_counter, extract_text)
 from pipeline.readers import InputFile, ReadSlice, SourcedRow, read_parquet_slice, read_row_batches, read_slices
-from pipeline.scoring_core import (HeadScorer, PairColumns, StoreLookup, id_hashes, missing_letters,
+from pipeline.scoring_core import (HeadScorer, PairColumns, StoreLookup, canonical_id, id_hashes, missing_letters,
                                    partition, prepare_pairs, score_pairs, score_table, side_arrays, store_columns,
                                    table_from_rows)
-from pipeline.store import StoreLayout
+from pipeline.store import StoreLayout, check_finite
 from pipeline.text_ids import text_id
 
 PAIRS = "pairs."
@@ -79,6 +79,12 @@ def extract_pair(row: SourcedRow, columns: PairColumns) -> tuple[Pair, str | Non
     for side in SIDES:
         if columns.id_mode:
             id_col = columns.left_id if side == "left" else columns.right_id
+            value = row.fields.get(id_col)
+            if not isinstance(value, str) and canonical_id(value) is not None:
+                # An integer id: its canonical text, as text tables give it.
+                ids.append(canonical_id(value))
+                texts.append(None)
+                continue
             # Reuse stage one's id rules; the id column doubles as a dummy text column.
             result = extract_text(row, TextColumns(text=id_col, id=id_col))
         else:
@@ -239,11 +245,18 @@ def dedupe_pair_chunks(pairs, chunk_size: int, buckets: int = 64):
 # --------------------------------------------------------------------------- stores
 
 def read_store_tables(pipeline_or_pbegin, files: Sequence[str], label: str, batch_rows: int = 65536):
-    """Existing store files -> pyarrow Tables of up to ``batch_rows`` rows."""
+    """Existing store files -> pyarrow Tables of up to ``batch_rows`` rows, each checked for
+    non-finite embeddings as it is read (:func:`pipeline.store.check_finite`; the whole store,
+    ids included, was checked before the run by :func:`pipeline.store.open_store_side`: this
+    refuses a part that changed since)."""
     def read(path: str) -> Iterator[pa.Table]:
         with FileSystems.open(path) as handle:
+            first = 0
             for batch in pq.ParquetFile(handle).iter_batches(batch_size=batch_rows):
-                yield pa.Table.from_batches([batch])
+                table = pa.Table.from_batches([batch])
+                check_finite(table, path, first)
+                first += table.num_rows
+                yield table
 
     return (pipeline_or_pbegin
             | f"List{label}" >> beam.Create(list(files))
