@@ -456,20 +456,27 @@ def _summary_files(path: str) -> list[str] | None:
             summary = json.loads(handle.read().decode("utf-8"))
     except Exception:  # noqa: BLE001 - an unreadable summary proves nothing
         return None
-    files = summary.get("files") if isinstance(summary, dict) else None
-    if not isinstance(summary.get("job"), str) or not isinstance(files, list) or not all(
-            isinstance(f, str) for f in files):
+    if not isinstance(summary, dict) or not isinstance(summary.get("job"), str):
+        return None
+    files = summary.get("files")
+    if not isinstance(files, list) or not all(isinstance(f, str) and _inside(f) for f in files):
         return None
     return files
+
+
+def _inside(rel: str) -> bool:
+    """Whether a relative path from a summary or a plan stays inside the output."""
+    return bool(rel) and not rel.startswith(("/", "\\")) and ".." not in rel.replace("\\", "/").split("/")
 
 
 def _read_plan(staging: str) -> list[tuple[str, str]] | None:
     """A staging directory's commit moves (relative to the output), None before its commit began."""
     try:
         with FileSystems.open(FileSystems.join(staging, COMMIT_PLAN), compression_type="uncompressed") as handle:
-            return [(source, target) for source, target in json.loads(handle.read().decode("utf-8"))["moves"]]
+            moves = [(source, target) for source, target in json.loads(handle.read().decode("utf-8"))["moves"]]
     except Exception:  # noqa: BLE001 - no plan (or a torn one): the commit never moved anything
         return None
+    return moves if all(_inside(source) and _inside(target) for source, target in moves) else None
 
 
 def _is_leftover(path: str, top: str, entries: Sequence[str]) -> bool:
