@@ -18,6 +18,7 @@ import apache_beam as beam
 
 from encoders.checkpoint import Student, load_or_build_student
 from encoders.config import baseline_config
+from encoders.remote import pin_model_dir
 from jobs import cli
 from jobs.common import run_started
 from pipeline.encode import DEAD_LETTER_TAG, DedupeTexts, EncodeSettings, EncodeTexts, ReadRows, TextColumns, pick_device
@@ -62,6 +63,8 @@ def run(job: EncodeTextsJob, beam_args: list[str], argv: list[str] | None = None
     files = expand_inputs(job.inputs, job.format)
     columns = TextColumns(text=job.text_col, id=job.id_col)
     check_columns(files, [c for c in (columns.text, columns.id) if c])
+    # A remote model is pinned here: every worker loads the bytes this process fingerprints.
+    job = replace(job, model_dir=pin_model_dir(job.model_dir))
     student = load_or_build_student(job.model_dir, baseline_config())
     layout = store_layout(student, job.side, job.dtype)
     out = open_output(job.output, job=JOB_NAME, overwrite=job.overwrite,

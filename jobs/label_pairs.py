@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
+from encoders.remote import pin_model_dir
 from encoders.teacher import load_teacher
 from jobs import cli
 from jobs.common import run_started
@@ -115,6 +116,8 @@ def run(job: LabelPairsJob, beam_args: list[str], argv: list[str] | None = None)
                               right_id=job.right_id_col, keep=tuple(job.keep_cols))
     files = expand_inputs(job.pairs, job.format)
     check_columns(files, columns.required())
+    # A remote teacher is pinned here: every worker loads the bytes this process fingerprints.
+    job = replace(job, teacher=pin_model_dir(job.teacher))
     teacher = load_teacher(job.teacher)
     if job.max_length is not None:
         positions = getattr(teacher.model.config, "max_position_embeddings", None)

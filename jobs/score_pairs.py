@@ -25,6 +25,7 @@ from apache_beam.io.parquetio import WriteToParquetBatched
 
 from encoders.checkpoint import Student, load_or_build_student
 from encoders.config import baseline_config
+from encoders.remote import pin_model_dir
 from jobs import cli
 from jobs.common import run_started
 from jobs.encode_texts import store_layout
@@ -209,6 +210,8 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
         for side, patterns in (("left", job.left_texts), ("right", job.right_texts)):
             text_files[side] = tuple(expand_inputs(patterns))
             check_columns(text_files[side], [job.texts_id_col, job.texts_text_col])
+    # A remote model is pinned here: every worker loads the bytes this process fingerprints.
+    job = replace(job, model_dir=pin_model_dir(job.model_dir))
     student = load_or_build_student(job.model_dir, baseline_config())
     if student.head is None:
         raise ValueError(f"model {job.model_dir!r} has no head to score with")
