@@ -146,6 +146,9 @@ def _glob_reaches(pattern: str, out: str) -> bool:
     return True
 
 
+_LINK_DEPTH = 3   # how deep below a directory the overlap guard looks for links
+
+
 def _resolved(path: str) -> list[tuple[str, str]]:
     """What a local path the run reads really is, as (how it was reached, absolute real path):
     the path itself (symlinks resolved), or for a glob that does not exist literally each of its
@@ -174,6 +177,8 @@ def _resolved(path: str) -> list[tuple[str, str]]:
                 full = os.path.join(root, entry)
                 if os.path.islink(full):
                     pending.append((full, full))
+            if os.path.relpath(root, real).count(os.sep) >= _LINK_DEPTH - 2:
+                dirs.clear()   # deeper than any job reads (store/left/part-*, model/encoder/*)
     return found
 
 
