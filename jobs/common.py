@@ -200,6 +200,8 @@ def _without_worker_logs() -> Iterator[TextIO]:
         with os.fdopen(read_end, "rb", buffering=0) as source:
             while chunk := source.read(65536):
                 *lines, pending = (pending + chunk).split(b"\n")
+                if _interrupted():   # workers dying of the same Ctrl-C: the job's one line says it
+                    continue
                 kept = b"".join(line + b"\n" for line in lines if not _WORKER_LOG_LINE.match(line))
                 if kept:
                     os.write(real, kept)
@@ -249,12 +251,19 @@ def run_job(job: Callable[[], str], *, name: str, quiet: bool = False, verbose: 
             failure = _one_line_failure(err)
             if failure is None:
                 raise
-            click.echo(failure[0], err=True)
+            # Past the worker-log filter (which drops everything once a run is interrupted).
+            click.echo(failure[0], file=stream if stream is not None else sys.stderr)
             sys.exit(failure[1])
         finally:
             progress.stop()
             _run_started = None
     click.echo(report)
+
+
+def _interrupted() -> bool:
+    """Whether a Ctrl-C or SIGTERM is ending the run (pipeline.outputs, once a job imported it)."""
+    outputs = sys.modules.get("pipeline.outputs")
+    return outputs is not None and outputs.interrupted()
 
 
 def _one_line_failure(err: BaseException) -> tuple[str, int] | None:

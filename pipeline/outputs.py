@@ -146,6 +146,9 @@ def _glob_reaches(pattern: str, out: str) -> bool:
     return True
 
 
+_LINK_DEPTH = 3   # how deep below a directory the overlap guard looks for links
+
+
 def _resolved(path: str) -> list[tuple[str, str]]:
     """What a local path the run reads really is, as (how it was reached, absolute real path):
     the path itself (symlinks resolved), or for a glob that does not exist literally each of its
@@ -174,6 +177,8 @@ def _resolved(path: str) -> list[tuple[str, str]]:
                 full = os.path.join(root, entry)
                 if os.path.islink(full):
                     pending.append((full, full))
+            if os.path.relpath(root, real).count(os.sep) >= _LINK_DEPTH - 2:
+                dirs.clear()   # deeper than any job reads (store/left/part-*, model/encoder/*)
     return found
 
 
@@ -873,7 +878,10 @@ def abort_output_on_failure(run: F) -> F:
             raise
         finally:
             for signum, handler in previous.items():
-                signal.signal(signum, handler)
+                if signum == "excepthook":
+                    threading.excepthook = handler
+                else:
+                    signal.signal(signum, handler)
             _OPEN_OUTPUTS.reset(token)
     return wrapper  # type: ignore[return-value]
 
@@ -901,14 +909,52 @@ def _interrupt_handlers() -> dict:
         _interrupted_by = signum
         # Beam logs an exception that ends a transform, traceback and all, before re-raising it.
         logging.getLogger("apache_beam").setLevel(logging.CRITICAL + 1)
+        _end_worker_processes()
         raise Interrupted(signum, "interrupted")
 
-    previous = {}
+    previous: dict = {"excepthook": threading.excepthook}
+
+    def quiet_while_interrupted(args) -> None:
+        # Beam's threads fail as the run ends ("Worker subprocess exited"): the one line says it.
+        if _interrupted_by is None:
+            previous["excepthook"](args)
+    threading.excepthook = quiet_while_interrupted
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         previous[signal.SIGINT] = signal.signal(signal.SIGINT, interrupt)
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, interrupt)
     return previous
+
+
+def interrupted() -> bool:
+    """Whether a Ctrl-C or SIGTERM is ending the run in progress."""
+    return _interrupted_by is not None
+
+
+def _end_worker_processes() -> None:
+    """SIGTERM every process below this one. Beam's multi-process workers (``sh -c python -m
+    ...sdk_worker_main``) wait to be told to stop while the runner, cleaning up after the
+    interrupt, waits for them to exit: ending them lets the run clean up and exit. Linux only
+    (/proc); elsewhere nothing is done."""
+    children: dict[int, list[int]] = {}
+    with contextlib.suppress(OSError):
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as handle:
+                    parent = int(handle.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry))
+    pending, below = [os.getpid()], []
+    while pending:
+        for child in children.get(pending.pop(), []):
+            below.append(child)
+            pending.append(child)
+    for pid in below:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
 
 
 def one_line_failure(err: BaseException) -> tuple[str, int] | None:

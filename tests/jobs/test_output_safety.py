@@ -451,16 +451,24 @@ def interrupt_when_staging(args: list[str], output: Path, signum: int) -> subpro
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
-@pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
+MULTI_PROCESS = ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
+
+
+@pytest.mark.parametrize("signum, status, beam", [(signal.SIGINT, 130, []), (signal.SIGTERM, 143, []),
+                                                  (signal.SIGTERM, 143, MULTI_PROCESS)],
+                         ids=["ctrl-c", "sigterm", "sigterm-multi-process"])
 def test_an_interrupted_overwrite_says_one_line_and_leaves_the_output_as_it_was(tmp_path, tiny_checkpoint, signum,
-                                                                                   status):
+                                                                                   status, beam):
+    """Ctrl-C and SIGTERM: exit 130 / 143, one line, the earlier output as it was. With Beam's
+    multi-process workers, SIGTERM to the launching process alone (what a scheduler sends) used to
+    leave it waiting for its workers forever: they are ended with it."""
     out = tmp_path / "out"
     first = write_jsonl(tmp_path / "first.jsonl", [{"text": "yesterday"}])
     run_encode_texts(EncodeTextsJob(inputs=(str(first),), output=str(out), model_dir=tiny_checkpoint), [], argv=[])
     before = snapshot(out)
     texts = write_jsonl(tmp_path / "texts.jsonl", [{"text": f"text number {i}"} for i in range(400)])
     done = interrupt_when_staging(["--input", str(texts), "--model", tiny_checkpoint, "--batch-size", "2", "--quiet",
-                                   "--output", str(out), "--overwrite"], out, signum)
+                                   "--output", str(out), "--overwrite", *beam], out, signum)
     assert done.returncode == status, done.stderr
     name = "interrupted" if signum == signal.SIGINT else "terminated (SIGTERM)"
     assert done.stderr == f"{name}: nothing committed, {out} left as it was\n"
