@@ -205,7 +205,7 @@ def test_killed_run_leaves_nothing_complete_and_a_rerun_equals_an_uninterrupted_
     process = subprocess.Popen([sys.executable, "-m", "jobs.encode_texts", *args, "--output", str(killed)],
                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 600   # only a run that never starts hits it
         while not staging_has_started(killed) and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
         assert process.poll() is None, "the run ended before it could be killed: give it more texts"
@@ -243,12 +243,12 @@ def test_terminated_run_cleans_up_after_itself(tmp_path, tiny_checkpoint):
                                env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 600   # only a run that never starts hits it
         while not staging_has_started(out) and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
         assert process.poll() is None, "the run ended before it could be terminated: give it more texts"
         process.terminate()
-        assert process.wait(timeout=60) == 143
+        assert process.wait(timeout=300) == 143
     finally:
         process.kill()
         process.wait()
@@ -315,7 +315,7 @@ def test_second_run_on_a_locked_output_is_refused_naming_the_holder(tmp_path, ti
     out = tmp_path / "out"
     code = ("import time\nfrom pipeline.outputs import open_output\n"
             f"open_output({str(out)!r}, job='score_pairs', overwrite=False)\nprint('locked', flush=True)\n"
-            "time.sleep(120)\n")
+            "time.sleep(3600)\n")
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
                               env={**os.environ, "PYTHONPATH": str(REPO)})
     try:
