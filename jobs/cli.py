@@ -75,6 +75,14 @@ def main_module(name: str) -> None:
     COMMANDS[name].main(prog_name=f"python -m jobs.{name}")
 
 
+def _preflight(ctx: click.Context, job: str, flags: dict) -> None:
+    """The job's pre-flight checks (jobs/preflight.py: inputs, columns, output, model, Beam flags),
+    before its module and so Beam, torch and transformers are imported."""
+    from jobs import preflight
+    own = [o for p in ctx.command.params for o in (*p.opts, *p.secondary_opts) if o.startswith("--")]
+    preflight.check(job, flags, ctx.args, own)
+
+
 def _shield_beam_workers() -> None:
     """Beam's multi-process workers start as ``python -m ...`` in the current directory, which
     would put a user's ``pipeline.py`` there ahead of pairscore's when they load the pipeline's
@@ -117,6 +125,7 @@ def _shield_beam_workers() -> None:
 def encode_texts(ctx: click.Context, quiet: bool, verbose: bool, **flags) -> None:
     """Encode every unique text once and write an embedding store (stage one)."""
     def go() -> str:
+        _preflight(ctx, "encode_texts", flags)
         from jobs import encode_texts as module
         job = module.EncodeTextsJob(inputs=tuple(flags.pop("inputs")), **flags)
         summary = module.run(job, beam_args_for_run(ctx.args, verbose), ctx.meta[ARGV_KEY])
@@ -171,6 +180,7 @@ def encode_texts(ctx: click.Context, quiet: bool, verbose: bool, **flags) -> Non
 def score_pairs(ctx: click.Context, quiet: bool, verbose: bool, **flags) -> None:
     """Score pairs with a student (stage two), running stage one for texts not yet stored."""
     def go() -> str:
+        _preflight(ctx, "score_pairs", flags)
         from jobs import score_pairs as module
         for name in ("pairs", "left_texts", "right_texts"):
             flags[name] = tuple(flags[name])
@@ -215,6 +225,7 @@ def score_pairs(ctx: click.Context, quiet: bool, verbose: bool, **flags) -> None
 def label_pairs(ctx: click.Context, quiet: bool, verbose: bool, **flags) -> None:
     """Label pairs with a teacher cross-encoder and write the distillation set."""
     def go() -> str:
+        _preflight(ctx, "label_pairs", flags)
         from jobs import label_pairs as module
         job = module.LabelPairsJob(pairs=tuple(flags.pop("pairs")), keep_cols=flags.pop("keep_cols"), **flags)
         summary = module.run(job, beam_args_for_run(ctx.args, verbose), ctx.meta[ARGV_KEY])
@@ -253,6 +264,7 @@ def label_pairs(ctx: click.Context, quiet: bool, verbose: bool, **flags) -> None
 def build_candidates(ctx: click.Context, quiet: bool, verbose: bool, progress: bool, **flags) -> None:
     """Mine candidate pairs (top-k neighbours + random pairs) for teacher labeling."""
     def go() -> str:
+        _preflight(ctx, "build_candidates", flags)
         from jobs import build_candidates as module
         job = module.BuildCandidatesJob(left_texts=tuple(flags.pop("left_texts")),
                                         right_texts=tuple(flags.pop("right_texts")), progress=progress and not quiet,
@@ -314,6 +326,7 @@ def build_candidates(ctx: click.Context, quiet: bool, verbose: bool, progress: b
 def train_teacher(ctx: click.Context, quiet: bool, verbose: bool, progress: bool, **flags) -> None:
     """Fine-tune a cross-encoder teacher on labeled pairs and save it for label_pairs."""
     def go() -> str:
+        _preflight(ctx, "train_teacher", flags)
         label_range = parse_label_range(flags.pop("label_range"))
         from jobs import train_teacher as module
         job = module.TrainTeacherJob(train=tuple(flags.pop("train")), dev=tuple(flags.pop("dev")),
@@ -432,6 +445,7 @@ def train_teacher(ctx: click.Context, quiet: bool, verbose: bool, progress: bool
 def train_student(ctx: click.Context, quiet: bool, verbose: bool, progress: bool, **flags) -> None:
     """Distil a teacher into a DiPair student (two-stage training) and save the checkpoint."""
     def go() -> str:
+        _preflight(ctx, "train_student", flags)
         label_range = parse_label_range(flags.pop("label_range"))
         head_options = parse_head_options(flags.pop("head_options"))
         from jobs import train_student as module
@@ -482,6 +496,7 @@ def train_student(ctx: click.Context, quiet: bool, verbose: bool, progress: bool
 def evaluate(ctx: click.Context, quiet: bool, verbose: bool, **flags) -> None:
     """Evaluate teachers, students and the baseline on labeled pairs: quality, agreement, speed, plots."""
     def go() -> str:
+        _preflight(ctx, "evaluate", flags)
         import json
 
         label_range = parse_label_range(flags.pop("label_range"))
