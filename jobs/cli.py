@@ -17,7 +17,7 @@ import click
 
 from jobs.common import (ARGV_KEY, BEAM_EPILOG, BEAM_JOB_CONTEXT, PLAIN_JOB_CONTEXT, JobCommand,
                          beam_args_for_run, count_from_process_start, device_option, output_option,
-                         overwrite_option, parse_head_options, parse_label_range, run_job, run_options,
+                         overwrite_option, parse_head_options, parse_label_range, run_job, run_options, stall_option,
                          split_list)
 
 # Choices the flags offer, spelled here so that --help needs no heavy import. Each is defined in
@@ -120,9 +120,10 @@ def _shield_beam_workers() -> None:
 @click.option("--dtype", type=click.Choice(DTYPES), default="float16", show_default=True,
               help="Embedding storage: float16, or int8 with a per-row scale (half the bytes).")
 @device_option("Where the encoder runs; auto = CUDA when present (with mixed precision).")
+@stall_option
 @run_options
 @click.pass_context
-def encode_texts(ctx: click.Context, quiet: bool, verbose: bool, **flags) -> None:
+def encode_texts(ctx: click.Context, quiet: bool, verbose: bool, stall_timeout: float, **flags) -> None:
     """Encode every unique text once and write an embedding store (stage one)."""
     def go() -> str:
         _preflight(ctx, "encode_texts", flags)
@@ -130,7 +131,7 @@ def encode_texts(ctx: click.Context, quiet: bool, verbose: bool, **flags) -> Non
         job = module.EncodeTextsJob(inputs=tuple(flags.pop("inputs")), **flags)
         summary = module.run(job, beam_args_for_run(ctx.args, verbose), ctx.meta[ARGV_KEY])
         return summary.table()
-    run_job(go, name="encode_texts", quiet=quiet, verbose=verbose, beam_args=ctx.args)
+    run_job(go, name="encode_texts", quiet=quiet, verbose=verbose, beam_args=ctx.args, stall_seconds=stall_timeout)
 
 
 @pairscore.command("score-pairs", cls=JobCommand, context_settings=BEAM_JOB_CONTEXT, epilog=BEAM_EPILOG)
@@ -175,9 +176,10 @@ def encode_texts(ctx: click.Context, quiet: bool, verbose: bool, **flags) -> Non
 @click.option("--accelerator", default=None, metavar="HINT",
               help="Beam resource hint for the scoring step, e.g. "
                    "'type:nvidia-l4;count:1;install-nvidia-driver' (Dataflow); the join stays on CPU workers.")
+@stall_option
 @run_options
 @click.pass_context
-def score_pairs(ctx: click.Context, quiet: bool, verbose: bool, **flags) -> None:
+def score_pairs(ctx: click.Context, quiet: bool, verbose: bool, stall_timeout: float, **flags) -> None:
     """Score pairs with a student (stage two), running stage one for texts not yet stored."""
     def go() -> str:
         _preflight(ctx, "score_pairs", flags)
@@ -186,7 +188,7 @@ def score_pairs(ctx: click.Context, quiet: bool, verbose: bool, **flags) -> None
             flags[name] = tuple(flags[name])
         summary = module.run(module.ScorePairsJob(**flags), beam_args_for_run(ctx.args, verbose), ctx.meta[ARGV_KEY])
         return summary.table()
-    run_job(go, name="score_pairs", quiet=quiet, verbose=verbose, beam_args=ctx.args)
+    run_job(go, name="score_pairs", quiet=quiet, verbose=verbose, beam_args=ctx.args, stall_seconds=stall_timeout)
 
 
 @pairscore.command("label-pairs", cls=JobCommand, context_settings=BEAM_JOB_CONTEXT, epilog=BEAM_EPILOG)
@@ -220,9 +222,10 @@ def score_pairs(ctx: click.Context, quiet: bool, verbose: bool, **flags) -> None
               help="Tokens per pair; default: the teacher's own (teacher.json, else the tokenizer's, at most 512). "
                    "Changing it changes the teacher fingerprint.")
 @device_option("Where the teacher runs; auto = CUDA when present (with mixed precision).")
+@stall_option
 @run_options
 @click.pass_context
-def label_pairs(ctx: click.Context, quiet: bool, verbose: bool, **flags) -> None:
+def label_pairs(ctx: click.Context, quiet: bool, verbose: bool, stall_timeout: float, **flags) -> None:
     """Label pairs with a teacher cross-encoder and write the distillation set."""
     def go() -> str:
         _preflight(ctx, "label_pairs", flags)
@@ -230,7 +233,7 @@ def label_pairs(ctx: click.Context, quiet: bool, verbose: bool, **flags) -> None
         job = module.LabelPairsJob(pairs=tuple(flags.pop("pairs")), keep_cols=flags.pop("keep_cols"), **flags)
         summary = module.run(job, beam_args_for_run(ctx.args, verbose), ctx.meta[ARGV_KEY])
         return summary.table()
-    run_job(go, name="label_pairs", quiet=quiet, verbose=verbose, beam_args=ctx.args)
+    run_job(go, name="label_pairs", quiet=quiet, verbose=verbose, beam_args=ctx.args, stall_seconds=stall_timeout)
 
 
 @pairscore.command("build-candidates", cls=JobCommand, context_settings=PLAIN_JOB_CONTEXT)

@@ -57,6 +57,16 @@ def device_option(help: str = "Where models run; auto = CUDA when present (mixed
     return click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, help=help)
 
 
+def stall_option(command: Callable) -> Callable:
+    """--stall-timeout: how long a Beam job waits for workers that never start (pipeline/watchdog.py)."""
+    return click.option("--stall-timeout", type=click.FloatRange(min=0), default=300.0, show_default=True,
+                        metavar="SECONDS",
+                        help="End the run (exit 1, one line saying what is missing) when Beam has asked for "
+                             "workers, none has connected and nothing has progressed for this long; 0: wait "
+                             "forever. Watches the runners whose workers connect to this process (multi-process, "
+                             "PortableRunner with --job_endpoint=embed).")(command)
+
+
 def run_options(command: Callable) -> Callable:
     """--quiet and --verbose: how much a run says while it runs."""
     command = click.option("--verbose", is_flag=True,
@@ -195,14 +205,15 @@ def _without_worker_logs() -> Iterator[TextIO]:
 
 
 def run_job(job: Callable[[], str], *, name: str, quiet: bool = False, verbose: bool = False,
-            beam_args: Sequence[str] = ()) -> None:
+            beam_args: Sequence[str] = (), stall_seconds: float = 0.0) -> None:
     """Run ``job`` with progress reporting (unless ``quiet``) and logging set for this run, then
     print what it returns (the summary) below the progress; a bad argument or input becomes one
     clear line and exit status 2. ``beam_args``: the pass-through Beam options; with multi-process
-    workers their start-up log lines are filtered out."""
+    workers their start-up log lines are filtered out. ``stall_seconds``: the stall watchdog's
+    limit (pipeline/watchdog.py; 0: none); a stalled run prints one line and exits 1."""
     # Imported here, not above: `python -m jobs.<name>` first moves the current directory (which
     # may hold a user's own pipeline.py) behind pairscore's packages (jobs.cli.main_module).
-    from pipeline import progress
+    from pipeline import progress, watchdog
 
     global _run_started
     _run_started = PROCESS_STARTED if _from_process_start else time.time()
@@ -211,13 +222,23 @@ def run_job(job: Callable[[], str], *, name: str, quiet: bool = False, verbose: 
         stream = (stack.enter_context(_without_worker_logs()) if not verbose and _multi_process(beam_args)
                   else None)
         progress.start(name, quiet=quiet, started=_run_started, stream=stream)
+        stop_watching = watchdog.watch(stall_seconds, progress.counted)
         try:
             report = job()
         except ValueError as err:  # pipeline.readers.InputError too
             progress.stop()
             click.echo(f"error: {err}", err=True)
             sys.exit(2)
+        except watchdog.Stalled as err:   # the output is already cleaned up (abort_output_on_failure)
+            progress.stop()
+            click.echo(f"error: {err}", err=True)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            # Beam's threads still wait for the missing worker and would keep the interpreter
+            # from exiting: leave at once.
+            os._exit(1)
         finally:
+            stop_watching()
             progress.stop()
             _run_started = None
     click.echo(report)

@@ -228,6 +228,13 @@ def stop() -> None:
         os.environ.pop(name, None)
 
 
+def counted() -> int:
+    """Everything this process's reporter has counted so far (0 when none reports): a number that
+    moves while the run makes progress here."""
+    reporter = _reporter
+    return sum(reporter.counts().values()) if reporter is not None else 0
+
+
 def tally(name: str) -> list[int]:
     """A tally for the Beam counter ``name`` (prefix + name, one of ``LABELS``) to add to: shown
     by this process's reporter, or a tally nobody reads when this process does not report."""
