@@ -329,8 +329,8 @@ def build_candidates(ctx: click.Context, quiet: bool, verbose: bool, progress: b
 def train_teacher(ctx: click.Context, quiet: bool, verbose: bool, progress: bool, **flags) -> None:
     """Fine-tune a cross-encoder teacher on labeled pairs and save it for label_pairs."""
     def go() -> str:
-        _preflight(ctx, "train_teacher", flags)
         label_range = parse_label_range(flags.pop("label_range"))
+        _preflight(ctx, "train_teacher", flags)
         from jobs import train_teacher as module
         job = module.TrainTeacherJob(train=tuple(flags.pop("train")), dev=tuple(flags.pop("dev")),
                                      label_range=label_range, progress=progress and not quiet, **flags)
@@ -448,9 +448,9 @@ def train_teacher(ctx: click.Context, quiet: bool, verbose: bool, progress: bool
 def train_student(ctx: click.Context, quiet: bool, verbose: bool, progress: bool, **flags) -> None:
     """Distil a teacher into a DiPair student (two-stage training) and save the checkpoint."""
     def go() -> str:
-        _preflight(ctx, "train_student", flags)
         label_range = parse_label_range(flags.pop("label_range"))
         head_options = parse_head_options(flags.pop("head_options"))
+        _preflight(ctx, "train_student", flags)
         from jobs import train_student as module
         job = module.TrainStudentJob(distill=tuple(flags.pop("distill")), dev=tuple(flags.pop("dev")),
                                      label_range=label_range, head_options=head_options,
@@ -499,10 +499,10 @@ def train_student(ctx: click.Context, quiet: bool, verbose: bool, progress: bool
 def evaluate(ctx: click.Context, quiet: bool, verbose: bool, **flags) -> None:
     """Evaluate teachers, students and the baseline on labeled pairs: quality, agreement, speed, plots."""
     def go() -> str:
-        _preflight(ctx, "evaluate", flags)
         import json
 
         label_range = parse_label_range(flags.pop("label_range"))
+        _preflight(ctx, "evaluate", flags)
         from jobs import evaluate as module
         from jobs.report import results_table
         job = module.EvaluateJob(pairs=tuple(flags.pop("pairs")), models=tuple(flags.pop("models")),

@@ -158,6 +158,7 @@ def beam_args_for_run(beam_args: Sequence[str], verbose: bool) -> list[str]:
 # What a Beam worker process logs through its default handler ("INFO:__main__:...", from its
 # start-up, before it has read the pipeline options that set its log level).
 _WORKER_LOG_LINE = re.compile(rb"^(DEBUG|INFO|WARNING):(root|__main__|apache_beam[\w.]*):")
+_RECORD_PREFIX = b"pairscore-progress-record "   # pipeline.progress.RECORD_PREFIX
 
 
 def _multi_process(beam_args: Sequence[str]) -> bool:
@@ -166,15 +167,20 @@ def _multi_process(beam_args: Sequence[str]) -> bool:
 
 
 @contextlib.contextmanager
-def _without_worker_logs() -> Iterator[TextIO]:
-    """Route file descriptor 2 (inherited by Beam's worker processes) through a thread that
-    drops the workers' start-up log lines and passes every other line on; yields a stream on the
-    real stderr for the progress line (which redraws in place, so it bypasses the line filter)."""
+def _through_worker_filter(drop_logs: bool = True) -> Iterator[tuple[TextIO, Callable[[], None]]]:
+    """Route file descriptor 2 (inherited by Beam's worker processes) through a thread that takes
+    the workers' progress records (pipeline/progress.py adds them to this process's line), drops
+    the workers' start-up log lines unless ``drop_logs`` is False (--verbose), and passes every
+    other line on, above the live progress line. Yields a stream on the real stderr for the
+    progress line (which redraws in place, so it bypasses the line filter) and ``drain()``, which
+    ends the filtering once everything written so far (the workers' last records) is through."""
+    from pipeline import progress
+
     sys.stderr.flush()
     try:
         real = os.dup(2)
     except OSError:  # no file descriptor 2 to filter (embedded use): leave it alone
-        yield sys.stderr
+        yield sys.stderr, lambda: None
         return
     read_end, write_end = os.pipe()
     os.dup2(write_end, 2)
@@ -185,22 +191,33 @@ def _without_worker_logs() -> Iterator[TextIO]:
         with os.fdopen(read_end, "rb", buffering=0) as source:
             while chunk := source.read(65536):
                 *lines, pending = (pending + chunk).split(b"\n")
-                kept = b"".join(line + b"\n" for line in lines if not _WORKER_LOG_LINE.match(line))
+                kept = b"".join(line + b"\n" for line in lines if keep(line))
                 if kept:
-                    os.write(real, kept)
-        if pending and not _WORKER_LOG_LINE.match(pending):
-            os.write(real, pending)
+                    progress.write_above(lambda: os.write(real, kept))
+        if pending and keep(pending):
+            progress.write_above(lambda: os.write(real, pending))
+
+    def keep(line: bytes) -> bool:
+        if line.startswith(_RECORD_PREFIX) and progress.receive_record(line.decode("utf-8", "replace")):
+            return False
+        return not (drop_logs and _WORKER_LOG_LINE.match(line))
 
     thread = threading.Thread(target=pump, name="pairscore-stderr", daemon=True)
     thread.start()
     stream = os.fdopen(os.dup(real), "w", buffering=1)
+    drained = []
+
+    def drain() -> None:
+        if not drained:
+            drained.append(True)
+            sys.stderr.flush()
+            os.dup2(real, 2)   # closes the pipe's last write end held here: the pump sees its end
+            thread.join(timeout=5)
     try:
-        yield stream
+        yield stream, drain
     finally:
-        sys.stderr.flush()
+        drain()
         stream.close()
-        os.dup2(real, 2)   # closes the pipe's last write end held here: the pump sees its end
-        thread.join(timeout=5)
         os.close(real)
 
 
@@ -219,9 +236,12 @@ def run_job(job: Callable[[], str], *, name: str, quiet: bool = False, verbose: 
     _run_started = PROCESS_STARTED if _from_process_start else time.time()
     configure_logging(verbose)
     with contextlib.ExitStack() as stack:
-        stream = (stack.enter_context(_without_worker_logs()) if not verbose and _multi_process(beam_args)
-                  else None)
-        progress.start(name, quiet=quiet, started=_run_started, stream=stream)
+        # Multi-process workers write to this process's stderr: their progress records and
+        # start-up logs go through a filter (the logs stay with --verbose).
+        collect = _multi_process(beam_args)
+        stream, drain = (stack.enter_context(_through_worker_filter(drop_logs=not verbose)) if collect
+                         else (None, lambda: None))
+        progress.start(name, quiet=quiet, started=_run_started, stream=stream, collect_workers=collect)
         stop_watching = watchdog.watch(stall_seconds, progress.counted)
         try:
             report = job()
@@ -239,6 +259,7 @@ def run_job(job: Callable[[], str], *, name: str, quiet: bool = False, verbose: 
             os._exit(1)
         finally:
             stop_watching()
+            drain()            # the workers' last records are counted before the final line
             progress.stop()
             _run_started = None
     click.echo(report)

@@ -2,6 +2,7 @@
 process start, and no shadowing by a user's own ``pipeline.py``."""
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
@@ -142,7 +143,7 @@ def test_worker_start_up_logs_are_dropped_and_everything_else_passes(capfd):
               "sys.stderr.write('encode_texts [worker 7] 0:05 | texts encoded 10\\n')\n"
               "sys.stderr.write('ERROR:__main__:Python sdk harness failed\\n')\n"
               "sys.stderr.write('Traceback (most recent call last):')\n")
-    with common._without_worker_logs() as progress_stream:
+    with common._through_worker_filter() as (progress_stream, _):
         subprocess.run([sys.executable, "-c", worker], check=True)
         progress_stream.write("\rlive line")
         progress_stream.flush()
@@ -151,6 +152,38 @@ def test_worker_start_up_logs_are_dropped_and_everything_else_passes(capfd):
     assert "encode_texts [worker 7] 0:05 | texts encoded 10\n" in err
     assert "ERROR:__main__:Python sdk harness failed\n" in err and "Traceback (most recent call last):" in err
     assert "\rlive line" in err
+
+
+def test_workers_progress_records_feed_the_one_line_and_other_lines_go_above_it(capfd):
+    """Multi-process workers send their counts as records: the launching process's line sums
+    them (it does not stay at "running"), the records are not shown, and a worker's other lines
+    are written after clearing the live line, never into it."""
+    from pipeline import progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    worker = ("import sys\n"
+              "sys.stderr.write('pairscore-progress-record {\"pid\": 11, \"counts\": {\"texts encoded\": 30}}\\n')\n"
+              "sys.stderr.write('pairscore-progress-record {\"pid\": 12, \"counts\": {\"texts encoded\": 4}}\\n')\n"
+              "sys.stderr.write('pairscore-progress-record {\"pid\": 11, \"counts\": {\"texts encoded\": 40}}\\n')\n"
+              "sys.stderr.write('ERROR:__main__:Python sdk harness failed\\n')\n")
+    terminal = Terminal()
+    with common._through_worker_filter():
+        reporter = progress.start("encode_texts", quiet=False, started=0.0, stream=terminal, collect_workers=True)
+        assert os.environ[progress.ENV_COLLECT] == "1"                # what the workers inherit
+        reporter.show()                                                # the live line is drawn
+        subprocess.run([sys.executable, "-c", worker], check=True)
+    try:                                                               # the filter has read everything
+        assert reporter.counts() == {"texts encoded": 44}
+        assert "| texts encoded 44" in reporter.line()
+    finally:
+        progress.stop()
+    err = capfd.readouterr().err
+    assert "pairscore-progress-record" not in err and "ERROR:__main__:Python sdk harness failed\n" in err
+    drawn = terminal.getvalue()
+    assert drawn.startswith("\rencode_texts ") and drawn.count("\r\x1b[K") == 1   # cleared before the error line
 
 
 def test_process_start_is_before_the_package_import():
