@@ -250,6 +250,8 @@ def run_job(job: Callable[[], str], *, name: str, quiet: bool = False, verbose: 
             click.echo(f"error: {err}", err=True)
             sys.exit(2)
         except watchdog.Stalled as err:   # the output is already cleaned up (abort_output_on_failure)
+            stop_watching()
+            drain()            # this line must not wait in the worker filter: the exit below is abrupt
             progress.stop()
             click.echo(f"error: {err}", err=True)
             sys.stdout.flush()
