@@ -48,7 +48,7 @@ def cases() -> dict[str, list[str]]:
         "missing input file": score + ["--pairs", "missing.jsonl", "--output", "o"],
         "wrong column (JSON Lines)": score + ["--pairs", "pairs.jsonl", "--left-col", "query", "--output", "o"],
         "wrong column (CSV header)": score + ["--pairs", "pairs.csv", "--right-col", "doc", "--output", "o"],
-        "wrong column (Parquet footer)": score + ["--pairs", "pairs.parquet", "--keep-cols", "pid", "--output", "o"],
+        "wrong column (Parquet footer)": score + ["--pairs", "pairs.parquet", "--left-col", "query", "--output", "o"],
         "corrupt Parquet file": score + ["--pairs", "corrupt.parquet", "--output", "o"],
         "unknown Beam flag": score + ["--pairs", "pairs.jsonl", "--output", "o", "--direct_num_worker=2"],
         "misspelt job flag": score + ["--pairs", "pairs.jsonl", "--output", "o", "--keepcols=pid"],

@@ -251,9 +251,22 @@ def _pair_inputs(flags: Mapping[str, Any], *extra: str | None) -> list[str | Non
     return [flags.get("left_col"), flags.get("right_col"), *extra]
 
 
+def _id_columns(flags: Mapping[str, Any]) -> list[str | None] | None:
+    """[left id column, right id column], [] without ids, None when only one is given (the job
+    explains that before it looks at any file)."""
+    left, right = flags.get("left_id_col"), flags.get("right_id_col")
+    if (left is None) != (right is None):
+        return None
+    return [left, right] if left is not None else []
+
+
 def check(job: str, flags: Mapping[str, Any], beam_args: Sequence[str] = (), own_flags: Iterable[str] = ()) -> None:
     """Run the pre-flight checks of ``job`` on its parsed ``flags`` (click's names) and its
-    pass-through Beam options. Raises PreflightError (one line) on the first mistake found."""
+    pass-through Beam options. Raises PreflightError (one line) on the first mistake found.
+
+    Columns checked are those the input must have whatever the other flags say; ``--keep-cols``
+    and half-given id columns are left to the job, whose flag checks come first and explain them
+    better (a kept column named like an output column, one id column without the other)."""
     if beam_args:
         check_beam_flags(beam_args, own_flags)
     fmt = flags.get("format")
@@ -261,18 +274,15 @@ def check(job: str, flags: Mapping[str, Any], beam_args: Sequence[str] = (), own
     if job == "encode_texts":
         reads.append(("--input", flags["inputs"], [flags["text_col"], flags["id_col"]]))
     elif job == "score_pairs":
-        id_mode = flags.get("left_id_col") is not None
-        pair_columns = ([flags["left_id_col"], flags["right_id_col"]] if id_mode
-                        else [flags["left_col"], flags["right_col"]])
-        reads.append(("--pairs", flags["pairs"], pair_columns + list(flags.get("keep_cols") or ())))
-        if id_mode:
+        ids = _id_columns(flags)
+        pair_columns = [] if ids is None else ids or [flags["left_col"], flags["right_col"]]
+        reads.append(("--pairs", flags["pairs"], pair_columns))
+        if ids:
             for side in ("left_texts", "right_texts"):
                 reads.append(("--" + side.replace("_", "-"), flags[side],
                               [flags["texts_id_col"], flags["texts_text_col"]]))
     elif job == "label_pairs":
-        reads.append(("--pairs", flags["pairs"], _pair_inputs(flags, flags.get("left_id_col"),
-                                                              flags.get("right_id_col"),
-                                                              *(flags.get("keep_cols") or ()))))
+        reads.append(("--pairs", flags["pairs"], _pair_inputs(flags, *(_id_columns(flags) or ()))))
     elif job == "build_candidates":
         for side in ("left_texts", "right_texts"):
             reads.append(("--" + side.replace("_", "-"), flags[side],

@@ -327,3 +327,21 @@ def test_second_run_on_a_locked_output_is_refused_naming_the_holder(tmp_path, ti
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_every_table_of_every_job_says_which_job_and_model_wrote_it(runs):
+    """Provenance (pipeline/provenance.py): every Parquet file, dead letters included, carries the
+    pairscore version, the job and the model fingerprints of its run's summary."""
+    from pipeline.provenance import read_provenance
+
+    jobs = {"runs/example-scores": "score_pairs", "store": "encode_texts", "distill": "label_pairs",
+            "candidates": "build_candidates"}
+    for directory, job in jobs.items():
+        summary = json.loads((runs / directory / "_SUMMARY.json").read_text())
+        files = sorted((runs / directory).rglob("*.parquet"))
+        assert files and any("_dead_letter" in str(p) for p in files)
+        for path in files:
+            stamp = read_provenance(pq.read_schema(path))
+            assert stamp["pairscore.job"] == job and stamp["pairscore.version"] == summary["version"], path
+            fingerprints = {m["fingerprint"] for m in json.loads(stamp["pairscore.models"]).values()}
+            assert fingerprints == set(summary["model_fingerprints"].values()), path

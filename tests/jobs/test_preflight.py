@@ -51,9 +51,10 @@ MISTAKES = {
                                           "--output", "o"], "pairs.csv has no column 'doc'"),
     "wrong column, TSV": ("evaluate", ["--pairs", "pairs.tsv", "--model", "baseline", "--output", "o"],
                           "pairs.tsv has no column 'label'"),
-    "wrong column, Parquet footer": ("score_pairs", ["--pairs", "pairs.parquet", "--keep-cols", "pid",
-                                                     "--output", "o"],
-                                     "pairs.parquet has no column 'pid' (required: 'left', 'right', 'pid'); its "
+    "wrong column, Parquet footer": ("score_pairs", ["--pairs", "pairs.parquet", "--left-id-col", "qid",
+                                                     "--right-id-col", "right", "--left-texts", "pairs.jsonl",
+                                                     "--right-texts", "pairs.jsonl", "--output", "o"],
+                                     "pairs.parquet has no column 'qid' (required: 'qid', 'right'); its "
                                      "schema has columns 'left', 'right'"),
     "wrong column, .zst": ("encode_texts", ["--input", "texts.jsonl.zst", "--id-col", "id", "--output", "o"],
                            "texts.jsonl.zst has no column 'id'"),
@@ -134,6 +135,8 @@ def test_what_the_job_accepts_passes(inputs, tiny_checkpoint, monkeypatch):
         _flags(pairs=("pairs.jsonl",), left_id_col="left", right_id_col="right", left_texts=("texts.jsonl.zst",),
                right_texts=("gs://bucket/texts.parquet",), texts_id_col="text", texts_text_col="text"),
         _flags(pairs=("pairs.jsonl",), model_dir="gs://bucket/model", output="gs://bucket/out"),
+        # left to the job, whose flag checks explain these first
+        _flags(pairs=("pairs.jsonl",), keep_cols=("score",)), _flags(pairs=("pairs.jsonl",), right_id_col="pid"),
     ]
     for flags in passing:
         preflight.check("score_pairs", flags, [])
