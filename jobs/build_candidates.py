@@ -50,6 +50,7 @@ from jobs import cli
 from jobs.common import run_started
 from pipeline.dead_letters import DeadLetter
 from pipeline.encode import TextColumns, TextRow, extract_text, pick_device, resolve_id
+from pipeline.provenance import stamped, table_metadata
 from pipeline.outputs import abort_output_on_failure, local_path_or_none, open_output, write_dead_letter_file
 from pipeline.progress import bar_options
 from pipeline.readers import InputFile, check_columns, expand_inputs, read_rows
@@ -270,9 +271,11 @@ def run(job: BuildCandidatesJob, argv: list[str] | None = None) -> RunSummary:
     random_index = sample_random(len(right.texts), job.random_per_left, excluded, np.random.default_rng(job.seed))
 
     path = out.staged(f"{STORE_FILE_PREFIX}-00000-of-00001{STORE_FILE_SUFFIX}")
-    by_source = write_candidates(path, left, right, embeddings, knn_sims.numpy(), knn_index_np, random_index)
+    provenance = table_metadata(JOB_NAME, {"encoder": (student.fingerprint, job.encoder)})
+    by_source = write_candidates(path, left, right, embeddings, knn_sims.numpy(), knn_index_np, random_index,
+                                 provenance)
     dead = [*left.dead, *right.dead]
-    write_dead_letter_file(out.staged(), dead)
+    write_dead_letter_file(out.staged(), dead, provenance)
 
     counts = {}
     for name, pool in pools.items():
@@ -309,17 +312,19 @@ def run(job: BuildCandidatesJob, argv: list[str] | None = None) -> RunSummary:
 
 def write_candidates(path: str, left: TextPool, right: TextPool, embeddings: dict[str, torch.Tensor],
                      knn_sims: np.ndarray, knn_index: np.ndarray, random_index: list[np.ndarray],
-                     rows_per_group: int = 65536) -> dict[str, dict[str, float]]:
+                     provenance: dict[str, str] | None = None, rows_per_group: int = 65536
+                     ) -> dict[str, dict[str, float]]:
     """Write each left text's neighbours (by rank), then its random pairs, as zstd Parquet row groups.
 
     knn_sims, knn_index: (NL, k') from :func:`top_k_neighbours`; random_index: NL arrays of right
-    indices. Returns per source the pairs written and their mean similarity.
+    indices. provenance: the table's key-value metadata (pipeline/provenance.py). Returns per source the pairs written and their mean similarity.
     """
     left_emb, right_emb = embeddings["left"].cpu().numpy(), embeddings["right"].cpu().numpy()
     totals = {source: [0, 0.0] for source in SOURCES}
     rows: list[tuple] = []  # (left index, right index, source, similarity, rank)
 
-    with FileSystems.create(path) as handle, pq.ParquetWriter(handle, CANDIDATE_SCHEMA, compression=COMPRESSION) as out:
+    with FileSystems.create(path) as handle, pq.ParquetWriter(
+            handle, stamped(CANDIDATE_SCHEMA, provenance), compression=COMPRESSION) as out:
         def flush() -> None:
             if not rows:
                 return

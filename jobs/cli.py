@@ -17,7 +17,7 @@ import click
 
 from jobs.common import (ARGV_KEY, BEAM_EPILOG, BEAM_JOB_CONTEXT, PLAIN_JOB_CONTEXT, JobCommand,
                          beam_args_for_run, count_from_process_start, device_option, output_option,
-                         overwrite_option, parse_head_options, parse_label_range, run_job, run_options,
+                         overwrite_option, parse_head_options, parse_label_range, run_job, run_options, stall_option,
                          split_list)
 
 # Choices the flags offer, spelled here so that --help needs no heavy import. Each is defined in
@@ -32,7 +32,16 @@ STUDENT_HEADS = ("dipair", "dipair-ffnn", "li", "de-ffnn", "de-cos")  # jobs.tra
 DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"  # encoders.sources.DEFAULT_ENCODER
 
 
+def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        from pipeline.provenance import version
+        click.echo(f"pairscore {version()}")
+        ctx.exit()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Print pairscore's version and exit.")
 def pairscore() -> None:
     """pairscore: score very large sets of text pairs with DiPair-style distilled students.
 
@@ -64,6 +73,14 @@ def main_module(name: str) -> None:
     _shield_beam_workers()
     count_from_process_start()
     COMMANDS[name].main(prog_name=f"python -m jobs.{name}")
+
+
+def _preflight(ctx: click.Context, job: str, flags: dict) -> None:
+    """The job's pre-flight checks (jobs/preflight.py: inputs, columns, output, model, Beam flags),
+    before its module and so Beam, torch and transformers are imported."""
+    from jobs import preflight
+    own = [o for p in ctx.command.params for o in (*p.opts, *p.secondary_opts) if o.startswith("--")]
+    preflight.check(job, flags, ctx.args, own)
 
 
 def _shield_beam_workers() -> None:
@@ -103,16 +120,18 @@ def _shield_beam_workers() -> None:
 @click.option("--dtype", type=click.Choice(DTYPES), default="float16", show_default=True,
               help="Embedding storage: float16, or int8 with a per-row scale (half the bytes).")
 @device_option("Where the encoder runs; auto = CUDA when present (with mixed precision).")
+@stall_option
 @run_options
 @click.pass_context
-def encode_texts(ctx: click.Context, quiet: bool, verbose: bool, **flags) -> None:
+def encode_texts(ctx: click.Context, quiet: bool, verbose: bool, stall_timeout: float, **flags) -> None:
     """Encode every unique text once and write an embedding store (stage one)."""
     def go() -> str:
+        _preflight(ctx, "encode_texts", flags)
         from jobs import encode_texts as module
         job = module.EncodeTextsJob(inputs=tuple(flags.pop("inputs")), **flags)
         summary = module.run(job, beam_args_for_run(ctx.args, verbose), ctx.meta[ARGV_KEY])
         return summary.table()
-    run_job(go, name="encode_texts", quiet=quiet, verbose=verbose, beam_args=ctx.args)
+    run_job(go, name="encode_texts", quiet=quiet, verbose=verbose, beam_args=ctx.args, stall_seconds=stall_timeout)
 
 
 @pairscore.command("score-pairs", cls=JobCommand, context_settings=BEAM_JOB_CONTEXT, epilog=BEAM_EPILOG)
@@ -157,17 +176,19 @@ def encode_texts(ctx: click.Context, quiet: bool, verbose: bool, **flags) -> Non
 @click.option("--accelerator", default=None, metavar="HINT",
               help="Beam resource hint for the scoring step, e.g. "
                    "'type:nvidia-l4;count:1;install-nvidia-driver' (Dataflow); the join stays on CPU workers.")
+@stall_option
 @run_options
 @click.pass_context
-def score_pairs(ctx: click.Context, quiet: bool, verbose: bool, **flags) -> None:
+def score_pairs(ctx: click.Context, quiet: bool, verbose: bool, stall_timeout: float, **flags) -> None:
     """Score pairs with a student (stage two), running stage one for texts not yet stored."""
     def go() -> str:
+        _preflight(ctx, "score_pairs", flags)
         from jobs import score_pairs as module
         for name in ("pairs", "left_texts", "right_texts"):
             flags[name] = tuple(flags[name])
         summary = module.run(module.ScorePairsJob(**flags), beam_args_for_run(ctx.args, verbose), ctx.meta[ARGV_KEY])
         return summary.table()
-    run_job(go, name="score_pairs", quiet=quiet, verbose=verbose, beam_args=ctx.args)
+    run_job(go, name="score_pairs", quiet=quiet, verbose=verbose, beam_args=ctx.args, stall_seconds=stall_timeout)
 
 
 @pairscore.command("label-pairs", cls=JobCommand, context_settings=BEAM_JOB_CONTEXT, epilog=BEAM_EPILOG)
@@ -201,16 +222,18 @@ def score_pairs(ctx: click.Context, quiet: bool, verbose: bool, **flags) -> None
               help="Tokens per pair; default: the teacher's own (teacher.json, else the tokenizer's, at most 512). "
                    "Changing it changes the teacher fingerprint.")
 @device_option("Where the teacher runs; auto = CUDA when present (with mixed precision).")
+@stall_option
 @run_options
 @click.pass_context
-def label_pairs(ctx: click.Context, quiet: bool, verbose: bool, **flags) -> None:
+def label_pairs(ctx: click.Context, quiet: bool, verbose: bool, stall_timeout: float, **flags) -> None:
     """Label pairs with a teacher cross-encoder and write the distillation set."""
     def go() -> str:
+        _preflight(ctx, "label_pairs", flags)
         from jobs import label_pairs as module
         job = module.LabelPairsJob(pairs=tuple(flags.pop("pairs")), keep_cols=flags.pop("keep_cols"), **flags)
         summary = module.run(job, beam_args_for_run(ctx.args, verbose), ctx.meta[ARGV_KEY])
         return summary.table()
-    run_job(go, name="label_pairs", quiet=quiet, verbose=verbose, beam_args=ctx.args)
+    run_job(go, name="label_pairs", quiet=quiet, verbose=verbose, beam_args=ctx.args, stall_seconds=stall_timeout)
 
 
 @pairscore.command("build-candidates", cls=JobCommand, context_settings=PLAIN_JOB_CONTEXT)
@@ -244,6 +267,7 @@ def label_pairs(ctx: click.Context, quiet: bool, verbose: bool, **flags) -> None
 def build_candidates(ctx: click.Context, quiet: bool, verbose: bool, progress: bool, **flags) -> None:
     """Mine candidate pairs (top-k neighbours + random pairs) for teacher labeling."""
     def go() -> str:
+        _preflight(ctx, "build_candidates", flags)
         from jobs import build_candidates as module
         job = module.BuildCandidatesJob(left_texts=tuple(flags.pop("left_texts")),
                                         right_texts=tuple(flags.pop("right_texts")), progress=progress and not quiet,
@@ -306,6 +330,7 @@ def train_teacher(ctx: click.Context, quiet: bool, verbose: bool, progress: bool
     """Fine-tune a cross-encoder teacher on labeled pairs and save it for label_pairs."""
     def go() -> str:
         label_range = parse_label_range(flags.pop("label_range"))
+        _preflight(ctx, "train_teacher", flags)
         from jobs import train_teacher as module
         job = module.TrainTeacherJob(train=tuple(flags.pop("train")), dev=tuple(flags.pop("dev")),
                                      label_range=label_range, progress=progress and not quiet, **flags)
@@ -425,6 +450,7 @@ def train_student(ctx: click.Context, quiet: bool, verbose: bool, progress: bool
     def go() -> str:
         label_range = parse_label_range(flags.pop("label_range"))
         head_options = parse_head_options(flags.pop("head_options"))
+        _preflight(ctx, "train_student", flags)
         from jobs import train_student as module
         job = module.TrainStudentJob(distill=tuple(flags.pop("distill")), dev=tuple(flags.pop("dev")),
                                      label_range=label_range, head_options=head_options,
@@ -476,6 +502,7 @@ def evaluate(ctx: click.Context, quiet: bool, verbose: bool, **flags) -> None:
         import json
 
         label_range = parse_label_range(flags.pop("label_range"))
+        _preflight(ctx, "evaluate", flags)
         from jobs import evaluate as module
         from jobs.report import results_table
         job = module.EvaluateJob(pairs=tuple(flags.pop("pairs")), models=tuple(flags.pop("models")),

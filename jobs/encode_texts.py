@@ -22,6 +22,7 @@ from encoders.remote import pin_model_dir
 from jobs import cli
 from jobs.common import run_started
 from pipeline.encode import DEAD_LETTER_TAG, DedupeTexts, EncodeSettings, EncodeTexts, ReadRows, TextColumns, pick_device
+from pipeline.provenance import table_metadata
 from pipeline.outputs import WriteDeadLetters, WriteStore, abort_output_on_failure, open_output
 from pipeline.readers import check_columns, expand_inputs, worker_path
 from pipeline.runner import make_pipeline, validate_beam_args
@@ -70,6 +71,7 @@ def run(job: EncodeTextsJob, beam_args: list[str], argv: list[str] | None = None
     out = open_output(job.output, job=JOB_NAME, overwrite=job.overwrite,
                       reads={"--input": job.inputs, "--model": [job.model_dir]})
 
+    provenance = table_metadata(JOB_NAME, {"model": (student.fingerprint, job.model_dir or student.config.encoder)})
     started = run_started()
     pipeline = make_pipeline(beam_args)
     read = pipeline | "ReadRows" >> ReadRows(files)
@@ -78,10 +80,10 @@ def run(job: EncodeTextsJob, beam_args: list[str], argv: list[str] | None = None
                               dtype=job.dtype, device=job.device)
     (deduped["unique"]
      | "EncodeTexts" >> EncodeTexts(settings, layout)
-     | "WriteStore" >> WriteStore(out.staged(), layout))
+     | "WriteStore" >> WriteStore(out.staged(), layout, provenance))
     ((read[DEAD_LETTER_TAG], deduped[DEAD_LETTER_TAG])
      | "AllDeadLetters" >> beam.Flatten()
-     | "WriteDeadLetters" >> WriteDeadLetters(out.staged()))
+     | "WriteDeadLetters" >> WriteDeadLetters(out.staged(), provenance))
     result = pipeline.run()
     result.wait_until_finish()   # the commit below runs here, in the launching process
 

@@ -50,6 +50,7 @@ from jobs.student_inference import Pairs, encode_pairs, head_logits, synchronize
 from jobs.train_teacher import LabeledPairs, read_labeled_pairs
 from pipeline.dead_letters import DeadLetter
 from pipeline.encode import pick_device
+from pipeline.provenance import table_metadata
 from pipeline.outputs import abort_output_on_failure, local_path_or_none, open_output, write_dead_letter_file
 from pipeline.pairs import TextPairColumns
 from pipeline.readers import check_columns, expand_inputs
@@ -340,13 +341,14 @@ def run(job: EvaluateJob, argv: list[str] | None = None) -> RunSummary:
                     "torch": torch.__version__, "platform": platform.platform(), "python": platform.python_version()},
         "models": results,
     }
-    write_scores(out.staged(SCORES_FILE), evaluated, pairs, scored)
+    provenance = table_metadata(JOB_NAME, {m.name: (m.fingerprint, m.source) for m in models}, score=EVALUATED_SCORES)
+    write_scores(out.staged(SCORES_FILE), evaluated, pairs, scored, provenance)
     with open(out.staged(METRICS_FILE), "w", encoding="utf-8") as handle:
         json.dump(_strict_json(metrics), handle, indent=2, allow_nan=False)
         handle.write("\n")
     write_report(out.staged(), metrics, {name: s.scores for name, s in scored.items()}, targets)
     dead = [letter for labeled in splits.values() for letter in labeled.skipped]
-    write_dead_letter_file(out.staged(), dead)
+    write_dead_letter_file(out.staged(), dead, provenance)
 
     counts = {"pairs_rows_read": evaluated.rows_read, "pairs_used": len(targets),
               "pairs_rows_skipped": len(evaluated.skipped), "models": len(models)}
@@ -368,12 +370,18 @@ def run(job: EvaluateJob, argv: list[str] | None = None) -> RunSummary:
     return summary
 
 
-def write_scores(path: str, labeled: LabeledPairs, pairs: Pairs, scored: dict[str, Scored]) -> None:
+# What the score:NAME columns of scores.parquet mean (its pairscore.score metadata).
+EVALUATED_SCORES = ("score:NAME, one column per model: a probability in [0, 1] for teachers and students, "
+                    "a cosine in [-1, 1] for the baseline")
+
+
+def write_scores(path: str, labeled: LabeledPairs, pairs: Pairs, scored: dict[str, Scored],
+                 provenance: dict[str, str] | None = None) -> None:
     """Every model's score per evaluated pair, next to the texts and the target: one Parquet file
-    anyone can load to dig into disagreements."""
+    anyone can load to dig into disagreements (``provenance``: its key-value metadata)."""
     columns = {"left": labeled.lefts, "right": labeled.rights, "target": labeled.targets}
     columns.update({f"score:{name}": s.scores.astype(np.float32) for name, s in scored.items()})
-    pq.write_table(pa.table(columns), path, compression=COMPRESSION)
+    pq.write_table(pa.table(columns).replace_schema_metadata(provenance), path, compression=COMPRESSION)
 
 
 def _by_reason(letters: Sequence[DeadLetter]) -> dict[str, int]:

@@ -30,6 +30,7 @@ from jobs.common import run_started
 from pipeline.encode import DEAD_LETTER_TAG, ReadRows, pick_device
 from pipeline.label import (BASE_COLUMNS, DistillationManifest, ExtractPairs, LabelPairs, LabelSettings,
                             ReadPrevious, SkipLabeled, WriteDistillationSet, distillation_schema, schema_columns)
+from pipeline.provenance import stamped, table_metadata
 from pipeline.outputs import WriteDeadLetters, abort_output_on_failure, open_output
 from pipeline.pairs import TextPairColumns, kept_fields
 from pipeline.paths import escape_glob
@@ -134,6 +135,7 @@ def run(job: LabelPairsJob, beam_args: list[str], argv: list[str] | None = None)
     out = open_output(job.output, job=JOB_NAME, overwrite=job.overwrite,
                       reads={"--pairs": job.pairs, "--teacher": [job.teacher], "--previous": [job.previous]})
 
+    provenance = table_metadata(JOB_NAME, {"teacher": (teacher.fingerprint, job.teacher)})
     started = run_started()
     pipeline = make_pipeline(beam_args)
     read = pipeline | "ReadRows" >> ReadRows(files)
@@ -146,10 +148,10 @@ def run(job: LabelPairsJob, beam_args: list[str], argv: list[str] | None = None)
         pairs = pairs | "SkipLabeled" >> SkipLabeled(previous["keys"])
         tables.append(previous["rows"])
     tables.insert(0, pairs | "LabelPairs" >> LabelPairs(settings))
-    (tables | "AllRows" >> beam.Flatten() | "WriteDistillationSet" >> WriteDistillationSet(out.staged(), schema))
+    (tables | "AllRows" >> beam.Flatten() | "WriteDistillationSet" >> WriteDistillationSet(out.staged(), stamped(schema, provenance)))
     ((read[DEAD_LETTER_TAG], extracted[DEAD_LETTER_TAG])
      | "AllDeadLetters" >> beam.Flatten()
-     | "WriteDeadLetters" >> WriteDeadLetters(out.staged()))
+     | "WriteDeadLetters" >> WriteDeadLetters(out.staged(), provenance))
     result = pipeline.run()
     result.wait_until_finish()   # the commit below runs here, in the launching process
 

@@ -30,6 +30,8 @@ from jobs import cli
 from jobs.common import run_started
 from jobs.encode_texts import store_layout
 from pipeline.encode import DEAD_LETTER_TAG, DedupeTexts, EncodeSettings, ReadRows, TextColumns, pick_device
+from pipeline.provenance import (CLASS_PROBABILITY_SCORE, COSINE_SCORE, PROBABILITY_SCORE, stamped,
+                                 table_metadata)
 from pipeline.outputs import WriteDeadLetters, WriteStore, abort_output_on_failure, open_output
 from pipeline.pairs import kept_fields
 from pipeline.paths import escape_glob
@@ -163,6 +165,13 @@ def _estimate_lines(file: InputFile, sample_bytes: int = 1 << 22) -> int:
     return lines if finished else int(lines * size / max(consumed, 1)) + 1
 
 
+def score_meaning(job: ScorePairsJob, student: Student) -> str:
+    """What the scores table's ``score`` means (its ``pairscore.score`` metadata)."""
+    if job.model_dir is None:
+        return COSINE_SCORE
+    return CLASS_PROBABILITY_SCORE if student.config.num_outputs > 1 else PROBABILITY_SCORE
+
+
 def output_schema(job: ScorePairsJob, student: Student, files: list[InputFile],
                   kept: list[pa.Field] | None = None) -> pa.Schema:
     """left_id, right_id, score (+ probs for k classes) and the kept columns, typed by
@@ -228,6 +237,8 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
                       reads={"--pairs": job.pairs, "--left-texts": job.left_texts, "--right-texts": job.right_texts,
                              "--store": [job.store], "--model": [job.model_dir]})
 
+    provenance = table_metadata(JOB_NAME, {"model": (student.fingerprint, job.model_dir or student.config.encoder)},
+                                score=score_meaning(job, student))
     started = run_started()
     pipeline = make_pipeline(beam_args)
     read = pipeline | "ReadPairs" >> ReadPairs(pair_files, columns, chunk_size=job.batch_size, kept=kept,
@@ -250,7 +261,7 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
         settings = EncodeSettings(model_dir=job.model_dir, side=side, batch_size=job.encode_batch_size,
                                   dtype=plan.layout.dtype, device=job.device)
         side_tables[side] = unique | f"Complete{label}Store" >> CompleteStore(settings, plan.layout, old, f"{side}.")
-        side_tables[side] | f"Write{label}Store" >> WriteStore(out.staged(plan.output), plan.layout)
+        side_tables[side] | f"Write{label}Store" >> WriteStore(out.staged(plan.output), plan.layout, provenance)
 
     score_settings = ScoreSettings(model_dir=job.model_dir, left_layout=plans["left"].layout,
                                    right_layout=plans["right"].layout, output_schema=schema, keep=job.keep_cols,
@@ -265,9 +276,9 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
     scored = pairs | "ScorePairs" >> ScorePairs(score_settings, join, side_tables["left"], side_tables["right"],
                                                   job.accelerator)
     scored["scores"] | "WriteScores" >> WriteToParquetBatched(
-        out.staged(SCORES_DIR, STORE_FILE_PREFIX), schema=schema, codec=COMPRESSION, file_name_suffix=STORE_FILE_SUFFIX)
+        out.staged(SCORES_DIR, STORE_FILE_PREFIX), schema=stamped(schema, provenance), codec=COMPRESSION, file_name_suffix=STORE_FILE_SUFFIX)
     dead_letters.append(scored[DEAD_LETTER_TAG])
-    tuple(dead_letters) | "AllDeadLetters" >> beam.Flatten() | "WriteDeadLetters" >> WriteDeadLetters(out.staged())
+    tuple(dead_letters) | "AllDeadLetters" >> beam.Flatten() | "WriteDeadLetters" >> WriteDeadLetters(out.staged(), provenance)
     try:
         result = pipeline.run()
         result.wait_until_finish()   # the commit below runs here, in the launching process

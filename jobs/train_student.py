@@ -63,6 +63,7 @@ from pipeline import dead_letters as dl
 from pipeline.dead_letters import DeadLetter
 from pipeline.encode import pick_device
 from pipeline.label import DISTILLATION_FORMAT
+from pipeline.provenance import table_metadata
 from pipeline.outputs import abort_output_on_failure, local_path_or_none, open_output, write_dead_letter_file
 from pipeline.pairs import TextPairColumns, extract_text_pair
 from pipeline.readers import InputError, InputFile, check_columns, expand_inputs, read_rows
@@ -743,7 +744,7 @@ def train(job: TrainStudentJob, argv: list[str] | None = None) -> tuple[RunSumma
     # The fingerprint is taken from the saved files, which also proves they load.
     saved = load_student(out.checkpoint_dir)
     dead = [*data.skipped, *dev.skipped]
-    write_dead_letter_file(out.staged(), dead)
+    write_dead_letter_file(out.staged(), dead, table_metadata(JOB_NAME, {"student": (saved.fingerprint, job.output)}))
     best = trainer.best
     counts = {
         "distill_rows_read": data.rows_read,

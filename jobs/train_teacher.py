@@ -35,6 +35,7 @@ from jobs.training import EpochProgress, grad_scaler, make_adamw, optimizer_step
 from pipeline import dead_letters as dl
 from pipeline.dead_letters import DeadLetter
 from pipeline.encode import pick_device
+from pipeline.provenance import table_metadata
 from pipeline.outputs import abort_output_on_failure, local_path_or_none, open_output, write_dead_letter_file
 from pipeline.pairs import TextPairColumns, extract_text_pair
 from pipeline.readers import InputFile, check_columns, expand_inputs, read_rows
@@ -258,7 +259,7 @@ def run(job: TrainTeacherJob, argv: list[str] | None = None) -> RunSummary:
     # The fingerprint is taken from the saved files, which also proves they load.
     saved = load_teacher(out.checkpoint_dir)
     dead = [*data["train"].skipped, *dev.skipped]
-    write_dead_letter_file(out.staged(), dead)
+    write_dead_letter_file(out.staged(), dead, table_metadata(JOB_NAME, {"teacher": (saved.fingerprint, job.output)}))
     train = data["train"]
     counts = {
         "train_rows_read": train.rows_read,

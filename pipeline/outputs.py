@@ -81,6 +81,7 @@ from apache_beam.io.parquetio import WriteToParquet, WriteToParquetBatched
 
 from pipeline.dead_letters import DEAD_LETTER_SCHEMA, DeadLetter
 from pipeline.paths import escape_glob, has_glob
+from pipeline.provenance import stamped
 from pipeline.store import COMPRESSION, MANIFEST_FILE, STORE_FILE_PREFIX, STORE_FILE_SUFFIX, StoreLayout
 
 DEAD_LETTER_DIR = "_dead_letter"
@@ -1034,39 +1035,43 @@ def atomic_directory(directory: str | os.PathLike, allowed: Callable[[str], bool
 class WriteStore(beam.PTransform):
     """pyarrow Tables of store rows -> ``DIR/part-*.parquet`` (zstd)."""
 
-    def __init__(self, directory: str, layout: StoreLayout):
+    def __init__(self, directory: str, layout: StoreLayout, provenance: Mapping[str, str] | None = None):
         super().__init__()
         self._directory = directory
         self._layout = layout
+        self._provenance = provenance   # pipeline.provenance.table_metadata: in every file's footer
 
     def expand(self, tables):
         return tables | "WriteStoreParquet" >> WriteToParquetBatched(
-            FileSystems.join(self._directory, STORE_FILE_PREFIX), schema=self._layout.schema(),
+            FileSystems.join(self._directory, STORE_FILE_PREFIX), schema=stamped(self._layout.schema(), self._provenance),
             codec=COMPRESSION, file_name_suffix=STORE_FILE_SUFFIX)
 
 
 class WriteDeadLetters(beam.PTransform):
     """DeadLetter -> ``DIR/_dead_letter/part-*.parquet`` (see pipeline/dead_letters.py)."""
 
-    def __init__(self, directory: str):
+    def __init__(self, directory: str, provenance: Mapping[str, str] | None = None):
         super().__init__()
         self._directory = directory
+        self._provenance = provenance
 
     def expand(self, letters):
         return (letters
                 | "ToRecords" >> beam.Map(DeadLetter.to_record)
                 | "WriteDeadLetterParquet" >> WriteToParquet(
                     FileSystems.join(self._directory, DEAD_LETTER_DIR, STORE_FILE_PREFIX),
-                    schema=DEAD_LETTER_SCHEMA, codec=COMPRESSION, file_name_suffix=STORE_FILE_SUFFIX))
+                    schema=stamped(DEAD_LETTER_SCHEMA, self._provenance), codec=COMPRESSION, file_name_suffix=STORE_FILE_SUFFIX))
 
 
-def write_dead_letter_file(directory: str, letters: Sequence[DeadLetter]) -> str:
+def write_dead_letter_file(directory: str, letters: Sequence[DeadLetter],
+                           provenance: Mapping[str, str] | None = None) -> str:
     """Dead letters of a job that runs without Beam -> ``DIR/_dead_letter/part-00000-of-00001.parquet``,
     the same schema and place as :class:`WriteDeadLetters` (written even when empty, as Beam does)."""
     path = FileSystems.join(directory, DEAD_LETTER_DIR, f"{STORE_FILE_PREFIX}-00000-of-00001{STORE_FILE_SUFFIX}")
     if not is_remote(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
-    table = pa.Table.from_pylist([letter.to_record() for letter in letters], schema=DEAD_LETTER_SCHEMA)
+    table = pa.Table.from_pylist([letter.to_record() for letter in letters],
+                                 schema=stamped(DEAD_LETTER_SCHEMA, provenance))
     with FileSystems.create(path) as handle:
         pq.write_table(table, handle, compression=COMPRESSION)
     return path
