@@ -209,6 +209,31 @@ def test_integer_pair_ids_meet_text_tables_ids_in_one_canonical_form(tmp_path, h
     assert scores["jsonl"] == scores["strings"] == scores["parquet"]
 
 
+@pytest.mark.parametrize("join", ["broadcast", "shuffle"])
+def test_ids_that_differ_only_in_nul_bytes_are_different_texts(tmp_path, head_checkpoints, join):
+    """``L0`` and ``L0\\x00`` (and ``L0\\x00\\x00``) name three texts: each pair gets its own text's
+    score, as when the ids are plainly different."""
+    texts = ["how do I bake bread?", "what is a sourdough starter?", "is rye flour gluten free?"]
+    nul_ids, plain_ids = ["L0", "L0\x00", "L0\x00\x00"], ["A", "B", "C"]
+    right = tmp_path / "right.jsonl"
+    right.write_text(json.dumps({"id": "p", "text": "bread flour 1kg"}) + "\n")
+    scores = {}
+    for name, ids in (("nul", nul_ids), ("plain", plain_ids)):
+        left = tmp_path / f"left-{name}.jsonl"
+        left.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in zip(ids, texts)))
+        pairs = tmp_path / f"pairs-{name}.jsonl"
+        pairs.write_text("".join(json.dumps({"q": i, "p": "p", "k": n}) + "\n" for n, i in enumerate(ids)))
+        output = tmp_path / name
+        summary = run(ScorePairsJob(pairs=(str(pairs),), output=str(output), left_id_col="q", right_id_col="p",
+                                    left_texts=(str(left),), right_texts=(str(right),), keep_cols=("k",),
+                                    model_dir=head_checkpoints["dipair"], join=join), [], argv=[])
+        assert summary.counts["pairs_scored"] == 3 and summary.counts["left_texts_encoded"] == 3
+        rows = sorted(read_scores_all(output), key=lambda r: r["k"])
+        assert [r["left_id"] for r in rows] == ids
+        scores[name] = [r["score"] for r in rows]
+    assert scores["nul"] == scores["plain"] and len(set(scores["nul"])) == 3
+
+
 def read_scores_all(output: Path) -> list[dict]:
     return pa.concat_tables([pq.read_table(p) for p in (output / "scores").glob("part-*.parquet")]).to_pylist()
 
