@@ -25,7 +25,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from encoders.config import StudentConfig
 from encoders.dual_encoder import DualEncoder
-from encoders.remote import local_model_dir
+from encoders.remote import atomic_directory, local_model_dir
 from encoders.sources import load_pretrained, refuse_checkpoint_code
 
 CONFIG_FILE = "config.json"
@@ -109,11 +109,9 @@ def save_student(student: Student, directory: str | os.PathLike) -> Path:
     """Write ``student`` as a checkpoint directory (see module docstring).
 
     The files are written to a temporary directory beside ``directory`` and renamed into place
-    (pipeline.outputs.atomic_directory): a crash during a save never leaves a half-written
+    (encoders.remote.atomic_directory): a crash during a save never leaves a half-written
     model, and re-saving replaces the previous checkpoint whole. A ``directory`` holding anything
     but a checkpoint is refused rather than replaced."""
-    from pipeline.outputs import atomic_directory  # Beam's FileSystems: imported only to save
-
     directory = Path(directory)
     checkpoint_names = {CONFIG_FILE, WEIGHTS_FILE, SHARED_ENCODER_DIR, *SIDE_ENCODER_DIRS.values()}
     config = student.config

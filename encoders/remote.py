@@ -1,4 +1,6 @@
-"""Model directories on any Beam filesystem, loaded from a local copy.
+"""Model directories on any Beam filesystem, loaded from a local copy, and saved atomically.
+
+The one module of encoders/ that touches Beam (its ``FileSystems`` only).
 
 A student checkpoint or a teacher is a directory of JSON, safetensors and tokenizer files, and
 Hugging Face and safetensors load from local files only. So a directory on ``gs://``, ``s3://``,
@@ -24,6 +26,7 @@ The cache lives in ``$PAIRSCORE_MODEL_CACHE``, by default ``<tempdir>/pairscore-
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -32,6 +35,8 @@ import shutil
 import tempfile
 import threading
 import uuid
+from pathlib import Path
+from typing import Callable, Iterator
 
 from apache_beam.io.filesystem import BeamIOError, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -152,3 +157,38 @@ def _copy(remote: str, files: dict) -> str:
         shutil.rmtree(partial, ignore_errors=True)
     _LOG.info("model directory %s copied to %s", remote, final)
     return final
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+@contextlib.contextmanager
+def atomic_directory(directory: str | os.PathLike, allowed: Callable[[str], bool] | None = None) -> Iterator[Path]:
+    """Yield a fresh directory beside ``directory``; when the block succeeds it replaces
+    ``directory`` by rename (the old one is renamed aside first, then removed), so ``directory``
+    is always either the old complete tree, the new complete tree, or briefly absent — never
+    half-written. On failure the temporary directory is removed and ``directory`` is untouched.
+
+    ``allowed(name)``: which entries an existing ``directory`` may hold (a previous save); any
+    other entry is refused rather than deleted. Local paths only (checkpoints are local).
+    """
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    if directory.exists():
+        foreign = sorted(n for n in os.listdir(directory) if allowed is not None and not allowed(n))
+        if foreign:
+            raise ValueError(f"{str(directory)!r} holds {', '.join(foreign[:5])}, which a save would delete: "
+                             "save a checkpoint to a new or empty directory")
+    temporary = Path(tempfile.mkdtemp(prefix=f".{directory.name}.saving-", dir=directory.parent))
+    try:
+        yield temporary
+        old = None
+        if directory.exists():
+            old = directory.parent / f".{directory.name}.old-{uuid.uuid4().hex[:8]}"
+            os.rename(directory, old)
+        os.rename(temporary, directory)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise

@@ -38,7 +38,7 @@ from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTo
                           PreTrainedTokenizerBase)
 
 from encoders.checkpoint import tokenizer_identity
-from encoders.remote import local_model_dir
+from encoders.remote import atomic_directory, local_model_dir
 from encoders.sources import refuse_checkpoint_code, resolve_encoder
 
 TEACHER_FILE = "teacher.json"
@@ -389,10 +389,8 @@ def save_teacher(teacher: CrossEncoder, directory: str | os.PathLike) -> Path:
     """Write a teacher checkpoint (see the module docstring); returns the directory.
 
     Written to a temporary directory beside ``directory`` and renamed into place
-    (pipeline.outputs.atomic_directory), so a crash during a save never leaves a half-written
+    (encoders.remote.atomic_directory), so a crash during a save never leaves a half-written
     model. An existing ``directory`` must be empty or an earlier teacher checkpoint."""
-    from pipeline.outputs import atomic_directory  # Beam's FileSystems: imported only to save
-
     directory = Path(directory)
     earlier_teacher = (directory / TEACHER_FILE).is_file()
     with atomic_directory(directory, allowed=lambda name: earlier_teacher) as target:

@@ -35,8 +35,9 @@ Commit protocol (every job, through :func:`open_output` and :meth:`OutputDir.com
    commit, and its lock (:func:`abort_output_on_failure`); a killed run leaves only
    ``_temporary-*`` and a stale ``_LOCK``, which the next ``--overwrite`` run takes over and clears.
 
-Checkpoints are saved the same way (:func:`atomic_directory`): written to a temporary directory
-beside the target and renamed into place, so a crash never leaves a half-written model.
+Checkpoints are saved the same way (``encoders.remote.atomic_directory``, re-exported here): written
+to a temporary directory beside the target and renamed into place, so a crash never leaves a
+half-written model.
 """
 from __future__ import annotations
 
@@ -50,13 +51,11 @@ import shutil
 import signal
 import socket
 import sys
-import tempfile
 import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
+from typing import Callable, Iterable, Mapping, Sequence, TypeVar
 
 import apache_beam as beam
 import pyarrow as pa
@@ -64,6 +63,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import WriteToParquet, WriteToParquetBatched
 
+from encoders.remote import atomic_directory  # noqa: F401  (the checkpoints' commit; lives below pipeline/)
 from pipeline.dead_letters import DEAD_LETTER_SCHEMA, DeadLetter
 from pipeline.store import COMPRESSION, MANIFEST_FILE, STORE_FILE_PREFIX, STORE_FILE_SUFFIX, StoreLayout
 
@@ -592,41 +592,6 @@ def _exit_on_sigterm():
     def terminate(signum, frame):
         raise SystemExit(128 + signum)
     return signal.signal(signal.SIGTERM, terminate)
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-
-@contextlib.contextmanager
-def atomic_directory(directory: str | os.PathLike, allowed: Callable[[str], bool] | None = None) -> Iterator[Path]:
-    """Yield a fresh directory beside ``directory``; when the block succeeds it replaces
-    ``directory`` by rename (the old one is renamed aside first, then removed), so ``directory``
-    is always either the old complete tree, the new complete tree, or briefly absent — never
-    half-written. On failure the temporary directory is removed and ``directory`` is untouched.
-
-    ``allowed(name)``: which entries an existing ``directory`` may hold (a previous save); any
-    other entry is refused rather than deleted. Local paths only (checkpoints are local).
-    """
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    if directory.exists():
-        foreign = sorted(n for n in os.listdir(directory) if allowed is not None and not allowed(n))
-        if foreign:
-            raise ValueError(f"{str(directory)!r} holds {', '.join(foreign[:5])}, which a save would delete: "
-                             "save a checkpoint to a new or empty directory")
-    temporary = Path(tempfile.mkdtemp(prefix=f".{directory.name}.saving-", dir=directory.parent))
-    try:
-        yield temporary
-        old = None
-        if directory.exists():
-            old = directory.parent / f".{directory.name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(directory, old)
-        os.rename(temporary, directory)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
 
 
 # --------------------------------------------------------------------------- writers

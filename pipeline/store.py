@@ -447,7 +447,3 @@ def read_store(store_dir: str, columns: Sequence[str] | None = None) -> tuple[St
         schema = pa.schema([schema.field(c) for c in columns])
     return manifest, pa.concat_tables(tables) if tables else schema.empty_table()
 
-
-# The in-memory store lookup lives with the scoring core (binary search over sorted ids, numpy
-# gathers); this name is kept for code that imported it from here.
-from pipeline.scoring_core import StoreLookup as TokenLookup  # noqa: E402,F401
