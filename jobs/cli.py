@@ -477,7 +477,7 @@ def evaluate(ctx: click.Context, quiet: bool, verbose: bool, **flags) -> None:
 
         label_range = parse_label_range(flags.pop("label_range"))
         from jobs import evaluate as module
-        from jobs.report import results_table
+        from pipeline.report import results_table
         job = module.EvaluateJob(pairs=tuple(flags.pop("pairs")), models=tuple(flags.pop("models")),
                                  dev=tuple(flags.pop("dev")), label_range=label_range, **flags)
         summary = module.run(job, ctx.meta[ARGV_KEY])

@@ -44,9 +44,9 @@ from encoders.config import CONFIG_FORMAT, baseline_config
 from encoders.teacher import CrossEncoder, TeacherTask, load_teacher, soft_labels
 from jobs import cli
 from jobs.common import run_started
-from jobs.metrics import best_threshold_accuracy, f1_at_threshold, pearson, roc_auc, spearman
-from jobs.report import write_report
-from jobs.student_inference import Pairs, encode_pairs, head_logits, synchronize
+from encoders.metrics import best_threshold_accuracy, f1_at_threshold, pearson, roc_auc, spearman
+from pipeline.report import write_report
+from encoders.inference import Pairs, encode_pairs, head_logits, synchronize
 from jobs.train_teacher import LabeledPairs, read_labeled_pairs
 from pipeline.dead_letters import DeadLetter
 from pipeline.encode import pick_device

@@ -9,7 +9,7 @@ A training recipe that reads top to bottom (DiPair §3.7, §4.3-4.4):
    unique texts) and pairs point into the pools.
 2. Build the student (encoder with K layers, first N / M tokens, projection to D, head).
 3. Stage 1 -- encoder frozen: the frozen encoder gives every text the same token states in every
-   epoch, so they are computed once per unique text (``jobs.frozen_states``, optionally kept on
+   epoch, so they are computed once per unique text (``encoders.frozen_states``, optionally kept on
    disk with ``--cache-dir``) and an epoch runs only projection + head. That makes stage-1 epochs
    nearly free, so stage 1 can run to convergence: early stop on dev.
 4. Stage 2 -- everything trains; the encoder at a lower learning rate. Each batch encodes its
@@ -54,10 +54,10 @@ from encoders.teacher import TASKS, TeacherTask, autocast
 from heads import HEAD_NAMES, build_head
 from jobs import cli
 from jobs.common import run_started
-from jobs.metrics import MAIN_METRIC, selection_score, task_metrics
-from jobs.frozen_states import FrozenStates
-from jobs.student_inference import Pairs, encode_pool, pair_logits
-from jobs.training import EpochProgress, grad_scaler, make_adamw, optimizer_step
+from encoders.metrics import MAIN_METRIC, selection_score, task_metrics
+from encoders.frozen_states import FrozenStates
+from encoders.inference import Pairs, encode_pool, pair_logits
+from encoders.training import EpochProgress, grad_scaler, make_adamw, optimizer_step
 from jobs.train_teacher import length_grouped_batches, read_labeled_pairs
 from pipeline import dead_letters as dl
 from pipeline.dead_letters import DeadLetter

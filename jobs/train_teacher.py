@@ -30,8 +30,8 @@ from encoders.sources import DEFAULT_ENCODER
 from encoders.teacher import CrossEncoder, TeacherTask, autocast, build_teacher, load_teacher, save_teacher
 from jobs import cli
 from jobs.common import run_started
-from jobs.metrics import MAIN_METRIC, selection_score, task_metrics
-from jobs.training import EpochProgress, grad_scaler, make_adamw, optimizer_step
+from encoders.metrics import MAIN_METRIC, selection_score, task_metrics
+from encoders.training import EpochProgress, grad_scaler, make_adamw, optimizer_step
 from pipeline import dead_letters as dl
 from pipeline.dead_letters import DeadLetter
 from pipeline.encode import pick_device
@@ -177,7 +177,7 @@ def length_grouped_batches(lengths: Sequence[int], batch_size: int, rng: random.
 # --------------------------------------------------------------------------- training
 
 def make_optimizer(teacher: CrossEncoder, job: TrainTeacherJob) -> torch.optim.Optimizer:
-    """AdamW as in BERT, one learning rate for the whole model (see jobs.training.make_adamw)."""
+    """AdamW as in BERT, one learning rate for the whole model (see encoders.training.make_adamw)."""
     return make_adamw([(list(teacher.named_parameters()), job.lr)], job.weight_decay)
 
 

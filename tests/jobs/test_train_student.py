@@ -16,11 +16,11 @@ from click.testing import CliRunner
 from encoders.checkpoint import build_student, load_student
 from encoders.sources import load_pretrained
 from jobs import train_student
-from jobs.metrics import roc_auc
+from encoders.metrics import roc_auc
 from jobs.score_pairs import ScorePairsJob
 from jobs.score_pairs import run as score_pairs_run
-from jobs.student_inference import Pairs, pair_logits
-from jobs.frozen_states import FrozenStates, project
+from encoders.inference import Pairs, pair_logits
+from encoders.frozen_states import FrozenStates, project
 from jobs.train_student import Trainer, TrainStudentJob, distillation_loss, loss_floor, run, train
 from pipeline.text_ids import text_id
 

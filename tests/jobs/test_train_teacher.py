@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from encoders.teacher import load_teacher
 from jobs import train_teacher
-from jobs.metrics import average_ranks, best_threshold_accuracy, roc_auc, spearman
+from encoders.metrics import average_ranks, best_threshold_accuracy, roc_auc, spearman
 from jobs.train_teacher import (GROUP_BATCHES, LabeledPairs, TrainTeacherJob, length_grouped_batches, run,
                                 training_examples)
 

@@ -27,7 +27,7 @@ from encoders.checkpoint import Student, tokenizer_identity
 from encoders.config import SIDES
 from encoders.dual_encoder import SideEncoder, mean_pool, select_tokens
 from encoders.teacher import autocast
-from jobs.student_inference import Pairs, length_order
+from encoders.inference import Pairs, length_order
 from pipeline.progress import bar_options
 
 CACHE_FORMAT = "pairscore-frozen-states-v2"   # v2: also the pooled sentence embeddings
