@@ -25,6 +25,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from encoders.config import StudentConfig
 from encoders.dual_encoder import DualEncoder
+from encoders.fingerprint import hash_weights, tokenizer_identity
 from encoders.remote import atomic_directory, local_model_dir
 from encoders.sources import load_pretrained, refuse_checkpoint_code
 
@@ -232,19 +233,6 @@ def _fingerprint(student: Student) -> str:
     if student.head is not None:
         parts["head."] = student.head
     for prefix, module in parts.items():
-        for name, tensor in sorted(module.state_dict().items()):
-            digest.update(f"{prefix}{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        hash_weights(digest, module.state_dict().items(), prefix)
     return digest.hexdigest()
 
-
-def tokenizer_identity(tokenizer) -> str:
-    """The tokenizer's vocabulary and rules, without the truncation/padding state that
-    every call changes."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
-        return json.dumps(sorted(tokenizer.get_vocab().items()))
-    spec = json.loads(backend.to_str())
-    spec.pop("truncation", None)
-    spec.pop("padding", None)
-    return json.dumps(spec, sort_keys=True)

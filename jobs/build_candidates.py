@@ -45,11 +45,13 @@ from encoders.checkpoint import Student, build_student
 from encoders.config import baseline_config
 from encoders.dual_encoder import SideEncoder
 from encoders.sources import DEFAULT_ENCODER
-from encoders.teacher import autocast
+from encoders.device import autocast
+from encoders.inference import length_order
 from jobs import cli
 from jobs.common import run_started
 from pipeline.dead_letters import DeadLetter
-from pipeline.encode import TextColumns, TextRow, extract_text, pick_device, resolve_id
+from encoders.device import pick_device
+from pipeline.encode import TextColumns, TextRow, extract_text, resolve_id
 from pipeline.outputs import abort_output_on_failure, local_path_or_none, open_output, write_dead_letter_file
 from pipeline.progress import bar_options
 from pipeline.readers import InputFile, check_columns, expand_inputs, read_rows
@@ -151,12 +153,10 @@ def embed_texts(side: SideEncoder, texts: Sequence[str], batch_size: int, progre
     """
     device = next(side.parameters()).device
     tokenized = side.tokenize(texts)
-    order = np.argsort([t.num_tokens for t in tokenized], kind="stable")
     out = torch.empty(len(texts), side.transformer.config.hidden_size)
     bar = tqdm(total=len(texts), desc=progress, unit="text", disable=progress is None,
                **bar_options())
-    for start in range(0, len(order), batch_size):
-        index = order[start:start + batch_size]
+    for index in length_order(tokenized, batch_size):
         batch = side.collate([tokenized[i] for i in index]).to(device)
         with autocast(device):
             encoded = side(batch.input_ids, batch.attention_mask)

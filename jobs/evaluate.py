@@ -46,10 +46,11 @@ from jobs import cli
 from jobs.common import run_started
 from encoders.metrics import best_threshold_accuracy, f1_at_threshold, pearson, roc_auc, spearman
 from pipeline.report import write_report
-from encoders.inference import Pairs, encode_pairs, head_logits, synchronize
+from encoders.device import synchronize
+from encoders.inference import Pairs, encode_pairs, head_logits
 from jobs.train_teacher import LabeledPairs, read_labeled_pairs
 from pipeline.dead_letters import DeadLetter
-from pipeline.encode import pick_device
+from encoders.device import pick_device
 from pipeline.outputs import abort_output_on_failure, local_path_or_none, open_output, write_dead_letter_file
 from pipeline.pairs import TextPairColumns
 from pipeline.readers import check_columns, expand_inputs

@@ -26,7 +26,8 @@ from apache_beam.io.filesystems import FileSystems
 from encoders.teacher import load_teacher
 from jobs import cli
 from jobs.common import run_started
-from pipeline.encode import DEAD_LETTER_TAG, ReadRows, pick_device
+from pipeline.encode import DEAD_LETTER_TAG, ReadRows
+from encoders.device import pick_device
 from pipeline.label import (BASE_COLUMNS, DistillationManifest, ExtractPairs, LabelPairs, LabelSettings,
                             ReadPrevious, SkipLabeled, WriteDistillationSet, distillation_schema, schema_columns)
 from pipeline.outputs import WriteDeadLetters, abort_output_on_failure, open_output

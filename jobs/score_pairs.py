@@ -28,7 +28,8 @@ from encoders.config import baseline_config
 from jobs import cli
 from jobs.common import run_started
 from jobs.encode_texts import store_layout
-from pipeline.encode import DEAD_LETTER_TAG, DedupeTexts, EncodeSettings, ReadRows, TextColumns, pick_device
+from pipeline.encode import DEAD_LETTER_TAG, DedupeTexts, EncodeSettings, ReadRows, TextColumns
+from encoders.device import pick_device
 from pipeline.outputs import WriteDeadLetters, WriteStore, abort_output_on_failure, open_output
 from pipeline.pairs import kept_fields
 from pipeline.readers import InputFile, check_columns, expand_inputs, worker_path

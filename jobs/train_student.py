@@ -50,23 +50,25 @@ from transformers import get_linear_schedule_with_warmup
 from encoders.checkpoint import Student, build_student, load_student, save_student
 from encoders.config import SIDES, StudentConfig
 from encoders.sources import DEFAULT_ENCODER
-from encoders.teacher import TASKS, TeacherTask, autocast
+from encoders.device import autocast, grad_scaler
+from encoders.teacher import TASKS, TeacherTask
 from heads import HEAD_NAMES, build_head
 from jobs import cli
 from jobs.common import run_started
 from encoders.metrics import MAIN_METRIC, selection_score, task_metrics
 from encoders.frozen_states import FrozenStates
 from encoders.inference import Pairs, encode_pool, pair_logits
-from encoders.training import EpochProgress, grad_scaler, make_adamw, optimizer_step
-from jobs.train_teacher import length_grouped_batches, read_labeled_pairs
+from encoders.training import EpochProgress, length_grouped_batches, make_adamw, optimizer_step
+from jobs.train_teacher import read_labeled_pairs
 from pipeline import dead_letters as dl
 from pipeline.dead_letters import DeadLetter
-from pipeline.encode import pick_device
+from encoders.device import pick_device
 from pipeline.label import DISTILLATION_FORMAT
 from pipeline.outputs import abort_output_on_failure, local_path_or_none, open_output, write_dead_letter_file
 from pipeline.pairs import TextPairColumns, extract_text_pair
 from pipeline.readers import InputError, InputFile, check_columns, expand_inputs, read_rows
 from pipeline.store import MANIFEST_FILE
+from pipeline.progress import bar_options
 from pipeline.summary import RunSummary
 
 JOB_NAME = "train_student"
@@ -631,7 +633,7 @@ class Trainer:
         """One pass over ``batches`` -> {train_loss (mean over the epoch), seconds, pairs_per_second, lr}."""
         self.student.train()
         examples, job, device = self.examples, self.job, self.device
-        progress = EpochProgress(sum(len(b) for b in batches), description, job.progress)
+        progress = EpochProgress(sum(len(b) for b in batches), description, bar_options() if job.progress else None)
         for batch in batches:
             index = np.asarray(batch)
             rows = torch.from_numpy(index)
@@ -734,7 +736,8 @@ def train(job: TrainStudentJob, argv: list[str] | None = None) -> tuple[RunSumma
     stages = plan_stages(student, job)
     if stages[0].frozen_encoder:
         texts = {side: [*examples.pairs.pools[side], *dev_pairs.pools[side]] for side in SIDES}
-        trainer.cache = FrozenStates(student, texts, job.encode_batch_size, device, job.cache_dir, job.progress)
+        trainer.cache = FrozenStates(student, texts, job.encode_batch_size, device, job.cache_dir,
+                                     bar_options() if job.progress else None)
     skip_fit = trainer.fit_cosine_skip() if config.cosine_skip else None
     rng = random.Random(job.seed)
     per_stage = {stage.name: trainer.train_stage(stage, rng) for stage in stages}

@@ -27,24 +27,22 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from encoders.sources import DEFAULT_ENCODER
-from encoders.teacher import CrossEncoder, TeacherTask, autocast, build_teacher, load_teacher, save_teacher
+from encoders.device import autocast, grad_scaler
+from encoders.teacher import CrossEncoder, TeacherTask, build_teacher, load_teacher, save_teacher
 from jobs import cli
 from jobs.common import run_started
 from encoders.metrics import MAIN_METRIC, selection_score, task_metrics
-from encoders.training import EpochProgress, grad_scaler, make_adamw, optimizer_step
+from encoders.training import EpochProgress, length_grouped_batches, make_adamw, optimizer_step
 from pipeline import dead_letters as dl
 from pipeline.dead_letters import DeadLetter
-from pipeline.encode import pick_device
+from encoders.device import pick_device
 from pipeline.outputs import abort_output_on_failure, local_path_or_none, open_output, write_dead_letter_file
 from pipeline.pairs import TextPairColumns, extract_text_pair
 from pipeline.readers import InputFile, check_columns, expand_inputs, read_rows
+from pipeline.progress import bar_options
 from pipeline.summary import RunSummary
 
 JOB_NAME = "train_teacher"
-# Length grouping: examples are sorted by length within windows of this many batches, so a batch
-# pads little while batch order stays random (sorting the whole set would put every long pair
-# in the last steps of the epoch).
-GROUP_BATCHES = 64
 
 
 @dataclass(frozen=True)
@@ -157,23 +155,6 @@ def training_examples(pairs: LabeledPairs, swap: bool) -> tuple[list[str], list[
     return pairs.lefts + pairs.rights, pairs.rights + pairs.lefts, pairs.targets + pairs.targets
 
 
-def length_grouped_batches(lengths: Sequence[int], batch_size: int, rng: random.Random) -> list[list[int]]:
-    """Example indices cut into batches of similar length.
-
-    Shuffle; sort each window of ``GROUP_BATCHES * batch_size`` examples by length; cut the
-    windows into batches; shuffle the batches. Every example is in exactly one batch.
-    """
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    window = GROUP_BATCHES * batch_size
-    batches = []
-    for start in range(0, len(order), window):
-        group = sorted(order[start:start + window], key=lambda i: lengths[i])
-        batches += [group[i:i + batch_size] for i in range(0, len(group), batch_size)]
-    rng.shuffle(batches)
-    return batches
-
-
 # --------------------------------------------------------------------------- training
 
 def make_optimizer(teacher: CrossEncoder, job: TrainTeacherJob) -> torch.optim.Optimizer:
@@ -186,7 +167,7 @@ def train_epoch(teacher: CrossEncoder, examples: list, targets: torch.Tensor, ba
     """One pass over ``batches`` -> {train_loss (mean over the epoch), pairs, seconds, pairs_per_second}."""
     teacher.train()
     device = teacher.device
-    progress = EpochProgress(len(examples), description, job.progress)
+    progress = EpochProgress(len(examples), description, bar_options() if job.progress else None)
     for index in batches:
         batch = {k: v.to(device) for k, v in teacher.collate([examples[i] for i in index]).items()}
         with autocast(device):

@@ -254,15 +254,6 @@ class EncodeSettings:
     sort_window: int = 4096
 
 
-def pick_device(name: str) -> str:
-    import torch
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
-    return name
-
-
 class _EncodeTextsDoFn(SortWindowDoFn):
     """UniqueText -> pyarrow Tables of store rows, one per sort window.
 
@@ -281,24 +272,26 @@ class _EncodeTextsDoFn(SortWindowDoFn):
 
     def setup(self):
         import torch
+        from encoders import device
         from encoders.checkpoint import load_or_build_student
         from encoders.config import baseline_config
+        from encoders.inference import length_order
 
         self._torch = torch
-        self._device = pick_device(self._settings.device)
+        self._length_order = length_order
+        self._device = device.pick_device(self._settings.device)
         student = load_or_build_student(self._settings.model_dir, baseline_config())
         self._encoder = student.encoder.side(self._settings.side).to(self._device).eval()
-        # Mixed precision on GPU: the encoder is the cost of stage one, and fp16 stores lose nothing.
-        self._autocast = self._device == "cuda"
+        # Mixed precision on GPU in the store's float16 (encoders/device.py): the encoder is the
+        # cost of stage one, and float16 stores lose nothing to it.
+        self._autocast = lambda: device.autocast(self._device, store=True)
 
     def flush(self, texts: list[UniqueText]) -> pa.Table:
         tokenized = self._encoder.tokenize([t.text for t in texts])
-        order = sorted(range(len(texts)), key=lambda i: tokenized[i].num_tokens)
         columns: dict[str, list] = {name: [] for name in self._schema.names}
-        for start in range(0, len(order), self._settings.batch_size):
-            batch_index = order[start:start + self._settings.batch_size]
+        for batch_index in self._length_order(tokenized, self._settings.batch_size):
             batch = self._encoder.collate([tokenized[i] for i in batch_index]).to(self._device)
-            with self._torch.inference_mode(), self._torch.autocast("cuda", enabled=self._autocast):
+            with self._torch.inference_mode(), self._autocast():
                 encoded = self._encoder(batch.input_ids, batch.attention_mask)
             token_bytes, scales = encode_token_block(encoded.tokens.float().cpu().numpy(), self._layout.dtype)
             pooled = (encoded.pooled.float().cpu().numpy().astype("<f2") if encoded.pooled is not None else None)

@@ -35,7 +35,7 @@ from apache_beam.io.parquetio import ReadFromParquetBatched, WriteToParquetBatch
 
 from pipeline.batching import SortWindowDoFn
 from pipeline.dead_letters import DeadLetter
-from pipeline.encode import DEAD_LETTER_TAG, counter, dead_letter_counter, pick_device
+from pipeline.encode import DEAD_LETTER_TAG, counter, dead_letter_counter
 from pipeline.pairs import TextPair, TextPairColumns, extract_text_pair, kept_column_values
 from pipeline.readers import SourcedRow
 from pipeline.store import COMPRESSION, MANIFEST_FILE, STORE_FILE_PREFIX, STORE_FILE_SUFFIX
@@ -260,6 +260,7 @@ class _LabelPairsDoFn(SortWindowDoFn):
 
     def setup(self):
         teacher = load_labeling_teacher(self._settings)
+        from encoders.device import pick_device
         self._teacher = teacher.to(pick_device(self._settings.device)).eval()
         self._fields = {f.name: f for f in self._settings.schema}
 

@@ -349,7 +349,7 @@ class _Worker:
     join, both stores' lookups; built once per process and shared by its DoFn threads."""
 
     def __init__(self, settings: ScoreSettings):
-        from pipeline.encode import pick_device
+        from encoders.device import pick_device
         self.scorer = HeadScorer.load(settings.model_dir, pick_device(settings.device), settings.batch_size,
                                       settings.threads, loaded=LOADED_STUDENTS.get(settings.run_token))
         self._settings = settings

@@ -2,8 +2,8 @@
 
 Engine-agnostic on purpose: plain pyarrow, numpy and torch, no Beam. ``pipeline/score.py`` wraps
 it in Beam transforms; another engine (Spark's ``mapInArrow``, Ray Data's ``map_batches``) can
-wrap the same functions. ``jobs/student_inference.py`` (and so ``jobs/evaluate``) runs the head
-through :func:`run_head`, so there is one inference path.
+wrap the same functions. ``encoders/inference.py`` (and so ``jobs/evaluate``) runs the head
+through the same ``encoders.inference.run_head``, so there is one inference path.
 
 The path of one batch of P pairs, every step columnar (Python objects only for the rare bad rows):
 
@@ -486,17 +486,6 @@ def partition(table: pa.Table, hashes: np.ndarray, buckets: int):
 
 # --------------------------------------------------------------------------- the head
 
-def run_head(student, left: tuple, right: tuple, device: str):
-    """The one place the head runs: (tokens (B, N, D), mask (B, N), pooled (B, H) or None) per
-    side, torch tensors on ``device`` -> logits (B, C), under inference mode and, on CUDA,
-    mixed precision."""
-    import torch
-    from encoders.teacher import autocast
-
-    with torch.inference_mode(), autocast(device):
-        return student.score_tokens(left[0], left[1], right[0], right[1], left[2], right[2])
-
-
 class HeadScorer:
     """A student's head on one device, fed SideArrays in batches of ``batch_size`` pairs.
 
@@ -506,7 +495,9 @@ class HeadScorer:
 
     def __init__(self, student, device: str = "cpu", batch_size: int = 8192):
         import torch
+        from encoders.inference import run_head  # torch: imported where a scorer is made, not with this module
         self.torch = torch
+        self.run_head = run_head
         self.student = student
         self.device = device
         self.batch_size = batch_size
@@ -570,7 +561,7 @@ class HeadScorer:
             one_batch = total <= self.batch_size
             left_part = left if one_batch else left.take(np.arange(start, min(total, start + self.batch_size)))
             right_part = right if one_batch else right.take(np.arange(start, min(total, start + self.batch_size)))
-            logits = run_head(self.student, self._side(left_part, "left"), self._side(right_part, "right"),
+            logits = self.run_head(self.student, self._side(left_part, "left"), self._side(right_part, "right"),
                               self.device)
             score, prob = self.student.scores_from_logits(logits)
             scores[part] = score.float().cpu().numpy()
