@@ -48,7 +48,7 @@ from encoders.metrics import best_threshold_accuracy, f1_at_threshold, pearson, 
 from pipeline.report import write_report
 from encoders.device import synchronize
 from encoders.inference import Pairs, encode_pairs, head_logits
-from jobs.train_teacher import LabeledPairs, read_labeled_pairs
+from pipeline.datasets import LabeledPairs, read_labeled_pairs
 from pipeline.dead_letters import DeadLetter
 from encoders.device import pick_device
 from pipeline.outputs import abort_output_on_failure, local_path_or_none, open_output, write_dead_letter_file

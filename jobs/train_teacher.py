@@ -18,7 +18,7 @@ if __name__ == "__main__":
 import random
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -33,12 +33,12 @@ from jobs import cli
 from jobs.common import run_started
 from encoders.metrics import MAIN_METRIC, selection_score, task_metrics
 from encoders.training import EpochProgress, length_grouped_batches, make_adamw, optimizer_step
-from pipeline import dead_letters as dl
 from pipeline.dead_letters import DeadLetter
 from encoders.device import pick_device
 from pipeline.outputs import abort_output_on_failure, local_path_or_none, open_output, write_dead_letter_file
-from pipeline.pairs import TextPairColumns, extract_text_pair
-from pipeline.readers import InputFile, check_columns, expand_inputs, read_rows
+from pipeline.datasets import read_labeled_pairs, training_examples
+from pipeline.pairs import TextPairColumns
+from pipeline.readers import check_columns, expand_inputs
 from pipeline.progress import bar_options
 from pipeline.summary import RunSummary
 
@@ -94,65 +94,6 @@ class TrainTeacherJob:
         if self.weight_decay < 0 or not self.max_grad_norm > 0:
             raise ValueError(f"--weight-decay {self.weight_decay!r} must be >= 0 and --max-grad-norm "
                              f"{self.max_grad_norm!r} > 0")
-
-
-# --------------------------------------------------------------------------- data
-
-@dataclass
-class LabeledPairs:
-    """The usable pairs of one split (lefts, rights, targets: P each) and what was skipped."""
-    lefts: list[str] = field(default_factory=list)
-    rights: list[str] = field(default_factory=list)
-    targets: list[float] = field(default_factory=list)
-    rows_read: int = 0
-    skipped: list[DeadLetter] = field(default_factory=list)
-
-
-def read_labeled_pairs(files: Sequence[InputFile], columns: TextPairColumns, label_col: str,
-                       task: TeacherTask, limit: int | None = None) -> LabeledPairs:
-    """Read labeled pairs; rows with an unusable side or label are skipped as dead letters.
-
-    Reasons: the reader's (``invalid_json``, ...), the pair's (``left_empty_text``,
-    ``right_null_text``, ...), ``null_label`` (absent, null or empty) and ``invalid_label``
-    (not a number the task allows: see ``TeacherTask.target``). ``limit`` stops after that many rows.
-    """
-    pairs = LabeledPairs()
-    for file in files:
-        for item in read_rows(file):
-            if limit is not None and pairs.rows_read >= limit:
-                return pairs
-            pairs.rows_read += 1
-            if isinstance(item, DeadLetter):
-                pairs.skipped.append(item)
-                continue
-            pair = extract_text_pair(item, columns)
-            if isinstance(pair, DeadLetter):
-                pairs.skipped.append(pair)
-                continue
-            label = item.fields.get(label_col)
-            if label is None or (isinstance(label, str) and not label.strip()):
-                state = "absent from this row" if label_col not in item.fields else "null or empty"
-                pairs.skipped.append(DeadLetter(dl.REASON_NULL_LABEL, f"label column {label_col!r} is {state}",
-                                                item.source, item.fields))
-                continue
-            try:
-                target = task.target(label)
-            except ValueError as err:
-                pairs.skipped.append(DeadLetter(dl.REASON_INVALID_LABEL, f"label column {label_col!r}: {err}",
-                                                item.source, item.fields))
-                continue
-            pairs.lefts.append(pair.left)
-            pairs.rights.append(pair.right)
-            pairs.targets.append(target)
-    return pairs
-
-
-def training_examples(pairs: LabeledPairs, swap: bool) -> tuple[list[str], list[str], list[float]]:
-    """(lefts, rights, targets) to train on: each pair, and with ``swap`` each pair again with its
-    texts exchanged (for symmetric tasks: the teacher should not care which text comes first)."""
-    if not swap:
-        return pairs.lefts, pairs.rights, pairs.targets
-    return pairs.lefts + pairs.rights, pairs.rights + pairs.lefts, pairs.targets + pairs.targets
 
 
 # --------------------------------------------------------------------------- training

@@ -21,7 +21,8 @@ from jobs.score_pairs import ScorePairsJob
 from jobs.score_pairs import run as score_pairs_run
 from encoders.inference import Pairs, pair_logits
 from encoders.frozen_states import FrozenStates, project
-from jobs.train_student import Trainer, TrainStudentJob, distillation_loss, loss_floor, run, train
+from encoders.distill import Trainer, distillation_loss, loss_floor
+from jobs.train_student import TrainStudentJob, run, train
 from pipeline.text_ids import text_id
 
 WORDS = ["apple", "river", "engine", "violin", "desert", "planet", "copper", "garden", "falcon", "marble"]

@@ -14,7 +14,8 @@ from encoders.teacher import load_teacher
 from jobs import train_teacher
 from encoders.metrics import average_ranks, best_threshold_accuracy, roc_auc, spearman
 from encoders.training import GROUP_BATCHES, length_grouped_batches
-from jobs.train_teacher import LabeledPairs, TrainTeacherJob, run, training_examples
+from jobs.train_teacher import TrainTeacherJob, run
+from pipeline.datasets import LabeledPairs, training_examples
 
 
 def write_jsonl(path: Path, rows: list) -> Path:
