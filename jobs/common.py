@@ -130,7 +130,7 @@ def beam_args_for_run(beam_args: Sequence[str], verbose: bool) -> list[str]:
     """The pass-through Beam options, plus quiet workers for a local runner unless --verbose or
     the user set the workers' log level: multi-process workers log at INFO to the terminal.
     Called once the job's modules are imported (Beam among them)."""
-    from pipeline.runner import LOCAL_RUNNER_NAMES
+    from pipeline.beam.runner import LOCAL_RUNNER_NAMES
 
     args = list(beam_args)
     runner = None

@@ -3,7 +3,7 @@
     python -m jobs.label_pairs --pairs 'pairs/*.parquet' --teacher teacher/ --output distill/ \
         [--temperature 1.0] [--previous distill-yesterday/]
 
-Writes ``DIR/part-*.parquet`` (see pipeline/label.py for the columns), ``DIR/_dead_letter/``,
+Writes ``DIR/part-*.parquet`` (see pipeline/beam/label.py for the columns), ``DIR/_dead_letter/``,
 ``DIR/_MANIFEST.json`` (teacher fingerprint, temperature, columns), ``DIR/_SUMMARY.json`` and
 ``DIR/_SUCCESS``, committed at the end (pipeline/outputs.py).
 """
@@ -26,14 +26,14 @@ from apache_beam.io.filesystems import FileSystems
 from encoders.teacher import load_teacher
 from jobs import cli
 from jobs.common import run_started
-from pipeline.encode import DEAD_LETTER_TAG, ReadRows
+from pipeline.beam.encode import DEAD_LETTER_TAG, ReadRows
 from encoders.device import pick_device
-from pipeline.label import (BASE_COLUMNS, DistillationManifest, ExtractPairs, LabelPairs, LabelSettings,
+from pipeline.beam.label import (BASE_COLUMNS, DistillationManifest, ExtractPairs, LabelPairs, LabelSettings,
                             ReadPrevious, SkipLabeled, WriteDistillationSet, distillation_schema, schema_columns)
 from pipeline.outputs import WriteDeadLetters, abort_output_on_failure, open_output
 from pipeline.pairs import TextPairColumns, kept_fields
 from pipeline.readers import check_columns, expand_inputs, worker_path
-from pipeline.runner import make_pipeline, validate_beam_args
+from pipeline.beam.runner import make_pipeline, validate_beam_args
 from pipeline.store import MANIFEST_FILE, count_rows, store_files
 from pipeline.summary import RunSummary, read_counters, split_dead_letters
 

@@ -28,13 +28,13 @@ from encoders.config import baseline_config
 from jobs import cli
 from jobs.common import run_started
 from jobs.encode_texts import store_layout
-from pipeline.encode import DEAD_LETTER_TAG, DedupeTexts, EncodeSettings, ReadRows, TextColumns
+from pipeline.beam.encode import DEAD_LETTER_TAG, DedupeTexts, EncodeSettings, ReadRows, TextColumns
 from encoders.device import pick_device
 from pipeline.outputs import WriteDeadLetters, WriteStore, abort_output_on_failure, open_output
 from pipeline.pairs import kept_fields
 from pipeline.readers import InputFile, check_columns, expand_inputs, worker_path
-from pipeline.runner import is_local_runner, make_pipeline, validate_beam_args
-from pipeline.score import (LOADED_STUDENTS, PAIRS, SIDES, CompleteStore, DistinctPairTexts, PairColumns, ReadPairs, ScorePairs,
+from pipeline.beam.runner import is_local_runner, make_pipeline, validate_beam_args
+from pipeline.beam.score import (LOADED_STUDENTS, PAIRS, SIDES, CompleteStore, DistinctPairTexts, PairColumns, ReadPairs, ScorePairs,
                             ScoreSettings, dedupe_pair_chunks, read_store_tables)
 from pipeline.scoring_core import torch_threads_for
 from pipeline.store import (COMPRESSION, STORE_FILE_PREFIX, STORE_FILE_SUFFIX, StoreLayout, StoreWanted,

@@ -17,7 +17,7 @@ from apache_beam.io.filesystems import FileSystems
 from encoders.teacher import TeacherTask
 from pipeline import dead_letters as dl
 from pipeline.dead_letters import DeadLetter
-from pipeline.label import DISTILLATION_FORMAT
+from pipeline.beam.label import DISTILLATION_FORMAT
 from pipeline.pairs import TextPairColumns, extract_text_pair
 from pipeline.readers import InputError, InputFile, check_columns, read_rows
 from pipeline.store import MANIFEST_FILE
@@ -106,7 +106,7 @@ class DistillationSet:
 
 def distillation_columns(files: Sequence[InputFile], columns: TextPairColumns, need_logits: bool) -> tuple[str, str]:
     """(soft label column, logit column) of a distillation set: ``soft_label`` / ``logit`` for
-    one-output teachers, ``soft_labels`` / ``logits`` for k classes (pipeline/label.py). Checked
+    one-output teachers, ``soft_labels`` / ``logits`` for k classes (pipeline/beam/label.py). Checked
     in every file before anything is read."""
     problems = []
     for soft, logit in (("soft_label", "logit"), ("soft_labels", "logits")):

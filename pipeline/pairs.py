@@ -1,7 +1,7 @@
 """Pairs of texts as the teacher jobs read them: two text columns, optional id columns, and
 columns passed through to the output.
 
-Each side is checked with stage one's own rules (:func:`pipeline.encode.extract_text`), so a pair
+Each side is checked with stage one's own rules (:func:`pipeline.beam.encode.extract_text`), so a pair
 is refused for exactly the reasons a text is, with the side in front of the reason
 (``left_empty_text``, ``right_null_text``, ``left_invalid_id``), as stage two names them.
 """
@@ -14,7 +14,7 @@ from typing import Any, NamedTuple, Sequence
 import pyarrow as pa
 
 from pipeline.dead_letters import DeadLetter
-from pipeline.encode import TextColumns, extract_text
+from pipeline.beam.encode import TextColumns, extract_text
 from pipeline.readers import JSONL_PROBE_LINES, InputError, InputFile, SourcedRow, open_raw, parquet_file, read_rows
 
 SIDES = ("left", "right")

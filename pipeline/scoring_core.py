@@ -1,6 +1,6 @@
 """Stage two's scoring core: Arrow batches of pairs in, Arrow batches of scores out.
 
-Engine-agnostic on purpose: plain pyarrow, numpy and torch, no Beam. ``pipeline/score.py`` wraps
+Engine-agnostic on purpose: plain pyarrow, numpy and torch, no Beam. ``pipeline/beam/score.py`` wraps
 it in Beam transforms; another engine (Spark's ``mapInArrow``, Ray Data's ``map_batches``) can
 wrap the same functions. ``encoders/inference.py`` (and so ``jobs/evaluate``) runs the head
 through the same ``encoders.inference.run_head``, so there is one inference path.
@@ -10,7 +10,7 @@ The path of one batch of P pairs, every step columnar (Python objects only for t
 1. :func:`table_from_rows` (text formats only): parsed rows -> an Arrow table, kept columns typed
    as :func:`pipeline.pairs.kept_fields` decided before the run.
 2. :func:`validate_pairs`: a reason code per row with ``pyarrow.compute`` masks, exactly the
-   reasons :func:`pipeline.score.extract_pair` gives one row at a time (``left_null_text``,
+   reasons :func:`pipeline.beam.score.extract_pair` gives one row at a time (``left_null_text``,
    ``right_empty_text``, ``left_non_string_id`` ...; ``kept_column_type`` for a kept value that
    does not fit its decided type); only bad rows become :class:`DeadLetter`.
 3. :func:`pair_ids`: the two id columns (given, or the content hash of each *unique* text).
@@ -216,7 +216,7 @@ def validate_pairs(table: pa.Table, columns: PairColumns, non_string: dict[str, 
 
 
 def _detail(reason: str, column: str, row: dict, field: pa.Field | None = None) -> str:
-    """The dead letter's sentence, worded as :func:`pipeline.encode.extract_text` words it (which this
+    """The dead letter's sentence, worded as :func:`pipeline.beam.encode.extract_text` words it (which this
     module cannot import: it imports Beam); ``test_scoring_core`` checks that the two agree."""
     value = row.get(column)
     if reason.endswith("null_text") or reason.endswith("null_id"):

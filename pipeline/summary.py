@@ -12,7 +12,7 @@ from typing import Any
 
 from apache_beam.metrics.metric import MetricsFilter
 
-from pipeline.encode import COUNTER_NAMESPACE
+from pipeline.beam.encode import COUNTER_NAMESPACE
 
 DEAD_LETTER_PREFIX = "dead_letter."
 

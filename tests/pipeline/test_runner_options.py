@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from jobs import encode_texts, label_pairs, score_pairs
-from pipeline.runner import NOT_WAITED_FOR, make_pipeline, validate_beam_args
+from pipeline.beam.runner import NOT_WAITED_FOR, make_pipeline, validate_beam_args
 
 # What a Dataflow user types (issue 10), GPU workers and a custom container included.
 DATAFLOW = [

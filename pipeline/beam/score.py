@@ -37,7 +37,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.utils import shared
 
 from pipeline.dead_letters import DeadLetter
-from pipeline.encode import (DEAD_LETTER_TAG, EncodeSettings, EncodeTexts, TextColumns, UniqueText, counter,
+from pipeline.beam.encode import (DEAD_LETTER_TAG, EncodeSettings, EncodeTexts, TextColumns, UniqueText, counter,
                              dead_letter_counter, extract_text)
 from pipeline.readers import InputFile, ReadSlice, SourcedRow, read_parquet_slice, read_row_batches, read_slices
 from pipeline.scoring_core import (HeadScorer, PairColumns, StoreLookup, id_hashes, missing_letters,

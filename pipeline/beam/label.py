@@ -33,9 +33,9 @@ import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import ReadFromParquetBatched, WriteToParquetBatched
 
-from pipeline.batching import SortWindowDoFn
+from pipeline.beam.batching import SortWindowDoFn
 from pipeline.dead_letters import DeadLetter
-from pipeline.encode import DEAD_LETTER_TAG, counter, dead_letter_counter
+from pipeline.beam.encode import DEAD_LETTER_TAG, counter, dead_letter_counter
 from pipeline.pairs import TextPair, TextPairColumns, extract_text_pair, kept_column_values
 from pipeline.readers import SourcedRow
 from pipeline.store import COMPRESSION, MANIFEST_FILE, STORE_FILE_PREFIX, STORE_FILE_SUFFIX

@@ -15,7 +15,7 @@ from apache_beam.metrics import Metrics
 
 from pipeline import dead_letters as dl
 from pipeline import progress
-from pipeline.batching import SortWindowDoFn
+from pipeline.beam.batching import SortWindowDoFn
 from pipeline.dead_letters import DeadLetter
 from pipeline.readers import InputFile, SourcedRow, read_rows
 from pipeline.store import StoreLayout, encode_token_block
