@@ -51,7 +51,7 @@ from jobs import cli
 from jobs.common import run_started
 from pipeline.dead_letters import DeadLetter
 from encoders.device import pick_device
-from pipeline.beam.encode import TextColumns, TextRow, extract_text, resolve_id
+from pipeline.text_checks import TextColumns, TextRow, extract_text, resolve_id
 from pipeline.outputs import abort_output_on_failure, local_path_or_none, open_output, write_dead_letter_file
 from pipeline.progress import bar_options
 from pipeline.readers import InputFile, check_columns, expand_inputs, read_rows

@@ -20,7 +20,8 @@ from encoders.checkpoint import Student, load_or_build_student
 from encoders.config import baseline_config
 from jobs import cli
 from jobs.common import run_started
-from pipeline.beam.encode import DEAD_LETTER_TAG, DedupeTexts, EncodeSettings, EncodeTexts, ReadRows, TextColumns
+from pipeline.beam.encode import DEAD_LETTER_TAG, DedupeTexts, EncodeSettings, EncodeTexts, ReadRows
+from pipeline.text_checks import TextColumns
 from encoders.device import pick_device
 from pipeline.outputs import WriteDeadLetters, WriteStore, abort_output_on_failure, open_output
 from pipeline.readers import check_columns, expand_inputs, worker_path

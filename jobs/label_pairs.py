@@ -28,8 +28,8 @@ from jobs import cli
 from jobs.common import run_started
 from pipeline.beam.encode import DEAD_LETTER_TAG, ReadRows
 from encoders.device import pick_device
-from pipeline.beam.label import (BASE_COLUMNS, DistillationManifest, ExtractPairs, LabelPairs, LabelSettings,
-                            ReadPrevious, SkipLabeled, WriteDistillationSet, distillation_schema, schema_columns)
+from pipeline.beam.label import ExtractPairs, LabelPairs, LabelSettings, ReadPrevious, SkipLabeled, WriteDistillationSet
+from pipeline.datasets import BASE_COLUMNS, DistillationManifest, distillation_schema, schema_columns
 from pipeline.outputs import WriteDeadLetters, abort_output_on_failure, open_output
 from pipeline.pairs import TextPairColumns, kept_fields
 from pipeline.readers import check_columns, expand_inputs, worker_path

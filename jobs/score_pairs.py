@@ -24,17 +24,18 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import WriteToParquetBatched
 
 from encoders.checkpoint import Student, load_or_build_student
-from encoders.config import baseline_config
+from encoders.config import SIDES, baseline_config
 from jobs import cli
 from jobs.common import run_started
 from jobs.encode_texts import store_layout
-from pipeline.beam.encode import DEAD_LETTER_TAG, DedupeTexts, EncodeSettings, ReadRows, TextColumns
+from pipeline.beam.encode import DEAD_LETTER_TAG, DedupeTexts, EncodeSettings, ReadRows
+from pipeline.text_checks import TextColumns
 from encoders.device import pick_device
 from pipeline.outputs import WriteDeadLetters, WriteStore, abort_output_on_failure, open_output
 from pipeline.pairs import kept_fields
 from pipeline.readers import InputFile, check_columns, expand_inputs, worker_path
 from pipeline.beam.runner import is_local_runner, make_pipeline, validate_beam_args
-from pipeline.beam.score import (LOADED_STUDENTS, PAIRS, SIDES, CompleteStore, DistinctPairTexts, PairColumns, ReadPairs, ScorePairs,
+from pipeline.beam.score import (LOADED_STUDENTS, PAIRS, CompleteStore, DistinctPairTexts, PairColumns, ReadPairs, ScorePairs,
                             ScoreSettings, dedupe_pair_chunks, read_store_tables)
 from pipeline.scoring_core import torch_threads_for
 from pipeline.store import (COMPRESSION, STORE_FILE_PREFIX, STORE_FILE_SUFFIX, StoreLayout, StoreWanted,

@@ -1,5 +1,6 @@
 """The training and evaluation data sets, read into memory: labeled pairs (teacher training, dev,
-evaluation) and distillation sets (``label_pairs`` output, the student's training data).
+evaluation) and distillation sets (``label_pairs`` output, the student's training data), and
+the distillation set's format: its schema, its manifest and what makes two pairs the same.
 
 Rows that cannot be used are kept as dead letters with a reason (the readers' and
 ``pipeline.pairs.extract_text_pair``'s rules, plus ``null_label`` and ``invalid_label``); the
@@ -9,21 +10,27 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
+import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
 from encoders.teacher import TeacherTask
 from pipeline import dead_letters as dl
 from pipeline.dead_letters import DeadLetter
-from pipeline.beam.label import DISTILLATION_FORMAT
 from pipeline.pairs import TextPairColumns, extract_text_pair
 from pipeline.readers import InputError, InputFile, check_columns, read_rows
 from pipeline.store import MANIFEST_FILE
+from pipeline.text_ids import text_id
 
 # Soft labels of a k-class teacher must sum to 1 within this (they are float32 softmax outputs).
 SOFT_LABEL_SUM_TOLERANCE = 1e-3
+# The distillation set's format (``label_pairs`` writes it: pipeline/beam/label.py).
+DISTILLATION_FORMAT = "pairscore-distillation"
+SCHEMA_VERSION = 1
+# Columns every distillation set has (kept columns may not reuse these names).
+BASE_COLUMNS = ("left_id", "right_id", "left", "right", "logit", "soft_label", "logits", "soft_labels", "truncated")
 
 
 # --------------------------------------------------------------------------- labeled pairs
@@ -247,3 +254,58 @@ def distillation_task(paths: Sequence[str]) -> TeacherTask | None:
         raise ValueError(f"--distill sets were labeled for different tasks ({', '.join(p for _, p in tasks.values())}); "
                          "give --task to say how the dev labels are read")
     return next(iter(tasks.values()))[0] if tasks else None
+
+
+def pair_key(left: str, right: str) -> str:
+    """What makes two pairs "the same pair" for ``--previous``: the two texts, in order."""
+    return text_id(left) + text_id(right)
+
+
+def distillation_schema(num_outputs: int, kept: Sequence[pa.Field]) -> pa.Schema:
+    """The output schema for a teacher with ``num_outputs`` logits and the kept columns' fields."""
+    fields = [pa.field("left_id", pa.string()), pa.field("right_id", pa.string()),
+              pa.field("left", pa.string()), pa.field("right", pa.string())]
+    if num_outputs == 1:
+        fields += [pa.field("logit", pa.float32()), pa.field("soft_label", pa.float32())]
+    else:
+        fields += [pa.field("logits", pa.list_(pa.float32())), pa.field("soft_labels", pa.list_(pa.float32()))]
+    return pa.schema([*fields, pa.field("truncated", pa.bool_()), *kept])
+
+
+@dataclass(frozen=True)
+class DistillationManifest:
+    """``DIR/_MANIFEST.json`` of a distillation set: which teacher labeled it, at which temperature,
+    and its columns, so that a later ``--previous`` run (and the student trainer) can check it."""
+    teacher_fingerprint: str
+    teacher: str
+    task: dict[str, Any]
+    num_outputs: int
+    temperature: float
+    columns: dict[str, str]
+    kept_columns: list[str]
+    rows: int
+    files: list[str]
+    previous: str | None = None
+    format: str = DISTILLATION_FORMAT
+    schema_version: int = SCHEMA_VERSION
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def read(cls, directory: str) -> "DistillationManifest":
+        path = FileSystems.join(directory, MANIFEST_FILE)
+        if not FileSystems.exists(path):
+            raise ValueError(f"--previous {directory!r} is not a label_pairs output: it has no {MANIFEST_FILE}")
+        with FileSystems.open(path) as handle:
+            data = json.loads(handle.read().decode("utf-8"))
+        if data.get("format") != DISTILLATION_FORMAT or data.get("schema_version") != SCHEMA_VERSION:
+            raise ValueError(f"--previous {directory!r}: {MANIFEST_FILE} is not a distillation set of schema "
+                             f"version {SCHEMA_VERSION} (format {data.get('format')!r}, version "
+                             f"{data.get('schema_version')!r})")
+        return cls(**data)
+
+
+def schema_columns(schema: pa.Schema) -> dict[str, str]:
+    return {f.name: str(f.type) for f in schema}

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
 
 import pyarrow as pa
 
+from encoders.config import SIDES
 from pipeline.dead_letters import DeadLetter
-from pipeline.beam.encode import TextColumns, extract_text
 from pipeline.readers import JSONL_PROBE_LINES, InputError, InputFile, SourcedRow, open_raw, parquet_file, read_rows
+from pipeline.text_checks import TextColumns, extract_text
 
-SIDES = ("left", "right")
+if TYPE_CHECKING:
+    from pipeline.scoring_core import PairColumns
 
 
 @dataclass(frozen=True)
@@ -156,3 +158,35 @@ def kept_column_values(values: list[Any], field: pa.Field) -> list[Any]:
         raise InputError(f"kept column {field.name!r} holds a {type(bad).__name__} ({bad!r:.80}) but is "
                          f"{field.type} in the output, as decided from the inputs' first rows")
     return values
+
+
+class Pair(NamedTuple):
+    """One pair, validated one row at a time (the reference the columnar core must agree with)."""
+    left_id: str
+    right_id: str
+    kept: tuple
+    row: SourcedRow
+
+
+def extract_pair(row: SourcedRow, columns: PairColumns) -> tuple[Pair, str | None, str | None] | DeadLetter:
+    """Validate one pair row -> (Pair, left text, right text) (texts None in id mode), or why not.
+
+    Reasons are the stage-one ones with the side in front (``left_empty_text``, ``right_null_id``).
+    The pipeline validates whole batches with :func:`pipeline.scoring_core.validate_pairs`, which
+    gives the same reasons; this per-row form is the reference its tests compare against.
+    """
+    ids, texts = [], []
+    for side in SIDES:
+        if columns.id_mode:
+            id_col = columns.left_id if side == "left" else columns.right_id
+            # Reuse stage one's id rules; the id column doubles as a dummy text column.
+            result = extract_text(row, TextColumns(text=id_col, id=id_col))
+        else:
+            result = extract_text(row, TextColumns(text=columns.left if side == "left" else columns.right))
+        if isinstance(result, DeadLetter):
+            reason = result.reason.replace("_text", "_id") if columns.id_mode else result.reason
+            return DeadLetter(f"{side}_{reason}", f"{side} side: {result.detail}", row.source, row.fields)
+        ids.append(result.id)
+        texts.append(None if columns.id_mode else result.text)
+    kept = tuple(row.fields.get(name) for name in columns.keep)
+    return Pair(ids[0], ids[1], kept, row), texts[0], texts[1]

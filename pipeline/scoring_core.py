@@ -35,11 +35,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from encoders.config import SIDES
 from pipeline.dead_letters import DeadLetter
 from pipeline.text_checks import blank_mask
 from pipeline.text_ids import text_id
 
-SIDES = ("left", "right")
 REASON_KEPT_COLUMN_TYPE = "kept_column_type"
 REASON_TEXT_MISSING = "text_missing"
 

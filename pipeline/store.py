@@ -35,6 +35,8 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from encoders.config import SIDES
+
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "_MANIFEST.json"
 STORE_FILE_PREFIX = "part"
@@ -297,9 +299,6 @@ class OpenedStore:
     directory: str
     manifest: StoreManifest
     files: tuple[str, ...]
-
-
-SIDES = ("left", "right")
 
 
 def open_store_side(store_root: str, side: str, wanted: StoreWanted) -> OpenedStore:
