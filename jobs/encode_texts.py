@@ -23,11 +23,13 @@ from jobs.common import run_started
 from pipeline.beam.encode import DEAD_LETTER_TAG, DedupeTexts, EncodeSettings, EncodeTexts, ReadRows
 from pipeline.text_checks import TextColumns
 from encoders.device import pick_device
-from pipeline.outputs import WriteDeadLetters, WriteStore, abort_output_on_failure, open_output
+from pipeline.beam.writes import WriteDeadLetters, WriteStore
+from pipeline.outputs import abort_output_on_failure, open_output
 from pipeline.readers import check_columns, expand_inputs, worker_path
 from pipeline.beam.runner import make_pipeline, validate_beam_args
 from pipeline.store import StoreLayout, count_rows, store_files, write_manifest
-from pipeline.summary import RunSummary, read_counters, split_dead_letters
+from pipeline.beam.counters import read_counters, split_dead_letters
+from pipeline.summary import RunSummary
 
 JOB_NAME = "encode_texts"
 

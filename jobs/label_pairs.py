@@ -30,12 +30,14 @@ from pipeline.beam.encode import DEAD_LETTER_TAG, ReadRows
 from encoders.device import pick_device
 from pipeline.beam.label import ExtractPairs, LabelPairs, LabelSettings, ReadPrevious, SkipLabeled, WriteDistillationSet
 from pipeline.datasets import BASE_COLUMNS, DistillationManifest, distillation_schema, schema_columns
-from pipeline.outputs import WriteDeadLetters, abort_output_on_failure, open_output
+from pipeline.beam.writes import WriteDeadLetters
+from pipeline.outputs import abort_output_on_failure, open_output
 from pipeline.pairs import TextPairColumns, kept_fields
 from pipeline.readers import check_columns, expand_inputs, worker_path
 from pipeline.beam.runner import make_pipeline, validate_beam_args
 from pipeline.store import MANIFEST_FILE, count_rows, store_files
-from pipeline.summary import RunSummary, read_counters, split_dead_letters
+from pipeline.beam.counters import read_counters, split_dead_letters
+from pipeline.summary import RunSummary
 
 JOB_NAME = "label_pairs"
 

@@ -31,7 +31,8 @@ from jobs.encode_texts import store_layout
 from pipeline.beam.encode import DEAD_LETTER_TAG, DedupeTexts, EncodeSettings, ReadRows
 from pipeline.text_checks import TextColumns
 from encoders.device import pick_device
-from pipeline.outputs import WriteDeadLetters, WriteStore, abort_output_on_failure, open_output
+from pipeline.beam.writes import WriteDeadLetters, WriteStore
+from pipeline.outputs import abort_output_on_failure, open_output
 from pipeline.pairs import kept_fields
 from pipeline.readers import InputFile, check_columns, expand_inputs, worker_path
 from pipeline.beam.runner import is_local_runner, make_pipeline, validate_beam_args
@@ -40,7 +41,8 @@ from pipeline.beam.score import (LOADED_STUDENTS, PAIRS, CompleteStore, Distinct
 from pipeline.scoring_core import torch_threads_for
 from pipeline.store import (COMPRESSION, STORE_FILE_PREFIX, STORE_FILE_SUFFIX, StoreLayout, StoreWanted,
                             count_rows, open_store_side, store_files, write_manifest)
-from pipeline.summary import RunSummary, read_counters, split_dead_letters
+from pipeline.beam.counters import read_counters, split_dead_letters
+from pipeline.summary import RunSummary
 
 JOB_NAME = "score_pairs"
 JOINS = ("auto", "broadcast", "shuffle")

@@ -57,15 +57,13 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable, Mapping, Sequence, TypeVar
 
-import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.io.parquetio import WriteToParquet, WriteToParquetBatched
 
 from encoders.remote import atomic_directory  # noqa: F401  (the checkpoints' commit; lives below pipeline/)
 from pipeline.dead_letters import DEAD_LETTER_SCHEMA, DeadLetter
-from pipeline.store import COMPRESSION, MANIFEST_FILE, STORE_FILE_PREFIX, STORE_FILE_SUFFIX, StoreLayout
+from pipeline.store import COMPRESSION, MANIFEST_FILE, STORE_FILE_PREFIX, STORE_FILE_SUFFIX
 
 DEAD_LETTER_DIR = "_dead_letter"
 SUMMARY_FILE = "_SUMMARY.json"
@@ -595,35 +593,6 @@ def _exit_on_sigterm():
 
 
 # --------------------------------------------------------------------------- writers
-
-
-class WriteStore(beam.PTransform):
-    """pyarrow Tables of store rows -> ``DIR/part-*.parquet`` (zstd)."""
-
-    def __init__(self, directory: str, layout: StoreLayout):
-        super().__init__()
-        self._directory = directory
-        self._layout = layout
-
-    def expand(self, tables):
-        return tables | "WriteStoreParquet" >> WriteToParquetBatched(
-            FileSystems.join(self._directory, STORE_FILE_PREFIX), schema=self._layout.schema(),
-            codec=COMPRESSION, file_name_suffix=STORE_FILE_SUFFIX)
-
-
-class WriteDeadLetters(beam.PTransform):
-    """DeadLetter -> ``DIR/_dead_letter/part-*.parquet`` (see pipeline/dead_letters.py)."""
-
-    def __init__(self, directory: str):
-        super().__init__()
-        self._directory = directory
-
-    def expand(self, letters):
-        return (letters
-                | "ToRecords" >> beam.Map(DeadLetter.to_record)
-                | "WriteDeadLetterParquet" >> WriteToParquet(
-                    FileSystems.join(self._directory, DEAD_LETTER_DIR, STORE_FILE_PREFIX),
-                    schema=DEAD_LETTER_SCHEMA, codec=COMPRESSION, file_name_suffix=STORE_FILE_SUFFIX))
 
 
 def write_dead_letter_file(directory: str, letters: Sequence[DeadLetter]) -> str:

@@ -11,9 +11,8 @@ from typing import Iterator, Sequence
 
 import apache_beam as beam
 import pyarrow as pa
-from apache_beam.metrics import Metrics
 
-from pipeline import progress
+from pipeline.beam.counters import counter, dead_letter_counter
 from pipeline.beam.batching import SortWindowDoFn
 from pipeline.dead_letters import DeadLetter
 from pipeline.readers import InputFile, SourcedRow, read_rows
@@ -21,39 +20,7 @@ from pipeline.store import StoreLayout, encode_token_block
 from pipeline.text_checks import TextColumns, UniqueText, extract_text, resolve_id
 from pipeline.text_ids import text_id
 
-COUNTER_NAMESPACE = "pairscore"
 DEAD_LETTER_TAG = "dead_letter"
-
-
-def counter(name: str, prefix: str = ""):
-    """A Beam counter. ``prefix`` keeps apart the counts of several inputs of one job
-    (``pairs.``, ``left.``): counters with one name are summed across steps. The ones the
-    progress line shows (``pipeline.progress.LABELS``) also count there."""
-    beam_counter = Metrics.counter(COUNTER_NAMESPACE, prefix + name)
-    return _ProgressCounter(beam_counter, prefix + name) if prefix + name in progress.LABELS else beam_counter
-
-
-class _ProgressCounter:
-    """A Beam counter whose increments also go to this process's progress tally: one integer
-    add per call (it is called per row), which the reporter's thread reads."""
-
-    def __init__(self, beam_counter, name: str):
-        self._counter = beam_counter
-        self._name = name
-        self._tally: list[int] | None = None
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_tally": None}  # a tally belongs to the process that made it
-
-    def inc(self, n: int = 1) -> None:
-        self._counter.inc(n)
-        if self._tally is None:
-            self._tally = progress.tally(self._name)
-        self._tally[0] += n
-
-
-def dead_letter_counter(reason: str, prefix: str = ""):
-    return counter(f"dead_letter.{reason}", prefix)
 
 
 # --------------------------------------------------------------------------- reading

@@ -35,7 +35,8 @@ from apache_beam.io.parquetio import ReadFromParquetBatched, WriteToParquetBatch
 from pipeline.beam.batching import SortWindowDoFn
 from pipeline.datasets import pair_key
 from pipeline.dead_letters import DeadLetter
-from pipeline.beam.encode import DEAD_LETTER_TAG, counter, dead_letter_counter
+from pipeline.beam.counters import counter, dead_letter_counter
+from pipeline.beam.encode import DEAD_LETTER_TAG
 from pipeline.pairs import TextPair, TextPairColumns, extract_text_pair, kept_column_values
 from pipeline.readers import SourcedRow
 from pipeline.store import COMPRESSION, STORE_FILE_PREFIX, STORE_FILE_SUFFIX

@@ -22,8 +22,6 @@ counted under ``pairs.``.
 """
 from __future__ import annotations
 
-import os
-import socket
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -37,7 +35,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.utils import shared
 
 from pipeline.dead_letters import DeadLetter
-from pipeline.beam.encode import DEAD_LETTER_TAG, EncodeSettings, EncodeTexts, counter, dead_letter_counter
+from pipeline.beam.counters import counter, dead_letter_counter, worker_counter
+from pipeline.beam.encode import DEAD_LETTER_TAG, EncodeSettings, EncodeTexts
 from pipeline.readers import InputFile, ReadSlice, read_parquet_slice, read_row_batches, read_slices
 from pipeline.scoring_core import (HeadScorer, PairColumns, StoreLookup, id_hashes, missing_letters,
                                    partition, prepare_pairs, score_pairs, score_table, side_arrays, store_columns,
@@ -47,14 +46,6 @@ from pipeline.text_checks import UniqueText
 from pipeline.text_ids import text_id
 
 PAIRS = "pairs."
-# Rows read and scored per worker process (``read.HOST:PID``), apart from the job's own counters:
-# they show how the work spread (benchmarks/score_pairs.py reports them).
-WORKER_NAMESPACE = "pairscore.workers"
-
-
-def worker_counter(stage: str):
-    from apache_beam.metrics import Metrics
-    return Metrics.counter(WORKER_NAMESPACE, f"{stage}.{socket.gethostname()}:{os.getpid()}")
 
 
 # --------------------------------------------------------------------------- pairs
