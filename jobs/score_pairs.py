@@ -36,7 +36,7 @@ from pipeline.outputs import abort_output_on_failure, open_output
 from pipeline.pairs import kept_fields
 from pipeline.readers import InputFile, check_columns, expand_inputs, worker_path
 from pipeline.beam.runner import is_local_runner, make_pipeline, validate_beam_args
-from pipeline.beam.score import (LOADED_STUDENTS, PAIRS, CompleteStore, DistinctPairTexts, PairColumns, ReadPairs, ScorePairs,
+from pipeline.beam.score import (PAIRS, CompleteStore, DistinctPairTexts, PairColumns, ReadPairs, ScorePairs,
                             ScoreSettings, dedupe_pair_chunks, read_store_tables)
 from pipeline.scoring_core import torch_threads_for
 from pipeline.store import (COMPRESSION, STORE_FILE_PREFIX, STORE_FILE_SUFFIX, StoreLayout, StoreWanted,
@@ -259,20 +259,14 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
                                    threads=(torch_threads_for(processes) if (processes := worker_processes(beam_args))
                                             else None),
                                    buckets=buckets)
-    # In-process workers take the head from here instead of loading the checkpoint again. The
-    # fingerprint is taken first: the workers share the head module (and may move it to the GPU).
-    LOADED_STUDENTS[score_settings.run_token] = student if student.fingerprint else None
     scored = pairs | "ScorePairs" >> ScorePairs(score_settings, join, side_tables["left"], side_tables["right"],
                                                   job.accelerator)
     scored["scores"] | "WriteScores" >> WriteToParquetBatched(
         out.staged(SCORES_DIR, STORE_FILE_PREFIX), schema=schema, codec=COMPRESSION, file_name_suffix=STORE_FILE_SUFFIX)
     dead_letters.append(scored[DEAD_LETTER_TAG])
     tuple(dead_letters) | "AllDeadLetters" >> beam.Flatten() | "WriteDeadLetters" >> WriteDeadLetters(out.staged())
-    try:
-        result = pipeline.run()
-        result.wait_until_finish()   # the commit below runs here, in the launching process
-    finally:
-        LOADED_STUDENTS.pop(score_settings.run_token, None)
+    result = pipeline.run()
+    result.wait_until_finish()   # the commit below runs here, in the launching process
 
     counters = read_counters(result)
     pair_counts, pair_dead = split_dead_letters(counters, PAIRS)

@@ -506,22 +506,6 @@ class HeadScorer:
         # placeholders of the right shape: its pairs cost no token gather, conversion or copy.
         self.reads_tokens = getattr(student.head, "reads_tokens", True)
 
-    @classmethod
-    def load(cls, model_dir: str | None, device: str = "cpu", batch_size: int = 8192,
-             threads: int | None = None, loaded=None) -> "HeadScorer":
-        """Load a student (None = the zero-training baseline) for scoring: the head only.
-        ``loaded``: the same student already in this process (it is not loaded again)."""
-        import torch
-        from encoders.checkpoint import Student, load_or_build_student
-        from encoders.config import baseline_config
-
-        if threads:
-            torch.set_num_threads(threads)
-        student = loaded if loaded is not None else load_or_build_student(model_dir, baseline_config())
-        # Only the head runs here; the encoder's weights are not needed on scoring workers.
-        head_only = Student(student.config, None, student.head)
-        return cls(head_only.to(device).eval(), device, batch_size)
-
     def _tensor(self, array: np.ndarray | None):
         if array is None:
             return None

@@ -10,9 +10,11 @@ from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import apache_beam as beam
+from apache_beam.utils import shared
 import pyarrow as pa
 
 from pipeline.beam.counters import counter, dead_letter_counter
+from pipeline.beam.models import EncoderHandler, acquire
 from pipeline.beam.batching import SortWindowDoFn
 from pipeline.dead_letters import DeadLetter
 from pipeline.readers import InputFile, SourcedRow, read_rows
@@ -159,32 +161,26 @@ class _EncodeTextsDoFn(SortWindowDoFn):
         self._settings = settings
         self._layout = layout
         self._schema = layout.schema()
+        # The side's encoder, loaded once per worker process (pipeline/beam/models.py).
+        self._handler = EncoderHandler(settings.model_dir, settings.side, settings.device)
+        self._shared = shared.Shared()
         self.encoded = counter("texts_encoded", prefix)
         self.truncated = counter("texts_truncated", prefix)
 
     def setup(self):
-        import torch
-        from encoders import device
-        from encoders.checkpoint import load_or_build_student
-        from encoders.config import baseline_config
         from encoders.inference import length_order
 
-        self._torch = torch
         self._length_order = length_order
-        self._device = device.pick_device(self._settings.device)
-        student = load_or_build_student(self._settings.model_dir, baseline_config())
-        self._encoder = student.encoder.side(self._settings.side).to(self._device).eval()
-        # Mixed precision on GPU in the store's float16 (encoders/device.py): the encoder is the
-        # cost of stage one, and float16 stores lose nothing to it.
-        self._autocast = lambda: device.autocast(self._device, store=True)
+        self._model = acquire(self._shared, self._handler.load_model, self._handler.tag)
 
     def flush(self, texts: list[UniqueText]) -> pa.Table:
-        tokenized = self._encoder.tokenize([t.text for t in texts])
+        model, encoder = self._model, self._model.encoder
+        with model.lock:
+            tokenized = encoder.tokenize([t.text for t in texts])
         columns: dict[str, list] = {name: [] for name in self._schema.names}
         for batch_index in self._length_order(tokenized, self._settings.batch_size):
-            batch = self._encoder.collate([tokenized[i] for i in batch_index]).to(self._device)
-            with self._torch.inference_mode(), self._autocast():
-                encoded = self._encoder(batch.input_ids, batch.attention_mask)
+            batch = encoder.collate([tokenized[i] for i in batch_index]).to(model.device)
+            encoded = self._handler.run_inference(batch, model)
             token_bytes, scales = encode_token_block(encoded.tokens.float().cpu().numpy(), self._layout.dtype)
             pooled = (encoded.pooled.float().cpu().numpy().astype("<f2") if encoded.pooled is not None else None)
             for position, i in enumerate(batch_index):

@@ -37,8 +37,9 @@ from apache_beam.utils import shared
 from pipeline.dead_letters import DeadLetter
 from pipeline.beam.counters import counter, dead_letter_counter, worker_counter
 from pipeline.beam.encode import DEAD_LETTER_TAG, EncodeSettings, EncodeTexts
+from pipeline.beam.models import HeadHandler
 from pipeline.readers import InputFile, ReadSlice, read_parquet_slice, read_row_batches, read_slices
-from pipeline.scoring_core import (HeadScorer, PairColumns, StoreLookup, id_hashes, missing_letters,
+from pipeline.scoring_core import (PairColumns, StoreLookup, id_hashes, missing_letters,
                                    partition, prepare_pairs, score_pairs, score_table, side_arrays, store_columns,
                                    table_from_rows)
 from pipeline.store import StoreLayout
@@ -298,19 +299,14 @@ class ScoreSettings:
     run_token: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
-# Students the launching process has loaded, by run token: an in-process runner's workers use
-# them instead of loading the same checkpoint again (worker processes find nothing here and load).
-LOADED_STUDENTS: dict[str, object] = {}
-
-
 class _Worker:
     """What one worker process holds for scoring: the student's head and, for the broadcast
     join, both stores' lookups; built once per process and shared by its DoFn threads."""
 
     def __init__(self, settings: ScoreSettings):
-        from encoders.device import pick_device
-        self.scorer = HeadScorer.load(settings.model_dir, pick_device(settings.device), settings.batch_size,
-                                      settings.threads, loaded=LOADED_STUDENTS.get(settings.run_token))
+        # The head alone (pipeline/beam/models.py): a scoring worker never loads the encoder.
+        self.scorer = HeadHandler(settings.model_dir, settings.device, settings.batch_size,
+                                  settings.threads).load_model()
         self._settings = settings
         self._lookups = None
         self._lock = threading.Lock()
