@@ -25,15 +25,20 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from encoders.checkpoint import Student, save_student
-from encoders.config import SIDES
+from encoders.config import SIDES, StudentConfig
 from encoders.device import autocast, grad_scaler
 from encoders.frozen_states import FrozenStates
 from encoders.inference import Pairs, encode_pool, pair_logits
 from encoders.metrics import selection_score, task_metrics
+from encoders.sources import load_config
 from encoders.teacher import TeacherTask
 from encoders.training import EpochProgress, length_grouped_batches, make_adamw, optimizer_step
+from heads import HEAD_NAMES
 
 LOSSES = ("ce", "mse")
+# The heads a student can be trained with; pooled-cos has no parameters (it is the zero-training
+# baseline).
+TRAINABLE_HEADS = tuple(name for name in HEAD_NAMES if name != "pooled-cos")
 # Training pairs whose cosines calibrate the cosine skip when no stage-1 cache has them all.
 COSINE_FIT_PAIRS = 8192
 
@@ -366,3 +371,33 @@ def first_pairs(batches: list[list[int]], count: int) -> list[list[int]]:
 
 def _copy_state(student: Student) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in student.state_dict().items()}
+
+
+def resolve_task(name: str | None, label_range: tuple[float, float] | None, num_outputs: int,
+                 from_manifest: TeacherTask | None) -> TeacherTask:
+    """How dev (and human) labels are read: the task ``name`` (``--task``, with ``label_range``),
+    else the distillation set's manifest, else binary for one-output sets and classes for k-output
+    ones. It must give ``num_outputs`` logits."""
+    if name is not None:
+        task = TeacherTask(name, label_range=label_range, num_classes=num_outputs if name == "classes" else None)
+    elif from_manifest is not None:
+        task = from_manifest
+    else:
+        task = (TeacherTask("binary") if num_outputs == 1 else TeacherTask("classes", num_classes=num_outputs))
+    if task.num_outputs != num_outputs:
+        raise ValueError(f"task {task.task!r} needs {task.num_outputs} output(s) but the distillation set has "
+                         f"{num_outputs} soft label(s) per pair")
+    return task
+
+
+def check_encoder(config: StudentConfig) -> None:
+    """The encoder exists and has at least K layers (its config only; the weights load later)."""
+    try:
+        encoder_config = load_config(config.encoder)
+    except OSError as err:
+        raise ValueError(f"--encoder {config.encoder!r} cannot be loaded (a local Hugging Face directory or a "
+                         f"cached hub id): {err}") from err
+    available = encoder_config.num_hidden_layers
+    if config.encoder_layers is not None and config.encoder_layers > available:
+        raise ValueError(f"--layers {config.encoder_layers} is not allowed for {config.encoder!r}: it has "
+                         f"{available} layers, choose 1..{available}")

@@ -18,12 +18,6 @@ texts, DiPair's setting). Both are plain PyTorch in this process (no Beam, no st
 """
 from __future__ import annotations
 
-if __name__ == "__main__":
-    # `python -m jobs.evaluate`: the command line (jobs/cli.py, light) parses the flags before the
-    # imports below run, and imports this module by name only to run the job.
-    from jobs.cli import main_module
-    main_module("evaluate")
-
 import json
 import math
 import os
@@ -31,29 +25,22 @@ import platform
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any
+
 
 import click
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-import torch
 
-from encoders.device import pick_device
-from encoders.evaluation import (BASELINE, MAIN_METRICS, BatchSizes, Scored, agreement, load_model, model_kind,
-                                 quality, score_model, speed)
-from encoders.inference import Pairs
-from encoders.teacher import TeacherTask
-from jobs import cli
-from jobs.common import run_started
-from pipeline.datasets import LabeledPairs, read_labeled_pairs
-from pipeline.dead_letters import DeadLetter
-from pipeline.outputs import abort_output_on_failure, local_path_or_none, open_output, write_dead_letter_file
-from pipeline.pairs import TextPairColumns
-from pipeline.readers import check_columns, expand_inputs
-from pipeline.report import write_report
-from pipeline.store import COMPRESSION
-from pipeline.summary import RunSummary
+from jobs.common import (ARGV_KEY, FORMATS, JobCommand, PLAIN_JOB_CONTEXT, abort_output_on_failure, device_option,
+                        main_module, output_option, overwrite_option, parse_label_range, run_job, run_options,
+                        run_started)
+
+if TYPE_CHECKING:  # annotations only: the imports run inside the functions
+    from encoders.evaluation import Scored
+    from encoders.inference import Pairs
+    from encoders.teacher import TeacherTask
+    from pipeline.datasets import LabeledPairs
+    from pipeline.summary import RunSummary
+
 
 JOB_NAME = "evaluate"
 METRICS_FILE = "metrics.json"
@@ -94,6 +81,8 @@ class EvaluateJob:
             raise ValueError("--task graded needs --label-range LOW,HIGH (e.g. 0,5 for STS-B)")
 
     def label_task(self) -> TeacherTask:
+        from encoders.teacher import TeacherTask
+
         return TeacherTask(self.task, label_range=self.label_range)
 
 
@@ -102,6 +91,8 @@ class EvaluateJob:
 def parse_model_spec(spec: str) -> tuple[str, str]:
     """``baseline``, ``DIR`` or ``NAME=DIR`` -> (name, source). The name defaults to the
     directory's base name."""
+    from encoders.evaluation import BASELINE
+
     name, sep, source = spec.partition("=")
     if not sep:
         name, source = (BASELINE if spec == BASELINE else os.path.basename(os.path.normpath(spec))), spec
@@ -110,11 +101,72 @@ def parse_model_spec(spec: str) -> tuple[str, str]:
     return name, source
 
 
+# --------------------------------------------------------------------------- the command line
+
+@click.command("evaluate", cls=JobCommand, context_settings=PLAIN_JOB_CONTEXT)
+@click.option("--pairs", multiple=True, required=True, metavar="PATH",
+              help="Labeled pairs to evaluate on: a path, glob or Beam filesystem path; repeat for more.")
+@click.option("--model", "models", multiple=True, required=True, metavar="[NAME=]DIR|baseline",
+              help="A model to evaluate; repeat for more: a teacher checkpoint (train_teacher output or any Hugging "
+                   "Face sequence-classification cross-encoder), a student checkpoint (train_student output), or "
+                   "`baseline` for the zero-training cosine of the packaged MiniLM. NAME=DIR names it in the report "
+                   "(default: the directory's name).")
+@click.option("--dev", multiple=True, metavar="PATH",
+              help="Labeled pairs on which the accuracy/F1 threshold of each model is chosen. Without it the threshold "
+                   "is chosen on --pairs themselves (optimistic); the report says which.")
+@click.option("--format", type=click.Choice(FORMATS), default=None,
+              help="Read every input as this format, whatever its extension.")
+@click.option("--left-col", default="left", show_default=True, help="Column holding the left text.")
+@click.option("--right-col", default="right", show_default=True, help="Column holding the right text.")
+@click.option("--label-col", default="label", show_default=True, help="Column holding the label.")
+@click.option("--task", type=click.Choice(["binary", "graded"]), default="binary", show_default=True,
+              help="binary: labels 0/1 (AUC, accuracy, F1). graded: numbers in --label-range (Pearson, Spearman).")
+@click.option("--label-range", default=None, metavar="LOW,HIGH", help="graded only: the range of the labels.")
+@click.option("--batch-size", type=int, default=64, show_default=True, help="Pairs per teacher batch.")
+@click.option("--encode-batch-size", type=int, default=128, show_default=True, help="Texts per student encoder batch.")
+@click.option("--head-batch-size", type=int, default=8192, show_default=True, help="Pairs per student head batch.")
+@device_option("Where models run; auto = CUDA when present (mixed precision). Speeds are of this device.")
+@click.option("--limit", type=int, default=None, metavar="N",
+              help="Read at most N rows from each of --pairs and --dev (quick runs).")
+@output_option("Directory to create: report.md, *.png, metrics.json, scores.parquet, _dead_letter/, _SUMMARY.json, "
+               "_SUCCESS.")
+@overwrite_option
+@run_options
+@click.pass_context
+def main(ctx: click.Context, quiet: bool, verbose: bool, **flags) -> None:
+    """Evaluate teachers, students and the baseline on labeled pairs: quality, agreement, speed, plots."""
+    def go() -> str:
+        import json
+
+        label_range = parse_label_range(flags.pop("label_range"))
+        from pipeline.report import results_table
+        job = EvaluateJob(pairs=tuple(flags.pop("pairs")), models=tuple(flags.pop("models")),
+                          dev=tuple(flags.pop("dev")), label_range=label_range, **flags)
+        summary = run(job, ctx.meta[ARGV_KEY])
+        with open(os.path.join(job.output, METRICS_FILE), encoding="utf-8") as handle:
+            return summary.table() + "\n" + results_table(json.load(handle))
+    run_job(go, name="evaluate", quiet=quiet, verbose=verbose)
+
+
 # --------------------------------------------------------------------------- the job
 
 @abort_output_on_failure
 def run(job: EvaluateJob, argv: list[str] | None = None) -> RunSummary:
     """Check, load every model, score, measure, write the report."""
+    import numpy as np
+    import torch
+    from encoders.device import pick_device
+    from encoders.evaluation import (MAIN_METRICS, BatchSizes, Scored, agreement, load_model, model_kind, quality,
+                                     score_model, speed)
+    from encoders.inference import Pairs
+    from pipeline.datasets import read_labeled_pairs
+    from pipeline.dead_letters import count_reasons
+    from pipeline.outputs import local_path_or_none, open_output, write_dead_letter_file
+    from pipeline.pairs import TextPairColumns
+    from pipeline.readers import check_columns, expand_inputs
+    from pipeline.report import write_report
+    from pipeline.summary import RunSummary
+
     job.check()
     device = pick_device(job.device)
     specs = [parse_model_spec(spec) for spec in job.models]
@@ -212,7 +264,7 @@ def run(job: EvaluateJob, argv: list[str] | None = None) -> RunSummary:
     summary = RunSummary(
         job=JOB_NAME, arguments=list(argv if argv is not None else sys.argv[1:]), output=job.output,
         model_fingerprints={m.name: m.fingerprint for m in models}, wall_seconds=round(time.monotonic() - started, 3),
-        counts=counts, dead_letters=_by_reason(dead), reconciliation=reconciliation, notes=notes,
+        counts=counts, dead_letters=count_reasons(dead), reconciliation=reconciliation, notes=notes,
         metrics={name: {"quality": r["quality"], "pairs_per_second": r["speed"]["pairs_per_second"]}
                  for name, r in results.items()})
     out.commit(summary)
@@ -222,22 +274,22 @@ def run(job: EvaluateJob, argv: list[str] | None = None) -> RunSummary:
 def write_scores(path: str, labeled: LabeledPairs, pairs: Pairs, scored: dict[str, Scored]) -> None:
     """Every model's score per evaluated pair, next to the texts and the target: one Parquet file
     anyone can load to dig into disagreements."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from pipeline.store import COMPRESSION
+
     columns = {"left": labeled.lefts, "right": labeled.rights, "target": labeled.targets}
     columns.update({f"score:{name}": s.scores.astype(np.float32) for name, s in scored.items()})
     pq.write_table(pa.table(columns), path, compression=COMPRESSION)
-
-
-def _by_reason(letters: Sequence[DeadLetter]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for letter in letters:
-        counts[letter.reason] = counts.get(letter.reason, 0) + 1
-    return dict(sorted(counts.items()))
 
 
 def _strict_json(value: Any) -> Any:
     """``value`` with numpy scalars as Python numbers, NaN (an undefined correlation or AUC) as null
     and infinities (a threshold above every score: nothing predicted positive) as the strings
     "inf" / "-inf", so metrics.json is JSON every parser reads."""
+    import numpy as np
+
     if isinstance(value, dict):
         return {k: _strict_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -251,6 +303,5 @@ def _strict_json(value: Any) -> Any:
     return value
 
 
-# The command line is declared in jobs/cli.py (light, so that --help and bad arguments answer
-# before the imports above); ``main`` is kept for callers of ``jobs.evaluate.main``.
-main = cli.evaluate
+if __name__ == "__main__":  # python -m jobs.evaluate
+    main_module("evaluate")

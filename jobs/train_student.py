@@ -25,47 +25,29 @@ projected size.
 """
 from __future__ import annotations
 
-if __name__ == "__main__":
-    # `python -m jobs.train_student`: the command line (jobs/cli.py, light) parses the flags before the
-    # imports below run, and imports this module by name only to run the job.
-    from jobs.cli import main_module
-    main_module("train_student")
-
 import random
 import sys
 import time
-from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
+import click
 
-from encoders.checkpoint import Student, build_student, load_student
-from encoders.config import SIDES, StudentConfig
-from encoders.device import pick_device
-from encoders.distill import LOSSES, DistillConfig, Examples, Trainer, loss_floor, plan_stages
-from encoders.frozen_states import FrozenStates
-from encoders.inference import Pairs
-from encoders.metrics import MAIN_METRIC
-from encoders.sources import DEFAULT_ENCODER
-from encoders.teacher import TASKS, TeacherTask
-from heads import HEAD_NAMES, build_head
-from jobs import cli
-from jobs.common import run_started
-from pipeline.datasets import (distillation_columns, distillation_task, first_width, present_columns,
-                               read_distillation_set, read_labeled_pairs)
-from pipeline.dead_letters import DeadLetter
-from pipeline.outputs import abort_output_on_failure, local_path_or_none, open_output, write_dead_letter_file
-from pipeline.pairs import TextPairColumns
-from pipeline.progress import bar_options
-from pipeline.readers import InputFile, check_columns, expand_inputs
-from pipeline.summary import RunSummary
+from jobs.common import (ARGV_KEY, DEFAULT_ENCODER, FORMATS, JobCommand, PLAIN_JOB_CONTEXT, STUDENT_HEADS,
+                        STUDENT_LOSSES, TASKS, abort_output_on_failure, device_option, main_module, output_option,
+                        overwrite_option, parse_head_options, parse_label_range, run_job, run_options, run_started)
+
+if TYPE_CHECKING:  # annotations only: the imports run inside the functions
+    from encoders.checkpoint import Student
+    from encoders.config import StudentConfig
+    from encoders.distill import DistillConfig
+    from pipeline.summary import RunSummary
+
 
 JOB_NAME = "train_student"
-# The heads a student can be trained with; pooled-cos has no parameters (it is the zero-training
-# baseline, ``baseline`` in jobs.evaluate).
-TRAINABLE_HEADS = tuple(name for name in HEAD_NAMES if name != "pooled-cos")
+# The heads a student can be trained with (encoders.distill.TRAINABLE_HEADS); pooled-cos has no
+# parameters (it is the zero-training baseline, ``baseline`` in jobs.evaluate).
+TRAINABLE_HEADS = STUDENT_HEADS
 # FFNN width used when --head-layers sets the depth of an FFNN head (DiPair §4.2: x128x128).
 FFNN_WIDTH = 128
 
@@ -142,7 +124,7 @@ class TrainStudentJob:
         if self.stages not in (1, 2):
             raise ValueError(f"--stages {self.stages!r} is not allowed: 2 (encoder frozen first, DiPair's "
                              "schedule) or 1 (everything trains from the start)")
-        if self.loss not in LOSSES:
+        if self.loss not in STUDENT_LOSSES:
             raise ValueError(f"--loss {self.loss!r} is not allowed: ce (cross-entropy on the soft labels, DiPair "
                              "eq. 1) or mse (on the logits)")
         for flag, value in (("--lr", self.lr), ("--stage2-lr", self.stage2_lr), ("--encoder-lr", self.encoder_lr)):
@@ -162,6 +144,8 @@ class TrainStudentJob:
 
     def student_config(self, num_outputs: int = 1) -> StudentConfig:
         """The StudentConfig these flags describe (ValueError naming a bad size)."""
+        from encoders.config import StudentConfig
+
         return StudentConfig(
             encoder=self.encoder, encoder_layers=self.layers, shared_encoder=not self.separate_encoders,
             left_tokens=self.n, right_tokens=self.m, left_max_length=self.left_max_length,
@@ -171,6 +155,9 @@ class TrainStudentJob:
 
     def distill_config(self) -> DistillConfig:
         """How these flags distil the student (encoders.distill reads this, never the job)."""
+        from encoders.distill import DistillConfig
+        from pipeline.progress import bar_options
+
         return DistillConfig(
             stages=self.stages, loss=self.loss, human_label_weight=self.human_label_weight,
             stage1_epochs=self.stage1_epochs, patience=self.patience, stage2_epochs=self.stage2_epochs,
@@ -198,20 +185,127 @@ def head_options_for(head: str, layers: int | None, options: dict[str, Any]) -> 
     return options
 
 
-def resolve_task(job: TrainStudentJob, num_outputs: int, from_manifest: TeacherTask | None) -> TeacherTask:
-    """How dev (and human) labels are read: ``--task``, else the distillation set's manifest, else
-    binary for one-output sets and classes for k-output ones. It must give ``num_outputs`` logits."""
-    if job.task is not None:
-        task = TeacherTask(job.task, label_range=job.label_range,
-                           num_classes=num_outputs if job.task == "classes" else None)
-    elif from_manifest is not None:
-        task = from_manifest
-    else:
-        task = (TeacherTask("binary") if num_outputs == 1 else TeacherTask("classes", num_classes=num_outputs))
-    if task.num_outputs != num_outputs:
-        raise ValueError(f"task {task.task!r} needs {task.num_outputs} output(s) but the distillation set has "
-                         f"{num_outputs} soft label(s) per pair")
-    return task
+# --------------------------------------------------------------------------- the command line
+
+@click.command("train-student", cls=JobCommand, context_settings=PLAIN_JOB_CONTEXT)
+@click.option("--distill", multiple=True, required=True, metavar="PATH",
+              help="The distillation set: a label_pairs output directory (or its files, a glob, a Beam filesystem "
+                   "path); repeat for more. Columns left, right, soft_label and logit (soft_labels and logits for "
+                   "k-class teachers).")
+@click.option("--dev", multiple=True, required=True, metavar="PATH",
+              help="Labeled dev pairs (--label-col), evaluated after every epoch; the best epoch is kept.")
+@click.option("--format", type=click.Choice(FORMATS), default=None,
+              help="Read every input as this format, whatever its extension.")
+@click.option("--left-col", default="left", show_default=True, help="Column holding the left text.")
+@click.option("--right-col", default="right", show_default=True, help="Column holding the right text.")
+@click.option("--label-col", default="label", show_default=True, help="Column holding the dev label.")
+@click.option("--task", type=click.Choice(TASKS), default=None,
+              help="How dev (and human) labels are read. Default: the teacher's task from the distillation set's "
+                   "_MANIFEST.json; without one, binary (classes for k-class soft labels).")
+@click.option("--label-range", default=None, metavar="LOW,HIGH",
+              help="graded only: the label range mapped to [0, 1], e.g. 0,5 for STS-B.")
+@click.option("--human-label-col", default=None, metavar="COL",
+              help="A column of the distillation set with human labels (e.g. label_pairs --keep-cols label). Pairs "
+                   "with one learn from both; pairs without (mined pairs) from the teacher alone.")
+@click.option("--human-label-weight", type=float, default=0.5, show_default=True,
+              help="Weight w of the human label where a pair has one: loss = (1 - w) * teacher loss + w * human loss.")
+@click.option("--head", type=click.Choice(STUDENT_HEADS), required=True,
+              help="The head, from heads/: dipair (DiPair-TSF), dipair-ffnn, li (late interaction), de-ffnn, de-cos.")
+@click.option("--encoder", default=DEFAULT_ENCODER, show_default=True, metavar="MODEL",
+              help="Pretrained encoder: a local Hugging Face directory or hub id (offline: from the local cache). "
+                   "The default is the packaged all-MiniLM-L6-v2, no download.")
+@click.option("--layers", type=int, default=None, metavar="K",
+              help="Encoder layers kept (DiPair's K, 1-4 there). Default: all.")
+@click.option("--n", "n", type=int, default=4, show_default=True, metavar="N", help="Left token embeddings kept.")
+@click.option("--m", "m", type=int, default=12, show_default=True, metavar="M", help="Right token embeddings kept.")
+@click.option("--dim", type=int, default=128, show_default=True, metavar="D", help="Projected dimension.")
+@click.option("--head-layers", type=int, default=None, metavar="L",
+              help="Head depth: transformer layers of dipair (default 2), or hidden layers of 128 units of the FFNN "
+                   "heads dipair-ffnn, de-ffnn, li (default 2). de-cos has none.")
+@click.option("--head-options", default=None, metavar="JSON",
+              help="Other head options as a JSON object, e.g. '{\"ffn\": 512, \"dropout\": 0.1}' (see the head's "
+                   "*Config in heads/).")
+@click.option("--cosine-skip/--no-cosine-skip", default=True, show_default=True,
+              help="Add a learned scale * cos(pooled sentence embeddings) + bias to the head's logits, fitted to "
+                   "the teacher before training, so the student starts from the zero-shot cosine and the head "
+                   "learns the rest (heads/cosine_skip.py). The store then also keeps each text's pooled "
+                   "embedding. --no-cosine-skip: the plain DiPair head.")
+@click.option("--separate-encoders", is_flag=True,
+              help="One encoder per side (default: one shared encoder; the projections are per side either way).")
+@click.option("--left-max-length", type=int, default=64, show_default=True,
+              help="Left tokenizer max length, special tokens included.")
+@click.option("--right-max-length", type=int, default=128, show_default=True,
+              help="Right tokenizer max length, special tokens included.")
+@click.option("--token-selection", type=click.Choice(["first", "last"]), default="first", show_default=True,
+              help="Keep the first N / M output tokens ([CLS] first) or the last ones.")
+@click.option("--stages", type=click.IntRange(1, 2), default=2, show_default=True,
+              help="2: DiPair's schedule, stage 1 with the encoder frozen (early stop on dev), then stage 2 with "
+                   "everything. 1: everything from the first step (the ablation).")
+@click.option("--loss", type=click.Choice(STUDENT_LOSSES), default="ce", show_default=True,
+              help="ce: cross-entropy on the soft labels (DiPair eq. 1). mse: squared error on the teacher's logits.")
+@click.option("--swap", is_flag=True,
+              help="Also train on every pair with left and right exchanged (symmetric tasks): doubles the examples.")
+@click.option("--stage1-epochs", type=int, default=10, show_default=True,
+              help="Most epochs of stage 1 (it stops early after --patience epochs without dev improvement).")
+@click.option("--patience", type=int, default=2, show_default=True,
+              help="Stage 1 stops after this many epochs without a better dev score.")
+@click.option("--stage2-epochs", type=int, default=1, show_default=True,
+              help="Epochs of stage 2 (and of --stages 1).")
+@click.option("--stage1-max-pairs", type=int, default=None, metavar="P",
+              help="At most P pairs per stage-1 epoch (a new random sample each epoch), for distillation sets "
+                   "larger than an epoch needs to be: dev is then evaluated, and early stopping decided, every P "
+                   "pairs.")
+@click.option("--stage2-max-pairs", type=int, default=None, metavar="P",
+              help="At most P pairs per stage-2 epoch (a new random sample each epoch): stage 2 runs the encoder "
+                   "and costs far more per pair than stage 1.")
+@click.option("--lr", type=float, default=5e-4, show_default=True,
+              help="Peak learning rate of projection + head in stage 1 (and in --stages 1).")
+@click.option("--stage2-lr", type=float, default=1e-4, show_default=True,
+              help="Peak learning rate of projection + head in stage 2.")
+@click.option("--encoder-lr", type=float, default=2e-5, show_default=True,
+              help="Peak learning rate of the encoder when it trains (stage 2, --stages 1).")
+@click.option("--batch-size", type=int, default=32, show_default=True,
+              help="Pairs per step when the encoder trains (stage 2, --stages 1).")
+@click.option("--stage1-batch-size", type=int, default=128, show_default=True, help="Pairs per step in stage 1.")
+@click.option("--encode-batch-size", type=int, default=128, show_default=True,
+              help="Texts per batch when encoding without gradients (stage-1 cache, dev).")
+@click.option("--warmup", type=float, default=0.1, show_default=True,
+              help="Fraction of each stage's steps over which its learning rates rise linearly from 0; they then "
+                   "decay linearly to 0 at the stage's last epoch.")
+@click.option("--weight-decay", type=float, default=0.01, show_default=True, help="AdamW weight decay.")
+@click.option("--max-grad-norm", type=float, default=1.0, show_default=True, help="Gradient clipping norm.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seeds the projection and head initialisation, dropout and batch order.")
+@device_option("Where to train; auto = CUDA when present (with mixed precision).")
+@click.option("--cache-dir", default=None, metavar="DIR",
+              help="Keep stage 1's frozen encoder states here (one safetensors file per encoder, length and text "
+                   "set) and reuse them: runs that differ only in the head encode the texts once.")
+@click.option("--limit", type=int, default=None, metavar="N",
+              help="Read at most N rows from each of --distill and --dev (quick runs).")
+@output_option("Student checkpoint directory to create: config.json, student.safetensors, encoder/, "
+               "_dead_letter/, _SUMMARY.json, _SUCCESS (the checkpoint is committed when training ends).")
+@overwrite_option
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="Show a progress bar with the loss and pairs/s.")
+@run_options
+@click.pass_context
+def main(ctx: click.Context, quiet: bool, verbose: bool, progress: bool, **flags) -> None:
+    """Distil a teacher into a DiPair student (two-stage training) and save the checkpoint."""
+    def go() -> str:
+        label_range = parse_label_range(flags.pop("label_range"))
+        head_options = parse_head_options(flags.pop("head_options"))
+        job = TrainStudentJob(distill=tuple(flags.pop("distill")), dev=tuple(flags.pop("dev")),
+                              label_range=label_range, head_options=head_options,
+                              progress=progress and not quiet, **flags)
+        summary = run(job, ctx.meta[ARGV_KEY])
+        lines = [summary.table()]
+        for record in summary.metrics["epochs"]:
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in record["dev"].items())
+            lines.append(f"  {record['stage']} epoch {record['epoch']}: train loss {record['train_loss']:.4f}, "
+                         f"dev {shown}")
+        lines.append(f"  train loss floor (entropy of the targets): {summary.metrics['train_loss_floor']:.4f}")
+        return "\n".join(lines)
+    run_job(go, name="train_student", quiet=quiet, verbose=verbose)
 
 
 # --------------------------------------------------------------------------- the job
@@ -224,6 +318,24 @@ def run(job: TrainStudentJob, argv: list[str] | None = None) -> RunSummary:
 @abort_output_on_failure
 def train(job: TrainStudentJob, argv: list[str] | None = None) -> tuple[RunSummary, Student]:
     """``run``, also returning the trained student in memory (the best epoch's weights, as saved)."""
+    import numpy as np
+    import torch
+    from encoders.checkpoint import build_student, load_student
+    from encoders.config import SIDES
+    from encoders.device import pick_device
+    from encoders.distill import Examples, Trainer, check_encoder, loss_floor, plan_stages, resolve_task
+    from encoders.frozen_states import FrozenStates
+    from encoders.inference import Pairs
+    from encoders.metrics import MAIN_METRIC
+    from heads import build_head
+    from pipeline.datasets import (check_human_label_column, distillation_columns, distillation_task, first_width,
+                                   read_distillation_set, read_labeled_pairs)
+    from pipeline.dead_letters import count_reasons, describe_reasons
+    from pipeline.outputs import local_path_or_none, open_output, write_dead_letter_file
+    from pipeline.pairs import TextPairColumns
+    from pipeline.readers import check_columns, expand_inputs
+    from pipeline.summary import RunSummary
+
     job.check()
     device = pick_device(job.device)
     columns = TextPairColumns(left=job.left_col, right=job.right_col)
@@ -232,9 +344,9 @@ def train(job: TrainStudentJob, argv: list[str] | None = None) -> tuple[RunSumma
     soft_col, logit_col = distillation_columns(distill_files, columns, need_logits=job.loss == "mse")
     check_columns(dev_files, [*columns.required(), job.label_col])
     if job.human_label_col:
-        _check_human_label_column(distill_files, job.human_label_col)
+        check_human_label_column(distill_files, job.human_label_col)
     num_outputs = 1 if soft_col == "soft_label" else first_width(distill_files, soft_col)
-    task = resolve_task(job, num_outputs, distillation_task(job.distill))
+    task = resolve_task(job.task, job.label_range, num_outputs, distillation_task(job.distill))
     config = job.student_config(num_outputs)
     check_encoder(config)
     # A dry build of the head names a bad option (or a size it cannot take) before anything is read.
@@ -252,13 +364,13 @@ def train(job: TrainStudentJob, argv: list[str] | None = None) -> tuple[RunSumma
                                  job.human_label_col, job.limit)
     if not data.soft:
         raise ValueError(f"--distill has no usable pairs: {data.rows_read} rows read, all skipped "
-                         f"({_reasons(data.skipped) or 'no rows'})")
+                         f"({describe_reasons(data.skipped) or 'no rows'})")
     if job.loss == "mse" and data.logits is None:
         raise ValueError(f"--loss mse needs the teacher's logits, but some rows of --distill have no {logit_col!r}")
     dev = read_labeled_pairs(dev_files, columns, job.label_col, task, job.limit)
     if not dev.targets:
         raise ValueError(f"--dev has no usable labeled pairs: {dev.rows_read} rows read, all skipped "
-                         f"({_reasons(dev.skipped) or 'no rows'})")
+                         f"({describe_reasons(dev.skipped) or 'no rows'})")
 
     try:
         student = build_student(config, seed=job.seed).to(device)
@@ -318,7 +430,7 @@ def train(job: TrainStudentJob, argv: list[str] | None = None) -> tuple[RunSumma
     summary = RunSummary(
         job=JOB_NAME, arguments=list(argv if argv is not None else sys.argv[1:]), output=job.output,
         model_fingerprints={"student": saved.fingerprint}, wall_seconds=round(time.monotonic() - started, 3),
-        counts=counts, dead_letters=_reasons_dict(dead), reconciliation=reconciliation, notes=notes,
+        counts=counts, dead_letters=count_reasons(dead), reconciliation=reconciliation, notes=notes,
         metrics={"task": task.to_dict(), "main_metric": main_metric, "loss": job.loss, "train_loss_floor": floor,
                  "stages": job.stages, "best_stage": best["stage"], "best_epoch": best["epoch"],
                  "best_dev": best["dev"], "epochs": trainer.records,
@@ -332,36 +444,5 @@ def train(job: TrainStudentJob, argv: list[str] | None = None) -> tuple[RunSumma
     return summary, student
 
 
-def check_encoder(config: StudentConfig) -> None:
-    """The encoder exists and has at least K layers (its config only; the weights load later)."""
-    from encoders.sources import load_config
-    try:
-        encoder_config = load_config(config.encoder)
-    except OSError as err:
-        raise ValueError(f"--encoder {config.encoder!r} cannot be loaded (a local Hugging Face directory or a "
-                         f"cached hub id): {err}") from err
-    available = encoder_config.num_hidden_layers
-    if config.encoder_layers is not None and config.encoder_layers > available:
-        raise ValueError(f"--layers {config.encoder_layers} is not allowed for {config.encoder!r}: it has "
-                         f"{available} layers, choose 1..{available}")
-
-
-def _check_human_label_column(files: Sequence[InputFile], column: str) -> None:
-    """The human label column may be absent from some files (mined pairs have no human label) but
-    must be in at least one: a misspelt name would otherwise silently train on soft labels alone."""
-    if not any(present_columns(file, [column]) for file in files):
-        raise ValueError(f"--human-label-col {column!r}: no --distill file has that column (label_pairs keeps "
-                         f"it with --keep-cols {column})")
-
-
-def _reasons_dict(letters: Sequence[DeadLetter]) -> dict[str, int]:
-    return dict(sorted(Counter(letter.reason for letter in letters).items()))
-
-
-def _reasons(letters: Sequence[DeadLetter]) -> str:
-    return ", ".join(f"{k}: {v}" for k, v in _reasons_dict(letters).items())
-
-
-# The command line is declared in jobs/cli.py (light, so that --help and bad arguments answer
-# before the imports above); ``main`` is kept for callers of ``jobs.train_student.main``.
-main = cli.train_student
+if __name__ == "__main__":  # python -m jobs.train_student
+    main_module("train_student")

@@ -22,10 +22,18 @@ from pipeline.dead_letters import DeadLetter
 from pipeline.pairs import TextPairColumns, extract_text_pair
 from pipeline.readers import InputError, InputFile, check_columns, read_rows
 from pipeline.store import MANIFEST_FILE
+from pipeline.text_checks import TextColumns, TextRow, extract_text, resolve_id
 from pipeline.text_ids import text_id
 
 # Soft labels of a k-class teacher must sum to 1 within this (they are float32 softmax outputs).
 SOFT_LABEL_SUM_TOLERANCE = 1e-3
+# The candidates table ``build_candidates`` writes (``label_pairs`` reads it as pairs).
+CANDIDATE_SCHEMA = pa.schema([
+    ("left", pa.string()), ("right", pa.string()), ("left_id", pa.string()), ("right_id", pa.string()),
+    ("source", pa.string()),        # 'knn' | 'random'
+    ("similarity", pa.float32()),   # cosine of the two sentence embeddings
+    ("rank", pa.int32()),           # 1..k among the left text's neighbours; null for random pairs
+])
 # The distillation set's format (``label_pairs`` writes it: pipeline/beam/label.py).
 DISTILLATION_FORMAT = "pairscore-distillation"
 SCHEMA_VERSION = 1
@@ -309,3 +317,51 @@ class DistillationManifest:
 
 def schema_columns(schema: pa.Schema) -> dict[str, str]:
     return {f.name: str(f.type) for f in schema}
+
+
+@dataclass
+class TextPool:
+    """The unique texts of one side (P each) and how every row read was accounted for.
+
+    With an id column, texts that several ids share appear once, under their smallest id.
+    """
+    texts: list[str] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+    rows_read: int = 0
+    rows_kept: int = 0
+    rows_duplicate: int = 0
+    dead: list[DeadLetter] = field(default_factory=list)
+
+
+def read_text_pool(files: Sequence[InputFile], columns: TextColumns) -> TextPool:
+    """Read, check and dedupe one side's texts with stage one's rules (extract_text, resolve_id):
+    rows read = kept (one per unique id) + duplicates + dead letters."""
+    pool = TextPool()
+    by_id: dict[str, list[TextRow]] = {}
+    for file in files:
+        for item in read_rows(file):
+            pool.rows_read += 1
+            result = item if isinstance(item, DeadLetter) else extract_text(item, columns)
+            if isinstance(result, DeadLetter):
+                pool.dead.append(result)
+            else:
+                by_id.setdefault(result.id, []).append(result)
+    ids_of_text: dict[str, list[str]] = {}
+    for id_, rows in by_id.items():
+        unique, duplicates, rejected = resolve_id(id_, rows)
+        pool.rows_duplicate += duplicates
+        pool.dead += rejected
+        if unique is not None:
+            pool.rows_kept += 1
+            ids_of_text.setdefault(unique.text, []).append(id_)
+    pool.texts = list(ids_of_text)
+    pool.ids = [min(ids) for ids in ids_of_text.values()]
+    return pool
+
+
+def check_human_label_column(files: Sequence[InputFile], column: str) -> None:
+    """The human label column may be absent from some files (mined pairs have no human label) but
+    must be in at least one: a misspelt name would otherwise silently train on soft labels alone."""
+    if not any(present_columns(file, [column]) for file in files):
+        raise ValueError(f"--human-label-col {column!r}: no --distill file has that column (label_pairs keeps "
+                         f"it with --keep-cols {column})")

@@ -20,6 +20,7 @@ from encoders.metrics import roc_auc
 from jobs.score_pairs import ScorePairsJob
 from jobs.score_pairs import run as score_pairs_run
 from encoders.inference import Pairs, pair_logits
+from encoders import frozen_states
 from encoders.frozen_states import FrozenStates, project
 from encoders.distill import Trainer, distillation_loss, loss_floor
 from jobs.train_student import TrainStudentJob, run, train
@@ -196,7 +197,7 @@ def test_two_stage_freeze(tmp_path, toy, tiny_encoder_dir, monkeypatch):
 
 
 def test_one_stage_trains_the_encoder_from_the_start(tmp_path, toy, tiny_encoder_dir, monkeypatch):
-    monkeypatch.setattr(train_student, "FrozenStates", None)   # no stage 1: nothing may be cached
+    monkeypatch.setattr(frozen_states, "FrozenStates", None)   # no stage 1: nothing may be cached
     summary, student = train(tiny_job(toy, tiny_encoder_dir, tmp_path / "one", stages=1, stage2_epochs=2,
                                       encoder_lr=5e-3), argv=[])
     assert [r["stage"] for r in summary.metrics["epochs"]] == ["one_stage"] * 2
