@@ -16,8 +16,6 @@ from jobs.common import (ARGV_KEY, BEAM_EPILOG, BEAM_JOB_CONTEXT, DTYPES, FORMAT
                         overwrite_option, run_job, run_options, run_started)
 
 if TYPE_CHECKING:  # annotations only: the imports run inside the functions
-    from encoders.checkpoint import Student
-    from pipeline.store import StoreLayout
     from pipeline.summary import RunSummary
 
 
@@ -38,15 +36,6 @@ class EncodeTextsJob:
     batch_size: int = 128
     dtype: str = "float16"
     device: str = "auto"
-
-
-def store_layout(student: Student, side: str, dtype: str) -> StoreLayout:
-    from pipeline.store import StoreLayout
-
-    encoder = student.encoder.side(side)
-    pooled_dim = encoder.transformer.config.hidden_size if student.config.pooled else None
-    return StoreLayout(side=side, tokens_kept=encoder.num_tokens, dim=encoder.output_dim,
-                       dtype=dtype, pooled_dim=pooled_dim)
 
 
 # --------------------------------------------------------------------------- the command line
@@ -97,7 +86,7 @@ def run(job: EncodeTextsJob, beam_args: list[str], argv: list[str] | None = None
     from pipeline.beam.writes import WriteDeadLetters, WriteStore
     from pipeline.outputs import open_output
     from pipeline.readers import check_columns, expand_inputs, worker_path
-    from pipeline.store import count_rows, store_files, write_manifest
+    from pipeline.store import count_rows, store_files, store_layout, write_manifest
     from pipeline.summary import RunSummary
     from pipeline.text_checks import TextColumns
 

@@ -207,7 +207,8 @@ def run(job: EvaluateJob, argv: list[str] | None = None) -> RunSummary:
     for model in models:
         click.echo(f"scoring {len(pairs):,} pairs with {model.name} ({model.kind})", err=True)
         scored[model.name] = score_model(model, evaluated.lefts, evaluated.rights, batches, device, time_it=True)
-        dev_scores = (score_model(model, splits["dev"].lefts, splits["dev"].rights, batches, device, time_it=False).scores
+        dev = splits.get("dev")
+        dev_scores = (score_model(model, dev.lefts, dev.rights, batches, device, time_it=False).scores
                       if dev_targets is not None else None)
         results[model.name] = {
             "kind": model.kind, "source": model.source, "fingerprint": model.fingerprint,

@@ -149,7 +149,8 @@ def run(job: LabelPairsJob, beam_args: list[str], argv: list[str] | None = None)
     from encoders.teacher import load_teacher
     from pipeline.beam.counters import read_counters, split_dead_letters
     from pipeline.beam.encode import DEAD_LETTER_TAG, ReadRows
-    from pipeline.beam.label import ExtractPairs, LabelPairs, LabelSettings, ReadPrevious, SkipLabeled, WriteDistillationSet
+    from pipeline.beam.label import (ExtractPairs, LabelPairs, LabelSettings, ReadPrevious, SkipLabeled,
+                                     WriteDistillationSet)
     from pipeline.beam.runner import make_pipeline, validate_beam_args
     from pipeline.beam.writes import WriteDeadLetters
     from pipeline.datasets import DistillationManifest, distillation_schema, schema_columns

@@ -99,8 +99,7 @@ def check_arguments(job: ScorePairsJob) -> None:
 
 def existing_store(job: ScorePairsJob, student: Student, side: str) -> tuple[tuple[str, ...], int, str]:
     """(files, rows, dtype) of ``--store``'s side, checked against the model; empty if none."""
-    from jobs.encode_texts import store_layout
-    from pipeline.store import StoreWanted, open_store_side
+    from pipeline.store import StoreWanted, open_store_side, store_layout
 
     if job.store is None:
         return (), 0, job.dtype
@@ -254,17 +253,18 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
     from encoders.checkpoint import load_or_build_student
     from encoders.config import SIDES, baseline_config
     from encoders.device import pick_device
-    from jobs.encode_texts import store_layout
     from pipeline.beam.counters import read_counters, split_dead_letters
     from pipeline.beam.encode import DEAD_LETTER_TAG, DedupeTexts, EncodeSettings, ReadRows
     from pipeline.beam.runner import is_local_runner, make_pipeline, validate_beam_args
-    from pipeline.beam.score import CompleteStore, DistinctPairTexts, PAIRS, ReadPairs, ScorePairs, ScoreSettings, dedupe_pair_chunks, read_store_tables
+    from pipeline.beam.score import (CompleteStore, DistinctPairTexts, PAIRS, ReadPairs, ScorePairs, ScoreSettings,
+                                     dedupe_pair_chunks, read_store_tables)
     from pipeline.beam.writes import WriteDeadLetters, WriteStore
     from pipeline.outputs import open_output
     from pipeline.pairs import kept_fields
     from pipeline.readers import check_columns, expand_inputs, worker_path
     from pipeline.scoring_core import torch_threads_for
-    from pipeline.store import COMPRESSION, STORE_FILE_PREFIX, STORE_FILE_SUFFIX, count_rows, store_files, write_manifest
+    from pipeline.store import (COMPRESSION, STORE_FILE_PREFIX, STORE_FILE_SUFFIX, count_rows, store_files,
+                                store_layout, write_manifest)
     from pipeline.summary import RunSummary
     from pipeline.text_checks import TextColumns
 

@@ -446,3 +446,11 @@ def read_store(store_dir: str, columns: Sequence[str] | None = None) -> tuple[St
         schema = pa.schema([schema.field(c) for c in columns])
     return manifest, pa.concat_tables(tables) if tables else schema.empty_table()
 
+
+def store_layout(student, side: str, dtype: str) -> StoreLayout:
+    """The layout of ``side``'s store for ``student`` (an ``encoders.checkpoint.Student``): its
+    tokens kept, projected size and pooled size, in ``dtype``."""
+    encoder = student.encoder.side(side)
+    pooled_dim = encoder.transformer.config.hidden_size if student.config.pooled else None
+    return StoreLayout(side=side, tokens_kept=encoder.num_tokens, dim=encoder.output_dim,
+                       dtype=dtype, pooled_dim=pooled_dim)
