@@ -230,29 +230,14 @@ def write_candidates(path: str, left: TextPool, right: TextPool, embeddings: dic
     indices. Returns per source the pairs written and their mean similarity.
     """
     import pyarrow as pa
-    import pyarrow.parquet as pq
-    from apache_beam.io.filesystems import FileSystems
     from pipeline.datasets import CANDIDATE_SCHEMA
-    from pipeline.store import COMPRESSION
+    from pipeline.writers import write_parquet_file
 
     left_emb, right_emb = embeddings["left"].cpu().numpy(), embeddings["right"].cpu().numpy()
     totals = {source: [0, 0.0] for source in SOURCES}
-    rows: list[tuple] = []  # (left index, right index, source, similarity, rank)
 
-    with FileSystems.create(path) as handle, pq.ParquetWriter(handle, CANDIDATE_SCHEMA, compression=COMPRESSION) as out:
-        def flush() -> None:
-            if not rows:
-                return
-            for row in rows:
-                totals[row[2]][0] += 1
-                totals[row[2]][1] += row[3]
-            i, j, source, similarity, rank = zip(*rows)
-            out.write_table(pa.Table.from_pydict({
-                "left": [left.texts[x] for x in i], "right": [right.texts[x] for x in j],
-                "left_id": [left.ids[x] for x in i], "right_id": [right.ids[x] for x in j],
-                "source": list(source), "similarity": list(similarity), "rank": list(rank)}, schema=CANDIDATE_SCHEMA))
-            rows.clear()
-
+    def row_groups():
+        rows: list[tuple] = []  # (left index, right index, source, similarity, rank)
         for i in range(len(left.texts)):
             for rank, (j, similarity) in enumerate(zip(knn_index[i], knn_sims[i]), start=1):
                 if j >= 0:
@@ -260,9 +245,19 @@ def write_candidates(path: str, left: TextPool, right: TextPool, embeddings: dic
             picks = random_index[i]
             rows.extend((i, int(j), "random", float(similarity), None)
                         for j, similarity in zip(picks, right_emb[picks] @ left_emb[i]))
-            if len(rows) >= rows_per_group:
-                flush()
-        flush()
+            if len(rows) >= rows_per_group or (i == len(left.texts) - 1 and rows):
+                for row in rows:
+                    totals[row[2]][0] += 1
+                    totals[row[2]][1] += row[3]
+                lefts, rights, source, similarity, rank = zip(*rows)
+                yield pa.Table.from_pydict({
+                    "left": [left.texts[x] for x in lefts], "right": [right.texts[x] for x in rights],
+                    "left_id": [left.ids[x] for x in lefts], "right_id": [right.ids[x] for x in rights],
+                    "source": list(source), "similarity": list(similarity), "rank": list(rank)},
+                    schema=CANDIDATE_SCHEMA)
+                rows = []
+
+    write_parquet_file(path, CANDIDATE_SCHEMA, row_groups())
     return {source: {"pairs": count, "mean_similarity": round(total / count, 4) if count else None}
             for source, (count, total) in totals.items()}
 

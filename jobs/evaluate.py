@@ -277,12 +277,12 @@ def write_scores(path: str, labeled: LabeledPairs, pairs: Pairs, scored: dict[st
     anyone can load to dig into disagreements."""
     import numpy as np
     import pyarrow as pa
-    import pyarrow.parquet as pq
-    from pipeline.store import COMPRESSION
+    from pipeline.writers import write_parquet_file
 
     columns = {"left": labeled.lefts, "right": labeled.rights, "target": labeled.targets}
     columns.update({f"score:{name}": s.scores.astype(np.float32) for name, s in scored.items()})
-    pq.write_table(pa.table(columns), path, compression=COMPRESSION)
+    table = pa.table(columns)
+    write_parquet_file(path, table.schema, [table])
 
 
 def _strict_json(value: Any) -> Any:

@@ -159,6 +159,7 @@ def run(job: LabelPairsJob, beam_args: list[str], argv: list[str] | None = None)
     from pipeline.readers import check_columns, expand_inputs, worker_path
     from pipeline.store import MANIFEST_FILE, count_rows, store_files
     from pipeline.summary import RunSummary
+    from pipeline.writers import write_json_file
 
     validate_beam_args(beam_args)
     # A teacher that is not a local path may be a cached hub id: it stays as given.
@@ -234,8 +235,7 @@ def run(job: LabelPairsJob, beam_args: list[str], argv: list[str] | None = None)
         num_outputs=teacher.task.num_outputs, temperature=job.temperature, columns=schema_columns(schema),
         kept_columns=list(columns.keep), rows=rows, files=[FileSystems.split(p)[1] for p in written],
         previous=job.previous, notes=notes)
-    with FileSystems.create(out.staged(MANIFEST_FILE)) as handle:
-        handle.write((manifest.to_json() + "\n").encode("utf-8"))
+    write_json_file(out.staged(MANIFEST_FILE), manifest.to_json() + "\n")
     summary = RunSummary(
         job=JOB_NAME, arguments=list(argv if argv is not None else sys.argv[1:]), output=job.output,
         model_fingerprints={"teacher": teacher.fingerprint}, wall_seconds=round(time.monotonic() - started, 3),

@@ -58,12 +58,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable, Mapping, Sequence, TypeVar
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from encoders.remote import atomic_directory  # noqa: F401  (the checkpoints' commit; lives below pipeline/)
 from pipeline.dead_letters import DEAD_LETTER_SCHEMA, DeadLetter
-from pipeline.store import COMPRESSION, MANIFEST_FILE, STORE_FILE_PREFIX, STORE_FILE_SUFFIX
+from pipeline.store import MANIFEST_FILE, STORE_FILE_PREFIX, STORE_FILE_SUFFIX
+from pipeline.writers import write_parquet_file
 
 DEAD_LETTER_DIR = "_dead_letter"
 SUMMARY_FILE = "_SUMMARY.json"
@@ -602,6 +602,4 @@ def write_dead_letter_file(directory: str, letters: Sequence[DeadLetter]) -> str
     if not is_remote(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
     table = pa.Table.from_pylist([letter.to_record() for letter in letters], schema=DEAD_LETTER_SCHEMA)
-    with FileSystems.create(path) as handle:
-        pq.write_table(table, handle, compression=COMPRESSION)
-    return path
+    return write_parquet_file(path, DEAD_LETTER_SCHEMA, [table])

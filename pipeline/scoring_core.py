@@ -37,6 +37,7 @@ import pyarrow.compute as pc
 
 from encoders.config import SIDES
 from pipeline.dead_letters import DeadLetter
+from pipeline.store_codec import SideArrays, dequantize, side_arrays, token_mask
 from pipeline.text_checks import blank_mask
 from pipeline.text_ids import text_id
 
@@ -315,19 +316,6 @@ def prepare_pairs(table: pa.Table, columns: PairColumns, kept: Sequence[pa.Field
 
 # --------------------------------------------------------------------------- stores
 
-def binary_values(column: pa.ChunkedArray | pa.Array, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
-    """A fixed-size binary column -> a numpy view (rows, *shape) of ``dtype`` (one copy at most)."""
-    chunks = [column] if isinstance(column, pa.Array) else [c for c in column.chunks if len(c)]
-    parts = []
-    for chunk in chunks:
-        width = chunk.type.byte_width
-        data = chunk.buffers()[1]
-        if data is not None and len(chunk):
-            parts.append(np.frombuffer(data, np.uint8)[chunk.offset * width:(chunk.offset + len(chunk)) * width])
-    flat = parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else np.zeros(0, np.uint8)
-    rows = sum(len(c) for c in chunks)
-    return flat.view(dtype).reshape(rows, *shape)
-
 
 def _fixed_width_keys(ids: pa.Array, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(P,) strings -> ((P,) numpy ``S{width}`` keys, (P,) bool: longer than ``width``).
@@ -351,35 +339,6 @@ def _fixed_width_keys(ids: pa.Array, width: int | None = None) -> tuple[np.ndarr
     if count and len(data):
         keys[inside] = data[np.minimum(offsets[:-1, None] + span[None, :], len(data) - 1)[inside]]
     return keys.view(f"S{width}").reshape(count), too_long
-
-
-class SideArrays(NamedTuple):
-    """One side of B pairs as gathered from a store, still in the stored dtype.
-
-    tokens (B, N, D) float16 or int8; scales (B,) float32 (int8) or None; num_tokens (B,);
-    pooled (B, H) float16 (float32 from a StoreLookup) or None.
-    """
-    tokens: np.ndarray
-    scales: np.ndarray | None
-    num_tokens: np.ndarray
-    pooled: np.ndarray | None
-
-    def take(self, rows: np.ndarray, tokens: bool = True) -> "SideArrays":
-        """These arrays at ``rows``; ``tokens=False`` leaves the tokens out (None), for heads that do not read them."""
-        return SideArrays(self.tokens[rows] if tokens and self.tokens is not None else None,
-                          None if self.scales is None else self.scales[rows],
-                          self.num_tokens[rows], None if self.pooled is None else self.pooled[rows])
-
-
-def side_arrays(table: pa.Table, layout, prefix: str = "") -> SideArrays:
-    """Store columns (``tokens``, ``num_tokens``, ``token_scale``, ``pooled``; names after
-    ``prefix``) -> SideArrays, zero-copy where Arrow allows. ``layout``: a StoreLayout."""
-    dtype = "<f2" if layout.dtype == "float16" else np.int8
-    tokens = binary_values(table.column(prefix + "tokens"), dtype, (layout.tokens_kept, layout.dim))
-    scales = (table.column(prefix + "token_scale").to_numpy() if layout.dtype == "int8" else None)
-    pooled = (binary_values(table.column(prefix + "pooled"), "<f2", (layout.pooled_dim,))
-              if layout.pooled_dim else None)
-    return SideArrays(tokens, scales, table.column(prefix + "num_tokens").to_numpy(), pooled)
 
 
 def store_columns(layout) -> list[str]:
@@ -527,12 +486,10 @@ class HeadScorer:
             return (torch.zeros((1, *shape), device=self.device).expand(batch, *shape),
                     torch.ones((1, tokens_kept), dtype=torch.bool, device=self.device).expand(batch, tokens_kept),
                     pooled)
-        tokens_kept = side.tokens.shape[1]
-        tokens = self._tensor(side.tokens).float()
-        if side.scales is not None:
-            tokens = tokens * self._tensor(side.scales.astype(np.float32))[:, None, None]
-        num_tokens = self._tensor(side.num_tokens.astype(np.int64))
-        mask = torch.arange(tokens_kept, device=tokens.device)[None, :] < num_tokens.clamp(max=tokens_kept)[:, None]
+        # The store's decoder (pipeline/store.py), on the device: int8 scales and the token mask.
+        tokens = dequantize(self._tensor(side.tokens).float(),
+                            None if side.scales is None else self._tensor(side.scales.astype(np.float32)))
+        mask = token_mask(self._tensor(side.num_tokens.astype(np.int64)), side.tokens.shape[1])
         return tokens, mask, pooled
 
     def score(self, left: SideArrays, right: SideArrays) -> tuple[np.ndarray, np.ndarray | None]:

@@ -36,13 +36,16 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from encoders.config import SIDES
+# The token codec and the Parquet settings are defined beside the store and used through it.
+from pipeline.store_codec import (SideArrays, binary_values, decode_pooled, decode_tokens,  # noqa: F401
+                                  dequantize, encode_token_block, side_arrays, token_mask)
+from pipeline.writers import COMPRESSION, write_json_file  # noqa: F401
 
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "_MANIFEST.json"
 STORE_FILE_PREFIX = "part"
 STORE_FILE_SUFFIX = ".parquet"
 DTYPES = ("float16", "int8")
-COMPRESSION = "zstd"
 # Part footers checked at once before a run (each is a round trip on object stores).
 _CHECK_THREADS = 16
 
@@ -178,55 +181,6 @@ def is_part_file_name(name: str) -> bool:
     return (name == name.strip() and not any(c in name for c in "/\\:\x00")
             and name.startswith(STORE_FILE_PREFIX) and name.endswith(STORE_FILE_SUFFIX)
             and name not in (".", ".."))
-
-
-def encode_token_block(tokens: np.ndarray, dtype: str) -> tuple[list[bytes], np.ndarray | None]:
-    """(B, N, D) float32 -> one bytes value per text, plus (B,) float32 scales for int8.
-
-    int8 uses a symmetric per-row scale, max|x| / 127, so each text keeps its own range.
-    """
-    batch = tokens.shape[0]
-    if dtype == "float16":
-        flat = np.ascontiguousarray(tokens.astype("<f2")).reshape(batch, -1)
-        return [row.tobytes() for row in flat], None
-    flat = tokens.reshape(batch, -1).astype(np.float32)
-    scale = np.abs(flat).max(axis=1) / 127.0
-    scale[scale == 0] = 1.0  # an all-zero row: any scale decodes it back to zeros
-    quantized = np.clip(np.rint(flat / scale[:, None]), -127, 127).astype(np.int8)
-    return [row.tobytes() for row in quantized], scale.astype(np.float32)
-
-
-def decode_tokens(table: pa.Table, layout: StoreLayout) -> np.ndarray:
-    """The ``tokens`` column of a store table -> (rows, N, D) float32."""
-    raw = np.frombuffer(_binary_buffer(table.column("tokens")), dtype="<f2" if layout.dtype == "float16" else np.int8)
-    values = raw.reshape(table.num_rows, layout.tokens_kept, layout.dim).astype(np.float32)
-    if layout.dtype == "int8":
-        values *= table.column("token_scale").to_numpy()[:, None, None]
-    return values
-
-
-def decode_pooled(table: pa.Table, layout: StoreLayout) -> np.ndarray:
-    """The ``pooled`` column -> (rows, H) float32."""
-    raw = np.frombuffer(_binary_buffer(table.column("pooled")), dtype="<f2")
-    return raw.reshape(table.num_rows, layout.pooled_dim).astype(np.float32)
-
-
-def token_mask(num_tokens: np.ndarray, tokens_kept: int) -> np.ndarray:
-    """(rows,) num_tokens -> (rows, N) bool: the first min(num_tokens, N) slots are real."""
-    return np.arange(tokens_kept)[None, :] < np.minimum(num_tokens, tokens_kept)[:, None]
-
-
-def _binary_buffer(column: pa.ChunkedArray) -> bytes | memoryview:
-    """The values of a fixed-size binary column as one contiguous buffer (no per-row copies)."""
-    chunks = [c for c in column.chunks if len(c)]
-    if not chunks:
-        return b""
-    parts = []
-    for chunk in chunks:
-        width = chunk.type.byte_width
-        data = chunk.buffers()[1]
-        parts.append(memoryview(data)[chunk.offset * width:(chunk.offset + len(chunk)) * width])
-    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def read_manifest(store_dir: str) -> StoreManifest:
@@ -414,8 +368,7 @@ def write_manifest(store_dir: str, *, model_fingerprint: str, encoder: str, layo
         model_fingerprint=model_fingerprint, encoder=encoder, side=layout.side, tokens_kept=layout.tokens_kept,
         dim=layout.dim, dtype=layout.dtype, pooled_dim=layout.pooled_dim, token_selection=token_selection,
         max_length=max_length, rows=count_rows(files), files=[FileSystems.split(p)[1] for p in files])
-    with FileSystems.create(FileSystems.join(store_dir, MANIFEST_FILE)) as handle:
-        handle.write((manifest.to_json() + "\n").encode("utf-8"))
+    write_json_file(FileSystems.join(store_dir, MANIFEST_FILE), manifest.to_json() + "\n")
     return manifest
 
 

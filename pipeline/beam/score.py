@@ -40,9 +40,10 @@ from pipeline.beam.encode import DEAD_LETTER_TAG, EncodeSettings, EncodeTexts
 from pipeline.beam.models import HeadHandler
 from pipeline.readers import InputFile, ReadSlice, read_parquet_slice, read_row_batches, read_slices
 from pipeline.scoring_core import (PairColumns, StoreLookup, id_hashes, missing_letters,
-                                   partition, prepare_pairs, score_pairs, score_table, side_arrays, store_columns,
+                                   partition, prepare_pairs, score_pairs, score_table, store_columns,
                                    table_from_rows)
 from pipeline.store import StoreLayout
+from pipeline.store_codec import side_arrays
 from pipeline.text_checks import UniqueText
 from pipeline.text_ids import text_id
 
