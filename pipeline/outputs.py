@@ -597,7 +597,7 @@ def _exit_on_sigterm():
 
 def write_dead_letter_file(directory: str, letters: Sequence[DeadLetter]) -> str:
     """Dead letters of a job that runs without Beam -> ``DIR/_dead_letter/part-00000-of-00001.parquet``,
-    the same schema and place as :class:`WriteDeadLetters` (written even when empty, as Beam does)."""
+    the same schema and place as ``pipeline.beam.writes.WriteDeadLetters`` (written even when empty, as Beam does)."""
     path = FileSystems.join(directory, DEAD_LETTER_DIR, f"{STORE_FILE_PREFIX}-00000-of-00001{STORE_FILE_SUFFIX}")
     if not is_remote(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -1,7 +1,8 @@
 """Stage one as Beam transforms: read rows -> texts -> dedupe -> encode by length -> store.
 
-The logic lives in plain functions and the DoFns below; the composite transforms only wire
-them together. Every input row ends in exactly one place, counted by a Beam counter:
+The rules live in plain functions (the text and id rules in ``pipeline/text_checks.py``), the
+encoder is loaded through its model handler (``pipeline/beam/models.py``), and the composite
+transforms below only wire them together. Every input row ends in exactly one place, counted by a Beam counter:
 kept (one store row per unique id), a duplicate of a kept row, or a dead letter.
 """
 from __future__ import annotations
