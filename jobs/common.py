@@ -8,6 +8,7 @@ before its flags have parsed; the job's library imports come after, inside its f
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import importlib
 import json
@@ -29,9 +30,12 @@ BEAM_JOB_CONTEXT = {"ignore_unknown_options": True, "allow_extra_args": True,
 # Jobs without Beam take only their own options.
 PLAIN_JOB_CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
+# How paths are read (the CLI contract, "paths are literal"), said in every job's --help.
+PATHS_NOTE = ("Paths: an input path that exists is read as it is, even with *, ? or [ in its name; otherwise "
+              "*, ? and [...] are glob patterns (** crosses directories). --output is always a literal path.")
 BEAM_EPILOG = ("Any other option is passed to Beam as a pipeline option, e.g. --runner, "
                "--direct_num_workers=2 --direct_running_mode=multi_processing, or Dataflow flags. "
-               "Default runner: Beam's in-process runner (DirectRunner without the Prism download).")
+               "Default runner: Beam's in-process runner (DirectRunner without the Prism download). " + PATHS_NOTE)
 
 ARGV_KEY = "pairscore.argv"
 DEVICES = ("auto", "cpu", "cuda")                         # encoders.device.DEVICES
@@ -62,11 +66,14 @@ class JobCommand(click.Command):
 # --------------------------------------------------------------------------- shared options
 
 def output_option(help: str, metavar: str = "DIR"):
-    return click.option("--output", required=True, metavar=metavar, help=help)
+    return click.option("--output", required=True, metavar=metavar,
+                        help=help + " A literal path (never a pattern), without *, ? or [.")
 
 
 overwrite_option = click.option("--overwrite", is_flag=True, help="Replace an earlier pairscore output in --output "
-                                "(refused for a directory pairscore did not write).")
+                                "(one whose _SUMMARY.json lists its files) when this run commits; until then it "
+                                "stays whole, and a failed run leaves it as it was. Refused for a directory holding "
+                                "anything pairscore did not write.")
 
 
 def device_option(help: str = "Where models run; auto = CUDA when present (mixed precision on GPU)."):
@@ -181,9 +188,27 @@ def run_started() -> float:
 
 
 def configure_logging(verbose: bool) -> None:
-    """Beam's INFO and WARNING messages (runner, workers, file renames) only with --verbose."""
+    """Beam's INFO and WARNING messages (runner, workers, file renames) only with --verbose; its
+    report of a full disk never (the job's one line names the file)."""
     logging.getLogger().setLevel(logging.INFO if verbose else logging.WARNING)
     logging.getLogger("apache_beam").setLevel(logging.INFO if verbose else logging.ERROR)
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _DiskFullLogFilter) for f in handler.filters):
+            handler.addFilter(_DiskFullLogFilter())
+
+
+class _DiskFullLogFilter(logging.Filter):
+    """Drops the log records (Beam logs a failed transform with its traceback before raising it
+    again) of a full disk, which the job reports in one line naming the file."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error, seen = (record.exc_info[1] if record.exc_info else None), set()
+        while error is not None and id(error) not in seen:
+            if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+                return False
+            seen.add(id(error))
+            error = error.__cause__ or error.__context__
+        return f"[Errno {errno.ENOSPC}]" not in record.getMessage()
 
 
 def beam_args_for_run(beam_args: Sequence[str], verbose: bool) -> list[str]:
@@ -277,7 +302,28 @@ def run_job(job: Callable[[], str], *, name: str, quiet: bool = False, verbose: 
             progress.stop()
             click.echo(f"error: {err}", err=True)
             sys.exit(2)
+        except BaseException as err:
+            # Ctrl-C, SIGTERM and a full disk: one line (and 130 / 143 for the signals), no
+            # traceback; anything else keeps its traceback.
+            progress.stop()
+            failure = _one_line_failure(err)
+            if failure is None:
+                raise
+            click.echo(failure[0], err=True)
+            sys.exit(failure[1])
         finally:
             progress.stop()
             _run_started = None
     click.echo(report)
+
+
+def _one_line_failure(err: BaseException) -> tuple[str, int] | None:
+    """(line, exit status) for an interrupt or a full disk (pipeline.outputs.one_line_failure);
+    None for an error that keeps its traceback. A Ctrl-C before the job had imported its
+    modules (so before it opened its output) has touched nothing."""
+    outputs = sys.modules.get("pipeline.outputs")
+    if outputs is not None:
+        return outputs.one_line_failure(err)
+    if isinstance(err, KeyboardInterrupt):
+        return "interrupted: nothing committed", 130
+    return None

@@ -155,6 +155,7 @@ def run(job: LabelPairsJob, beam_args: list[str], argv: list[str] | None = None)
     from pipeline.beam.writes import WriteDeadLetters
     from pipeline.datasets import DistillationManifest, distillation_schema, schema_columns
     from pipeline.outputs import open_output
+    from pipeline.paths import escape_glob
     from pipeline.pairs import TextPairColumns, kept_fields
     from pipeline.readers import check_columns, expand_inputs, worker_path
     from pipeline.store import MANIFEST_FILE, count_rows, store_files
@@ -195,7 +196,7 @@ def run(job: LabelPairsJob, beam_args: list[str], argv: list[str] | None = None)
     tables = []
     if previous_files:
         previous = pipeline | "ReadPrevious" >> ReadPrevious(
-            FileSystems.join(job.previous, "part*.parquet"), schema, job.temperature)
+            FileSystems.join(escape_glob(job.previous), "part*.parquet"), schema, job.temperature)
         pairs = pairs | "SkipLabeled" >> SkipLabeled(previous["keys"])
         tables.append(previous["rows"])
     tables.insert(0, pairs | "LabelPairs" >> LabelPairs(settings))

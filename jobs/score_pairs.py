@@ -145,7 +145,9 @@ def count_input_rows(files: Sequence[InputFile]) -> int:
 def _estimate_lines(file: InputFile, sample_bytes: int = 1 << 22) -> int:
     import zstandard
     from apache_beam.io.filesystems import FileSystems
-    size = FileSystems.match([file.path])[0].metadata_list[0].size_in_bytes
+    from pipeline.paths import escape_glob
+
+    size = FileSystems.match([escape_glob(file.path)])[0].metadata_list[0].size_in_bytes
     with FileSystems.open(file.path, compression_type="uncompressed") as raw:
         stream = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True) if file.compressed else raw
         sample = stream.read(sample_bytes)

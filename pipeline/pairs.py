@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import pyarrow as pa
 
 from encoders.config import SIDES
 from pipeline.dead_letters import DeadLetter
 from pipeline.readers import JSONL_PROBE_LINES, InputError, InputFile, SourcedRow, open_raw, parquet_file, read_rows
+from pipeline.scoring_core import REASON_KEPT_COLUMN_TYPE, PairColumns, canonical_id, kept_values
 from pipeline.text_checks import TextColumns, extract_text
-
-if TYPE_CHECKING:
-    from pipeline.scoring_core import PairColumns
 
 
 @dataclass(frozen=True)
@@ -67,7 +65,6 @@ def extract_text_pair(row: SourcedRow, columns: TextPairColumns,
         if isinstance(result, DeadLetter):
             return DeadLetter(f"{side}_{result.reason}", f"{side} side: {result.detail}", row.source, row.fields)
         sides.append(result)
-    from pipeline.scoring_core import REASON_KEPT_COLUMN_TYPE, kept_values
     for field in kept:
         value = row.fields.get(field.name)
         if kept_values([value], field)[1] is not None:
@@ -151,7 +148,6 @@ def kept_column_values(values: list[Any], field: pa.Field) -> list[Any]:
     scoring core dead-letters such rows instead: :func:`pipeline.scoring_core.kept_values`)."""
     if pa.types.is_string(field.type) or pa.types.is_large_string(field.type):
         return [v if v is None or isinstance(v, str) else json.dumps(v, ensure_ascii=False) for v in values]
-    from pipeline.scoring_core import kept_values
     _, misfit = kept_values(values, field)
     if misfit is not None:
         bad = values[int(misfit.argmax())]
@@ -179,6 +175,12 @@ def extract_pair(row: SourcedRow, columns: PairColumns) -> tuple[Pair, str | Non
     for side in SIDES:
         if columns.id_mode:
             id_col = columns.left_id if side == "left" else columns.right_id
+            value = row.fields.get(id_col)
+            if not isinstance(value, str) and canonical_id(value) is not None:
+                # An integer id: its canonical text, as text tables give it.
+                ids.append(canonical_id(value))
+                texts.append(None)
+                continue
             # Reuse stage one's id rules; the id column doubles as a dummy text column.
             result = extract_text(row, TextColumns(text=id_col, id=id_col))
         else:

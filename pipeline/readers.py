@@ -50,6 +50,7 @@ from pipeline.dead_letters import (
     REASON_NOT_AN_OBJECT,
     DeadLetter,
 )
+from pipeline.paths import escape_glob, has_glob
 
 FORMATS = ("parquet", "jsonl", "csv", "tsv")
 
@@ -149,7 +150,9 @@ def expand_inputs(patterns: Sequence[str], format: str | None = None) -> list[In
     """Match input paths, globs and directories to files; sorted by path, each file once.
 
     Each pattern is a local path, a glob (``*``, ``?``, ``[...]``; ``**`` crosses directories), or
-    a Beam filesystem path such as ``gs://bucket/pairs/*.parquet``.
+    a Beam filesystem path such as ``gs://bucket/pairs/*.parquet``. A path that exists is read
+    as it is, glob characters and all (``in/pairs[1].jsonl``); only a path that does not exist
+    is matched as a glob.
 
     A directory (a local directory, a pattern ending in ``/``, or an object-store prefix that is
     not itself an object) stands for the files directly inside it (not in subdirectories) whose
@@ -196,6 +199,8 @@ def _match_pattern(pattern: str, format: str | None) -> list[str]:
         if paths is None:
             raise InputError(f"input {pattern!r} matched no files")
         return paths
+    if has_glob(pattern) and _is_file(pattern):
+        return [pattern]   # a path that exists is that path: in/pairs[1].jsonl is not in/pairs1.jsonl
     paths = [metadata.path for metadata in _match(pattern)]
     if paths:
         return paths
@@ -210,7 +215,7 @@ def _match_pattern(pattern: str, format: str | None) -> list[str]:
 def _list_directory(directory: str, format: str | None) -> list[str] | None:
     """Input files directly inside ``directory``; None when it holds no files at all."""
     base = directory.rstrip("/\\") or directory
-    listed = [metadata.path for metadata in _match(FileSystems.join(base, "*"))]
+    listed = [metadata.path for metadata in _match(FileSystems.join(escape_glob(base), "*"))]
     if not listed:
         return None
     inputs = []
@@ -239,6 +244,16 @@ def _has_known_extension(name: str) -> bool:
 
 def _is_local_directory(path: str) -> bool:
     return FileSystems.get_scheme(path) is None and os.path.isdir(path)
+
+
+def _is_file(path: str) -> bool:
+    """Whether ``path`` itself names a file (never matched as a pattern)."""
+    if FileSystems.get_scheme(path) is None:
+        return os.path.isfile(path)
+    try:
+        return FileSystems.exists(path)
+    except Exception:  # noqa: BLE001 - a filesystem that cannot answer: treat the path as a pattern
+        return False
 
 
 def _match(pattern: str) -> list:

@@ -14,7 +14,8 @@ The path of one batch of P pairs, every step columnar (Python objects only for t
    ``right_empty_text``, ``left_non_string_id`` ...; ``kept_column_type`` for a kept value that
    does not fit its decided type); only bad rows become :class:`DeadLetter`.
 3. :func:`pair_ids`: the two id columns (given, or the content hash of each *unique* text).
-4. :class:`StoreLookup`: ids -> store rows by binary search over fixed-width id keys, gathers
+4. :class:`StoreLookup`: ids -> store rows by binary search over fixed-width id keys (bytes and
+   length, so distinct ids never meet), gathers
    with numpy ``take``.
 5. :class:`HeadScorer`: the student's head over the gathered tokens, in batches.
 6. :func:`score_table`: ids, ``score``, ``probs`` and kept columns as one Arrow table.
@@ -111,13 +112,31 @@ class RowTable(NamedTuple):
     misfit: dict[str, np.ndarray]
 
 
-def _strings(values: list) -> tuple[pa.Array, np.ndarray | None]:
-    """Values of a text/id column -> (string array with non-strings as null, non-string mask or None)."""
+def canonical_id(value: Any) -> str | None:
+    """An id value -> the one string form every table compares it in, or None when it is no id.
+
+    Strings are ids as they are; integers (not bools) are their decimal text, as a text table's
+    integer ids become (:func:`pipeline.text_checks.extract_text`), so ``42`` in a JSONL or Parquet
+    pair table meets ``42`` or ``"42"`` in a text table."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def _strings(values: list, integers: bool = False) -> tuple[pa.Array, np.ndarray | None]:
+    """Values of a text/id column -> (string array with non-strings as null, non-string mask or None).
+    ``integers`` (id columns): integers are accepted in their canonical form (:func:`canonical_id`)."""
     try:
         return pa.array(values, pa.string()), None
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         # Rare: some value is a number, list or object. Only now look at each value.
+        if integers:
+            values = [v if isinstance(v, str) or canonical_id(v) is None else canonical_id(v) for v in values]
         non_string = np.fromiter((v is not None and not isinstance(v, str) for v in values), bool, len(values))
+        if not non_string.any():
+            return pa.array(values, pa.string()), None
         return pa.array([None if bad else v for v, bad in zip(values, non_string)], pa.string()), non_string
 
 
@@ -130,8 +149,17 @@ def _fits(value: Any, kind: pa.DataType) -> bool:
     if pa.types.is_integer(kind):
         return isinstance(value, int) and not isinstance(value, bool) and -2 ** 63 <= value < 2 ** 63
     if pa.types.is_floating(kind):
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        # An integer fits only where the float holds it exactly (|value| <= 2**53 for a double):
+        # beyond, it would be rounded (and Arrow refuses the whole batch).
+        exact = 2 ** _FLOAT_MANTISSA_BITS.get(kind.bit_width, 53)
+        return isinstance(value, float) or -exact <= value <= exact
     return True
+
+
+# Significand bits (with the implicit one) of float16/32/64: the integers each holds exactly.
+_FLOAT_MANTISSA_BITS = {16: 11, 32: 24, 64: 53}
 
 
 def kept_values(values: list, field: pa.Field) -> tuple[pa.Array, np.ndarray | None]:
@@ -166,7 +194,7 @@ def table_from_rows(rows: Sequence[dict], columns: PairColumns, kept: Sequence[p
             if bad is not None:
                 misfit[name] = bad
         else:
-            array, bad = _strings(values)
+            array, bad = _strings(values, integers=columns.id_mode)
             if bad is not None:
                 non_string[name] = bad
         arrays.append(array)
@@ -176,8 +204,9 @@ def table_from_rows(rows: Sequence[dict], columns: PairColumns, kept: Sequence[p
 
 # --------------------------------------------------------------------------- validation
 
-def _as_strings(column: pa.ChunkedArray | pa.Array) -> tuple[pa.Array, np.ndarray]:
-    """A column of any Arrow type -> (string array, (P,) bool of non-null non-string values)."""
+def _as_strings(column: pa.ChunkedArray | pa.Array, integers: bool = False) -> tuple[pa.Array, np.ndarray]:
+    """A column of any Arrow type -> (string array, (P,) bool of non-null non-string values).
+    ``integers`` (id columns): an integer column is its values' decimal text (:func:`canonical_id`)."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     kind = column.type
@@ -185,6 +214,8 @@ def _as_strings(column: pa.ChunkedArray | pa.Array) -> tuple[pa.Array, np.ndarra
         column, kind = column.dictionary_decode(), kind.value_type
     if pa.types.is_string(kind):
         return column, np.zeros(len(column), bool)
+    if integers and pa.types.is_integer(kind):
+        return column.cast(pa.string()), np.zeros(len(column), bool)
     if pa.types.is_large_string(kind) or pa.types.is_string_view(kind):
         return column.cast(pa.string()), np.zeros(len(column), bool)
     # A Parquet column of another type: every value present is not a string.
@@ -206,7 +237,7 @@ def validate_pairs(table: pa.Table, columns: PairColumns, non_string: dict[str, 
     # Later assignments win: the right side before the left, the checks in reverse order.
     for side in reversed(SIDES):
         name = columns.side_column(side)
-        strings, other_type = _as_strings(table.column(name))
+        strings, other_type = _as_strings(table.column(name), integers=columns.id_mode)
         if non_string and name in non_string:
             other_type = other_type | non_string[name]
         null = np.asarray(strings.is_null().to_numpy(zero_copy_only=False), bool) & ~other_type
@@ -300,7 +331,7 @@ def prepare_pairs(table: pa.Table, columns: PairColumns, kept: Sequence[pa.Field
     valid = table.take(pa.array(good)) if len(letters) else table
     data, texts = {}, {}
     for side in SIDES:
-        strings, _ = _as_strings(valid.column(columns.side_column(side)))
+        strings, _ = _as_strings(valid.column(columns.side_column(side)), integers=columns.id_mode)
         if columns.id_mode:
             data[f"{side}_id"] = strings
         else:
@@ -317,11 +348,16 @@ def prepare_pairs(table: pa.Table, columns: PairColumns, kept: Sequence[pa.Field
 # --------------------------------------------------------------------------- stores
 
 
-def _fixed_width_keys(ids: pa.Array, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _fixed_width_keys(ids: pa.Array, width: int | None = None,
+                      with_length: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(P,) strings -> ((P,) numpy ``S{width}`` keys, (P,) bool: longer than ``width``).
 
     Built from Arrow's offsets and bytes with numpy, no Python string per row. Keys compare
-    bytewise (so binary search works); numpy ignores trailing NUL bytes, which ids do not have.
+    bytewise (so binary search works). The bytes alone are zero-padded, so ``"L0"`` and
+    ``"L0\\x00"`` would get the same key; ``with_length`` appends each id's byte length (2 bytes,
+    big-endian; ids here are at most ``_MAX_KEY_BYTES``), which makes the key injective: two
+    keys are equal only for the same bytes of the same length. (numpy's ``S`` comparisons ignore
+    trailing NULs, which is harmless once every key has the same width and carries its length.)
     """
     if isinstance(ids, pa.ChunkedArray):
         ids = ids.combine_chunks()
@@ -335,10 +371,15 @@ def _fixed_width_keys(ids: pa.Array, width: int | None = None) -> tuple[np.ndarr
     too_long = lengths > width
     span = np.arange(width)
     inside = span[None, :] < np.minimum(lengths, width)[:, None]
-    keys = np.zeros((count, width), np.uint8)
+    suffix = 2 if with_length else 0
+    keys = np.zeros((count, width + suffix), np.uint8)
     if count and len(data):
-        keys[inside] = data[np.minimum(offsets[:-1, None] + span[None, :], len(data) - 1)[inside]]
-    return keys.view(f"S{width}").reshape(count), too_long
+        keys[:, :width][inside] = data[np.minimum(offsets[:-1, None] + span[None, :], len(data) - 1)[inside]]
+    if with_length:
+        clipped = np.minimum(lengths, 0xFFFF)
+        keys[:, width] = clipped >> 8
+        keys[:, width + 1] = clipped & 0xFF
+    return keys.view(f"S{width + suffix}").reshape(count), too_long
 
 
 def store_columns(layout) -> list[str]:
@@ -354,7 +395,8 @@ def store_columns(layout) -> list[str]:
 class StoreLookup:
     """A store held in memory: ids -> rows by binary search, rows -> SideArrays by ``take``.
 
-    Ids are kept sorted as fixed-width byte keys (R,) with the store row of each; a batch of
+    Ids are kept sorted as fixed-width keys (R,) (the id's bytes, zero-padded, then its length:
+    distinct ids have distinct keys) with the store row of each; a batch of
     P ids is found with one ``numpy.searchsorted`` (P log R byte comparisons in C), not P dict
     lookups. Tokens stay in the stored dtype (half the memory of float32); only gathered rows
     are converted, by the head. When an id is stored twice the later row wins (newly encoded
@@ -377,13 +419,15 @@ class StoreLookup:
             # Very long ids: fixed-width keys would be mostly padding.
             self._dict = {i: r for r, i in enumerate(ids.to_pylist())}
             return
-        keys, _ = _fixed_width_keys(ids)
+        # Keys carry each id's length: ids that differ only in trailing NUL bytes stay apart.
+        lengths = pc.binary_length(ids).to_numpy(zero_copy_only=False) if len(ids) else np.zeros(0, np.int64)
+        self._width = max(1, int(lengths.max()) if len(ids) else 1)
+        keys, _ = _fixed_width_keys(ids, self._width, with_length=True)
         order = np.argsort(keys, kind="stable")
         keys = keys[order]
         last = np.ones(len(keys), bool)
         last[:-1] = keys[1:] != keys[:-1]
         self._keys, self._rows = keys[last], order[last]
-        self._width = keys.dtype.itemsize
 
     def __len__(self) -> int:
         return len(self._dict) if self._dict is not None else len(self._keys)
@@ -396,7 +440,7 @@ class StoreLookup:
             return np.fromiter((get(i, -1) for i in values), np.int64, len(values))
         if not len(self._keys):
             return np.full(len(ids), -1, np.int64)
-        keys, too_long = _fixed_width_keys(ids, self._width)
+        keys, too_long = _fixed_width_keys(ids, self._width, with_length=True)
         at = np.minimum(np.searchsorted(self._keys, keys), len(self._keys) - 1)
         found = (self._keys[at] == keys) & ~too_long
         return np.where(found, self._rows[at], -1).astype(np.int64)

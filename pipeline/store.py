@@ -25,12 +25,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -40,6 +42,7 @@ from encoders.config import SIDES
 from pipeline.store_codec import (SideArrays, binary_values, decode_pooled, decode_tokens,  # noqa: F401
                                   dequantize, encode_token_block, side_arrays, token_mask)
 from pipeline.writers import COMPRESSION, write_json_file  # noqa: F401
+from pipeline.paths import escape_glob
 
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "_MANIFEST.json"
@@ -197,12 +200,15 @@ def read_manifest(store_dir: str) -> StoreManifest:
     return StoreManifest.from_json(text, path)
 
 
-def check_store_parts(store_dir: str, manifest: StoreManifest) -> tuple[str, ...]:
+def check_store_parts(store_dir: str, manifest: StoreManifest, content: bool = True) -> tuple[str, ...]:
     """The paths of the store's part files, each checked before any pipeline reads it: present,
     a readable Parquet footer, the columns and types of the manifest's layout, and row counts that
-    add up to the manifest's ``rows``. StoreError naming the file otherwise.
+    add up to the manifest's ``rows``; with ``content``, also what the rows hold
+    (:class:`StoreContentCheck`: finite embeddings, every id once in the whole store). StoreError
+    naming the file otherwise.
 
-    Only footers are read, a few files at a time (on object stores each is a round trip)."""
+    Footers first, a few files at a time (on object stores each is a round trip); the content is
+    then streamed a row group at a time (memory: one row group per thread, plus the ids)."""
     manifest_path = FileSystems.join(store_dir, MANIFEST_FILE)
     want = manifest.layout.schema()
     paths = [FileSystems.join(store_dir, name) for name in manifest.files]
@@ -223,12 +229,109 @@ def check_store_parts(store_dir: str, manifest: StoreManifest) -> tuple[str, ...
                              f"{_describe_columns(schema)}, the manifest's layout needs {_describe_columns(want)}")
         return rows
 
-    with ThreadPoolExecutor(max_workers=max(1, min(_CHECK_THREADS, len(paths)))) as pool:
+    threads = max(1, min(_CHECK_THREADS, len(paths)))
+    with ThreadPoolExecutor(max_workers=threads) as pool:
         total = sum(pool.map(part_rows, paths))
     if total != manifest.rows:
         raise StoreError(f"store manifest {manifest_path} says rows {manifest.rows} but its part files hold "
                          f"{total}: the store was changed after it was written")
+    if content:
+        check = StoreContentCheck(store_dir)
+        columns = ["id", *CONTENT_COLUMNS[manifest.dtype]] + (["pooled"] if manifest.pooled_dim else [])
+
+        def read_part(path: str) -> None:
+            try:
+                with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+                    first = 0
+                    for batch in pq.ParquetFile(handle).iter_batches(columns=columns):
+                        check.add(path, pa.Table.from_batches([batch]), first)
+                        first += batch.num_rows
+            except (pa.ArrowException, OSError) as err:
+                raise StoreError(f"store part {path} is corrupt or truncated (its rows cannot be read: "
+                                 f"{err})") from None
+
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            list(pool.map(read_part, paths))
+        check.finish()
     return tuple(paths)
+
+
+# The columns whose values must be finite, by store dtype (int8 tokens always are; their scale may not be).
+CONTENT_COLUMNS = {"float16": ["tokens"], "int8": ["token_scale"]}
+_HALF_EXPONENT = 0x7C00   # a float16 whose exponent bits are all set is an infinity or a NaN
+
+
+def nonfinite_rows(table: pa.Table) -> tuple[np.ndarray, str | None]:
+    """Store rows (any columns of the schema) -> ((rows,) bool: a NaN or infinity in the row's
+    embeddings, the first column found holding one, or None).
+
+    Vectorised over raw bytes: float16 ``tokens`` (when there is no ``token_scale``, i.e. not an
+    int8 store) and ``pooled`` are viewed as (rows, values) uint16 and tested on their exponent
+    bits; int8 ``token_scale`` with ``numpy.isfinite``."""
+    bad = np.zeros(table.num_rows, bool)
+    first = None
+    names = table.column_names
+    for name in ("tokens", "token_scale", "pooled"):
+        if name not in names or (name == "tokens" and "token_scale" in names) or not table.num_rows:
+            continue
+        if name == "token_scale":
+            found = ~np.isfinite(table.column(name).to_numpy())
+        else:
+            halves = binary_values(table.column(name), "<u2", (-1,))
+            found = ((halves & _HALF_EXPONENT) == _HALF_EXPONENT).any(axis=1)
+        if first is None and found.any():
+            first = name
+        bad |= found
+    return bad, first
+
+
+def check_finite(table: pa.Table, path: str, first_row: int = 0) -> None:
+    """StoreError naming ``path`` when any of ``table``'s rows (rows ``first_row``... of that part)
+    holds a NaN or an infinity: such a store would give NaN scores."""
+    bad, column = nonfinite_rows(table)
+    if column is None:
+        return
+    row = int(np.flatnonzero(bad)[0])
+    id_ = table.column("id")[row].as_py() if "id" in table.column_names else None
+    raise StoreError(f"store part {path} holds embeddings that are not finite (NaN or infinity): "
+                     f"{int(bad.sum())} row(s) of this read, the first row {first_row + row} (id {id_!r:.80}), "
+                     f"column {column!r}. The store is damaged: encode afresh (leave out --store)")
+
+
+class StoreContentCheck:
+    """What a store's rows must hold, checked as its parts are read (from any number of threads):
+    finite embeddings (:func:`check_finite`) and every id at most once in the whole store.
+
+    add(path, rows) per batch read; finish() once every part is in: StoreError naming the part
+    (or the two parts) that hold an id more than once. Only the ids are kept (R strings)."""
+
+    def __init__(self, store_dir: str):
+        self.store_dir = store_dir
+        self._ids: dict[str, list[pa.Array]] = {}
+        self._lock = threading.Lock()
+
+    def add(self, path: str, table: pa.Table, first_row: int = 0) -> None:
+        check_finite(table, path, first_row)
+        ids = table.column("id").combine_chunks()
+        with self._lock:
+            self._ids.setdefault(path, []).append(ids)
+
+    def finish(self) -> None:
+        parts = [(path, pa.chunked_array(chunks, pa.string())) for path, chunks in self._ids.items()]
+        if not parts:
+            return
+        # Hash counting over every id at once (exact bytes: ids that differ in any byte are apart).
+        counts = pc.value_counts(pa.chunked_array([c for _, ids in parts for c in ids.chunks], pa.string()))
+        repeated = counts.filter(pc.greater(counts.field("counts"), 1))
+        if not len(repeated):
+            return
+        id_ = repeated.field("values")[0]
+        holders = [(path, pc.sum(pc.equal(ids, id_)).as_py() or 0) for path, ids in parts]
+        holders = [(path, n) for path, n in holders if n]
+        where = " and ".join(f"{path}" + (f" ({n} times)" if n > 1 else "") for path, n in holders)
+        raise StoreError(f"store {self.store_dir} holds id {id_.as_py()!r:.80} more than once: in {where} "
+                         f"({len(repeated)} id(s) repeated in all). Each id must be stored once, or which "
+                         "embedding a pair gets would depend on file order: encode afresh (leave out --store)")
 
 
 def _describe_columns(schema: pa.Schema) -> str:
@@ -347,7 +450,7 @@ def _entries(directory: str, limit: int = 6) -> str | None:
         if FileSystems.get_scheme(directory) is None:   # local: list subdirectories too
             names = sorted(os.listdir(directory))
         else:
-            matched = FileSystems.match([FileSystems.join(directory, "*")])[0].metadata_list
+            matched = FileSystems.match([FileSystems.join(escape_glob(directory), "*")])[0].metadata_list
             names = sorted({FileSystems.split(m.path)[1] for m in matched})
     except Exception:  # noqa: BLE001 - a listing is only for the message
         return None
@@ -373,7 +476,7 @@ def write_manifest(store_dir: str, *, model_fingerprint: str, encoder: str, layo
 
 
 def store_files(store_dir: str) -> list[str]:
-    pattern = FileSystems.join(store_dir, f"{STORE_FILE_PREFIX}*{STORE_FILE_SUFFIX}")
+    pattern = FileSystems.join(escape_glob(store_dir), f"{STORE_FILE_PREFIX}*{STORE_FILE_SUFFIX}")
     return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
 
 
@@ -388,12 +491,21 @@ def count_rows(paths: Sequence[str]) -> int:
 
 def read_store(store_dir: str, columns: Sequence[str] | None = None) -> tuple[StoreManifest, pa.Table]:
     """The whole store as one Arrow table (tests, small stores, broadcast lookups): only the part
-    files its manifest lists, each checked first (:func:`check_store_parts`)."""
+    files its manifest lists, each checked first (:func:`check_store_parts`), and what their rows
+    hold checked as they are read (:class:`StoreContentCheck`)."""
     manifest = read_manifest(store_dir)
     tables = []
-    for path in check_store_parts(store_dir, manifest):
+    check = StoreContentCheck(store_dir)
+    # The content is checked on the rows read here rather than in a second pass over the files.
+    wanted = list(columns) if columns else None
+    needed = None if wanted is None else list(dict.fromkeys(
+        ["id", *wanted, *CONTENT_COLUMNS[manifest.dtype]] + (["pooled"] if manifest.pooled_dim else [])))
+    for path in check_store_parts(store_dir, manifest, content=False):
         with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-            tables.append(pq.read_table(handle, columns=list(columns) if columns else None))
+            table = pq.read_table(handle, columns=needed)
+        check.add(path, table)
+        tables.append(table if wanted is None else table.select(wanted))
+    check.finish()
     schema = manifest.layout.schema()
     if columns:
         schema = pa.schema([schema.field(c) for c in columns])

@@ -328,3 +328,168 @@ def test_second_run_on_a_locked_output_is_refused_naming_the_holder(tmp_path, ti
     finally:
         holder.kill()
         holder.wait()
+
+
+# --------------------------------------------------------------------------- what --overwrite may replace
+
+
+def snapshot(path: Path) -> dict[str, bytes | None]:
+    """Every entry under ``path`` with its bytes (None for a directory): to prove it unchanged."""
+    return {p.relative_to(path).as_posix(): (None if p.is_dir() else p.read_bytes()) for p in path.rglob("*")}
+
+
+def dead_lock_json() -> str:
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return json.dumps({"pid": int(finished.stdout), "host": os.uname().nodename, "started": "s", "job": "score_pairs",
+                       "token": "t0"})
+
+
+@pytest.mark.parametrize("lock", [False, True], ids=["success-only", "success-and-dead-lock"])
+def test_overwrite_of_a_spark_output_is_refused_and_keeps_every_file(tmp_path, tiny_checkpoint, lock):
+    """Spark and Hadoop write _SUCCESS into every output; a lock whose holder is dead is no proof
+    either. --overwrite refuses such a folder in one line naming its files, and keeps them all."""
+    texts = write_jsonl(tmp_path / "t.jsonl", [{"text": "a"}])
+    out = tmp_path / "spark-out"
+    out.mkdir()
+    (out / "_SUCCESS").write_text("")
+    pq.write_table(pa.table({"x": [1, 2]}), out / "part-00000-c000.snappy.parquet")
+    (out / "notes.txt").write_text("mine")
+    if lock:
+        (out / "_LOCK").write_text(dead_lock_json())
+    before = snapshot(out)
+    result = CliRunner().invoke(encode_texts.main, ["--input", str(texts), "--model", tiny_checkpoint,
+                                                    "--output", str(out), "--overwrite"])
+    assert result.exit_code == 2, result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert "would delete _SUCCESS, notes.txt, part-00000-c000.snappy.parquet" in result.output
+    assert "a _SUCCESS alone proves nothing" in result.output
+    assert snapshot(out) == before
+
+
+def test_output_with_glob_characters_never_touches_the_sibling_it_would_match(tmp_path, tiny_checkpoint):
+    texts = write_jsonl(tmp_path / "t.jsonl", [{"text": "a"}, {"text": "b"}])
+    runs = tmp_path / "runs"
+    run_encode_texts(EncodeTextsJob(inputs=(str(texts),), output=str(runs / "run1"), model_dir=tiny_checkpoint),
+                     [], argv=[])
+    before = snapshot(runs)
+    result = CliRunner().invoke(encode_texts.main, ["--input", str(texts), "--model", tiny_checkpoint,
+                                                    "--output", str(runs / "run[1]"), "--overwrite"])
+    assert result.exit_code == 2, result.output
+    assert "holds '[' in its path" in result.output and len(result.output.strip().splitlines()) == 1
+    assert snapshot(runs) == before   # run1's markers and manifest kept, no _LOCK anywhere
+
+
+def test_an_input_that_exists_literally_is_read_literally(tmp_path, tiny_checkpoint):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    write_jsonl(inputs / "pairs[1].jsonl", PAIRS[:2])
+    write_jsonl(inputs / "pairs1.jsonl", PAIRS[5:9])
+    summary = run_score_pairs(ScorePairsJob(pairs=(str(inputs / "pairs[1].jsonl"),), output=str(tmp_path / "out"),
+                                            model_dir=tiny_checkpoint, keep_cols=("pair_id",)), [], argv=[])
+    assert summary.counts["pairs_read"] == 2
+    assert sorted(pq.read_table(tmp_path / "out" / "scores").column("pair_id").to_pylist()) == [0, 1]
+
+
+def test_symlinks_into_the_output_are_refused_before_anything_is_touched(runs, tmp_path, tiny_checkpoint):
+    """A pairs glob whose match links into OUT, and --store sides that link into OUT: refused
+    (exit 2, one line) and OUT keeps every file; it used to be deleted before the run failed."""
+    # Last run's distillation set, linked among today's pairs (its parts have left and right).
+    distill = runs / "distill"
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    pq.write_table(pa.Table.from_pylist(PAIRS[:2]), inputs / "a.parquet")
+    (inputs / "b.parquet").symlink_to(next(distill.glob("part-*.parquet")))
+    # Last night's store, its sides linked from elsewhere.
+    scores = runs / "runs" / "example-scores"
+    store = tmp_path / "last-night"
+    store.mkdir()
+    for side in ("left", "right"):
+        (store / side).symlink_to(scores / "store" / side)
+    for out, extra in ((distill, ["--pairs", str(inputs / "*.parquet")]),
+                       (scores, ["--pairs", str(runs / "pairs.jsonl"), "--store", str(store)])):
+        before = snapshot(out)
+        result = CliRunner().invoke(score_pairs.main, [*extra, "--model", tiny_checkpoint, "--output", str(out),
+                                                       "--overwrite"])
+        assert result.exit_code == 2, result.output
+        assert "contains --" in result.output and len(result.output.strip().splitlines()) == 1
+        assert snapshot(out) == before
+
+
+def test_a_failed_overwrite_keeps_the_earlier_output_whole(tmp_path, tiny_checkpoint, monkeypatch):
+    """--overwrite replaces at commit: a re-run that fails leaves yesterday's output as it was
+    (it used to be deleted before the run started)."""
+    texts = write_jsonl(tmp_path / "t.jsonl", [{"text": t} for t in ("a", "b", "c")])
+    out = tmp_path / "out"
+    run_encode_texts(EncodeTextsJob(inputs=(str(texts),), output=str(out), model_dir=tiny_checkpoint), [], argv=[])
+    before = snapshot(out)
+    monkeypatch.setattr(store, "count_rows", lambda files: 0)   # a lost part file
+    write_jsonl(texts, [{"text": "d"}])
+    with pytest.raises(RuntimeError, match="row accounting failed"):
+        run_encode_texts(EncodeTextsJob(inputs=(str(texts),), output=str(out), model_dir=tiny_checkpoint,
+                                        overwrite=True), [], argv=[])
+    assert snapshot(out) == before
+
+
+# --------------------------------------------------------------------------- interrupts and a full disk
+
+
+def interrupt_when_staging(args: list[str], output: Path, signum: int) -> subprocess.CompletedProcess:
+    """Run ``python -m jobs.encode_texts ARGS``, send ``signum`` once its staging directory holds
+    files, and return what it printed and its exit status."""
+    process = subprocess.Popen([sys.executable, "-m", "jobs.encode_texts", *args], env={**os.environ,
+                               "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               # a Ctrl-C must reach it, even when these tests run as a background job
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 300
+        while not staging_has_started(output) and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert process.poll() is None, "the run ended before it could be interrupted: give it more texts"
+        process.send_signal(signum)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+@pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
+def test_an_interrupted_overwrite_says_one_line_and_leaves_the_output_as_it_was(tmp_path, tiny_checkpoint, signum,
+                                                                                   status):
+    out = tmp_path / "out"
+    first = write_jsonl(tmp_path / "first.jsonl", [{"text": "yesterday"}])
+    run_encode_texts(EncodeTextsJob(inputs=(str(first),), output=str(out), model_dir=tiny_checkpoint), [], argv=[])
+    before = snapshot(out)
+    texts = write_jsonl(tmp_path / "texts.jsonl", [{"text": f"text number {i}"} for i in range(400)])
+    done = interrupt_when_staging(["--input", str(texts), "--model", tiny_checkpoint, "--batch-size", "2", "--quiet",
+                                   "--output", str(out), "--overwrite"], out, signum)
+    assert done.returncode == status, done.stderr
+    name = "interrupted" if signum == signal.SIGINT else "terminated (SIGTERM)"
+    assert done.stderr == f"{name}: nothing committed, {out} left as it was\n"
+    assert snapshot(out) == before
+
+
+def test_a_full_disk_says_one_line_naming_the_file(tmp_path, tiny_checkpoint):
+    """ENOSPC while Beam writes a part file (injected where the Parquet sink opens its file):
+    one line naming that file, exit 1, and the earlier output left as it was."""
+    out = tmp_path / "out"
+    texts = write_jsonl(tmp_path / "texts.jsonl", [{"text": "a"}, {"text": "b"}])
+    run_encode_texts(EncodeTextsJob(inputs=(str(texts),), output=str(out), model_dir=tiny_checkpoint), [], argv=[])
+    before = snapshot(out)
+    code = ("import errno, os, sys\n"
+            "import jobs\n"   # first, as the command line does: its logging set-up
+            "from apache_beam.io import parquetio\n"
+            "def disk_full(self, temp_path):\n"
+            "    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), temp_path)\n"
+            "parquetio._ParquetSink.open = disk_full\n"
+            "from jobs.cli import console_main\n"
+            f"sys.argv = ['pairscore', 'encode-texts', '--input', {str(texts)!r}, '--model', {tiny_checkpoint!r},\n"
+            f"            '--output', {str(out)!r}, '--overwrite', '--quiet']\n"
+            "console_main()\n")
+    done = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert re.fullmatch(rf"error: no space left on device writing {re.escape(str(out))}/_temporary-[^ ]+\.parquet: "
+                        rf"nothing committed, {re.escape(str(out))} left as it was", lines[0]), lines[0]
+    assert snapshot(out) == before

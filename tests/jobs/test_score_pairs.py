@@ -181,6 +181,34 @@ def test_pairs_of_ids_with_text_tables_and_bad_rows(tmp_path, head_checkpoints):
     assert missing == {"q3", "q9", "q4"}
 
 
+def test_integer_pair_ids_meet_text_tables_ids_in_one_canonical_form(tmp_path, head_checkpoints):
+    """Integer ids in a pair table (JSONL numbers, Parquet int64) name the same texts as the text
+    tables' integer (JSONL) or string (CSV) ids: every pair scores, with the string-id run's scores."""
+    left = tmp_path / "left.jsonl"
+    left.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"id": 1, "text": "how do I bake bread?"}, {"id": 2, "text": "what is a sourdough starter?"},
+        {"id": 30, "text": "is rye flour gluten free?"}]))
+    right = tmp_path / "right.csv"
+    right.write_text("id,text\n7,bread flour 1kg\n8,rye sourdough starter kit\n-9,a bread knife\n")
+    q, p = [1, 2, 30, 1, 30, 2], [7, 8, -9, 8, 7, -9]
+    as_jsonl = tmp_path / "pairs.jsonl"
+    as_jsonl.write_text("".join(json.dumps({"q": a, "p": b}) + "\n" for a, b in zip(q, p)))
+    as_parquet = tmp_path / "pairs.parquet"
+    pq.write_table(pa.table({"q": pa.array(q, pa.int64()), "p": pa.array(p, pa.int32())}), as_parquet)
+    as_strings = tmp_path / "strings.jsonl"
+    as_strings.write_text("".join(json.dumps({"q": str(a), "p": str(b)}) + "\n" for a, b in zip(q, p)))
+    scores = {}
+    for name, pairs in (("jsonl", as_jsonl), ("parquet", as_parquet), ("strings", as_strings)):
+        output = tmp_path / name
+        summary = run(ScorePairsJob(pairs=(str(pairs),), output=str(output), left_id_col="q", right_id_col="p",
+                                    left_texts=(str(left),), right_texts=(str(right),),
+                                    model_dir=head_checkpoints["dipair"]), [], argv=[])
+        assert summary.counts["pairs_scored"] == len(q) and not summary.dead_letters, (name, summary.dead_letters)
+        scores[name] = {k: v["score"] for k, v in read_scores(output).items()}
+    assert set(scores["strings"]) == {(str(a), str(b)) for a, b in zip(q, p)}
+    assert scores["jsonl"] == scores["strings"] == scores["parquet"]
+
+
 def read_scores_all(output: Path) -> list[dict]:
     return pa.concat_tables([pq.read_table(p) for p in (output / "scores").glob("part-*.parquet")]).to_pylist()
 
@@ -284,6 +312,21 @@ def test_jsonl_kept_columns_keep_json_types_and_misfits_are_dead_letters(tmp_pat
         run(ScorePairsJob(pairs=(str(source), str(other)), output=str(tmp_path / "o2"),
                           model_dir=head_checkpoints["de-cos"], keep_cols=("n",)), [], argv=[])
     assert not (tmp_path / "o2").exists()
+
+
+def test_an_integer_beyond_2_53_in_a_float_kept_column_is_dead_lettered(tmp_path, head_checkpoints):
+    # ints and floats in the first objects: the column is float64; 2**53 + 1 has no exact double.
+    rows = [{"left": f"question {i}", "right": f"answer {i}", "w": w}
+            for i, w in enumerate([0.5, 3, 2 ** 53 + 1, 2 ** 53, -1.25])]
+    source = tmp_path / "pairs.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    output = tmp_path / "out"
+    summary = run(ScorePairsJob(pairs=(str(source),), output=str(output), model_dir=head_checkpoints["de-cos"],
+                                keep_cols=("w",)), [], argv=[])
+    assert summary.dead_letters == {"kept_column_type": 1} and summary.counts["pairs_scored"] == 4
+    assert sorted(read_scores_table(output).column("w").to_pylist()) == [-1.25, 0.5, 3.0, float(2 ** 53)]
+    letter = dead_letters(output)[0]
+    assert json.loads(letter["row"])["w"] == 2 ** 53 + 1 and letter["source"] == f"{source}:3"
 
 
 def test_one_parquet_file_in_row_group_slices_scores_every_pair_once_on_two_workers(tmp_path, head_checkpoints):

@@ -11,6 +11,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -190,6 +191,66 @@ def test_row_count_that_does_not_add_up_is_named(tmp_path, night_one, square_che
     path = edit_manifest(store, "left", rows=manifest_of(store, "left")["rows"] + 1)
     message = refused(night_one, tmp_path, square_checkpoint, store)
     assert f"store manifest {path} says rows" in message
+
+
+# ------------------------------------------------------------------- what the rows hold
+
+def _with_value(part: Path, column: str, row: int, value: float) -> None:
+    """Rewrite ``part`` with one float16 value of ``column`` in ``row`` set to ``value``."""
+    table = pq.read_table(part)
+    cells = table.column(column).to_pylist()
+    halves = np.frombuffer(cells[row], "<f2").copy()
+    halves[len(halves) // 2] = value
+    cells[row] = halves.tobytes()
+    index = table.schema.get_field_index(column)
+    pq.write_table(table.set_column(index, table.schema.field(index), pa.array(cells, table.schema.field(index).type)),
+                   part, compression="zstd")
+
+
+@pytest.mark.parametrize("column,value", [("tokens", np.nan), ("tokens", -np.inf), ("pooled", np.inf)])
+def test_non_finite_embeddings_are_refused_naming_the_part(tmp_path, night_one, square_checkpoint, store,
+                                                           column, value):
+    part = sorted((store / "right").glob("part-*.parquet"))[0]
+    id_ = pq.read_table(part).column("id")[1].as_py()
+    _with_value(part, column, 1, value)
+    message = refused(night_one, tmp_path, square_checkpoint, store)
+    assert f"store part {part} holds embeddings that are not finite" in message
+    assert f"id {id_!r}" in message and f"column {column!r}" in message
+    # Read directly, and read by a pipeline (a part that changed after the check before the run).
+    with pytest.raises(StoreError, match=f"store part {part} holds embeddings that are not finite"):
+        read_store(str(store / "right"))
+    from pipeline.beam.score import read_store_tables
+    import apache_beam as beam
+    with pytest.raises(Exception, match="holds embeddings that are not finite"):
+        with beam.Pipeline() as pipeline:
+            read_store_tables(pipeline, [str(part)], "Store", batch_rows=1) | beam.Map(lambda t: t)
+
+
+def test_an_id_in_two_parts_is_refused_naming_both(tmp_path, night_one, square_checkpoint, store):
+    side = store / "left"
+    part = sorted(side.glob("part-*.parquet"))[0]
+    table = pq.read_table(part)
+    copy = side / "part-99999-of-99999.parquet"
+    pq.write_table(table.slice(2, 1), copy, compression="zstd")   # one row again, in a second part
+    manifest = manifest_of(store, "left")
+    edit_manifest(store, "left", files=manifest["files"] + [copy.name], rows=manifest["rows"] + 1)
+    id_ = table.column("id")[2].as_py()
+    message = refused(night_one, tmp_path, square_checkpoint, store)
+    assert f"holds id {id_!r} more than once: in {part} and {copy}" in message
+    with pytest.raises(StoreError, match="more than once"):
+        read_store(str(side))
+
+
+def test_ids_that_differ_only_in_a_nul_are_not_repeats(store):
+    side = store / "left"
+    part = sorted(side.glob("part-*.parquet"))[0]
+    table = pq.read_table(part)
+    first = table.slice(0, 1)
+    pq.write_table(first.set_column(0, table.schema.field(0), pa.array([first.column("id")[0].as_py() + "\x00"])),
+                   side / "part-nul.parquet")
+    manifest = manifest_of(store, "left")
+    edit_manifest(store, "left", files=manifest["files"] + ["part-nul.parquet"], rows=manifest["rows"] + 1)
+    assert read_store(str(side))[1].num_rows == table.num_rows + 1
 
 
 # ------------------------------------------------------------------- not a store at all

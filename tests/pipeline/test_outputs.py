@@ -77,6 +77,52 @@ def test_symlinked_output_is_compared_by_its_target(tmp_path):
         check_no_overlap(str(tmp_path / "alias"), {"--input": [str(tmp_path / "real" / "t.jsonl")]})
 
 
+def test_symlinks_into_the_output_are_resolved_before_deciding(tmp_path):
+    """A glob whose match is a symlink into OUT, store sides that are symlinks into OUT, a model
+    directory holding a link into OUT: each is refused, whatever the paths look like."""
+    out = tmp_path / "out"
+    (out / "scores").mkdir(parents=True)
+    (out / "scores" / "part-0.parquet").write_text("yesterday")
+    (out / "store" / "left").mkdir(parents=True)
+    (out / "store" / "right").mkdir(parents=True)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "a.parquet").write_text("today")
+    (inputs / "b.parquet").symlink_to(out / "scores" / "part-0.parquet")
+    with pytest.raises(OutputError, match=r"contains --pairs .*in/\*\.parquet.* \(.*b\.parquet is .*out/scores/part-0"):
+        check_no_overlap(str(out), {"--pairs": [str(inputs / "*.parquet")]})
+    store = tmp_path / "last-night"
+    store.mkdir()
+    (store / "left").symlink_to(out / "store" / "left")
+    (store / "right").symlink_to(out / "store" / "right")
+    with pytest.raises(OutputError, match=r"contains --store .*last-night.* \(.*last-night/(left|right) is "):
+        check_no_overlap(str(out), {"--store": [str(store)]})
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "weights.safetensors").symlink_to(out / "scores" / "part-0.parquet")
+    with pytest.raises(OutputError, match="contains --model"):
+        check_no_overlap(str(out), {"--model": [str(model)]})
+    # An output inside a directory reached through a link is inside it too.
+    (tmp_path / "link-to-in").symlink_to(inputs)
+    with pytest.raises(OutputError, match="is inside --input"):
+        check_no_overlap(str(inputs / "new-out"), {"--input": [str(tmp_path / "link-to-in")]})
+
+
+def test_output_paths_with_glob_characters_never_touch_a_sibling(tmp_path):
+    """``runs/run[1]`` is never ``runs/run1``: an output path holding *, ? or [ is refused before
+    anything is touched (Beam's writers would match it as a pattern), and the sibling output that
+    the pattern would have matched keeps every file, with no lock left anywhere."""
+    runs = tmp_path / "runs"
+    commit_output(runs / "run1", OLD)
+    commit_output(runs / "staged-elsewhere", OLD)
+    (runs / "staged-elsewhere").rename(runs / "run[1]")   # an earlier output under the literal name
+    before = snapshot(runs)
+    for name in ("run[1]", "run?", "run*"):
+        with pytest.raises(OutputError, match=r"holds .* in its path .*choose a directory whose path has none"):
+            open_output(str(runs / name), job="t", overwrite=True)
+    assert snapshot(runs) == before
+
+
 # --------------------------------------------------------------------------- what --overwrite may replace
 
 
@@ -134,31 +180,126 @@ def test_overwrite_refuses_a_directory_pairscore_did_not_write_and_touches_nothi
     assert everything(target) == before
 
 
-OLD_DATA = ["scores/part-0.parquet", "dead_letter/part-0.parquet"]
+def commit_output(target: Path, files: dict[str, str], job: str = "score_pairs") -> None:
+    """A real committed pairscore output in ``target`` holding ``files`` (relative path -> text)."""
+    with open_output(str(target), job=job, overwrite=True) as out:
+        for name, text in files.items():
+            Path(out.staged(name)).parent.mkdir(parents=True, exist_ok=True)
+            Path(out.staged(name)).write_text(text)
+        out.commit(summary_for(target))
 
 
-@pytest.mark.parametrize("files, first_deleted", [
-    ([SUMMARY_FILE, *OLD_DATA], [SUMMARY_FILE]),
-    ([SUCCESS_FILE, SUMMARY_FILE, *OLD_DATA], [SUCCESS_FILE, SUMMARY_FILE]),
-    ([MANIFEST_FILE, "part-0.parquet"], [MANIFEST_FILE]),
-    ([f"store/left/{MANIFEST_FILE}", *OLD_DATA], [f"store/left/{MANIFEST_FILE}"]),
-    # a run killed before its commit: its staging directory (and a lock put aside by a take-over)
-    ([f"{STAGING_PREFIX}20260101-abc/part-0.parquet", f"{LOCK_FILE}.stale-x"], None),
-], ids=["summary", "success", "manifest", "store-manifest", "leftovers"])
-def test_overwrite_replaces_a_pairscore_output_markers_first(tmp_path, monkeypatch, files, first_deleted):
+def snapshot(path: Path) -> dict[str, bytes | None]:
+    """Every entry under ``path`` with its bytes (None for a directory): to prove it unchanged."""
+    return {p.relative_to(path).as_posix(): (None if p.is_dir() else p.read_bytes()) for p in path.rglob("*")}
+
+
+OLD = {"scores/part-00000-of-00001.parquet": "old scores", "store/left/part-0.parquet": "old left",
+       f"store/left/{MANIFEST_FILE}": "{}", "_dead_letter/part-0.parquet": "old letters"}
+NEW = {"scores/part-00000-of-00002.parquet": "new scores 0", "scores/part-00001-of-00002.parquet": "new scores 1",
+       f"store/right/{MANIFEST_FILE}": "{}", "store/right/part-0.parquet": "new right"}
+
+
+def dead_pid() -> int:
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(finished.stdout)
+
+
+def dead_lock(target: Path) -> None:
+    (target / LOCK_FILE).write_text(json.dumps({"pid": dead_pid(), "host": socket.gethostname(), "started": "s",
+                                                "job": "score_pairs", "token": "t0"}))
+
+
+@pytest.mark.parametrize("files", [
+    # Spark/Hadoop write _SUCCESS into every output: it proves nothing
+    {SUCCESS_FILE: "", "part-00000-c000.snappy.parquet": "spark", "notes.txt": "mine"},
+    {MANIFEST_FILE: "{}", "part-0.parquet": "whose?", "notes.txt": "mine"},
+    {SUMMARY_FILE: "{}", SUCCESS_FILE: "", "notes.txt": "mine"},                       # not a pairscore summary
+    {f"{STAGING_PREFIX}x/part-0.parquet": "unmarked", "notes.txt": "mine"},            # not pairscore's staging
+], ids=["spark-success", "manifest", "foreign-summary", "unmarked-staging"])
+@pytest.mark.parametrize("lock", [False, True], ids=["no-lock", "dead-lock"])
+def test_overwrite_trusts_no_marker_anyone_can_write(tmp_path, files, lock):
+    """A _SUCCESS, a manifest, a summary that lists nothing or a lock whose holder is dead does
+    not make a directory pairscore's: refused, naming the files, and nothing is touched."""
     target = tmp_path / "out"
-    for name in files:
+    for name, text in files.items():
         (target / name).parent.mkdir(parents=True, exist_ok=True)
-        (target / name).write_text("old")
-    deleted = []
-    real_delete = outputs.FileSystems.delete
-    monkeypatch.setattr(outputs.FileSystems, "delete", lambda paths: (deleted.append(list(paths)), real_delete(paths)))
+        (target / name).write_text(text)
+    if lock:
+        dead_lock(target)
+    before = snapshot(target)
+    with pytest.raises(OutputError, match=r"--overwrite would delete .*notes\.txt.* which no pairscore job wrote"):
+        open_output(str(target), job="t", overwrite=True)
+    assert snapshot(target) == before
+
+
+def test_overwrite_names_files_its_summary_does_not_list_and_keeps_them(tmp_path):
+    target = tmp_path / "out"
+    commit_output(target, OLD)
+    (target / "notes.txt").write_text("mine")
+    (target / "scores" / "extra.csv").write_text("mine too")
+    (target / "store" / "left" / "x").mkdir()
+    before = snapshot(target)
+    with pytest.raises(OutputError) as error:
+        open_output(str(target), job="t", overwrite=True)
+    assert "would delete notes.txt, scores/extra.csv, store/left/x/ in" in str(error.value)
+    assert "its _SUMMARY.json does not list them" in str(error.value)
+    assert snapshot(target) == before
+
+
+def test_overwrite_keeps_the_old_output_until_the_new_one_commits(tmp_path):
+    target = tmp_path / "out"
+    commit_output(target, OLD)
+    before = snapshot(target)
     out = open_output(str(target), job="t", overwrite=True)
-    if first_deleted:   # an interrupted delete never leaves a complete-looking output
-        assert [Path(p).relative_to(target).as_posix() for p in deleted[0]] == first_deleted
-    assert everything(target) == sorted([LOCK_FILE, Path(out.staging).name])
+    for name, text in NEW.items():
+        Path(out.staged(name)).parent.mkdir(parents=True, exist_ok=True)
+        Path(out.staged(name)).write_text(text)
+    # The run is staged: the old output is still whole and readable, _SUCCESS and all.
+    assert {k: v for k, v in snapshot(target).items() if not k.startswith((STAGING_PREFIX, LOCK_FILE))} == before
+    out.commit(summary_for(target))
+    assert everything(target) == sorted({*NEW, SUMMARY_FILE, SUCCESS_FILE, "scores", "store", "store/right"})
+    assert json.loads((target / SUMMARY_FILE).read_text())["files"] == sorted(NEW)
+    assert all((target / name).read_text() == text for name, text in NEW.items())
+
+
+@pytest.mark.parametrize("failure", [RuntimeError("row accounting failed"), KeyboardInterrupt(),
+                                     OSError(28, "No space left on device")])
+def test_a_failed_overwrite_leaves_the_old_output_as_it_was(tmp_path, failure):
+    target = tmp_path / "out"
+    commit_output(target, OLD)
+    before = snapshot(target)
+
+    @abort_output_on_failure
+    def run():
+        out = open_output(str(target), job="t", overwrite=True)
+        for name, text in NEW.items():
+            Path(out.staged(name)).parent.mkdir(parents=True, exist_ok=True)
+            Path(out.staged(name)).write_text(text)
+        raise failure
+    with pytest.raises(type(failure)):
+        run()
+    assert snapshot(target) == before
+
+
+def test_overwrite_cleans_up_what_an_interrupted_run_left(tmp_path):
+    """A killed run's marked staging directory and its lock (holder provably dead) are removed;
+    the earlier output they sit beside stays until the new run commits."""
+    target = tmp_path / "out"
+    commit_output(target, OLD)
+    before = snapshot(target)
+    killed = open_output(str(target), job="score_pairs", overwrite=True)   # then "SIGKILL": no clean-up
+    Path(killed.staged("scores")).mkdir()
+    Path(killed.staged("scores", "part-0.parquet")).write_text("half")
+    dead_lock(target)
+    (target / f"{LOCK_FILE}.stale-0").write_text((target / LOCK_FILE).read_text())
+    with pytest.raises(OutputError, match="is not empty"):
+        open_output(str(target), job="t", overwrite=False)
+    out = open_output(str(target), job="t", overwrite=True)
+    assert not Path(killed.staging).exists() and not (target / f"{LOCK_FILE}.stale-0").exists()
+    assert {k: v for k, v in snapshot(target).items() if not k.startswith((STAGING_PREFIX, LOCK_FILE))} == before
     out.abort()
-    assert everything(target) == []
+    assert snapshot(target) == before
 
 
 def test_output_that_is_a_file_is_refused_in_one_line(tmp_path):
@@ -205,7 +346,8 @@ def test_a_live_holder_blocks_and_a_dead_one_is_taken_over(tmp_path):
     out = open_output(str(target), job="t", overwrite=True)
     assert read_lock(str(target)).pid == os.getpid()
     assert any(f"pid {holder.pid}" in note and "no longer running" in note for note in out.notes)
-    assert everything(target) == sorted([LOCK_FILE, Path(out.staging).name])
+    staging = Path(out.staging).name
+    assert everything(target) == sorted([LOCK_FILE, staging, f"{staging}/{outputs.STAGING_MARKER}"])
     out.abort()
 
 
@@ -222,23 +364,104 @@ def test_stale_lock_of_a_pid_that_does_not_exist(tmp_path):
     out.abort()
 
 
-def test_a_run_killed_half_way_through_its_commit_is_replaced(tmp_path):
-    """Data already moved into place, no markers yet, the dead run's lock: still pairscore's."""
-    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+COMMIT_MOVES = 12   # OLD and NEW: 4 files each, plus _SUMMARY.json and _SUCCESS, each moved once
+
+
+def interrupt_commit(monkeypatch, step, when) -> None:
+    """A signal at ``step`` of the commit: before that rename, or right after it (the rename
+    done, nothing recorded yet). ``step`` "plan": while the commit plan is written."""
+    if step == "plan":
+        real_write = outputs.OutputDir._write_staged
+
+        def write(self, rel, content):
+            if rel == outputs.COMMIT_PLAN:
+                if when == "after":
+                    real_write(self, rel, content)
+                raise KeyboardInterrupt
+            return real_write(self, rel, content)
+        monkeypatch.setattr(outputs.OutputDir, "_write_staged", write)
+        return
+    real_rename = outputs.FileSystems.rename
+    calls = []
+
+    def rename(sources, targets):
+        calls.append(targets)
+        if len(calls) - 1 == step and when == "before":
+            raise KeyboardInterrupt
+        real_rename(sources, targets)
+        if len(calls) - 1 == step and when == "after":
+            raise KeyboardInterrupt
+    monkeypatch.setattr(outputs.FileSystems, "rename", rename)
+
+
+def assert_old_or_new(target: Path, old: dict, committed: bool) -> None:
+    """OUT is exactly the earlier output, or exactly the new one, whole: never a _SUCCESS
+    beside missing or mixed data."""
+    now = {k: v for k, v in snapshot(target).items() if not k.startswith((STAGING_PREFIX, LOCK_FILE))}
+    if not committed:
+        assert now == old
+        return
+    files = {k for k, v in now.items() if v is not None}
+    assert files == {*NEW, SUMMARY_FILE, SUCCESS_FILE}
+    assert json.loads(now[SUMMARY_FILE])["files"] == sorted(NEW)
+    assert all(now[name] == text.encode() for name, text in NEW.items())
+
+
+STEPS = ["plan", *range(COMMIT_MOVES)]
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+@pytest.mark.parametrize("step", STEPS)
+def test_an_interrupted_commit_is_rolled_back_or_kept_whole(tmp_path, monkeypatch, step, when):
+    """Ctrl-C or SIGTERM at any step of an --overwrite commit: the clean-up leaves the earlier
+    output as it was, or, once the new _SUCCESS is in place, keeps the new output whole (it never
+    removes what a committed marker vouches for)."""
     target = tmp_path / "out"
-    (target / "scores").mkdir(parents=True)
-    (target / "scores" / "part-0.parquet").write_text("committed")
-    (target / f"{STAGING_PREFIX}x").mkdir()
-    (target / LOCK_FILE).write_text(json.dumps({"pid": int(finished.stdout), "host": socket.gethostname(),
-                                                "started": "s", "job": "score_pairs", "token": "t0"}))
+    commit_output(target, OLD)
+    old = snapshot(target)
+
+    @abort_output_on_failure
+    def run():
+        out = open_output(str(target), job="t", overwrite=True)
+        for name, text in NEW.items():
+            Path(out.staged(name)).parent.mkdir(parents=True, exist_ok=True)
+            Path(out.staged(name)).write_text(text)
+        interrupt_commit(monkeypatch, step, when)
+        out.commit(summary_for(target))
+    with pytest.raises(KeyboardInterrupt) as interrupted:
+        run()
+    monkeypatch.undo()
+    committed = step == COMMIT_MOVES - 1 and when == "after"
+    assert_old_or_new(target, old, committed)
+    assert ("after" in interrupted.value.line) == committed
+    assert [p.name for p in target.iterdir() if p.name.startswith((STAGING_PREFIX, LOCK_FILE))] == []
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+@pytest.mark.parametrize("step", STEPS)
+def test_a_commit_killed_at_any_step_is_rolled_back_by_the_next_run(tmp_path, monkeypatch, step, when):
+    """SIGKILL at any step of an --overwrite commit (no clean-up at all): the next --overwrite
+    run finds the plan in the marked staging directory and rolls the commit back (or keeps the
+    finished one), so OUT is the earlier output or the new one, whole, before it starts."""
+    target = tmp_path / "out"
+    commit_output(target, OLD)
+    old = snapshot(target)
+    killed = open_output(str(target), job="t", overwrite=True)
+    for name, text in NEW.items():
+        Path(killed.staged(name)).parent.mkdir(parents=True, exist_ok=True)
+        Path(killed.staged(name)).write_text(text)
+    interrupt_commit(monkeypatch, step, when)
+    with pytest.raises(KeyboardInterrupt):
+        killed.commit(summary_for(target))   # and no abort(): the process is gone
+    monkeypatch.undo()
+    dead_lock(target)
+    committed = step == COMMIT_MOVES - 1 and when == "after"
     out = open_output(str(target), job="t", overwrite=True)
-    assert everything(target) == sorted([LOCK_FILE, Path(out.staging).name])
+    assert_old_or_new(target, old, committed)
+    assert not Path(killed.staging).exists()
     out.abort()
-    # Without that lock the same files are not provably pairscore's: refused, untouched.
-    (target / "scores").mkdir()
-    (target / "scores" / "part-0.parquet").write_text("whose?")
-    with pytest.raises(OutputError, match="would delete scores"):
-        open_output(str(target), job="t", overwrite=True)
+    assert_old_or_new(target, old, committed)
+    assert [p.name for p in target.iterdir() if p.name.startswith((STAGING_PREFIX, LOCK_FILE))] == []
 
 
 def test_a_lock_from_another_host_is_never_taken(tmp_path):

@@ -234,6 +234,18 @@ def test_directory_means_its_input_files(tmp_path):
         str(tmp_path / "sub/c.csv")]
 
 
+def test_a_path_that_exists_is_read_literally_not_as_a_glob(tmp_path):
+    """``in/pairs[1].jsonl`` that exists is that file, not ``in/pairs1.jsonl``; the same for a
+    directory whose name holds glob characters. A path that does not exist is still a glob."""
+    write_table(tmp_path / "pairs[1].jsonl", ROWS)
+    write_table(tmp_path / "pairs1.jsonl", ROWS[:1])
+    assert [f.path for f in expand_inputs([str(tmp_path / "pairs[1].jsonl")])] == [str(tmp_path / "pairs[1].jsonl")]
+    assert [f.path for f in expand_inputs([str(tmp_path / "pairs[0-9].jsonl")])] == [str(tmp_path / "pairs1.jsonl")]
+    write_table(tmp_path / "day[1]" / "a.jsonl", ROWS)
+    write_table(tmp_path / "day1" / "b.jsonl", ROWS)
+    assert [f.path for f in expand_inputs([str(tmp_path / "day[1]")])] == [str(tmp_path / "day[1]" / "a.jsonl")]
+
+
 def test_directory_without_input_files(tmp_path):
     write_bytes(tmp_path / "notes.txt", b"hi")
     with pytest.raises(InputError, match=r"holds no input files \(it holds: notes\.txt\)"):

@@ -14,7 +14,7 @@ from pipeline.pairs import kept_fields
 from pipeline.readers import InputError, InputFile, SourcedRow, read_parquet_slice, read_slices
 from pipeline.pairs import extract_pair
 from pipeline.scoring_core import (HeadScorer, PairColumns, StoreLookup, id_hashes, partition, prepare_pairs,
-                                   score_batch, table_from_rows, validate_pairs, reason_name)
+                                   kept_values, score_batch, table_from_rows, validate_pairs, reason_name)
 from pipeline.store import StoreLayout, encode_token_block, store_layout
 from pipeline.text_ids import text_id
 
@@ -120,6 +120,28 @@ def test_long_ids_and_an_empty_store(tiny_student_config):
     assert len(empty) == 0 and list(empty.rows(pa.array(["a"]))) == [-1]
 
 
+def test_ids_differing_in_any_byte_get_their_own_rows():
+    """Two different ids never share a store row: every code point 0..255 (NUL included), appended
+    to an id or put inside it, is another id than the id without it; in one store and both ways."""
+    layout = StoreLayout("left", 2, 4, "float16", None)
+    base = ["L0", "L", "abc"]
+    variants = [b + chr(c) for b in base for c in range(256)]
+    variants += [b[:1] + chr(c) + b[1:] for b in base for c in range(256)]
+    variants += ["L0" + "\x00" * k for k in range(2, 5)] + ["\x00", "\x00\x00", "\x00L0"]
+    ids = list(dict.fromkeys(base + variants))
+    table, _, _, _ = store_table(ids, StoreLayout("left", 2, 4, "float16", 3), 0)
+    lookup = StoreLookup([table.drop_columns(["pooled"])], layout)
+    assert len(lookup) == len(ids)
+    assert list(lookup.rows(pa.array(ids))) == list(range(len(ids)))
+    # A store holding only the bare ids finds none of the variants (and the variants' store no bare id).
+    bare = StoreLookup([table.slice(0, len(base)).drop_columns(["pooled"])], layout)
+    others = [i for i in ids if i not in base]
+    assert list(bare.rows(pa.array(others))) == [-1] * len(others)
+    assert list(bare.rows(pa.array(base))) == [0, 1, 2]
+    only_variants = StoreLookup([table.slice(len(base)).drop_columns(["pooled"])], layout)
+    assert list(only_variants.rows(pa.array(base))) == [-1] * len(base)
+
+
 # --------------------------------------------------------------------------- validation
 
 TEXT_ROWS = [
@@ -166,7 +188,8 @@ def test_every_bad_row_reason_with_exact_counts_as_extract_pair_gives_them():
 
 
 def test_id_mode_reasons_name_ids_and_parquet_types_are_checked():
-    table = pa.table({"q": ["a", None, "", " ", "b", "c"], "p": pa.array([1, 2, 3, 4, None, 6], pa.int64())})
+    # Integer id columns are ids (test_integer_ids_...); a float column is not.
+    table = pa.table({"q": ["a", None, "", " ", "b", "c"], "p": pa.array([1, 2, 3, 4, None, 6], pa.float64())})
     codes = validate_pairs(table, ID_MODE)
     assert [reason_name(int(c), True) for c in codes] == [
         "right_non_string_id", "left_null_id", "left_empty_id", "left_empty_id", "right_null_id",
@@ -175,6 +198,37 @@ def test_id_mode_reasons_name_ids_and_parquet_types_are_checked():
     prepared = prepare_pairs(table, ID_MODE, [], 3, np.arange(6), "ids.parquet")
     for index, letter in enumerate(prepared.dead_letters):
         assert letter == extract_pair(SourcedRow(f"ids.parquet:{index}", rows[index]), ID_MODE)
+
+
+def test_integer_ids_in_pair_tables_are_their_decimal_text():
+    """Pair tables' integer ids (JSONL numbers, Parquet int columns of any width) are accepted and
+    compared as text tables give them: ``str(value)``; bools and floats are still not ids."""
+    rows = [{"q": 7, "p": "p1"}, {"q": -3, "p": 2 ** 63 + 5}, {"q": "7", "p": 0}, {"q": True, "p": 1},
+            {"q": 1.5, "p": 1}, {"q": 8, "p": [1]}]
+    converted = table_from_rows(rows, ID_MODE, [])
+    prepared = prepare_pairs(converted.table, ID_MODE, [], 0, np.arange(1, len(rows) + 1), "ids.jsonl",
+                             lambda picked: [rows[r] for r in picked], converted.non_string, converted.misfit)
+    assert prepared.pairs.column("left_id").to_pylist() == ["7", "-3", "7"]
+    assert prepared.pairs.column("right_id").to_pylist() == ["p1", str(2 ** 63 + 5), "0"]
+    assert [l.reason for l in prepared.dead_letters] == ["left_non_string_id", "left_non_string_id",
+                                                         "right_non_string_id"]
+    for line, row in enumerate(rows, start=1):
+        reference = extract_pair(SourcedRow(f"ids.jsonl:{line}", row), ID_MODE)
+        if line <= 3:
+            pair = reference[0]
+            assert (pair.left_id, pair.right_id) == tuple(prepared.pairs.slice(line - 1, 1).select(
+                ["left_id", "right_id"]).to_pylist()[0].values())
+        else:
+            assert reference == prepared.dead_letters[line - 4]
+    for kind in (pa.int8(), pa.int16(), pa.int32(), pa.int64(), pa.uint8(), pa.uint32(), pa.uint64()):
+        table = pa.table({"q": pa.array([1, None, 100], kind), "p": pa.array([0, 5, 127], kind)})
+        prepared = prepare_pairs(table, ID_MODE, [], 0, np.arange(3), "ids.parquet")
+        assert prepared.pairs.column("left_id").to_pylist() == ["1", "100"], kind
+        assert prepared.pairs.column("right_id").to_pylist() == ["0", "127"], kind
+        assert [l.reason for l in prepared.dead_letters] == ["left_null_id"]
+    # Text mode: a number is still not a text.
+    assert reason_name(int(validate_pairs(pa.table({"left": pa.array([1]), "right": ["x"]}), PairColumns())[0]),
+                       False) == "left_non_string_text"
 
 
 @pytest.mark.parametrize("blank", ["\u200b", "\u200b\u200d\ufeff", "\x00\x01", " \u00a0\u3000", "\u0301",
@@ -256,3 +310,25 @@ def test_label_pairs_refuses_a_kept_value_of_another_type_the_same_way():
     assert extract_text_pair(SourcedRow("a:1", {"left": "x", "right": "y", "k": 3}), columns, kept).kept == (3,)
     letter = extract_text_pair(SourcedRow("a:2", {"left": "x", "right": "y", "k": "3"}), columns, kept)
     assert letter.reason == "kept_column_type" and "double" in letter.detail and letter.source == "a:2"
+
+
+@pytest.mark.parametrize("big", [2 ** 53 + 1, -(2 ** 53) - 1, 2 ** 60, 2 ** 64, -(2 ** 70)])
+def test_an_integer_a_float_column_cannot_hold_exactly_is_a_misfit(big):
+    """A float64 kept column takes integers up to 2**53 (exact in a double); a larger one is
+    dead-lettered as kept_column_type, never rounded nor a failed job."""
+    field = pa.field("w", pa.float64())
+    array, misfit = kept_values([0.5, 2 ** 53, -(2 ** 53), big, None, 7], field)
+    assert array.to_pylist() == [0.5, float(2 ** 53), -float(2 ** 53), None, None, 7.0]
+    assert list(misfit) == [False, False, False, True, False, False]
+    rows = [{"left": "a", "right": "b", "w": v} for v in (0.5, big, 3)]
+    converted = table_from_rows(rows, PairColumns(keep=("w",)), [field])
+    prepared = prepare_pairs(converted.table, PairColumns(keep=("w",)), [field], 0, np.arange(1, 4), "p.jsonl",
+                             lambda picked: [rows[r] for r in picked], converted.non_string, converted.misfit)
+    assert prepared.pairs.column("w").to_pylist() == [0.5, 3.0]
+    assert [(l.reason, l.source) for l in prepared.dead_letters] == [("kept_column_type", "p.jsonl:2")]
+    assert "'w'" in prepared.dead_letters[0].detail and "double" in prepared.dead_letters[0].detail
+    from pipeline.pairs import TextPairColumns, extract_text_pair
+    letter = extract_text_pair(SourcedRow("a:9", {"left": "x", "right": "y", "w": big}), TextPairColumns(keep=("w",)),
+                               [field])
+    assert letter.reason == "kept_column_type" and letter.source == "a:9"
+

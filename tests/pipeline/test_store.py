@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.store import StoreLayout, decode_tokens, encode_token_block, token_mask
+from pipeline.store import StoreLayout, decode_tokens, encode_token_block, nonfinite_rows, token_mask
 
 
 def table_for(values, dtype):
@@ -43,6 +43,21 @@ def test_decoding_works_on_sliced_chunks():
     sliced = pa.concat_tables([table.slice(1, 2), table.slice(4, 2)])
     np.testing.assert_array_equal(decode_tokens(sliced, layout),
                                   values[[1, 2, 4, 5]].astype(np.float16).astype(np.float32))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "int8"])
+def test_non_finite_rows_are_found_in_any_chunk(dtype):
+    values = np.random.default_rng(3).normal(size=(6, 2, 3)).astype(np.float32)
+    values[0, 0, 0] = 65504.0            # the largest float16: finite
+    values[2, 1, 2] = np.nan
+    values[4, 0, 1] = -np.inf
+    with np.errstate(invalid="ignore"):   # int8: quantizing a NaN row (its scale is NaN) warns
+        table, _ = table_for(values, dtype)
+    bad, column = nonfinite_rows(pa.concat_tables([table.slice(0, 3), table.slice(3)]))
+    assert list(np.flatnonzero(bad)) == [2, 4]
+    assert column == ("tokens" if dtype == "float16" else "token_scale")
+    clean, none = nonfinite_rows(table.slice(0, 2))
+    assert not clean.any() and none is None
 
 
 def test_token_mask_from_num_tokens():
