@@ -1,4 +1,4 @@
-"""Stage two throughput, side by side in one run (issue 9's "Measure").
+"""Stage two throughput, side by side in one run (the figures of docs/benchmarks.md).
 
     python benchmarks/score_pairs.py                       # 1M vs 4M pairs, 3 repeats (a quiet machine)
     python benchmarks/score_pairs.py --small 100000 --large 400000 --repeats 1 --unique 400   # a quick check

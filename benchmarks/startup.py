@@ -11,7 +11,7 @@ Prints the median (and min / max) over ``--repeats`` runs of:
 * for reference, what a job run pays before it can start: ``python -c 'import jobs.score_pairs'``
   (Beam, torch, transformers), i.e. what ``--help`` took before the command lines went lazy.
 
-Targets (issue 12): ``score_pairs --help`` and the bad ``--join`` at most 1.5 s. Runs are
+Targets: ``score_pairs --help`` and the bad ``--join`` at most 1.5 s. Runs are
 interleaved so that a busy moment of a shared machine spreads over every case.
 """
 from __future__ import annotations

@@ -50,17 +50,76 @@ class EncodedSide:
     pooled: torch.Tensor | None
 
 
+# Long texts are cut before they are tokenized, so that tokenizing a batch costs memory in
+# proportion to the side's max length, not to the longest text (a 50 MB text tokenized whole
+# costs gigabytes). The first cut keeps this many characters per max-length token ...
+CUT_CHARS_PER_TOKEN = 16
+# ... and at least this many characters; a cut that does not prove itself safe is widened this
+# many times and tried again, up to the whole text.
+CUT_MIN_CHARS = 1024
+CUT_WIDEN = 4
+# Characters between the last kept token's end and the cut: room for normalizers and
+# pre-tokenizers that look at a few following characters (Unicode compositions, regex lookahead).
+CUT_MARGIN_CHARS = 64
+
+
 def tokenize(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int
              ) -> list[TokenizedText]:
-    """Tokenize without padding (batches are padded later, after sorting by length)."""
-    encoded = tokenizer(list(texts), truncation=True, max_length=max_length, padding=False)
-    if encoded.encodings is not None:
-        # Fast tokenizers record what truncation cut off; that is the exact signal.
-        truncated = [bool(e.overflowing) for e in encoded.encodings]
-    else:
-        # Slow tokenizers do not; a text that fills the max length is counted as cut.
-        truncated = [len(ids) >= max_length for ids in encoded["input_ids"]]
-    return [TokenizedText(ids, cut) for ids, cut in zip(encoded["input_ids"], truncated)]
+    """Tokenize without padding (batches are padded later, after sorting by length).
+
+    Every text gets exactly the tokens the tokenizer gives the whole text truncated to
+    ``max_length``, but a long text is tokenized from a prefix: memory is bounded by the batch
+    times the cut (``CUT_CHARS_PER_TOKEN`` x max length characters), whatever the texts' length.
+    A prefix is used only when it proves that the whole text's kept tokens are its own
+    (:func:`_prefix_decides`); otherwise the cut is widened and tried again, up to the whole text.
+    Slow tokenizers (no word ids to prove it) and tokenizers that truncate from the left always
+    see whole texts.
+    """
+    texts = list(texts)
+    cuttable = bool(getattr(tokenizer, "is_fast", False)) and getattr(tokenizer, "truncation_side", "right") == "right"
+    width = max(CUT_MIN_CHARS, CUT_CHARS_PER_TOKEN * max_length)
+    results: list[TokenizedText | None] = [None] * len(texts)
+    pending = list(range(len(texts)))
+    while pending:
+        pieces = [texts[i][:width] if cuttable else texts[i] for i in pending]
+        encoded = tokenizer(pieces, truncation=True, max_length=max_length, padding=False)
+        retry = []
+        for row, index in enumerate(pending):
+            ids = encoded["input_ids"][row]
+            if len(pieces[row]) == len(texts[index]):      # the whole text: as it always was
+                if encoded.encodings is not None:
+                    # Fast tokenizers record what truncation cut off; that is the exact signal.
+                    truncated = bool(encoded.encodings[row].overflowing)
+                else:
+                    # Slow tokenizers do not; a text that fills the max length is counted as cut.
+                    truncated = len(ids) >= max_length
+                results[index] = TokenizedText(ids, truncated)
+            elif _prefix_decides(encoded.encodings[row], len(pieces[row])):
+                # The kept tokens end words before the cut; the text goes on past them: truncated.
+                results[index] = TokenizedText(ids, True)
+            else:
+                retry.append(index)
+        pending = retry
+        width *= CUT_WIDEN
+    return results
+
+
+def _prefix_decides(encoding, cut: int) -> bool:
+    """Whether a prefix of ``cut`` characters, tokenized and truncated into ``encoding``, has
+    exactly the kept tokens of the whole text.
+
+    A fast tokenizer normalizes, splits into words (pre-tokenization), tokenizes each word on its
+    own and then truncates. A word's tokens depend only on the word, so the kept tokens are the
+    whole text's when the word of the last kept token ends inside the prefix, is followed by at
+    least two more words there (the next word is then complete too, and a pre-tokenizer's
+    look-ahead cannot reach past it) and ends ``CUT_MARGIN_CHARS`` before the cut. Word ids come
+    from the encoding and its overflow (what truncation cut off)."""
+    kept = [(word, offset) for word, offset in zip(encoding.word_ids, encoding.offsets) if word is not None]
+    if not kept or not encoding.overflowing:
+        return False
+    last_word, (_, end) = kept[-1]
+    later = [word for part in encoding.overflowing for word in part.word_ids if word is not None]
+    return bool(later) and max(later) >= last_word + 2 and end <= cut - CUT_MARGIN_CHARS
 
 
 def collate(texts: Sequence[TokenizedText], pad_token_id: int) -> TokenizedBatch:

@@ -395,8 +395,9 @@ def load_teacher(source: str | os.PathLike) -> CrossEncoder:
         ValueError: the source does not exist, has no safetensors weights, is a plain encoder
             without a trained classification head, or its teacher.json is invalid.
     """
+    # gs://, s3://...: a local copy (the pinned files, when ``source`` is a PinnedModelDir).
+    location = resolve_encoder(local_model_dir(source))
     source = str(source)
-    location = resolve_encoder(local_model_dir(source))  # gs://, s3://...: a local copy
     local = Path(location)
     if local.is_dir() and not (local / "config.json").is_file():
         raise ValueError(f"teacher {source!r} is not a model directory: it has no config.json")

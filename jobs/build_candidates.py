@@ -29,9 +29,9 @@ from typing import TYPE_CHECKING
 
 import click
 
-from jobs.common import (ARGV_KEY, DEFAULT_ENCODER, FORMATS, PLAIN_JOB_CONTEXT, JobCommand, abort_output_on_failure,
-                         device_option, main_module, output_option, overwrite_option, run_job, run_options,
-                         run_started)
+from jobs.common import (ARGV_KEY, DEFAULT_ENCODER, FORMATS, PLAIN_JOB_CONTEXT, abort_output_on_failure,
+                         device_option, JobCommand, main_module, output_option, overwrite_option, preflight, run_job,
+                         run_options, run_started)
 
 if TYPE_CHECKING:  # annotations only: the imports run inside the functions
     import numpy as np
@@ -110,6 +110,7 @@ class BuildCandidatesJob:
 def main(ctx: click.Context, quiet: bool, verbose: bool, progress: bool, **flags) -> None:
     """Mine candidate pairs (top-k neighbours + random pairs) for teacher labeling."""
     def go() -> str:
+        preflight(ctx, "build_candidates", flags)
         job = BuildCandidatesJob(left_texts=tuple(flags.pop("left_texts")),
                                  right_texts=tuple(flags.pop("right_texts")), progress=progress and not quiet,
                                  **flags)
@@ -134,6 +135,7 @@ def encoder_for(job: BuildCandidatesJob) -> Student:
 @abort_output_on_failure
 def run(job: BuildCandidatesJob, argv: list[str] | None = None) -> RunSummary:
     """Check everything that can be checked, read, encode, search, sample, write, summarise."""
+    from pipeline.provenance import table_metadata
     import numpy as np
     import torch
     from encoders.device import pick_device
@@ -184,9 +186,11 @@ def run(job: BuildCandidatesJob, argv: list[str] | None = None) -> RunSummary:
     random_index = sample_random(len(right.texts), job.random_per_left, excluded, np.random.default_rng(job.seed))
 
     path = out.staged(f"{STORE_FILE_PREFIX}-00000-of-00001{STORE_FILE_SUFFIX}")
-    by_source = write_candidates(path, left, right, embeddings, knn_sims.numpy(), knn_index_np, random_index)
+    provenance = table_metadata(JOB_NAME, {"encoder": (student.fingerprint, job.encoder)})
+    by_source = write_candidates(path, left, right, embeddings, knn_sims.numpy(), knn_index_np, random_index,
+                                 provenance)
     dead = [*left.dead, *right.dead]
-    write_dead_letter_file(out.staged(), dead)
+    write_dead_letter_file(out.staged(), dead, provenance)
 
     counts = {}
     for name, pool in pools.items():
@@ -223,14 +227,16 @@ def run(job: BuildCandidatesJob, argv: list[str] | None = None) -> RunSummary:
 
 def write_candidates(path: str, left: TextPool, right: TextPool, embeddings: dict[str, torch.Tensor],
                      knn_sims: np.ndarray, knn_index: np.ndarray, random_index: list[np.ndarray],
-                     rows_per_group: int = 65536) -> dict[str, dict[str, float]]:
+                     provenance: dict[str, str] | None = None, rows_per_group: int = 65536
+                     ) -> dict[str, dict[str, float]]:
     """Write each left text's neighbours (by rank), then its random pairs, as zstd Parquet row groups.
 
     knn_sims, knn_index: (NL, k') from :func:`top_k_neighbours`; random_index: NL arrays of right
-    indices. Returns per source the pairs written and their mean similarity.
+    indices. provenance: the table's key-value metadata (pipeline/provenance.py). Returns per source the pairs written and their mean similarity.
     """
     import pyarrow as pa
     from pipeline.datasets import CANDIDATE_SCHEMA
+    from pipeline.provenance import stamped
     from pipeline.writers import write_parquet_file
 
     left_emb, right_emb = embeddings["left"].cpu().numpy(), embeddings["right"].cpu().numpy()
@@ -257,7 +263,7 @@ def write_candidates(path: str, left: TextPool, right: TextPool, embeddings: dic
                     schema=CANDIDATE_SCHEMA)
                 rows = []
 
-    write_parquet_file(path, CANDIDATE_SCHEMA, row_groups())
+    write_parquet_file(path, stamped(CANDIDATE_SCHEMA, provenance), row_groups())
     return {source: {"pairs": count, "mean_similarity": round(total / count, 4) if count else None}
             for source, (count, total) in totals.items()}
 

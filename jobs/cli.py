@@ -19,7 +19,16 @@ __all__ = ["pairscore", "console_main", "COMMANDS", "JOB_MODULES", "DEFAULT_ENCO
            "JOINS", "STUDENT_HEADS", "STUDENT_LOSSES", "TASKS", "TEACHER_LOSSES"]
 
 
+def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        from pipeline.provenance import version
+        click.echo(f"pairscore {version()}")
+        ctx.exit()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Print pairscore's version and exit.")
 def pairscore() -> None:
     """pairscore: score very large sets of text pairs with DiPair-style distilled students.
 

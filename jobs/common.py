@@ -80,6 +80,16 @@ def device_option(help: str = "Where models run; auto = CUDA when present (mixed
     return click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, help=help)
 
 
+def stall_option(command: Callable) -> Callable:
+    """--stall-timeout: how long a Beam job waits for workers that never start (pipeline/beam/watchdog.py)."""
+    return click.option("--stall-timeout", type=click.FloatRange(min=0), default=300.0, show_default=True,
+                        metavar="SECONDS",
+                        help="End the run (exit 1, one line saying what is missing) when Beam has asked for "
+                             "workers, none has connected and nothing has progressed for this long; 0: wait "
+                             "forever. Watches the runners whose workers connect to this process (multi-process, "
+                             "PortableRunner with --job_endpoint=embed).")(command)
+
+
 def run_options(command: Callable) -> Callable:
     """--quiet and --verbose: how much a run says while it runs."""
     command = click.option("--verbose", is_flag=True,
@@ -153,6 +163,14 @@ def shield_beam_workers() -> None:
     paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     if PACKAGE_ROOT not in installed and PACKAGE_ROOT not in (os.path.abspath(p) for p in paths):
         os.environ["PYTHONPATH"] = os.pathsep.join([PACKAGE_ROOT] + paths)
+
+
+def preflight(ctx: click.Context, job: str, flags: dict) -> None:
+    """The job's pre-flight checks (jobs/preflight.py: inputs, columns, output, model, Beam flags),
+    before its library and so Beam, torch and transformers are imported."""
+    from jobs import preflight as checks
+    own = [o for p in ctx.command.params for o in (*p.opts, *p.secondary_opts) if o.startswith("--")]
+    checks.check(job, flags, ctx.args, own)
 
 
 def abort_output_on_failure(run: Callable) -> Callable:
@@ -233,6 +251,7 @@ def beam_args_for_run(beam_args: Sequence[str], verbose: bool) -> list[str]:
 # What a Beam worker process logs through its default handler ("INFO:__main__:...", from its
 # start-up, before it has read the pipeline options that set its log level).
 _WORKER_LOG_LINE = re.compile(rb"^(DEBUG|INFO|WARNING):(root|__main__|apache_beam[\w.]*):")
+_RECORD_PREFIX = b"pairscore-progress-record "   # pipeline.progress.RECORD_PREFIX
 
 
 def _multi_process(beam_args: Sequence[str]) -> bool:
@@ -241,15 +260,20 @@ def _multi_process(beam_args: Sequence[str]) -> bool:
 
 
 @contextlib.contextmanager
-def _without_worker_logs() -> Iterator[TextIO]:
-    """Route file descriptor 2 (inherited by Beam's worker processes) through a thread that
-    drops the workers' start-up log lines and passes every other line on; yields a stream on the
-    real stderr for the progress line (which redraws in place, so it bypasses the line filter)."""
+def _through_worker_filter(drop_logs: bool = True) -> Iterator[tuple[TextIO, Callable[[], None]]]:
+    """Route file descriptor 2 (inherited by Beam's worker processes) through a thread that takes
+    the workers' progress records (pipeline/progress.py adds them to this process's line), drops
+    the workers' start-up log lines unless ``drop_logs`` is False (--verbose), and passes every
+    other line on, above the live progress line. Yields a stream on the real stderr for the
+    progress line (which redraws in place, so it bypasses the line filter) and ``drain()``, which
+    ends the filtering once everything written so far (the workers' last records) is through."""
+    from pipeline import progress
+
     sys.stderr.flush()
     try:
         real = os.dup(2)
     except OSError:  # no file descriptor 2 to filter (embedded use): leave it alone
-        yield sys.stderr
+        yield sys.stderr, lambda: None
         return
     read_end, write_end = os.pipe()
     os.dup2(write_end, 2)
@@ -260,48 +284,77 @@ def _without_worker_logs() -> Iterator[TextIO]:
         with os.fdopen(read_end, "rb", buffering=0) as source:
             while chunk := source.read(65536):
                 *lines, pending = (pending + chunk).split(b"\n")
-                kept = b"".join(line + b"\n" for line in lines if not _WORKER_LOG_LINE.match(line))
+                if _interrupted():   # workers dying of the same Ctrl-C: the job's one line says it
+                    continue
+                kept = b"".join(line + b"\n" for line in lines if keep(line))
                 if kept:
-                    os.write(real, kept)
-        if pending and not _WORKER_LOG_LINE.match(pending):
-            os.write(real, pending)
+                    progress.write_above(lambda: os.write(real, kept))
+        if pending and keep(pending):
+            progress.write_above(lambda: os.write(real, pending))
+
+    def keep(line: bytes) -> bool:
+        if line.startswith(_RECORD_PREFIX) and progress.receive_record(line.decode("utf-8", "replace")):
+            return False
+        return not (drop_logs and _WORKER_LOG_LINE.match(line))
 
     thread = threading.Thread(target=pump, name="pairscore-stderr", daemon=True)
     thread.start()
     stream = os.fdopen(os.dup(real), "w", buffering=1)
+    drained = []
+
+    def drain() -> None:
+        if not drained:
+            drained.append(True)
+            sys.stderr.flush()
+            os.dup2(real, 2)   # closes the pipe's last write end held here: the pump sees its end
+            thread.join(timeout=5)
     try:
-        yield stream
+        yield stream, drain
     finally:
-        sys.stderr.flush()
+        drain()
         stream.close()
-        os.dup2(real, 2)   # closes the pipe's last write end held here: the pump sees its end
-        thread.join(timeout=5)
         os.close(real)
 
 
 def run_job(job: Callable[[], str], *, name: str, quiet: bool = False, verbose: bool = False,
-            beam_args: Sequence[str] = ()) -> None:
+            beam_args: Sequence[str] = (), stall_seconds: float = 0.0) -> None:
     """Run ``job`` with progress reporting (unless ``quiet``) and logging set for this run, then
     print what it returns (the summary) below the progress; a bad argument or input becomes one
     clear line and exit status 2. ``beam_args``: the pass-through Beam options; with multi-process
-    workers their start-up log lines are filtered out."""
+    workers their start-up log lines are filtered out. ``stall_seconds``: the stall watchdog's
+    limit (pipeline/beam/watchdog.py; 0: none); a stalled run prints one line and exits 1."""
     # Imported here, not above: `python -m jobs.<name>` first moves the current directory (which
     # may hold a user's own pipeline.py) behind pairscore's packages (main_module).
     from pipeline import progress
+    from pipeline.beam import watchdog
 
     global _run_started
     _run_started = PROCESS_STARTED if _from_process_start else time.time()
     configure_logging(verbose)
     with contextlib.ExitStack() as stack:
-        stream = (stack.enter_context(_without_worker_logs()) if not verbose and _multi_process(beam_args)
-                  else None)
-        progress.start(name, quiet=quiet, started=_run_started, stream=stream)
+        # Multi-process workers write to this process's stderr: their progress records and
+        # start-up logs go through a filter (the logs stay with --verbose).
+        collect = _multi_process(beam_args)
+        stream, drain = (stack.enter_context(_through_worker_filter(drop_logs=not verbose)) if collect
+                         else (None, lambda: None))
+        progress.start(name, quiet=quiet, started=_run_started, stream=stream, collect_workers=collect)
+        stop_watching = watchdog.watch(stall_seconds, progress.counted)
         try:
             report = job()
         except ValueError as err:  # pipeline.readers.InputError too
             progress.stop()
             click.echo(f"error: {err}", err=True)
             sys.exit(2)
+        except watchdog.Stalled as err:   # the output is already cleaned up (abort_output_on_failure)
+            stop_watching()
+            drain()            # this line must not wait in the worker filter: the exit below is abrupt
+            progress.stop()
+            click.echo(f"error: {err}", err=True)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            # Beam's threads still wait for the missing worker and would keep the interpreter
+            # from exiting: leave at once.
+            os._exit(1)
         except BaseException as err:
             # Ctrl-C, SIGTERM and a full disk: one line (and 130 / 143 for the signals), no
             # traceback; anything else keeps its traceback.
@@ -309,12 +362,21 @@ def run_job(job: Callable[[], str], *, name: str, quiet: bool = False, verbose: 
             failure = _one_line_failure(err)
             if failure is None:
                 raise
-            click.echo(failure[0], err=True)
+            # Past the worker-log filter (which drops everything once a run is interrupted).
+            click.echo(failure[0], file=stream if stream is not None else sys.stderr)
             sys.exit(failure[1])
         finally:
+            stop_watching()
+            drain()            # the workers' last records are counted before the final line
             progress.stop()
             _run_started = None
     click.echo(report)
+
+
+def _interrupted() -> bool:
+    """Whether a Ctrl-C or SIGTERM is ending the run (pipeline.outputs, once a job imported it)."""
+    outputs = sys.modules.get("pipeline.outputs")
+    return outputs is not None and outputs.interrupted()
 
 
 def _one_line_failure(err: BaseException) -> tuple[str, int] | None:

@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING
 
 import click
 
-from jobs.common import (ARGV_KEY, BEAM_EPILOG, BEAM_JOB_CONTEXT, DTYPES, FORMATS, JobCommand,
-                        abort_output_on_failure, beam_args_for_run, device_option, main_module, output_option,
-                        overwrite_option, run_job, run_options, run_started)
+from jobs.common import (ARGV_KEY, BEAM_EPILOG, BEAM_JOB_CONTEXT, DTYPES, FORMATS, abort_output_on_failure,
+                         beam_args_for_run, device_option, JobCommand, main_module, output_option, overwrite_option,
+                         preflight, run_job, run_options, run_started, stall_option)
 
 if TYPE_CHECKING:  # annotations only: the imports run inside the functions
     from pipeline.summary import RunSummary
@@ -62,20 +62,24 @@ class EncodeTextsJob:
 @click.option("--dtype", type=click.Choice(DTYPES), default="float16", show_default=True,
               help="Embedding storage: float16, or int8 with a per-row scale (half the bytes).")
 @device_option("Where the encoder runs; auto = CUDA when present (with mixed precision).")
+@stall_option
 @run_options
 @click.pass_context
-def main(ctx: click.Context, quiet: bool, verbose: bool, **flags) -> None:
+def main(ctx: click.Context, quiet: bool, verbose: bool, stall_timeout: float, **flags) -> None:
     """Encode every unique text once and write an embedding store (stage one)."""
     def go() -> str:
+        preflight(ctx, "encode_texts", flags)
         job = EncodeTextsJob(inputs=tuple(flags.pop("inputs")), **flags)
         summary = run(job, beam_args_for_run(ctx.args, verbose), ctx.meta[ARGV_KEY])
         return summary.table()
-    run_job(go, name="encode_texts", quiet=quiet, verbose=verbose, beam_args=ctx.args)
+    run_job(go, name="encode_texts", quiet=quiet, verbose=verbose, beam_args=ctx.args, stall_seconds=stall_timeout)
 
 
 @abort_output_on_failure
 def run(job: EncodeTextsJob, beam_args: list[str], argv: list[str] | None = None) -> RunSummary:
     """Check everything that can be checked, run the pipeline, write manifest and summary."""
+    from encoders.remote import pin_model_dir
+    from pipeline.provenance import table_metadata
     import apache_beam as beam
     from encoders.checkpoint import load_or_build_student
     from encoders.config import baseline_config
@@ -96,11 +100,14 @@ def run(job: EncodeTextsJob, beam_args: list[str], argv: list[str] | None = None
     files = expand_inputs(job.inputs, job.format)
     columns = TextColumns(text=job.text_col, id=job.id_col)
     check_columns(files, [c for c in (columns.text, columns.id) if c])
+    # A remote model is pinned here: every worker loads the bytes this process fingerprints.
+    job = replace(job, model_dir=pin_model_dir(job.model_dir))
     student = load_or_build_student(job.model_dir, baseline_config())
     layout = store_layout(student, job.side, job.dtype)
     out = open_output(job.output, job=JOB_NAME, overwrite=job.overwrite,
                       reads={"--input": job.inputs, "--model": [job.model_dir]})
 
+    provenance = table_metadata(JOB_NAME, {"model": (student.fingerprint, job.model_dir or student.config.encoder)})
     started = run_started()
     pipeline = make_pipeline(beam_args)
     read = pipeline | "ReadRows" >> ReadRows(files)
@@ -109,10 +116,10 @@ def run(job: EncodeTextsJob, beam_args: list[str], argv: list[str] | None = None
                               dtype=job.dtype, device=job.device)
     (deduped["unique"]
      | "EncodeTexts" >> EncodeTexts(settings, layout)
-     | "WriteStore" >> WriteStore(out.staged(), layout))
+     | "WriteStore" >> WriteStore(out.staged(), layout, provenance))
     ((read[DEAD_LETTER_TAG], deduped[DEAD_LETTER_TAG])
      | "AllDeadLetters" >> beam.Flatten()
-     | "WriteDeadLetters" >> WriteDeadLetters(out.staged()))
+     | "WriteDeadLetters" >> WriteDeadLetters(out.staged(), provenance))
     result = pipeline.run()
     result.wait_until_finish()   # the commit below runs here, in the launching process
 

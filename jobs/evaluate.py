@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from jobs.common import (ARGV_KEY, FORMATS, JobCommand, PLAIN_JOB_CONTEXT, abort_output_on_failure, device_option,
-                        main_module, output_option, overwrite_option, parse_label_range, run_job, run_options,
-                        run_started)
+from jobs.common import (ARGV_KEY, FORMATS, PLAIN_JOB_CONTEXT, abort_output_on_failure, device_option, JobCommand,
+                         main_module, output_option, overwrite_option, parse_label_range, preflight, run_job,
+                         run_options, run_started)
 
 if TYPE_CHECKING:  # annotations only: the imports run inside the functions
     from encoders.evaluation import Scored
@@ -139,6 +139,7 @@ def main(ctx: click.Context, quiet: bool, verbose: bool, **flags) -> None:
         import json
 
         label_range = parse_label_range(flags.pop("label_range"))
+        preflight(ctx, "evaluate", flags)
         from pipeline.report import results_table
         job = EvaluateJob(pairs=tuple(flags.pop("pairs")), models=tuple(flags.pop("models")),
                           dev=tuple(flags.pop("dev")), label_range=label_range, **flags)
@@ -153,6 +154,7 @@ def main(ctx: click.Context, quiet: bool, verbose: bool, **flags) -> None:
 @abort_output_on_failure
 def run(job: EvaluateJob, argv: list[str] | None = None) -> RunSummary:
     """Check, load every model, score, measure, write the report."""
+    from pipeline.provenance import table_metadata
     import numpy as np
     import torch
     from encoders.device import pick_device
@@ -244,13 +246,14 @@ def run(job: EvaluateJob, argv: list[str] | None = None) -> RunSummary:
                     "torch": torch.__version__, "platform": platform.platform(), "python": platform.python_version()},
         "models": results,
     }
-    write_scores(out.staged(SCORES_FILE), evaluated, pairs, scored)
+    provenance = table_metadata(JOB_NAME, {m.name: (m.fingerprint, m.source) for m in models}, score=EVALUATED_SCORES)
+    write_scores(out.staged(SCORES_FILE), evaluated, pairs, scored, provenance)
     with open(out.staged(METRICS_FILE), "w", encoding="utf-8") as handle:
         json.dump(_strict_json(metrics), handle, indent=2, allow_nan=False)
         handle.write("\n")
     write_report(out.staged(), metrics, {name: s.scores for name, s in scored.items()}, targets)
     dead = [letter for labeled in splits.values() for letter in labeled.skipped]
-    write_dead_letter_file(out.staged(), dead)
+    write_dead_letter_file(out.staged(), dead, provenance)
 
     counts = {"pairs_rows_read": evaluated.rows_read, "pairs_used": len(targets),
               "pairs_rows_skipped": len(evaluated.skipped), "models": len(models)}
@@ -272,16 +275,22 @@ def run(job: EvaluateJob, argv: list[str] | None = None) -> RunSummary:
     return summary
 
 
-def write_scores(path: str, labeled: LabeledPairs, pairs: Pairs, scored: dict[str, Scored]) -> None:
+# What the score:NAME columns of scores.parquet mean (its pairscore.score metadata).
+EVALUATED_SCORES = ("score:NAME, one column per model: a probability in [0, 1] for teachers and students, "
+                    "a cosine in [-1, 1] for the baseline")
+
+
+def write_scores(path: str, labeled: LabeledPairs, pairs: Pairs, scored: dict[str, Scored],
+                 provenance: dict[str, str] | None = None) -> None:
     """Every model's score per evaluated pair, next to the texts and the target: one Parquet file
-    anyone can load to dig into disagreements."""
+    anyone can load to dig into disagreements (``provenance``: its key-value metadata)."""
     import numpy as np
     import pyarrow as pa
     from pipeline.writers import write_parquet_file
 
     columns = {"left": labeled.lefts, "right": labeled.rights, "target": labeled.targets}
     columns.update({f"score:{name}": s.scores.astype(np.float32) for name, s in scored.items()})
-    table = pa.table(columns)
+    table = pa.table(columns).replace_schema_metadata(provenance)
     write_parquet_file(path, table.schema, [table])
 
 

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING
 
 import click
 
-from jobs.common import (ARGV_KEY, BEAM_EPILOG, BEAM_JOB_CONTEXT, FORMATS, JobCommand, abort_output_on_failure,
-                        beam_args_for_run, device_option, main_module, output_option, overwrite_option, run_job,
-                        run_options, run_started, split_list)
+from jobs.common import (ARGV_KEY, BEAM_EPILOG, BEAM_JOB_CONTEXT, FORMATS, abort_output_on_failure,
+                         beam_args_for_run, device_option, JobCommand, main_module, output_option, overwrite_option,
+                         preflight, run_job, run_options, run_started, split_list, stall_option)
 
 if TYPE_CHECKING:  # annotations only: the imports run inside the functions
     from pipeline.datasets import DistillationManifest
@@ -129,20 +129,24 @@ def _check_previous(job: LabelPairsJob, fingerprint: str, schema) -> tuple[Disti
               help="Tokens per pair; default: the teacher's own (teacher.json, else the tokenizer's, at most 512). "
                    "Changing it changes the teacher fingerprint.")
 @device_option("Where the teacher runs; auto = CUDA when present (with mixed precision).")
+@stall_option
 @run_options
 @click.pass_context
-def main(ctx: click.Context, quiet: bool, verbose: bool, **flags) -> None:
+def main(ctx: click.Context, quiet: bool, verbose: bool, stall_timeout: float, **flags) -> None:
     """Label pairs with a teacher cross-encoder and write the distillation set."""
     def go() -> str:
+        preflight(ctx, "label_pairs", flags)
         job = LabelPairsJob(pairs=tuple(flags.pop("pairs")), keep_cols=flags.pop("keep_cols"), **flags)
         summary = run(job, beam_args_for_run(ctx.args, verbose), ctx.meta[ARGV_KEY])
         return summary.table()
-    run_job(go, name="label_pairs", quiet=quiet, verbose=verbose, beam_args=ctx.args)
+    run_job(go, name="label_pairs", quiet=quiet, verbose=verbose, beam_args=ctx.args, stall_seconds=stall_timeout)
 
 
 @abort_output_on_failure
 def run(job: LabelPairsJob, beam_args: list[str], argv: list[str] | None = None) -> RunSummary:
     """Check everything that can be checked, run the pipeline, write manifest and summary."""
+    from encoders.remote import pin_model_dir
+    from pipeline.provenance import stamped, table_metadata
     import apache_beam as beam
     from apache_beam.io.filesystems import FileSystems
     from encoders.device import pick_device
@@ -172,6 +176,8 @@ def run(job: LabelPairsJob, beam_args: list[str], argv: list[str] | None = None)
                               right_id=job.right_id_col, keep=tuple(job.keep_cols))
     files = expand_inputs(job.pairs, job.format)
     check_columns(files, columns.required())
+    # A remote teacher is pinned here: every worker loads the bytes this process fingerprints.
+    job = replace(job, teacher=pin_model_dir(job.teacher))
     teacher = load_teacher(job.teacher)
     if job.max_length is not None:
         positions = getattr(teacher.model.config, "max_position_embeddings", None)
@@ -188,6 +194,7 @@ def run(job: LabelPairsJob, beam_args: list[str], argv: list[str] | None = None)
     out = open_output(job.output, job=JOB_NAME, overwrite=job.overwrite,
                       reads={"--pairs": job.pairs, "--teacher": [job.teacher], "--previous": [job.previous]})
 
+    provenance = table_metadata(JOB_NAME, {"teacher": (teacher.fingerprint, job.teacher)})
     started = run_started()
     pipeline = make_pipeline(beam_args)
     read = pipeline | "ReadRows" >> ReadRows(files)
@@ -200,10 +207,10 @@ def run(job: LabelPairsJob, beam_args: list[str], argv: list[str] | None = None)
         pairs = pairs | "SkipLabeled" >> SkipLabeled(previous["keys"])
         tables.append(previous["rows"])
     tables.insert(0, pairs | "LabelPairs" >> LabelPairs(settings))
-    (tables | "AllRows" >> beam.Flatten() | "WriteDistillationSet" >> WriteDistillationSet(out.staged(), schema))
+    (tables | "AllRows" >> beam.Flatten() | "WriteDistillationSet" >> WriteDistillationSet(out.staged(), stamped(schema, provenance)))
     ((read[DEAD_LETTER_TAG], extracted[DEAD_LETTER_TAG])
      | "AllDeadLetters" >> beam.Flatten()
-     | "WriteDeadLetters" >> WriteDeadLetters(out.staged()))
+     | "WriteDeadLetters" >> WriteDeadLetters(out.staged(), provenance))
     result = pipeline.run()
     result.wait_until_finish()   # the commit below runs here, in the launching process
 

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Sequence
 
 import click
 
-from jobs.common import (ARGV_KEY, BEAM_EPILOG, BEAM_JOB_CONTEXT, DTYPES, FORMATS, JobCommand,
-                        abort_output_on_failure, beam_args_for_run, device_option, main_module, output_option,
-                        overwrite_option, run_job, run_options, run_started, split_list)
+from jobs.common import (ARGV_KEY, BEAM_EPILOG, BEAM_JOB_CONTEXT, DTYPES, FORMATS, abort_output_on_failure,
+                         beam_args_for_run, device_option, JobCommand, main_module, output_option, overwrite_option,
+                         preflight, run_job, run_options, run_started, split_list, stall_option)
 
 if TYPE_CHECKING:  # annotations only: the imports run inside the functions
     import pyarrow as pa
@@ -157,6 +157,15 @@ def _estimate_lines(file: InputFile, sample_bytes: int = 1 << 22) -> int:
     return lines if finished else int(lines * size / max(consumed, 1)) + 1
 
 
+def score_meaning(job: ScorePairsJob, student: Student) -> str:
+    """What the scores table's ``score`` means (its ``pairscore.score`` metadata)."""
+    from pipeline.provenance import CLASS_PROBABILITY_SCORE, COSINE_SCORE, PROBABILITY_SCORE
+
+    if job.model_dir is None:
+        return COSINE_SCORE
+    return CLASS_PROBABILITY_SCORE if student.config.num_outputs > 1 else PROBABILITY_SCORE
+
+
 def output_schema(job: ScorePairsJob, student: Student, files: list[InputFile],
                   kept: list[pa.Field] | None = None) -> pa.Schema:
     """left_id, right_id, score (+ probs for k classes) and the kept columns, typed by
@@ -235,21 +244,25 @@ def shuffle_buckets(store_bytes: int, pair_rows: int) -> int:
 @click.option("--accelerator", default=None, metavar="HINT",
               help="Beam resource hint for the scoring step, e.g. "
                    "'type:nvidia-l4;count:1;install-nvidia-driver' (Dataflow); the join stays on CPU workers.")
+@stall_option
 @run_options
 @click.pass_context
-def main(ctx: click.Context, quiet: bool, verbose: bool, **flags) -> None:
+def main(ctx: click.Context, quiet: bool, verbose: bool, stall_timeout: float, **flags) -> None:
     """Score pairs with a student (stage two), running stage one for texts not yet stored."""
     def go() -> str:
+        preflight(ctx, "score_pairs", flags)
         for name in ("pairs", "left_texts", "right_texts"):
             flags[name] = tuple(flags[name])
         summary = run(ScorePairsJob(**flags), beam_args_for_run(ctx.args, verbose), ctx.meta[ARGV_KEY])
         return summary.table()
-    run_job(go, name="score_pairs", quiet=quiet, verbose=verbose, beam_args=ctx.args)
+    run_job(go, name="score_pairs", quiet=quiet, verbose=verbose, beam_args=ctx.args, stall_seconds=stall_timeout)
 
 
 @abort_output_on_failure
 def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None) -> RunSummary:
     """Check everything that can be checked, run the pipeline, write manifests and summary."""
+    from encoders.remote import pin_model_dir
+    from pipeline.provenance import stamped, table_metadata
     import apache_beam as beam
     from apache_beam.io.parquetio import WriteToParquetBatched
     from encoders.checkpoint import load_or_build_student
@@ -284,6 +297,8 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
         for side, patterns in (("left", job.left_texts), ("right", job.right_texts)):
             text_files[side] = tuple(expand_inputs(patterns))
             check_columns(text_files[side], [job.texts_id_col, job.texts_text_col])
+    # A remote model is pinned here: every worker loads the bytes this process fingerprints.
+    job = replace(job, model_dir=pin_model_dir(job.model_dir))
     student = load_or_build_student(job.model_dir, baseline_config())
     if student.head is None:
         raise ValueError(f"model {job.model_dir!r} has no head to score with")
@@ -300,6 +315,8 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
                       reads={"--pairs": job.pairs, "--left-texts": job.left_texts, "--right-texts": job.right_texts,
                              "--store": [job.store], "--model": [job.model_dir]})
 
+    provenance = table_metadata(JOB_NAME, {"model": (student.fingerprint, job.model_dir or student.config.encoder)},
+                                score=score_meaning(job, student))
     started = run_started()
     pipeline = make_pipeline(beam_args)
     read = pipeline | "ReadPairs" >> ReadPairs(pair_files, columns, chunk_size=job.batch_size, kept=kept,
@@ -322,7 +339,7 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
         settings = EncodeSettings(model_dir=job.model_dir, side=side, batch_size=job.encode_batch_size,
                                   dtype=plan.layout.dtype, device=job.device)
         side_tables[side] = unique | f"Complete{label}Store" >> CompleteStore(settings, plan.layout, old, f"{side}.")
-        side_tables[side] | f"Write{label}Store" >> WriteStore(out.staged(plan.output), plan.layout)
+        side_tables[side] | f"Write{label}Store" >> WriteStore(out.staged(plan.output), plan.layout, provenance)
 
     score_settings = ScoreSettings(model_dir=job.model_dir, left_layout=plans["left"].layout,
                                    right_layout=plans["right"].layout, output_schema=schema, keep=job.keep_cols,
@@ -334,9 +351,9 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
     scored = pairs | "ScorePairs" >> ScorePairs(score_settings, join, side_tables["left"], side_tables["right"],
                                                   job.accelerator)
     scored["scores"] | "WriteScores" >> WriteToParquetBatched(
-        out.staged(SCORES_DIR, STORE_FILE_PREFIX), schema=schema, codec=COMPRESSION, file_name_suffix=STORE_FILE_SUFFIX)
+        out.staged(SCORES_DIR, STORE_FILE_PREFIX), schema=stamped(schema, provenance), codec=COMPRESSION, file_name_suffix=STORE_FILE_SUFFIX)
     dead_letters.append(scored[DEAD_LETTER_TAG])
-    tuple(dead_letters) | "AllDeadLetters" >> beam.Flatten() | "WriteDeadLetters" >> WriteDeadLetters(out.staged())
+    tuple(dead_letters) | "AllDeadLetters" >> beam.Flatten() | "WriteDeadLetters" >> WriteDeadLetters(out.staged(), provenance)
     result = pipeline.run()
     result.wait_until_finish()   # the commit below runs here, in the launching process
 

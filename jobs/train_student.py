@@ -33,9 +33,10 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from jobs.common import (ARGV_KEY, DEFAULT_ENCODER, FORMATS, JobCommand, PLAIN_JOB_CONTEXT, STUDENT_HEADS,
-                        STUDENT_LOSSES, TASKS, abort_output_on_failure, device_option, main_module, output_option,
-                        overwrite_option, parse_head_options, parse_label_range, run_job, run_options, run_started)
+from jobs.common import (ARGV_KEY, DEFAULT_ENCODER, FORMATS, PLAIN_JOB_CONTEXT, STUDENT_HEADS, STUDENT_LOSSES, TASKS,
+                         abort_output_on_failure, device_option, JobCommand, main_module, output_option,
+                         overwrite_option, parse_head_options, parse_label_range, preflight, run_job, run_options,
+                         run_started)
 
 if TYPE_CHECKING:  # annotations only: the imports run inside the functions
     from encoders.checkpoint import Student
@@ -294,6 +295,7 @@ def main(ctx: click.Context, quiet: bool, verbose: bool, progress: bool, **flags
     def go() -> str:
         label_range = parse_label_range(flags.pop("label_range"))
         head_options = parse_head_options(flags.pop("head_options"))
+        preflight(ctx, "train_student", flags)
         job = TrainStudentJob(distill=tuple(flags.pop("distill")), dev=tuple(flags.pop("dev")),
                               label_range=label_range, head_options=head_options,
                               progress=progress and not quiet, **flags)
@@ -318,6 +320,7 @@ def run(job: TrainStudentJob, argv: list[str] | None = None) -> RunSummary:
 @abort_output_on_failure
 def train(job: TrainStudentJob, argv: list[str] | None = None) -> tuple[RunSummary, Student]:
     """``run``, also returning the trained student in memory (the best epoch's weights, as saved)."""
+    from pipeline.provenance import table_metadata
     import numpy as np
     import torch
     from encoders.checkpoint import build_student, load_student
@@ -395,7 +398,7 @@ def train(job: TrainStudentJob, argv: list[str] | None = None) -> tuple[RunSumma
     # The fingerprint is taken from the saved files, which also proves they load.
     saved = load_student(out.checkpoint_dir)
     dead = [*data.skipped, *dev.skipped]
-    write_dead_letter_file(out.staged(), dead)
+    write_dead_letter_file(out.staged(), dead, table_metadata(JOB_NAME, {"student": (saved.fingerprint, job.output)}))
     best = trainer.best
     counts = {
         "distill_rows_read": data.rows_read,

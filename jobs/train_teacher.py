@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING
 
 import click
 
-from jobs.common import (ARGV_KEY, DEFAULT_ENCODER, FORMATS, JobCommand, PLAIN_JOB_CONTEXT, TASKS, TEACHER_LOSSES,
-                        abort_output_on_failure, device_option, main_module, output_option, overwrite_option,
-                        parse_label_range, run_job, run_options, run_started)
+from jobs.common import (ARGV_KEY, DEFAULT_ENCODER, FORMATS, PLAIN_JOB_CONTEXT, TASKS, TEACHER_LOSSES,
+                         abort_output_on_failure, device_option, JobCommand, main_module, output_option,
+                         overwrite_option, parse_label_range, preflight, run_job, run_options, run_started)
 
 if TYPE_CHECKING:  # annotations only: the imports run inside the functions
     import torch
@@ -167,6 +167,7 @@ def main(ctx: click.Context, quiet: bool, verbose: bool, progress: bool, **flags
     """Fine-tune a cross-encoder teacher on labeled pairs and save it for label_pairs."""
     def go() -> str:
         label_range = parse_label_range(flags.pop("label_range"))
+        preflight(ctx, "train_teacher", flags)
         job = TrainTeacherJob(train=tuple(flags.pop("train")), dev=tuple(flags.pop("dev")),
                               label_range=label_range, progress=progress and not quiet, **flags)
         summary = run(job, ctx.meta[ARGV_KEY])
@@ -181,6 +182,7 @@ def main(ctx: click.Context, quiet: bool, verbose: bool, progress: bool, **flags
 @abort_output_on_failure
 def run(job: TrainTeacherJob, argv: list[str] | None = None) -> RunSummary:
     """Check everything that can be checked, train, keep the best epoch, write the summary."""
+    from pipeline.provenance import table_metadata
     import numpy as np
     import torch
     from encoders.device import grad_scaler, pick_device
@@ -254,7 +256,7 @@ def run(job: TrainTeacherJob, argv: list[str] | None = None) -> RunSummary:
     # The fingerprint is taken from the saved files, which also proves they load.
     saved = load_teacher(out.checkpoint_dir)
     dead = [*data["train"].skipped, *dev.skipped]
-    write_dead_letter_file(out.staged(), dead)
+    write_dead_letter_file(out.staged(), dead, table_metadata(JOB_NAME, {"teacher": (saved.fingerprint, job.output)}))
     train = data["train"]
     counts = {
         "train_rows_read": train.rows_read,

@@ -78,6 +78,7 @@ from apache_beam.io.filesystems import FileSystems
 from encoders.remote import atomic_directory  # noqa: F401  (the checkpoints' commit; lives below pipeline/)
 from pipeline.dead_letters import DEAD_LETTER_SCHEMA, DeadLetter
 from pipeline.paths import escape_glob, has_glob
+from pipeline.provenance import stamped
 from pipeline.store import MANIFEST_FILE, STORE_FILE_PREFIX, STORE_FILE_SUFFIX
 from pipeline.writers import write_parquet_file
 
@@ -144,6 +145,9 @@ def _glob_reaches(pattern: str, out: str) -> bool:
     return True
 
 
+_LINK_DEPTH = 3   # how deep below a directory the overlap guard looks for links
+
+
 def _resolved(path: str) -> list[tuple[str, str]]:
     """What a local path the run reads really is, as (how it was reached, absolute real path):
     the path itself (symlinks resolved), or for a glob that does not exist literally each of its
@@ -172,6 +176,8 @@ def _resolved(path: str) -> list[tuple[str, str]]:
                 full = os.path.join(root, entry)
                 if os.path.islink(full):
                     pending.append((full, full))
+            if os.path.relpath(root, real).count(os.sep) >= _LINK_DEPTH - 2:
+                dirs.clear()   # deeper than any job reads (store/left/part-*, model/encoder/*)
     return found
 
 
@@ -454,20 +460,27 @@ def _summary_files(path: str) -> list[str] | None:
             summary = json.loads(handle.read().decode("utf-8"))
     except Exception:  # noqa: BLE001 - an unreadable summary proves nothing
         return None
-    files = summary.get("files") if isinstance(summary, dict) else None
-    if not isinstance(summary.get("job"), str) or not isinstance(files, list) or not all(
-            isinstance(f, str) for f in files):
+    if not isinstance(summary, dict) or not isinstance(summary.get("job"), str):
+        return None
+    files = summary.get("files")
+    if not isinstance(files, list) or not all(isinstance(f, str) and _inside(f) for f in files):
         return None
     return files
+
+
+def _inside(rel: str) -> bool:
+    """Whether a relative path from a summary or a plan stays inside the output."""
+    return bool(rel) and not rel.startswith(("/", "\\")) and ".." not in rel.replace("\\", "/").split("/")
 
 
 def _read_plan(staging: str) -> list[tuple[str, str]] | None:
     """A staging directory's commit moves (relative to the output), None before its commit began."""
     try:
         with FileSystems.open(FileSystems.join(staging, COMMIT_PLAN), compression_type="uncompressed") as handle:
-            return [(source, target) for source, target in json.loads(handle.read().decode("utf-8"))["moves"]]
+            moves = [(source, target) for source, target in json.loads(handle.read().decode("utf-8"))["moves"]]
     except Exception:  # noqa: BLE001 - no plan (or a torn one): the commit never moved anything
         return None
+    return moves if all(_inside(source) and _inside(target) for source, target in moves) else None
 
 
 def _is_leftover(path: str, top: str, entries: Sequence[str]) -> bool:
@@ -864,7 +877,10 @@ def abort_output_on_failure(run: F) -> F:
             raise
         finally:
             for signum, handler in previous.items():
-                signal.signal(signum, handler)
+                if signum == "excepthook":
+                    threading.excepthook = handler
+                else:
+                    signal.signal(signum, handler)
             _OPEN_OUTPUTS.reset(token)
     return wrapper  # type: ignore[return-value]
 
@@ -892,14 +908,52 @@ def _interrupt_handlers() -> dict:
         _interrupted_by = signum
         # Beam logs an exception that ends a transform, traceback and all, before re-raising it.
         logging.getLogger("apache_beam").setLevel(logging.CRITICAL + 1)
+        _end_worker_processes()
         raise Interrupted(signum, "interrupted")
 
-    previous = {}
+    previous: dict = {"excepthook": threading.excepthook}
+
+    def quiet_while_interrupted(args) -> None:
+        # Beam's threads fail as the run ends ("Worker subprocess exited"): the one line says it.
+        if _interrupted_by is None:
+            previous["excepthook"](args)
+    threading.excepthook = quiet_while_interrupted
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         previous[signal.SIGINT] = signal.signal(signal.SIGINT, interrupt)
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, interrupt)
     return previous
+
+
+def interrupted() -> bool:
+    """Whether a Ctrl-C or SIGTERM is ending the run in progress."""
+    return _interrupted_by is not None
+
+
+def _end_worker_processes() -> None:
+    """SIGTERM every process below this one. Beam's multi-process workers (``sh -c python -m
+    ...sdk_worker_main``) wait to be told to stop while the runner, cleaning up after the
+    interrupt, waits for them to exit: ending them lets the run clean up and exit. Linux only
+    (/proc); elsewhere nothing is done."""
+    children: dict[int, list[int]] = {}
+    with contextlib.suppress(OSError):
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as handle:
+                    parent = int(handle.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry))
+    pending, below = [os.getpid()], []
+    while pending:
+        for child in children.get(pending.pop(), []):
+            below.append(child)
+            pending.append(child)
+    for pid in below:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
 
 
 def one_line_failure(err: BaseException) -> tuple[str, int] | None:
@@ -941,11 +995,13 @@ def _fallback_path() -> str:
 # --------------------------------------------------------------------------- writers
 
 
-def write_dead_letter_file(directory: str, letters: Sequence[DeadLetter]) -> str:
+def write_dead_letter_file(directory: str, letters: Sequence[DeadLetter],
+                           provenance: Mapping[str, str] | None = None) -> str:
     """Dead letters of a job that runs without Beam -> ``DIR/_dead_letter/part-00000-of-00001.parquet``,
     the same schema and place as ``pipeline.beam.writes.WriteDeadLetters`` (written even when empty, as Beam does)."""
     path = FileSystems.join(directory, DEAD_LETTER_DIR, f"{STORE_FILE_PREFIX}-00000-of-00001{STORE_FILE_SUFFIX}")
     if not is_remote(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
-    table = pa.Table.from_pylist([letter.to_record() for letter in letters], schema=DEAD_LETTER_SCHEMA)
-    return write_parquet_file(path, DEAD_LETTER_SCHEMA, [table])
+    schema = stamped(DEAD_LETTER_SCHEMA, provenance)
+    table = pa.Table.from_pylist([letter.to_record() for letter in letters], schema=schema)
+    return write_parquet_file(path, schema, [table])

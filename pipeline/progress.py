@@ -10,14 +10,20 @@ runs per row). A daemon thread of the reporter sums the tallies twice a second a
 - nothing with ``--quiet``.
 
 The command line switches it on with ``start`` and off with ``stop``. ``start`` also puts the
-mode in the environment, which Beam's multi-process workers inherit: each worker then reports
-its own share as plain lines tagged with its process id (several processes cannot share one
-live line), and only when its counts moved. Workers of a remote runner do not inherit it and
-stay silent: their progress is the runner's own UI. Stdlib only, so the command line can import
-it before Beam and torch.
+mode in the environment, which Beam's multi-process workers inherit. When the launching process
+reads its workers' stderr (``collect_workers``: the multi-process runner, jobs/common.py), each
+worker sends its counts there as a record line (:data:`RECORD_PREFIX`) about once a second; the
+launching process adds them to its own and shows one line for the whole run, and lines the
+workers print otherwise (errors) are written above the live line, never into it
+(:func:`write_above`). A worker whose launching process does not collect prints its own share as
+plain lines tagged with its process id, only when its counts moved. Workers of a remote runner do
+not inherit the mode and stay silent: their progress is the runner's own UI. Stdlib only, so the
+command line can import it before Beam and torch.
 """
 from __future__ import annotations
 
+import atexit
+import json
 import os
 import sys
 import threading
@@ -40,6 +46,7 @@ LABELS = {
 MODES = ("live", "log", "off")
 LIVE_SECONDS = 0.5
 WORKER_LIVE_SECONDS = 5.0   # a worker's plain lines while the launching process has a terminal
+WORKER_RECORD_SECONDS = 1.0  # a worker's records to a launching process that collects them
 LOG_SECONDS = 30.0
 # Environment the launching process sets for itself and the Beam workers it starts.
 ENV_MODE = "PAIRSCORE_PROGRESS"                  # live | log | off
@@ -47,6 +54,9 @@ ENV_OWNER = "PAIRSCORE_PROGRESS_PID"             # the launching process; others
 ENV_JOB = "PAIRSCORE_PROGRESS_JOB"               # e.g. score_pairs
 ENV_STARTED = "PAIRSCORE_STARTED"                # wall-clock time the launching process started
 ENV_INTERVAL = "PAIRSCORE_PROGRESS_SECONDS"      # overrides the interval (tests)
+ENV_COLLECT = "PAIRSCORE_PROGRESS_COLLECT"       # "1": the launching process reads its workers' records
+# A worker's counts, one line on its stderr: RECORD_PREFIX + {"pid": ..., "counts": {label: n}}.
+RECORD_PREFIX = "pairscore-progress-record "
 
 
 def bar_options(stream: TextIO | None = None) -> dict:
@@ -103,10 +113,12 @@ class Reporter:
     environment); ``stream`` is where lines go."""
 
     def __init__(self, job: str, mode: str, started: float, worker: bool, interval: float | None = None,
-                 stream: TextIO | None = None, clock=time.time):
+                 stream: TextIO | None = None, clock=time.time, records: bool = False):
         self.job, self.mode, self.started, self.worker = job, mode, started, worker
+        self.records = records and worker     # a worker sending its counts to its launching process
         if interval is None:
-            interval = LOG_SECONDS if mode == "log" else WORKER_LIVE_SECONDS if worker else LIVE_SECONDS
+            interval = (WORKER_RECORD_SECONDS if self.records else LOG_SECONDS if mode == "log"
+                        else WORKER_LIVE_SECONDS if worker else LIVE_SECONDS)
         self.interval = interval
         self._stream = stream if stream is not None else sys.stderr
         self._clock = clock
@@ -117,6 +129,8 @@ class Reporter:
         self._last_moved: dict[str, tuple[int, float]] = {}  # label -> (count, when the line saw it move)
         self._shown: dict[str, int] = {}
         self._live_drawn = False
+        self._workers: dict[int, dict[str, int]] = {}   # worker pid -> its latest counts (records)
+        self._output_lock = threading.Lock()            # the live line and the lines written above it
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -137,11 +151,20 @@ class Reporter:
         """Label -> the sum of its tallies, in the order the labels first counted."""
         with self._lock:
             tallies = list(self._tallies)
+            workers = list(self._workers.values())
         totals: dict[str, int] = {}
         for label, counter in tallies:
             if counter[0]:
                 totals[label] = totals.get(label, 0) + counter[0]
+        for counts in workers:
+            for label, value in counts.items():
+                totals[label] = totals.get(label, 0) + value
         return totals
+
+    def receive(self, pid: int, counts: dict[str, int]) -> None:
+        """A worker's latest counts (its record): they replace its earlier ones in the totals."""
+        with self._lock:
+            self._workers[pid] = counts
 
     def line(self) -> str:
         """The line for now. A rate is over the time its count was seen moving, so a finished
@@ -167,13 +190,28 @@ class Reporter:
         moved, self._shown = counts != self._shown, counts
         if self.worker and not moved:
             return
+        if self.records:
+            self._stream.write(RECORD_PREFIX + json.dumps({"pid": os.getpid(), "counts": counts}) + "\n")
+            self._stream.flush()
+            return
         text = self.line()
-        if self.mode == "live" and not self.worker:
-            self._stream.write("\r" + text + "\x1b[K" + ("\n" if final else ""))
-            self._live_drawn = not final
-        else:
-            self._stream.write(text + "\n")
-        self._stream.flush()
+        with self._output_lock:
+            if self.mode == "live" and not self.worker:
+                self._stream.write("\r" + text + "\x1b[K" + ("\n" if final else ""))
+                self._live_drawn = not final
+            else:
+                self._stream.write(text + "\n")
+            self._stream.flush()
+
+    def write_above(self, write) -> None:
+        """Call ``write()`` (which writes whole lines to the same terminal) with the live line
+        cleared first, so the two never run together; the next tick draws the live line again."""
+        with self._output_lock:
+            if self._live_drawn:
+                self._stream.write("\r\x1b[K")
+                self._stream.flush()
+                self._live_drawn = False
+            write()
 
     def start_thread(self) -> None:
         if self.mode == "off" or self._thread is not None:
@@ -204,13 +242,17 @@ _reporter: Reporter | None = None
 _reporter_lock = threading.Lock()
 
 
-def start(job: str, quiet: bool, started: float, stream: TextIO | None = None) -> Reporter:
+def start(job: str, quiet: bool, started: float, stream: TextIO | None = None,
+          collect_workers: bool = False) -> Reporter:
     """Report progress of ``job`` from this process (and its Beam workers) until ``stop``.
-    ``started``: wall-clock time the process started (the elapsed time counts from it)."""
+    ``started``: wall-clock time the process started (the elapsed time counts from it).
+    ``collect_workers``: the caller passes the workers' record lines to :func:`receive_record`."""
     global _reporter, _silent_pid
     _silent_pid = None
     mode = choose_mode(quiet, stream)
     os.environ.update({ENV_MODE: mode, ENV_OWNER: str(os.getpid()), ENV_JOB: job, ENV_STARTED: repr(started)})
+    if collect_workers:
+        os.environ[ENV_COLLECT] = "1"
     with _reporter_lock:
         _reporter = Reporter(job, mode, started, worker=False, interval=_interval_from_env(), stream=stream)
         _reporter.start_thread()
@@ -224,8 +266,39 @@ def stop() -> None:
         reporter, _reporter = _reporter, None
     if reporter is not None:
         reporter.close()
-    for name in (ENV_MODE, ENV_OWNER, ENV_JOB, ENV_STARTED):
+    for name in (ENV_MODE, ENV_OWNER, ENV_JOB, ENV_STARTED, ENV_COLLECT):
         os.environ.pop(name, None)
+
+
+def receive_record(line: str) -> bool:
+    """If ``line`` is a worker's record, add its counts to this process's report and return True
+    (the line is not shown); otherwise False."""
+    if not line.startswith(RECORD_PREFIX):
+        return False
+    reporter = _reporter
+    try:
+        record = json.loads(line[len(RECORD_PREFIX):])
+        if reporter is not None:
+            reporter.receive(int(record["pid"]), {str(k): int(v) for k, v in record["counts"].items()})
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return False              # not one of ours after all: shown as it is
+    return True
+
+
+def write_above(write) -> None:
+    """Call ``write()`` (whole lines for the terminal) above this process's live line, if any."""
+    reporter = _reporter
+    if reporter is None:
+        write()
+    else:
+        reporter.write_above(write)
+
+
+def counted() -> int:
+    """Everything this process's reporter has counted so far (0 when none reports): a number that
+    moves while the run makes progress here."""
+    reporter = _reporter
+    return sum(reporter.counts().values()) if reporter is not None else 0
 
 
 def tally(name: str) -> list[int]:
@@ -254,8 +327,13 @@ def _worker_reporter() -> Reporter | None:
             except ValueError:
                 started = time.time()
             worker = os.environ.get(ENV_OWNER) != str(os.getpid())
+            records = os.environ.get(ENV_COLLECT) == "1"
+            # A record interval of its own: the launching process's interval is for lines people read.
             _reporter = Reporter(os.environ.get(ENV_JOB, "pairscore"), mode, started, worker=worker,
-                                 interval=_interval_from_env())
+                                 interval=None if records else _interval_from_env(), records=records)
+            if _reporter.records:
+                # A worker ends when the pipeline does: its last counts go out as it exits.
+                atexit.register(_reporter.show)
             _reporter.start_thread()
         return _reporter
 

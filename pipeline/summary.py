@@ -7,9 +7,43 @@ A job builds a :class:`RunSummary` once its counts reconcile and hands it to
 from __future__ import annotations
 
 import json
+import os
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+
+from pipeline.provenance import utc_timestamp, version
+
+# Flags whose values are paths (``_SUMMARY.json`` records them absolute); the second set may also
+# name something that is not a local path (a hub id, ``baseline``), kept as given then.
+PATH_FLAGS = ("--input", "--pairs", "--left-texts", "--right-texts", "--store", "--previous", "--train", "--dev",
+              "--distill", "--cache-dir", "--output", "--model", "--teacher", "--encoder", "--base")
+MAYBE_NOT_PATHS = ("--model", "--teacher", "--encoder", "--base")
+
+
+def absolute_paths(arguments: list[str], output: str) -> dict[str, list[str]]:
+    """Flag -> its path values made absolute (``--output`` always): what a run read and wrote,
+    wherever it was started. Remote paths stay as they are; ``NAME=DIR`` (evaluate's ``--model``)
+    keeps its name."""
+    def absolute(flag: str, value: str) -> str:
+        name, _, path = value.rpartition("=") if flag == "--model" and not os.path.exists(value) else ("", "", value)
+        if "://" in path or (flag in MAYBE_NOT_PATHS and not os.path.exists(path)):
+            return value
+        return (f"{name}=" if name else "") + os.path.abspath(path)
+
+    paths: dict[str, list[str]] = {}
+    for index, argument in enumerate(arguments):
+        flag, equals, value = argument.partition("=")
+        if flag not in PATH_FLAGS or flag == "--output":
+            continue
+        if not equals:
+            if index + 1 >= len(arguments):
+                continue
+            value = arguments[index + 1]
+        paths.setdefault(flag, []).append(absolute(flag, value))
+    paths["--output"] = [output if "://" in output else os.path.abspath(output)]
+    return paths
 
 
 @dataclass
@@ -30,6 +64,20 @@ class RunSummary:
     # Every file the run committed besides _SUMMARY.json and _SUCCESS, relative to ``output``
     # (filled in by OutputDir.commit).
     files: list[str] = field(default_factory=list)
+    # Provenance (CLI contract): pairscore's version, the run's UTC start and end (the start is
+    # ``wall_seconds`` before the end: the process start under the command line), and every path
+    # argument made absolute. Filled in when the job builds its summary, at the end of the run.
+    version: str = ""
+    started_at: str = ""
+    ended_at: str = ""
+    paths: dict[str, list[str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        now = time.time()
+        self.version = self.version or version()
+        self.ended_at = self.ended_at or utc_timestamp(now)
+        self.started_at = self.started_at or utc_timestamp(now - self.wall_seconds)
+        self.paths = self.paths or absolute_paths(list(self.arguments), self.output)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"

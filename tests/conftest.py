@@ -7,6 +7,11 @@ from pathlib import Path
 # Nothing may download during tests.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# No periodic progress lines in tests (the jobs run here, their subprocesses and their Beam workers
+# inherit it): on a loaded machine a job reaches its error or its summary after the 30-second progress
+# interval, and a test reading its output would then see an extra line. Tests of the progress line
+# set their own interval.
+os.environ["PAIRSCORE_PROGRESS_SECONDS"] = "inf"
 
 import pytest  # noqa: E402
 

@@ -117,6 +117,9 @@ def test_report_metrics_match_scikit_learn_on_the_written_scores(report, labeled
     dev_labels = np.array([json.loads(l)["label"] for l in labeled["dev"].read_text().splitlines()])
     assert scores["target"] == labels.tolist() and metrics["threshold_source"] == "dev"
     assert list(metrics["models"]) == ["teacher", "student", "baseline"]
+    stamped = json.loads(pq.read_schema(report / "scores.parquet").metadata[b"pairscore.models"])
+    assert {name: m["fingerprint"] for name, m in stamped.items()} == \
+        {name: m["fingerprint"] for name, m in metrics["models"].items()}      # provenance of every score column
     for name, result in metrics["models"].items():
         got = np.array(scores[f"score:{name}"], dtype=np.float64)
         assert result["quality"]["auc"] == pytest.approx(roc_auc_score(labels, got), abs=1e-6)

@@ -88,7 +88,7 @@ def worker_pool(tmp_path_factory) -> tuple[list[str], Path]:
                              f"--service_port={port}"], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 300   # Beam imports on a loaded machine
         while True:
             with socket.socket() as probe:
                 if probe.connect_ex(("localhost", port)) == 0:

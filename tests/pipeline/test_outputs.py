@@ -323,7 +323,7 @@ def hold_lock(target: Path) -> subprocess.Popen:
     """A real second process holding the lock on ``target`` (it waits until killed)."""
     code = ("import sys, time\nfrom pipeline.outputs import open_output\n"
             f"open_output({str(target)!r}, job='holder', overwrite=False)\n"
-            "print('locked', flush=True)\ntime.sleep(120)\n")
+            "print('locked', flush=True)\ntime.sleep(3600)\n")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
     assert process.stdout.readline().strip() == "locked"

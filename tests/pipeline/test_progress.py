@@ -130,3 +130,34 @@ def test_training_bars_write_plain_lines_off_a_terminal():
     assert "\r" not in out.getvalue() and lines and all(line.startswith("stage 1, epoch 1") for line in lines)
     assert "3/3" in lines[-1]
     assert progress.bar_options(Terminal())["mininterval"] == 1.0
+
+
+def test_a_worker_that_reports_to_its_launching_process_sends_records_it_can_read():
+    out, clock = io.StringIO(), FakeClock()
+    worker = Reporter("score_pairs", "live", started=clock.now, worker=True, stream=out, clock=clock, records=True)
+    assert worker.interval == progress.WORKER_RECORD_SECONDS
+    worker.show()                                   # nothing counted: nothing sent
+    worker.add("pairs scored", 5)
+    worker.show()
+    launcher = Reporter("score_pairs", "log", started=clock.now, worker=False, stream=io.StringIO(), clock=clock)
+    launcher.add("pairs read", 9)
+    progress._reporter = launcher
+    try:
+        assert all(progress.receive_record(line) for line in out.getvalue().splitlines())
+        assert not progress.receive_record("score_pairs 0:01 | running")
+    finally:
+        progress._reporter = None
+    assert launcher.counts() == {"pairs read": 9, "pairs scored": 5}
+    assert launcher.line() == "score_pairs 0:00 | pairs read 9 | pairs scored 5"
+
+
+def test_lines_written_above_the_live_line_never_join_it():
+    clock, out = FakeClock(), Terminal()
+    reporter = Reporter("score_pairs", "live", started=clock.now, worker=False, stream=out, clock=clock)
+    reporter.add("pairs read", 3)
+    reporter.show()
+    reporter.write_above(lambda: out.write("WARNING: something a worker said\n"))
+    reporter.write_above(lambda: out.write("and another line\n"))
+    reporter.show()
+    assert out.getvalue() == ("\rscore_pairs 0:00 | pairs read 3\x1b[K" "\r\x1b[K" "WARNING: something a worker said\n"
+                              "and another line\n" "\rscore_pairs 0:00 | pairs read 3\x1b[K")

@@ -11,7 +11,10 @@ from __future__ import annotations
 import io
 import json
 import os
+import pickle
+import re
 import shutil
+import stat
 from collections import Counter
 
 import numpy as np
@@ -21,9 +24,9 @@ import pytest
 from apache_beam.io.filesystem import CompressedFile, CompressionTypes, FileMetadata, FileSystem
 from apache_beam.io.filesystems import FileSystems
 
-from encoders.checkpoint import load_student
+from encoders.checkpoint import build_student, load_student, read_config, save_student
 from encoders import remote as remote_module
-from encoders.remote import CACHE_ENV, local_model_dir
+from encoders.remote import CACHE_ENV, cache_root, local_model_dir, pin_model_dir
 from encoders.teacher import load_teacher
 from jobs.label_pairs import LabelPairsJob
 from jobs.label_pairs import run as label
@@ -194,6 +197,127 @@ def test_remote_model_is_copied_once_per_process_without_pickles(testfs, tiny_ch
     with pytest.raises(ValueError, match="testfs://models/none' does not exist"):
         local_model_dir(f"{SCHEME}://models/none")
     assert local_model_dir("relative/model") == "relative/model"  # local paths are left alone
+
+
+def another_student_weights(checkpoint: str, target) -> bytes:
+    """``student.safetensors`` of a student with the same config as ``checkpoint``, other weights."""
+    save_student(build_student(read_config(checkpoint), seed=99), target)
+    return (target / "student.safetensors").read_bytes()
+
+
+def test_workers_load_the_pinned_model_or_stop_naming_the_changed_file(testfs, tiny_checkpoint, tmp_path,
+                                                                       monkeypatch):
+    remote = upload(tiny_checkpoint, testfs, "models/student")
+    pinned = pin_model_dir(remote)                      # the launching process
+    assert pinned == remote and load_student(pinned).fingerprint == load_student(tiny_checkpoint).fingerprint
+    # The remote model is replaced while the run goes on.
+    (testfs / "models/student/student.safetensors").write_bytes(another_student_weights(tiny_checkpoint,
+                                                                                       tmp_path / "other"))
+    shipped = pickle.loads(pickle.dumps(pinned))        # what a worker receives
+    # A worker process on this machine: the launching process's copy, verified; not the new weights.
+    monkeypatch.setattr(remote_module, "_COPIES", {})
+    assert load_student(shipped).fingerprint == load_student(tiny_checkpoint).fingerprint
+    # A worker on another machine (an empty cache) copies the pinned files and finds one changed.
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "worker-cache"))
+    with pytest.raises(ValueError, match=r"model file testfs://models/student/student\.safetensors changed after "
+                                         r"this run started \(pinned: \d+ bytes"):
+        local_model_dir(shipped)
+    assert not [n for n in os.listdir(tmp_path / "worker-cache") if not n.startswith(".")]  # nothing committed
+    (testfs / "models/student/student.safetensors").unlink()
+    with pytest.raises(ValueError, match=r"model file testfs://models/student/student\.safetensors cannot be read"):
+        local_model_dir(shipped)
+    # Without a pin (a process on its own) the model as it is now is loaded, as before.
+    shutil.copy(os.path.join(tiny_checkpoint, "student.safetensors"), testfs / "models/student/student.safetensors")
+    assert load_student(remote).fingerprint == load_student(tiny_checkpoint).fingerprint
+
+
+@pytest.mark.parametrize("worker_cache", ["shared", "empty"])
+def test_a_remote_model_replaced_during_a_run_never_mixes_two_models(testfs, tmp_path, tiny_checkpoint,
+                                                                     monkeypatch, worker_cache):
+    """The model is replaced on the remote store after the launching process loaded it, before the
+    workers load theirs: workers that share its cache score with the pinned model (the run equals
+    the local run with the original model, under its fingerprint); a worker with an empty cache
+    stops the run, naming the file, and nothing is committed."""
+    import jobs.score_pairs as job_module
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(p) + "\n" for p in PAIRS))
+    model = upload(tiny_checkpoint, testfs, "models/student")
+    replacement = another_student_weights(tiny_checkpoint, tmp_path / "other")
+    make_pipeline = job_module.make_pipeline
+
+    def replaced_then_started(beam_args):
+        (testfs / "models/student/student.safetensors").write_bytes(replacement)
+        if worker_cache == "empty":
+            monkeypatch.setenv(CACHE_ENV, str(tmp_path / "worker-cache"))
+        return make_pipeline(beam_args)
+
+    monkeypatch.setattr(job_module, "make_pipeline", replaced_then_started)
+    output = tmp_path / "remote-model"
+    if worker_cache == "empty":
+        with pytest.raises(Exception, match=r"student\.safetensors changed after this run started"):
+            score(ScorePairsJob(pairs=(str(pairs),), output=str(output), model_dir=model, keep_cols=("pid",)), [], [])
+        assert not (output / "_SUCCESS").exists() and not (output / "scores").exists()
+        return
+    score(ScorePairsJob(pairs=(str(pairs),), output=str(output), model_dir=model, keep_cols=("pid",)), [], [])
+    monkeypatch.setattr(job_module, "make_pipeline", make_pipeline)
+    local = tmp_path / "local"
+    score(ScorePairsJob(pairs=(str(pairs),), output=str(local), model_dir=tiny_checkpoint, keep_cols=("pid",)), [], [])
+    np.testing.assert_array_equal(read_table(str(output), SCORES).column("score").to_numpy(),
+                                  read_table(str(local), SCORES).column("score").to_numpy())
+    fingerprint = load_student(tiny_checkpoint).fingerprint
+    for side in ("left", "right"):
+        manifest = json.loads((output / "store" / side / "_MANIFEST.json").read_text())
+        assert manifest["model_fingerprint"] == fingerprint
+        assert read_table(str(output / "store" / side), PARTS).equals(read_table(str(local / "store" / side), PARTS))
+
+
+def test_the_model_cache_is_verified_on_every_use(testfs, tiny_checkpoint, monkeypatch):
+    remote = upload(tiny_checkpoint, testfs, "models/student")
+    pinned = pin_model_dir(remote)
+    local = local_model_dir(remote)
+    weights = os.path.join(local, "student.safetensors")
+    original = open(weights, "rb").read()
+    damaged = bytearray(original)
+    damaged[-1] ^= 1                                   # same size, other bytes
+    changes = {
+        "changed": (lambda: open(weights, "wb").write(damaged), f"{weights} does not hold the bytes copied"),
+        "truncated": (lambda: open(weights, "wb").write(original[:-5]), f"{weights} has {len(original) - 5} bytes"),
+        "missing": (lambda: os.remove(weights), f"{weights} is missing"),
+        "added": (lambda: open(os.path.join(local, "encoder", "extra.safetensors"), "wb").write(b"x"),
+                  f"{os.path.join(local, 'encoder', 'extra.safetensors')} is not part of the model"),
+    }
+    for name, (change, problem) in changes.items():
+        change()
+        for process in ("the same process", "a new process", "a worker given the pin"):
+            if process != "the same process":
+                monkeypatch.setattr(remote_module, "_COPIES", {})
+            with pytest.raises(ValueError, match=f"the cached copy of model {remote} was changed after it was made: "
+                                                 f"{re.escape(problem)}"):
+                local_model_dir(pinned if process == "a worker given the pin" else remote)
+            with pytest.raises(ValueError, match="was changed after it was made"):
+                load_student(remote)
+        # Put the copy back as it was.
+        open(weights, "wb").write(original)
+        if name == "added":
+            os.remove(os.path.join(local, "encoder", "extra.safetensors"))
+    assert local_model_dir(remote) == local_model_dir(pinned) == local
+
+
+def test_the_model_cache_is_per_user_by_default(testfs, tiny_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.delenv(CACHE_ENV)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_root() == str(tmp_path / "xdg" / "pairscore" / "models")
+    remote = upload(tiny_checkpoint, testfs, "models/student")
+    assert local_model_dir(remote).startswith(cache_root() + os.sep)
+    assert stat.S_IMODE(os.stat(cache_root()).st_mode) == 0o700
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_root() == str(tmp_path / "home" / ".cache" / "pairscore" / "models")
+    os.makedirs(cache_root(), mode=0o777)
+    os.chmod(cache_root(), 0o777)                        # made open by an old umask: closed on first use
+    monkeypatch.setattr(remote_module, "_COPIES", {})
+    local_model_dir(remote)
+    assert stat.S_IMODE(os.stat(cache_root()).st_mode) == 0o700
 
 
 def test_score_pairs_with_everything_on_a_remote_filesystem_equals_the_local_run(testfs, tmp_path, tiny_checkpoint):

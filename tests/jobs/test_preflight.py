@@ -1,0 +1,169 @@
+"""Pre-flight: the common mistakes are answered before Beam, torch or transformers are imported,
+each with one line naming the value (and, for a flag, the nearest real one); what the job would
+accept passes."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+
+from jobs import beam_options, preflight
+from jobs.preflight import PreflightError
+
+REPO = Path(__file__).resolve().parents[2]
+HEAVY = ("torch", "apache_beam", "transformers")
+
+
+@pytest.fixture
+def inputs(tmp_path) -> Path:
+    (tmp_path / "pairs.jsonl").write_text(json.dumps({"left": "a", "right": "b", "pid": 1}) + "\n")
+    (tmp_path / "pairs.csv").write_text("left,right\na,b\n")
+    (tmp_path / "pairs.tsv").write_text("left\tright\na\tb\n")
+    (tmp_path / "texts.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(b'{"text": "a"}\n'))
+    pq.write_table(pa.table({"left": ["a"], "right": ["b"]}), tmp_path / "pairs.parquet")
+    (tmp_path / "bad.parquet").write_bytes(b"this is not parquet")
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "report.xlsx").write_text("x")
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "half-model").mkdir()
+    (tmp_path / "half-model" / "config.json").write_text(json.dumps({"shared_encoder": True}))
+    return tmp_path
+
+
+# Each case: (job, its arguments, what the one line must say). Paths are relative to ``inputs``.
+MISTAKES = {
+    "missing input": ("score_pairs", ["--pairs", "missing.jsonl", "--output", "o"],
+                      "input 'missing.jsonl' matched no files"),
+    "glob that matches nothing": ("encode_texts", ["--input", "texts-*.jsonl", "--output", "o"],
+                                  "input 'texts-*.jsonl' matched no files"),
+    "wrong column, JSON Lines": ("score_pairs", ["--pairs", "pairs.jsonl", "--left-col", "query", "--output", "o"],
+                                 "pairs.jsonl has no column 'query' (required: 'query', 'right'); its first JSON "
+                                 "object (line 1) has columns 'left', 'right', 'pid'"),
+    "wrong column, CSV": ("label_pairs", ["--pairs", "pairs.csv", "--teacher", "t", "--right-col", "doc",
+                                          "--output", "o"], "pairs.csv has no column 'doc'"),
+    "wrong column, TSV": ("evaluate", ["--pairs", "pairs.tsv", "--model", "baseline", "--output", "o"],
+                          "pairs.tsv has no column 'label'"),
+    "wrong column, Parquet footer": ("score_pairs", ["--pairs", "pairs.parquet", "--left-id-col", "qid",
+                                                     "--right-id-col", "right", "--left-texts", "pairs.jsonl",
+                                                     "--right-texts", "pairs.jsonl", "--output", "o"],
+                                     "pairs.parquet has no column 'qid' (required: 'qid', 'right'); its "
+                                     "schema has columns 'left', 'right'"),
+    "wrong column, .zst": ("encode_texts", ["--input", "texts.jsonl.zst", "--id-col", "id", "--output", "o"],
+                           "texts.jsonl.zst has no column 'id'"),
+    "corrupt Parquet": ("score_pairs", ["--pairs", "bad.parquet", "--output", "o"],
+                        "bad.parquet is not a valid Parquet file"),
+    "unknown Beam flag": ("score_pairs", ["--pairs", "pairs.jsonl", "--output", "o", "--direct_num_worker=2"],
+                          "unknown option(s) --direct_num_worker=2: not a flag of this job (see --help) nor a "
+                          "pipeline option of any Beam runner (--direct_num_worker: did you mean "
+                          "--direct_num_workers?)"),
+    "misspelt job flag": ("score_pairs", ["--pairs", "pairs.jsonl", "--output", "o", "--keepcols", "pid"],
+                          "(--keepcols: did you mean --keep-cols?)"),
+    "output not empty": ("encode_texts", ["--input", "pairs.jsonl", "--text-col", "left", "--output", "busy"],
+                         "--output 'busy' is not empty (report.xlsx): give a new or empty directory, or pass "
+                         "--overwrite"),
+    "output is a file": ("train_teacher", ["--train", "pairs.jsonl", "--dev", "pairs.jsonl", "--label-col", "pid",
+                                           "--output", "a-file"], "--output 'a-file' is an existing file"),
+    "missing model": ("score_pairs", ["--pairs", "pairs.jsonl", "--model", "no-model", "--output", "o"],
+                      "model directory 'no-model' does not exist"),
+    "incomplete model": ("encode_texts", ["--input", "pairs.jsonl", "--text-col", "left", "--model", "half-model",
+                                          "--output", "o"],
+                         "checkpoint 'half-model' is incomplete: missing student.safetensors, encoder"),
+}
+
+
+def _run_probe(module: str, args: list[str], cwd: Path) -> tuple[int, list[str], str]:
+    """``python -m <module> <args>`` in a fresh interpreter (as ``python -m`` runs it): its exit
+    status, the heavy modules it had imported when it exited, and its stderr."""
+    probe = textwrap.dedent(f"""
+        import runpy, sys
+        sys.argv = [{module!r}] + {args!r}
+        code = 0
+        try:
+            runpy.run_module({module!r}, run_name="__main__", alter_sys=True)
+        except SystemExit as exit:
+            code = exit.code or 0
+        print("HEAVY=" + ",".join(m for m in {HEAVY!r} if m in sys.modules), "CODE=" + str(code), file=sys.stderr)
+    """)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=cwd,
+                          timeout=300)
+    *lines, last = done.stderr.strip().splitlines()
+    heavy, code = (part.split("=", 1)[1] for part in last.split())
+    return int(code), [m for m in heavy.split(",") if m], "\n".join(lines)
+
+
+@pytest.mark.parametrize("case", sorted(MISTAKES))
+def test_a_mistake_is_one_line_before_beam_torch_or_transformers(inputs, case):
+    job, args, expected = MISTAKES[case]
+    code, heavy, stderr = _run_probe(f"jobs.{job}", args, inputs)
+    assert code == 2, stderr
+    assert stderr.startswith("error: ") and len(stderr.splitlines()) == 1, stderr
+    assert expected in stderr, stderr
+    assert heavy == [], f"{case}: imported {heavy} before answering"
+    assert not (inputs / "o").exists()
+
+
+def _flags(**given) -> dict:
+    """Flags as click gives them to score_pairs (defaults, then ``given``)."""
+    flags = {"pairs": (), "format": None, "left_col": "left", "right_col": "right", "left_id_col": None,
+             "right_id_col": None, "left_texts": (), "right_texts": (), "texts_id_col": "id",
+             "texts_text_col": "text", "keep_cols": (), "model_dir": None, "output": "o", "overwrite": False}
+    flags.update(given)
+    return flags
+
+
+def test_what_the_job_accepts_passes(inputs, tiny_checkpoint, monkeypatch):
+    monkeypatch.chdir(inputs)
+    (inputs / "stale").mkdir()
+    (inputs / "stale" / "_LOCK").write_text("{}")                   # a dead run's lock alone: not "not empty"
+    (inputs / "dir").mkdir()
+    (inputs / "dir" / "p.jsonl").write_text(json.dumps({"left": "a", "right": "b"}) + "\n")
+    (inputs / "in[1].jsonl").write_text(json.dumps({"left": "a", "right": "b"}) + "\n")   # literal, not a glob
+    passing = [
+        _flags(pairs=("pairs.jsonl", "pairs.csv", "pairs.tsv", "pairs.parquet")),
+        _flags(pairs=("pairs.*",), format=None, output="stale"),
+        _flags(pairs=("dir",), model_dir=tiny_checkpoint),
+        _flags(pairs=("in[1].jsonl", "gs://bucket/pairs/*.parquet"), output="busy", overwrite=True),
+        _flags(pairs=("pairs.jsonl",), left_id_col="left", right_id_col="right", left_texts=("texts.jsonl.zst",),
+               right_texts=("gs://bucket/texts.parquet",), texts_id_col="text", texts_text_col="text"),
+        _flags(pairs=("pairs.jsonl",), model_dir="gs://bucket/model", output="gs://bucket/out"),
+        # left to the job, whose flag checks explain these first
+        _flags(pairs=("pairs.jsonl",), keep_cols=("score",)), _flags(pairs=("pairs.jsonl",), right_id_col="pid"),
+    ]
+    for flags in passing:
+        preflight.check("score_pairs", flags, [])
+    beam = ["--direct_num_workers=2", "--direct_running_mode", "multi_processing", "--runner", "DirectRunner",
+            "--experiments=a", "--no_use_public_ips", "--dask_client_address=x:1"]
+    preflight.check("score_pairs", _flags(pairs=("pairs.jsonl",)), beam)
+
+
+def test_flags_are_left_to_beam_when_another_beam_is_installed(monkeypatch):
+    with pytest.raises(PreflightError, match="did you mean --runner"):
+        preflight.check_beam_flags(["--runnr=DirectRunner"])
+    monkeypatch.setattr(preflight, "_installed_beam", lambda: "0.0.1")
+    preflight.check_beam_flags(["--runnr=DirectRunner"])           # Beam's own check, after the import, decides
+
+
+def test_the_list_of_beam_options_is_the_installed_beams():
+    """jobs/beam_options.py is generated; regenerate it (python -m jobs.preflight --write-beam-options)
+    when Beam is upgraded."""
+    version, names = preflight.generate_beam_options()
+    assert version == beam_options.BEAM_VERSION
+    assert sorted(beam_options.OPTIONS) == names
+    assert Path(beam_options.__file__).read_text(encoding="utf-8") == preflight.beam_options_source(version, names)
+
+
+def test_the_preflight_module_imports_no_heavy_library():
+    code = ("import sys, jobs.preflight, jobs.beam_options, jobs.cli\n"
+            f"print(','.join(m for m in {HEAVY!r} + ('pyarrow',) if m in sys.modules))")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert done.stdout.strip() == ""
