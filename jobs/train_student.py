@@ -19,9 +19,8 @@ A training recipe that reads top to bottom (DiPair §3.7, §4.3-4.4):
 
 ``--stages 1`` trains everything from the first step instead (no frozen stage), for the ablation.
 
-Shapes: P pairs, B pairs in a batch, C outputs (1, or k classes), U unique texts of a pool,
-T tokens kept per text in the cache (max(N, M) or N / M), H the encoder's hidden size, D the
-projected size.
+The trainer, the loss and the stage plan are ``encoders/distill.py``; this recipe reads the data
+(``pipeline/datasets.py``), builds the student and a ``DistillConfig`` from the flags, and runs them.
 """
 from __future__ import annotations
 
@@ -43,7 +42,6 @@ if TYPE_CHECKING:  # annotations only: the imports run inside the functions
     from encoders.config import StudentConfig
     from encoders.distill import DistillConfig
     from pipeline.summary import RunSummary
-
 
 JOB_NAME = "train_student"
 # The heads a student can be trained with (encoders.distill.TRAINABLE_HEADS); pooled-cos has no
