@@ -42,7 +42,7 @@ import pyarrow.parquet as pq
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from jobs.metrics import auc_difference_interval  # noqa: E402  (after the path: runs as a script)
+from encoders.metrics import auc_difference_interval  # noqa: E402  (after the path: runs as a script)
 QQP = REPO.parent / "shared" / "data" / "qqp"
 HEADS = ("dipair", "dipair-ffnn", "li", "de-ffnn", "de-cos")
 TARGET_MINUTES = 90

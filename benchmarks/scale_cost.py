@@ -16,7 +16,7 @@ inflates less than wall time):
   time of a run over ``--pairs`` pairs minus that of a run over a quarter of them, divided by
   the difference, so start-up and model loading cancel out;
 * the bytes Beam's default coder writes for the elements of the shuffle join in
-  ``pipeline/score.py`` (a pair keyed by its left id; a pair with its left store entry keyed by
+  ``pipeline/beam/score.py`` (a pair keyed by its left id; a pair with its left store entry keyed by
   its right id; a store entry keyed by its id), next to the store row sizes they come from.
 """
 from __future__ import annotations
@@ -150,7 +150,7 @@ def shuffle_bytes() -> dict[str, int]:
     from apache_beam.typehints import Any
 
     from pipeline.readers import SourcedRow
-    from pipeline.score import Pair, StoreEntry
+    from pipeline.beam.score import Pair, StoreEntry
     from pipeline.text_ids import text_id
 
     coder = registry.get_coder(Any)  # what a PCollection without type hints is shuffled with

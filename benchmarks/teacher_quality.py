@@ -25,8 +25,8 @@ import numpy as np  # noqa: E402
 from encoders.checkpoint import build_student  # noqa: E402
 from encoders.config import baseline_config  # noqa: E402
 from encoders.teacher import load_teacher, soft_labels  # noqa: E402
-from jobs.build_candidates import embed_texts  # noqa: E402
-from jobs.metrics import best_threshold_accuracy, roc_auc  # noqa: E402
+from encoders.neighbours import embed_texts  # noqa: E402
+from encoders.metrics import best_threshold_accuracy, roc_auc  # noqa: E402
 
 
 def main() -> None:

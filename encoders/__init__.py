@@ -1,13 +1,7 @@
-"""Plain-PyTorch side of stage one: the dual encoder, its tokenization and the student checkpoint.
+"""Plain-PyTorch models: the student's dual encoder and checkpoint, the teacher, their precision,
+fingerprints and sorted-batch inference, training and evaluation metrics.
 
-Never imports Beam, so it can be trained, tested and benchmarked without a pipeline.
+Imports only ``heads/`` (and Beam's FileSystems in ``encoders/remote.py``, which owns remote
+files, the model cache and atomic saves), never ``pipeline/`` or ``jobs/``. This file imports
+nothing, so a light module of the package costs no torch import.
 """
-from encoders.config import DEFAULT_ENCODER, StudentConfig, baseline_config
-from encoders.dual_encoder import DualEncoder, EncodedSide, SideEncoder, TokenizedBatch
-from encoders.checkpoint import Student, load_student, save_student
-
-__all__ = [
-    "DEFAULT_ENCODER", "StudentConfig", "baseline_config",
-    "DualEncoder", "EncodedSide", "SideEncoder", "TokenizedBatch",
-    "Student", "load_student", "save_student",
-]

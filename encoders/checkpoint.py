@@ -19,14 +19,16 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
-from encoders.config import StudentConfig
+from encoders.config import StudentConfig, baseline_config
 from encoders.dual_encoder import DualEncoder
-from encoders.remote import local_model_dir
-from encoders.sources import load_pretrained, refuse_checkpoint_code
+from encoders.fingerprint import hash_weights, tokenizer_identity
+from encoders.remote import atomic_directory, local_model_dir
+from encoders.sources import load_config, load_pretrained, refuse_checkpoint_code
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "student.safetensors"
@@ -101,7 +103,7 @@ def build_student(config: StudentConfig, seed: int = 0) -> Student:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         encoder = DualEncoder(config, left_transformer, right_transformer, left_tokenizer, right_tokenizer)
-        head = _build_head(config, encoder)
+        head = _build_head(config, encoder.left.output_dim)
     return Student(config, encoder, head).eval()
 
 
@@ -109,11 +111,9 @@ def save_student(student: Student, directory: str | os.PathLike) -> Path:
     """Write ``student`` as a checkpoint directory (see module docstring).
 
     The files are written to a temporary directory beside ``directory`` and renamed into place
-    (pipeline.outputs.atomic_directory): a crash during a save never leaves a half-written
+    (encoders.remote.atomic_directory): a crash during a save never leaves a half-written
     model, and re-saving replaces the previous checkpoint whole. A ``directory`` holding anything
     but a checkpoint is refused rather than replaced."""
-    from pipeline.outputs import atomic_directory  # Beam's FileSystems: imported only to save
-
     directory = Path(directory)
     checkpoint_names = {CONFIG_FILE, WEIGHTS_FILE, SHARED_ENCODER_DIR, *SIDE_ENCODER_DIRS.values()}
     config = student.config
@@ -148,13 +148,37 @@ def load_student(directory: str | os.PathLike) -> Student:
     transformers_and_tokenizers = [_load_transformer(directory / name) for name in encoder_dirs]
     left, right = transformers_and_tokenizers[0], transformers_and_tokenizers[-1]
     encoder = DualEncoder(config, left[0], right[0], left[1], right[1])
-    head = _build_head(config, encoder)
+    head = _build_head(config, encoder.left.output_dim)
     tensors = load_file(str(directory / WEIGHTS_FILE))
     _load_part(encoder.left.projection, tensors, "left_projection.", directory)
     _load_part(encoder.right.projection, tensors, "right_projection.", directory)
     if head is not None:
         _load_part(head, tensors, "head.", directory)
     return Student(config, encoder, head).eval()
+
+
+def load_head(directory: str | os.PathLike | None) -> Student:
+    """The student's head alone, for scoring stored tokens (stage two's workers): the checkpoint's
+    config and the ``head.*`` weights of its safetensors file; the encoder's weights are never
+    read (``student.encoder`` is None). ``None``: the zero-training baseline's head. The head is
+    the one :func:`load_student` gives, weight for weight."""
+    if not directory:
+        config = baseline_config()
+        dim = config.dim or load_config(config.encoder).hidden_size
+        return Student(config, None, _build_head(config, dim)).eval()
+    directory = Path(local_model_dir(directory))
+    config = read_config(directory)
+    if not (directory / WEIGHTS_FILE).exists():
+        raise ValueError(f"checkpoint {str(directory)!r} is incomplete: missing {WEIGHTS_FILE}")
+    dim = config.dim
+    if dim is None:   # no projection: tokens keep the encoder's hidden size
+        encoder_dir = SHARED_ENCODER_DIR if config.shared_encoder else SIDE_ENCODER_DIRS["left"]
+        dim = json.loads((directory / encoder_dir / CONFIG_FILE).read_text(encoding="utf-8"))["hidden_size"]
+    head = _build_head(config, dim)
+    with safe_open(str(directory / WEIGHTS_FILE), framework="pt") as weights:
+        tensors = {key: weights.get_tensor(key) for key in weights.keys() if key.startswith("head.")}
+    _load_part(head, tensors, "head.", directory)
+    return Student(config, None, head).eval()
 
 
 def read_config(directory: str | os.PathLike) -> StudentConfig:
@@ -188,11 +212,12 @@ def _check_head_name(config: StudentConfig, directory: Path) -> None:
                          f"known heads: {', '.join(HEAD_NAMES)}")
 
 
-def _build_head(config: StudentConfig, encoder: DualEncoder) -> nn.Module:
-    """The head the config names, wrapped in a CosineSkip when ``cosine_skip`` is on (its weights
-    are then ``head.inner.*`` plus ``head.scale`` and ``head.bias``)."""
+def _build_head(config: StudentConfig, dim: int) -> nn.Module:
+    """The head the config names, on ``dim``-sized token embeddings (the projected size, or the
+    encoder's hidden size without a projection), wrapped in a CosineSkip when ``cosine_skip`` is
+    on (its weights are then ``head.inner.*`` plus ``head.scale`` and ``head.bias``)."""
     from heads import CosineSkip, build_head
-    head = build_head(config.head, dim=encoder.left.output_dim, left_tokens=config.left_tokens,
+    head = build_head(config.head, dim=dim, left_tokens=config.left_tokens,
                       right_tokens=config.right_tokens, num_outputs=config.num_outputs,
                       **config.head_options)
     return CosineSkip(head) if config.cosine_skip else head
@@ -234,19 +259,6 @@ def _fingerprint(student: Student) -> str:
     if student.head is not None:
         parts["head."] = student.head
     for prefix, module in parts.items():
-        for name, tensor in sorted(module.state_dict().items()):
-            digest.update(f"{prefix}{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        hash_weights(digest, module.state_dict().items(), prefix)
     return digest.hexdigest()
 
-
-def tokenizer_identity(tokenizer) -> str:
-    """The tokenizer's vocabulary and rules, without the truncation/padding state that
-    every call changes."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
-        return json.dumps(sorted(tokenizer.get_vocab().items()))
-    spec = json.loads(backend.to_str())
-    spec.pop("truncation", None)
-    spec.pop("padding", None)
-    return json.dumps(spec, sort_keys=True)

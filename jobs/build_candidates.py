@@ -22,52 +22,27 @@ Shapes: NL left texts, NR right texts, H embedding size, k neighbours per left t
 """
 from __future__ import annotations
 
-if __name__ == "__main__":
-    # `python -m jobs.build_candidates`: the command line (jobs/cli.py, light) parses the flags before the
-    # imports below run, and imports this module by name only to run the job.
-    from jobs.cli import main_module
-    main_module("build_candidates")
-
-import math
 import sys
 import time
-from dataclasses import dataclass, field
-from typing import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-import torch
-from apache_beam.io.filesystems import FileSystems
-from tqdm.auto import tqdm
+import click
 
-from encoders.checkpoint import Student, build_student
-from encoders.config import baseline_config
-from encoders.dual_encoder import SideEncoder
-from encoders.sources import DEFAULT_ENCODER
-from encoders.teacher import autocast
-from jobs import cli
-from jobs.common import run_started
-from pipeline.dead_letters import DeadLetter
-from pipeline.encode import TextColumns, TextRow, extract_text, pick_device, resolve_id
-from pipeline.provenance import stamped, table_metadata
-from pipeline.outputs import abort_output_on_failure, local_path_or_none, open_output, write_dead_letter_file
-from pipeline.progress import bar_options
-from pipeline.readers import InputFile, check_columns, expand_inputs, read_rows
-from pipeline.store import COMPRESSION, STORE_FILE_PREFIX, STORE_FILE_SUFFIX
-from pipeline.summary import RunSummary
+from jobs.common import (ARGV_KEY, DEFAULT_ENCODER, FORMATS, PLAIN_JOB_CONTEXT, abort_output_on_failure,
+                         device_option, JobCommand, main_module, output_option, overwrite_option, preflight, run_job,
+                         run_options, run_started)
+
+if TYPE_CHECKING:  # annotations only: the imports run inside the functions
+    import numpy as np
+    import torch
+    from encoders.checkpoint import Student
+    from pipeline.datasets import TextPool
+    from pipeline.summary import RunSummary
+
 
 JOB_NAME = "build_candidates"
 SOURCES = ("knn", "random")
-CANDIDATE_SCHEMA = pa.schema([
-    ("left", pa.string()), ("right", pa.string()), ("left_id", pa.string()), ("right_id", pa.string()),
-    ("source", pa.string()),        # 'knn' | 'random'
-    ("similarity", pa.float32()),   # cosine of the two sentence embeddings
-    ("rank", pa.int32()),           # 1..k among the left text's neighbours; null for random pairs
-])
-# Memory for one block of similarities (block rows x NR float32): bounds the search's working set
-# whatever the pool sizes.
-SIMILARITY_BLOCK_BYTES = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -101,123 +76,47 @@ class BuildCandidatesJob:
 
 # --------------------------------------------------------------------------- texts
 
-@dataclass
-class TextPool:
-    """The unique texts of one side (P each) and how every row read was accounted for.
 
-    With an id column, texts that several ids share appear once, under their smallest id.
-    """
-    texts: list[str] = field(default_factory=list)
-    ids: list[str] = field(default_factory=list)
-    rows_read: int = 0
-    rows_kept: int = 0
-    rows_duplicate: int = 0
-    dead: list[DeadLetter] = field(default_factory=list)
+# --------------------------------------------------------------------------- the command line
 
-
-def read_text_pool(files: Sequence[InputFile], columns: TextColumns) -> TextPool:
-    """Read, check and dedupe one side's texts with stage one's rules (extract_text, resolve_id):
-    rows read = kept (one per unique id) + duplicates + dead letters."""
-    pool = TextPool()
-    by_id: dict[str, list[TextRow]] = {}
-    for file in files:
-        for item in read_rows(file):
-            pool.rows_read += 1
-            result = item if isinstance(item, DeadLetter) else extract_text(item, columns)
-            if isinstance(result, DeadLetter):
-                pool.dead.append(result)
-            else:
-                by_id.setdefault(result.id, []).append(result)
-    ids_of_text: dict[str, list[str]] = {}
-    for id_, rows in by_id.items():
-        unique, duplicates, rejected = resolve_id(id_, rows)
-        pool.rows_duplicate += duplicates
-        pool.dead += rejected
-        if unique is not None:
-            pool.rows_kept += 1
-            ids_of_text.setdefault(unique.text, []).append(id_)
-    pool.texts = list(ids_of_text)
-    pool.ids = [min(ids) for ids in ids_of_text.values()]
-    return pool
-
-
-# --------------------------------------------------------------------------- embedding and search
-
-@torch.inference_mode()
-def embed_texts(side: SideEncoder, texts: Sequence[str], batch_size: int, progress: str | None = None) -> torch.Tensor:
-    """Texts -> (P, H) float32 L2-normalised mean-pooled embeddings, in input order.
-
-    Texts are sorted by token count before being cut into batches, so each batch pads only to
-    its own longest text.
-    """
-    device = next(side.parameters()).device
-    tokenized = side.tokenize(texts)
-    order = np.argsort([t.num_tokens for t in tokenized], kind="stable")
-    out = torch.empty(len(texts), side.transformer.config.hidden_size)
-    bar = tqdm(total=len(texts), desc=progress, unit="text", disable=progress is None,
-               **bar_options())
-    for start in range(0, len(order), batch_size):
-        index = order[start:start + batch_size]
-        batch = side.collate([tokenized[i] for i in index]).to(device)
-        with autocast(device):
-            encoded = side(batch.input_ids, batch.attention_mask)
-        out[torch.from_numpy(index)] = encoded.pooled.float().cpu()
-        bar.update(len(index))
-    bar.close()
-    return out
-
-
-def top_k_neighbours(left: torch.Tensor, right: torch.Tensor, k: int, exclude: torch.Tensor,
-                     block_bytes: int = SIMILARITY_BLOCK_BYTES) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact maximum-inner-product search (cosine, for normalised embeddings).
-
-    left (NL, H), right (NR, H); exclude (NL,) long: a right index each left row must not get
-    (its identical text), -1 for none. Returns similarities (NL, k') float32 and right indices
-    (NL, k') long, best first, k' = min(k, NR); slots with no candidate left (k >= NR with an
-    excluded index) hold index -1. Left rows are taken in blocks so a block of similarities
-    stays under ``block_bytes``.
-    """
-    count = min(k, right.shape[0])
-    values = torch.empty(left.shape[0], count)
-    indices = torch.empty(left.shape[0], count, dtype=torch.long)
-    if count == 0:
-        return values, indices
-    block = max(1, block_bytes // (4 * right.shape[0]))
-    right_t = right.T.contiguous()                                           # (H, NR)
-    for start in range(0, left.shape[0], block):
-        stop = min(start + block, left.shape[0])
-        sims = left[start:stop] @ right_t                                    # (b, NR)
-        rows = exclude[start:stop]
-        has = torch.nonzero(rows >= 0).squeeze(1)
-        sims[has, rows[has]] = -math.inf
-        top_values, top_indices = sims.topk(count, dim=1)                    # (b, k'), sorted
-        top_indices[torch.isinf(top_values)] = -1
-        values[start:stop], indices[start:stop] = top_values.cpu(), top_indices.cpu()
-    return values, indices
-
-
-def sample_random(num_right: int, per_left: int, excluded: Sequence[set[int]], rng: np.random.Generator
-                  ) -> list[np.ndarray]:
-    """For each left row, ``per_left`` distinct right indices drawn uniformly from those not in
-    its ``excluded`` set (its neighbours and its identical text); fewer when fewer remain."""
-    picks = []
-    for banned in excluded:
-        take = min(per_left, num_right - len(banned))
-        if take <= 0:
-            picks.append(np.empty(0, dtype=np.int64))
-        elif num_right <= 4 * (len(banned) + per_left):
-            # Small pool: draw from the explicit complement.
-            allowed = np.setdiff1d(np.arange(num_right), np.fromiter(banned, np.int64, len(banned)))
-            picks.append(rng.choice(allowed, size=take, replace=False))
-        else:
-            # Large pool: rejection sampling; at least 3 in 4 draws are acceptable here.
-            chosen: list[int] = []
-            while len(chosen) < take:
-                j = int(rng.integers(num_right))
-                if j not in banned and j not in chosen:
-                    chosen.append(j)
-            picks.append(np.array(chosen, dtype=np.int64))
-    return picks
+@click.command("build-candidates", cls=JobCommand, context_settings=PLAIN_JOB_CONTEXT)
+@click.option("--left-texts", multiple=True, required=True, metavar="PATH",
+              help="Pool of left texts: a path, glob or Beam filesystem path; repeat for more. Format from the "
+                   "extension: .parquet, .jsonl, .csv, .tsv, the last three optionally .zst.")
+@click.option("--right-texts", multiple=True, required=True, metavar="PATH",
+              help="Pool of right texts (may be the same files as --left-texts).")
+@click.option("--format", type=click.Choice(FORMATS), default=None,
+              help="Read every input as this format, whatever its extension.")
+@click.option("--texts-text-col", default="text", show_default=True, help="Column holding the text.")
+@click.option("--texts-id-col", default=None,
+              help="Column holding the text's id. Without it, a text's id is a stable hash of its content.")
+@click.option("--top-k", type=int, required=True, metavar="K",
+              help="Nearest right texts per left text (exact cosine search), the text itself excluded.")
+@click.option("--random-per-left", type=int, default=1, show_default=True, metavar="R",
+              help="Random right texts per left text, as easy negatives (never a neighbour or the text itself).")
+@click.option("--encoder", default=DEFAULT_ENCODER, show_default=True, metavar="MODEL",
+              help="Sentence encoder (Hugging Face directory or hub id), mean pooled and normalised; the default "
+                   "is the packaged all-MiniLM-L6-v2, no download.")
+@click.option("--max-length", type=int, default=128, show_default=True, help="Tokens per text for the encoder.")
+@click.option("--batch-size", type=int, default=128, show_default=True,
+              help="Texts per encoder batch (sorted by length first).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the random pairs.")
+@device_option("Where encoding and search run; auto = CUDA when present.")
+@output_option("Directory to create: part-00000-of-00001.parquet, _dead_letter/, _SUMMARY.json, _SUCCESS.")
+@overwrite_option
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show encoding progress bars.")
+@run_options
+@click.pass_context
+def main(ctx: click.Context, quiet: bool, verbose: bool, progress: bool, **flags) -> None:
+    """Mine candidate pairs (top-k neighbours + random pairs) for teacher labeling."""
+    def go() -> str:
+        preflight(ctx, "build_candidates", flags)
+        job = BuildCandidatesJob(left_texts=tuple(flags.pop("left_texts")),
+                                 right_texts=tuple(flags.pop("right_texts")), progress=progress and not quiet,
+                                 **flags)
+        summary = run(job, ctx.meta[ARGV_KEY])
+        return summary.table()
+    run_job(go, name="build_candidates", quiet=quiet, verbose=verbose)
 
 
 # --------------------------------------------------------------------------- the job
@@ -225,6 +124,9 @@ def sample_random(num_right: int, per_left: int, excluded: Sequence[set[int]], r
 def encoder_for(job: BuildCandidatesJob) -> Student:
     """The embedding model: the baseline student (all layers, mean-pooled normalised sentence
     embedding) on ``job.encoder``."""
+    from encoders.checkpoint import build_student
+    from encoders.config import baseline_config
+
     config = baseline_config().replace(encoder=job.encoder, left_max_length=job.max_length,
                                        right_max_length=job.max_length)
     return build_student(config)
@@ -233,6 +135,19 @@ def encoder_for(job: BuildCandidatesJob) -> Student:
 @abort_output_on_failure
 def run(job: BuildCandidatesJob, argv: list[str] | None = None) -> RunSummary:
     """Check everything that can be checked, read, encode, search, sample, write, summarise."""
+    from pipeline.provenance import table_metadata
+    import numpy as np
+    import torch
+    from encoders.device import pick_device
+    from encoders.neighbours import embed_texts, sample_random, top_k_neighbours
+    from pipeline.datasets import read_text_pool
+    from pipeline.outputs import local_path_or_none, open_output, write_dead_letter_file
+    from pipeline.progress import bar_options
+    from pipeline.readers import check_columns, expand_inputs
+    from pipeline.store import STORE_FILE_PREFIX, STORE_FILE_SUFFIX
+    from pipeline.summary import RunSummary
+    from pipeline.text_checks import TextColumns
+
     job.check()
     device = pick_device(job.device)
     columns = TextColumns(text=job.texts_text_col, id=job.texts_id_col)
@@ -256,7 +171,7 @@ def run(job: BuildCandidatesJob, argv: list[str] | None = None) -> RunSummary:
             embeddings[name] = embeddings["left"]   # one pool on both sides (e.g. questions x questions)
         else:
             embeddings[name] = embed_texts(side, pool.texts, job.batch_size,
-                                           f"encode {name}" if job.progress else None).to(device)
+                                           f"encode {name}" if job.progress else None, bar_options()).to(device)
         seconds[f"encode_{name}"] = round(time.perf_counter() - tic, 2)
 
     # A left text whose identical text is in the right pool must not be paired with it.
@@ -319,25 +234,16 @@ def write_candidates(path: str, left: TextPool, right: TextPool, embeddings: dic
     knn_sims, knn_index: (NL, k') from :func:`top_k_neighbours`; random_index: NL arrays of right
     indices. provenance: the table's key-value metadata (pipeline/provenance.py). Returns per source the pairs written and their mean similarity.
     """
+    import pyarrow as pa
+    from pipeline.datasets import CANDIDATE_SCHEMA
+    from pipeline.provenance import stamped
+    from pipeline.writers import write_parquet_file
+
     left_emb, right_emb = embeddings["left"].cpu().numpy(), embeddings["right"].cpu().numpy()
     totals = {source: [0, 0.0] for source in SOURCES}
-    rows: list[tuple] = []  # (left index, right index, source, similarity, rank)
 
-    with FileSystems.create(path) as handle, pq.ParquetWriter(
-            handle, stamped(CANDIDATE_SCHEMA, provenance), compression=COMPRESSION) as out:
-        def flush() -> None:
-            if not rows:
-                return
-            for row in rows:
-                totals[row[2]][0] += 1
-                totals[row[2]][1] += row[3]
-            i, j, source, similarity, rank = zip(*rows)
-            out.write_table(pa.Table.from_pydict({
-                "left": [left.texts[x] for x in i], "right": [right.texts[x] for x in j],
-                "left_id": [left.ids[x] for x in i], "right_id": [right.ids[x] for x in j],
-                "source": list(source), "similarity": list(similarity), "rank": list(rank)}, schema=CANDIDATE_SCHEMA))
-            rows.clear()
-
+    def row_groups():
+        rows: list[tuple] = []  # (left index, right index, source, similarity, rank)
         for i in range(len(left.texts)):
             for rank, (j, similarity) in enumerate(zip(knn_index[i], knn_sims[i]), start=1):
                 if j >= 0:
@@ -345,13 +251,22 @@ def write_candidates(path: str, left: TextPool, right: TextPool, embeddings: dic
             picks = random_index[i]
             rows.extend((i, int(j), "random", float(similarity), None)
                         for j, similarity in zip(picks, right_emb[picks] @ left_emb[i]))
-            if len(rows) >= rows_per_group:
-                flush()
-        flush()
+            if len(rows) >= rows_per_group or (i == len(left.texts) - 1 and rows):
+                for row in rows:
+                    totals[row[2]][0] += 1
+                    totals[row[2]][1] += row[3]
+                lefts, rights, source, similarity, rank = zip(*rows)
+                yield pa.Table.from_pydict({
+                    "left": [left.texts[x] for x in lefts], "right": [right.texts[x] for x in rights],
+                    "left_id": [left.ids[x] for x in lefts], "right_id": [right.ids[x] for x in rights],
+                    "source": list(source), "similarity": list(similarity), "rank": list(rank)},
+                    schema=CANDIDATE_SCHEMA)
+                rows = []
+
+    write_parquet_file(path, stamped(CANDIDATE_SCHEMA, provenance), row_groups())
     return {source: {"pairs": count, "mean_similarity": round(total / count, 4) if count else None}
             for source, (count, total) in totals.items()}
 
 
-# The command line is declared in jobs/cli.py (light, so that --help and bad arguments answer
-# before the imports above); ``main`` is kept for callers of ``jobs.build_candidates.main``.
-main = cli.build_candidates
+if __name__ == "__main__":  # python -m jobs.build_candidates
+    main_module("build_candidates")

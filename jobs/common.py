@@ -1,13 +1,16 @@
-"""What every job's command line shares: click settings, the options every job has, and running
-a job with its progress and logging set up and its errors reported.
+"""What every job's command line shares: click settings, the options and choices every job has,
+``python -m jobs.<name>``, and running a job with its progress and logging set up and its errors
+reported.
 
-Light on purpose (click and the standard library only): the command lines in jobs/cli.py import
-it before they have parsed anything.
+Light on purpose (click and the standard library only): each job module imports it, and only it,
+before its flags have parsed; the job's library imports come after, inside its functions.
 """
 from __future__ import annotations
 
 import contextlib
 import errno
+import functools
+import importlib
 import json
 import logging
 import os
@@ -35,7 +38,20 @@ BEAM_EPILOG = ("Any other option is passed to Beam as a pipeline option, e.g. --
                "Default runner: Beam's in-process runner (DirectRunner without the Prism download). " + PATHS_NOTE)
 
 ARGV_KEY = "pairscore.argv"
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = ("auto", "cpu", "cuda")                         # encoders.device.DEVICES
+
+# Choices the flags offer, spelled here so that --help needs no heavy import. Each is defined in
+# the library (named in the comment); tests/jobs/test_cli.py checks that the two agree.
+FORMATS = ("parquet", "jsonl", "csv", "tsv")              # pipeline.readers.FORMATS
+DTYPES = ("float16", "int8")                              # pipeline.store.DTYPES
+TASKS = ("binary", "graded", "classes")                   # encoders.teacher.TASKS
+TEACHER_LOSSES = ("bce", "ce", "mse")                     # every loss of encoders.teacher.LOSSES
+STUDENT_LOSSES = ("ce", "mse")                            # encoders.distill.LOSSES
+STUDENT_HEADS = ("dipair", "dipair-ffnn", "li", "de-ffnn", "de-cos")  # encoders.distill.TRAINABLE_HEADS
+DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"  # encoders.config.DEFAULT_ENCODER
+
+# The directory holding pairscore's packages (jobs/, pipeline/, encoders/, heads/).
+PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class JobCommand(click.Command):
@@ -65,7 +81,7 @@ def device_option(help: str = "Where models run; auto = CUDA when present (mixed
 
 
 def stall_option(command: Callable) -> Callable:
-    """--stall-timeout: how long a Beam job waits for workers that never start (pipeline/watchdog.py)."""
+    """--stall-timeout: how long a Beam job waits for workers that never start (pipeline/beam/watchdog.py)."""
     return click.option("--stall-timeout", type=click.FloatRange(min=0), default=300.0, show_default=True,
                         metavar="SECONDS",
                         help="End the run (exit 1, one line saying what is missing) when Beam has asked for "
@@ -116,9 +132,61 @@ def parse_head_options(text: str | None) -> dict[str, Any]:
     return options
 
 
+# --------------------------------------------------------------------------- entry points
+
+def main_module(name: str) -> None:
+    """``python -m jobs.<name>``: run the job's command, then exit.
+
+    ``python -m`` puts the current directory first on ``sys.path``, so a user's ``pipeline.py``
+    (or ``heads.py`` ...) there would shadow pairscore's package of that name once the job
+    imports it; the current directory moves to the end unless it is where pairscore lives. The
+    job module (light: its own imports run inside its functions) is then imported by its name,
+    so that what Beam pickles refers to ``jobs.<name>``, not ``__main__``.
+    """
+    if sys.path and os.path.abspath(sys.path[0] or os.curdir) != PACKAGE_ROOT:
+        sys.path.append(sys.path.pop(0))
+    shield_beam_workers()
+    count_from_process_start()
+    importlib.import_module(f"jobs.{name}").main.main(prog_name=f"python -m jobs.{name}")
+
+
+def shield_beam_workers() -> None:
+    """Beam's multi-process workers start as ``python -m ...`` in the current directory, which
+    would put a user's ``pipeline.py`` there ahead of pairscore's when they load the pipeline's
+    functions. PYTHONSAFEPATH (Python 3.11+) keeps the current directory off their path; a
+    checkout that is not installed goes on their PYTHONPATH instead (an installed one is found
+    in site-packages as usual)."""
+    import site
+
+    os.environ["PYTHONSAFEPATH"] = "1"
+    installed = {os.path.abspath(p) for p in site.getsitepackages() + [site.getusersitepackages()]}
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if PACKAGE_ROOT not in installed and PACKAGE_ROOT not in (os.path.abspath(p) for p in paths):
+        os.environ["PYTHONPATH"] = os.pathsep.join([PACKAGE_ROOT] + paths)
+
+
+def preflight(ctx: click.Context, job: str, flags: dict) -> None:
+    """The job's pre-flight checks (jobs/preflight.py: inputs, columns, output, model, Beam flags),
+    before its library and so Beam, torch and transformers are imported."""
+    from jobs import preflight as checks
+    own = [o for p in ctx.command.params for o in (*p.opts, *p.secondary_opts) if o.startswith("--")]
+    checks.check(job, flags, ctx.args, own)
+
+
+def abort_output_on_failure(run: Callable) -> Callable:
+    """``pipeline.outputs.abort_output_on_failure`` around a job's ``run``, imported only when the
+    job runs (a job module stays light at import): an output the run opened is aborted if it
+    raises, Ctrl-C and SIGTERM included."""
+    @functools.wraps(run)
+    def wrapper(*args, **kwargs):
+        from pipeline.outputs import abort_output_on_failure as guarded
+        return guarded(run)(*args, **kwargs)
+    return wrapper
+
+
 # --------------------------------------------------------------------------- running a job
 
-# Set by the entry points (jobs/cli.py) when this process is one command-line run, so that its
+# Set by the entry points (main_module, jobs/cli.py) when this process is one command-line run, so that its
 # wall time counts from the process start; tests and library calls count from the job's start.
 _from_process_start = False
 _run_started: float | None = None
@@ -165,7 +233,7 @@ def beam_args_for_run(beam_args: Sequence[str], verbose: bool) -> list[str]:
     """The pass-through Beam options, plus quiet workers for a local runner unless --verbose or
     the user set the workers' log level: multi-process workers log at INFO to the terminal.
     Called once the job's modules are imported (Beam among them)."""
-    from pipeline.runner import LOCAL_RUNNER_NAMES
+    from pipeline.beam.runner import LOCAL_RUNNER_NAMES
 
     args = list(beam_args)
     runner = None
@@ -254,10 +322,11 @@ def run_job(job: Callable[[], str], *, name: str, quiet: bool = False, verbose: 
     print what it returns (the summary) below the progress; a bad argument or input becomes one
     clear line and exit status 2. ``beam_args``: the pass-through Beam options; with multi-process
     workers their start-up log lines are filtered out. ``stall_seconds``: the stall watchdog's
-    limit (pipeline/watchdog.py; 0: none); a stalled run prints one line and exits 1."""
+    limit (pipeline/beam/watchdog.py; 0: none); a stalled run prints one line and exits 1."""
     # Imported here, not above: `python -m jobs.<name>` first moves the current directory (which
-    # may hold a user's own pipeline.py) behind pairscore's packages (jobs.cli.main_module).
-    from pipeline import progress, watchdog
+    # may hold a user's own pipeline.py) behind pairscore's packages (main_module).
+    from pipeline import progress
+    from pipeline.beam import watchdog
 
     global _run_started
     _run_started = PROCESS_STARTED if _from_process_start else time.time()

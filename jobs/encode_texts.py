@@ -4,30 +4,20 @@
 """
 from __future__ import annotations
 
-if __name__ == "__main__":
-    # `python -m jobs.encode_texts`: the command line (jobs/cli.py, light) parses the flags before the
-    # imports below run, and imports this module by name only to run the job.
-    from jobs.cli import main_module
-    main_module("encode_texts")
-
 import sys
 import time
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
-import apache_beam as beam
+import click
 
-from encoders.checkpoint import Student, load_or_build_student
-from encoders.config import baseline_config
-from encoders.remote import pin_model_dir
-from jobs import cli
-from jobs.common import run_started
-from pipeline.encode import DEAD_LETTER_TAG, DedupeTexts, EncodeSettings, EncodeTexts, ReadRows, TextColumns, pick_device
-from pipeline.provenance import table_metadata
-from pipeline.outputs import WriteDeadLetters, WriteStore, abort_output_on_failure, open_output
-from pipeline.readers import check_columns, expand_inputs, worker_path
-from pipeline.runner import make_pipeline, validate_beam_args
-from pipeline.store import StoreLayout, count_rows, store_files, write_manifest
-from pipeline.summary import RunSummary, read_counters, split_dead_letters
+from jobs.common import (ARGV_KEY, BEAM_EPILOG, BEAM_JOB_CONTEXT, DTYPES, FORMATS, abort_output_on_failure,
+                         beam_args_for_run, device_option, JobCommand, main_module, output_option, overwrite_option,
+                         preflight, run_job, run_options, run_started, stall_option)
+
+if TYPE_CHECKING:  # annotations only: the imports run inside the functions
+    from pipeline.summary import RunSummary
+
 
 JOB_NAME = "encode_texts"
 
@@ -48,16 +38,62 @@ class EncodeTextsJob:
     device: str = "auto"
 
 
-def store_layout(student: Student, side: str, dtype: str) -> StoreLayout:
-    encoder = student.encoder.side(side)
-    pooled_dim = encoder.transformer.config.hidden_size if student.config.pooled else None
-    return StoreLayout(side=side, tokens_kept=encoder.num_tokens, dim=encoder.output_dim,
-                       dtype=dtype, pooled_dim=pooled_dim)
+# --------------------------------------------------------------------------- the command line
+
+@click.command("encode-texts", cls=JobCommand, context_settings=BEAM_JOB_CONTEXT, epilog=BEAM_EPILOG)
+@click.option("--input", "inputs", multiple=True, required=True, metavar="PATH",
+              help="Input table: a path, glob or Beam filesystem path (gs://, s3://); repeat for more. "
+                   "Format from the extension: .parquet, .jsonl, .csv, .tsv, the last three optionally .zst.")
+@click.option("--format", type=click.Choice(FORMATS), default=None,
+              help="Read every input as this format, whatever its extension.")
+@click.option("--text-col", default="text", show_default=True, help="Column holding the text.")
+@click.option("--id-col", default=None,
+              help="Column holding the text's id. Without it, a text's id is a stable hash of its content.")
+@click.option("--side", type=click.Choice(["left", "right"]), default="left", show_default=True,
+              help="Which side of the pairs these texts are: left keeps N tokens, right keeps M.")
+@click.option("--model", "model_dir", default=None, metavar="DIR",
+              help="Student checkpoint directory. Default: the zero-training baseline on the packaged "
+                   "all-MiniLM-L6-v2.")
+@output_option("Store directory to create: part-*.parquet, _MANIFEST.json, _dead_letter/, _SUMMARY.json, _SUCCESS.",
+               metavar="STORE_DIR")
+@overwrite_option
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True,
+              help="Texts per encoder batch (texts are sorted by length first, so padding stays small).")
+@click.option("--dtype", type=click.Choice(DTYPES), default="float16", show_default=True,
+              help="Embedding storage: float16, or int8 with a per-row scale (half the bytes).")
+@device_option("Where the encoder runs; auto = CUDA when present (with mixed precision).")
+@stall_option
+@run_options
+@click.pass_context
+def main(ctx: click.Context, quiet: bool, verbose: bool, stall_timeout: float, **flags) -> None:
+    """Encode every unique text once and write an embedding store (stage one)."""
+    def go() -> str:
+        preflight(ctx, "encode_texts", flags)
+        job = EncodeTextsJob(inputs=tuple(flags.pop("inputs")), **flags)
+        summary = run(job, beam_args_for_run(ctx.args, verbose), ctx.meta[ARGV_KEY])
+        return summary.table()
+    run_job(go, name="encode_texts", quiet=quiet, verbose=verbose, beam_args=ctx.args, stall_seconds=stall_timeout)
 
 
 @abort_output_on_failure
 def run(job: EncodeTextsJob, beam_args: list[str], argv: list[str] | None = None) -> RunSummary:
     """Check everything that can be checked, run the pipeline, write manifest and summary."""
+    from encoders.remote import pin_model_dir
+    from pipeline.provenance import table_metadata
+    import apache_beam as beam
+    from encoders.checkpoint import load_or_build_student
+    from encoders.config import baseline_config
+    from encoders.device import pick_device
+    from pipeline.beam.counters import read_counters, split_dead_letters
+    from pipeline.beam.encode import DEAD_LETTER_TAG, DedupeTexts, EncodeSettings, EncodeTexts, ReadRows
+    from pipeline.beam.runner import make_pipeline, validate_beam_args
+    from pipeline.beam.writes import WriteDeadLetters, WriteStore
+    from pipeline.outputs import open_output
+    from pipeline.readers import check_columns, expand_inputs, worker_path
+    from pipeline.store import count_rows, store_files, store_layout, write_manifest
+    from pipeline.summary import RunSummary
+    from pipeline.text_checks import TextColumns
+
     validate_beam_args(beam_args)
     job = replace(job, output=worker_path(job.output), model_dir=worker_path(job.model_dir))
     pick_device(job.device)
@@ -123,6 +159,5 @@ def run(job: EncodeTextsJob, beam_args: list[str], argv: list[str] | None = None
     return summary
 
 
-# The command line is declared in jobs/cli.py (light, so that --help and bad arguments answer
-# before the imports above); ``main`` is kept for callers of ``jobs.encode_texts.main``.
-main = cli.encode_texts
+if __name__ == "__main__":  # python -m jobs.encode_texts
+    main_module("encode_texts")

@@ -18,53 +18,33 @@ texts, DiPair's setting). Both are plain PyTorch in this process (no Beam, no st
 """
 from __future__ import annotations
 
-if __name__ == "__main__":
-    # `python -m jobs.evaluate`: the command line (jobs/cli.py, light) parses the flags before the
-    # imports below run, and imports this module by name only to run the job.
-    from jobs.cli import main_module
-    main_module("evaluate")
-
 import json
 import math
 import os
 import platform
 import sys
 import time
-from dataclasses import dataclass, field
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
 
 import click
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-import torch
 
-from encoders.checkpoint import CONFIG_FILE, Student, build_student, load_student
-from encoders.config import CONFIG_FORMAT, baseline_config
-from encoders.teacher import CrossEncoder, TeacherTask, load_teacher, soft_labels
-from jobs import cli
-from jobs.common import run_started
-from jobs.metrics import best_threshold_accuracy, f1_at_threshold, pearson, roc_auc, spearman
-from jobs.report import write_report
-from jobs.student_inference import Pairs, encode_pairs, head_logits, synchronize
-from jobs.train_teacher import LabeledPairs, read_labeled_pairs
-from pipeline.dead_letters import DeadLetter
-from pipeline.encode import pick_device
-from pipeline.provenance import table_metadata
-from pipeline.outputs import abort_output_on_failure, local_path_or_none, open_output, write_dead_letter_file
-from pipeline.pairs import TextPairColumns
-from pipeline.readers import check_columns, expand_inputs
-from pipeline.store import COMPRESSION
-from pipeline.summary import RunSummary
+from jobs.common import (ARGV_KEY, FORMATS, PLAIN_JOB_CONTEXT, abort_output_on_failure, device_option, JobCommand,
+                         main_module, output_option, overwrite_option, parse_label_range, preflight, run_job,
+                         run_options, run_started)
+
+if TYPE_CHECKING:  # annotations only: the imports run inside the functions
+    from encoders.evaluation import Scored
+    from encoders.inference import Pairs
+    from encoders.teacher import TeacherTask
+    from pipeline.datasets import LabeledPairs
+    from pipeline.summary import RunSummary
+
 
 JOB_NAME = "evaluate"
-BASELINE = "baseline"
-KINDS = ("teacher", "student", "baseline")
 METRICS_FILE = "metrics.json"
 SCORES_FILE = "scores.parquet"
-# The head alone runs in well under a second on a dev set; it is repeated until it has run this
-# long so that its pairs/s is not a timer's rounding.
-MIN_HEAD_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -101,25 +81,18 @@ class EvaluateJob:
             raise ValueError("--task graded needs --label-range LOW,HIGH (e.g. 0,5 for STS-B)")
 
     def label_task(self) -> TeacherTask:
+        from encoders.teacher import TeacherTask
+
         return TeacherTask(self.task, label_range=self.label_range)
 
 
 # --------------------------------------------------------------------------- models
 
-@dataclass
-class Model:
-    """One model to evaluate: a teacher cross-encoder, a student checkpoint or the baseline."""
-    name: str
-    kind: str                           # one of KINDS
-    source: str                         # the --model value
-    model: CrossEncoder | Student
-    fingerprint: str
-    description: str
-
-
 def parse_model_spec(spec: str) -> tuple[str, str]:
     """``baseline``, ``DIR`` or ``NAME=DIR`` -> (name, source). The name defaults to the
     directory's base name."""
+    from encoders.evaluation import BASELINE
+
     name, sep, source = spec.partition("=")
     if not sep:
         name, source = (BASELINE if spec == BASELINE else os.path.basename(os.path.normpath(spec))), spec
@@ -128,137 +101,52 @@ def parse_model_spec(spec: str) -> tuple[str, str]:
     return name, source
 
 
-def model_kind(source: str) -> str:
-    """``baseline``, ``student`` (a pairscore student checkpoint: its config.json says so) or
-    ``teacher`` (any other model directory: a train_teacher output or a Hugging Face
-    sequence-classification cross-encoder)."""
-    if source == BASELINE:
-        return "baseline"
-    config = os.path.join(source, CONFIG_FILE)
-    if not os.path.isfile(config):
-        raise ValueError(f"--model {source!r} is not a model directory (no {CONFIG_FILE}); give a teacher or "
-                         f"student checkpoint directory, or `{BASELINE}`")
-    try:
-        data = json.loads(open(config, encoding="utf-8").read())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"--model {source!r}: {CONFIG_FILE} is not JSON ({err})") from None
-    return "student" if data.get("format") == CONFIG_FORMAT else "teacher"
+# --------------------------------------------------------------------------- the command line
 
+@click.command("evaluate", cls=JobCommand, context_settings=PLAIN_JOB_CONTEXT)
+@click.option("--pairs", multiple=True, required=True, metavar="PATH",
+              help="Labeled pairs to evaluate on: a path, glob or Beam filesystem path; repeat for more.")
+@click.option("--model", "models", multiple=True, required=True, metavar="[NAME=]DIR|baseline",
+              help="A model to evaluate; repeat for more: a teacher checkpoint (train_teacher output or any Hugging "
+                   "Face sequence-classification cross-encoder), a student checkpoint (train_student output), or "
+                   "`baseline` for the zero-training cosine of the packaged MiniLM. NAME=DIR names it in the report "
+                   "(default: the directory's name).")
+@click.option("--dev", multiple=True, metavar="PATH",
+              help="Labeled pairs on which the accuracy/F1 threshold of each model is chosen. Without it the threshold "
+                   "is chosen on --pairs themselves (optimistic); the report says which.")
+@click.option("--format", type=click.Choice(FORMATS), default=None,
+              help="Read every input as this format, whatever its extension.")
+@click.option("--left-col", default="left", show_default=True, help="Column holding the left text.")
+@click.option("--right-col", default="right", show_default=True, help="Column holding the right text.")
+@click.option("--label-col", default="label", show_default=True, help="Column holding the label.")
+@click.option("--task", type=click.Choice(["binary", "graded"]), default="binary", show_default=True,
+              help="binary: labels 0/1 (AUC, accuracy, F1). graded: numbers in --label-range (Pearson, Spearman).")
+@click.option("--label-range", default=None, metavar="LOW,HIGH", help="graded only: the range of the labels.")
+@click.option("--batch-size", type=int, default=64, show_default=True, help="Pairs per teacher batch.")
+@click.option("--encode-batch-size", type=int, default=128, show_default=True, help="Texts per student encoder batch.")
+@click.option("--head-batch-size", type=int, default=8192, show_default=True, help="Pairs per student head batch.")
+@device_option("Where models run; auto = CUDA when present (mixed precision). Speeds are of this device.")
+@click.option("--limit", type=int, default=None, metavar="N",
+              help="Read at most N rows from each of --pairs and --dev (quick runs).")
+@output_option("Directory to create: report.md, *.png, metrics.json, scores.parquet, _dead_letter/, _SUMMARY.json, "
+               "_SUCCESS.")
+@overwrite_option
+@run_options
+@click.pass_context
+def main(ctx: click.Context, quiet: bool, verbose: bool, **flags) -> None:
+    """Evaluate teachers, students and the baseline on labeled pairs: quality, agreement, speed, plots."""
+    def go() -> str:
+        import json
 
-def load_model(name: str, source: str, device: str) -> Model:
-    """Load one model onto ``device`` in eval mode; ValueError naming what is wrong."""
-    kind = model_kind(source)
-    if kind == "teacher":
-        teacher = load_teacher(source).to(device).eval()
-        return Model(name, kind, source, teacher, teacher.fingerprint,
-                     f"cross-encoder, {teacher.model.config.num_hidden_layers} layers, max length "
-                     f"{teacher.task.max_length}")
-    student = (build_student(baseline_config()) if kind == "baseline" else load_student(source)).to(device).eval()
-    config = student.config
-    layers = student.encoder.left.transformer.config.num_hidden_layers
-    if kind == "baseline":
-        description = f"cosine of mean-pooled sentence embeddings, {config.encoder}, {layers} layers, no training"
-    else:
-        description = (f"head {config.head}, K={layers}, N={config.left_tokens}, M={config.right_tokens}, "
-                       f"D={config.dim or student.encoder.left.output_dim}"
-                       + ("" if config.shared_encoder else ", separate encoders")
-                       + (", cosine skip" if config.cosine_skip else ""))
-    return Model(name, kind, source, student, student.fingerprint, description)
-
-
-# --------------------------------------------------------------------------- scoring
-
-@dataclass
-class Scored:
-    """One model on P pairs: logits (P, C), scores (P,) (a probability, or the baseline's cosine)
-    and the seconds it took."""
-    logits: np.ndarray
-    scores: np.ndarray
-    seconds: dict[str, float] = field(default_factory=dict)
-
-
-def score_teacher(teacher: CrossEncoder, lefts: Sequence[str], rights: Sequence[str], batch_size: int,
-                  device: str) -> Scored:
-    """Tokenize and run the cross-encoder over every pair (sorted by length, as label_pairs does)."""
-    started = time.perf_counter()
-    logits = teacher.predict(teacher.tokenize(lefts, rights), batch_size)
-    synchronize(device)
-    seconds = time.perf_counter() - started
-    probs = soft_labels(logits)                       # (P,) for one output, (P, C) for k classes
-    scores = probs if probs.ndim == 1 else probs[:, -1]
-    return Scored(logits, scores.astype(np.float64), {"total_seconds": seconds})
-
-
-def score_student(student: Student, pairs: Pairs, job: EvaluateJob, device: str, time_head: bool) -> Scored:
-    """Stage one (each unique text encoded once) and stage two (the head over the pairs), timed
-    apart; with ``time_head`` the head pass is repeated until it has run ``MIN_HEAD_SECONDS``."""
-    started = time.perf_counter()
-    encoded = encode_pairs(student, pairs, device, job.encode_batch_size)
-    synchronize(device)
-    encoded_at = time.perf_counter()
-    logits = head_logits(student, encoded, pairs, device, job.head_batch_size)
-    synchronize(device)
-    head_seconds, passes = time.perf_counter() - encoded_at, 1
-    if time_head:
-        while head_seconds < MIN_HEAD_SECONDS:
-            tic = time.perf_counter()
-            head_logits(student, encoded, pairs, device, job.head_batch_size)
-            synchronize(device)
-            head_seconds += time.perf_counter() - tic
-            passes += 1
-    scores, _ = student.scores_from_logits(logits)
-    return Scored(logits.numpy(), scores.numpy().astype(np.float64),
-                  {"encode_seconds": encoded_at - started, "head_seconds": head_seconds / passes,
-                   "head_passes": passes})
-
-
-def score_model(model: Model, labeled: LabeledPairs, job: EvaluateJob, device: str, time_it: bool) -> Scored:
-    """Scores of one model on one split (a short warm-up first when it is timed, so one-time costs
-    such as lazy initialisation are not counted)."""
-    if model.kind == "teacher":
-        if time_it:
-            score_teacher(model.model, labeled.lefts[:8], labeled.rights[:8], job.batch_size, device)
-        return score_teacher(model.model, labeled.lefts, labeled.rights, job.batch_size, device)
-    pairs = Pairs.of(labeled.lefts, labeled.rights)
-    if time_it:
-        score_student(model.model, Pairs.of(labeled.lefts[:8], labeled.rights[:8]), job, device, False)
-    return score_student(model.model, pairs, job, device, time_it)
-
-
-# --------------------------------------------------------------------------- metrics
-
-def quality(task: str, scores: np.ndarray, targets: np.ndarray, dev: tuple[np.ndarray, np.ndarray] | None
-            ) -> dict[str, float]:
-    """binary: auc, and accuracy and f1 at ``threshold`` (the best-accuracy threshold on ``dev``
-    (scores, labels) when given, else on these pairs); graded: pearson, spearman."""
-    if task == "graded":
-        return {"pearson": pearson(scores, targets), "spearman": spearman(scores, targets)}
-    threshold = best_threshold_accuracy(*(dev if dev is not None else (scores, targets)))[1]
-    labels = targets.astype(bool)
-    return {"auc": roc_auc(scores, labels), "accuracy": float(((scores >= threshold) == labels).mean()),
-            "f1": f1_at_threshold(scores, labels, threshold), "threshold": threshold}
-
-
-def agreement(scored: Scored, teacher: Scored) -> dict[str, float]:
-    """How closely a model follows the teacher: Pearson of its first logit with the teacher's (the
-    baseline's "logit" is its cosine), and the AUC of its scores against the teacher's hard labels
-    (teacher probability >= 0.5). One-output teachers only."""
-    hard = teacher.scores >= 0.5
-    return {"teacher_logit_pearson": pearson(scored.logits[:, 0], teacher.logits[:, 0]),
-            "teacher_label_auc": roc_auc(scored.scores, hard)}
-
-
-def speed(model: Model, scored: Scored, pairs: Pairs) -> dict[str, float]:
-    """pairs/s on these pairs; for students also the head alone and the encoder's texts/s."""
-    count = len(pairs)
-    if model.kind == "teacher":
-        return {"pairs_per_second": count / scored.seconds["total_seconds"], **scored.seconds}
-    encode, head = scored.seconds["encode_seconds"], scored.seconds["head_seconds"]
-    return {"pairs_per_second": count / (encode + head), "head_pairs_per_second": count / head,
-            "encode_texts_per_second": pairs.unique_texts / encode, **scored.seconds}
-
-
-MAIN_METRICS = {"binary": "auc", "graded": "spearman"}
+        label_range = parse_label_range(flags.pop("label_range"))
+        preflight(ctx, "evaluate", flags)
+        from pipeline.report import results_table
+        job = EvaluateJob(pairs=tuple(flags.pop("pairs")), models=tuple(flags.pop("models")),
+                          dev=tuple(flags.pop("dev")), label_range=label_range, **flags)
+        summary = run(job, ctx.meta[ARGV_KEY])
+        with open(os.path.join(job.output, METRICS_FILE), encoding="utf-8") as handle:
+            return summary.table() + "\n" + results_table(json.load(handle))
+    run_job(go, name="evaluate", quiet=quiet, verbose=verbose)
 
 
 # --------------------------------------------------------------------------- the job
@@ -266,6 +154,21 @@ MAIN_METRICS = {"binary": "auc", "graded": "spearman"}
 @abort_output_on_failure
 def run(job: EvaluateJob, argv: list[str] | None = None) -> RunSummary:
     """Check, load every model, score, measure, write the report."""
+    from pipeline.provenance import table_metadata
+    import numpy as np
+    import torch
+    from encoders.device import pick_device
+    from encoders.evaluation import (MAIN_METRICS, BatchSizes, Scored, agreement, load_model, model_kind, quality,
+                                     score_model, speed)
+    from encoders.inference import Pairs
+    from pipeline.datasets import read_labeled_pairs
+    from pipeline.dead_letters import count_reasons
+    from pipeline.outputs import local_path_or_none, open_output, write_dead_letter_file
+    from pipeline.pairs import TextPairColumns
+    from pipeline.readers import check_columns, expand_inputs
+    from pipeline.report import write_report
+    from pipeline.summary import RunSummary
+
     job.check()
     device = pick_device(job.device)
     specs = [parse_model_spec(spec) for spec in job.models]
@@ -300,12 +203,14 @@ def run(job: EvaluateJob, argv: list[str] | None = None) -> RunSummary:
     targets = np.array(evaluated.targets)
     dev_targets = np.array(splits["dev"].targets) if "dev" in splits else None
 
+    batches = BatchSizes(job.batch_size, job.encode_batch_size, job.head_batch_size)
     scored: dict[str, Scored] = {}
     results: dict[str, dict[str, Any]] = {}
     for model in models:
         click.echo(f"scoring {len(pairs):,} pairs with {model.name} ({model.kind})", err=True)
-        scored[model.name] = score_model(model, evaluated, job, device, time_it=True)
-        dev_scores = (score_model(model, splits["dev"], job, device, time_it=False).scores
+        scored[model.name] = score_model(model, evaluated.lefts, evaluated.rights, batches, device, time_it=True)
+        dev = splits.get("dev")
+        dev_scores = (score_model(model, dev.lefts, dev.rights, batches, device, time_it=False).scores
                       if dev_targets is not None else None)
         results[model.name] = {
             "kind": model.kind, "source": model.source, "fingerprint": model.fingerprint,
@@ -363,7 +268,7 @@ def run(job: EvaluateJob, argv: list[str] | None = None) -> RunSummary:
     summary = RunSummary(
         job=JOB_NAME, arguments=list(argv if argv is not None else sys.argv[1:]), output=job.output,
         model_fingerprints={m.name: m.fingerprint for m in models}, wall_seconds=round(time.monotonic() - started, 3),
-        counts=counts, dead_letters=_by_reason(dead), reconciliation=reconciliation, notes=notes,
+        counts=counts, dead_letters=count_reasons(dead), reconciliation=reconciliation, notes=notes,
         metrics={name: {"quality": r["quality"], "pairs_per_second": r["speed"]["pairs_per_second"]}
                  for name, r in results.items()})
     out.commit(summary)
@@ -379,22 +284,22 @@ def write_scores(path: str, labeled: LabeledPairs, pairs: Pairs, scored: dict[st
                  provenance: dict[str, str] | None = None) -> None:
     """Every model's score per evaluated pair, next to the texts and the target: one Parquet file
     anyone can load to dig into disagreements (``provenance``: its key-value metadata)."""
+    import numpy as np
+    import pyarrow as pa
+    from pipeline.writers import write_parquet_file
+
     columns = {"left": labeled.lefts, "right": labeled.rights, "target": labeled.targets}
     columns.update({f"score:{name}": s.scores.astype(np.float32) for name, s in scored.items()})
-    pq.write_table(pa.table(columns).replace_schema_metadata(provenance), path, compression=COMPRESSION)
-
-
-def _by_reason(letters: Sequence[DeadLetter]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for letter in letters:
-        counts[letter.reason] = counts.get(letter.reason, 0) + 1
-    return dict(sorted(counts.items()))
+    table = pa.table(columns).replace_schema_metadata(provenance)
+    write_parquet_file(path, table.schema, [table])
 
 
 def _strict_json(value: Any) -> Any:
     """``value`` with numpy scalars as Python numbers, NaN (an undefined correlation or AUC) as null
     and infinities (a threshold above every score: nothing predicted positive) as the strings
     "inf" / "-inf", so metrics.json is JSON every parser reads."""
+    import numpy as np
+
     if isinstance(value, dict):
         return {k: _strict_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -408,6 +313,5 @@ def _strict_json(value: Any) -> Any:
     return value
 
 
-# The command line is declared in jobs/cli.py (light, so that --help and bad arguments answer
-# before the imports above); ``main`` is kept for callers of ``jobs.evaluate.main``.
-main = cli.evaluate
+if __name__ == "__main__":  # python -m jobs.evaluate
+    main_module("evaluate")

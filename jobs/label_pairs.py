@@ -3,41 +3,28 @@
     python -m jobs.label_pairs --pairs 'pairs/*.parquet' --teacher teacher/ --output distill/ \
         [--temperature 1.0] [--previous distill-yesterday/]
 
-Writes ``DIR/part-*.parquet`` (see pipeline/label.py for the columns), ``DIR/_dead_letter/``,
+Writes ``DIR/part-*.parquet`` (see pipeline/beam/label.py for the columns), ``DIR/_dead_letter/``,
 ``DIR/_MANIFEST.json`` (teacher fingerprint, temperature, columns), ``DIR/_SUMMARY.json`` and
 ``DIR/_SUCCESS``, committed at the end (pipeline/outputs.py).
 """
 from __future__ import annotations
 
-if __name__ == "__main__":
-    # `python -m jobs.label_pairs`: the command line (jobs/cli.py, light) parses the flags before the
-    # imports below run, and imports this module by name only to run the job.
-    from jobs.cli import main_module
-    main_module("label_pairs")
-
 import os
 import sys
 import time
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
-import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
+import click
 
-from encoders.remote import pin_model_dir
-from encoders.teacher import load_teacher
-from jobs import cli
-from jobs.common import run_started
-from pipeline.encode import DEAD_LETTER_TAG, ReadRows, pick_device
-from pipeline.label import (BASE_COLUMNS, DistillationManifest, ExtractPairs, LabelPairs, LabelSettings,
-                            ReadPrevious, SkipLabeled, WriteDistillationSet, distillation_schema, schema_columns)
-from pipeline.provenance import stamped, table_metadata
-from pipeline.outputs import WriteDeadLetters, abort_output_on_failure, open_output
-from pipeline.pairs import TextPairColumns, kept_fields
-from pipeline.paths import escape_glob
-from pipeline.readers import check_columns, expand_inputs, worker_path
-from pipeline.runner import make_pipeline, validate_beam_args
-from pipeline.store import MANIFEST_FILE, count_rows, store_files
-from pipeline.summary import RunSummary, read_counters, split_dead_letters
+from jobs.common import (ARGV_KEY, BEAM_EPILOG, BEAM_JOB_CONTEXT, FORMATS, abort_output_on_failure,
+                         beam_args_for_run, device_option, JobCommand, main_module, output_option, overwrite_option,
+                         preflight, run_job, run_options, run_started, split_list, stall_option)
+
+if TYPE_CHECKING:  # annotations only: the imports run inside the functions
+    from pipeline.datasets import DistillationManifest
+    from pipeline.summary import RunSummary
+
 
 JOB_NAME = "label_pairs"
 
@@ -63,6 +50,8 @@ class LabelPairsJob:
 
 
 def _check(job: LabelPairsJob) -> None:
+    from pipeline.datasets import BASE_COLUMNS
+
     if not job.temperature > 0:
         raise ValueError(f"--temperature {job.temperature!r} is not allowed: give a number > 0 (1 = the teacher's "
                          "own probabilities; > 1 softer labels)")
@@ -89,6 +78,9 @@ def _same_path(a: str, b: str) -> bool:
 
 def _check_previous(job: LabelPairsJob, fingerprint: str, schema) -> tuple[DistillationManifest, list[str]]:
     """The previous set must come from the same teacher and have the same columns."""
+    from pipeline.datasets import DistillationManifest, schema_columns
+    from pipeline.store import store_files
+
     manifest = DistillationManifest.read(job.previous)
     if manifest.teacher_fingerprint != fingerprint:
         raise ValueError(f"--previous {job.previous!r} was labeled by another teacher (fingerprint "
@@ -104,9 +96,76 @@ def _check_previous(job: LabelPairsJob, fingerprint: str, schema) -> tuple[Disti
     return manifest, files
 
 
+# --------------------------------------------------------------------------- the command line
+
+@click.command("label-pairs", cls=JobCommand, context_settings=BEAM_JOB_CONTEXT, epilog=BEAM_EPILOG)
+@click.option("--pairs", multiple=True, required=True, metavar="PATH",
+              help="Pairs to label: a path, glob or Beam filesystem path (gs://, s3://); repeat for more. Format "
+                   "from the extension: .parquet, .jsonl, .csv, .tsv, the last three optionally .zst.")
+@click.option("--format", type=click.Choice(FORMATS), default=None,
+              help="Read every input as this format, whatever its extension.")
+@click.option("--left-col", default="left", show_default=True, help="Column holding the left text.")
+@click.option("--right-col", default="right", show_default=True, help="Column holding the right text.")
+@click.option("--left-id-col", default=None,
+              help="Column holding the left text's id (with --right-id-col). Without them an id is a stable hash "
+                   "of the text.")
+@click.option("--right-id-col", default=None, help="Column holding the right text's id.")
+@click.option("--keep-cols", callback=split_list, default=None, metavar="A,B",
+              help="Input columns to copy to the output (Parquet types kept; text formats as strings).")
+@click.option("--teacher", required=True, metavar="DIR",
+              help="Teacher checkpoint: a train_teacher output, or any Hugging Face sequence-classification "
+                   "cross-encoder (path or cached hub id) with its trained head.")
+@click.option("--temperature", type=float, default=1.0, show_default=True,
+              help="T of the soft labels: sigmoid(logit / T), or softmax(logits / T) for k classes.")
+@click.option("--previous", default=None, metavar="DIR",
+              help="A previous label_pairs output from the same teacher: pairs it holds (same left and right "
+                   "text) are not labeled again, and all its rows are copied into --output, which is then the "
+                   "complete distillation set.")
+@output_option("Directory to create: part-*.parquet, _dead_letter/, _MANIFEST.json, _SUMMARY.json, _SUCCESS.")
+@overwrite_option
+@click.option("--batch-size", type=int, default=64, show_default=True,
+              help="Pairs per teacher batch (pairs are sorted by length first, so padding stays small).")
+@click.option("--max-length", type=int, default=None,
+              help="Tokens per pair; default: the teacher's own (teacher.json, else the tokenizer's, at most 512). "
+                   "Changing it changes the teacher fingerprint.")
+@device_option("Where the teacher runs; auto = CUDA when present (with mixed precision).")
+@stall_option
+@run_options
+@click.pass_context
+def main(ctx: click.Context, quiet: bool, verbose: bool, stall_timeout: float, **flags) -> None:
+    """Label pairs with a teacher cross-encoder and write the distillation set."""
+    def go() -> str:
+        preflight(ctx, "label_pairs", flags)
+        job = LabelPairsJob(pairs=tuple(flags.pop("pairs")), keep_cols=flags.pop("keep_cols"), **flags)
+        summary = run(job, beam_args_for_run(ctx.args, verbose), ctx.meta[ARGV_KEY])
+        return summary.table()
+    run_job(go, name="label_pairs", quiet=quiet, verbose=verbose, beam_args=ctx.args, stall_seconds=stall_timeout)
+
+
 @abort_output_on_failure
 def run(job: LabelPairsJob, beam_args: list[str], argv: list[str] | None = None) -> RunSummary:
     """Check everything that can be checked, run the pipeline, write manifest and summary."""
+    from encoders.remote import pin_model_dir
+    from pipeline.provenance import stamped, table_metadata
+    import apache_beam as beam
+    from apache_beam.io.filesystems import FileSystems
+    from encoders.device import pick_device
+    from encoders.teacher import load_teacher
+    from pipeline.beam.counters import read_counters, split_dead_letters
+    from pipeline.beam.encode import DEAD_LETTER_TAG, ReadRows
+    from pipeline.beam.label import (ExtractPairs, LabelPairs, LabelSettings, ReadPrevious, SkipLabeled,
+                                     WriteDistillationSet)
+    from pipeline.beam.runner import make_pipeline, validate_beam_args
+    from pipeline.beam.writes import WriteDeadLetters
+    from pipeline.datasets import DistillationManifest, distillation_schema, schema_columns
+    from pipeline.outputs import open_output
+    from pipeline.paths import escape_glob
+    from pipeline.pairs import TextPairColumns, kept_fields
+    from pipeline.readers import check_columns, expand_inputs, worker_path
+    from pipeline.store import MANIFEST_FILE, count_rows, store_files
+    from pipeline.summary import RunSummary
+    from pipeline.writers import write_json_file
+
     validate_beam_args(beam_args)
     # A teacher that is not a local path may be a cached hub id: it stays as given.
     job = replace(job, output=worker_path(job.output), previous=worker_path(job.previous),
@@ -184,8 +243,7 @@ def run(job: LabelPairsJob, beam_args: list[str], argv: list[str] | None = None)
         num_outputs=teacher.task.num_outputs, temperature=job.temperature, columns=schema_columns(schema),
         kept_columns=list(columns.keep), rows=rows, files=[FileSystems.split(p)[1] for p in written],
         previous=job.previous, notes=notes)
-    with FileSystems.create(out.staged(MANIFEST_FILE)) as handle:
-        handle.write((manifest.to_json() + "\n").encode("utf-8"))
+    write_json_file(out.staged(MANIFEST_FILE), manifest.to_json() + "\n")
     summary = RunSummary(
         job=JOB_NAME, arguments=list(argv if argv is not None else sys.argv[1:]), output=job.output,
         model_fingerprints={"teacher": teacher.fingerprint}, wall_seconds=round(time.monotonic() - started, 3),
@@ -198,6 +256,5 @@ def run(job: LabelPairsJob, beam_args: list[str], argv: list[str] | None = None)
     return summary
 
 
-# The command line is declared in jobs/cli.py (light, so that --help and bad arguments answer
-# before the imports above); ``main`` is kept for callers of ``jobs.label_pairs.main``.
-main = cli.label_pairs
+if __name__ == "__main__":  # python -m jobs.label_pairs
+    main_module("label_pairs")

@@ -312,15 +312,15 @@ BEAM_OPTIONS_MODULE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "
 
 def generate_beam_options() -> tuple[str, list[str]]:
     """(installed Beam's version, every ``--option`` string its options classes define), as the
-    jobs see them: after importing the Beam jobs, so every options class they bring is there, and
-    through ``pipeline.runner.beam_option_parser``, the parser the jobs' own check uses. Imports
+    jobs see them: after importing the Beam jobs' library (pipeline/beam), so every options class it brings is there, and
+    through ``pipeline.beam.runner.beam_option_parser``, the parser the jobs' own check uses. Imports
     Beam (and the jobs): for regenerating :mod:`jobs.beam_options` and its test only."""
     import apache_beam
 
-    import jobs.encode_texts  # noqa: F401 - the options classes the jobs' imports bring
-    import jobs.label_pairs  # noqa: F401
-    import jobs.score_pairs  # noqa: F401
-    from pipeline.runner import beam_option_parser
+    import pipeline.beam.encode  # noqa: F401 - the options classes the Beam jobs' library brings
+    import pipeline.beam.label  # noqa: F401
+    import pipeline.beam.score  # noqa: F401
+    from pipeline.beam.runner import beam_option_parser
 
     names = {option for option in beam_option_parser()._option_string_actions if option.startswith("--")}
     return apache_beam.__version__, sorted(names)

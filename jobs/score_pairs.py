@@ -7,42 +7,25 @@
 """
 from __future__ import annotations
 
-if __name__ == "__main__":
-    # `python -m jobs.score_pairs`: the command line (jobs/cli.py, light) parses the flags before the
-    # imports below run, and imports this module by name only to run the job.
-    from jobs.cli import main_module
-    main_module("score_pairs")
-
 import sys
 import time
 from dataclasses import dataclass, replace
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import apache_beam as beam
-import pyarrow as pa
-from apache_beam.io.filesystems import FileSystems
-from apache_beam.io.parquetio import WriteToParquetBatched
+import click
 
-from encoders.checkpoint import Student, load_or_build_student
-from encoders.config import baseline_config
-from encoders.remote import pin_model_dir
-from jobs import cli
-from jobs.common import run_started
-from jobs.encode_texts import store_layout
-from pipeline.encode import DEAD_LETTER_TAG, DedupeTexts, EncodeSettings, ReadRows, TextColumns, pick_device
-from pipeline.provenance import (CLASS_PROBABILITY_SCORE, COSINE_SCORE, PROBABILITY_SCORE, stamped,
-                                 table_metadata)
-from pipeline.outputs import WriteDeadLetters, WriteStore, abort_output_on_failure, open_output
-from pipeline.pairs import kept_fields
-from pipeline.paths import escape_glob
-from pipeline.readers import InputFile, check_columns, expand_inputs, worker_path
-from pipeline.runner import is_local_runner, make_pipeline, validate_beam_args
-from pipeline.score import (LOADED_STUDENTS, PAIRS, SIDES, CompleteStore, DistinctPairTexts, PairColumns, ReadPairs, ScorePairs,
-                            ScoreSettings, dedupe_pair_chunks, read_store_tables)
-from pipeline.scoring_core import torch_threads_for
-from pipeline.store import (COMPRESSION, STORE_FILE_PREFIX, STORE_FILE_SUFFIX, StoreLayout, StoreWanted,
-                            count_rows, open_store_side, store_files, write_manifest)
-from pipeline.summary import RunSummary, read_counters, split_dead_letters
+from jobs.common import (ARGV_KEY, BEAM_EPILOG, BEAM_JOB_CONTEXT, DTYPES, FORMATS, abort_output_on_failure,
+                         beam_args_for_run, device_option, JobCommand, main_module, output_option, overwrite_option,
+                         preflight, run_job, run_options, run_started, split_list, stall_option)
+
+if TYPE_CHECKING:  # annotations only: the imports run inside the functions
+    import pyarrow as pa
+    from encoders.checkpoint import Student
+    from pipeline.beam.score import PairColumns
+    from pipeline.readers import InputFile
+    from pipeline.store import StoreLayout
+    from pipeline.summary import RunSummary
+
 
 JOB_NAME = "score_pairs"
 JOINS = ("auto", "broadcast", "shuffle")
@@ -81,6 +64,8 @@ class ScorePairsJob:
 
     @property
     def columns(self) -> PairColumns:
+        from pipeline.beam.score import PairColumns
+
         return PairColumns(self.left_col, self.right_col, self.left_id_col, self.right_id_col, self.keep_cols)
 
 
@@ -114,6 +99,8 @@ def check_arguments(job: ScorePairsJob) -> None:
 
 def existing_store(job: ScorePairsJob, student: Student, side: str) -> tuple[tuple[str, ...], int, str]:
     """(files, rows, dtype) of ``--store``'s side, checked against the model; empty if none."""
+    from pipeline.store import StoreWanted, open_store_side, store_layout
+
     if job.store is None:
         return (), 0, job.dtype
     layout = store_layout(student, side, job.dtype)
@@ -150,11 +137,16 @@ def choose_join(job: ScorePairsJob, plans: dict[str, SidePlan], pair_rows: int) 
 def count_input_rows(files: Sequence[InputFile]) -> int:
     """Rows of the input files before the pipeline runs: exact for Parquet (footers) and for
     small text files; large text files are extrapolated from their first 4 MB."""
+    from pipeline.store import count_rows
+
     return sum(count_rows([f.path]) if f.format == "parquet" else _estimate_lines(f) for f in files)
 
 
 def _estimate_lines(file: InputFile, sample_bytes: int = 1 << 22) -> int:
     import zstandard
+    from apache_beam.io.filesystems import FileSystems
+    from pipeline.paths import escape_glob
+
     size = FileSystems.match([escape_glob(file.path)])[0].metadata_list[0].size_in_bytes
     with FileSystems.open(file.path, compression_type="uncompressed") as raw:
         stream = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True) if file.compressed else raw
@@ -167,6 +159,8 @@ def _estimate_lines(file: InputFile, sample_bytes: int = 1 << 22) -> int:
 
 def score_meaning(job: ScorePairsJob, student: Student) -> str:
     """What the scores table's ``score`` means (its ``pairscore.score`` metadata)."""
+    from pipeline.provenance import CLASS_PROBABILITY_SCORE, COSINE_SCORE, PROBABILITY_SCORE
+
     if job.model_dir is None:
         return COSINE_SCORE
     return CLASS_PROBABILITY_SCORE if student.config.num_outputs > 1 else PROBABILITY_SCORE
@@ -177,6 +171,9 @@ def output_schema(job: ScorePairsJob, student: Student, files: list[InputFile],
     """left_id, right_id, score (+ probs for k classes) and the kept columns, typed by
     :func:`pipeline.pairs.kept_fields` (Parquet keeps its types, JSONL JSON's, CSV/TSV strings;
     inputs that disagree fail here, before the pipeline starts)."""
+    import pyarrow as pa
+    from pipeline.pairs import kept_fields
+
     fields = [pa.field("left_id", pa.string()), pa.field("right_id", pa.string()), pa.field("score", pa.float32())]
     if student.config.num_outputs > 1:
         fields.append(pa.field("probs", pa.list_(pa.float32())))
@@ -189,6 +186,7 @@ def worker_processes(beam_args: Sequence[str]) -> int | None:
     multi-process DirectRunner's ``--direct_num_workers``; 1 in process; None (torch's default)
     for other runners, which size their own workers."""
     from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
+    from pipeline.beam.runner import is_local_runner
     if not is_local_runner(beam_args):
         return None
     direct = PipelineOptions(list(beam_args)).view_as(DirectOptions)
@@ -202,9 +200,89 @@ def shuffle_buckets(store_bytes: int, pair_rows: int) -> int:
     return max(64, -(-store_bytes // (256 << 20)), -(-pair_rows // (2 << 20)))
 
 
+# --------------------------------------------------------------------------- the command line
+
+@click.command("score-pairs", cls=JobCommand, context_settings=BEAM_JOB_CONTEXT, epilog=BEAM_EPILOG)
+@click.option("--pairs", multiple=True, required=True, metavar="PATH",
+              help="Pair table: path, glob or Beam filesystem path; repeat for more. Format from the extension "
+                   "(.parquet, .jsonl, .csv, .tsv, the last three optionally .zst).")
+@click.option("--format", type=click.Choice(FORMATS), default=None, help="Read the pair tables as this format.")
+@click.option("--left-col", default="left", show_default=True, help="Left text column (pairs of texts).")
+@click.option("--right-col", default="right", show_default=True, help="Right text column (pairs of texts).")
+@click.option("--left-id-col", default=None, help="Left id column (pairs of ids; needs --left-texts).")
+@click.option("--right-id-col", default=None, help="Right id column (pairs of ids; needs --right-texts).")
+@click.option("--left-texts", multiple=True, metavar="PATH", help="Id/text table of the left texts.")
+@click.option("--right-texts", multiple=True, metavar="PATH", help="Id/text table of the right texts.")
+@click.option("--texts-id-col", default="id", show_default=True, help="Id column of the text tables.")
+@click.option("--texts-text-col", default="text", show_default=True, help="Text column of the text tables.")
+@click.option("--keep-cols", callback=split_list, default=None, metavar="A,B",
+              help="Pair columns copied to the output as they are.")
+@click.option("--model", "model_dir", default=None, metavar="DIR",
+              help="Student checkpoint. Default: zero-training baseline (cosine of the packaged MiniLM's "
+                   "mean-pooled sentence embeddings).")
+@click.option("--store", default=None, metavar="DIR",
+              help="Stores of an earlier run (DIR/left, DIR/right, e.g. last night's OUTPUT/store): texts "
+                   "already there are reused, not re-encoded. Refused if written by another model.")
+@output_option("Directory to create: scores/ (the scores table), store/{left,right}/ (tomorrow's --store), "
+               "_dead_letter/, _SUMMARY.json, _SUCCESS.")
+@overwrite_option
+@click.option("--join", type=click.Choice(JOINS), default="auto", show_default=True,
+              help="broadcast: stores held in each worker's memory; shuffle: CoGroupByKey, scales past memory; "
+                   "auto: broadcast when the stores fit --broadcast-limit-mb.")
+@click.option("--broadcast-limit-mb", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="Memory a worker may spend on both stores for the broadcast join.")
+@click.option("--dedupe-pairs", is_flag=True,
+              help="Score each (left id, right id) once and count repeats as duplicates. Default: every "
+                   "row is scored and written, so outputs line up one-to-one with inputs.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8192, show_default=True,
+              help="Pairs per head batch (and per chunk of pairs).")
+@click.option("--encode-batch-size", type=click.IntRange(min=1), default=128, show_default=True,
+              help="Texts per encoder batch for texts not yet in a store.")
+@click.option("--dtype", type=click.Choice(DTYPES), default="float16", show_default=True,
+              help="Storage of newly encoded embeddings (an existing --store keeps its own).")
+@device_option("Where models run; auto = CUDA when present (mixed precision on GPU).")
+@click.option("--accelerator", default=None, metavar="HINT",
+              help="Beam resource hint for the scoring step, e.g. "
+                   "'type:nvidia-l4;count:1;install-nvidia-driver' (Dataflow); the join stays on CPU workers.")
+@stall_option
+@run_options
+@click.pass_context
+def main(ctx: click.Context, quiet: bool, verbose: bool, stall_timeout: float, **flags) -> None:
+    """Score pairs with a student (stage two), running stage one for texts not yet stored."""
+    def go() -> str:
+        preflight(ctx, "score_pairs", flags)
+        for name in ("pairs", "left_texts", "right_texts"):
+            flags[name] = tuple(flags[name])
+        summary = run(ScorePairsJob(**flags), beam_args_for_run(ctx.args, verbose), ctx.meta[ARGV_KEY])
+        return summary.table()
+    run_job(go, name="score_pairs", quiet=quiet, verbose=verbose, beam_args=ctx.args, stall_seconds=stall_timeout)
+
+
 @abort_output_on_failure
 def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None) -> RunSummary:
     """Check everything that can be checked, run the pipeline, write manifests and summary."""
+    from encoders.remote import pin_model_dir
+    from pipeline.provenance import stamped, table_metadata
+    import apache_beam as beam
+    from apache_beam.io.parquetio import WriteToParquetBatched
+    from encoders.checkpoint import load_or_build_student
+    from encoders.config import SIDES, baseline_config
+    from encoders.device import pick_device
+    from pipeline.beam.counters import read_counters, split_dead_letters
+    from pipeline.beam.encode import DEAD_LETTER_TAG, DedupeTexts, EncodeSettings, ReadRows
+    from pipeline.beam.runner import is_local_runner, make_pipeline, validate_beam_args
+    from pipeline.beam.score import (CompleteStore, DistinctPairTexts, PAIRS, ReadPairs, ScorePairs, ScoreSettings,
+                                     dedupe_pair_chunks, read_store_tables)
+    from pipeline.beam.writes import WriteDeadLetters, WriteStore
+    from pipeline.outputs import open_output
+    from pipeline.pairs import kept_fields
+    from pipeline.readers import check_columns, expand_inputs, worker_path
+    from pipeline.scoring_core import torch_threads_for
+    from pipeline.store import (COMPRESSION, STORE_FILE_PREFIX, STORE_FILE_SUFFIX, count_rows, store_files,
+                                store_layout, write_manifest)
+    from pipeline.summary import RunSummary
+    from pipeline.text_checks import TextColumns
+
     check_arguments(job)
     validate_beam_args(beam_args)
     job = replace(job, output=worker_path(job.output), model_dir=worker_path(job.model_dir),
@@ -270,20 +348,14 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
                                    threads=(torch_threads_for(processes) if (processes := worker_processes(beam_args))
                                             else None),
                                    buckets=buckets)
-    # In-process workers take the head from here instead of loading the checkpoint again. The
-    # fingerprint is taken first: the workers share the head module (and may move it to the GPU).
-    LOADED_STUDENTS[score_settings.run_token] = student if student.fingerprint else None
     scored = pairs | "ScorePairs" >> ScorePairs(score_settings, join, side_tables["left"], side_tables["right"],
                                                   job.accelerator)
     scored["scores"] | "WriteScores" >> WriteToParquetBatched(
         out.staged(SCORES_DIR, STORE_FILE_PREFIX), schema=stamped(schema, provenance), codec=COMPRESSION, file_name_suffix=STORE_FILE_SUFFIX)
     dead_letters.append(scored[DEAD_LETTER_TAG])
     tuple(dead_letters) | "AllDeadLetters" >> beam.Flatten() | "WriteDeadLetters" >> WriteDeadLetters(out.staged(), provenance)
-    try:
-        result = pipeline.run()
-        result.wait_until_finish()   # the commit below runs here, in the launching process
-    finally:
-        LOADED_STUDENTS.pop(score_settings.run_token, None)
+    result = pipeline.run()
+    result.wait_until_finish()   # the commit below runs here, in the launching process
 
     counters = read_counters(result)
     pair_counts, pair_dead = split_dead_letters(counters, PAIRS)
@@ -330,6 +402,5 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
     return summary
 
 
-# The command line is declared in jobs/cli.py (light, so that --help and bad arguments answer
-# before the imports above); ``main`` is kept for callers of ``jobs.score_pairs.main``.
-main = cli.score_pairs
+if __name__ == "__main__":  # python -m jobs.score_pairs
+    main_module("score_pairs")

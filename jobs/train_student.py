@@ -9,7 +9,7 @@ A training recipe that reads top to bottom (DiPair §3.7, §4.3-4.4):
    unique texts) and pairs point into the pools.
 2. Build the student (encoder with K layers, first N / M tokens, projection to D, head).
 3. Stage 1 -- encoder frozen: the frozen encoder gives every text the same token states in every
-   epoch, so they are computed once per unique text (``jobs.frozen_states``, optionally kept on
+   epoch, so they are computed once per unique text (``encoders.frozen_states``, optionally kept on
    disk with ``--cache-dir``) and an epoch runs only projection + head. That makes stage-1 epochs
    nearly free, so stage 1 can run to convergence: early stop on dev.
 4. Stage 2 -- everything trains; the encoder at a lower learning rate. Each batch encodes its
@@ -19,68 +19,36 @@ A training recipe that reads top to bottom (DiPair §3.7, §4.3-4.4):
 
 ``--stages 1`` trains everything from the first step instead (no frozen stage), for the ablation.
 
-Shapes: P pairs, B pairs in a batch, C outputs (1, or k classes), U unique texts of a pool,
-T tokens kept per text in the cache (max(N, M) or N / M), H the encoder's hidden size, D the
-projected size.
+The trainer, the loss and the stage plan are ``encoders/distill.py``; this recipe reads the data
+(``pipeline/datasets.py``), builds the student and a ``DistillConfig`` from the flags, and runs them.
 """
 from __future__ import annotations
 
-if __name__ == "__main__":
-    # `python -m jobs.train_student`: the command line (jobs/cli.py, light) parses the flags before the
-    # imports below run, and imports this module by name only to run the job.
-    from jobs.cli import main_module
-    main_module("train_student")
-
-import json
-import math
 import random
 import sys
 import time
-from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-from apache_beam.io.filesystems import FileSystems
-from tqdm.auto import tqdm
-from transformers import get_linear_schedule_with_warmup
+import click
 
-from encoders.checkpoint import Student, build_student, load_student, save_student
-from encoders.config import SIDES, StudentConfig
-from encoders.sources import DEFAULT_ENCODER
-from encoders.teacher import TASKS, TeacherTask, autocast
-from heads import HEAD_NAMES, build_head
-from jobs import cli
-from jobs.common import run_started
-from jobs.metrics import MAIN_METRIC, selection_score, task_metrics
-from jobs.frozen_states import FrozenStates
-from jobs.student_inference import Pairs, encode_pool, pair_logits
-from jobs.training import EpochProgress, grad_scaler, make_adamw, optimizer_step
-from jobs.train_teacher import length_grouped_batches, read_labeled_pairs
-from pipeline import dead_letters as dl
-from pipeline.dead_letters import DeadLetter
-from pipeline.encode import pick_device
-from pipeline.label import DISTILLATION_FORMAT
-from pipeline.provenance import table_metadata
-from pipeline.outputs import abort_output_on_failure, local_path_or_none, open_output, write_dead_letter_file
-from pipeline.pairs import TextPairColumns, extract_text_pair
-from pipeline.readers import InputError, InputFile, check_columns, expand_inputs, read_rows
-from pipeline.store import MANIFEST_FILE
-from pipeline.summary import RunSummary
+from jobs.common import (ARGV_KEY, DEFAULT_ENCODER, FORMATS, PLAIN_JOB_CONTEXT, STUDENT_HEADS, STUDENT_LOSSES, TASKS,
+                         abort_output_on_failure, device_option, JobCommand, main_module, output_option,
+                         overwrite_option, parse_head_options, parse_label_range, preflight, run_job, run_options,
+                         run_started)
+
+if TYPE_CHECKING:  # annotations only: the imports run inside the functions
+    from encoders.checkpoint import Student
+    from encoders.config import StudentConfig
+    from encoders.distill import DistillConfig
+    from pipeline.summary import RunSummary
 
 JOB_NAME = "train_student"
-# The heads a student can be trained with; pooled-cos has no parameters (it is the zero-training
-# baseline, ``baseline`` in jobs.evaluate).
-TRAINABLE_HEADS = tuple(name for name in HEAD_NAMES if name != "pooled-cos")
-LOSSES = ("ce", "mse")
+# The heads a student can be trained with (encoders.distill.TRAINABLE_HEADS); pooled-cos has no
+# parameters (it is the zero-training baseline, ``baseline`` in jobs.evaluate).
+TRAINABLE_HEADS = STUDENT_HEADS
 # FFNN width used when --head-layers sets the depth of an FFNN head (DiPair §4.2: x128x128).
 FFNN_WIDTH = 128
-# Training pairs whose cosines calibrate the cosine skip when no stage-1 cache has them all.
-COSINE_FIT_PAIRS = 8192
-# Soft labels of a k-class teacher must sum to 1 within this (they are float32 softmax outputs).
-SOFT_LABEL_SUM_TOLERANCE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -155,7 +123,7 @@ class TrainStudentJob:
         if self.stages not in (1, 2):
             raise ValueError(f"--stages {self.stages!r} is not allowed: 2 (encoder frozen first, DiPair's "
                              "schedule) or 1 (everything trains from the start)")
-        if self.loss not in LOSSES:
+        if self.loss not in STUDENT_LOSSES:
             raise ValueError(f"--loss {self.loss!r} is not allowed: ce (cross-entropy on the soft labels, DiPair "
                              "eq. 1) or mse (on the logits)")
         for flag, value in (("--lr", self.lr), ("--stage2-lr", self.stage2_lr), ("--encoder-lr", self.encoder_lr)):
@@ -175,12 +143,28 @@ class TrainStudentJob:
 
     def student_config(self, num_outputs: int = 1) -> StudentConfig:
         """The StudentConfig these flags describe (ValueError naming a bad size)."""
+        from encoders.config import StudentConfig
+
         return StudentConfig(
             encoder=self.encoder, encoder_layers=self.layers, shared_encoder=not self.separate_encoders,
             left_tokens=self.n, right_tokens=self.m, left_max_length=self.left_max_length,
             right_max_length=self.right_max_length, token_selection=self.token_selection, dim=self.dim,
             pooled=self.cosine_skip, cosine_skip=self.cosine_skip, head=self.head,
             head_options=head_options_for(self.head, self.head_layers, self.head_options), num_outputs=num_outputs)
+
+    def distill_config(self) -> DistillConfig:
+        """How these flags distil the student (encoders.distill reads this, never the job)."""
+        from encoders.distill import DistillConfig
+        from pipeline.progress import bar_options
+
+        return DistillConfig(
+            stages=self.stages, loss=self.loss, human_label_weight=self.human_label_weight,
+            stage1_epochs=self.stage1_epochs, patience=self.patience, stage2_epochs=self.stage2_epochs,
+            stage1_max_pairs=self.stage1_max_pairs, stage2_max_pairs=self.stage2_max_pairs, lr=self.lr,
+            stage2_lr=self.stage2_lr, encoder_lr=self.encoder_lr, batch_size=self.batch_size,
+            stage1_batch_size=self.stage1_batch_size, encode_batch_size=self.encode_batch_size,
+            warmup=self.warmup, weight_decay=self.weight_decay, max_grad_norm=self.max_grad_norm, seed=self.seed,
+            bar_options=bar_options() if self.progress else None)
 
 
 def head_options_for(head: str, layers: int | None, options: dict[str, Any]) -> dict[str, Any]:
@@ -200,481 +184,128 @@ def head_options_for(head: str, layers: int | None, options: dict[str, Any]) -> 
     return options
 
 
-# --------------------------------------------------------------------------- data
+# --------------------------------------------------------------------------- the command line
 
-@dataclass
-class DistillationSet:
-    """The usable rows of the distillation set (P each) and what was skipped.
-
-    soft:   (P, C) float32 teacher soft labels (C = 1: sigmoid(z / T); C = k: softmax(z / T)).
-    logits: (P, C) float32 teacher logits, or None when the set has none (only ``--loss mse`` needs them).
-    human:  (P,) float32 human targets as ``TeacherTask.target`` gives them, NaN where a pair has none.
-    """
-    lefts: list[str] = field(default_factory=list)
-    rights: list[str] = field(default_factory=list)
-    soft: list[list[float]] = field(default_factory=list)
-    logits: list[list[float]] | None = field(default_factory=list)
-    human: list[float] = field(default_factory=list)
-    rows_read: int = 0
-    skipped: list[DeadLetter] = field(default_factory=list)
-
-
-def distillation_columns(files: Sequence[InputFile], columns: TextPairColumns, need_logits: bool) -> tuple[str, str]:
-    """(soft label column, logit column) of a distillation set: ``soft_label`` / ``logit`` for
-    one-output teachers, ``soft_labels`` / ``logits`` for k classes (pipeline/label.py). Checked
-    in every file before anything is read."""
-    problems = []
-    for soft, logit in (("soft_label", "logit"), ("soft_labels", "logits")):
-        required = [*columns.required(), soft] + ([logit] if need_logits else [])
-        try:
-            check_columns(files, required)
-            return soft, logit
-        except InputError as err:
-            problems.append(str(err))
-    raise ValueError(f"--distill is not a distillation set (a label_pairs output with soft_label and logit, or "
-                     f"soft_labels and logits, columns{' -- --loss mse needs the logits' if need_logits else ''}): "
-                     f"{problems[0]}")
-
-
-def first_width(files: Sequence[InputFile], soft_col: str) -> int:
-    """C of a k-class distillation set: the length of the first non-null ``soft_labels`` list."""
-    for file in files:
-        for item in read_rows(file, [soft_col]):
-            if not isinstance(item, DeadLetter) and isinstance(item.fields.get(soft_col), (list, tuple)):
-                return len(item.fields[soft_col])
-    raise ValueError(f"--distill has no row with a {soft_col!r} list: no soft labels to learn from")
-
-
-def _numbers(value: Any, column: str, width: int) -> list[float]:
-    """A scalar or list cell as ``width`` finite floats (numeric strings allowed: CSV inputs);
-    ValueError saying what is wrong."""
-    values = value if isinstance(value, (list, tuple)) else [value]
-    if len(values) != width:
-        raise ValueError(f"{column} has {len(values)} values; this set has {width} per pair")
-    out = []
-    for item in values:
-        try:
-            number = float(item.strip() if isinstance(item, str) else item)
-        except (TypeError, ValueError):
-            raise ValueError(f"{column} value {item!r:.60} is not a number") from None
-        if isinstance(item, bool) or not math.isfinite(number):
-            raise ValueError(f"{column} value {item!r:.60} is not a finite number")
-        out.append(number)
-    return out
-
-
-def read_distillation_set(files: Sequence[InputFile], columns: TextPairColumns, soft_col: str, logit_col: str,
-                          width: int, task: TeacherTask, human_col: str | None = None, limit: int | None = None
-                          ) -> DistillationSet:
-    """Read a distillation set; rows that cannot be trained on are skipped as dead letters.
-
-    Reasons: the reader's (``invalid_json``, ...), the pair's (``left_empty_text``, ...),
-    ``null_label`` (the soft label is absent or null) and ``invalid_label`` (a soft label outside
-    [0, 1], k soft labels that do not sum to 1, a logit that is not a finite number, a human label
-    the task does not allow). A null human label is not an error: the pair learns from the
-    teacher alone. ``width``: C, soft labels per pair; ``task`` reads the human labels.
-    """
-    data = DistillationSet()
-    for file in files:
-        # The logit and human label columns may be absent from a file (mined pairs have no human
-        # label); read only what it has, and absent values count as null.
-        wanted = [*columns.required(), soft_col, *_present(file, [logit_col] + ([human_col] if human_col else []))]
-        for item in read_rows(file, wanted):
-            if limit is not None and data.rows_read >= limit:
-                return _without_empty_logits(data)
-            data.rows_read += 1
-            if isinstance(item, DeadLetter):
-                data.skipped.append(item)
-                continue
-            pair = extract_text_pair(item, columns)
-            if isinstance(pair, DeadLetter):
-                data.skipped.append(pair)
-                continue
-            fields = item.fields
-            if fields.get(soft_col) is None:
-                data.skipped.append(DeadLetter(dl.REASON_NULL_LABEL, f"soft label column {soft_col!r} is null or "
-                                               "absent", item.source, fields))
-                continue
-            try:
-                soft = _numbers(fields[soft_col], soft_col, width)
-                if not all(0.0 <= p <= 1.0 for p in soft):
-                    raise ValueError(f"{soft_col} {fields[soft_col]!r:.60} is outside [0, 1]")
-                if len(soft) > 1 and abs(sum(soft) - 1.0) > SOFT_LABEL_SUM_TOLERANCE:
-                    raise ValueError(f"{soft_col} {fields[soft_col]!r:.60} does not sum to 1")
-                logit = None if fields.get(logit_col) is None else _numbers(fields[logit_col], logit_col, len(soft))
-                human = math.nan
-                if human_col and not _is_blank(fields.get(human_col)):
-                    human = task.target(fields[human_col])
-            except ValueError as err:
-                data.skipped.append(DeadLetter(dl.REASON_INVALID_LABEL, str(err), item.source, fields))
-                continue
-            data.lefts.append(pair.left)
-            data.rights.append(pair.right)
-            data.soft.append(soft)
-            if data.logits is not None:
-                if logit is None:
-                    data.logits = None  # some row has no logit: the set has none to train on
-                else:
-                    data.logits.append(logit)
-            data.human.append(human)
-    return _without_empty_logits(data)
-
-
-def _present(file: InputFile, names: Sequence[str]) -> list[str]:
-    """Those of ``names`` that ``file`` has as columns."""
-    present = []
-    for name in names:
-        try:
-            check_columns([file], [name])
-            present.append(name)
-        except InputError:
-            pass
-    return present
-
-
-def _without_empty_logits(data: DistillationSet) -> DistillationSet:
-    if data.logits is not None and len(data.logits) != len(data.soft):
-        data.logits = None
-    return data
-
-
-def _is_blank(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and not value.strip())
-
-
-def distillation_task(paths: Sequence[str]) -> TeacherTask | None:
-    """The teacher's task from ``_MANIFEST.json`` of the --distill directories (label_pairs writes
-    it), so the dev labels and human labels are read as the teacher's were; None when no
-    directory has one. Directories labeled for different tasks are refused."""
-    tasks = {}
-    for path in paths:
-        manifest = FileSystems.join(path.rstrip("/"), MANIFEST_FILE)
-        if "*" in path or not FileSystems.exists(manifest):
-            continue
-        with FileSystems.open(manifest) as handle:
-            data = json.loads(handle.read().decode("utf-8"))
-        if data.get("format") == DISTILLATION_FORMAT and isinstance(data.get("task"), dict):
-            task = TeacherTask.from_dict(data["task"])
-            # The teacher's max length does not change what a label means.
-            meaning = {k: v for k, v in task.to_dict().items() if k != "max_length"}
-            tasks[json.dumps(meaning, sort_keys=True)] = (task, path)
-    if len(tasks) > 1:
-        raise ValueError(f"--distill sets were labeled for different tasks ({', '.join(p for _, p in tasks.values())}); "
-                         "give --task to say how the dev labels are read")
-    return next(iter(tasks.values()))[0] if tasks else None
-
-
-def resolve_task(job: TrainStudentJob, num_outputs: int, from_manifest: TeacherTask | None) -> TeacherTask:
-    """How dev (and human) labels are read: ``--task``, else the distillation set's manifest, else
-    binary for one-output sets and classes for k-output ones. It must give ``num_outputs`` logits."""
-    if job.task is not None:
-        task = TeacherTask(job.task, label_range=job.label_range,
-                           num_classes=num_outputs if job.task == "classes" else None)
-    elif from_manifest is not None:
-        task = from_manifest
-    else:
-        task = (TeacherTask("binary") if num_outputs == 1 else TeacherTask("classes", num_classes=num_outputs))
-    if task.num_outputs != num_outputs:
-        raise ValueError(f"task {task.task!r} needs {task.num_outputs} output(s) but the distillation set has "
-                         f"{num_outputs} soft label(s) per pair")
-    return task
-
-
-@dataclass
-class Examples:
-    """What the student trains on: pairs and their targets (P each; see DistillationSet)."""
-    pairs: Pairs
-    soft: torch.Tensor                      # (P, C) float32
-    logits: torch.Tensor | None             # (P, C) float32
-    human: torch.Tensor                     # (P,) float32, NaN = no human label
-
-    @classmethod
-    def of(cls, data: DistillationSet, swap: bool) -> "Examples":
-        """With ``swap`` every pair is added again with its texts exchanged (symmetric tasks)."""
-        lefts, rights = data.lefts, data.rights
-        soft = torch.tensor(data.soft, dtype=torch.float32).reshape(len(data.soft), -1)
-        logits = (torch.tensor(data.logits, dtype=torch.float32).reshape(len(data.soft), -1)
-                  if data.logits is not None else None)
-        human = torch.tensor(data.human, dtype=torch.float32)
-        if swap:
-            lefts, rights = lefts + rights, rights + lefts
-            soft, human = soft.repeat(2, 1), human.repeat(2)
-            logits = logits.repeat(2, 1) if logits is not None else None
-        return cls(Pairs.of(lefts, rights), soft, logits, human)
-
-
-# --------------------------------------------------------------------------- loss
-
-def distillation_loss(logits: torch.Tensor, soft: torch.Tensor, teacher_logits: torch.Tensor | None,
-                      human: torch.Tensor, human_weight: float, loss: str = "ce") -> torch.Tensor:
-    """The mean loss of a batch (a scalar, float32).
-
-    logits (B, C) student; soft (B, C) teacher soft labels; teacher_logits (B, C) (``mse`` only);
-    human (B,) human targets, NaN where a pair has none; human_weight w in [0, 1].
-
-    Per pair: ``(1 - w_i) * distill_i + w_i * human_i`` with ``w_i = w`` where the pair has a human
-    label, else 0, and
-
-    * distill_i, ``ce`` (DiPair eq. 1): C = 1: ``-(p log sigmoid(z) + (1 - p) log(1 - sigmoid(z)))``;
-      C = k: ``-sum_c p_c log softmax(z)_c``;
-    * distill_i, ``mse``: ``mean_c (z_c - z_teacher_c)^2``;
-    * human_i: the same cross-entropy with the human target (0/1, a grade in [0, 1], or a class).
-    """
-    logits = logits.float()
-    if loss == "ce":
-        distill = _cross_entropy(logits, soft.float())
-    elif loss == "mse":
-        if teacher_logits is None:
-            raise ValueError("--loss mse needs the teacher's logits; this distillation set has none")
-        distill = ((logits - teacher_logits.float()) ** 2).mean(dim=1)
-    else:
-        raise ValueError(f"loss {loss!r} is not allowed: choose one of {', '.join(LOSSES)}")
-    has_human = ~torch.isnan(human)
-    if human_weight == 0 or not bool(has_human.any()):
-        return distill.mean()
-    target = torch.where(has_human, human, torch.zeros_like(human))
-    if logits.shape[1] == 1:
-        human_loss = _cross_entropy(logits, target[:, None])
-    else:
-        human_loss = F.cross_entropy(logits, target.long(), reduction="none")
-    weight = has_human.float() * human_weight
-    return ((1 - weight) * distill + weight * human_loss).mean()
-
-
-def _cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """(B, C) logits and target probabilities -> (B,) cross-entropy (binary when C = 1)."""
-    if logits.shape[1] == 1:
-        return F.binary_cross_entropy_with_logits(logits[:, 0], target[:, 0], reduction="none")
-    return -(target * F.log_softmax(logits, dim=1)).sum(dim=1)
-
-
-def loss_floor(soft: torch.Tensor, human: torch.Tensor, human_weight: float) -> float:
-    """The lowest mean ``ce`` loss any student can reach on these targets: the mean entropy of each
-    pair's target distribution (cross-entropy is linear in the target, so mixing the losses equals
-    mixing the targets). A training loss far above it means the student underfits."""
-    target = soft.double()
-    has_human = ~torch.isnan(human)
-    if human_weight and bool(has_human.any()):
-        if soft.shape[1] == 1:
-            hard = torch.where(has_human, human, torch.zeros_like(human)).double()[:, None]
-        else:
-            hard = F.one_hot(torch.where(has_human, human, torch.zeros_like(human)).long(), soft.shape[1]).double()
-        weight = (has_human.double() * human_weight)[:, None]
-        target = (1 - weight) * target + weight * hard
-    if target.shape[1] == 1:
-        target = torch.cat([target, 1 - target], dim=1)
-    entropy = -(target * torch.log(target.clamp(min=1e-300))).sum(dim=1)
-    return float(entropy.mean())
-
-
-# --------------------------------------------------------------------------- encoding
-
-# --------------------------------------------------------------------------- training
-
-@dataclass
-class Stage:
-    """One phase of training: which parameters learn, at which rates, for how long."""
-    name: str                                   # "stage1" | "stage2" | "one_stage"
-    description: str
-    frozen_encoder: bool
-    epochs: int
-    batch_size: int
-    groups: list[tuple[list[tuple[str, torch.nn.Parameter]], float]]   # (named parameters, lr)
-    patience: int | None = None
-    max_pairs: int | None = None
-
-
-def plan_stages(student: Student, job: TrainStudentJob) -> list[Stage]:
-    """``--stages 2``: stage 1 trains projection + head with the encoder frozen (early stop on dev),
-    stage 2 trains everything, the encoder at ``--encoder-lr``. ``--stages 1``: everything from the
-    first step, head at ``--lr`` (it starts from random weights) and encoder at ``--encoder-lr``."""
-    encoder = _named_encoder_parameters(student)
-    encoder_ids = {id(p) for _, p in encoder}
-    rest = [(n, p) for n, p in student.named_parameters() if id(p) not in encoder_ids]
-    if job.stages == 1:
-        return [Stage("one_stage", "one stage: everything trains", False, job.stage2_epochs, job.batch_size,
-                      [(rest, job.lr), (encoder, job.encoder_lr)], max_pairs=job.stage2_max_pairs)]
-    return [Stage("stage1", "stage 1: encoder frozen", True, job.stage1_epochs, job.stage1_batch_size,
-                  [(rest, job.lr)], patience=job.patience, max_pairs=job.stage1_max_pairs),
-            Stage("stage2", "stage 2: everything trains", False, job.stage2_epochs, job.batch_size,
-                  [(rest, job.stage2_lr), (encoder, job.encoder_lr)], max_pairs=job.stage2_max_pairs)]
-
-
-def _named_encoder_parameters(student: Student) -> list[tuple[str, torch.nn.Parameter]]:
-    """The transformer weights, each once (a shared encoder is one module on both sides)."""
-    seen, named = set(), []
-    for side in SIDES:
-        for name, parameter in student.encoder.side(side).transformer.named_parameters():
-            if id(parameter) not in seen:
-                seen.add(id(parameter))
-                named.append((f"{side}.{name}", parameter))
-    return named
-
-
-@dataclass
-class Trainer:
-    """The run's data and state: the student, the examples, dev, where the best epoch goes."""
-    student: Student
-    job: TrainStudentJob
-    task: TeacherTask
-    device: str
-    examples: Examples
-    dev: Pairs
-    dev_targets: np.ndarray
-    cache: FrozenStates | None = None
-    best_score: tuple[float, float] | None = None
-    best: dict[str, Any] | None = None
-    best_state: dict[str, torch.Tensor] | None = None
-    records: list[dict[str, Any]] = field(default_factory=list)
-    checkpoint_dir: str | None = None   # where the best epoch is saved (staged; committed at the end)
-
-    def train_stage(self, stage: Stage, rng: random.Random) -> list[dict[str, Any]]:
-        """Run one stage; returns its epoch records. Ends with the stage's best weights loaded."""
-        job, student = self.job, self.student
-        for _, parameter in _named_encoder_parameters(student):
-            parameter.requires_grad_(not stage.frozen_encoder)
-        if stage.frozen_encoder:
-            rows = self.cache.pair_rows(self.examples.pairs)
-            forward = lambda index: self.cache.logits(student, {s: r[index] for s, r in rows.items()}, self.device)
-            # Cached states all have N / M tokens: nothing to group by length.
-            lengths = [0] * len(self.examples.pairs)
-        else:
-            tokenized = {side: student.encoder.side(side).tokenize(self.examples.pairs.pools[side]) for side in SIDES}
-            forward = lambda index: self._encode_and_score(tokenized, index)
-            lengths = self._lengths(tokenized)
-        batches = length_grouped_batches(lengths, stage.batch_size, random.Random(0))
-        steps_per_epoch = len(first_pairs(batches, stage.max_pairs) if stage.max_pairs is not None else batches)
-        total_steps = steps_per_epoch * stage.epochs
-        optimizer = make_adamw(stage.groups, job.weight_decay)
-        scheduler = get_linear_schedule_with_warmup(optimizer, int(job.warmup * total_steps), total_steps)
-        scaler = grad_scaler(self.device)
-        parameters = [p for named, _ in stage.groups for _, p in named]
-        stage_records, stage_best, bad_epochs = [], None, 0
-        stage_best_state = None
-        for epoch in range(1, stage.epochs + 1):
-            batches = length_grouped_batches(lengths, stage.batch_size, rng)
-            if stage.max_pairs is not None:
-                batches = first_pairs(batches, stage.max_pairs)
-            record = {"stage": stage.name, "epoch": epoch, **self._train_epoch(
-                forward, batches, optimizer, scheduler, scaler, parameters,
-                f"{stage.description}, epoch {epoch}/{stage.epochs}")}
-            evaluated = time.perf_counter()
-            logits = self._dev_logits(stage.frozen_encoder)
-            record["dev"] = task_metrics(self.task, logits, self.dev_targets)
-            record["dev_seconds"] = round(time.perf_counter() - evaluated, 1)
-            score = selection_score(self.task, record["dev"])
-            if self.best_score is None or score > self.best_score:
-                self.best_score, self.best, self.best_state = score, record, _copy_state(student)
-                save_student(student, self.checkpoint_dir)   # the best epoch so far is always on disk
-            record["best_so_far"] = self.best is record
-            if stage_best is None or score > stage_best:
-                stage_best, bad_epochs = score, 0
-                stage_best_state = _copy_state(student)
-            else:
-                bad_epochs += 1
-            stage_records.append(record)
+@click.command("train-student", cls=JobCommand, context_settings=PLAIN_JOB_CONTEXT)
+@click.option("--distill", multiple=True, required=True, metavar="PATH",
+              help="The distillation set: a label_pairs output directory (or its files, a glob, a Beam filesystem "
+                   "path); repeat for more. Columns left, right, soft_label and logit (soft_labels and logits for "
+                   "k-class teachers).")
+@click.option("--dev", multiple=True, required=True, metavar="PATH",
+              help="Labeled dev pairs (--label-col), evaluated after every epoch; the best epoch is kept.")
+@click.option("--format", type=click.Choice(FORMATS), default=None,
+              help="Read every input as this format, whatever its extension.")
+@click.option("--left-col", default="left", show_default=True, help="Column holding the left text.")
+@click.option("--right-col", default="right", show_default=True, help="Column holding the right text.")
+@click.option("--label-col", default="label", show_default=True, help="Column holding the dev label.")
+@click.option("--task", type=click.Choice(TASKS), default=None,
+              help="How dev (and human) labels are read. Default: the teacher's task from the distillation set's "
+                   "_MANIFEST.json; without one, binary (classes for k-class soft labels).")
+@click.option("--label-range", default=None, metavar="LOW,HIGH",
+              help="graded only: the label range mapped to [0, 1], e.g. 0,5 for STS-B.")
+@click.option("--human-label-col", default=None, metavar="COL",
+              help="A column of the distillation set with human labels (e.g. label_pairs --keep-cols label). Pairs "
+                   "with one learn from both; pairs without (mined pairs) from the teacher alone.")
+@click.option("--human-label-weight", type=float, default=0.5, show_default=True,
+              help="Weight w of the human label where a pair has one: loss = (1 - w) * teacher loss + w * human loss.")
+@click.option("--head", type=click.Choice(STUDENT_HEADS), required=True,
+              help="The head, from heads/: dipair (DiPair-TSF), dipair-ffnn, li (late interaction), de-ffnn, de-cos.")
+@click.option("--encoder", default=DEFAULT_ENCODER, show_default=True, metavar="MODEL",
+              help="Pretrained encoder: a local Hugging Face directory or hub id (offline: from the local cache). "
+                   "The default is the packaged all-MiniLM-L6-v2, no download.")
+@click.option("--layers", type=int, default=None, metavar="K",
+              help="Encoder layers kept (DiPair's K, 1-4 there). Default: all.")
+@click.option("--n", "n", type=int, default=4, show_default=True, metavar="N", help="Left token embeddings kept.")
+@click.option("--m", "m", type=int, default=12, show_default=True, metavar="M", help="Right token embeddings kept.")
+@click.option("--dim", type=int, default=128, show_default=True, metavar="D", help="Projected dimension.")
+@click.option("--head-layers", type=int, default=None, metavar="L",
+              help="Head depth: transformer layers of dipair (default 2), or hidden layers of 128 units of the FFNN "
+                   "heads dipair-ffnn, de-ffnn, li (default 2). de-cos has none.")
+@click.option("--head-options", default=None, metavar="JSON",
+              help="Other head options as a JSON object, e.g. '{\"ffn\": 512, \"dropout\": 0.1}' (see the head's "
+                   "*Config in heads/).")
+@click.option("--cosine-skip/--no-cosine-skip", default=True, show_default=True,
+              help="Add a learned scale * cos(pooled sentence embeddings) + bias to the head's logits, fitted to "
+                   "the teacher before training, so the student starts from the zero-shot cosine and the head "
+                   "learns the rest (heads/cosine_skip.py). The store then also keeps each text's pooled "
+                   "embedding. --no-cosine-skip: the plain DiPair head.")
+@click.option("--separate-encoders", is_flag=True,
+              help="One encoder per side (default: one shared encoder; the projections are per side either way).")
+@click.option("--left-max-length", type=int, default=64, show_default=True,
+              help="Left tokenizer max length, special tokens included.")
+@click.option("--right-max-length", type=int, default=128, show_default=True,
+              help="Right tokenizer max length, special tokens included.")
+@click.option("--token-selection", type=click.Choice(["first", "last"]), default="first", show_default=True,
+              help="Keep the first N / M output tokens ([CLS] first) or the last ones.")
+@click.option("--stages", type=click.IntRange(1, 2), default=2, show_default=True,
+              help="2: DiPair's schedule, stage 1 with the encoder frozen (early stop on dev), then stage 2 with "
+                   "everything. 1: everything from the first step (the ablation).")
+@click.option("--loss", type=click.Choice(STUDENT_LOSSES), default="ce", show_default=True,
+              help="ce: cross-entropy on the soft labels (DiPair eq. 1). mse: squared error on the teacher's logits.")
+@click.option("--swap", is_flag=True,
+              help="Also train on every pair with left and right exchanged (symmetric tasks): doubles the examples.")
+@click.option("--stage1-epochs", type=int, default=10, show_default=True,
+              help="Most epochs of stage 1 (it stops early after --patience epochs without dev improvement).")
+@click.option("--patience", type=int, default=2, show_default=True,
+              help="Stage 1 stops after this many epochs without a better dev score.")
+@click.option("--stage2-epochs", type=int, default=1, show_default=True,
+              help="Epochs of stage 2 (and of --stages 1).")
+@click.option("--stage1-max-pairs", type=int, default=None, metavar="P",
+              help="At most P pairs per stage-1 epoch (a new random sample each epoch), for distillation sets "
+                   "larger than an epoch needs to be: dev is then evaluated, and early stopping decided, every P "
+                   "pairs.")
+@click.option("--stage2-max-pairs", type=int, default=None, metavar="P",
+              help="At most P pairs per stage-2 epoch (a new random sample each epoch): stage 2 runs the encoder "
+                   "and costs far more per pair than stage 1.")
+@click.option("--lr", type=float, default=5e-4, show_default=True,
+              help="Peak learning rate of projection + head in stage 1 (and in --stages 1).")
+@click.option("--stage2-lr", type=float, default=1e-4, show_default=True,
+              help="Peak learning rate of projection + head in stage 2.")
+@click.option("--encoder-lr", type=float, default=2e-5, show_default=True,
+              help="Peak learning rate of the encoder when it trains (stage 2, --stages 1).")
+@click.option("--batch-size", type=int, default=32, show_default=True,
+              help="Pairs per step when the encoder trains (stage 2, --stages 1).")
+@click.option("--stage1-batch-size", type=int, default=128, show_default=True, help="Pairs per step in stage 1.")
+@click.option("--encode-batch-size", type=int, default=128, show_default=True,
+              help="Texts per batch when encoding without gradients (stage-1 cache, dev).")
+@click.option("--warmup", type=float, default=0.1, show_default=True,
+              help="Fraction of each stage's steps over which its learning rates rise linearly from 0; they then "
+                   "decay linearly to 0 at the stage's last epoch.")
+@click.option("--weight-decay", type=float, default=0.01, show_default=True, help="AdamW weight decay.")
+@click.option("--max-grad-norm", type=float, default=1.0, show_default=True, help="Gradient clipping norm.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seeds the projection and head initialisation, dropout and batch order.")
+@device_option("Where to train; auto = CUDA when present (with mixed precision).")
+@click.option("--cache-dir", default=None, metavar="DIR",
+              help="Keep stage 1's frozen encoder states here (one safetensors file per encoder, length and text "
+                   "set) and reuse them: runs that differ only in the head encode the texts once.")
+@click.option("--limit", type=int, default=None, metavar="N",
+              help="Read at most N rows from each of --distill and --dev (quick runs).")
+@output_option("Student checkpoint directory to create: config.json, student.safetensors, encoder/, "
+               "_dead_letter/, _SUMMARY.json, _SUCCESS (the checkpoint is committed when training ends).")
+@overwrite_option
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="Show a progress bar with the loss and pairs/s.")
+@run_options
+@click.pass_context
+def main(ctx: click.Context, quiet: bool, verbose: bool, progress: bool, **flags) -> None:
+    """Distil a teacher into a DiPair student (two-stage training) and save the checkpoint."""
+    def go() -> str:
+        label_range = parse_label_range(flags.pop("label_range"))
+        head_options = parse_head_options(flags.pop("head_options"))
+        preflight(ctx, "train_student", flags)
+        job = TrainStudentJob(distill=tuple(flags.pop("distill")), dev=tuple(flags.pop("dev")),
+                              label_range=label_range, head_options=head_options,
+                              progress=progress and not quiet, **flags)
+        summary = run(job, ctx.meta[ARGV_KEY])
+        lines = [summary.table()]
+        for record in summary.metrics["epochs"]:
             shown = ", ".join(f"{k} {v:.4f}" for k, v in record["dev"].items())
-            tqdm.write(f"{stage.description}, epoch {epoch}: train loss {record['train_loss']:.4f} "
-                       f"({record['pairs_per_second']:.1f} pairs/s); dev {shown}"
-                       f"{' (best, saved)' if self.best is record else ''}", file=sys.stderr)
-            if stage.patience is not None and bad_epochs >= stage.patience:
-                record["early_stop"] = True
-                tqdm.write(f"{stage.description}: dev did not improve for {bad_epochs} epochs, stopping early",
-                           file=sys.stderr)
-                break
-        # The next stage starts from this stage's best epoch, not its last (DiPair: stage 1 "until convergence").
-        student.load_state_dict(stage_best_state)
-        self.records += stage_records
-        return stage_records
-
-    def _lengths(self, tokenized: dict[str, list]) -> list[int]:
-        """Per example, what length grouping sorts by: the two texts' token counts."""
-        pairs = self.examples.pairs
-        counts = {side: np.array([t.num_tokens for t in tokenized[side]], dtype=np.int64) for side in SIDES}
-        return (counts["left"][pairs.index["left"]] + counts["right"][pairs.index["right"]]).tolist()
-
-    def _encode_and_score(self, tokenized: dict[str, list], index: np.ndarray) -> torch.Tensor:
-        """A batch of pair indices -> logits (B, C), encoding each unique text of the batch once."""
-        sides, pooled = {}, {}
-        for side in SIDES:
-            unique, inverse = np.unique(self.examples.pairs.index[side][index], return_inverse=True)
-            encoder = self.student.encoder.side(side)
-            batch = encoder.collate([tokenized[side][i] for i in unique]).to(self.device)
-            encoded = encoder(batch.input_ids, batch.attention_mask)
-            back = torch.from_numpy(inverse.reshape(-1)).to(self.device)
-            sides[side] = (encoded.tokens[back], encoded.mask[back])
-            pooled[side] = encoded.pooled[back] if encoded.pooled is not None else None
-        return self.student.score_tokens(*sides["left"], *sides["right"], pooled["left"], pooled["right"])
-
-    def fit_cosine_skip(self, sample: int = COSINE_FIT_PAIRS) -> dict[str, Any]:
-        """Calibrate the cosine skip to the teacher before training (heads/cosine_skip.py): the
-        logistic fit of the soft labels on the pooled-embedding cosine of up to ``sample`` training
-        pairs (all of them come free from the stage-1 cache; otherwise a sample is encoded)."""
-        pairs, head = self.examples.pairs, self.student.head
-        if self.cache is not None:
-            chosen = np.arange(len(pairs))
-            rows = self.cache.pair_rows(pairs)
-            pooled = {side: self.cache.pooled_of(side, rows[side]) for side in SIDES}
-        else:
-            chosen = np.sort(np.random.default_rng(self.job.seed).permutation(len(pairs))[:sample])
-            pooled = {}
-            for side in SIDES:
-                unique, inverse = np.unique(pairs.index[side][chosen], return_inverse=True)
-                encoded = encode_pool(self.student.encoder.side(side), [pairs.pools[side][i] for i in unique],
-                                      self.job.encode_batch_size, self.device)
-                pooled[side] = encoded.pooled.cpu()[torch.from_numpy(inverse.reshape(-1))]
-        cosine = F.cosine_similarity(pooled["left"], pooled["right"], dim=-1)
-        head.fit_to(cosine, self.examples.soft[torch.from_numpy(chosen)])
-        return {"pairs": len(chosen), "scale": head.scale.tolist(), "bias": head.bias.tolist()}
-
-    def _train_epoch(self, forward: Callable[[np.ndarray], torch.Tensor], batches: list[list[int]], optimizer,
-                     scheduler, scaler, parameters: list[torch.nn.Parameter], description: str) -> dict[str, float]:
-        """One pass over ``batches`` -> {train_loss (mean over the epoch), seconds, pairs_per_second, lr}."""
-        self.student.train()
-        examples, job, device = self.examples, self.job, self.device
-        progress = EpochProgress(sum(len(b) for b in batches), description, job.progress)
-        for batch in batches:
-            index = np.asarray(batch)
-            rows = torch.from_numpy(index)
-            with autocast(device):
-                logits = forward(index)                                                  # (B, C)
-            loss = distillation_loss(
-                logits, examples.soft[rows].to(device),
-                examples.logits[rows].to(device) if examples.logits is not None else None,
-                examples.human[rows].to(device), job.human_label_weight, job.loss)
-            optimizer_step(loss, optimizer, scheduler, scaler, parameters, job.max_grad_norm)
-            progress.update(loss, len(index), scheduler.get_last_lr()[0])
-        return progress.close()
-
-    @torch.inference_mode()
-    def _dev_logits(self, frozen_encoder: bool) -> np.ndarray:
-        """Dev logits (P, C): from the cache while the encoder is frozen, else encoding the dev texts."""
-        if not frozen_encoder:
-            return pair_logits(self.student, self.dev, self.device, self.job.encode_batch_size)[0]
-        self.student.eval()
-        rows = self.cache.pair_rows(self.dev)
-        out = []
-        for start in range(0, len(self.dev), 4096):
-            with autocast(self.device):
-                out.append(self.cache.logits(self.student, {s: r[start:start + 4096] for s, r in rows.items()},
-                                             self.device).float().cpu())
-        return torch.cat(out).numpy()
-
-
-def first_pairs(batches: list[list[int]], count: int) -> list[list[int]]:
-    """The leading batches holding ``count`` pairs in all (the last one cut short): an epoch of
-    ``--stage2-max-pairs`` pairs, a new random sample each epoch since the batches are shuffled."""
-    taken, total = [], 0
-    for batch in batches:
-        if total >= count:
-            break
-        taken.append(batch[:count - total])
-        total += len(taken[-1])
-    return taken
-
-
-def _copy_state(student: Student) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in student.state_dict().items()}
+            lines.append(f"  {record['stage']} epoch {record['epoch']}: train loss {record['train_loss']:.4f}, "
+                         f"dev {shown}")
+        lines.append(f"  train loss floor (entropy of the targets): {summary.metrics['train_loss_floor']:.4f}")
+        return "\n".join(lines)
+    run_job(go, name="train_student", quiet=quiet, verbose=verbose)
 
 
 # --------------------------------------------------------------------------- the job
@@ -687,6 +318,25 @@ def run(job: TrainStudentJob, argv: list[str] | None = None) -> RunSummary:
 @abort_output_on_failure
 def train(job: TrainStudentJob, argv: list[str] | None = None) -> tuple[RunSummary, Student]:
     """``run``, also returning the trained student in memory (the best epoch's weights, as saved)."""
+    from pipeline.provenance import table_metadata
+    import numpy as np
+    import torch
+    from encoders.checkpoint import build_student, load_student
+    from encoders.config import SIDES
+    from encoders.device import pick_device
+    from encoders.distill import Examples, Trainer, check_encoder, loss_floor, plan_stages, resolve_task
+    from encoders.frozen_states import FrozenStates
+    from encoders.inference import Pairs
+    from encoders.metrics import MAIN_METRIC
+    from heads import build_head
+    from pipeline.datasets import (check_human_label_column, distillation_columns, distillation_task, first_width,
+                                   read_distillation_set, read_labeled_pairs)
+    from pipeline.dead_letters import count_reasons, describe_reasons
+    from pipeline.outputs import local_path_or_none, open_output, write_dead_letter_file
+    from pipeline.pairs import TextPairColumns
+    from pipeline.readers import check_columns, expand_inputs
+    from pipeline.summary import RunSummary
+
     job.check()
     device = pick_device(job.device)
     columns = TextPairColumns(left=job.left_col, right=job.right_col)
@@ -695,9 +345,9 @@ def train(job: TrainStudentJob, argv: list[str] | None = None) -> tuple[RunSumma
     soft_col, logit_col = distillation_columns(distill_files, columns, need_logits=job.loss == "mse")
     check_columns(dev_files, [*columns.required(), job.label_col])
     if job.human_label_col:
-        _check_human_label_column(distill_files, job.human_label_col)
+        check_human_label_column(distill_files, job.human_label_col)
     num_outputs = 1 if soft_col == "soft_label" else first_width(distill_files, soft_col)
-    task = resolve_task(job, num_outputs, distillation_task(job.distill))
+    task = resolve_task(job.task, job.label_range, num_outputs, distillation_task(job.distill))
     config = job.student_config(num_outputs)
     check_encoder(config)
     # A dry build of the head names a bad option (or a size it cannot take) before anything is read.
@@ -715,13 +365,13 @@ def train(job: TrainStudentJob, argv: list[str] | None = None) -> tuple[RunSumma
                                  job.human_label_col, job.limit)
     if not data.soft:
         raise ValueError(f"--distill has no usable pairs: {data.rows_read} rows read, all skipped "
-                         f"({_reasons(data.skipped) or 'no rows'})")
+                         f"({describe_reasons(data.skipped) or 'no rows'})")
     if job.loss == "mse" and data.logits is None:
         raise ValueError(f"--loss mse needs the teacher's logits, but some rows of --distill have no {logit_col!r}")
     dev = read_labeled_pairs(dev_files, columns, job.label_col, task, job.limit)
     if not dev.targets:
         raise ValueError(f"--dev has no usable labeled pairs: {dev.rows_read} rows read, all skipped "
-                         f"({_reasons(dev.skipped) or 'no rows'})")
+                         f"({describe_reasons(dev.skipped) or 'no rows'})")
 
     try:
         student = build_student(config, seed=job.seed).to(device)
@@ -730,12 +380,14 @@ def train(job: TrainStudentJob, argv: list[str] | None = None) -> tuple[RunSumma
                          f"id, safetensors weights): {err}") from err
     examples = Examples.of(data, job.swap)
     dev_pairs = Pairs.of(dev.lefts, dev.rights)
-    trainer = Trainer(student, job, task, device, examples, dev_pairs, np.array(dev.targets),
+    distill = job.distill_config()
+    trainer = Trainer(student, distill, task, device, examples, dev_pairs, np.array(dev.targets),
                       checkpoint_dir=out.checkpoint_dir)
-    stages = plan_stages(student, job)
+    stages = plan_stages(student, distill)
     if stages[0].frozen_encoder:
         texts = {side: [*examples.pairs.pools[side], *dev_pairs.pools[side]] for side in SIDES}
-        trainer.cache = FrozenStates(student, texts, job.encode_batch_size, device, job.cache_dir, job.progress)
+        trainer.cache = FrozenStates(student, texts, job.encode_batch_size, device, job.cache_dir,
+                                     distill.bar_options)
     skip_fit = trainer.fit_cosine_skip() if config.cosine_skip else None
     rng = random.Random(job.seed)
     per_stage = {stage.name: trainer.train_stage(stage, rng) for stage in stages}
@@ -779,7 +431,7 @@ def train(job: TrainStudentJob, argv: list[str] | None = None) -> tuple[RunSumma
     summary = RunSummary(
         job=JOB_NAME, arguments=list(argv if argv is not None else sys.argv[1:]), output=job.output,
         model_fingerprints={"student": saved.fingerprint}, wall_seconds=round(time.monotonic() - started, 3),
-        counts=counts, dead_letters=_reasons_dict(dead), reconciliation=reconciliation, notes=notes,
+        counts=counts, dead_letters=count_reasons(dead), reconciliation=reconciliation, notes=notes,
         metrics={"task": task.to_dict(), "main_metric": main_metric, "loss": job.loss, "train_loss_floor": floor,
                  "stages": job.stages, "best_stage": best["stage"], "best_epoch": best["epoch"],
                  "best_dev": best["dev"], "epochs": trainer.records,
@@ -793,36 +445,5 @@ def train(job: TrainStudentJob, argv: list[str] | None = None) -> tuple[RunSumma
     return summary, student
 
 
-def check_encoder(config: StudentConfig) -> None:
-    """The encoder exists and has at least K layers (its config only; the weights load later)."""
-    from encoders.sources import load_config
-    try:
-        encoder_config = load_config(config.encoder)
-    except OSError as err:
-        raise ValueError(f"--encoder {config.encoder!r} cannot be loaded (a local Hugging Face directory or a "
-                         f"cached hub id): {err}") from err
-    available = encoder_config.num_hidden_layers
-    if config.encoder_layers is not None and config.encoder_layers > available:
-        raise ValueError(f"--layers {config.encoder_layers} is not allowed for {config.encoder!r}: it has "
-                         f"{available} layers, choose 1..{available}")
-
-
-def _check_human_label_column(files: Sequence[InputFile], column: str) -> None:
-    """The human label column may be absent from some files (mined pairs have no human label) but
-    must be in at least one: a misspelt name would otherwise silently train on soft labels alone."""
-    if not any(_present(file, [column]) for file in files):
-        raise ValueError(f"--human-label-col {column!r}: no --distill file has that column (label_pairs keeps "
-                         f"it with --keep-cols {column})")
-
-
-def _reasons_dict(letters: Sequence[DeadLetter]) -> dict[str, int]:
-    return dict(sorted(Counter(letter.reason for letter in letters).items()))
-
-
-def _reasons(letters: Sequence[DeadLetter]) -> str:
-    return ", ".join(f"{k}: {v}" for k, v in _reasons_dict(letters).items())
-
-
-# The command line is declared in jobs/cli.py (light, so that --help and bad arguments answer
-# before the imports above); ``main`` is kept for callers of ``jobs.train_student.main``.
-main = cli.train_student
+if __name__ == "__main__":  # python -m jobs.train_student
+    main_module("train_student")

@@ -9,43 +9,25 @@ fit in memory, and one process with all the cores trains fastest.
 """
 from __future__ import annotations
 
-if __name__ == "__main__":
-    # `python -m jobs.train_teacher`: the command line (jobs/cli.py, light) parses the flags before the
-    # imports below run, and imports this module by name only to run the job.
-    from jobs.cli import main_module
-    main_module("train_teacher")
-
 import random
 import sys
 import time
-from dataclasses import dataclass, field
-from typing import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
-from tqdm.auto import tqdm
-from transformers import get_linear_schedule_with_warmup
+import click
 
-from encoders.sources import DEFAULT_ENCODER
-from encoders.teacher import CrossEncoder, TeacherTask, autocast, build_teacher, load_teacher, save_teacher
-from jobs import cli
-from jobs.common import run_started
-from jobs.metrics import MAIN_METRIC, selection_score, task_metrics
-from jobs.training import EpochProgress, grad_scaler, make_adamw, optimizer_step
-from pipeline import dead_letters as dl
-from pipeline.dead_letters import DeadLetter
-from pipeline.encode import pick_device
-from pipeline.provenance import table_metadata
-from pipeline.outputs import abort_output_on_failure, local_path_or_none, open_output, write_dead_letter_file
-from pipeline.pairs import TextPairColumns, extract_text_pair
-from pipeline.readers import InputFile, check_columns, expand_inputs, read_rows
-from pipeline.summary import RunSummary
+from jobs.common import (ARGV_KEY, DEFAULT_ENCODER, FORMATS, PLAIN_JOB_CONTEXT, TASKS, TEACHER_LOSSES,
+                         abort_output_on_failure, device_option, JobCommand, main_module, output_option,
+                         overwrite_option, parse_label_range, preflight, run_job, run_options, run_started)
+
+if TYPE_CHECKING:  # annotations only: the imports run inside the functions
+    import torch
+    from encoders.teacher import CrossEncoder, TeacherTask
+    from pipeline.summary import RunSummary
+
 
 JOB_NAME = "train_teacher"
-# Length grouping: examples are sorted by length within windows of this many batches, so a batch
-# pads little while batch order stays random (sorting the whole set would put every long pair
-# in the last steps of the epoch).
-GROUP_BATCHES = 64
 
 
 @dataclass(frozen=True)
@@ -78,6 +60,8 @@ class TrainTeacherJob:
     progress: bool = True
 
     def teacher_task(self) -> TeacherTask:
+        from encoders.teacher import TeacherTask
+
         return TeacherTask(task=self.task, loss=self.loss, label_range=self.label_range,
                            num_classes=self.num_classes, max_length=self.max_length)
 
@@ -99,95 +83,25 @@ class TrainTeacherJob:
                              f"{self.max_grad_norm!r} > 0")
 
 
-# --------------------------------------------------------------------------- data
-
-@dataclass
-class LabeledPairs:
-    """The usable pairs of one split (lefts, rights, targets: P each) and what was skipped."""
-    lefts: list[str] = field(default_factory=list)
-    rights: list[str] = field(default_factory=list)
-    targets: list[float] = field(default_factory=list)
-    rows_read: int = 0
-    skipped: list[DeadLetter] = field(default_factory=list)
-
-
-def read_labeled_pairs(files: Sequence[InputFile], columns: TextPairColumns, label_col: str,
-                       task: TeacherTask, limit: int | None = None) -> LabeledPairs:
-    """Read labeled pairs; rows with an unusable side or label are skipped as dead letters.
-
-    Reasons: the reader's (``invalid_json``, ...), the pair's (``left_empty_text``,
-    ``right_null_text``, ...), ``null_label`` (absent, null or empty) and ``invalid_label``
-    (not a number the task allows: see ``TeacherTask.target``). ``limit`` stops after that many rows.
-    """
-    pairs = LabeledPairs()
-    for file in files:
-        for item in read_rows(file):
-            if limit is not None and pairs.rows_read >= limit:
-                return pairs
-            pairs.rows_read += 1
-            if isinstance(item, DeadLetter):
-                pairs.skipped.append(item)
-                continue
-            pair = extract_text_pair(item, columns)
-            if isinstance(pair, DeadLetter):
-                pairs.skipped.append(pair)
-                continue
-            label = item.fields.get(label_col)
-            if label is None or (isinstance(label, str) and not label.strip()):
-                state = "absent from this row" if label_col not in item.fields else "null or empty"
-                pairs.skipped.append(DeadLetter(dl.REASON_NULL_LABEL, f"label column {label_col!r} is {state}",
-                                                item.source, item.fields))
-                continue
-            try:
-                target = task.target(label)
-            except ValueError as err:
-                pairs.skipped.append(DeadLetter(dl.REASON_INVALID_LABEL, f"label column {label_col!r}: {err}",
-                                                item.source, item.fields))
-                continue
-            pairs.lefts.append(pair.left)
-            pairs.rights.append(pair.right)
-            pairs.targets.append(target)
-    return pairs
-
-
-def training_examples(pairs: LabeledPairs, swap: bool) -> tuple[list[str], list[str], list[float]]:
-    """(lefts, rights, targets) to train on: each pair, and with ``swap`` each pair again with its
-    texts exchanged (for symmetric tasks: the teacher should not care which text comes first)."""
-    if not swap:
-        return pairs.lefts, pairs.rights, pairs.targets
-    return pairs.lefts + pairs.rights, pairs.rights + pairs.lefts, pairs.targets + pairs.targets
-
-
-def length_grouped_batches(lengths: Sequence[int], batch_size: int, rng: random.Random) -> list[list[int]]:
-    """Example indices cut into batches of similar length.
-
-    Shuffle; sort each window of ``GROUP_BATCHES * batch_size`` examples by length; cut the
-    windows into batches; shuffle the batches. Every example is in exactly one batch.
-    """
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    window = GROUP_BATCHES * batch_size
-    batches = []
-    for start in range(0, len(order), window):
-        group = sorted(order[start:start + window], key=lambda i: lengths[i])
-        batches += [group[i:i + batch_size] for i in range(0, len(group), batch_size)]
-    rng.shuffle(batches)
-    return batches
-
-
 # --------------------------------------------------------------------------- training
 
 def make_optimizer(teacher: CrossEncoder, job: TrainTeacherJob) -> torch.optim.Optimizer:
-    """AdamW as in BERT, one learning rate for the whole model (see jobs.training.make_adamw)."""
+    """AdamW as in BERT, one learning rate for the whole model (see encoders.training.make_adamw)."""
+    from encoders.training import make_adamw
+
     return make_adamw([(list(teacher.named_parameters()), job.lr)], job.weight_decay)
 
 
 def train_epoch(teacher: CrossEncoder, examples: list, targets: torch.Tensor, batches: list[list[int]],
                 optimizer, scheduler, scaler, job: TrainTeacherJob, description: str) -> dict[str, float]:
     """One pass over ``batches`` -> {train_loss (mean over the epoch), pairs, seconds, pairs_per_second}."""
+    from encoders.device import autocast
+    from encoders.training import EpochProgress, optimizer_step
+    from pipeline.progress import bar_options
+
     teacher.train()
     device = teacher.device
-    progress = EpochProgress(len(examples), description, job.progress)
+    progress = EpochProgress(len(examples), description, bar_options() if job.progress else None)
     for index in batches:
         batch = {k: v.to(device) for k, v in teacher.collate([examples[i] for i in index]).items()}
         with autocast(device):
@@ -198,9 +112,92 @@ def train_epoch(teacher: CrossEncoder, examples: list, targets: torch.Tensor, ba
     return progress.close()
 
 
+# --------------------------------------------------------------------------- the command line
+
+@click.command("train-teacher", cls=JobCommand, context_settings=PLAIN_JOB_CONTEXT)
+@click.option("--train", multiple=True, required=True, metavar="PATH",
+              help="Labeled training pairs: a path, glob or Beam filesystem path; repeat for more. Format from "
+                   "the extension: .parquet, .jsonl, .csv, .tsv, the last three optionally .zst.")
+@click.option("--dev", multiple=True, required=True, metavar="PATH",
+              help="Labeled dev pairs, evaluated after every epoch; the best epoch is kept.")
+@click.option("--format", type=click.Choice(FORMATS), default=None,
+              help="Read every input as this format, whatever its extension.")
+@click.option("--left-col", default="left", show_default=True, help="Column holding the left text.")
+@click.option("--right-col", default="right", show_default=True, help="Column holding the right text.")
+@click.option("--label-col", default="label", show_default=True, help="Column holding the label.")
+@click.option("--task", type=click.Choice(TASKS), default="binary", show_default=True,
+              help="binary: labels 0/1, BCE on the logit. graded: numeric labels in --label-range, mapped to "
+                   "[0, 1] (BCE or MSE). classes: labels 0..K-1, softmax cross-entropy.")
+@click.option("--label-range", default=None, metavar="LOW,HIGH",
+              help="graded only: the label range mapped to [0, 1], e.g. 0,5 for STS-B. Labels outside are skipped.")
+@click.option("--num-classes", type=int, default=None, metavar="K", help="classes only: the number of classes.")
+@click.option("--loss", type=click.Choice(TEACHER_LOSSES), default=None,
+              help="bce (binary, graded; the default), mse on the sigmoid (graded), ce (classes; the default).")
+@click.option("--base", default=DEFAULT_ENCODER, show_default=True, metavar="MODEL",
+              help="Pretrained encoder to fine-tune: a local Hugging Face directory or hub id (offline: from the "
+                   "local cache). The default is the packaged all-MiniLM-L6-v2, no download.")
+@click.option("--swap", is_flag=True,
+              help="Also train on every pair with left and right exchanged (symmetric tasks, e.g. duplicate "
+                   "questions): doubles the training examples.")
+@click.option("--epochs", type=int, default=2, show_default=True, help="Passes over the training pairs.")
+@click.option("--lr", type=float, default=3e-5, show_default=True, help="Peak AdamW learning rate.")
+@click.option("--batch-size", type=int, default=32, show_default=True,
+              help="Pairs per optimizer step (batches are grouped by length, so padding stays small).")
+@click.option("--max-length", type=int, default=128, show_default=True,
+              help="Tokens per pair, both texts and special tokens included; longer pairs lose tokens from the "
+                   "longer text. Stored in the checkpoint; label_pairs uses it.")
+@click.option("--warmup", type=float, default=0.1, show_default=True,
+              help="Fraction of all steps over which the learning rate rises linearly from 0; it then decays "
+                   "linearly to 0.")
+@click.option("--weight-decay", type=float, default=0.01, show_default=True, help="AdamW weight decay.")
+@click.option("--max-grad-norm", type=float, default=1.0, show_default=True, help="Gradient clipping norm.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seeds the head initialisation, dropout and batch order.")
+@device_option("Where to train; auto = CUDA when present (with mixed precision).")
+@click.option("--limit", type=int, default=None, metavar="N",
+              help="Read at most N rows from each of --train and --dev (quick runs).")
+@output_option("Checkpoint directory to create: config.json, model.safetensors, tokenizer, teacher.json, "
+               "_dead_letter/, _SUMMARY.json, _SUCCESS (the checkpoint is committed when training ends).")
+@overwrite_option
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="Show a progress bar with the loss and pairs/s.")
+@run_options
+@click.pass_context
+def main(ctx: click.Context, quiet: bool, verbose: bool, progress: bool, **flags) -> None:
+    """Fine-tune a cross-encoder teacher on labeled pairs and save it for label_pairs."""
+    def go() -> str:
+        label_range = parse_label_range(flags.pop("label_range"))
+        preflight(ctx, "train_teacher", flags)
+        job = TrainTeacherJob(train=tuple(flags.pop("train")), dev=tuple(flags.pop("dev")),
+                              label_range=label_range, progress=progress and not quiet, **flags)
+        summary = run(job, ctx.meta[ARGV_KEY])
+        lines = [summary.table()]
+        for record in summary.metrics["epochs"]:
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in record["dev"].items())
+            lines.append(f"  epoch {record['epoch']}: train loss {record['train_loss']:.4f}, dev {shown}")
+        return "\n".join(lines)
+    run_job(go, name="train_teacher", quiet=quiet, verbose=verbose)
+
+
 @abort_output_on_failure
 def run(job: TrainTeacherJob, argv: list[str] | None = None) -> RunSummary:
     """Check everything that can be checked, train, keep the best epoch, write the summary."""
+    from pipeline.provenance import table_metadata
+    import numpy as np
+    import torch
+    from encoders.device import grad_scaler, pick_device
+    from encoders.metrics import MAIN_METRIC, selection_score, task_metrics
+    from encoders.teacher import build_teacher, load_teacher, save_teacher
+    from encoders.training import length_grouped_batches
+    from pipeline.datasets import read_labeled_pairs, training_examples
+    from pipeline.dead_letters import count_reasons
+    from pipeline.outputs import local_path_or_none, open_output, write_dead_letter_file
+    from pipeline.pairs import TextPairColumns
+    from pipeline.readers import check_columns, expand_inputs
+    from pipeline.summary import RunSummary
+    from tqdm.auto import tqdm
+    from transformers import get_linear_schedule_with_warmup
+
     job.check()
     task = job.teacher_task()
     device = pick_device(job.device)
@@ -220,7 +217,7 @@ def run(job: TrainTeacherJob, argv: list[str] | None = None) -> RunSummary:
             for name, files in splits.items()}
     for name, pairs in data.items():
         if not pairs.targets:
-            reasons = _by_reason(pairs.skipped)
+            reasons = count_reasons(pairs.skipped)
             raise ValueError(f"--{name} has no usable labeled pairs: {pairs.rows_read} rows read, all skipped "
                              f"({', '.join(f'{k}: {v}' for k, v in reasons.items()) or 'no rows'})")
     lefts, rights, train_targets = training_examples(data["train"], job.swap)
@@ -285,20 +282,12 @@ def run(job: TrainTeacherJob, argv: list[str] | None = None) -> RunSummary:
     summary = RunSummary(
         job=JOB_NAME, arguments=list(argv if argv is not None else sys.argv[1:]), output=job.output,
         model_fingerprints={"teacher": saved.fingerprint}, wall_seconds=round(time.monotonic() - started, 3),
-        counts=counts, dead_letters=_by_reason(dead), reconciliation=reconciliation, notes=notes,
+        counts=counts, dead_letters=count_reasons(dead), reconciliation=reconciliation, notes=notes,
         metrics={"task": task.to_dict(), "main_metric": main_metric, "best_epoch": best["epoch"],
                  "best_dev": best["dev"], "epochs": epochs})
     out.commit(summary)
     return summary
 
 
-def _by_reason(letters: Sequence[DeadLetter]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for letter in letters:
-        counts[letter.reason] = counts.get(letter.reason, 0) + 1
-    return dict(sorted(counts.items()))
-
-
-# The command line is declared in jobs/cli.py (light, so that --help and bad arguments answer
-# before the imports above); ``main`` is kept for callers of ``jobs.train_teacher.main``.
-main = cli.train_teacher
+if __name__ == "__main__":  # python -m jobs.train_teacher
+    main_module("train_teacher")

@@ -60,6 +60,19 @@ class DeadLetter(NamedTuple):
         }
 
 
+def count_reasons(letters) -> dict[str, int]:
+    """Dead letters -> {reason: count}, sorted by reason (what a summary's ``dead_letters`` holds)."""
+    counts: dict[str, int] = {}
+    for letter in letters:
+        counts[letter.reason] = counts.get(letter.reason, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def describe_reasons(letters) -> str:
+    """Dead letters -> ``"reason: count, ..."``, for an error message."""
+    return ", ".join(f"{reason}: {count}" for reason, count in count_reasons(letters).items())
+
+
 def _json_fallback(value: Any) -> str:
     """Render values JSON cannot hold (bytes, numpy scalars, timestamps) readably."""
     if isinstance(value, bytes):

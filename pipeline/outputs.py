@@ -47,8 +47,9 @@ Beam's FileSystems elsewhere, pipeline/paths.py).
    whole. A killed run leaves only its marked staging directory and a stale ``_LOCK``, which the
    next ``--overwrite`` run takes over, rolling back the commit if it had begun.
 
-Checkpoints are saved the same way (:func:`atomic_directory`): written to a temporary directory
-beside the target and renamed into place, so a crash never leaves a half-written model.
+Checkpoints are saved the same way (``encoders.remote.atomic_directory``, re-exported here): written
+to a temporary directory beside the target and renamed into place, so a crash never leaves a
+half-written model.
 """
 from __future__ import annotations
 
@@ -65,24 +66,21 @@ import shutil
 import signal
 import socket
 import sys
-import tempfile
 import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
-import apache_beam as beam
 import pyarrow as pa
-import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.io.parquetio import WriteToParquet, WriteToParquetBatched
 
+from encoders.remote import atomic_directory  # noqa: F401  (the checkpoints' commit; lives below pipeline/)
 from pipeline.dead_letters import DEAD_LETTER_SCHEMA, DeadLetter
 from pipeline.paths import escape_glob, has_glob
 from pipeline.provenance import stamped
-from pipeline.store import COMPRESSION, MANIFEST_FILE, STORE_FILE_PREFIX, STORE_FILE_SUFFIX, StoreLayout
+from pipeline.store import MANIFEST_FILE, STORE_FILE_PREFIX, STORE_FILE_SUFFIX
+from pipeline.writers import write_parquet_file
 
 DEAD_LETTER_DIR = "_dead_letter"
 SUMMARY_FILE = "_SUMMARY.json"
@@ -994,84 +992,16 @@ def _fallback_path() -> str:
     return next((path for path, _ in _last_outcomes if path), "the output")
 
 
-# --------------------------------------------------------------------------- checkpoints
-
-
-@contextlib.contextmanager
-def atomic_directory(directory: str | os.PathLike, allowed: Callable[[str], bool] | None = None) -> Iterator[Path]:
-    """Yield a fresh directory beside ``directory``; when the block succeeds it replaces
-    ``directory`` by rename (the old one is renamed aside first, then removed), so ``directory``
-    is always either the old complete tree, the new complete tree, or briefly absent — never
-    half-written. On failure the temporary directory is removed and ``directory`` is untouched.
-
-    ``allowed(name)``: which entries an existing ``directory`` may hold (a previous save); any
-    other entry is refused rather than deleted. Local paths only (checkpoints are local).
-    """
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    if directory.exists():
-        foreign = sorted(n for n in os.listdir(directory) if allowed is not None and not allowed(n))
-        if foreign:
-            raise ValueError(f"{str(directory)!r} holds {', '.join(foreign[:5])}, which a save would delete: "
-                             "save a checkpoint to a new or empty directory")
-    temporary = Path(tempfile.mkdtemp(prefix=f".{directory.name}.saving-", dir=directory.parent))
-    try:
-        yield temporary
-        old = None
-        if directory.exists():
-            old = directory.parent / f".{directory.name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(directory, old)
-        os.rename(temporary, directory)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
-
-
 # --------------------------------------------------------------------------- writers
-
-
-class WriteStore(beam.PTransform):
-    """pyarrow Tables of store rows -> ``DIR/part-*.parquet`` (zstd)."""
-
-    def __init__(self, directory: str, layout: StoreLayout, provenance: Mapping[str, str] | None = None):
-        super().__init__()
-        self._directory = directory
-        self._layout = layout
-        self._provenance = provenance   # pipeline.provenance.table_metadata: in every file's footer
-
-    def expand(self, tables):
-        return tables | "WriteStoreParquet" >> WriteToParquetBatched(
-            FileSystems.join(self._directory, STORE_FILE_PREFIX), schema=stamped(self._layout.schema(), self._provenance),
-            codec=COMPRESSION, file_name_suffix=STORE_FILE_SUFFIX)
-
-
-class WriteDeadLetters(beam.PTransform):
-    """DeadLetter -> ``DIR/_dead_letter/part-*.parquet`` (see pipeline/dead_letters.py)."""
-
-    def __init__(self, directory: str, provenance: Mapping[str, str] | None = None):
-        super().__init__()
-        self._directory = directory
-        self._provenance = provenance
-
-    def expand(self, letters):
-        return (letters
-                | "ToRecords" >> beam.Map(DeadLetter.to_record)
-                | "WriteDeadLetterParquet" >> WriteToParquet(
-                    FileSystems.join(self._directory, DEAD_LETTER_DIR, STORE_FILE_PREFIX),
-                    schema=stamped(DEAD_LETTER_SCHEMA, self._provenance), codec=COMPRESSION, file_name_suffix=STORE_FILE_SUFFIX))
 
 
 def write_dead_letter_file(directory: str, letters: Sequence[DeadLetter],
                            provenance: Mapping[str, str] | None = None) -> str:
     """Dead letters of a job that runs without Beam -> ``DIR/_dead_letter/part-00000-of-00001.parquet``,
-    the same schema and place as :class:`WriteDeadLetters` (written even when empty, as Beam does)."""
+    the same schema and place as ``pipeline.beam.writes.WriteDeadLetters`` (written even when empty, as Beam does)."""
     path = FileSystems.join(directory, DEAD_LETTER_DIR, f"{STORE_FILE_PREFIX}-00000-of-00001{STORE_FILE_SUFFIX}")
     if not is_remote(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
-    table = pa.Table.from_pylist([letter.to_record() for letter in letters],
-                                 schema=stamped(DEAD_LETTER_SCHEMA, provenance))
-    with FileSystems.create(path) as handle:
-        pq.write_table(table, handle, compression=COMPRESSION)
-    return path
+    schema = stamped(DEAD_LETTER_SCHEMA, provenance)
+    table = pa.Table.from_pylist([letter.to_record() for letter in letters], schema=schema)
+    return write_parquet_file(path, schema, [table])

@@ -1,7 +1,7 @@
 """Pairs of texts as the teacher jobs read them: two text columns, optional id columns, and
 columns passed through to the output.
 
-Each side is checked with stage one's own rules (:func:`pipeline.encode.extract_text`), so a pair
+Each side is checked with stage one's own rules (:func:`pipeline.beam.encode.extract_text`), so a pair
 is refused for exactly the reasons a text is, with the side in front of the reason
 (``left_empty_text``, ``right_null_text``, ``left_invalid_id``), as stage two names them.
 """
@@ -13,11 +13,11 @@ from typing import Any, NamedTuple, Sequence
 
 import pyarrow as pa
 
+from encoders.config import SIDES
 from pipeline.dead_letters import DeadLetter
-from pipeline.encode import TextColumns, extract_text
 from pipeline.readers import JSONL_PROBE_LINES, InputError, InputFile, SourcedRow, open_raw, parquet_file, read_rows
-
-SIDES = ("left", "right")
+from pipeline.scoring_core import REASON_KEPT_COLUMN_TYPE, PairColumns, canonical_id, kept_values
+from pipeline.text_checks import TextColumns, extract_text
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,6 @@ def extract_text_pair(row: SourcedRow, columns: TextPairColumns,
         if isinstance(result, DeadLetter):
             return DeadLetter(f"{side}_{result.reason}", f"{side} side: {result.detail}", row.source, row.fields)
         sides.append(result)
-    from pipeline.scoring_core import REASON_KEPT_COLUMN_TYPE, kept_values
     for field in kept:
         value = row.fields.get(field.name)
         if kept_values([value], field)[1] is not None:
@@ -149,10 +148,47 @@ def kept_column_values(values: list[Any], field: pa.Field) -> list[Any]:
     scoring core dead-letters such rows instead: :func:`pipeline.scoring_core.kept_values`)."""
     if pa.types.is_string(field.type) or pa.types.is_large_string(field.type):
         return [v if v is None or isinstance(v, str) else json.dumps(v, ensure_ascii=False) for v in values]
-    from pipeline.scoring_core import kept_values
     _, misfit = kept_values(values, field)
     if misfit is not None:
         bad = values[int(misfit.argmax())]
         raise InputError(f"kept column {field.name!r} holds a {type(bad).__name__} ({bad!r:.80}) but is "
                          f"{field.type} in the output, as decided from the inputs' first rows")
     return values
+
+
+class Pair(NamedTuple):
+    """One pair, validated one row at a time (the reference the columnar core must agree with)."""
+    left_id: str
+    right_id: str
+    kept: tuple
+    row: SourcedRow
+
+
+def extract_pair(row: SourcedRow, columns: PairColumns) -> tuple[Pair, str | None, str | None] | DeadLetter:
+    """Validate one pair row -> (Pair, left text, right text) (texts None in id mode), or why not.
+
+    Reasons are the stage-one ones with the side in front (``left_empty_text``, ``right_null_id``).
+    The pipeline validates whole batches with :func:`pipeline.scoring_core.validate_pairs`, which
+    gives the same reasons; this per-row form is the reference its tests compare against.
+    """
+    ids, texts = [], []
+    for side in SIDES:
+        if columns.id_mode:
+            id_col = columns.left_id if side == "left" else columns.right_id
+            value = row.fields.get(id_col)
+            if not isinstance(value, str) and canonical_id(value) is not None:
+                # An integer id: its canonical text, as text tables give it.
+                ids.append(canonical_id(value))
+                texts.append(None)
+                continue
+            # Reuse stage one's id rules; the id column doubles as a dummy text column.
+            result = extract_text(row, TextColumns(text=id_col, id=id_col))
+        else:
+            result = extract_text(row, TextColumns(text=columns.left if side == "left" else columns.right))
+        if isinstance(result, DeadLetter):
+            reason = result.reason.replace("_text", "_id") if columns.id_mode else result.reason
+            return DeadLetter(f"{side}_{reason}", f"{side} side: {result.detail}", row.source, row.fields)
+        ids.append(result.id)
+        texts.append(None if columns.id_mode else result.text)
+    kept = tuple(row.fields.get(name) for name in columns.keep)
+    return Pair(ids[0], ids[1], kept, row), texts[0], texts[1]

@@ -1,6 +1,6 @@
 """Progress while a job runs: rows read, texts encoded, pairs scored, their rates, time elapsed.
 
-One reporter per process. The Beam DoFns count through ``pipeline.encode.counter`` (the Beam
+One reporter per process. The Beam DoFns count through ``pipeline.beam.encode.counter`` (the Beam
 counters the summary reads); the counters named in ``LABELS`` also add to a tally, a plain
 integer of this process, so counting costs no lock, clock or output on the DoFn's thread (it
 runs per row). A daemon thread of the reporter sums the tallies twice a second and writes:
@@ -30,7 +30,7 @@ import threading
 import time
 from typing import TextIO
 
-# Beam counter (prefix + name, see pipeline/encode.py, score.py, label.py) -> what the line calls it.
+# Beam counter (prefix + name, see pipeline/beam/encode.py, score.py, label.py) -> what the line calls it.
 # Counters with one label are summed (both sides' texts encoded are "texts encoded").
 LABELS = {
     "rows_read": "rows read",                    # encode_texts, label_pairs

@@ -1,16 +1,16 @@
 """Stage two's scoring core: Arrow batches of pairs in, Arrow batches of scores out.
 
-Engine-agnostic on purpose: plain pyarrow, numpy and torch, no Beam. ``pipeline/score.py`` wraps
+Engine-agnostic on purpose: plain pyarrow, numpy and torch, no Beam. ``pipeline/beam/score.py`` wraps
 it in Beam transforms; another engine (Spark's ``mapInArrow``, Ray Data's ``map_batches``) can
-wrap the same functions. ``jobs/student_inference.py`` (and so ``jobs/evaluate``) runs the head
-through :func:`run_head`, so there is one inference path.
+wrap the same functions. ``encoders/inference.py`` (and so ``jobs/evaluate``) runs the head
+through the same ``encoders.inference.run_head``, so there is one inference path.
 
 The path of one batch of P pairs, every step columnar (Python objects only for the rare bad rows):
 
 1. :func:`table_from_rows` (text formats only): parsed rows -> an Arrow table, kept columns typed
    as :func:`pipeline.pairs.kept_fields` decided before the run.
 2. :func:`validate_pairs`: a reason code per row with ``pyarrow.compute`` masks, exactly the
-   reasons :func:`pipeline.score.extract_pair` gives one row at a time (``left_null_text``,
+   reasons :func:`pipeline.beam.score.extract_pair` gives one row at a time (``left_null_text``,
    ``right_empty_text``, ``left_non_string_id`` ...; ``kept_column_type`` for a kept value that
    does not fit its decided type); only bad rows become :class:`DeadLetter`.
 3. :func:`pair_ids`: the two id columns (given, or the content hash of each *unique* text).
@@ -36,11 +36,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from encoders.config import SIDES
 from pipeline.dead_letters import DeadLetter
+from pipeline.store_codec import SideArrays, dequantize, side_arrays, token_mask
 from pipeline.text_checks import blank_mask
 from pipeline.text_ids import text_id
 
-SIDES = ("left", "right")
 REASON_KEPT_COLUMN_TYPE = "kept_column_type"
 REASON_TEXT_MISSING = "text_missing"
 
@@ -115,7 +116,7 @@ def canonical_id(value: Any) -> str | None:
     """An id value -> the one string form every table compares it in, or None when it is no id.
 
     Strings are ids as they are; integers (not bools) are their decimal text, as a text table's
-    integer ids become (:func:`pipeline.encode.extract_text`), so ``42`` in a JSONL or Parquet
+    integer ids become (:func:`pipeline.text_checks.extract_text`), so ``42`` in a JSONL or Parquet
     pair table meets ``42`` or ``"42"`` in a text table."""
     if isinstance(value, str):
         return value
@@ -247,7 +248,7 @@ def validate_pairs(table: pa.Table, columns: PairColumns, non_string: dict[str, 
 
 
 def _detail(reason: str, column: str, row: dict, field: pa.Field | None = None) -> str:
-    """The dead letter's sentence, worded as :func:`pipeline.encode.extract_text` words it (which this
+    """The dead letter's sentence, worded as :func:`pipeline.beam.encode.extract_text` words it (which this
     module cannot import: it imports Beam); ``test_scoring_core`` checks that the two agree."""
     value = row.get(column)
     if reason.endswith("null_text") or reason.endswith("null_id"):
@@ -346,19 +347,6 @@ def prepare_pairs(table: pa.Table, columns: PairColumns, kept: Sequence[pa.Field
 
 # --------------------------------------------------------------------------- stores
 
-def binary_values(column: pa.ChunkedArray | pa.Array, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
-    """A fixed-size binary column -> a numpy view (rows, *shape) of ``dtype`` (one copy at most)."""
-    chunks = [column] if isinstance(column, pa.Array) else [c for c in column.chunks if len(c)]
-    parts = []
-    for chunk in chunks:
-        width = chunk.type.byte_width
-        data = chunk.buffers()[1]
-        if data is not None and len(chunk):
-            parts.append(np.frombuffer(data, np.uint8)[chunk.offset * width:(chunk.offset + len(chunk)) * width])
-    flat = parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else np.zeros(0, np.uint8)
-    rows = sum(len(c) for c in chunks)
-    return flat.view(dtype).reshape(rows, *shape)
-
 
 def _fixed_width_keys(ids: pa.Array, width: int | None = None,
                       with_length: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -392,35 +380,6 @@ def _fixed_width_keys(ids: pa.Array, width: int | None = None,
         keys[:, width] = clipped >> 8
         keys[:, width + 1] = clipped & 0xFF
     return keys.view(f"S{width + suffix}").reshape(count), too_long
-
-
-class SideArrays(NamedTuple):
-    """One side of B pairs as gathered from a store, still in the stored dtype.
-
-    tokens (B, N, D) float16 or int8; scales (B,) float32 (int8) or None; num_tokens (B,);
-    pooled (B, H) float16 (float32 from a StoreLookup) or None.
-    """
-    tokens: np.ndarray
-    scales: np.ndarray | None
-    num_tokens: np.ndarray
-    pooled: np.ndarray | None
-
-    def take(self, rows: np.ndarray, tokens: bool = True) -> "SideArrays":
-        """These arrays at ``rows``; ``tokens=False`` leaves the tokens out (None), for heads that do not read them."""
-        return SideArrays(self.tokens[rows] if tokens and self.tokens is not None else None,
-                          None if self.scales is None else self.scales[rows],
-                          self.num_tokens[rows], None if self.pooled is None else self.pooled[rows])
-
-
-def side_arrays(table: pa.Table, layout, prefix: str = "") -> SideArrays:
-    """Store columns (``tokens``, ``num_tokens``, ``token_scale``, ``pooled``; names after
-    ``prefix``) -> SideArrays, zero-copy where Arrow allows. ``layout``: a StoreLayout."""
-    dtype = "<f2" if layout.dtype == "float16" else np.int8
-    tokens = binary_values(table.column(prefix + "tokens"), dtype, (layout.tokens_kept, layout.dim))
-    scales = (table.column(prefix + "token_scale").to_numpy() if layout.dtype == "int8" else None)
-    pooled = (binary_values(table.column(prefix + "pooled"), "<f2", (layout.pooled_dim,))
-              if layout.pooled_dim else None)
-    return SideArrays(tokens, scales, table.column(prefix + "num_tokens").to_numpy(), pooled)
 
 
 def store_columns(layout) -> list[str]:
@@ -530,17 +489,6 @@ def partition(table: pa.Table, hashes: np.ndarray, buckets: int):
 
 # --------------------------------------------------------------------------- the head
 
-def run_head(student, left: tuple, right: tuple, device: str):
-    """The one place the head runs: (tokens (B, N, D), mask (B, N), pooled (B, H) or None) per
-    side, torch tensors on ``device`` -> logits (B, C), under inference mode and, on CUDA,
-    mixed precision."""
-    import torch
-    from encoders.teacher import autocast
-
-    with torch.inference_mode(), autocast(device):
-        return student.score_tokens(left[0], left[1], right[0], right[1], left[2], right[2])
-
-
 class HeadScorer:
     """A student's head on one device, fed SideArrays in batches of ``batch_size`` pairs.
 
@@ -550,7 +498,9 @@ class HeadScorer:
 
     def __init__(self, student, device: str = "cpu", batch_size: int = 8192):
         import torch
+        from encoders.inference import run_head  # torch: imported where a scorer is made, not with this module
         self.torch = torch
+        self.run_head = run_head
         self.student = student
         self.device = device
         self.batch_size = batch_size
@@ -558,22 +508,6 @@ class HeadScorer:
         # A head that never reads the token embeddings (the pooled-cos baseline) is given
         # placeholders of the right shape: its pairs cost no token gather, conversion or copy.
         self.reads_tokens = getattr(student.head, "reads_tokens", True)
-
-    @classmethod
-    def load(cls, model_dir: str | None, device: str = "cpu", batch_size: int = 8192,
-             threads: int | None = None, loaded=None) -> "HeadScorer":
-        """Load a student (None = the zero-training baseline) for scoring: the head only.
-        ``loaded``: the same student already in this process (it is not loaded again)."""
-        import torch
-        from encoders.checkpoint import Student, load_or_build_student
-        from encoders.config import baseline_config
-
-        if threads:
-            torch.set_num_threads(threads)
-        student = loaded if loaded is not None else load_or_build_student(model_dir, baseline_config())
-        # Only the head runs here; the encoder's weights are not needed on scoring workers.
-        head_only = Student(student.config, None, student.head)
-        return cls(head_only.to(device).eval(), device, batch_size)
 
     def _tensor(self, array: np.ndarray | None):
         if array is None:
@@ -596,12 +530,10 @@ class HeadScorer:
             return (torch.zeros((1, *shape), device=self.device).expand(batch, *shape),
                     torch.ones((1, tokens_kept), dtype=torch.bool, device=self.device).expand(batch, tokens_kept),
                     pooled)
-        tokens_kept = side.tokens.shape[1]
-        tokens = self._tensor(side.tokens).float()
-        if side.scales is not None:
-            tokens = tokens * self._tensor(side.scales.astype(np.float32))[:, None, None]
-        num_tokens = self._tensor(side.num_tokens.astype(np.int64))
-        mask = torch.arange(tokens_kept, device=tokens.device)[None, :] < num_tokens.clamp(max=tokens_kept)[:, None]
+        # The store's decoder (pipeline/store.py), on the device: int8 scales and the token mask.
+        tokens = dequantize(self._tensor(side.tokens).float(),
+                            None if side.scales is None else self._tensor(side.scales.astype(np.float32)))
+        mask = token_mask(self._tensor(side.num_tokens.astype(np.int64)), side.tokens.shape[1])
         return tokens, mask, pooled
 
     def score(self, left: SideArrays, right: SideArrays) -> tuple[np.ndarray, np.ndarray | None]:
@@ -614,7 +546,7 @@ class HeadScorer:
             one_batch = total <= self.batch_size
             left_part = left if one_batch else left.take(np.arange(start, min(total, start + self.batch_size)))
             right_part = right if one_batch else right.take(np.arange(start, min(total, start + self.batch_size)))
-            logits = run_head(self.student, self._side(left_part, "left"), self._side(right_part, "right"),
+            logits = self.run_head(self.student, self._side(left_part, "left"), self._side(right_part, "right"),
                               self.device)
             score, prob = self.student.scores_from_logits(logits)
             scores[part] = score.float().cpu().numpy()

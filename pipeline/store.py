@@ -37,6 +37,11 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from encoders.config import SIDES
+# The token codec and the Parquet settings are defined beside the store and used through it.
+from pipeline.store_codec import (SideArrays, binary_values, decode_pooled, decode_tokens,  # noqa: F401
+                                  dequantize, encode_token_block, side_arrays, token_mask)
+from pipeline.writers import COMPRESSION, write_json_file  # noqa: F401
 from pipeline.paths import escape_glob
 
 SCHEMA_VERSION = 1
@@ -44,7 +49,6 @@ MANIFEST_FILE = "_MANIFEST.json"
 STORE_FILE_PREFIX = "part"
 STORE_FILE_SUFFIX = ".parquet"
 DTYPES = ("float16", "int8")
-COMPRESSION = "zstd"
 # Part footers checked at once before a run (each is a round trip on object stores).
 _CHECK_THREADS = 16
 
@@ -182,55 +186,6 @@ def is_part_file_name(name: str) -> bool:
             and name not in (".", ".."))
 
 
-def encode_token_block(tokens: np.ndarray, dtype: str) -> tuple[list[bytes], np.ndarray | None]:
-    """(B, N, D) float32 -> one bytes value per text, plus (B,) float32 scales for int8.
-
-    int8 uses a symmetric per-row scale, max|x| / 127, so each text keeps its own range.
-    """
-    batch = tokens.shape[0]
-    if dtype == "float16":
-        flat = np.ascontiguousarray(tokens.astype("<f2")).reshape(batch, -1)
-        return [row.tobytes() for row in flat], None
-    flat = tokens.reshape(batch, -1).astype(np.float32)
-    scale = np.abs(flat).max(axis=1) / 127.0
-    scale[scale == 0] = 1.0  # an all-zero row: any scale decodes it back to zeros
-    quantized = np.clip(np.rint(flat / scale[:, None]), -127, 127).astype(np.int8)
-    return [row.tobytes() for row in quantized], scale.astype(np.float32)
-
-
-def decode_tokens(table: pa.Table, layout: StoreLayout) -> np.ndarray:
-    """The ``tokens`` column of a store table -> (rows, N, D) float32."""
-    raw = np.frombuffer(_binary_buffer(table.column("tokens")), dtype="<f2" if layout.dtype == "float16" else np.int8)
-    values = raw.reshape(table.num_rows, layout.tokens_kept, layout.dim).astype(np.float32)
-    if layout.dtype == "int8":
-        values *= table.column("token_scale").to_numpy()[:, None, None]
-    return values
-
-
-def decode_pooled(table: pa.Table, layout: StoreLayout) -> np.ndarray:
-    """The ``pooled`` column -> (rows, H) float32."""
-    raw = np.frombuffer(_binary_buffer(table.column("pooled")), dtype="<f2")
-    return raw.reshape(table.num_rows, layout.pooled_dim).astype(np.float32)
-
-
-def token_mask(num_tokens: np.ndarray, tokens_kept: int) -> np.ndarray:
-    """(rows,) num_tokens -> (rows, N) bool: the first min(num_tokens, N) slots are real."""
-    return np.arange(tokens_kept)[None, :] < np.minimum(num_tokens, tokens_kept)[:, None]
-
-
-def _binary_buffer(column: pa.ChunkedArray) -> bytes | memoryview:
-    """The values of a fixed-size binary column as one contiguous buffer (no per-row copies)."""
-    chunks = [c for c in column.chunks if len(c)]
-    if not chunks:
-        return b""
-    parts = []
-    for chunk in chunks:
-        width = chunk.type.byte_width
-        data = chunk.buffers()[1]
-        parts.append(memoryview(data)[chunk.offset * width:(chunk.offset + len(chunk)) * width])
-    return parts[0] if len(parts) == 1 else b"".join(parts)
-
-
 def read_manifest(store_dir: str) -> StoreManifest:
     """The checked manifest of one store directory (see :meth:`StoreManifest.from_json`)."""
     path = FileSystems.join(store_dir, MANIFEST_FILE)
@@ -322,7 +277,7 @@ def nonfinite_rows(table: pa.Table) -> tuple[np.ndarray, str | None]:
         if name == "token_scale":
             found = ~np.isfinite(table.column(name).to_numpy())
         else:
-            halves = np.frombuffer(_binary_buffer(table.column(name)), "<u2").reshape(table.num_rows, -1)
+            halves = binary_values(table.column(name), "<u2", (-1,))
             found = ((halves & _HALF_EXPONENT) == _HALF_EXPONENT).any(axis=1)
         if first is None and found.any():
             first = name
@@ -401,9 +356,6 @@ class OpenedStore:
     directory: str
     manifest: StoreManifest
     files: tuple[str, ...]
-
-
-SIDES = ("left", "right")
 
 
 def open_store_side(store_root: str, side: str, wanted: StoreWanted) -> OpenedStore:
@@ -519,8 +471,7 @@ def write_manifest(store_dir: str, *, model_fingerprint: str, encoder: str, layo
         model_fingerprint=model_fingerprint, encoder=encoder, side=layout.side, tokens_kept=layout.tokens_kept,
         dim=layout.dim, dtype=layout.dtype, pooled_dim=layout.pooled_dim, token_selection=token_selection,
         max_length=max_length, rows=count_rows(files), files=[FileSystems.split(p)[1] for p in files])
-    with FileSystems.create(FileSystems.join(store_dir, MANIFEST_FILE)) as handle:
-        handle.write((manifest.to_json() + "\n").encode("utf-8"))
+    write_json_file(FileSystems.join(store_dir, MANIFEST_FILE), manifest.to_json() + "\n")
     return manifest
 
 
@@ -561,6 +512,10 @@ def read_store(store_dir: str, columns: Sequence[str] | None = None) -> tuple[St
     return manifest, pa.concat_tables(tables) if tables else schema.empty_table()
 
 
-# The in-memory store lookup lives with the scoring core (binary search over sorted ids, numpy
-# gathers); this name is kept for code that imported it from here.
-from pipeline.scoring_core import StoreLookup as TokenLookup  # noqa: E402,F401
+def store_layout(student, side: str, dtype: str) -> StoreLayout:
+    """The layout of ``side``'s store for ``student`` (an ``encoders.checkpoint.Student``): its
+    tokens kept, projected size and pooled size, in ``dtype``."""
+    encoder = student.encoder.side(side)
+    pooled_dim = encoder.transformer.config.hidden_size if student.config.pooled else None
+    return StoreLayout(side=side, tokens_kept=encoder.num_tokens, dim=encoder.output_dim,
+                       dtype=dtype, pooled_dim=pooled_dim)

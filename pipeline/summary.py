@@ -1,4 +1,5 @@
-"""The run summary: Beam counters turned into the counts schedulers read and people see.
+"""The run summary: the counts schedulers read and people see (a Beam job's come from its
+counters, ``pipeline.beam.counters.read_counters``).
 
 A job builds a :class:`RunSummary` once its counts reconcile and hands it to
 ``OutputDir.commit`` (pipeline/outputs.py), which fills in ``files`` and writes
@@ -12,12 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
-from apache_beam.metrics.metric import MetricsFilter
-
-from pipeline.encode import COUNTER_NAMESPACE
 from pipeline.provenance import utc_timestamp, version
-
-DEAD_LETTER_PREFIX = "dead_letter."
 
 # Flags whose values are paths (``_SUMMARY.json`` records them absolute); the second set may also
 # name something that is not a local path (a hub id, ``baseline``), kept as given then.
@@ -48,24 +44,6 @@ def absolute_paths(arguments: list[str], output: str) -> dict[str, list[str]]:
         paths.setdefault(flag, []).append(absolute(flag, value))
     paths["--output"] = [output if "://" in output else os.path.abspath(output)]
     return paths
-
-
-def read_counters(result) -> dict[str, int]:
-    """All ``pairscore`` counters of a finished pipeline, summed over steps."""
-    counts: dict[str, int] = {}
-    query = result.metrics().query(MetricsFilter().with_namespace(COUNTER_NAMESPACE))
-    for metric in query["counters"]:
-        value = metric.committed if metric.committed is not None else metric.attempted
-        counts[metric.key.metric.name] = counts.get(metric.key.metric.name, 0) + int(value or 0)
-    return counts
-
-
-def split_dead_letters(counters: dict[str, int], prefix: str = "") -> tuple[dict[str, int], dict[str, int]]:
-    """(counts under ``prefix`` without it, dead letters under ``prefix`` by reason)."""
-    mine = {k[len(prefix):]: v for k, v in counters.items() if k.startswith(prefix)}
-    plain = {k: v for k, v in mine.items() if not k.startswith(DEAD_LETTER_PREFIX)}
-    by_reason = {k[len(DEAD_LETTER_PREFIX):]: v for k, v in mine.items() if k.startswith(DEAD_LETTER_PREFIX)}
-    return plain, dict(sorted(by_reason.items()))
 
 
 @dataclass

@@ -24,10 +24,19 @@ category, private use and unassigned included) because RE2's Unicode tables and 
 from __future__ import annotations
 
 import unicodedata
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterable, NamedTuple
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from pipeline import dead_letters as dl
+from pipeline.dead_letters import DeadLetter
+from pipeline.text_ids import text_id
+
+if TYPE_CHECKING:
+    from pipeline.readers import SourcedRow
 
 BLANK_CATEGORIES = frozenset({"Zs", "Zl", "Zp", "Cc", "Cf", "Mn", "Me"})
 BLANK_FILLERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
@@ -59,3 +68,78 @@ def blank_mask(texts: pa.Array | pa.ChunkedArray) -> np.ndarray:
     for row in np.flatnonzero(mask):
         mask[row] = is_blank(texts[int(row)].as_py())
     return mask
+
+
+@dataclass(frozen=True)
+class TextColumns:
+    """Which fields of a row hold the text and (optionally) its id."""
+    text: str
+    id: str | None = None
+
+
+class TextRow(NamedTuple):
+    """A row whose text is usable, with its id (given or derived) and where it came from."""
+    id: str
+    text: str
+    row: SourcedRow
+
+
+def extract_text(row: SourcedRow, columns: TextColumns) -> TextRow | DeadLetter:
+    """Validate one row's text (and id). Returns the usable TextRow, or the reason it is not."""
+    def reject(reason: str, detail: str) -> DeadLetter:
+        return DeadLetter(reason, detail, row.source, row.fields)
+
+    text = row.fields.get(columns.text)
+    if text is None:
+        missing = columns.text not in row.fields
+        return reject(dl.REASON_NULL_TEXT, f"text column {columns.text!r} is "
+                                           + ("absent from this row" if missing else "null"))
+    if not isinstance(text, str):
+        return reject(dl.REASON_NON_STRING_TEXT,
+                      f"text column {columns.text!r} holds a {type(text).__name__}, not a string: {text!r:.80}")
+    if not _starts_visibly(text) and is_blank(text):
+        # Whitespace, NUL and other controls, zero-width/format characters, lone combining
+        # marks: an encoder sees an empty sequence, and two such texts would score as equal.
+        return reject(dl.REASON_EMPTY_TEXT, f"text column {columns.text!r} has no visible character "
+                                            f"(empty, or only whitespace/control/format/combining characters): "
+                                            f"{text!r:.80}")
+    if columns.id is None:
+        return TextRow(text_id(text), text, row)
+    raw_id = row.fields.get(columns.id)
+    if raw_id is None:
+        return reject(dl.REASON_NULL_ID, f"id column {columns.id!r} is null or absent")
+    if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
+        return reject(dl.REASON_INVALID_ID,
+                      f"id column {columns.id!r} holds a {type(raw_id).__name__}; ids are strings or integers")
+    if isinstance(raw_id, str) and is_blank(raw_id):
+        # The same rule as for texts: in id mode a pair's ids are checked as texts, so a text
+        # table must not keep an id that no pair could ever name.
+        return reject(dl.REASON_INVALID_ID, f"id column {columns.id!r} has no visible character: {raw_id!r:.80}")
+    return TextRow(str(raw_id), text, row)
+
+
+def _starts_visibly(text: str) -> bool:
+    """An ASCII letter or digit first: certainly not blank. Most texts start so, and this costs a
+    tenth of :func:`is_blank`, which stays the one definition for every other text."""
+    first = text[:1]
+    return first.isascii() and first.isalnum()
+
+
+class UniqueText(NamedTuple):
+    """A text to encode once, and the ids (one or more) that name it."""
+    text: str
+    ids: tuple[str, ...]
+
+
+def resolve_id(id_: str, rows: Iterable[TextRow]) -> tuple[UniqueText | None, int, list[DeadLetter]]:
+    """All rows that share one id -> (the unique text, duplicate row count, dead letters).
+
+    Rows repeating the same text are duplicates of the first. An id given with two or more
+    different texts is ambiguous: every one of its rows is dead-lettered, none is kept.
+    """
+    rows = list(rows)
+    texts = {r.text for r in rows}
+    if len(texts) == 1:
+        return UniqueText(rows[0].text, (id_,)), len(rows) - 1, []
+    detail = f"id {id_!r} is given with {len(texts)} different texts in {len(rows)} rows"
+    return None, 0, [DeadLetter(dl.REASON_CONFLICTING_ID, detail, r.row.source, r.row.fields) for r in rows]

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from encoders.checkpoint import build_student, load_student, read_config, save_student
+from encoders.checkpoint import build_student, load_head, load_student, read_config, save_student
 
 TEXTS = ["a checkpoint must give the same embeddings", "after it is saved and loaded", "x"]
 
@@ -30,6 +30,20 @@ def test_saved_student_equals_the_built_one(tmp_path, tiny_student_config):
     assert torch.allclose(loaded.encoder.left.encode(TEXTS).tokens, built.encoder.left.encode(TEXTS).tokens,
                           atol=1e-6)
     assert loaded.encoder.left.transformer.config.num_hidden_layers == 2  # only K layers saved
+
+
+def test_head_alone_is_the_checkpoints_head_without_the_encoder(tiny_checkpoint, monkeypatch):
+    """Stage two's workers load the head alone: the same weights, and no encoder weight is read."""
+    import encoders.checkpoint as checkpoint
+    full = load_student(tiny_checkpoint)
+    monkeypatch.setattr(checkpoint, "_load_transformer", lambda *a: pytest.fail("the encoder was loaded"))
+    head_only = load_head(tiny_checkpoint)
+    assert head_only.encoder is None and head_only.config == full.config
+    expected = full.head.state_dict()
+    assert set(head_only.head.state_dict()) == set(expected)
+    assert all(torch.equal(v, expected[k]) for k, v in head_only.head.state_dict().items())
+    baseline = load_head(None)
+    assert baseline.config.head == "pooled-cos" and baseline.encoder is None
 
 
 def test_layout_is_json_and_safetensors_only(tiny_checkpoint):

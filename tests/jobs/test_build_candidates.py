@@ -13,7 +13,9 @@ from click.testing import CliRunner
 from encoders.checkpoint import build_student
 from encoders.config import baseline_config
 from jobs import build_candidates
-from jobs.build_candidates import BuildCandidatesJob, run, sample_random, top_k_neighbours
+from encoders import neighbours
+from encoders.neighbours import sample_random, top_k_neighbours
+from jobs.build_candidates import BuildCandidatesJob, run
 from pipeline.text_ids import text_id
 
 
@@ -124,8 +126,8 @@ def test_one_pool_on_both_sides_is_encoded_once(tmp_path, tiny_encoder_dir, monk
     texts = [f"How do I get better at {t}?" for t in TOPICS]
     pool = write_jsonl(tmp_path / "q.jsonl", [{"text": t} for t in texts])
     calls = []
-    real = build_candidates.embed_texts
-    monkeypatch.setattr(build_candidates, "embed_texts", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = neighbours.embed_texts
+    monkeypatch.setattr(neighbours, "embed_texts", lambda *a, **k: calls.append(1) or real(*a, **k))
     run(BuildCandidatesJob(left_texts=(str(pool),), right_texts=(str(pool),), output=str(tmp_path / "o"), top_k=3,
                            random_per_left=0, encoder=tiny_encoder_dir, progress=False), argv=["test"])
     assert len(calls) == 1

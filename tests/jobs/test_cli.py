@@ -92,8 +92,8 @@ def test_the_choices_offered_before_import_are_the_librarys():
     from encoders.sources import DEFAULT_ENCODER
     from encoders.teacher import LOSSES, TASKS
     from jobs.score_pairs import JOINS
-    from jobs.train_student import LOSSES as STUDENT_LOSSES
-    from jobs.train_student import TRAINABLE_HEADS
+    from encoders.distill import LOSSES as STUDENT_LOSSES
+    from encoders.distill import TRAINABLE_HEADS
     from pipeline.readers import FORMATS
     from pipeline.store import DTYPES
     assert cli.FORMATS == FORMATS and cli.DTYPES == DTYPES and cli.JOINS == JOINS and cli.TASKS == TASKS

@@ -13,8 +13,9 @@ from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import f1_score, roc_auc_score, roc_curve as sklearn_roc_curve
 
 from jobs import evaluate
-from jobs.evaluate import EvaluateJob, parse_model_spec, quality, run
-from jobs.metrics import auc_difference_interval, f1_at_threshold, roc_curve
+from encoders.evaluation import quality
+from jobs.evaluate import EvaluateJob, parse_model_spec, run
+from encoders.metrics import auc_difference_interval, f1_at_threshold, roc_curve
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -21,12 +21,13 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from jobs import encode_texts, score_pairs, train_teacher
+from jobs import encode_texts, score_pairs
 from jobs.build_candidates import BuildCandidatesJob, run as run_build_candidates
 from jobs.encode_texts import EncodeTextsJob, run as run_encode_texts
 from jobs.label_pairs import LabelPairsJob, run as run_label_pairs
 from jobs.score_pairs import ScorePairsJob, run as run_score_pairs
 from jobs.train_teacher import TrainTeacherJob, run as run_train_teacher
+from pipeline import outputs, store
 from pipeline.summary import RunSummary
 
 REPO = Path(__file__).resolve().parents[2]
@@ -158,7 +159,7 @@ def test_readme_reading_snippets_run_verbatim(runs, monkeypatch, capsys):
 
 def test_a_run_that_fails_its_own_count_check_leaves_no_manifest(tmp_path, tiny_checkpoint, monkeypatch):
     texts = write_jsonl(tmp_path / "t.jsonl", [{"text": "a"}, {"text": "b"}])
-    monkeypatch.setattr(encode_texts, "count_rows", lambda files: 1)   # a lost part file
+    monkeypatch.setattr(store, "count_rows", lambda files: 1)   # a lost part file
     with pytest.raises(RuntimeError, match="row accounting failed"):
         run_encode_texts(EncodeTextsJob(inputs=(str(texts),), output=str(tmp_path / "out"), model_dir=tiny_checkpoint),
                          [], argv=[])
@@ -184,7 +185,7 @@ def test_a_failed_training_run_leaves_no_model(tmp_path, tiny_encoder_dir, monke
 
     def fail(*args, **kwargs):
         raise OSError(5, "Input/output error")
-    monkeypatch.setattr(train_teacher, "write_dead_letter_file", fail)   # after the best epoch was saved
+    monkeypatch.setattr(outputs, "write_dead_letter_file", fail)   # after the best epoch was saved
     with pytest.raises(OSError):
         run_train_teacher(TrainTeacherJob(train=(str(data),), dev=(str(data),), output=str(tmp_path / "t"),
                                           base=tiny_encoder_dir, epochs=1, batch_size=4, max_length=16,
@@ -421,7 +422,7 @@ def test_a_failed_overwrite_keeps_the_earlier_output_whole(tmp_path, tiny_checkp
     out = tmp_path / "out"
     run_encode_texts(EncodeTextsJob(inputs=(str(texts),), output=str(out), model_dir=tiny_checkpoint), [], argv=[])
     before = snapshot(out)
-    monkeypatch.setattr(encode_texts, "count_rows", lambda files: 0)   # a lost part file
+    monkeypatch.setattr(store, "count_rows", lambda files: 0)   # a lost part file
     write_jsonl(texts, [{"text": "d"}])
     with pytest.raises(RuntimeError, match="row accounting failed"):
         run_encode_texts(EncodeTextsJob(inputs=(str(texts),), output=str(out), model_dir=tiny_checkpoint,

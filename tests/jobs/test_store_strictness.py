@@ -219,7 +219,7 @@ def test_non_finite_embeddings_are_refused_naming_the_part(tmp_path, night_one, 
     # Read directly, and read by a pipeline (a part that changed after the check before the run).
     with pytest.raises(StoreError, match=f"store part {part} holds embeddings that are not finite"):
         read_store(str(store / "right"))
-    from pipeline.score import read_store_tables
+    from pipeline.beam.score import read_store_tables
     import apache_beam as beam
     with pytest.raises(Exception, match="holds embeddings that are not finite"):
         with beam.Pipeline() as pipeline:

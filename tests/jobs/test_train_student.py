@@ -16,12 +16,14 @@ from click.testing import CliRunner
 from encoders.checkpoint import build_student, load_student
 from encoders.sources import load_pretrained
 from jobs import train_student
-from jobs.metrics import roc_auc
+from encoders.metrics import roc_auc
 from jobs.score_pairs import ScorePairsJob
 from jobs.score_pairs import run as score_pairs_run
-from jobs.student_inference import Pairs, pair_logits
-from jobs.frozen_states import FrozenStates, project
-from jobs.train_student import Trainer, TrainStudentJob, distillation_loss, loss_floor, run, train
+from encoders.inference import Pairs, pair_logits
+from encoders import frozen_states
+from encoders.frozen_states import FrozenStates, project
+from encoders.distill import Trainer, distillation_loss, loss_floor
+from jobs.train_student import TrainStudentJob, run, train
 from pipeline.text_ids import text_id
 
 WORDS = ["apple", "river", "engine", "violin", "desert", "planet", "copper", "garden", "falcon", "marble"]
@@ -195,7 +197,7 @@ def test_two_stage_freeze(tmp_path, toy, tiny_encoder_dir, monkeypatch):
 
 
 def test_one_stage_trains_the_encoder_from_the_start(tmp_path, toy, tiny_encoder_dir, monkeypatch):
-    monkeypatch.setattr(train_student, "FrozenStates", None)   # no stage 1: nothing may be cached
+    monkeypatch.setattr(frozen_states, "FrozenStates", None)   # no stage 1: nothing may be cached
     summary, student = train(tiny_job(toy, tiny_encoder_dir, tmp_path / "one", stages=1, stage2_epochs=2,
                                       encoder_lr=5e-3), argv=[])
     assert [r["stage"] for r in summary.metrics["epochs"]] == ["one_stage"] * 2

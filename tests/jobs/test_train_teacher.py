@@ -12,9 +12,10 @@ from click.testing import CliRunner
 
 from encoders.teacher import load_teacher
 from jobs import train_teacher
-from jobs.metrics import average_ranks, best_threshold_accuracy, roc_auc, spearman
-from jobs.train_teacher import (GROUP_BATCHES, LabeledPairs, TrainTeacherJob, length_grouped_batches, run,
-                                training_examples)
+from encoders.metrics import average_ranks, best_threshold_accuracy, roc_auc, spearman
+from encoders.training import GROUP_BATCHES, length_grouped_batches
+from jobs.train_teacher import TrainTeacherJob, run
+from pipeline.datasets import LabeledPairs, training_examples
 
 
 def write_jsonl(path: Path, rows: list) -> Path:

@@ -4,7 +4,8 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline import dead_letters as dl
-from pipeline.encode import DEAD_LETTER_TAG, DedupeTexts, TextColumns, UniqueText, extract_text
+from pipeline.beam.encode import DEAD_LETTER_TAG, DedupeTexts
+from pipeline.text_checks import TextColumns, UniqueText, extract_text
 from pipeline.readers import SourcedRow
 from pipeline.text_ids import text_id
 

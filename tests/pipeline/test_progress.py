@@ -80,7 +80,7 @@ def test_off_writes_nothing_and_a_worker_writes_only_when_its_counts_moved():
 
 
 def test_beam_counters_feed_the_reporter_and_only_the_shown_ones():
-    from pipeline.encode import counter
+    from pipeline.beam.counters import counter
 
     out = io.StringIO()
     reporter = progress.start("score_pairs", quiet=False, started=0.0, stream=out)

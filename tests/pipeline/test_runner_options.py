@@ -8,7 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from jobs import encode_texts, label_pairs, score_pairs
-from pipeline.runner import NOT_WAITED_FOR, make_pipeline, validate_beam_args
+from pipeline.beam import runner
+from pipeline.beam.runner import NOT_WAITED_FOR, make_pipeline, validate_beam_args
 
 # What a Dataflow user types (issue 10), GPU workers and a custom container included.
 DATAFLOW = [
@@ -82,8 +83,8 @@ def no_launch(monkeypatch):
     def stop(beam_args):
         seen.append(list(beam_args))
         raise _WouldLaunch()
-    for job in (encode_texts, score_pairs, label_pairs):
-        monkeypatch.setattr(job, "make_pipeline", stop)
+    # The jobs import their library inside run(), so patching the runner module reaches all three.
+    monkeypatch.setattr(runner, "make_pipeline", stop)
     return seen
 
 

@@ -10,13 +10,12 @@ import pytest
 import torch
 
 from encoders.checkpoint import build_student
-from jobs.encode_texts import store_layout
 from pipeline.pairs import kept_fields
 from pipeline.readers import InputError, InputFile, SourcedRow, read_parquet_slice, read_slices
-from pipeline.score import extract_pair
+from pipeline.pairs import extract_pair
 from pipeline.scoring_core import (HeadScorer, PairColumns, StoreLookup, id_hashes, partition, prepare_pairs,
                                    kept_values, score_batch, table_from_rows, validate_pairs, reason_name)
-from pipeline.store import StoreLayout, encode_token_block
+from pipeline.store import StoreLayout, encode_token_block, store_layout
 from pipeline.text_ids import text_id
 
 ID_MODE = PairColumns(left_id="q", right_id="p")

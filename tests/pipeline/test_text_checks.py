@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 
 from pipeline import dead_letters as dl
-from pipeline.encode import TextColumns, extract_text
+from pipeline.text_checks import TextColumns, extract_text
 from pipeline.pairs import TextPairColumns, extract_text_pair
 from pipeline.readers import SourcedRow
 from pipeline.text_checks import blank_mask, is_blank

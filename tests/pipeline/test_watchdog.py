@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import watchdog
-from pipeline.watchdog import LEDGER, Observation, Stalled, Watchdog, WorkerLedger, observe
+from pipeline.beam import watchdog
+from pipeline.beam.watchdog import LEDGER, Observation, Stalled, Watchdog, WorkerLedger, observe
 
 REPO = Path(__file__).resolve().parents[2]
 POOL = "the worker asked of the worker pool at localhost:1 (--environment_type=EXTERNAL)"

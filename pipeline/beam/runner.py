@@ -123,7 +123,7 @@ def make_pipeline(beam_args: Sequence[str]) -> beam.Pipeline:
     SDK image). ``--environment_type=EXTERNAL --environment_config=HOST:PORT`` hands the work to a
     worker pool (``python -m apache_beam.runners.worker.worker_pool_main --service_port=PORT``).
     """
-    from pipeline.watchdog import instrument_beam_workers
+    from pipeline.beam.watchdog import instrument_beam_workers
     instrument_beam_workers()   # the stall watchdog counts the workers this process asks for
     options = PipelineOptions(list(beam_args))
     runner_name = options.view_as(StandardOptions).runner

@@ -1,6 +1,6 @@
 """A DoFn that gathers elements into windows and turns each window into one output.
 
-Stage one (``pipeline/encode.py``) and labeling (``pipeline/label.py``) both run a transformer
+Stage one (``pipeline/beam/encode.py``) and labeling (``pipeline/beam/label.py``) both run a transformer
 over many short texts: they buffer a *sort window* of elements, tokenize them together, sort by
 token count and batch, so each batch pads only to its own longest text. This is the buffering
 half, shared; the subclass's ``flush`` does the model work.

@@ -1,16 +1,37 @@
-"""What the training recipes (``train_teacher``, ``train_student``) share: AdamW as BERT sets it up,
-one optimizer step with mixed precision and clipping, and an epoch's loss, speed and progress bar."""
+"""What the teacher's and the student's training share: AdamW as BERT sets it up, length-grouped
+batches, one optimizer step with mixed precision and clipping, and an epoch's loss, speed and
+progress bar. (Loss scaling is decided with the precision: ``encoders.device.grad_scaler``.)"""
 from __future__ import annotations
 
+import random
 import time
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from pipeline.progress import bar_options
-
 NamedParameters = Sequence[tuple[str, torch.nn.Parameter]]
+# Length grouping: examples are sorted by length within windows of this many batches, so a batch
+# pads little while batch order stays random (sorting the whole set would put every long pair
+# in the last steps of the epoch).
+GROUP_BATCHES = 64
+
+
+def length_grouped_batches(lengths: Sequence[int], batch_size: int, rng: random.Random) -> list[list[int]]:
+    """Example indices cut into batches of similar length.
+
+    Shuffle; sort each window of ``GROUP_BATCHES * batch_size`` examples by length; cut the
+    windows into batches; shuffle the batches. Every example is in exactly one batch.
+    """
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    window = GROUP_BATCHES * batch_size
+    batches = []
+    for start in range(0, len(order), window):
+        group = sorted(order[start:start + window], key=lambda i: lengths[i])
+        batches += [group[i:i + batch_size] for i in range(0, len(group), batch_size)]
+    rng.shuffle(batches)
+    return batches
 
 
 def make_adamw(groups: Iterable[tuple[NamedParameters, float]], weight_decay: float) -> torch.optim.Optimizer:
@@ -38,21 +59,16 @@ def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, schedul
     scheduler.step()
 
 
-def grad_scaler(device: str) -> torch.amp.GradScaler:
-    """Loss scaling only for float16 autocast on GPU; bfloat16 and CPU float32 need none."""
-    return torch.amp.GradScaler("cuda", enabled=device == "cuda" and torch.cuda.is_available()
-                                and not torch.cuda.is_bf16_supported())
-
-
 class EpochProgress:
     """An epoch's running loss and speed, shown on a progress bar (smoothed loss, learning rate,
-    pairs/s); ``close`` gives {train_loss (mean over the epoch), pairs, seconds, pairs_per_second}."""
+    pairs/s); ``close`` gives {train_loss (mean over the epoch), pairs, seconds, pairs_per_second}.
+    ``bar_options``: the tqdm options the job draws bars with; None: no bar."""
 
-    def __init__(self, total: int, description: str, enabled: bool):
+    def __init__(self, total: int, description: str, bar_options: Mapping[str, Any] | None):
         self.total_loss, self.seen, self.smoothed = 0.0, 0, None
         self.started = time.perf_counter()
-        self.bar = tqdm(total=total, desc=description, unit="pair", disable=not enabled,
-                        **bar_options())
+        self.bar = tqdm(total=total, desc=description, unit="pair", disable=bar_options is None,
+                        **(bar_options or {}))
 
     def update(self, loss: torch.Tensor, pairs: int, lr: float) -> None:
         value = float(loss.detach())

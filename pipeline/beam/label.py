@@ -23,8 +23,7 @@ truncated       bool           the pair was longer than the teacher's max length
 """
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 import apache_beam as beam
@@ -33,74 +32,14 @@ import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import ReadFromParquetBatched, WriteToParquetBatched
 
-from pipeline.batching import SortWindowDoFn
+from pipeline.beam.batching import SortWindowDoFn
+from pipeline.datasets import pair_key
 from pipeline.dead_letters import DeadLetter
-from pipeline.encode import DEAD_LETTER_TAG, counter, dead_letter_counter, pick_device
+from pipeline.beam.counters import counter, dead_letter_counter
+from pipeline.beam.encode import DEAD_LETTER_TAG
 from pipeline.pairs import TextPair, TextPairColumns, extract_text_pair, kept_column_values
 from pipeline.readers import SourcedRow
-from pipeline.store import COMPRESSION, MANIFEST_FILE, STORE_FILE_PREFIX, STORE_FILE_SUFFIX
-from pipeline.text_ids import text_id
-
-DISTILLATION_FORMAT = "pairscore-distillation"
-SCHEMA_VERSION = 1
-# Columns every distillation set has (kept columns may not reuse these names).
-BASE_COLUMNS = ("left_id", "right_id", "left", "right", "logit", "soft_label", "logits", "soft_labels", "truncated")
-
-
-def pair_key(left: str, right: str) -> str:
-    """What makes two pairs "the same pair" for ``--previous``: the two texts, in order."""
-    return text_id(left) + text_id(right)
-
-
-def distillation_schema(num_outputs: int, kept: Sequence[pa.Field]) -> pa.Schema:
-    """The output schema for a teacher with ``num_outputs`` logits and the kept columns' fields."""
-    fields = [pa.field("left_id", pa.string()), pa.field("right_id", pa.string()),
-              pa.field("left", pa.string()), pa.field("right", pa.string())]
-    if num_outputs == 1:
-        fields += [pa.field("logit", pa.float32()), pa.field("soft_label", pa.float32())]
-    else:
-        fields += [pa.field("logits", pa.list_(pa.float32())), pa.field("soft_labels", pa.list_(pa.float32()))]
-    return pa.schema([*fields, pa.field("truncated", pa.bool_()), *kept])
-
-
-@dataclass(frozen=True)
-class DistillationManifest:
-    """``DIR/_MANIFEST.json`` of a distillation set: which teacher labeled it, at which temperature,
-    and its columns, so that a later ``--previous`` run (and the student trainer) can check it."""
-    teacher_fingerprint: str
-    teacher: str
-    task: dict[str, Any]
-    num_outputs: int
-    temperature: float
-    columns: dict[str, str]
-    kept_columns: list[str]
-    rows: int
-    files: list[str]
-    previous: str | None = None
-    format: str = DISTILLATION_FORMAT
-    schema_version: int = SCHEMA_VERSION
-    notes: list[str] = field(default_factory=list)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
-
-    @classmethod
-    def read(cls, directory: str) -> "DistillationManifest":
-        path = FileSystems.join(directory, MANIFEST_FILE)
-        if not FileSystems.exists(path):
-            raise ValueError(f"--previous {directory!r} is not a label_pairs output: it has no {MANIFEST_FILE}")
-        with FileSystems.open(path) as handle:
-            data = json.loads(handle.read().decode("utf-8"))
-        if data.get("format") != DISTILLATION_FORMAT or data.get("schema_version") != SCHEMA_VERSION:
-            raise ValueError(f"--previous {directory!r}: {MANIFEST_FILE} is not a distillation set of schema "
-                             f"version {SCHEMA_VERSION} (format {data.get('format')!r}, version "
-                             f"{data.get('schema_version')!r})")
-        return cls(**data)
-
-
-def schema_columns(schema: pa.Schema) -> dict[str, str]:
-    return {f.name: str(f.type) for f in schema}
-
+from pipeline.store import COMPRESSION, STORE_FILE_PREFIX, STORE_FILE_SUFFIX
 
 # --------------------------------------------------------------------------- pairs
 
@@ -260,6 +199,7 @@ class _LabelPairsDoFn(SortWindowDoFn):
 
     def setup(self):
         teacher = load_labeling_teacher(self._settings)
+        from encoders.device import pick_device
         self._teacher = teacher.to(pick_device(self._settings.device)).eval()
         self._fields = {f.name: f for f in self._settings.schema}
 

@@ -22,12 +22,10 @@ counted under ``pairs.``.
 """
 from __future__ import annotations
 
-import os
-import socket
 import threading
 import uuid
 from dataclasses import dataclass, field
-from typing import Iterator, NamedTuple, Sequence
+from typing import Iterator, Sequence
 
 import apache_beam as beam
 import numpy as np
@@ -37,65 +35,22 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.utils import shared
 
 from pipeline.dead_letters import DeadLetter
-from pipeline.encode import (DEAD_LETTER_TAG, EncodeSettings, EncodeTexts, TextColumns, UniqueText, counter,
-                             dead_letter_counter, extract_text)
-from pipeline.readers import InputFile, ReadSlice, SourcedRow, read_parquet_slice, read_row_batches, read_slices
-from pipeline.scoring_core import (HeadScorer, PairColumns, StoreLookup, canonical_id, id_hashes, missing_letters,
-                                   partition, prepare_pairs, score_pairs, score_table, side_arrays, store_columns,
+from pipeline.beam.counters import counter, dead_letter_counter, worker_counter
+from pipeline.beam.encode import DEAD_LETTER_TAG, EncodeSettings, EncodeTexts
+from pipeline.beam.models import HeadHandler
+from pipeline.readers import InputFile, ReadSlice, read_parquet_slice, read_row_batches, read_slices
+from pipeline.scoring_core import (PairColumns, StoreLookup, id_hashes, missing_letters,
+                                   partition, prepare_pairs, score_pairs, score_table, store_columns,
                                    table_from_rows)
 from pipeline.store import StoreLayout, check_finite
+from pipeline.store_codec import side_arrays
+from pipeline.text_checks import UniqueText
 from pipeline.text_ids import text_id
 
 PAIRS = "pairs."
-SIDES = ("left", "right")
-# Rows read and scored per worker process (``read.HOST:PID``), apart from the job's own counters:
-# they show how the work spread (benchmarks/score_pairs.py reports them).
-WORKER_NAMESPACE = "pairscore.workers"
-
-
-def worker_counter(stage: str):
-    from apache_beam.metrics import Metrics
-    return Metrics.counter(WORKER_NAMESPACE, f"{stage}.{socket.gethostname()}:{os.getpid()}")
 
 
 # --------------------------------------------------------------------------- pairs
-
-class Pair(NamedTuple):
-    """One pair, validated one row at a time (the reference the columnar core must agree with)."""
-    left_id: str
-    right_id: str
-    kept: tuple
-    row: SourcedRow
-
-
-def extract_pair(row: SourcedRow, columns: PairColumns) -> tuple[Pair, str | None, str | None] | DeadLetter:
-    """Validate one pair row -> (Pair, left text, right text) (texts None in id mode), or why not.
-
-    Reasons are the stage-one ones with the side in front (``left_empty_text``, ``right_null_id``).
-    The pipeline validates whole batches with :func:`pipeline.scoring_core.validate_pairs`, which
-    gives the same reasons; this per-row form is the reference its tests compare against.
-    """
-    ids, texts = [], []
-    for side in SIDES:
-        if columns.id_mode:
-            id_col = columns.left_id if side == "left" else columns.right_id
-            value = row.fields.get(id_col)
-            if not isinstance(value, str) and canonical_id(value) is not None:
-                # An integer id: its canonical text, as text tables give it.
-                ids.append(canonical_id(value))
-                texts.append(None)
-                continue
-            # Reuse stage one's id rules; the id column doubles as a dummy text column.
-            result = extract_text(row, TextColumns(text=id_col, id=id_col))
-        else:
-            result = extract_text(row, TextColumns(text=columns.left if side == "left" else columns.right))
-        if isinstance(result, DeadLetter):
-            reason = result.reason.replace("_text", "_id") if columns.id_mode else result.reason
-            return DeadLetter(f"{side}_{reason}", f"{side} side: {result.detail}", row.source, row.fields)
-        ids.append(result.id)
-        texts.append(None if columns.id_mode else result.text)
-    kept = tuple(row.fields.get(name) for name in columns.keep)
-    return Pair(ids[0], ids[1], kept, row), texts[0], texts[1]
 
 
 class _ReadPairBatchesDoFn(beam.DoFn):
@@ -352,19 +307,14 @@ class ScoreSettings:
     run_token: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
-# Students the launching process has loaded, by run token: an in-process runner's workers use
-# them instead of loading the same checkpoint again (worker processes find nothing here and load).
-LOADED_STUDENTS: dict[str, object] = {}
-
-
 class _Worker:
     """What one worker process holds for scoring: the student's head and, for the broadcast
     join, both stores' lookups; built once per process and shared by its DoFn threads."""
 
     def __init__(self, settings: ScoreSettings):
-        from pipeline.encode import pick_device
-        self.scorer = HeadScorer.load(settings.model_dir, pick_device(settings.device), settings.batch_size,
-                                      settings.threads, loaded=LOADED_STUDENTS.get(settings.run_token))
+        # The head alone (pipeline/beam/models.py): a scoring worker never loads the encoder.
+        self.scorer = HeadHandler(settings.model_dir, settings.device, settings.batch_size,
+                                  settings.threads).load_model()
         self._settings = settings
         self._lookups = None
         self._lock = threading.Lock()

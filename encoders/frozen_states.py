@@ -15,20 +15,19 @@ import hashlib
 import json
 import os
 import time
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
-from apache_beam.io.filesystems import FileSystems
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from encoders.checkpoint import Student, tokenizer_identity
+from encoders.checkpoint import Student
 from encoders.config import SIDES
+from encoders.device import autocast
 from encoders.dual_encoder import SideEncoder, mean_pool, select_tokens
-from encoders.teacher import autocast
-from jobs.student_inference import Pairs, length_order
-from pipeline.progress import bar_options
+from encoders.fingerprint import hash_weights, tokenizer_identity
+from encoders.inference import Pairs, length_order
 
 CACHE_FORMAT = "pairscore-frozen-states-v2"   # v2: also the pooled sentence embeddings
 
@@ -54,7 +53,7 @@ class FrozenStates:
     """
 
     def __init__(self, student: Student, texts: dict[str, Sequence[str]], batch_size: int, device: str,
-                 cache_dir: str | None = None, progress: bool = False):
+                 cache_dir: str | None = None, progress: Mapping[str, Any] | None = None):
         config = student.config
         shared = (config.shared_encoder and config.left_max_length == config.right_max_length
                   and config.token_selection == "first")
@@ -72,14 +71,14 @@ class FrozenStates:
             pool = sorted({text for side in sides for text in texts[side]})
             encoder = student.encoder.side(sides[0])
             cached = _cache_path(cache_dir, encoder, count, pool) if cache_dir else None
-            if cached and FileSystems.exists(cached):
+            if cached and os.path.exists(cached):
                 tensors = load_file(cached)
                 states, mask, pooled = tensors["states"], tensors["mask"].bool(), tensors["pooled"]
                 self.reused.append(cached)
             else:
                 states, mask, pooled = frozen_token_states(
                     encoder, pool, count, batch_size, device,
-                    f"stage 1: encode {len(pool):,} texts once" if progress else None)
+                    f"stage 1: encode {len(pool):,} texts once" if progress is not None else None, progress)
                 if cached:
                     os.makedirs(os.path.dirname(cached), exist_ok=True)
                     save_file({"states": states, "mask": mask.to(torch.uint8), "pooled": pooled}, cached,
@@ -121,10 +120,12 @@ class FrozenStates:
 
 @torch.inference_mode()
 def frozen_token_states(side: SideEncoder, texts: Sequence[str], count: int, batch_size: int, device: str,
-                        progress: str | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                        progress: str | None = None, bar_options: Mapping[str, Any] | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Texts -> (U, count, H) float32 kept token states (before projection, on CPU), (U, count)
     bool mask and (U, H) float32 pooled embeddings, in input order: ``SideEncoder.forward`` up to
-    the projection, keeping ``count`` tokens."""
+    the projection, keeping ``count`` tokens. ``progress``: a bar's title (None: no bar), drawn
+    with the tqdm ``bar_options`` the job gives."""
     tokenized = side.tokenize(texts)
     hidden = side.transformer.config.hidden_size
     states = torch.zeros(len(texts), count, hidden)
@@ -132,8 +133,7 @@ def frozen_token_states(side: SideEncoder, texts: Sequence[str], count: int, bat
     pooled = torch.zeros(len(texts), hidden)
     was_training = side.training
     side.eval()
-    bar = tqdm(total=len(texts), desc=progress, unit="text", disable=progress is None,
-               **bar_options())
+    bar = tqdm(total=len(texts), desc=progress, unit="text", disable=progress is None, **(bar_options or {}))
     try:
         for index in length_order(tokenized, batch_size):
             batch = side.collate([tokenized[i] for i in index]).to(device)
@@ -159,9 +159,7 @@ def _cache_path(directory: str, side: SideEncoder, count: int, texts: Sequence[s
     digest.update(json.dumps({"format": CACHE_FORMAT, "max_length": side.max_length, "count": count,
                               "selection": side.selection}).encode())
     digest.update(tokenizer_identity(side.tokenizer).encode())
-    for name, tensor in sorted(side.transformer.state_dict().items()):
-        digest.update(f"{name}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    hash_weights(digest, side.transformer.state_dict().items(), dtype=False)
     for text in texts:
         digest.update(text.encode("utf-8") + b"\0")
-    return FileSystems.join(directory, f"frozen-states-{digest.hexdigest()[:32]}.safetensors")
+    return os.path.join(directory, f"frozen-states-{digest.hexdigest()[:32]}.safetensors")

@@ -1,60 +1,29 @@
 """Stage one as Beam transforms: read rows -> texts -> dedupe -> encode by length -> store.
 
-The logic lives in plain functions and the DoFns below; the composite transforms only wire
-them together. Every input row ends in exactly one place, counted by a Beam counter:
+The rules live in plain functions (the text and id rules in ``pipeline/text_checks.py``), the
+encoder is loaded through its model handler (``pipeline/beam/models.py``), and the composite
+transforms below only wire them together. Every input row ends in exactly one place, counted by a Beam counter:
 kept (one store row per unique id), a duplicate of a kept row, or a dead letter.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Iterator, NamedTuple, Sequence
+from typing import Iterator, Sequence
 
 import apache_beam as beam
+from apache_beam.utils import shared
 import pyarrow as pa
-from apache_beam.metrics import Metrics
 
-from pipeline import dead_letters as dl
-from pipeline import progress
-from pipeline.batching import SortWindowDoFn
+from pipeline.beam.counters import counter, dead_letter_counter
+from pipeline.beam.models import EncoderHandler, acquire
+from pipeline.beam.batching import SortWindowDoFn
 from pipeline.dead_letters import DeadLetter
 from pipeline.readers import InputFile, SourcedRow, read_rows
 from pipeline.store import StoreLayout, encode_token_block
-from pipeline.text_checks import is_blank
+from pipeline.text_checks import TextColumns, UniqueText, extract_text, resolve_id
 from pipeline.text_ids import text_id
 
-COUNTER_NAMESPACE = "pairscore"
 DEAD_LETTER_TAG = "dead_letter"
-
-
-def counter(name: str, prefix: str = ""):
-    """A Beam counter. ``prefix`` keeps apart the counts of several inputs of one job
-    (``pairs.``, ``left.``): counters with one name are summed across steps. The ones the
-    progress line shows (``pipeline.progress.LABELS``) also count there."""
-    beam_counter = Metrics.counter(COUNTER_NAMESPACE, prefix + name)
-    return _ProgressCounter(beam_counter, prefix + name) if prefix + name in progress.LABELS else beam_counter
-
-
-class _ProgressCounter:
-    """A Beam counter whose increments also go to this process's progress tally: one integer
-    add per call (it is called per row), which the reporter's thread reads."""
-
-    def __init__(self, beam_counter, name: str):
-        self._counter = beam_counter
-        self._name = name
-        self._tally: list[int] | None = None
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_tally": None}  # a tally belongs to the process that made it
-
-    def inc(self, n: int = 1) -> None:
-        self._counter.inc(n)
-        if self._tally is None:
-            self._tally = progress.tally(self._name)
-        self._tally[0] += n
-
-
-def dead_letter_counter(reason: str, prefix: str = ""):
-    return counter(f"dead_letter.{reason}", prefix)
 
 
 # --------------------------------------------------------------------------- reading
@@ -96,60 +65,6 @@ class ReadRows(beam.PTransform):
 
 # --------------------------------------------------------------------------- texts
 
-@dataclass(frozen=True)
-class TextColumns:
-    """Which fields of a row hold the text and (optionally) its id."""
-    text: str
-    id: str | None = None
-
-
-class TextRow(NamedTuple):
-    """A row whose text is usable, with its id (given or derived) and where it came from."""
-    id: str
-    text: str
-    row: SourcedRow
-
-
-def extract_text(row: SourcedRow, columns: TextColumns) -> TextRow | DeadLetter:
-    """Validate one row's text (and id). Returns the usable TextRow, or the reason it is not."""
-    def reject(reason: str, detail: str) -> DeadLetter:
-        return DeadLetter(reason, detail, row.source, row.fields)
-
-    text = row.fields.get(columns.text)
-    if text is None:
-        missing = columns.text not in row.fields
-        return reject(dl.REASON_NULL_TEXT, f"text column {columns.text!r} is "
-                                           + ("absent from this row" if missing else "null"))
-    if not isinstance(text, str):
-        return reject(dl.REASON_NON_STRING_TEXT,
-                      f"text column {columns.text!r} holds a {type(text).__name__}, not a string: {text!r:.80}")
-    if not _starts_visibly(text) and is_blank(text):
-        # Whitespace, NUL and other controls, zero-width/format characters, lone combining
-        # marks: an encoder sees an empty sequence, and two such texts would score as equal.
-        return reject(dl.REASON_EMPTY_TEXT, f"text column {columns.text!r} has no visible character "
-                                            f"(empty, or only whitespace/control/format/combining characters): "
-                                            f"{text!r:.80}")
-    if columns.id is None:
-        return TextRow(text_id(text), text, row)
-    raw_id = row.fields.get(columns.id)
-    if raw_id is None:
-        return reject(dl.REASON_NULL_ID, f"id column {columns.id!r} is null or absent")
-    if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
-        return reject(dl.REASON_INVALID_ID,
-                      f"id column {columns.id!r} holds a {type(raw_id).__name__}; ids are strings or integers")
-    if isinstance(raw_id, str) and is_blank(raw_id):
-        # The same rule as for texts: in id mode a pair's ids are checked as texts, so a text
-        # table must not keep an id that no pair could ever name.
-        return reject(dl.REASON_INVALID_ID, f"id column {columns.id!r} has no visible character: {raw_id!r:.80}")
-    return TextRow(str(raw_id), text, row)
-
-
-def _starts_visibly(text: str) -> bool:
-    """An ASCII letter or digit first: certainly not blank. Most texts start so, and this costs a
-    tenth of :func:`is_blank`, which stays the one definition for every other text."""
-    first = text[:1]
-    return first.isascii() and first.isalnum()
-
 
 class _ExtractTextDoFn(beam.DoFn):
     def __init__(self, columns: TextColumns, prefix: str):
@@ -163,26 +78,6 @@ class _ExtractTextDoFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, result)
         else:
             yield result.id, result
-
-
-class UniqueText(NamedTuple):
-    """A text to encode once, and the ids (one or more) that name it."""
-    text: str
-    ids: tuple[str, ...]
-
-
-def resolve_id(id_: str, rows: Iterable[TextRow]) -> tuple[UniqueText | None, int, list[DeadLetter]]:
-    """All rows that share one id -> (the unique text, duplicate row count, dead letters).
-
-    Rows repeating the same text are duplicates of the first. An id given with two or more
-    different texts is ambiguous: every one of its rows is dead-lettered, none is kept.
-    """
-    rows = list(rows)
-    texts = {r.text for r in rows}
-    if len(texts) == 1:
-        return UniqueText(rows[0].text, (id_,)), len(rows) - 1, []
-    detail = f"id {id_!r} is given with {len(texts)} different texts in {len(rows)} rows"
-    return None, 0, [DeadLetter(dl.REASON_CONFLICTING_ID, detail, r.row.source, r.row.fields) for r in rows]
 
 
 class _ResolveIdDoFn(beam.DoFn):
@@ -254,15 +149,6 @@ class EncodeSettings:
     sort_window: int = 4096
 
 
-def pick_device(name: str) -> str:
-    import torch
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
-    return name
-
-
 class _EncodeTextsDoFn(SortWindowDoFn):
     """UniqueText -> pyarrow Tables of store rows, one per sort window.
 
@@ -276,30 +162,26 @@ class _EncodeTextsDoFn(SortWindowDoFn):
         self._settings = settings
         self._layout = layout
         self._schema = layout.schema()
+        # The side's encoder, loaded once per worker process (pipeline/beam/models.py).
+        self._handler = EncoderHandler(settings.model_dir, settings.side, settings.device)
+        self._shared = shared.Shared()
         self.encoded = counter("texts_encoded", prefix)
         self.truncated = counter("texts_truncated", prefix)
 
     def setup(self):
-        import torch
-        from encoders.checkpoint import load_or_build_student
-        from encoders.config import baseline_config
+        from encoders.inference import length_order
 
-        self._torch = torch
-        self._device = pick_device(self._settings.device)
-        student = load_or_build_student(self._settings.model_dir, baseline_config())
-        self._encoder = student.encoder.side(self._settings.side).to(self._device).eval()
-        # Mixed precision on GPU: the encoder is the cost of stage one, and fp16 stores lose nothing.
-        self._autocast = self._device == "cuda"
+        self._length_order = length_order
+        self._model = acquire(self._shared, self._handler.load_model, self._handler.tag)
 
     def flush(self, texts: list[UniqueText]) -> pa.Table:
-        tokenized = self._encoder.tokenize([t.text for t in texts])
-        order = sorted(range(len(texts)), key=lambda i: tokenized[i].num_tokens)
+        model, encoder = self._model, self._model.encoder
+        with model.lock:
+            tokenized = encoder.tokenize([t.text for t in texts])
         columns: dict[str, list] = {name: [] for name in self._schema.names}
-        for start in range(0, len(order), self._settings.batch_size):
-            batch_index = order[start:start + self._settings.batch_size]
-            batch = self._encoder.collate([tokenized[i] for i in batch_index]).to(self._device)
-            with self._torch.inference_mode(), self._torch.autocast("cuda", enabled=self._autocast):
-                encoded = self._encoder(batch.input_ids, batch.attention_mask)
+        for batch_index in self._length_order(tokenized, self._settings.batch_size):
+            batch = encoder.collate([tokenized[i] for i in batch_index]).to(model.device)
+            encoded = self._handler.run_inference(batch, model)
             token_bytes, scales = encode_token_block(encoded.tokens.float().cpu().numpy(), self._layout.dtype)
             pooled = (encoded.pooled.float().cpu().numpy().astype("<f2") if encoded.pooled is not None else None)
             for position, i in enumerate(batch_index):

@@ -1,6 +1,11 @@
-"""A student on many pairs, the way the product runs it, in plain PyTorch (no Beam, no store):
-every unique text is encoded once (stage one), then the head runs over the pairs in large
-batches (stage two). Training evaluates dev with it and ``jobs.evaluate`` times it.
+"""Inference in plain PyTorch (no Beam, no store): the one sorted-batch loop and the one place
+the head runs, and a student on many pairs the way the product runs it: every unique text is
+encoded once (stage one), then the head runs over the pairs in large batches (stage two).
+
+:func:`length_order` is the sorted-batch loop of every encode, embed and logits path (stage one's
+encoder, the teacher, the stage-one state cache, candidate mining, this module);
+:func:`run_head` is the head of every scoring path (``pipeline.scoring_core.HeadScorer`` and
+this module). Training evaluates dev with :func:`pair_logits` and ``jobs.evaluate`` times it.
 
 Shapes: P pairs, U unique texts of a side, N tokens kept, D projected size, H hidden size,
 C outputs.
@@ -9,16 +14,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 import torch
 
-from encoders.checkpoint import Student
 from encoders.config import SIDES
+from encoders.device import autocast, synchronize
 from encoders.dual_encoder import EncodedSide, SideEncoder
-from encoders.teacher import autocast
-from pipeline.scoring_core import run_head
+
+if TYPE_CHECKING:
+    from encoders.checkpoint import Student
 
 
 @dataclass
@@ -53,22 +59,32 @@ class Pairs:
 
 
 def length_order(tokenized: Sequence, batch_size: int) -> Iterator[np.ndarray]:
-    """Indices of ``tokenized`` texts (anything with ``num_tokens``) in batches of similar length,
-    so each batch pads only to its own longest text."""
+    """The sorted-batch loop: indices (int64 arrays of at most ``batch_size``) of ``tokenized``
+    (texts or pairs, anything with ``num_tokens``) sorted by token count (stably: equal lengths
+    keep their order), so each batch pads only to its own longest item. Every index once."""
     order = np.argsort([t.num_tokens for t in tokenized], kind="stable")
     for start in range(0, len(order), batch_size):
         yield order[start:start + batch_size]
 
 
+def run_head(student: "Student", left: tuple, right: tuple, device: str) -> torch.Tensor:
+    """The one place the head runs: (tokens (B, N, D), mask (B, N), pooled (B, H) or None) per
+    side, torch tensors on ``device`` -> logits (B, C), under inference mode and, on CUDA,
+    mixed precision (encoders/device.py)."""
+    with torch.inference_mode(), autocast(device):
+        return student.score_tokens(left[0], left[1], right[0], right[1], left[2], right[2])
+
+
 @torch.inference_mode()
 def encode_pool(side: SideEncoder, texts: Sequence[str], batch_size: int, device: str) -> EncodedSide:
     """Texts -> the side's EncodedSide in input order: tokens (U, N, D) float32, mask (U, N) bool,
-    pooled (U, H) or None; length-sorted batches, mixed precision on GPU (as stage one encodes)."""
+    pooled (U, H) or None; length-sorted batches, on GPU in stage one's float16 (encoders/device.py),
+    as stage one encodes."""
     tokenized = side.tokenize(texts)
     parts: list[tuple[np.ndarray, EncodedSide]] = []
     for index in length_order(tokenized, batch_size):
         batch = side.collate([tokenized[i] for i in index]).to(device)
-        with autocast(device):
+        with autocast(device, store=True):
             parts.append((index, side(batch.input_ids, batch.attention_mask)))
     if not parts:
         return EncodedSide(torch.zeros(0, side.num_tokens, side.output_dim, device=device),
@@ -82,22 +98,22 @@ def encode_pool(side: SideEncoder, texts: Sequence[str], batch_size: int, device
 
 
 @torch.inference_mode()
-def encode_pairs(student: Student, pairs: Pairs, device: str, batch_size: int = 128) -> dict[str, EncodedSide]:
+def encode_pairs(student: "Student", pairs: Pairs, device: str, batch_size: int = 128) -> dict[str, EncodedSide]:
     """Stage one: side -> EncodedSide of that side's pool (U rows), each unique text once."""
     return {side: encode_pool(student.encoder.side(side), pairs.pools[side], batch_size, device) for side in SIDES}
 
 
 @torch.inference_mode()
-def head_logits(student: Student, encoded: dict[str, EncodedSide], pairs: Pairs, device: str,
+def head_logits(student: "Student", encoded: dict[str, EncodedSide], pairs: Pairs, device: str,
                 batch_size: int = 4096) -> torch.Tensor:
-    """Stage two: gather each pair's tokens and run the head through the scoring core's
-    :func:`~pipeline.scoring_core.run_head` (the one inference path, as ``score_pairs`` runs it),
+    """Stage two: gather each pair's tokens and run the head through :func:`run_head` (the one
+    inference path, as ``score_pairs`` runs it),
     ``batch_size`` pairs at a time -> logits (P, C) float32 on CPU."""
     left, right = encoded["left"], encoded["right"]
     out = []
     for start in range(0, len(pairs), batch_size):
         rows = {side: torch.from_numpy(pairs.index[side][start:start + batch_size]).to(device) for side in SIDES}
-        # The head runs exactly as stage two runs it (pipeline.scoring_core.run_head).
+        # The head runs exactly as stage two runs it (run_head, which HeadScorer calls too).
         logits = run_head(student,
                           (left.tokens[rows["left"]], left.mask[rows["left"]],
                            left.pooled[rows["left"]] if left.pooled is not None else None),
@@ -107,7 +123,7 @@ def head_logits(student: Student, encoded: dict[str, EncodedSide], pairs: Pairs,
     return torch.cat(out) if out else torch.zeros(0, student.config.num_outputs)
 
 
-def pair_logits(student: Student, pairs: Pairs, device: str, encode_batch_size: int = 128,
+def pair_logits(student: "Student", pairs: Pairs, device: str, encode_batch_size: int = 128,
                 head_batch_size: int = 4096) -> tuple[np.ndarray, dict[str, float]]:
     """The student on P pairs: logits (P, C) float32 and the seconds spent in each stage,
     ``encode_seconds`` (tokenize + encode both pools) and ``head_seconds`` (gather + head).
@@ -126,8 +142,3 @@ def pair_logits(student: Student, pairs: Pairs, device: str, encode_batch_size: 
         student.train(was_training)
     return logits.numpy(), {"encode_seconds": encoded_at - started, "head_seconds": finished - encoded_at}
 
-
-def synchronize(device: str) -> None:
-    """Wait for queued GPU work, so a wall-clock time covers it."""
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()

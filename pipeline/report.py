@@ -21,7 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jobs.metrics import roc_curve  # noqa: E402
+from encoders.metrics import roc_curve  # noqa: E402
 
 REPORT_FILE = "report.md"
 ROC_PLOT = "roc.png"

@@ -1,0 +1,403 @@
+"""Distilling a teacher into a DiPair student, in plain PyTorch: the loss, the stage plan and the
+trainer (DiPair §3.7, §4.3-4.4). ``jobs.train_student`` reads the data, builds a
+:class:`DistillConfig` from its flags and runs a :class:`Trainer`; nothing here reads a job.
+
+* Stage 1 -- encoder frozen: projection + head train on the stage-one state cache
+  (``encoders/frozen_states.py``), early stop on dev.
+* Stage 2 -- everything trains, the encoder at a lower learning rate; each batch encodes its
+  unique texts once.
+* Dev is evaluated after every epoch of both stages; the best epoch of the whole run is saved.
+
+Shapes: P pairs, B pairs in a batch, C outputs (1, or k classes), U unique texts of a pool.
+"""
+from __future__ import annotations
+
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from encoders.checkpoint import Student, save_student
+from encoders.config import SIDES, StudentConfig
+from encoders.device import autocast, grad_scaler
+from encoders.frozen_states import FrozenStates
+from encoders.inference import Pairs, encode_pool, pair_logits
+from encoders.metrics import selection_score, task_metrics
+from encoders.sources import load_config
+from encoders.teacher import TeacherTask
+from encoders.training import EpochProgress, length_grouped_batches, make_adamw, optimizer_step
+from heads import HEAD_NAMES
+
+LOSSES = ("ce", "mse")
+# The heads a student can be trained with; pooled-cos has no parameters (it is the zero-training
+# baseline).
+TRAINABLE_HEADS = tuple(name for name in HEAD_NAMES if name != "pooled-cos")
+# Training pairs whose cosines calibrate the cosine skip when no stage-1 cache has them all.
+COSINE_FIT_PAIRS = 8192
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """How a student is distilled; ``jobs.train_student`` builds it from its flags (the names
+    match them: ``stage1_epochs`` is ``--stage1-epochs``).
+
+    stages:  2 (encoder frozen first, DiPair's schedule) or 1 (everything trains from the start).
+    loss:    ``ce`` (cross-entropy on the soft labels, DiPair eq. 1) or ``mse`` (on the logits).
+    human_label_weight: w in [0, 1], the share of the human label's loss where a pair has one.
+    lr / stage2_lr / encoder_lr: projection + head in stage 1 / in stage 2 / the encoder.
+    bar_options: tqdm options for the progress bars (the job's); None: no bars.
+    """
+    stages: int = 2
+    loss: str = "ce"
+    human_label_weight: float = 0.5
+    stage1_epochs: int = 10
+    patience: int = 2
+    stage2_epochs: int = 1
+    stage1_max_pairs: int | None = None
+    stage2_max_pairs: int | None = None
+    lr: float = 5e-4
+    stage2_lr: float = 1e-4
+    encoder_lr: float = 2e-5
+    batch_size: int = 32
+    stage1_batch_size: int = 128
+    encode_batch_size: int = 128
+    warmup: float = 0.1
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    bar_options: Mapping[str, Any] | None = None
+
+
+@dataclass
+class Examples:
+    """What the student trains on: pairs and their targets (P each; see ``pipeline.datasets.DistillationSet``)."""
+    pairs: Pairs
+    soft: torch.Tensor                      # (P, C) float32
+    logits: torch.Tensor | None             # (P, C) float32
+    human: torch.Tensor                     # (P,) float32, NaN = no human label
+
+    @classmethod
+    def of(cls, data, swap: bool) -> "Examples":
+        """``data``: the rows read (``pipeline.datasets.DistillationSet``: lefts, rights, soft,
+        logits, human). With ``swap`` every pair is added again with its texts exchanged
+        (symmetric tasks)."""
+        lefts, rights = data.lefts, data.rights
+        soft = torch.tensor(data.soft, dtype=torch.float32).reshape(len(data.soft), -1)
+        logits = (torch.tensor(data.logits, dtype=torch.float32).reshape(len(data.soft), -1)
+                  if data.logits is not None else None)
+        human = torch.tensor(data.human, dtype=torch.float32)
+        if swap:
+            lefts, rights = lefts + rights, rights + lefts
+            soft, human = soft.repeat(2, 1), human.repeat(2)
+            logits = logits.repeat(2, 1) if logits is not None else None
+        return cls(Pairs.of(lefts, rights), soft, logits, human)
+
+
+# --------------------------------------------------------------------------- loss
+
+def distillation_loss(logits: torch.Tensor, soft: torch.Tensor, teacher_logits: torch.Tensor | None,
+                      human: torch.Tensor, human_weight: float, loss: str = "ce") -> torch.Tensor:
+    """The mean loss of a batch (a scalar, float32).
+
+    logits (B, C) student; soft (B, C) teacher soft labels; teacher_logits (B, C) (``mse`` only);
+    human (B,) human targets, NaN where a pair has none; human_weight w in [0, 1].
+
+    Per pair: ``(1 - w_i) * distill_i + w_i * human_i`` with ``w_i = w`` where the pair has a human
+    label, else 0, and
+
+    * distill_i, ``ce`` (DiPair eq. 1): C = 1: ``-(p log sigmoid(z) + (1 - p) log(1 - sigmoid(z)))``;
+      C = k: ``-sum_c p_c log softmax(z)_c``;
+    * distill_i, ``mse``: ``mean_c (z_c - z_teacher_c)^2``;
+    * human_i: the same cross-entropy with the human target (0/1, a grade in [0, 1], or a class).
+    """
+    logits = logits.float()
+    if loss == "ce":
+        distill = _cross_entropy(logits, soft.float())
+    elif loss == "mse":
+        if teacher_logits is None:
+            raise ValueError("--loss mse needs the teacher's logits; this distillation set has none")
+        distill = ((logits - teacher_logits.float()) ** 2).mean(dim=1)
+    else:
+        raise ValueError(f"loss {loss!r} is not allowed: choose one of {', '.join(LOSSES)}")
+    has_human = ~torch.isnan(human)
+    if human_weight == 0 or not bool(has_human.any()):
+        return distill.mean()
+    target = torch.where(has_human, human, torch.zeros_like(human))
+    if logits.shape[1] == 1:
+        human_loss = _cross_entropy(logits, target[:, None])
+    else:
+        human_loss = F.cross_entropy(logits, target.long(), reduction="none")
+    weight = has_human.float() * human_weight
+    return ((1 - weight) * distill + weight * human_loss).mean()
+
+
+def _cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(B, C) logits and target probabilities -> (B,) cross-entropy (binary when C = 1)."""
+    if logits.shape[1] == 1:
+        return F.binary_cross_entropy_with_logits(logits[:, 0], target[:, 0], reduction="none")
+    return -(target * F.log_softmax(logits, dim=1)).sum(dim=1)
+
+
+def loss_floor(soft: torch.Tensor, human: torch.Tensor, human_weight: float) -> float:
+    """The lowest mean ``ce`` loss any student can reach on these targets: the mean entropy of each
+    pair's target distribution (cross-entropy is linear in the target, so mixing the losses equals
+    mixing the targets). A training loss far above it means the student underfits."""
+    target = soft.double()
+    has_human = ~torch.isnan(human)
+    if human_weight and bool(has_human.any()):
+        if soft.shape[1] == 1:
+            hard = torch.where(has_human, human, torch.zeros_like(human)).double()[:, None]
+        else:
+            hard = F.one_hot(torch.where(has_human, human, torch.zeros_like(human)).long(), soft.shape[1]).double()
+        weight = (has_human.double() * human_weight)[:, None]
+        target = (1 - weight) * target + weight * hard
+    if target.shape[1] == 1:
+        target = torch.cat([target, 1 - target], dim=1)
+    entropy = -(target * torch.log(target.clamp(min=1e-300))).sum(dim=1)
+    return float(entropy.mean())
+
+
+# --------------------------------------------------------------------------- training
+
+@dataclass
+class Stage:
+    """One phase of training: which parameters learn, at which rates, for how long."""
+    name: str                                   # "stage1" | "stage2" | "one_stage"
+    description: str
+    frozen_encoder: bool
+    epochs: int
+    batch_size: int
+    groups: list[tuple[list[tuple[str, torch.nn.Parameter]], float]]   # (named parameters, lr)
+    patience: int | None = None
+    max_pairs: int | None = None
+
+
+def plan_stages(student: Student, config: DistillConfig) -> list[Stage]:
+    """``--stages 2``: stage 1 trains projection + head with the encoder frozen (early stop on dev),
+    stage 2 trains everything, the encoder at ``--encoder-lr``. ``--stages 1``: everything from the
+    first step, head at ``--lr`` (it starts from random weights) and encoder at ``--encoder-lr``."""
+    encoder = _named_encoder_parameters(student)
+    encoder_ids = {id(p) for _, p in encoder}
+    rest = [(n, p) for n, p in student.named_parameters() if id(p) not in encoder_ids]
+    if config.stages == 1:
+        return [Stage("one_stage", "one stage: everything trains", False, config.stage2_epochs, config.batch_size,
+                      [(rest, config.lr), (encoder, config.encoder_lr)], max_pairs=config.stage2_max_pairs)]
+    return [Stage("stage1", "stage 1: encoder frozen", True, config.stage1_epochs, config.stage1_batch_size,
+                  [(rest, config.lr)], patience=config.patience, max_pairs=config.stage1_max_pairs),
+            Stage("stage2", "stage 2: everything trains", False, config.stage2_epochs, config.batch_size,
+                  [(rest, config.stage2_lr), (encoder, config.encoder_lr)], max_pairs=config.stage2_max_pairs)]
+
+
+def _named_encoder_parameters(student: Student) -> list[tuple[str, torch.nn.Parameter]]:
+    """The transformer weights, each once (a shared encoder is one module on both sides)."""
+    seen, named = set(), []
+    for side in SIDES:
+        for name, parameter in student.encoder.side(side).transformer.named_parameters():
+            if id(parameter) not in seen:
+                seen.add(id(parameter))
+                named.append((f"{side}.{name}", parameter))
+    return named
+
+
+@dataclass
+class Trainer:
+    """The run's data and state: the student, how it is distilled, the examples, dev, where the best
+    epoch goes. Reads a DistillConfig, never a config."""
+    student: Student
+    config: DistillConfig
+    task: TeacherTask
+    device: str
+    examples: Examples
+    dev: Pairs
+    dev_targets: np.ndarray
+    cache: FrozenStates | None = None
+    best_score: tuple[float, float] | None = None
+    best: dict[str, Any] | None = None
+    best_state: dict[str, torch.Tensor] | None = None
+    records: list[dict[str, Any]] = field(default_factory=list)
+    checkpoint_dir: str | None = None   # where the best epoch is saved (staged; committed at the end)
+
+    def train_stage(self, stage: Stage, rng: random.Random) -> list[dict[str, Any]]:
+        """Run one stage; returns its epoch records. Ends with the stage's best weights loaded."""
+        config, student = self.config, self.student
+        for _, parameter in _named_encoder_parameters(student):
+            parameter.requires_grad_(not stage.frozen_encoder)
+        if stage.frozen_encoder:
+            rows = self.cache.pair_rows(self.examples.pairs)
+            forward = lambda index: self.cache.logits(student, {s: r[index] for s, r in rows.items()}, self.device)
+            # Cached states all have N / M tokens: nothing to group by length.
+            lengths = [0] * len(self.examples.pairs)
+        else:
+            tokenized = {side: student.encoder.side(side).tokenize(self.examples.pairs.pools[side]) for side in SIDES}
+            forward = lambda index: self._encode_and_score(tokenized, index)
+            lengths = self._lengths(tokenized)
+        batches = length_grouped_batches(lengths, stage.batch_size, random.Random(0))
+        steps_per_epoch = len(first_pairs(batches, stage.max_pairs) if stage.max_pairs is not None else batches)
+        total_steps = steps_per_epoch * stage.epochs
+        optimizer = make_adamw(stage.groups, config.weight_decay)
+        scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup * total_steps), total_steps)
+        scaler = grad_scaler(self.device)
+        parameters = [p for named, _ in stage.groups for _, p in named]
+        stage_records, stage_best, bad_epochs = [], None, 0
+        stage_best_state = None
+        for epoch in range(1, stage.epochs + 1):
+            batches = length_grouped_batches(lengths, stage.batch_size, rng)
+            if stage.max_pairs is not None:
+                batches = first_pairs(batches, stage.max_pairs)
+            record = {"stage": stage.name, "epoch": epoch, **self._train_epoch(
+                forward, batches, optimizer, scheduler, scaler, parameters,
+                f"{stage.description}, epoch {epoch}/{stage.epochs}")}
+            evaluated = time.perf_counter()
+            logits = self._dev_logits(stage.frozen_encoder)
+            record["dev"] = task_metrics(self.task, logits, self.dev_targets)
+            record["dev_seconds"] = round(time.perf_counter() - evaluated, 1)
+            score = selection_score(self.task, record["dev"])
+            if self.best_score is None or score > self.best_score:
+                self.best_score, self.best, self.best_state = score, record, _copy_state(student)
+                save_student(student, self.checkpoint_dir)   # the best epoch so far is always on disk
+            record["best_so_far"] = self.best is record
+            if stage_best is None or score > stage_best:
+                stage_best, bad_epochs = score, 0
+                stage_best_state = _copy_state(student)
+            else:
+                bad_epochs += 1
+            stage_records.append(record)
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in record["dev"].items())
+            tqdm.write(f"{stage.description}, epoch {epoch}: train loss {record['train_loss']:.4f} "
+                       f"({record['pairs_per_second']:.1f} pairs/s); dev {shown}"
+                       f"{' (best, saved)' if self.best is record else ''}", file=sys.stderr)
+            if stage.patience is not None and bad_epochs >= stage.patience:
+                record["early_stop"] = True
+                tqdm.write(f"{stage.description}: dev did not improve for {bad_epochs} epochs, stopping early",
+                           file=sys.stderr)
+                break
+        # The next stage starts from this stage's best epoch, not its last (DiPair: stage 1 "until convergence").
+        student.load_state_dict(stage_best_state)
+        self.records += stage_records
+        return stage_records
+
+    def _lengths(self, tokenized: dict[str, list]) -> list[int]:
+        """Per example, what length grouping sorts by: the two texts' token counts."""
+        pairs = self.examples.pairs
+        counts = {side: np.array([t.num_tokens for t in tokenized[side]], dtype=np.int64) for side in SIDES}
+        return (counts["left"][pairs.index["left"]] + counts["right"][pairs.index["right"]]).tolist()
+
+    def _encode_and_score(self, tokenized: dict[str, list], index: np.ndarray) -> torch.Tensor:
+        """A batch of pair indices -> logits (B, C), encoding each unique text of the batch once."""
+        sides, pooled = {}, {}
+        for side in SIDES:
+            unique, inverse = np.unique(self.examples.pairs.index[side][index], return_inverse=True)
+            encoder = self.student.encoder.side(side)
+            batch = encoder.collate([tokenized[side][i] for i in unique]).to(self.device)
+            encoded = encoder(batch.input_ids, batch.attention_mask)
+            back = torch.from_numpy(inverse.reshape(-1)).to(self.device)
+            sides[side] = (encoded.tokens[back], encoded.mask[back])
+            pooled[side] = encoded.pooled[back] if encoded.pooled is not None else None
+        return self.student.score_tokens(*sides["left"], *sides["right"], pooled["left"], pooled["right"])
+
+    def fit_cosine_skip(self, sample: int = COSINE_FIT_PAIRS) -> dict[str, Any]:
+        """Calibrate the cosine skip to the teacher before training (heads/cosine_skip.py): the
+        logistic fit of the soft labels on the pooled-embedding cosine of up to ``sample`` training
+        pairs (all of them come free from the stage-1 cache; otherwise a sample is encoded)."""
+        pairs, head = self.examples.pairs, self.student.head
+        if self.cache is not None:
+            chosen = np.arange(len(pairs))
+            rows = self.cache.pair_rows(pairs)
+            pooled = {side: self.cache.pooled_of(side, rows[side]) for side in SIDES}
+        else:
+            chosen = np.sort(np.random.default_rng(self.config.seed).permutation(len(pairs))[:sample])
+            pooled = {}
+            for side in SIDES:
+                unique, inverse = np.unique(pairs.index[side][chosen], return_inverse=True)
+                encoded = encode_pool(self.student.encoder.side(side), [pairs.pools[side][i] for i in unique],
+                                      self.config.encode_batch_size, self.device)
+                pooled[side] = encoded.pooled.cpu()[torch.from_numpy(inverse.reshape(-1))]
+        cosine = F.cosine_similarity(pooled["left"], pooled["right"], dim=-1)
+        head.fit_to(cosine, self.examples.soft[torch.from_numpy(chosen)])
+        return {"pairs": len(chosen), "scale": head.scale.tolist(), "bias": head.bias.tolist()}
+
+    def _train_epoch(self, forward: Callable[[np.ndarray], torch.Tensor], batches: list[list[int]], optimizer,
+                     scheduler, scaler, parameters: list[torch.nn.Parameter], description: str) -> dict[str, float]:
+        """One pass over ``batches`` -> {train_loss (mean over the epoch), seconds, pairs_per_second, lr}."""
+        self.student.train()
+        examples, config, device = self.examples, self.config, self.device
+        progress = EpochProgress(sum(len(b) for b in batches), description, config.bar_options)
+        for batch in batches:
+            index = np.asarray(batch)
+            rows = torch.from_numpy(index)
+            with autocast(device):
+                logits = forward(index)                                                  # (B, C)
+            loss = distillation_loss(
+                logits, examples.soft[rows].to(device),
+                examples.logits[rows].to(device) if examples.logits is not None else None,
+                examples.human[rows].to(device), config.human_label_weight, config.loss)
+            optimizer_step(loss, optimizer, scheduler, scaler, parameters, config.max_grad_norm)
+            progress.update(loss, len(index), scheduler.get_last_lr()[0])
+        return progress.close()
+
+    @torch.inference_mode()
+    def _dev_logits(self, frozen_encoder: bool) -> np.ndarray:
+        """Dev logits (P, C): from the cache while the encoder is frozen, else encoding the dev texts."""
+        if not frozen_encoder:
+            return pair_logits(self.student, self.dev, self.device, self.config.encode_batch_size)[0]
+        self.student.eval()
+        rows = self.cache.pair_rows(self.dev)
+        out = []
+        for start in range(0, len(self.dev), 4096):
+            with autocast(self.device):
+                out.append(self.cache.logits(self.student, {s: r[start:start + 4096] for s, r in rows.items()},
+                                             self.device).float().cpu())
+        return torch.cat(out).numpy()
+
+
+def first_pairs(batches: list[list[int]], count: int) -> list[list[int]]:
+    """The leading batches holding ``count`` pairs in all (the last one cut short): an epoch of
+    ``--stage2-max-pairs`` pairs, a new random sample each epoch since the batches are shuffled."""
+    taken, total = [], 0
+    for batch in batches:
+        if total >= count:
+            break
+        taken.append(batch[:count - total])
+        total += len(taken[-1])
+    return taken
+
+
+def _copy_state(student: Student) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in student.state_dict().items()}
+
+
+def resolve_task(name: str | None, label_range: tuple[float, float] | None, num_outputs: int,
+                 from_manifest: TeacherTask | None) -> TeacherTask:
+    """How dev (and human) labels are read: the task ``name`` (``--task``, with ``label_range``),
+    else the distillation set's manifest, else binary for one-output sets and classes for k-output
+    ones. It must give ``num_outputs`` logits."""
+    if name is not None:
+        task = TeacherTask(name, label_range=label_range, num_classes=num_outputs if name == "classes" else None)
+    elif from_manifest is not None:
+        task = from_manifest
+    else:
+        task = (TeacherTask("binary") if num_outputs == 1 else TeacherTask("classes", num_classes=num_outputs))
+    if task.num_outputs != num_outputs:
+        raise ValueError(f"task {task.task!r} needs {task.num_outputs} output(s) but the distillation set has "
+                         f"{num_outputs} soft label(s) per pair")
+    return task
+
+
+def check_encoder(config: StudentConfig) -> None:
+    """The encoder exists and has at least K layers (its config only; the weights load later)."""
+    try:
+        encoder_config = load_config(config.encoder)
+    except OSError as err:
+        raise ValueError(f"--encoder {config.encoder!r} cannot be loaded (a local Hugging Face directory or a "
+                         f"cached hub id): {err}") from err
+    available = encoder_config.num_hidden_layers
+    if config.encoder_layers is not None and config.encoder_layers > available:
+        raise ValueError(f"--layers {config.encoder_layers} is not allowed for {config.encoder!r}: it has "
+                         f"{available} layers, choose 1..{available}")

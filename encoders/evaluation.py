@@ -1,0 +1,181 @@
+"""Evaluating models side by side, in plain PyTorch: loading a teacher, a student or the
+zero-training baseline, scoring labeled pairs with each the way the product runs it (teacher:
+length-sorted batches; student: every unique text encoded once, then the head), timing it, and
+the quality and agreement metrics ``jobs.evaluate`` reports.
+
+Shapes: P pairs, C outputs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+from encoders.checkpoint import CONFIG_FILE, Student, build_student, load_student
+from encoders.config import CONFIG_FORMAT, baseline_config
+from encoders.device import synchronize
+from encoders.inference import Pairs, encode_pairs, head_logits
+from encoders.metrics import best_threshold_accuracy, f1_at_threshold, pearson, roc_auc, spearman
+from encoders.teacher import CrossEncoder, load_teacher, soft_labels
+
+BASELINE = "baseline"
+KINDS = ("teacher", "student", "baseline")
+# The head alone runs in well under a second on a dev set; it is repeated until it has run this
+# long so that its pairs/s is not a timer's rounding.
+MIN_HEAD_SECONDS = 1.0
+MAIN_METRICS = {"binary": "auc", "graded": "spearman"}
+
+
+class BatchSizes(NamedTuple):
+    """Pairs per teacher batch, texts per student encoder batch, pairs per student head batch."""
+    teacher: int = 64
+    encode: int = 128
+    head: int = 8192
+
+
+# --------------------------------------------------------------------------- models
+
+@dataclass
+class Model:
+    """One model to evaluate: a teacher cross-encoder, a student checkpoint or the baseline."""
+    name: str
+    kind: str                           # one of KINDS
+    source: str                         # the --model value
+    model: CrossEncoder | Student
+    fingerprint: str
+    description: str
+
+
+def model_kind(source: str) -> str:
+    """``baseline``, ``student`` (a pairscore student checkpoint: its config.json says so) or
+    ``teacher`` (any other model directory: a train_teacher output or a Hugging Face
+    sequence-classification cross-encoder)."""
+    if source == BASELINE:
+        return "baseline"
+    config = os.path.join(source, CONFIG_FILE)
+    if not os.path.isfile(config):
+        raise ValueError(f"--model {source!r} is not a model directory (no {CONFIG_FILE}); give a teacher or "
+                         f"student checkpoint directory, or `{BASELINE}`")
+    try:
+        data = json.loads(open(config, encoding="utf-8").read())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--model {source!r}: {CONFIG_FILE} is not JSON ({err})") from None
+    return "student" if data.get("format") == CONFIG_FORMAT else "teacher"
+
+
+def load_model(name: str, source: str, device: str) -> Model:
+    """Load one model onto ``device`` in eval mode; ValueError naming what is wrong."""
+    kind = model_kind(source)
+    if kind == "teacher":
+        teacher = load_teacher(source).to(device).eval()
+        return Model(name, kind, source, teacher, teacher.fingerprint,
+                     f"cross-encoder, {teacher.model.config.num_hidden_layers} layers, max length "
+                     f"{teacher.task.max_length}")
+    student = (build_student(baseline_config()) if kind == "baseline" else load_student(source)).to(device).eval()
+    config = student.config
+    layers = student.encoder.left.transformer.config.num_hidden_layers
+    if kind == "baseline":
+        description = f"cosine of mean-pooled sentence embeddings, {config.encoder}, {layers} layers, no training"
+    else:
+        description = (f"head {config.head}, K={layers}, N={config.left_tokens}, M={config.right_tokens}, "
+                       f"D={config.dim or student.encoder.left.output_dim}"
+                       + ("" if config.shared_encoder else ", separate encoders")
+                       + (", cosine skip" if config.cosine_skip else ""))
+    return Model(name, kind, source, student, student.fingerprint, description)
+
+
+# --------------------------------------------------------------------------- scoring
+
+@dataclass
+class Scored:
+    """One model on P pairs: logits (P, C), scores (P,) (a probability, or the baseline's cosine)
+    and the seconds it took."""
+    logits: np.ndarray
+    scores: np.ndarray
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def score_teacher(teacher: CrossEncoder, lefts: Sequence[str], rights: Sequence[str], batch_size: int,
+                  device: str) -> Scored:
+    """Tokenize and run the cross-encoder over every pair (sorted by length, as label_pairs does)."""
+    started = time.perf_counter()
+    logits = teacher.predict(teacher.tokenize(lefts, rights), batch_size)
+    synchronize(device)
+    seconds = time.perf_counter() - started
+    probs = soft_labels(logits)                       # (P,) for one output, (P, C) for k classes
+    scores = probs if probs.ndim == 1 else probs[:, -1]
+    return Scored(logits, scores.astype(np.float64), {"total_seconds": seconds})
+
+
+def score_student(student: Student, pairs: Pairs, batches: BatchSizes, device: str, time_head: bool) -> Scored:
+    """Stage one (each unique text encoded once) and stage two (the head over the pairs), timed
+    apart; with ``time_head`` the head pass is repeated until it has run ``MIN_HEAD_SECONDS``."""
+    started = time.perf_counter()
+    encoded = encode_pairs(student, pairs, device, batches.encode)
+    synchronize(device)
+    encoded_at = time.perf_counter()
+    logits = head_logits(student, encoded, pairs, device, batches.head)
+    synchronize(device)
+    head_seconds, passes = time.perf_counter() - encoded_at, 1
+    if time_head:
+        while head_seconds < MIN_HEAD_SECONDS:
+            tic = time.perf_counter()
+            head_logits(student, encoded, pairs, device, batches.head)
+            synchronize(device)
+            head_seconds += time.perf_counter() - tic
+            passes += 1
+    scores, _ = student.scores_from_logits(logits)
+    return Scored(logits.numpy(), scores.numpy().astype(np.float64),
+                  {"encode_seconds": encoded_at - started, "head_seconds": head_seconds / passes,
+                   "head_passes": passes})
+
+
+def score_model(model: Model, lefts: Sequence[str], rights: Sequence[str], batches: BatchSizes, device: str,
+                time_it: bool) -> Scored:
+    """Scores of one model on one split (a short warm-up first when it is timed, so one-time costs
+    such as lazy initialisation are not counted)."""
+    if model.kind == "teacher":
+        if time_it:
+            score_teacher(model.model, lefts[:8], rights[:8], batches.teacher, device)
+        return score_teacher(model.model, lefts, rights, batches.teacher, device)
+    pairs = Pairs.of(lefts, rights)
+    if time_it:
+        score_student(model.model, Pairs.of(lefts[:8], rights[:8]), batches, device, False)
+    return score_student(model.model, pairs, batches, device, time_it)
+
+
+# --------------------------------------------------------------------------- metrics
+
+def quality(task: str, scores: np.ndarray, targets: np.ndarray, dev: tuple[np.ndarray, np.ndarray] | None
+            ) -> dict[str, float]:
+    """binary: auc, and accuracy and f1 at ``threshold`` (the best-accuracy threshold on ``dev``
+    (scores, labels) when given, else on these pairs); graded: pearson, spearman."""
+    if task == "graded":
+        return {"pearson": pearson(scores, targets), "spearman": spearman(scores, targets)}
+    threshold = best_threshold_accuracy(*(dev if dev is not None else (scores, targets)))[1]
+    labels = targets.astype(bool)
+    return {"auc": roc_auc(scores, labels), "accuracy": float(((scores >= threshold) == labels).mean()),
+            "f1": f1_at_threshold(scores, labels, threshold), "threshold": threshold}
+
+
+def agreement(scored: Scored, teacher: Scored) -> dict[str, float]:
+    """How closely a model follows the teacher: Pearson of its first logit with the teacher's (the
+    baseline's "logit" is its cosine), and the AUC of its scores against the teacher's hard labels
+    (teacher probability >= 0.5). One-output teachers only."""
+    hard = teacher.scores >= 0.5
+    return {"teacher_logit_pearson": pearson(scored.logits[:, 0], teacher.logits[:, 0]),
+            "teacher_label_auc": roc_auc(scored.scores, hard)}
+
+
+def speed(model: Model, scored: Scored, pairs: Pairs) -> dict[str, float]:
+    """pairs/s on these pairs; for students also the head alone and the encoder's texts/s."""
+    count = len(pairs)
+    if model.kind == "teacher":
+        return {"pairs_per_second": count / scored.seconds["total_seconds"], **scored.seconds}
+    encode, head = scored.seconds["encode_seconds"], scored.seconds["head_seconds"]
+    return {"pairs_per_second": count / (encode + head), "head_pairs_per_second": count / head,
+            "encode_texts_per_second": pairs.unique_texts / encode, **scored.seconds}

@@ -1,0 +1,367 @@
+"""The training and evaluation data sets, read into memory: labeled pairs (teacher training, dev,
+evaluation) and distillation sets (``label_pairs`` output, the student's training data), and
+the distillation set's format: its schema, its manifest and what makes two pairs the same.
+
+Rows that cannot be used are kept as dead letters with a reason (the readers' and
+``pipeline.pairs.extract_text_pair``'s rules, plus ``null_label`` and ``invalid_label``); the
+jobs write them and count them in their summaries.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+import pyarrow as pa
+from apache_beam.io.filesystems import FileSystems
+
+from encoders.teacher import TeacherTask
+from pipeline import dead_letters as dl
+from pipeline.dead_letters import DeadLetter
+from pipeline.pairs import TextPairColumns, extract_text_pair
+from pipeline.readers import InputError, InputFile, check_columns, read_rows
+from pipeline.store import MANIFEST_FILE
+from pipeline.text_checks import TextColumns, TextRow, extract_text, resolve_id
+from pipeline.text_ids import text_id
+
+# Soft labels of a k-class teacher must sum to 1 within this (they are float32 softmax outputs).
+SOFT_LABEL_SUM_TOLERANCE = 1e-3
+# The candidates table ``build_candidates`` writes (``label_pairs`` reads it as pairs).
+CANDIDATE_SCHEMA = pa.schema([
+    ("left", pa.string()), ("right", pa.string()), ("left_id", pa.string()), ("right_id", pa.string()),
+    ("source", pa.string()),        # 'knn' | 'random'
+    ("similarity", pa.float32()),   # cosine of the two sentence embeddings
+    ("rank", pa.int32()),           # 1..k among the left text's neighbours; null for random pairs
+])
+# The distillation set's format (``label_pairs`` writes it: pipeline/beam/label.py).
+DISTILLATION_FORMAT = "pairscore-distillation"
+SCHEMA_VERSION = 1
+# Columns every distillation set has (kept columns may not reuse these names).
+BASE_COLUMNS = ("left_id", "right_id", "left", "right", "logit", "soft_label", "logits", "soft_labels", "truncated")
+
+
+# --------------------------------------------------------------------------- labeled pairs
+
+@dataclass
+class LabeledPairs:
+    """The usable pairs of one split (lefts, rights, targets: P each) and what was skipped."""
+    lefts: list[str] = field(default_factory=list)
+    rights: list[str] = field(default_factory=list)
+    targets: list[float] = field(default_factory=list)
+    rows_read: int = 0
+    skipped: list[DeadLetter] = field(default_factory=list)
+
+
+def read_labeled_pairs(files: Sequence[InputFile], columns: TextPairColumns, label_col: str,
+                       task: TeacherTask, limit: int | None = None) -> LabeledPairs:
+    """Read labeled pairs; rows with an unusable side or label are skipped as dead letters.
+
+    Reasons: the reader's (``invalid_json``, ...), the pair's (``left_empty_text``,
+    ``right_null_text``, ...), ``null_label`` (absent, null or empty) and ``invalid_label``
+    (not a number the task allows: see ``TeacherTask.target``). ``limit`` stops after that many rows.
+    """
+    pairs = LabeledPairs()
+    for file in files:
+        for item in read_rows(file):
+            if limit is not None and pairs.rows_read >= limit:
+                return pairs
+            pairs.rows_read += 1
+            if isinstance(item, DeadLetter):
+                pairs.skipped.append(item)
+                continue
+            pair = extract_text_pair(item, columns)
+            if isinstance(pair, DeadLetter):
+                pairs.skipped.append(pair)
+                continue
+            label = item.fields.get(label_col)
+            if label is None or (isinstance(label, str) and not label.strip()):
+                state = "absent from this row" if label_col not in item.fields else "null or empty"
+                pairs.skipped.append(DeadLetter(dl.REASON_NULL_LABEL, f"label column {label_col!r} is {state}",
+                                                item.source, item.fields))
+                continue
+            try:
+                target = task.target(label)
+            except ValueError as err:
+                pairs.skipped.append(DeadLetter(dl.REASON_INVALID_LABEL, f"label column {label_col!r}: {err}",
+                                                item.source, item.fields))
+                continue
+            pairs.lefts.append(pair.left)
+            pairs.rights.append(pair.right)
+            pairs.targets.append(target)
+    return pairs
+
+
+def training_examples(pairs: LabeledPairs, swap: bool) -> tuple[list[str], list[str], list[float]]:
+    """(lefts, rights, targets) to train on: each pair, and with ``swap`` each pair again with its
+    texts exchanged (for symmetric tasks: the teacher should not care which text comes first)."""
+    if not swap:
+        return pairs.lefts, pairs.rights, pairs.targets
+    return pairs.lefts + pairs.rights, pairs.rights + pairs.lefts, pairs.targets + pairs.targets
+
+
+# --------------------------------------------------------------------------- distillation sets
+
+@dataclass
+class DistillationSet:
+    """The usable rows of the distillation set (P each) and what was skipped.
+
+    soft:   (P, C) float32 teacher soft labels (C = 1: sigmoid(z / T); C = k: softmax(z / T)).
+    logits: (P, C) float32 teacher logits, or None when the set has none (only ``--loss mse`` needs them).
+    human:  (P,) float32 human targets as ``TeacherTask.target`` gives them, NaN where a pair has none.
+    """
+    lefts: list[str] = field(default_factory=list)
+    rights: list[str] = field(default_factory=list)
+    soft: list[list[float]] = field(default_factory=list)
+    logits: list[list[float]] | None = field(default_factory=list)
+    human: list[float] = field(default_factory=list)
+    rows_read: int = 0
+    skipped: list[DeadLetter] = field(default_factory=list)
+
+
+def distillation_columns(files: Sequence[InputFile], columns: TextPairColumns, need_logits: bool) -> tuple[str, str]:
+    """(soft label column, logit column) of a distillation set: ``soft_label`` / ``logit`` for
+    one-output teachers, ``soft_labels`` / ``logits`` for k classes (pipeline/beam/label.py). Checked
+    in every file before anything is read."""
+    problems = []
+    for soft, logit in (("soft_label", "logit"), ("soft_labels", "logits")):
+        required = [*columns.required(), soft] + ([logit] if need_logits else [])
+        try:
+            check_columns(files, required)
+            return soft, logit
+        except InputError as err:
+            problems.append(str(err))
+    raise ValueError(f"--distill is not a distillation set (a label_pairs output with soft_label and logit, or "
+                     f"soft_labels and logits, columns{' -- --loss mse needs the logits' if need_logits else ''}): "
+                     f"{problems[0]}")
+
+
+def first_width(files: Sequence[InputFile], soft_col: str) -> int:
+    """C of a k-class distillation set: the length of the first non-null ``soft_labels`` list."""
+    for file in files:
+        for item in read_rows(file, [soft_col]):
+            if not isinstance(item, DeadLetter) and isinstance(item.fields.get(soft_col), (list, tuple)):
+                return len(item.fields[soft_col])
+    raise ValueError(f"--distill has no row with a {soft_col!r} list: no soft labels to learn from")
+
+
+def _numbers(value: Any, column: str, width: int) -> list[float]:
+    """A scalar or list cell as ``width`` finite floats (numeric strings allowed: CSV inputs);
+    ValueError saying what is wrong."""
+    values = value if isinstance(value, (list, tuple)) else [value]
+    if len(values) != width:
+        raise ValueError(f"{column} has {len(values)} values; this set has {width} per pair")
+    out = []
+    for item in values:
+        try:
+            number = float(item.strip() if isinstance(item, str) else item)
+        except (TypeError, ValueError):
+            raise ValueError(f"{column} value {item!r:.60} is not a number") from None
+        if isinstance(item, bool) or not math.isfinite(number):
+            raise ValueError(f"{column} value {item!r:.60} is not a finite number")
+        out.append(number)
+    return out
+
+
+def read_distillation_set(files: Sequence[InputFile], columns: TextPairColumns, soft_col: str, logit_col: str,
+                          width: int, task: TeacherTask, human_col: str | None = None, limit: int | None = None
+                          ) -> DistillationSet:
+    """Read a distillation set; rows that cannot be trained on are skipped as dead letters.
+
+    Reasons: the reader's (``invalid_json``, ...), the pair's (``left_empty_text``, ...),
+    ``null_label`` (the soft label is absent or null) and ``invalid_label`` (a soft label outside
+    [0, 1], k soft labels that do not sum to 1, a logit that is not a finite number, a human label
+    the task does not allow). A null human label is not an error: the pair learns from the
+    teacher alone. ``width``: C, soft labels per pair; ``task`` reads the human labels.
+    """
+    data = DistillationSet()
+    for file in files:
+        # The logit and human label columns may be absent from a file (mined pairs have no human
+        # label); read only what it has, and absent values count as null.
+        wanted = [*columns.required(), soft_col, *present_columns(file, [logit_col] + ([human_col] if human_col else []))]
+        for item in read_rows(file, wanted):
+            if limit is not None and data.rows_read >= limit:
+                return _without_empty_logits(data)
+            data.rows_read += 1
+            if isinstance(item, DeadLetter):
+                data.skipped.append(item)
+                continue
+            pair = extract_text_pair(item, columns)
+            if isinstance(pair, DeadLetter):
+                data.skipped.append(pair)
+                continue
+            fields = item.fields
+            if fields.get(soft_col) is None:
+                data.skipped.append(DeadLetter(dl.REASON_NULL_LABEL, f"soft label column {soft_col!r} is null or "
+                                               "absent", item.source, fields))
+                continue
+            try:
+                soft = _numbers(fields[soft_col], soft_col, width)
+                if not all(0.0 <= p <= 1.0 for p in soft):
+                    raise ValueError(f"{soft_col} {fields[soft_col]!r:.60} is outside [0, 1]")
+                if len(soft) > 1 and abs(sum(soft) - 1.0) > SOFT_LABEL_SUM_TOLERANCE:
+                    raise ValueError(f"{soft_col} {fields[soft_col]!r:.60} does not sum to 1")
+                logit = None if fields.get(logit_col) is None else _numbers(fields[logit_col], logit_col, len(soft))
+                human = math.nan
+                if human_col and not _is_blank(fields.get(human_col)):
+                    human = task.target(fields[human_col])
+            except ValueError as err:
+                data.skipped.append(DeadLetter(dl.REASON_INVALID_LABEL, str(err), item.source, fields))
+                continue
+            data.lefts.append(pair.left)
+            data.rights.append(pair.right)
+            data.soft.append(soft)
+            if data.logits is not None:
+                if logit is None:
+                    data.logits = None  # some row has no logit: the set has none to train on
+                else:
+                    data.logits.append(logit)
+            data.human.append(human)
+    return _without_empty_logits(data)
+
+
+def present_columns(file: InputFile, names: Sequence[str]) -> list[str]:
+    """Those of ``names`` that ``file`` has as columns."""
+    present = []
+    for name in names:
+        try:
+            check_columns([file], [name])
+            present.append(name)
+        except InputError:
+            pass
+    return present
+
+
+def _without_empty_logits(data: DistillationSet) -> DistillationSet:
+    if data.logits is not None and len(data.logits) != len(data.soft):
+        data.logits = None
+    return data
+
+
+def _is_blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def distillation_task(paths: Sequence[str]) -> TeacherTask | None:
+    """The teacher's task from ``_MANIFEST.json`` of the --distill directories (label_pairs writes
+    it), so the dev labels and human labels are read as the teacher's were; None when no
+    directory has one. Directories labeled for different tasks are refused."""
+    tasks = {}
+    for path in paths:
+        manifest = FileSystems.join(path.rstrip("/"), MANIFEST_FILE)
+        if "*" in path or not FileSystems.exists(manifest):
+            continue
+        with FileSystems.open(manifest) as handle:
+            data = json.loads(handle.read().decode("utf-8"))
+        if data.get("format") == DISTILLATION_FORMAT and isinstance(data.get("task"), dict):
+            task = TeacherTask.from_dict(data["task"])
+            # The teacher's max length does not change what a label means.
+            meaning = {k: v for k, v in task.to_dict().items() if k != "max_length"}
+            tasks[json.dumps(meaning, sort_keys=True)] = (task, path)
+    if len(tasks) > 1:
+        raise ValueError(f"--distill sets were labeled for different tasks ({', '.join(p for _, p in tasks.values())}); "
+                         "give --task to say how the dev labels are read")
+    return next(iter(tasks.values()))[0] if tasks else None
+
+
+def pair_key(left: str, right: str) -> str:
+    """What makes two pairs "the same pair" for ``--previous``: the two texts, in order."""
+    return text_id(left) + text_id(right)
+
+
+def distillation_schema(num_outputs: int, kept: Sequence[pa.Field]) -> pa.Schema:
+    """The output schema for a teacher with ``num_outputs`` logits and the kept columns' fields."""
+    fields = [pa.field("left_id", pa.string()), pa.field("right_id", pa.string()),
+              pa.field("left", pa.string()), pa.field("right", pa.string())]
+    if num_outputs == 1:
+        fields += [pa.field("logit", pa.float32()), pa.field("soft_label", pa.float32())]
+    else:
+        fields += [pa.field("logits", pa.list_(pa.float32())), pa.field("soft_labels", pa.list_(pa.float32()))]
+    return pa.schema([*fields, pa.field("truncated", pa.bool_()), *kept])
+
+
+@dataclass(frozen=True)
+class DistillationManifest:
+    """``DIR/_MANIFEST.json`` of a distillation set: which teacher labeled it, at which temperature,
+    and its columns, so that a later ``--previous`` run (and the student trainer) can check it."""
+    teacher_fingerprint: str
+    teacher: str
+    task: dict[str, Any]
+    num_outputs: int
+    temperature: float
+    columns: dict[str, str]
+    kept_columns: list[str]
+    rows: int
+    files: list[str]
+    previous: str | None = None
+    format: str = DISTILLATION_FORMAT
+    schema_version: int = SCHEMA_VERSION
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def read(cls, directory: str) -> "DistillationManifest":
+        path = FileSystems.join(directory, MANIFEST_FILE)
+        if not FileSystems.exists(path):
+            raise ValueError(f"--previous {directory!r} is not a label_pairs output: it has no {MANIFEST_FILE}")
+        with FileSystems.open(path) as handle:
+            data = json.loads(handle.read().decode("utf-8"))
+        if data.get("format") != DISTILLATION_FORMAT or data.get("schema_version") != SCHEMA_VERSION:
+            raise ValueError(f"--previous {directory!r}: {MANIFEST_FILE} is not a distillation set of schema "
+                             f"version {SCHEMA_VERSION} (format {data.get('format')!r}, version "
+                             f"{data.get('schema_version')!r})")
+        return cls(**data)
+
+
+def schema_columns(schema: pa.Schema) -> dict[str, str]:
+    return {f.name: str(f.type) for f in schema}
+
+
+@dataclass
+class TextPool:
+    """The unique texts of one side (P each) and how every row read was accounted for.
+
+    With an id column, texts that several ids share appear once, under their smallest id.
+    """
+    texts: list[str] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+    rows_read: int = 0
+    rows_kept: int = 0
+    rows_duplicate: int = 0
+    dead: list[DeadLetter] = field(default_factory=list)
+
+
+def read_text_pool(files: Sequence[InputFile], columns: TextColumns) -> TextPool:
+    """Read, check and dedupe one side's texts with stage one's rules (extract_text, resolve_id):
+    rows read = kept (one per unique id) + duplicates + dead letters."""
+    pool = TextPool()
+    by_id: dict[str, list[TextRow]] = {}
+    for file in files:
+        for item in read_rows(file):
+            pool.rows_read += 1
+            result = item if isinstance(item, DeadLetter) else extract_text(item, columns)
+            if isinstance(result, DeadLetter):
+                pool.dead.append(result)
+            else:
+                by_id.setdefault(result.id, []).append(result)
+    ids_of_text: dict[str, list[str]] = {}
+    for id_, rows in by_id.items():
+        unique, duplicates, rejected = resolve_id(id_, rows)
+        pool.rows_duplicate += duplicates
+        pool.dead += rejected
+        if unique is not None:
+            pool.rows_kept += 1
+            ids_of_text.setdefault(unique.text, []).append(id_)
+    pool.texts = list(ids_of_text)
+    pool.ids = [min(ids) for ids in ids_of_text.values()]
+    return pool
+
+
+def check_human_label_column(files: Sequence[InputFile], column: str) -> None:
+    """The human label column may be absent from some files (mined pairs have no human label) but
+    must be in at least one: a misspelt name would otherwise silently train on soft labels alone."""
+    if not any(present_columns(file, [column]) for file in files):
+        raise ValueError(f"--human-label-col {column!r}: no --distill file has that column (label_pairs keeps "
+                         f"it with --keep-cols {column})")
