@@ -317,7 +317,9 @@ class StoreContentCheck:
             self._ids.setdefault(path, []).append(ids)
 
     def finish(self) -> None:
-        parts = [(path, pa.chunked_array(chunks, pa.string())) for path, chunks in self._ids.items()]
+        # Sorted by path: parts are read by several threads, and the message must not depend on
+        # which finished first.
+        parts = [(path, pa.chunked_array(chunks, pa.string())) for path, chunks in sorted(self._ids.items())]
         if not parts:
             return
         # Hash counting over every id at once (exact bytes: ids that differ in any byte are apart).
