@@ -238,7 +238,8 @@ def test_a_remote_model_replaced_during_a_run_never_mixes_two_models(testfs, tmp
     workers load theirs: workers that share its cache score with the pinned model (the run equals
     the local run with the original model, under its fingerprint); a worker with an empty cache
     stops the run, naming the file, and nothing is committed."""
-    import jobs.score_pairs as job_module
+    # score_pairs imports its runner when it runs: patching the runner module reaches it.
+    from pipeline.beam import runner as job_module
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps(p) + "\n" for p in PAIRS))
     model = upload(tiny_checkpoint, testfs, "models/student")
