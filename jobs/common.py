@@ -166,8 +166,9 @@ def shield_beam_workers() -> None:
 
 
 def preflight(ctx: click.Context, job: str, flags: dict) -> None:
-    """The job's pre-flight checks (jobs/preflight.py: inputs, columns, output, model, Beam flags),
-    before its library and so Beam, torch and transformers are imported."""
+    """The job's pre-flight checks (jobs/preflight.py: inputs, columns, output, model, Beam flags;
+    the checks themselves are pipeline/preflight.py and pipeline/beam/option_names.py), before its
+    library and so Beam, torch and transformers are imported."""
     from jobs import preflight as checks
     own = [o for p in ctx.command.params for o in (*p.opts, *p.secondary_opts) if o.startswith("--")]
     checks.check(job, flags, ctx.args, own)

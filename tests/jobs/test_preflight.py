@@ -15,8 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from jobs import beam_options, preflight
-from jobs.preflight import PreflightError
+from jobs import preflight
+from pipeline.beam import beam_options, option_names
+from pipeline.preflight import PreflightError
 
 REPO = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "apache_beam", "transformers")
@@ -149,22 +150,23 @@ def test_what_the_job_accepts_passes(inputs, tiny_checkpoint, monkeypatch):
 
 def test_flags_are_left_to_beam_when_another_beam_is_installed(monkeypatch):
     with pytest.raises(PreflightError, match="did you mean --runner"):
-        preflight.check_beam_flags(["--runnr=DirectRunner"])
-    monkeypatch.setattr(preflight, "_installed_beam", lambda: "0.0.1")
-    preflight.check_beam_flags(["--runnr=DirectRunner"])           # Beam's own check, after the import, decides
+        option_names.check_beam_flags(["--runnr=DirectRunner"])
+    monkeypatch.setattr(option_names, "_installed_beam", lambda: "0.0.1")
+    option_names.check_beam_flags(["--runnr=DirectRunner"])           # Beam's own check, after the import, decides
 
 
 def test_the_list_of_beam_options_is_the_installed_beams():
-    """jobs/beam_options.py is generated; regenerate it (python -m jobs.preflight --write-beam-options)
+    """pipeline/beam/beam_options.py is generated; regenerate it
+    (python -m pipeline.beam.option_names --write-beam-options)
     when Beam is upgraded."""
-    version, names = preflight.generate_beam_options()
+    version, names = option_names.generate_beam_options()
     assert version == beam_options.BEAM_VERSION
     assert sorted(beam_options.OPTIONS) == names
-    assert Path(beam_options.__file__).read_text(encoding="utf-8") == preflight.beam_options_source(version, names)
+    assert Path(beam_options.__file__).read_text(encoding="utf-8") == option_names.beam_options_source(version, names)
 
 
 def test_the_preflight_module_imports_no_heavy_library():
-    code = ("import sys, jobs.preflight, jobs.beam_options, jobs.cli\n"
+    code = ("import sys, jobs.preflight, pipeline.preflight, pipeline.beam.option_names, pipeline.beam.beam_options, jobs.cli\n"
             f"print(','.join(m for m in {HEAVY!r} + ('pyarrow',) if m in sys.modules))")
     env = dict(os.environ, PYTHONPATH=str(REPO))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)

@@ -1,5 +1,6 @@
 """Every pipeline option string of apache-beam 2.77.0 (all runners), for the pre-flight check of
-pass-through flags (jobs/preflight.py). Generated: ``python -m jobs.preflight --write-beam-options``;
+pass-through flags (pipeline/beam/option_names.py). Generated:
+``python -m pipeline.beam.option_names --write-beam-options``;
 tests/jobs/test_preflight.py regenerates it from the installed Beam and compares."""
 BEAM_VERSION = '2.77.0'
 OPTIONS = frozenset({
