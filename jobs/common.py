@@ -8,17 +8,13 @@ before its flags have parsed; the job's library imports come after, inside its f
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
 import importlib
 import json
-import logging
 import os
-import re
 import sys
-import threading
 import time
-from typing import Any, Callable, Iterator, Sequence, TextIO
+from typing import Any, Callable, Sequence
 
 import click
 
@@ -206,30 +202,6 @@ def run_started() -> float:
     return time.monotonic() - (time.time() - wall)
 
 
-def configure_logging(verbose: bool) -> None:
-    """Beam's INFO and WARNING messages (runner, workers, file renames) only with --verbose; its
-    report of a full disk never (the job's one line names the file)."""
-    logging.getLogger().setLevel(logging.INFO if verbose else logging.WARNING)
-    logging.getLogger("apache_beam").setLevel(logging.INFO if verbose else logging.ERROR)
-    for handler in logging.getLogger().handlers:
-        if not any(isinstance(f, _DiskFullLogFilter) for f in handler.filters):
-            handler.addFilter(_DiskFullLogFilter())
-
-
-class _DiskFullLogFilter(logging.Filter):
-    """Drops the log records (Beam logs a failed transform with its traceback before raising it
-    again) of a full disk, which the job reports in one line naming the file."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        error, seen = (record.exc_info[1] if record.exc_info else None), set()
-        while error is not None and id(error) not in seen:
-            if isinstance(error, OSError) and error.errno == errno.ENOSPC:
-                return False
-            seen.add(id(error))
-            error = error.__cause__ or error.__context__
-        return f"[Errno {errno.ENOSPC}]" not in record.getMessage()
-
-
 def beam_args_for_run(beam_args: Sequence[str], verbose: bool) -> list[str]:
     """The pass-through Beam options, plus quiet workers for a local runner unless --verbose or
     the user set the workers' log level: multi-process workers log at INFO to the terminal.
@@ -249,72 +221,9 @@ def beam_args_for_run(beam_args: Sequence[str], verbose: bool) -> list[str]:
     return args
 
 
-# What a Beam worker process logs through its default handler ("INFO:__main__:...", from its
-# start-up, before it has read the pipeline options that set its log level).
-_WORKER_LOG_LINE = re.compile(rb"^(DEBUG|INFO|WARNING):(root|__main__|apache_beam[\w.]*):")
-_RECORD_PREFIX = b"pairscore-progress-record "   # pipeline.progress.RECORD_PREFIX
-
-
 def _multi_process(beam_args: Sequence[str]) -> bool:
     joined = " ".join(beam_args).replace("=", " ")
     return "--direct_running_mode multi_processing" in joined
-
-
-@contextlib.contextmanager
-def _through_worker_filter(drop_logs: bool = True) -> Iterator[tuple[TextIO, Callable[[], None]]]:
-    """Route file descriptor 2 (inherited by Beam's worker processes) through a thread that takes
-    the workers' progress records (pipeline/progress.py adds them to this process's line), drops
-    the workers' start-up log lines unless ``drop_logs`` is False (--verbose), and passes every
-    other line on, above the live progress line. Yields a stream on the real stderr for the
-    progress line (which redraws in place, so it bypasses the line filter) and ``drain()``, which
-    ends the filtering once everything written so far (the workers' last records) is through."""
-    from pipeline import progress
-
-    sys.stderr.flush()
-    try:
-        real = os.dup(2)
-    except OSError:  # no file descriptor 2 to filter (embedded use): leave it alone
-        yield sys.stderr, lambda: None
-        return
-    read_end, write_end = os.pipe()
-    os.dup2(write_end, 2)
-    os.close(write_end)
-
-    def pump() -> None:
-        pending = b""
-        with os.fdopen(read_end, "rb", buffering=0) as source:
-            while chunk := source.read(65536):
-                *lines, pending = (pending + chunk).split(b"\n")
-                if _interrupted():   # workers dying of the same Ctrl-C: the job's one line says it
-                    continue
-                kept = b"".join(line + b"\n" for line in lines if keep(line))
-                if kept:
-                    progress.write_above(lambda: os.write(real, kept))
-        if pending and keep(pending):
-            progress.write_above(lambda: os.write(real, pending))
-
-    def keep(line: bytes) -> bool:
-        if line.startswith(_RECORD_PREFIX) and progress.receive_record(line.decode("utf-8", "replace")):
-            return False
-        return not (drop_logs and _WORKER_LOG_LINE.match(line))
-
-    thread = threading.Thread(target=pump, name="pairscore-stderr", daemon=True)
-    thread.start()
-    stream = os.fdopen(os.dup(real), "w", buffering=1)
-    drained = []
-
-    def drain() -> None:
-        if not drained:
-            drained.append(True)
-            sys.stderr.flush()
-            os.dup2(real, 2)   # closes the pipe's last write end held here: the pump sees its end
-            thread.join(timeout=5)
-    try:
-        yield stream, drain
-    finally:
-        drain()
-        stream.close()
-        os.close(real)
 
 
 def run_job(job: Callable[[], str], *, name: str, quiet: bool = False, verbose: bool = False,
@@ -326,17 +235,17 @@ def run_job(job: Callable[[], str], *, name: str, quiet: bool = False, verbose: 
     limit (pipeline/beam/watchdog.py; 0: none); a stalled run prints one line and exits 1."""
     # Imported here, not above: `python -m jobs.<name>` first moves the current directory (which
     # may hold a user's own pipeline.py) behind pairscore's packages (main_module).
-    from pipeline import progress
+    from pipeline import progress, stderr
     from pipeline.beam import watchdog
 
     global _run_started
     _run_started = PROCESS_STARTED if _from_process_start else time.time()
-    configure_logging(verbose)
+    stderr.configure_logging(verbose)
     with contextlib.ExitStack() as stack:
         # Multi-process workers write to this process's stderr: their progress records and
         # start-up logs go through a filter (the logs stay with --verbose).
         collect = _multi_process(beam_args)
-        stream, drain = (stack.enter_context(_through_worker_filter(drop_logs=not verbose)) if collect
+        stream, drain = (stack.enter_context(stderr.through_worker_filter(drop_logs=not verbose)) if collect
                          else (None, lambda: None))
         progress.start(name, quiet=quiet, started=_run_started, stream=stream, collect_workers=collect)
         stop_watching = watchdog.watch(stall_seconds, progress.counted)
@@ -372,12 +281,6 @@ def run_job(job: Callable[[], str], *, name: str, quiet: bool = False, verbose: 
             progress.stop()
             _run_started = None
     click.echo(report)
-
-
-def _interrupted() -> bool:
-    """Whether a Ctrl-C or SIGTERM is ending the run (pipeline.outputs, once a job imported it)."""
-    outputs = sys.modules.get("pipeline.outputs")
-    return outputs is not None and outputs.interrupted()
 
 
 def _one_line_failure(err: BaseException) -> tuple[str, int] | None:

@@ -11,7 +11,7 @@ runs per row). A daemon thread of the reporter sums the tallies twice a second a
 
 The command line switches it on with ``start`` and off with ``stop``. ``start`` also puts the
 mode in the environment, which Beam's multi-process workers inherit. When the launching process
-reads its workers' stderr (``collect_workers``: the multi-process runner, jobs/common.py), each
+reads its workers' stderr (``collect_workers``: the multi-process runner, pipeline/stderr.py), each
 worker sends its counts there as a record line (:data:`RECORD_PREFIX`) about once a second; the
 launching process adds them to its own and shows one line for the whole run, and lines the
 workers print otherwise (errors) are written above the live line, never into it

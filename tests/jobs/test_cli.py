@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from jobs import cli, common
+from pipeline import stderr
 
 REPO = Path(__file__).resolve().parents[2]
 JOBS = ("encode_texts", "score_pairs", "label_pairs", "build_candidates", "train_teacher", "train_student",
@@ -143,7 +144,7 @@ def test_worker_start_up_logs_are_dropped_and_everything_else_passes(capfd):
               "sys.stderr.write('encode_texts [worker 7] 0:05 | texts encoded 10\\n')\n"
               "sys.stderr.write('ERROR:__main__:Python sdk harness failed\\n')\n"
               "sys.stderr.write('Traceback (most recent call last):')\n")
-    with common._through_worker_filter() as (progress_stream, _):
+    with stderr.through_worker_filter() as (progress_stream, _):
         subprocess.run([sys.executable, "-c", worker], check=True)
         progress_stream.write("\rlive line")
         progress_stream.flush()
@@ -170,7 +171,7 @@ def test_workers_progress_records_feed_the_one_line_and_other_lines_go_above_it(
               "sys.stderr.write('pairscore-progress-record {\"pid\": 11, \"counts\": {\"texts encoded\": 40}}\\n')\n"
               "sys.stderr.write('ERROR:__main__:Python sdk harness failed\\n')\n")
     terminal = Terminal()
-    with common._through_worker_filter():
+    with stderr.through_worker_filter():
         reporter = progress.start("encode_texts", quiet=False, started=0.0, stream=terminal, collect_workers=True)
         assert os.environ[progress.ENV_COLLECT] == "1"                # what the workers inherit
         reporter.show()                                                # the live line is drawn

@@ -1,0 +1,115 @@
+"""What a run writes to stderr besides its progress line: the log levels of a run, and the
+filter in front of Beam's multi-process workers, which write to this process's stderr.
+
+- :func:`configure_logging`: Beam's messages only with ``--verbose``; a full disk never (the job
+  says it in one line).
+- :func:`through_worker_filter`: the workers' progress records go to ``pipeline/progress.py``
+  (one line for the whole run), their start-up log lines are dropped unless ``--verbose``, and
+  every other line (errors) is written above the live progress line.
+
+Used by the command line (``jobs.common.run_job``). Stdlib only, so it is imported before Beam
+and torch.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import re
+import sys
+import threading
+from typing import Callable, Iterator, TextIO
+
+from pipeline import progress
+
+
+def configure_logging(verbose: bool) -> None:
+    """Beam's INFO and WARNING messages (runner, workers, file renames) only with --verbose; its
+    report of a full disk never (the job's one line names the file)."""
+    logging.getLogger().setLevel(logging.INFO if verbose else logging.WARNING)
+    logging.getLogger("apache_beam").setLevel(logging.INFO if verbose else logging.ERROR)
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _DiskFullLogFilter) for f in handler.filters):
+            handler.addFilter(_DiskFullLogFilter())
+
+
+class _DiskFullLogFilter(logging.Filter):
+    """Drops the log records (Beam logs a failed transform with its traceback before raising it
+    again) of a full disk, which the job reports in one line naming the file."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error, seen = (record.exc_info[1] if record.exc_info else None), set()
+        while error is not None and id(error) not in seen:
+            if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+                return False
+            seen.add(id(error))
+            error = error.__cause__ or error.__context__
+        return f"[Errno {errno.ENOSPC}]" not in record.getMessage()
+
+
+# What a Beam worker process logs through its default handler ("INFO:__main__:...", from its
+# start-up, before it has read the pipeline options that set its log level).
+_WORKER_LOG_LINE = re.compile(rb"^(DEBUG|INFO|WARNING):(root|__main__|apache_beam[\w.]*):")
+_RECORD_PREFIX = progress.RECORD_PREFIX.encode("utf-8")
+
+
+@contextlib.contextmanager
+def through_worker_filter(drop_logs: bool = True) -> Iterator[tuple[TextIO, Callable[[], None]]]:
+    """Route file descriptor 2 (inherited by Beam's worker processes) through a thread that takes
+    the workers' progress records (pipeline/progress.py adds them to this process's line), drops
+    the workers' start-up log lines unless ``drop_logs`` is False (--verbose), and passes every
+    other line on, above the live progress line. Yields a stream on the real stderr for the
+    progress line (which redraws in place, so it bypasses the line filter) and ``drain()``, which
+    ends the filtering once everything written so far (the workers' last records) is through."""
+    sys.stderr.flush()
+    try:
+        real = os.dup(2)
+    except OSError:  # no file descriptor 2 to filter (embedded use): leave it alone
+        yield sys.stderr, lambda: None
+        return
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def pump() -> None:
+        pending = b""
+        with os.fdopen(read_end, "rb", buffering=0) as source:
+            while chunk := source.read(65536):
+                *lines, pending = (pending + chunk).split(b"\n")
+                if _interrupted():   # workers dying of the same Ctrl-C: the job's one line says it
+                    continue
+                kept = b"".join(line + b"\n" for line in lines if keep(line))
+                if kept:
+                    progress.write_above(lambda: os.write(real, kept))
+        if pending and keep(pending):
+            progress.write_above(lambda: os.write(real, pending))
+
+    def keep(line: bytes) -> bool:
+        if line.startswith(_RECORD_PREFIX) and progress.receive_record(line.decode("utf-8", "replace")):
+            return False
+        return not (drop_logs and _WORKER_LOG_LINE.match(line))
+
+    thread = threading.Thread(target=pump, name="pairscore-stderr", daemon=True)
+    thread.start()
+    stream = os.fdopen(os.dup(real), "w", buffering=1)
+    drained = []
+
+    def drain() -> None:
+        if not drained:
+            drained.append(True)
+            sys.stderr.flush()
+            os.dup2(real, 2)   # closes the pipe's last write end held here: the pump sees its end
+            thread.join(timeout=5)
+    try:
+        yield stream, drain
+    finally:
+        drain()
+        stream.close()
+        os.close(real)
+
+
+def _interrupted() -> bool:
+    """Whether a Ctrl-C or SIGTERM is ending the run (pipeline.outputs, once a job imported it)."""
+    outputs = sys.modules.get("pipeline.outputs")
+    return outputs is not None and outputs.interrupted()
