@@ -34,15 +34,11 @@ from jobs.common import (ARGV_KEY, DEFAULT_ENCODER, FORMATS, PLAIN_JOB_CONTEXT, 
                          run_options, run_started)
 
 if TYPE_CHECKING:  # annotations only: the imports run inside the functions
-    import numpy as np
-    import torch
     from encoders.checkpoint import Student
-    from pipeline.datasets import TextPool
     from pipeline.summary import RunSummary
 
 
 JOB_NAME = "build_candidates"
-SOURCES = ("knn", "random")
 
 
 @dataclass(frozen=True)
@@ -140,7 +136,7 @@ def run(job: BuildCandidatesJob, argv: list[str] | None = None) -> RunSummary:
     import torch
     from encoders.device import pick_device
     from encoders.neighbours import embed_texts, sample_random, top_k_neighbours
-    from pipeline.datasets import read_text_pool
+    from pipeline.datasets import read_text_pool, write_candidates
     from pipeline.outputs import local_path_or_none, open_output, write_dead_letter_file
     from pipeline.progress import bar_options
     from pipeline.readers import check_columns, expand_inputs
@@ -223,49 +219,6 @@ def run(job: BuildCandidatesJob, argv: list[str] | None = None) -> RunSummary:
         metrics={"seconds": seconds, "sources": by_source})
     out.commit(summary)
     return summary
-
-
-def write_candidates(path: str, left: TextPool, right: TextPool, embeddings: dict[str, torch.Tensor],
-                     knn_sims: np.ndarray, knn_index: np.ndarray, random_index: list[np.ndarray],
-                     provenance: dict[str, str] | None = None, rows_per_group: int = 65536
-                     ) -> dict[str, dict[str, float]]:
-    """Write each left text's neighbours (by rank), then its random pairs, as zstd Parquet row groups.
-
-    knn_sims, knn_index: (NL, k') from :func:`top_k_neighbours`; random_index: NL arrays of right
-    indices. provenance: the table's key-value metadata (pipeline/provenance.py). Returns per source the pairs written and their mean similarity.
-    """
-    import pyarrow as pa
-    from pipeline.datasets import CANDIDATE_SCHEMA
-    from pipeline.provenance import stamped
-    from pipeline.writers import write_parquet_file
-
-    left_emb, right_emb = embeddings["left"].cpu().numpy(), embeddings["right"].cpu().numpy()
-    totals = {source: [0, 0.0] for source in SOURCES}
-
-    def row_groups():
-        rows: list[tuple] = []  # (left index, right index, source, similarity, rank)
-        for i in range(len(left.texts)):
-            for rank, (j, similarity) in enumerate(zip(knn_index[i], knn_sims[i]), start=1):
-                if j >= 0:
-                    rows.append((i, int(j), "knn", float(similarity), rank))
-            picks = random_index[i]
-            rows.extend((i, int(j), "random", float(similarity), None)
-                        for j, similarity in zip(picks, right_emb[picks] @ left_emb[i]))
-            if len(rows) >= rows_per_group or (i == len(left.texts) - 1 and rows):
-                for row in rows:
-                    totals[row[2]][0] += 1
-                    totals[row[2]][1] += row[3]
-                lefts, rights, source, similarity, rank = zip(*rows)
-                yield pa.Table.from_pydict({
-                    "left": [left.texts[x] for x in lefts], "right": [right.texts[x] for x in rights],
-                    "left_id": [left.ids[x] for x in lefts], "right_id": [right.ids[x] for x in rights],
-                    "source": list(source), "similarity": list(similarity), "rank": list(rank)},
-                    schema=CANDIDATE_SCHEMA)
-                rows = []
-
-    write_parquet_file(path, stamped(CANDIDATE_SCHEMA, provenance), row_groups())
-    return {source: {"pairs": count, "mean_similarity": round(total / count, 4) if count else None}
-            for source, (count, total) in totals.items()}
 
 
 if __name__ == "__main__":  # python -m jobs.build_candidates

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import click
 
@@ -114,6 +114,8 @@ def store_bytes_bound(plans: dict[str, SidePlan], pair_rows: int) -> int:
     """Both stores' size, bounded before the run (their final size is known only after it): rows
     of the existing store plus every row that could add a text (the text tables in id mode, two
     per pair in text mode)."""
+    from pipeline.readers import count_input_rows
+
     estimate = 0
     for plan in plans.values():
         new_rows = count_input_rows(plan.text_files) if plan.text_files else pair_rows
@@ -132,29 +134,6 @@ def choose_join(job: ScorePairsJob, plans: dict[str, SidePlan], pair_rows: int) 
     limit = job.broadcast_limit_mb * 2 ** 20
     join = "broadcast" if estimate <= limit else "shuffle"
     return join, f"auto: stores bounded by {estimate / 2 ** 20:,.0f} MB vs --broadcast-limit-mb {job.broadcast_limit_mb}"
-
-
-def count_input_rows(files: Sequence[InputFile]) -> int:
-    """Rows of the input files before the pipeline runs: exact for Parquet (footers) and for
-    small text files; large text files are extrapolated from their first 4 MB."""
-    from pipeline.store import count_rows
-
-    return sum(count_rows([f.path]) if f.format == "parquet" else _estimate_lines(f) for f in files)
-
-
-def _estimate_lines(file: InputFile, sample_bytes: int = 1 << 22) -> int:
-    import zstandard
-    from apache_beam.io.filesystems import FileSystems
-    from pipeline.paths import escape_glob
-
-    size = FileSystems.match([escape_glob(file.path)])[0].metadata_list[0].size_in_bytes
-    with FileSystems.open(file.path, compression_type="uncompressed") as raw:
-        stream = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True) if file.compressed else raw
-        sample = stream.read(sample_bytes)
-        finished = len(sample) < sample_bytes or not stream.read(1)
-        consumed = raw.tell() if file.compressed else len(sample)
-    lines = sample.count(b"\n") + (1 if sample and not sample.endswith(b"\n") else 0)
-    return lines if finished else int(lines * size / max(consumed, 1)) + 1
 
 
 def score_meaning(job: ScorePairsJob, student: Student) -> str:
@@ -179,18 +158,6 @@ def output_schema(job: ScorePairsJob, student: Student, files: list[InputFile],
         fields.append(pa.field("probs", pa.list_(pa.float32())))
     fields += kept if kept is not None else kept_fields(files, job.keep_cols)
     return pa.schema(fields)
-
-
-def worker_processes(beam_args: Sequence[str]) -> int | None:
-    """Scoring processes per machine, to share its cores between their torch threads: the
-    multi-process DirectRunner's ``--direct_num_workers``; 1 in process; None (torch's default)
-    for other runners, which size their own workers."""
-    from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
-    from pipeline.beam.runner import is_local_runner
-    if not is_local_runner(beam_args):
-        return None
-    direct = PipelineOptions(list(beam_args)).view_as(DirectOptions)
-    return max(1, direct.direct_num_workers or 1) if direct.direct_running_mode == "multi_processing" else 1
 
 
 def shuffle_buckets(store_bytes: int, pair_rows: int) -> int:
@@ -270,13 +237,13 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
     from encoders.device import pick_device
     from pipeline.beam.counters import read_counters, split_dead_letters
     from pipeline.beam.encode import DEAD_LETTER_TAG, DedupeTexts, EncodeSettings, ReadRows
-    from pipeline.beam.runner import is_local_runner, make_pipeline, validate_beam_args
+    from pipeline.beam.runner import is_local_runner, make_pipeline, validate_beam_args, worker_processes
     from pipeline.beam.score import (CompleteStore, DistinctPairTexts, PAIRS, ReadPairs, ScorePairs, ScoreSettings,
                                      dedupe_pair_chunks, read_store_tables)
     from pipeline.beam.writes import WriteDeadLetters, WriteStore
     from pipeline.outputs import open_output
     from pipeline.pairs import kept_fields
-    from pipeline.readers import check_columns, expand_inputs, worker_path
+    from pipeline.readers import check_columns, count_input_rows, expand_inputs, worker_path
     from pipeline.scoring_core import torch_threads_for
     from pipeline.store import (COMPRESSION, STORE_FILE_PREFIX, STORE_FILE_SUFFIX, count_rows, store_files,
                                 store_layout, write_manifest)

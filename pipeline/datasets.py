@@ -1,6 +1,7 @@
 """The training and evaluation data sets, read into memory: labeled pairs (teacher training, dev,
 evaluation) and distillation sets (``label_pairs`` output, the student's training data), and
-the distillation set's format: its schema, its manifest and what makes two pairs the same.
+the distillation set's format: its schema, its manifest and what makes two pairs the same; the
+text pools ``build_candidates`` mines and the candidates table it writes (:func:`write_candidates`).
 
 Rows that cannot be used are kept as dead letters with a reason (the readers' and
 ``pipeline.pairs.extract_text_pair``'s rules, plus ``null_label`` and ``invalid_label``); the
@@ -11,8 +12,9 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
+import numpy as np
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
@@ -20,10 +22,15 @@ from encoders.teacher import TeacherTask
 from pipeline import dead_letters as dl
 from pipeline.dead_letters import DeadLetter
 from pipeline.pairs import TextPairColumns, extract_text_pair
+from pipeline.provenance import stamped
 from pipeline.readers import InputError, InputFile, check_columns, read_rows
 from pipeline.store import MANIFEST_FILE
 from pipeline.text_checks import TextColumns, TextRow, extract_text, resolve_id
 from pipeline.text_ids import text_id
+from pipeline.writers import write_parquet_file
+
+if TYPE_CHECKING:
+    import torch
 
 # Soft labels of a k-class teacher must sum to 1 within this (they are float32 softmax outputs).
 SOFT_LABEL_SUM_TOLERANCE = 1e-3
@@ -34,6 +41,7 @@ CANDIDATE_SCHEMA = pa.schema([
     ("similarity", pa.float32()),   # cosine of the two sentence embeddings
     ("rank", pa.int32()),           # 1..k among the left text's neighbours; null for random pairs
 ])
+CANDIDATE_SOURCES = ("knn", "random")
 # The distillation set's format (``label_pairs`` writes it: pipeline/beam/label.py).
 DISTILLATION_FORMAT = "pairscore-distillation"
 SCHEMA_VERSION = 1
@@ -358,6 +366,43 @@ def read_text_pool(files: Sequence[InputFile], columns: TextColumns) -> TextPool
     pool.ids = [min(ids) for ids in ids_of_text.values()]
     return pool
 
+
+def write_candidates(path: str, left: TextPool, right: TextPool, embeddings: dict[str, torch.Tensor],
+                     knn_sims: np.ndarray, knn_index: np.ndarray, random_index: list[np.ndarray],
+                     provenance: dict[str, str] | None = None, rows_per_group: int = 65536
+                     ) -> dict[str, dict[str, float]]:
+    """Write each left text's neighbours (by rank), then its random pairs, as zstd Parquet row groups.
+
+    knn_sims, knn_index: (NL, k') from :func:`encoders.neighbours.top_k_neighbours`; random_index: NL arrays of right
+    indices. provenance: the table's key-value metadata (pipeline/provenance.py). Returns per source the pairs written and their mean similarity.
+    """
+    left_emb, right_emb = embeddings["left"].cpu().numpy(), embeddings["right"].cpu().numpy()
+    totals = {source: [0, 0.0] for source in CANDIDATE_SOURCES}
+
+    def row_groups():
+        rows: list[tuple] = []  # (left index, right index, source, similarity, rank)
+        for i in range(len(left.texts)):
+            for rank, (j, similarity) in enumerate(zip(knn_index[i], knn_sims[i]), start=1):
+                if j >= 0:
+                    rows.append((i, int(j), "knn", float(similarity), rank))
+            picks = random_index[i]
+            rows.extend((i, int(j), "random", float(similarity), None)
+                        for j, similarity in zip(picks, right_emb[picks] @ left_emb[i]))
+            if len(rows) >= rows_per_group or (i == len(left.texts) - 1 and rows):
+                for row in rows:
+                    totals[row[2]][0] += 1
+                    totals[row[2]][1] += row[3]
+                lefts, rights, source, similarity, rank = zip(*rows)
+                yield pa.Table.from_pydict({
+                    "left": [left.texts[x] for x in lefts], "right": [right.texts[x] for x in rights],
+                    "left_id": [left.ids[x] for x in lefts], "right_id": [right.ids[x] for x in rights],
+                    "source": list(source), "similarity": list(similarity), "rank": list(rank)},
+                    schema=CANDIDATE_SCHEMA)
+                rows = []
+
+    write_parquet_file(path, stamped(CANDIDATE_SCHEMA, provenance), row_groups())
+    return {source: {"pairs": count, "mean_similarity": round(total / count, 4) if count else None}
+            for source, (count, total) in totals.items()}
 
 def check_human_label_column(files: Sequence[InputFile], column: str) -> None:
     """The human label column may be absent from some files (mined pairs have no human label) but

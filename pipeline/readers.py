@@ -789,6 +789,25 @@ def read_slices(file: InputFile, target_rows: int = 1 << 17) -> list[ReadSlice]:
     return slices
 
 
+def count_input_rows(files: Sequence[InputFile]) -> int:
+    """Rows of the input files before the pipeline runs: exact for Parquet (footers) and for
+    small text files; large text files are extrapolated from their first 4 MB."""
+    from pipeline.store import count_rows   # here: the readers need the store for this alone
+
+    return sum(count_rows([f.path]) if f.format == "parquet" else _estimate_lines(f) for f in files)
+
+
+def _estimate_lines(file: InputFile, sample_bytes: int = 1 << 22) -> int:
+    size = FileSystems.match([escape_glob(file.path)])[0].metadata_list[0].size_in_bytes
+    with FileSystems.open(file.path, compression_type="uncompressed") as raw:
+        stream = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True) if file.compressed else raw
+        sample = stream.read(sample_bytes)
+        finished = len(sample) < sample_bytes or not stream.read(1)
+        consumed = raw.tell() if file.compressed else len(sample)
+    lines = sample.count(b"\n") + (1 if sample and not sample.endswith(b"\n") else 0)
+    return lines if finished else int(lines * size / max(consumed, 1)) + 1
+
+
 class ParquetBatch(NamedTuple):
     """Rows of a Parquet slice: the ``columns`` asked for as a record batch, the file's row index
     of each row, and a way to fetch whole original rows (for dead letters) by batch row."""

@@ -19,7 +19,7 @@ import importlib
 from typing import Sequence
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, PortableOptions, StandardOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, PortableOptions, StandardOptions
 from apache_beam.options.pipeline_options import _BeamArgumentParser  # the parser Beam's options classes fill
 
 LOCAL_RUNNER_NAMES = {"directrunner", "direct", "switchingdirectrunner", "fnapirunner"}
@@ -107,6 +107,16 @@ def is_local_runner(beam_args: Sequence[str]) -> bool:
     in-process or multi-process): no shuffle service, every grouping held in this machine's memory."""
     runner = PipelineOptions(list(beam_args)).view_as(StandardOptions).runner
     return runner is None or runner.lower() in LOCAL_RUNNER_NAMES
+
+
+def worker_processes(beam_args: Sequence[str]) -> int | None:
+    """Scoring processes per machine, to share its cores between their torch threads: the
+    multi-process DirectRunner's ``--direct_num_workers``; 1 in process; None (torch's default)
+    for other runners, which size their own workers."""
+    if not is_local_runner(beam_args):
+        return None
+    direct = PipelineOptions(list(beam_args)).view_as(DirectOptions)
+    return max(1, direct.direct_num_workers or 1) if direct.direct_running_mode == "multi_processing" else 1
 
 
 def make_pipeline(beam_args: Sequence[str]) -> beam.Pipeline:
