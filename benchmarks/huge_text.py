@@ -1,0 +1,62 @@
+"""Memory of tokenizing one huge text among short ones: stage one cuts texts before tokenizing, so
+peak memory is bounded by max length x batch whatever the input (the tokens stay exactly those of
+the whole text; tests/encoders/test_tokenize_cut.py proves that).
+
+    python benchmarks/huge_text.py [--huge-mb 50] [--max-length 128]
+
+Runs two fresh processes side by side, 2,000 short texts with and without one --huge-mb text, each
+tokenized 256 at a time with pairscore's tokenize(), and prints each one's wall time and peak RSS
+growth (peak RSS minus RSS before tokenizing, with the texts already in memory).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+CHILD = r"""
+import json, random, resource, sys, time
+sys.path.insert(0, sys.argv[1])
+from transformers import AutoTokenizer
+from encoders.sources import DEFAULT_ENCODER, resolve_encoder
+from encoders.dual_encoder import tokenize
+huge_bytes, max_length = int(sys.argv[2]), int(sys.argv[3])
+tokenizer = AutoTokenizer.from_pretrained(resolve_encoder(DEFAULT_ENCODER))
+rng = random.Random(0)
+words = "the quick brown fox jumps over the lazy dog how do i bake sourdough bread at home".split()
+texts = [" ".join(rng.choice(words) for _ in range(12)) for _ in range(2000)]
+if huge_bytes:
+    texts[1000] = " ".join(rng.choice(words) for _ in range(huge_bytes // 5))[:huge_bytes]
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+start = time.perf_counter()
+truncated = 0
+for i in range(0, len(texts), 256):
+    truncated += sum(t.truncated for t in tokenize(tokenizer, texts[i:i + 256], max_length))
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"seconds": time.perf_counter() - start, "growth_mib": (peak - before) / 1024,
+                  "truncated": truncated}))
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--huge-mb", type=float, default=50.0)
+    parser.add_argument("--max-length", type=int, default=128)
+    args = parser.parse_args()
+    rows = []
+    for label, size in (("2,000 short texts", 0), (f"+ one {args.huge_mb:g} MB text", int(args.huge_mb * 1e6))):
+        done = subprocess.run([sys.executable, "-c", CHILD, str(REPO), str(size), str(args.max_length)],
+                              capture_output=True, text=True, check=True)
+        rows.append((label, json.loads(done.stdout.strip().splitlines()[-1])))
+    print(f"| texts (max length {args.max_length}) | tokenize seconds | peak RSS growth | truncated |")
+    print("|---|---|---|---|")
+    for label, r in rows:
+        print(f"| {label} | {r['seconds']:.2f} | {r['growth_mib']:.0f} MiB | {r['truncated']} |")
+
+
+if __name__ == "__main__":
+    main()
