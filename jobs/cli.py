@@ -459,6 +459,12 @@ def train_student(ctx: click.Context, quiet: bool, verbose: bool, progress: bool
 @click.option("--task", type=click.Choice(["binary", "graded"]), default="binary", show_default=True,
               help="binary: labels 0/1 (AUC, accuracy, F1). graded: numbers in --label-range (Pearson, Spearman).")
 @click.option("--label-range", default=None, metavar="LOW,HIGH", help="graded only: the range of the labels.")
+@click.option("--group-col", default=None, metavar="COL",
+              help="Column naming each pair's query (e.g. qid): also rank each query's candidates and report MRR@10, "
+                   "MAP and nDCG@10 over the queries with at least one positive and one negative.")
+@click.option("--compare", multiple=True, metavar="A,B",
+              help="Report metric(A) - metric(B) for two --model names with a 95%% paired-bootstrap interval (over "
+                   "queries for ranking metrics, over pairs otherwise); repeat for more.")
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Pairs per teacher batch.")
 @click.option("--encode-batch-size", type=int, default=128, show_default=True, help="Texts per student encoder batch.")
 @click.option("--head-batch-size", type=int, default=8192, show_default=True, help="Pairs per student head batch.")
@@ -477,12 +483,14 @@ def evaluate(ctx: click.Context, quiet: bool, verbose: bool, **flags) -> None:
 
         label_range = parse_label_range(flags.pop("label_range"))
         from jobs import evaluate as module
-        from jobs.report import results_table
+        from jobs.report import ranking_table, results_table
         job = module.EvaluateJob(pairs=tuple(flags.pop("pairs")), models=tuple(flags.pop("models")),
-                                 dev=tuple(flags.pop("dev")), label_range=label_range, **flags)
+                                 dev=tuple(flags.pop("dev")), compare=tuple(flags.pop("compare")),
+                                 label_range=label_range, **flags)
         summary = module.run(job, ctx.meta[ARGV_KEY])
         with open(os.path.join(job.output, module.METRICS_FILE), encoding="utf-8") as handle:
-            return summary.table() + "\n" + results_table(json.load(handle))
+            metrics = json.load(handle)
+        return summary.table() + "\n" + results_table(metrics) + "\n" + ranking_table(metrics)
     run_job(go, name="evaluate", quiet=quiet, verbose=verbose)
 
 

@@ -6,7 +6,11 @@
 For every model: its scores on the labeled pairs and the metrics of the labels (binary: ROC-AUC,
 and accuracy and F1 at the threshold that is best on ``--dev``, or on the evaluated pairs when
 no ``--dev`` is given; graded: Pearson and Spearman), its agreement with the first teacher among
-the models, and its pairs/s on this machine. Writes ``DIR/report.md`` with PNG plots
+the models, and its pairs/s on this machine. With ``--group-col qid`` the pairs are also ranked
+per query: MRR@10, MAP and nDCG@10 over the queries with at least one positive and one negative
+(``encoders/ranking_metrics.py``). ``--compare A,B`` adds the difference of every metric between
+models A and B with a 95% paired-bootstrap interval (over queries for the ranking metrics, over
+pairs otherwise). Writes ``DIR/report.md`` with PNG plots
 (``report.py``), ``DIR/metrics.json``, ``DIR/scores.parquet`` (every model's score per pair),
 ``DIR/_dead_letter/``, ``DIR/_SUMMARY.json`` and ``DIR/_SUCCESS``, committed at the end (pipeline/outputs.py).
 
@@ -41,6 +45,7 @@ import torch
 
 from encoders.checkpoint import CONFIG_FILE, Student, build_student, load_student
 from encoders.config import CONFIG_FORMAT, baseline_config
+from encoders.ranking_metrics import pair_difference, query_difference, rank_queries
 from encoders.teacher import CrossEncoder, TeacherTask, load_teacher, soft_labels
 from jobs import cli
 from jobs.common import run_started
@@ -85,8 +90,21 @@ class EvaluateJob:
     limit: int | None = None
     format: str | None = None
     overwrite: bool = False
+    group_col: str | None = None
+    compare: tuple[str, ...] = ()     # "A,B": metric(A) - metric(B) with a paired bootstrap interval
+
+    def comparisons(self) -> list[tuple[str, str]]:
+        """``--compare A,B`` values -> (A, B) pairs (ValueError naming a malformed one)."""
+        pairs = []
+        for spec in self.compare:
+            parts = [part.strip() for part in spec.split(",")]
+            if len(parts) != 2 or not all(parts) or parts[0] == parts[1]:
+                raise ValueError(f"--compare {spec!r} is not allowed: give two different model names, A,B")
+            pairs.append((parts[0], parts[1]))
+        return pairs
 
     def check(self) -> None:
+        self.comparisons()
         if not self.models:
             raise ValueError("no --model given: name teacher or student checkpoint directories, or `baseline`")
         for flag, value in (("--batch-size", self.batch_size), ("--encode-batch-size", self.encode_batch_size),
@@ -281,13 +299,19 @@ def run(job: EvaluateJob, argv: list[str] | None = None) -> RunSummary:
         split_files["dev"] = expand_inputs(job.dev, job.format)
     for files in split_files.values():
         check_columns(files, [*columns.required(), job.label_col])
+    if job.group_col:
+        check_columns(split_files["pairs"], [job.group_col])
+    unknown = sorted({name for pair in job.comparisons() for name in pair} - set(names))
+    if unknown:
+        raise ValueError(f"--compare names {', '.join(unknown)}, not among the models ({', '.join(names)})")
     models = [load_model(name, source, device) for name, source in specs]
     out = open_output(job.output, job=JOB_NAME, overwrite=job.overwrite,
                       reads={"--pairs": job.pairs, "--dev": job.dev,
                              "--model": [local_path_or_none(source) for _, source in specs]})
 
     started = run_started()
-    splits = {name: read_labeled_pairs(files, columns, job.label_col, task, job.limit)
+    splits = {name: read_labeled_pairs(files, columns, job.label_col, task, job.limit,
+                                       job.group_col if name == "pairs" else None)
               for name, files in split_files.items()}
     for name, labeled in splits.items():
         if not labeled.targets:
@@ -298,6 +322,7 @@ def run(job: EvaluateJob, argv: list[str] | None = None) -> RunSummary:
     pairs = Pairs.of(evaluated.lefts, evaluated.rights)
     targets = np.array(evaluated.targets)
     dev_targets = np.array(splits["dev"].targets) if "dev" in splits else None
+    groups = np.array(evaluated.groups) if job.group_col else None
 
     scored: dict[str, Scored] = {}
     results: dict[str, dict[str, Any]] = {}
@@ -312,6 +337,10 @@ def run(job: EvaluateJob, argv: list[str] | None = None) -> RunSummary:
             "quality": quality(task.task, scored[model.name].scores, targets,
                                (dev_scores, dev_targets) if dev_scores is not None else None),
             "speed": speed(model, scored[model.name], pairs)}
+        if groups is not None:
+            ranking = rank_queries(scored[model.name].scores, targets, groups)
+            results[model.name]["ranking"] = {**ranking.means(), "queries": len(ranking.queries),
+                                              "queries_total": ranking.total_queries}
     teachers = [m for m in models if m.kind == "teacher" and scored[m.name].logits.shape[1] == 1]
     reference = teachers[0].name if teachers else None
     if reference is not None:
@@ -326,6 +355,7 @@ def run(job: EvaluateJob, argv: list[str] | None = None) -> RunSummary:
             if "head_pairs_per_second" in result["speed"]:
                 result["speedup_head"] = result["speed"]["head_pairs_per_second"] / teacher_speed
 
+    comparisons = [compare_models(a, b, task.task, scored, targets, groups) for a, b in job.comparisons()]
     metrics = {
         "task": task.task,
         "main_metric": MAIN_METRICS[task.task],
@@ -339,8 +369,10 @@ def run(job: EvaluateJob, argv: list[str] | None = None) -> RunSummary:
         "machine": {"device": device, "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
                     "torch": torch.__version__, "platform": platform.platform(), "python": platform.python_version()},
         "models": results,
+        "group_col": job.group_col,
+        "comparisons": comparisons,
     }
-    write_scores(out.staged(SCORES_FILE), evaluated, pairs, scored)
+    write_scores(out.staged(SCORES_FILE), evaluated, pairs, scored, job.group_col)
     with open(out.staged(METRICS_FILE), "w", encoding="utf-8") as handle:
         json.dump(_strict_json(metrics), handle, indent=2, allow_nan=False)
         handle.write("\n")
@@ -362,16 +394,36 @@ def run(job: EvaluateJob, argv: list[str] | None = None) -> RunSummary:
         job=JOB_NAME, arguments=list(argv if argv is not None else sys.argv[1:]), output=job.output,
         model_fingerprints={m.name: m.fingerprint for m in models}, wall_seconds=round(time.monotonic() - started, 3),
         counts=counts, dead_letters=_by_reason(dead), reconciliation=reconciliation, notes=notes,
-        metrics={name: {"quality": r["quality"], "pairs_per_second": r["speed"]["pairs_per_second"]}
+        metrics={name: {"quality": r["quality"], **({"ranking": r["ranking"]} if "ranking" in r else {}),
+                        "pairs_per_second": r["speed"]["pairs_per_second"]}
                  for name, r in results.items()})
     out.commit(summary)
     return summary
 
 
-def write_scores(path: str, labeled: LabeledPairs, pairs: Pairs, scored: dict[str, Scored]) -> None:
-    """Every model's score per evaluated pair, next to the texts and the target: one Parquet file
-    anyone can load to dig into disagreements."""
+def compare_models(a: str, b: str, task: str, scored: dict[str, Scored], targets: np.ndarray,
+                   groups: np.ndarray | None) -> dict[str, Any]:
+    """metric(a) - metric(b) for every metric of the task (AUC, or Pearson and Spearman, over
+    pairs) and, with groups, every ranking metric (over queries), each with its 95% paired
+    bootstrap interval: {"a", "b", "differences": {metric: Difference.to_dict()}}."""
+    pair_metrics = {"auc": lambda s, t: roc_auc(s, t >= 0.5)} if task == "binary" else {
+        "pearson": pearson, "spearman": spearman}
+    differences = {name: pair_difference(metric, scored[a].scores, scored[b].scores, targets).to_dict()
+                   for name, metric in pair_metrics.items()}
+    if groups is not None:
+        ranked = {name: rank_queries(scored[name].scores, targets, groups) for name in (a, b)}
+        for metric in ranked[a].values:
+            differences[metric] = query_difference(ranked[a].values[metric], ranked[b].values[metric]).to_dict()
+    return {"a": a, "b": b, "differences": differences}
+
+
+def write_scores(path: str, labeled: LabeledPairs, pairs: Pairs, scored: dict[str, Scored],
+                 group_col: str | None = None) -> None:
+    """Every model's score per evaluated pair, next to the texts, the target and (with
+    ``--group-col``) the query: one Parquet file anyone can load to dig into disagreements."""
     columns = {"left": labeled.lefts, "right": labeled.rights, "target": labeled.targets}
+    if group_col is not None:
+        columns["group"] = labeled.groups
     columns.update({f"score:{name}": s.scores.astype(np.float32) for name, s in scored.items()})
     pq.write_table(pa.table(columns), path, compression=COMPRESSION)
 
