@@ -411,6 +411,16 @@ def train_teacher(ctx: click.Context, quiet: bool, verbose: bool, progress: bool
 @click.option("--cache-dir", default=None, metavar="DIR",
               help="Keep stage 1's frozen encoder states here (one safetensors file per encoder, length and text "
                    "set) and reuse them: runs that differ only in the head encode the texts once.")
+@click.option("--train-layers", type=int, default=None, metavar="K",
+              help="Stage 2 trains only the top K encoder layers (with projection and head), on the frozen lower "
+                   "layers' outputs computed once per unique text (float16, in memory; kept in --cache-dir when "
+                   "given). Default: the whole encoder trains, each batch encoded in full.")
+@click.option("--dev-group-col", default=None, metavar="COL",
+              help="Dev's query column (e.g. qid): every epoch also reports MRR@10, MAP and nDCG@10 over dev's "
+                   "queries.")
+@click.option("--select-metric", type=click.Choice(["auc", "spearman", "accuracy", "mrr@10", "map", "ndcg@10"]),
+              default=None, help="The dev metric that picks the best epoch (default: auc for binary, spearman for "
+                                 "graded, accuracy for classes); the ranking ones need --dev-group-col.")
 @click.option("--limit", type=int, default=None, metavar="N",
               help="Read at most N rows from each of --distill and --dev (quick runs).")
 @output_option("Student checkpoint directory to create: config.json, student.safetensors, encoder/, "

@@ -13,9 +13,13 @@ A training recipe that reads top to bottom (DiPair §3.7, §4.3-4.4):
    disk with ``--cache-dir``) and an epoch runs only projection + head. That makes stage-1 epochs
    nearly free, so stage 1 can run to convergence: early stop on dev.
 4. Stage 2 -- everything trains; the encoder at a lower learning rate. Each batch encodes its
-   unique texts once.
-5. Dev is evaluated after every epoch of both stages; the best epoch of the whole run is the
-   checkpoint (``save_student``: what ``score_pairs --model`` and ``encode_texts --model`` load).
+   unique texts once. With ``--train-layers k`` only the top k encoder layers train (with the
+   projection and head): the frozen lower layers' outputs for every token of every unique text
+   are computed once (``encoders/layer_cache.py``, float16) and each step runs only the top k
+   layers on them, in length-bucketed batches.
+5. Dev is evaluated after every epoch of both stages (with ``--dev-group-col`` also MRR@10, MAP and
+   nDCG@10 per query; ``--select-metric`` picks which metric chooses); the best epoch of the whole
+   run is the checkpoint (``save_student``: what ``score_pairs --model`` and ``encode_texts --model`` load).
 
 ``--stages 1`` trains everything from the first step instead (no frozen stage), for the ablation.
 
@@ -49,6 +53,8 @@ from transformers import get_linear_schedule_with_warmup
 
 from encoders.checkpoint import Student, build_student, load_student, save_student
 from encoders.config import SIDES, StudentConfig
+from encoders.layer_cache import LowerStates, upper_forward, upper_parameters
+from encoders.ranking_metrics import RANKING_METRICS, rank_queries
 from encoders.sources import DEFAULT_ENCODER
 from encoders.teacher import TASKS, TeacherTask, autocast
 from heads import HEAD_NAMES, build_head
@@ -128,6 +134,9 @@ class TrainStudentJob:
     seed: int = 0
     device: str = "auto"
     cache_dir: str | None = None
+    train_layers: int | None = None     # stage 2 trains only the top k encoder layers, on cached lower states
+    dev_group_col: str | None = None    # dev's query column: ranking metrics per epoch
+    select_metric: str | None = None    # the dev metric that picks the best epoch (default: the task's)
     limit: int | None = None
     format: str | None = None
     overwrite: bool = False
@@ -145,7 +154,7 @@ class TrainStudentJob:
                     "--patience": self.patience}
         for flag, value in (("--layers", self.layers), ("--head-layers", self.head_layers),
                             ("--limit", self.limit), ("--stage1-max-pairs", self.stage1_max_pairs),
-                            ("--stage2-max-pairs", self.stage2_max_pairs)):
+                            ("--stage2-max-pairs", self.stage2_max_pairs), ("--train-layers", self.train_layers)):
             if value is not None:
                 positive[flag] = value
         for flag, value in positive.items():
@@ -171,6 +180,15 @@ class TrainStudentJob:
                              "[0, 1] (0 = soft labels only, 1 = human labels only where a pair has one)")
         if self.task is not None and self.task not in TASKS:
             raise ValueError(f"--task {self.task!r} is not allowed: choose one of {', '.join(TASKS)}")
+        if self.train_layers is not None and self.stages != 2:
+            raise ValueError("--train-layers needs --stages 2: it trains the top layers in stage 2, on the lower "
+                             "layers' cached outputs")
+        allowed = sorted({*MAIN_METRIC.values(), *RANKING_METRICS})
+        if self.select_metric is not None and self.select_metric not in allowed:
+            raise ValueError(f"--select-metric {self.select_metric!r} is not allowed: choose one of {', '.join(allowed)}")
+        if self.select_metric in RANKING_METRICS and not self.dev_group_col:
+            raise ValueError(f"--select-metric {self.select_metric} ranks dev's candidates per query: give "
+                             "--dev-group-col (e.g. qid)")
 
     def student_config(self, num_outputs: int = 1) -> StudentConfig:
         """The StudentConfig these flags describe (ValueError naming a bad size)."""
@@ -481,6 +499,7 @@ class Stage:
     groups: list[tuple[list[tuple[str, torch.nn.Parameter]], float]]   # (named parameters, lr)
     patience: int | None = None
     max_pairs: int | None = None
+    lower_cache: bool = False        # the encoder's lower layers are frozen and read from Trainer.lower
 
 
 def plan_stages(student: Student, job: TrainStudentJob) -> list[Stage]:
@@ -493,10 +512,26 @@ def plan_stages(student: Student, job: TrainStudentJob) -> list[Stage]:
     if job.stages == 1:
         return [Stage("one_stage", "one stage: everything trains", False, job.stage2_epochs, job.batch_size,
                       [(rest, job.lr), (encoder, job.encoder_lr)], max_pairs=job.stage2_max_pairs)]
-    return [Stage("stage1", "stage 1: encoder frozen", True, job.stage1_epochs, job.stage1_batch_size,
-                  [(rest, job.lr)], patience=job.patience, max_pairs=job.stage1_max_pairs),
-            Stage("stage2", "stage 2: everything trains", False, job.stage2_epochs, job.batch_size,
-                  [(rest, job.stage2_lr), (encoder, job.encoder_lr)], max_pairs=job.stage2_max_pairs)]
+    stage1 = Stage("stage1", "stage 1: encoder frozen", True, job.stage1_epochs, job.stage1_batch_size,
+                   [(rest, job.lr)], patience=job.patience, max_pairs=job.stage1_max_pairs)
+    if job.train_layers is not None:
+        upper = _unique_parameters([(f"{side}.{name}", p) for side in SIDES
+                                    for name, p in upper_parameters(student.encoder.side(side), job.train_layers)])
+        return [stage1, Stage("stage2", f"stage 2: top {job.train_layers} encoder layers train", False,
+                              job.stage2_epochs, job.batch_size, [(rest, job.stage2_lr), (upper, job.encoder_lr)],
+                              max_pairs=job.stage2_max_pairs, lower_cache=True)]
+    return [stage1, Stage("stage2", "stage 2: everything trains", False, job.stage2_epochs, job.batch_size,
+                          [(rest, job.stage2_lr), (encoder, job.encoder_lr)], max_pairs=job.stage2_max_pairs)]
+
+
+def _unique_parameters(named: list[tuple[str, torch.nn.Parameter]]) -> list[tuple[str, torch.nn.Parameter]]:
+    """Each parameter once (a shared encoder is one module on both sides)."""
+    seen, unique = set(), []
+    for name, parameter in named:
+        if id(parameter) not in seen:
+            seen.add(id(parameter))
+            unique.append((name, parameter))
+    return unique
 
 
 def _named_encoder_parameters(student: Student) -> list[tuple[str, torch.nn.Parameter]]:
@@ -521,6 +556,8 @@ class Trainer:
     dev: Pairs
     dev_targets: np.ndarray
     cache: FrozenStates | None = None
+    lower: dict[str, LowerStates] | None = None   # side -> its lower-layer cache (--train-layers)
+    dev_groups: np.ndarray | None = None          # (P_dev,) dev's query of each pair (--dev-group-col)
     best_score: tuple[float, float] | None = None
     best: dict[str, Any] | None = None
     best_state: dict[str, torch.Tensor] | None = None
@@ -530,9 +567,17 @@ class Trainer:
     def train_stage(self, stage: Stage, rng: random.Random) -> list[dict[str, Any]]:
         """Run one stage; returns its epoch records. Ends with the stage's best weights loaded."""
         job, student = self.job, self.student
+        # The encoder weights this stage trains (none in stage 1, the top k with --train-layers).
+        training = {id(p) for named, _ in stage.groups for _, p in named}
         for _, parameter in _named_encoder_parameters(student):
-            parameter.requires_grad_(not stage.frozen_encoder)
-        if stage.frozen_encoder:
+            parameter.requires_grad_(id(parameter) in training)
+        if stage.lower_cache:
+            rows = {side: self.lower[side].rows_of(self.examples.pairs.pools[side])[self.examples.pairs.index[side]]
+                    for side in SIDES}
+            forward = lambda index: self._upper_and_score({s: r[index] for s, r in rows.items()})
+            lengths = (self.lower["left"].lengths.numpy()[rows["left"]]
+                       + self.lower["right"].lengths.numpy()[rows["right"]]).tolist()
+        elif stage.frozen_encoder:
             rows = self.cache.pair_rows(self.examples.pairs)
             forward = lambda index: self.cache.logits(student, {s: r[index] for s, r in rows.items()}, self.device)
             # Cached states all have N / M tokens: nothing to group by length.
@@ -558,10 +603,13 @@ class Trainer:
                 forward, batches, optimizer, scheduler, scaler, parameters,
                 f"{stage.description}, epoch {epoch}/{stage.epochs}")}
             evaluated = time.perf_counter()
-            logits = self._dev_logits(stage.frozen_encoder)
+            logits = self._dev_logits(stage.frozen_encoder, stage.lower_cache)
             record["dev"] = task_metrics(self.task, logits, self.dev_targets)
+            if self.dev_groups is not None:
+                scores, _ = student.scores_from_logits(torch.from_numpy(logits))
+                record["dev"].update(rank_queries(scores.numpy(), self.dev_targets, self.dev_groups).means())
             record["dev_seconds"] = round(time.perf_counter() - evaluated, 1)
-            score = selection_score(self.task, record["dev"])
+            score = selection_score(self.task, record["dev"], job.select_metric)
             if self.best_score is None or score > self.best_score:
                 self.best_score, self.best, self.best_state = score, record, _copy_state(student)
                 save_student(student, self.checkpoint_dir)   # the best epoch so far is always on disk
@@ -600,6 +648,19 @@ class Trainer:
             encoder = self.student.encoder.side(side)
             batch = encoder.collate([tokenized[side][i] for i in unique]).to(self.device)
             encoded = encoder(batch.input_ids, batch.attention_mask)
+            back = torch.from_numpy(inverse.reshape(-1)).to(self.device)
+            sides[side] = (encoded.tokens[back], encoded.mask[back])
+            pooled[side] = encoded.pooled[back] if encoded.pooled is not None else None
+        return self.student.score_tokens(*sides["left"], *sides["right"], pooled["left"], pooled["right"])
+
+    def _upper_and_score(self, rows: dict[str, np.ndarray]) -> torch.Tensor:
+        """Lower-layer cache rows of a batch (side -> (B,)) -> logits (B, C): the top k layers,
+        projection and head, each unique text of the batch run once."""
+        sides, pooled = {}, {}
+        for side in SIDES:
+            unique, inverse = np.unique(rows[side], return_inverse=True)
+            states, mask = self.lower[side].batch(unique, self.device)
+            encoded = upper_forward(self.student.encoder.side(side), states, mask, self.job.train_layers)
             back = torch.from_numpy(inverse.reshape(-1)).to(self.device)
             sides[side] = (encoded.tokens[back], encoded.mask[back])
             pooled[side] = encoded.pooled[back] if encoded.pooled is not None else None
@@ -646,8 +707,21 @@ class Trainer:
         return progress.close()
 
     @torch.inference_mode()
-    def _dev_logits(self, frozen_encoder: bool) -> np.ndarray:
-        """Dev logits (P, C): from the cache while the encoder is frozen, else encoding the dev texts."""
+    def _dev_logits(self, frozen_encoder: bool, lower_cache: bool = False) -> np.ndarray:
+        """Dev logits (P, C): from the cache while the encoder is frozen, from the lower-layer cache
+        while only the top layers train, else encoding the dev texts."""
+        if lower_cache:
+            self.student.eval()
+            rows = {side: self.lower[side].rows_of(self.dev.pools[side])[self.dev.index[side]] for side in SIDES}
+            # Length-sorted chunks, so each pads little.
+            order = np.argsort(self.lower["left"].lengths.numpy()[rows["left"]]
+                               + self.lower["right"].lengths.numpy()[rows["right"]], kind="stable")
+            logits = np.zeros((len(self.dev), self.student.config.num_outputs), dtype=np.float32)
+            for start in range(0, len(order), 256):
+                chunk = order[start:start + 256]
+                with autocast(self.device):
+                    logits[chunk] = self._upper_and_score({s: r[chunk] for s, r in rows.items()}).float().cpu().numpy()
+            return logits
         if not frozen_encoder:
             return pair_logits(self.student, self.dev, self.device, self.job.encode_batch_size)[0]
         self.student.eval()
@@ -658,6 +732,21 @@ class Trainer:
                 out.append(self.cache.logits(self.student, {s: r[start:start + 4096] for s, r in rows.items()},
                                              self.device).float().cpu())
         return torch.cat(out).numpy()
+
+
+def build_lower_caches(student: Student, job: TrainStudentJob, train: Pairs, dev: Pairs, device: str
+                       ) -> dict[str, LowerStates]:
+    """side -> the lower-layer cache of every unique training and dev text of that side. With a
+    shared encoder and equal max lengths both sides read one cache (a text on both sides runs once)."""
+    config = student.config
+    shared = config.shared_encoder and config.left_max_length == config.right_max_length
+    texts = {side: [*train.pools[side], *dev.pools[side]] for side in SIDES}
+    if shared:
+        both = LowerStates.build(student.encoder.left, texts["left"] + texts["right"], job.train_layers,
+                                 job.encode_batch_size, device, job.cache_dir)
+        return {"left": both, "right": both}
+    return {side: LowerStates.build(student.encoder.side(side), texts[side], job.train_layers, job.encode_batch_size,
+                                    device, job.cache_dir) for side in SIDES}
 
 
 def first_pairs(batches: list[list[int]], count: int) -> list[list[int]]:
@@ -717,7 +806,9 @@ def train(job: TrainStudentJob, argv: list[str] | None = None) -> tuple[RunSumma
                          f"({_reasons(data.skipped) or 'no rows'})")
     if job.loss == "mse" and data.logits is None:
         raise ValueError(f"--loss mse needs the teacher's logits, but some rows of --distill have no {logit_col!r}")
-    dev = read_labeled_pairs(dev_files, columns, job.label_col, task, job.limit)
+    if job.dev_group_col:
+        check_columns(dev_files, [job.dev_group_col])
+    dev = read_labeled_pairs(dev_files, columns, job.label_col, task, job.limit, job.dev_group_col)
     if not dev.targets:
         raise ValueError(f"--dev has no usable labeled pairs: {dev.rows_read} rows read, all skipped "
                          f"({_reasons(dev.skipped) or 'no rows'})")
@@ -730,11 +821,14 @@ def train(job: TrainStudentJob, argv: list[str] | None = None) -> tuple[RunSumma
     examples = Examples.of(data, job.swap)
     dev_pairs = Pairs.of(dev.lefts, dev.rights)
     trainer = Trainer(student, job, task, device, examples, dev_pairs, np.array(dev.targets),
-                      checkpoint_dir=out.checkpoint_dir)
+                      checkpoint_dir=out.checkpoint_dir,
+                      dev_groups=np.array(dev.groups) if job.dev_group_col else None)
     stages = plan_stages(student, job)
     if stages[0].frozen_encoder:
         texts = {side: [*examples.pairs.pools[side], *dev_pairs.pools[side]] for side in SIDES}
         trainer.cache = FrozenStates(student, texts, job.encode_batch_size, device, job.cache_dir, job.progress)
+    if job.train_layers is not None:
+        trainer.lower = build_lower_caches(student, job, examples.pairs, dev_pairs, device)
     skip_fit = trainer.fit_cosine_skip() if config.cosine_skip else None
     rng = random.Random(job.seed)
     per_stage = {stage.name: trainer.train_stage(stage, rng) for stage in stages}
@@ -765,9 +859,19 @@ def train(job: TrainStudentJob, argv: list[str] | None = None) -> tuple[RunSumma
                       f"{len(data.skipped):,}; dev rows read {dev.rows_read:,} = used {len(dev.targets):,} + skipped "
                       f"{len(dev.skipped):,}; training examples {len(examples.pairs):,} = used pairs"
                       + (" x 2 (--swap)" if job.swap else ""))
-    notes = [f"best: {best['stage']} epoch {best['epoch']} by dev {main_metric} = {best['dev'][main_metric]:.4f}; "
+    chosen = job.select_metric or main_metric
+    notes = [f"best: {best['stage']} epoch {best['epoch']} by dev {chosen} = {best['dev'][chosen]:.4f}; "
              f"the checkpoint in {job.output} holds its weights (score_pairs/encode_texts --model {job.output})",
              f"device {device}, torch threads {torch.get_num_threads()}"]
+    lower = None
+    if trainer.lower is not None:
+        caches = list({id(c): c for c in trainer.lower.values()}.values())
+        lower = {"train_layers": job.train_layers, "texts": sum(len(c.rows) for c in caches),
+                 "tokens": sum(len(c.flat) for c in caches), "bytes": sum(c.bytes for c in caches),
+                 "seconds": round(sum(c.seconds for c in caches), 1), "reused": [c.reused for c in caches if c.reused]}
+        notes.append(f"stage 2 trained the top {job.train_layers} encoder layers on cached lower-layer states: "
+                     f"{lower['texts']:,} texts, {lower['tokens']:,} tokens, {lower['bytes'] / 2 ** 20:,.0f} MiB float16, "
+                     f"{lower['seconds']:.0f} s" + (", reused from --cache-dir" if lower["reused"] else ""))
     if trainer.cache is not None:
         cache = trainer.cache
         notes.append(f"stage 1 encoded {cache.texts:,} unique texts once ({cache.bytes / 2 ** 20:,.0f} MiB of "
@@ -787,6 +891,7 @@ def train(job: TrainStudentJob, argv: list[str] | None = None) -> tuple[RunSumma
                  "stage1_cache": ({"texts": trainer.cache.texts, "bytes": trainer.cache.bytes,
                                    "seconds": round(trainer.cache.seconds, 1), "reused": trainer.cache.reused}
                                   if trainer.cache is not None else None),
+                 "lower_cache": lower, "select_metric": job.select_metric or main_metric,
                  "cosine_skip_fit": skip_fit, "student_config": config.to_dict()})
     out.commit(summary)
     return summary, student
