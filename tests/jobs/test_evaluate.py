@@ -301,3 +301,18 @@ def test_bad_ranking_arguments_exit_2_before_work(tmp_path, labeled, extra, mess
                                                 "--model", "baseline", *extra])
     assert result.exit_code == 2 and message in result.output, result.output
     assert not (tmp_path / "o").exists()
+
+
+def test_compare_on_graded_labels_uses_pearson_and_spearman_over_pairs():
+    from jobs.evaluate import Scored, compare_models
+    rng = np.random.default_rng(2)
+    targets = rng.random(300)
+    close, far = targets + rng.normal(0, 0.05, 300), targets + rng.normal(0, 1.0, 300)
+    scored = {name: Scored(np.zeros((300, 1)), s) for name, s in (("close", close), ("far", far))}
+    comparison = compare_models("close", "far", "graded", scored, targets, None)
+    assert set(comparison["differences"]) == {"pearson", "spearman"}
+    pearson_d = comparison["differences"]["pearson"]
+    assert pearson_d["difference"] == pytest.approx(pearsonr(close, targets)[0] - pearsonr(far, targets)[0])
+    assert pearson_d["low"] > 0 and pearson_d["unit"] == "pairs" and pearson_d["verdict"] == "a better"
+    spearman_d = comparison["differences"]["spearman"]
+    assert spearman_d["difference"] == pytest.approx(spearmanr(close, targets)[0] - spearmanr(far, targets)[0])
