@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-layers", type=int, default=2, help="top encoder layers trained in stage 2")
     parser.add_argument("--stage1-epochs", type=int, default=4, help="most stage-1 epochs (early stop, patience 2)")
     parser.add_argument("--stage2-epochs", type=int, default=1)
-    parser.add_argument("--stage2-max-pairs", type=int, default=None, help="pairs per stage-2 epoch (default: all)")
+    parser.add_argument("--stage2-max-pairs", type=int, default=10_000,
+                        help="pairs per stage-2 epoch, a random sample (of ~17.5k; sized for the time budget)")
     parser.add_argument("--heads", default=",".join(HEADS), help="heads to train (comma-separated)")
     parser.add_argument("--fresh", action="store_true", help="rerun steps whose output already exists")
     args = parser.parse_args(argv)
@@ -98,7 +99,12 @@ def main(argv: list[str] | None = None) -> int:
             timings[name] = round(time.monotonic() - started, 1)
             timings_file.write_text(json.dumps(timings, indent=2), encoding="utf-8")
             print(f"--- {name}: {timings[name] / 60:.1f} min", flush=True)
-        steps.append({"step": name, "seconds": timings.get(name), "command": shown})
+        seconds = timings.get(name)
+        if seconds is None and (output / "_SUMMARY.json").exists():
+            # Run by an earlier invocation that did not record it (stopped while the job ran on):
+            # the job's own wall time.
+            seconds = json.loads((output / "_SUMMARY.json").read_text(encoding="utf-8")).get("wall_seconds")
+        steps.append({"step": name, "seconds": seconds, "command": shown})
 
     started = time.monotonic()
     data = out / "data"
@@ -121,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
               "--stage1-batch-size", "256", "--stage2-epochs", str(args.stage2_epochs),
               "--cache-dir", str(out / "cache"), "--no-progress"]
     common += ["--train-layers", str(args.train_layers)]
-    if args.stage2_max_pairs:
+    if args.stage2_max_pairs and not small:
         common += ["--stage2-max-pairs", str(args.stage2_max_pairs)]
     students = {}
     for head in [h for h in args.heads.split(",") if h]:
