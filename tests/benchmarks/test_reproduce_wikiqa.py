@@ -34,6 +34,9 @@ def test_split_is_by_question_and_keeps_questions_whole(shared_data, tmp_path):
     assert reproduce.prepare_data(tmp_path, 400, 0.2) == counts            # written once, then read back
 
 
+# Eight job processes (each imports torch, transformers and Beam): about 3-4 minutes on a quiet 2-core
+# machine; the limit is for a shared, busy one.
+@pytest.mark.timeout(2400)
 def test_smoke_run_end_to_end_and_resume(shared_data, tmp_path):
     out = tmp_path / "wikiqa"
     command = [sys.executable, str(_PATH), "--out", str(out), "--limit", "80", "--stage1-epochs", "1"]
