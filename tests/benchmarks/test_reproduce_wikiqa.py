@@ -34,6 +34,19 @@ def test_split_is_by_question_and_keeps_questions_whole(shared_data, tmp_path):
     assert reproduce.prepare_data(tmp_path, 400, 0.2) == counts            # written once, then read back
 
 
+def test_teacher_sample_is_balanced_and_written_once(shared_data, tmp_path):
+    reproduce.prepare_data(tmp_path, 600, 0.2)
+    train = _rows(tmp_path / "train.jsonl")
+    sample_path = reproduce.balanced_sample(tmp_path / "train.jsonl", tmp_path / "teacher.jsonl", 3)
+    sample = _rows(sample_path)
+    positives = sum(r["label"] for r in train)
+    assert sum(r["label"] for r in sample) == positives and len(sample) == 4 * positives
+    assert all(r in train for r in sample)
+    assert reproduce.balanced_sample(tmp_path / "train.jsonl", tmp_path / "teacher.jsonl", 3) == sample_path
+    assert _rows(sample_path) == sample
+    assert reproduce.balanced_sample(tmp_path / "train.jsonl", tmp_path / "x.jsonl", 0) == tmp_path / "train.jsonl"
+
+
 # Eight job processes (each imports torch, transformers and Beam): about 3-4 minutes on a quiet 2-core
 # machine; the limit is for a shared, busy one.
 @pytest.mark.timeout(2400)
