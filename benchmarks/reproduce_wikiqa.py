@@ -117,10 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     data = out / "data"
     split = prepare_data(data, args.limit, args.select_fraction)
     train, select, dev, trec = data / "train.jsonl", data / "select.jsonl", data / "dev.jsonl", data / "trecqa-dev.jsonl"
-    teacher_train = balanced_sample(train, data / f"teacher-train-{args.teacher_negatives}.jsonl", args.teacher_negatives)
 
     teacher = Path(args.teacher) if args.teacher else out / "teacher"
     if not args.teacher:
+        teacher_train = balanced_sample(train, data / f"teacher-train-{args.teacher_negatives}.jsonl",
+                                        args.teacher_negatives)
         step("teacher", teacher, ["jobs.train_teacher", "--train", str(teacher_train), "--dev", str(select),
                                   "--task", "binary", "--epochs", str(args.teacher_epochs),
                                   "--max-length", str(args.teacher_max_length), "--lr", str(args.teacher_lr),
