@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     steps: list[dict] = []
+    skipped: list[str] = []
     timings_file = out / "step_seconds.json"
     timings = json.loads(timings_file.read_text(encoding="utf-8")) if timings_file.exists() else {}
 
@@ -100,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n=== {name} ({time.strftime('%H:%M:%S')})\n$ {shown}", flush=True)
         if (output / "_SUMMARY.json").exists() and not args.fresh:
             print("(done before: skipped)", flush=True)
+            skipped.append(name)
         else:
             started = time.monotonic()
             subprocess.run(command + (["--overwrite"] if output.exists() else []), cwd=REPO, env=env, check=True)
@@ -163,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     step("evaluate on TrecQA dev (transfer)", transfer, ["jobs.evaluate", "--pairs", str(trec), "--group-col", "left",
                                                          *model_flags,
                                                          "--output", str(transfer)])
-    write_results(out, report, transfer, students, steps, time.monotonic() - started, args, split)
+    write_results(out, report, transfer, students, steps, time.monotonic() - started, args, split, len(skipped))
     return 0
 
 
@@ -239,7 +241,7 @@ def _interval(d: dict) -> str:
 
 
 def write_results(out: Path, report: Path, transfer: Path, students: dict[str, Path], steps: list[dict],
-                  total: float, args, split: dict) -> None:
+                  total: float, args, split: dict, skipped: int = 0) -> None:
     """OUT/RESULTS.md: ranking tables (dev and transfer), intervals, targets, stages, steps."""
     metrics = json.loads((report / "metrics.json").read_text(encoding="utf-8"))
     trec = json.loads((transfer / "metrics.json").read_text(encoding="utf-8"))
@@ -256,7 +258,7 @@ def write_results(out: Path, report: Path, transfer: Path, students: dict[str, P
              f"({metrics['pairs']['count']:,} pairs; {first['queries']:,} of {first['queries_total']:,} questions have "
              "a correct and a wrong candidate and are ranked). Teacher and students trained on "
              f"{split['train']['pairs']:,} pairs of {split['train']['questions']:,} training questions; best epochs "
-             f"and thresholds chosen on {split['select']['pairs']:,} pairs of {split['select']['questions']:,} other "
+             f"chosen on {split['select']['pairs']:,} pairs of {split['select']['questions']:,} other "
              f"training questions (split by qid). Students: N = {args.n} question tokens, M = {args.m} sentence "
              f"tokens, D = {args.dim}, max lengths {args.left_max_length} / {args.right_max_length}, stage 2 trains "
              f"the top {args.train_layers} encoder layers. Teacher: "
@@ -319,8 +321,9 @@ def write_results(out: Path, report: Path, transfer: Path, students: dict[str, P
         minutes = "not timed (output given)" if s["seconds"] is None else f"{s['seconds'] / 60:.1f}"
         lines.append(f"| {s['step']} | {minutes} | `{s['command']}` |")
     command = shlex.join(["python", "benchmarks/reproduce_wikiqa.py", *sys.argv[1:]])
-    lines += ["", f"Made by `{command}`; this invocation took {total / 60:.1f} minutes. Plots and every metric: "
-                  "report/report.md, report-trecqa/report.md."]
+    resumed = f" ({skipped} steps done by an earlier invocation were skipped)" if skipped else ""
+    lines += ["", f"Made by `{command}`; this invocation took {total / 60:.1f} minutes{resumed}; the step times above "
+                  "are each step's own. Plots and every metric: report/report.md, report-trecqa/report.md."]
     (out / "RESULTS.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n" + "\n".join(lines), flush=True)
 
