@@ -9,7 +9,8 @@ no ``--dev`` is given; graded: Pearson and Spearman), its agreement with the fir
 the models, and its pairs/s on this machine. ``--group-col qid`` also ranks each query's pairs
 (MRR@10, MAP, nDCG@10 over queries with a positive and a negative); ``--compare A,B`` adds
 metric(A) - metric(B) with a 95% paired-bootstrap interval (``encoders/evaluation.py``).
-Writes ``DIR/report.md`` with PNG plots (``report.py``), ``DIR/metrics.json``, ``DIR/scores.parquet`` (every model's score per pair),
+Writes ``DIR/report.md`` with PNG plots (``report.py``), ``DIR/metrics.json``,
+``DIR/scores.parquet`` (every model's score per pair, and its query with ``--group-col``),
 ``DIR/_dead_letter/``, ``DIR/_SUMMARY.json`` and ``DIR/_SUCCESS``, committed at the end (pipeline/outputs.py).
 
 Speed, and its regime: a teacher reads every pair whole, so its cost is per pair. A student
