@@ -5,8 +5,12 @@ trainer (DiPair §3.7, §4.3-4.4). ``jobs.train_student`` reads the data, builds
 * Stage 1 -- encoder frozen: projection + head train on the stage-one state cache
   (``encoders/frozen_states.py``), early stop on dev.
 * Stage 2 -- everything trains, the encoder at a lower learning rate; each batch encodes its
-  unique texts once.
-* Dev is evaluated after every epoch of both stages; the best epoch of the whole run is saved.
+  unique texts once. With ``train_layers = k`` only the top k encoder layers train (with the
+  projection and head), on the frozen lower layers' outputs computed once per unique text
+  (``encoders/layer_cache.py``, float16), in length-bucketed batches.
+* Dev is evaluated after every epoch of both stages (with dev groups also MRR@10, MAP and nDCG@10
+  per query, ``encoders/ranking_metrics.py``); the best epoch of the whole run, by
+  ``select_metric``, is saved.
 
 Shapes: P pairs, B pairs in a batch, C outputs (1, or k classes), U unique texts of a pool.
 """
@@ -29,7 +33,9 @@ from encoders.config import SIDES, StudentConfig
 from encoders.device import autocast, grad_scaler
 from encoders.frozen_states import FrozenStates
 from encoders.inference import Pairs, encode_pool, pair_logits
-from encoders.metrics import selection_score, task_metrics
+from encoders.layer_cache import LowerStates, upper_forward, upper_parameters
+from encoders.metrics import MAIN_METRIC, selection_score, task_metrics
+from encoders.ranking_metrics import RANKING_METRICS, rank_queries
 from encoders.sources import load_config
 from encoders.teacher import TeacherTask
 from encoders.training import EpochProgress, length_grouped_batches, make_adamw, optimizer_step
@@ -52,6 +58,8 @@ class DistillConfig:
     loss:    ``ce`` (cross-entropy on the soft labels, DiPair eq. 1) or ``mse`` (on the logits).
     human_label_weight: w in [0, 1], the share of the human label's loss where a pair has one.
     lr / stage2_lr / encoder_lr: projection + head in stage 1 / in stage 2 / the encoder.
+    train_layers: k, stage 2 trains only the top k encoder layers on cached lower states (None: all).
+    select_metric: the dev metric that picks the best epoch (None: the task's main metric).
     bar_options: tqdm options for the progress bars (the job's); None: no bars.
     """
     stages: int = 2
@@ -72,7 +80,41 @@ class DistillConfig:
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     seed: int = 0
+    train_layers: int | None = None
+    select_metric: str | None = None
     bar_options: Mapping[str, Any] | None = None
+
+    def check(self, ranked_dev: bool) -> None:
+        """What these settings allow (ValueError naming the flag); ``ranked_dev``:
+        dev has a query column (``--dev-group-col``)."""
+        if self.stages not in (1, 2):
+            raise ValueError(f"--stages {self.stages!r} is not allowed: 2 (encoder frozen first, DiPair's "
+                             "schedule) or 1 (everything trains from the start)")
+        if self.loss not in LOSSES:
+            raise ValueError(f"--loss {self.loss!r} is not allowed: ce (cross-entropy on the soft labels, DiPair "
+                             "eq. 1) or mse (on the logits)")
+        for flag, value in (("--lr", self.lr), ("--stage2-lr", self.stage2_lr), ("--encoder-lr", self.encoder_lr)):
+            if not value > 0:
+                raise ValueError(f"{flag} {value!r} is not allowed: give a learning rate > 0")
+        if not 0 <= self.warmup < 1:
+            raise ValueError(f"--warmup {self.warmup!r} is not allowed: give the fraction of a stage's steps "
+                             "spent warming up, 0 <= WARMUP < 1")
+        if self.weight_decay < 0 or not self.max_grad_norm > 0:
+            raise ValueError(f"--weight-decay {self.weight_decay!r} must be >= 0 and --max-grad-norm "
+                             f"{self.max_grad_norm!r} > 0")
+        if not 0 <= self.human_label_weight <= 1:
+            raise ValueError(f"--human-label-weight {self.human_label_weight!r} is not allowed: give a number in "
+                             "[0, 1] (0 = soft labels only, 1 = human labels only where a pair has one)")
+        if self.train_layers is not None and self.stages != 2:
+            raise ValueError("--train-layers needs --stages 2: it trains the top layers in stage 2, on the lower "
+                             "layers' cached outputs")
+        allowed = sorted({*MAIN_METRIC.values(), *RANKING_METRICS})
+        if self.select_metric is not None and self.select_metric not in allowed:
+            raise ValueError(f"--select-metric {self.select_metric!r} is not allowed: choose one of "
+                             f"{', '.join(allowed)}")
+        if self.select_metric in RANKING_METRICS and not ranked_dev:
+            raise ValueError(f"--select-metric {self.select_metric} ranks dev's candidates per query: give "
+                             "--dev-group-col (e.g. qid)")
 
 
 @dataclass
@@ -177,6 +219,7 @@ class Stage:
     groups: list[tuple[list[tuple[str, torch.nn.Parameter]], float]]   # (named parameters, lr)
     patience: int | None = None
     max_pairs: int | None = None
+    lower_cache: bool = False        # the encoder's lower layers are frozen and read from Trainer.lower
 
 
 def plan_stages(student: Student, config: DistillConfig) -> list[Stage]:
@@ -189,10 +232,27 @@ def plan_stages(student: Student, config: DistillConfig) -> list[Stage]:
     if config.stages == 1:
         return [Stage("one_stage", "one stage: everything trains", False, config.stage2_epochs, config.batch_size,
                       [(rest, config.lr), (encoder, config.encoder_lr)], max_pairs=config.stage2_max_pairs)]
-    return [Stage("stage1", "stage 1: encoder frozen", True, config.stage1_epochs, config.stage1_batch_size,
-                  [(rest, config.lr)], patience=config.patience, max_pairs=config.stage1_max_pairs),
-            Stage("stage2", "stage 2: everything trains", False, config.stage2_epochs, config.batch_size,
-                  [(rest, config.stage2_lr), (encoder, config.encoder_lr)], max_pairs=config.stage2_max_pairs)]
+    stage1 = Stage("stage1", "stage 1: encoder frozen", True, config.stage1_epochs, config.stage1_batch_size,
+                   [(rest, config.lr)], patience=config.patience, max_pairs=config.stage1_max_pairs)
+    if config.train_layers is not None:
+        upper = _unique_parameters([(f"{side}.{name}", p) for side in SIDES
+                                    for name, p in upper_parameters(student.encoder.side(side), config.train_layers)])
+        return [stage1, Stage("stage2", f"stage 2: top {config.train_layers} encoder layers train", False,
+                              config.stage2_epochs, config.batch_size, [(rest, config.stage2_lr),
+                                                                         (upper, config.encoder_lr)],
+                              max_pairs=config.stage2_max_pairs, lower_cache=True)]
+    return [stage1, Stage("stage2", "stage 2: everything trains", False, config.stage2_epochs, config.batch_size,
+                          [(rest, config.stage2_lr), (encoder, config.encoder_lr)], max_pairs=config.stage2_max_pairs)]
+
+
+def _unique_parameters(named: list[tuple[str, torch.nn.Parameter]]) -> list[tuple[str, torch.nn.Parameter]]:
+    """Each parameter once (a shared encoder is one module on both sides)."""
+    seen, unique = set(), []
+    for name, parameter in named:
+        if id(parameter) not in seen:
+            seen.add(id(parameter))
+            unique.append((name, parameter))
+    return unique
 
 
 def _named_encoder_parameters(student: Student) -> list[tuple[str, torch.nn.Parameter]]:
@@ -218,6 +278,8 @@ class Trainer:
     dev: Pairs
     dev_targets: np.ndarray
     cache: FrozenStates | None = None
+    lower: dict[str, LowerStates] | None = None   # side -> its lower-layer cache (train_layers)
+    dev_groups: np.ndarray | None = None          # (P_dev,) dev's query of each pair (--dev-group-col)
     best_score: tuple[float, float] | None = None
     best: dict[str, Any] | None = None
     best_state: dict[str, torch.Tensor] | None = None
@@ -227,9 +289,17 @@ class Trainer:
     def train_stage(self, stage: Stage, rng: random.Random) -> list[dict[str, Any]]:
         """Run one stage; returns its epoch records. Ends with the stage's best weights loaded."""
         config, student = self.config, self.student
+        # The encoder weights this stage trains (none in stage 1, the top k with train_layers).
+        training = {id(p) for named, _ in stage.groups for _, p in named}
         for _, parameter in _named_encoder_parameters(student):
-            parameter.requires_grad_(not stage.frozen_encoder)
-        if stage.frozen_encoder:
+            parameter.requires_grad_(id(parameter) in training)
+        if stage.lower_cache:
+            rows = {side: self.lower[side].rows_of(self.examples.pairs.pools[side])[self.examples.pairs.index[side]]
+                    for side in SIDES}
+            forward = lambda index: self._upper_and_score({s: r[index] for s, r in rows.items()})
+            lengths = (self.lower["left"].lengths.numpy()[rows["left"]]
+                       + self.lower["right"].lengths.numpy()[rows["right"]]).tolist()
+        elif stage.frozen_encoder:
             rows = self.cache.pair_rows(self.examples.pairs)
             forward = lambda index: self.cache.logits(student, {s: r[index] for s, r in rows.items()}, self.device)
             # Cached states all have N / M tokens: nothing to group by length.
@@ -255,10 +325,13 @@ class Trainer:
                 forward, batches, optimizer, scheduler, scaler, parameters,
                 f"{stage.description}, epoch {epoch}/{stage.epochs}")}
             evaluated = time.perf_counter()
-            logits = self._dev_logits(stage.frozen_encoder)
+            logits = self._dev_logits(stage.frozen_encoder, stage.lower_cache)
             record["dev"] = task_metrics(self.task, logits, self.dev_targets)
+            if self.dev_groups is not None:
+                scores, _ = student.scores_from_logits(torch.from_numpy(logits))
+                record["dev"].update(rank_queries(scores.numpy(), self.dev_targets, self.dev_groups).means())
             record["dev_seconds"] = round(time.perf_counter() - evaluated, 1)
-            score = selection_score(self.task, record["dev"])
+            score = selection_score(self.task, record["dev"], config.select_metric)
             if self.best_score is None or score > self.best_score:
                 self.best_score, self.best, self.best_state = score, record, _copy_state(student)
                 save_student(student, self.checkpoint_dir)   # the best epoch so far is always on disk
@@ -297,6 +370,19 @@ class Trainer:
             encoder = self.student.encoder.side(side)
             batch = encoder.collate([tokenized[side][i] for i in unique]).to(self.device)
             encoded = encoder(batch.input_ids, batch.attention_mask)
+            back = torch.from_numpy(inverse.reshape(-1)).to(self.device)
+            sides[side] = (encoded.tokens[back], encoded.mask[back])
+            pooled[side] = encoded.pooled[back] if encoded.pooled is not None else None
+        return self.student.score_tokens(*sides["left"], *sides["right"], pooled["left"], pooled["right"])
+
+    def _upper_and_score(self, rows: dict[str, np.ndarray]) -> torch.Tensor:
+        """Lower-layer cache rows of a batch (side -> (B,)) -> logits (B, C): the top k layers,
+        projection and head, each unique text of the batch run once."""
+        sides, pooled = {}, {}
+        for side in SIDES:
+            unique, inverse = np.unique(rows[side], return_inverse=True)
+            states, mask = self.lower[side].batch(unique, self.device)
+            encoded = upper_forward(self.student.encoder.side(side), states, mask, self.config.train_layers)
             back = torch.from_numpy(inverse.reshape(-1)).to(self.device)
             sides[side] = (encoded.tokens[back], encoded.mask[back])
             pooled[side] = encoded.pooled[back] if encoded.pooled is not None else None
@@ -343,8 +429,21 @@ class Trainer:
         return progress.close()
 
     @torch.inference_mode()
-    def _dev_logits(self, frozen_encoder: bool) -> np.ndarray:
-        """Dev logits (P, C): from the cache while the encoder is frozen, else encoding the dev texts."""
+    def _dev_logits(self, frozen_encoder: bool, lower_cache: bool = False) -> np.ndarray:
+        """Dev logits (P, C): from the cache while the encoder is frozen, from the lower-layer cache
+        while only the top layers train, else encoding the dev texts."""
+        if lower_cache:
+            self.student.eval()
+            rows = {side: self.lower[side].rows_of(self.dev.pools[side])[self.dev.index[side]] for side in SIDES}
+            # Length-sorted chunks, so each pads little.
+            order = np.argsort(self.lower["left"].lengths.numpy()[rows["left"]]
+                               + self.lower["right"].lengths.numpy()[rows["right"]], kind="stable")
+            logits = np.zeros((len(self.dev), self.student.config.num_outputs), dtype=np.float32)
+            for start in range(0, len(order), 256):
+                chunk = order[start:start + 256]
+                with autocast(self.device):
+                    logits[chunk] = self._upper_and_score({s: r[chunk] for s, r in rows.items()}).float().cpu().numpy()
+            return logits
         if not frozen_encoder:
             return pair_logits(self.student, self.dev, self.device, self.config.encode_batch_size)[0]
         self.student.eval()
@@ -355,6 +454,45 @@ class Trainer:
                 out.append(self.cache.logits(self.student, {s: r[start:start + 4096] for s, r in rows.items()},
                                              self.device).float().cpu())
         return torch.cat(out).numpy()
+
+
+    def build_lower_caches(self, cache_dir: str | None) -> None:
+        """``lower``: side -> the lower-layer cache of every unique training and dev text of that side.
+        With a shared encoder and equal max lengths both sides read one cache (a text on both sides
+        runs once). ``cache_dir``: where the caches are kept and reused (None: in memory only)."""
+        student, train, k = self.student, self.examples.pairs, self.config.train_layers
+        shared = student.config.shared_encoder and student.config.left_max_length == student.config.right_max_length
+        texts = {side: [*train.pools[side], *self.dev.pools[side]] for side in SIDES}
+        batch = self.config.encode_batch_size
+        if shared:
+            both = LowerStates.build(student.encoder.left, texts["left"] + texts["right"], k, batch, self.device,
+                                     cache_dir)
+            self.lower = {"left": both, "right": both}
+        else:
+            self.lower = {side: LowerStates.build(student.encoder.side(side), texts[side], k, batch, self.device,
+                                                  cache_dir) for side in SIDES}
+
+    def cache_report(self) -> tuple[dict[str, Any], list[str]]:
+        """What the state caches cost, for the run's summary: ({"stage1_cache", "lower_cache"}, notes)."""
+        metrics, notes = {"stage1_cache": None, "lower_cache": None}, []
+        if self.lower is not None:
+            caches = list({id(c): c for c in self.lower.values()}.values())
+            lower = {"train_layers": self.config.train_layers, "texts": sum(len(c.rows) for c in caches),
+                     "tokens": sum(len(c.flat) for c in caches), "bytes": sum(c.bytes for c in caches),
+                     "seconds": round(sum(c.seconds for c in caches), 1),
+                     "reused": [c.reused for c in caches if c.reused]}
+            metrics["lower_cache"] = lower
+            notes.append(f"stage 2 trained the top {lower['train_layers']} encoder layers on cached lower-layer "
+                         f"states: {lower['texts']:,} texts, {lower['tokens']:,} tokens, "
+                         f"{lower['bytes'] / 2 ** 20:,.0f} MiB float16, {lower['seconds']:.0f} s"
+                         + (", reused from --cache-dir" if lower["reused"] else ""))
+        if self.cache is not None:
+            cache = self.cache
+            metrics["stage1_cache"] = {"texts": cache.texts, "bytes": cache.bytes,
+                                       "seconds": round(cache.seconds, 1), "reused": cache.reused}
+            notes.append(f"stage 1 encoded {cache.texts:,} unique texts once ({cache.bytes / 2 ** 20:,.0f} MiB of "
+                         f"states, {cache.seconds:.0f} s" + (", reused from --cache-dir" if cache.reused else "") + ")")
+        return metrics, notes
 
 
 def first_pairs(batches: list[list[int]], count: int) -> list[list[int]]:

@@ -186,6 +186,11 @@ class SideEncoder(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> EncodedSide:
         """input_ids, attention_mask: (B, T) -> EncodedSide with (B, N, D) tokens."""
         states = self.transformer(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.from_states(states, attention_mask)
+
+    def from_states(self, states: torch.Tensor, attention_mask: torch.Tensor) -> EncodedSide:
+        """The transformer's last hidden states (B, T, H) and attention mask (B, T) -> EncodedSide:
+        what ``forward`` does after the transformer (also run on states from encoders/layer_cache.py)."""
         kept, mask = select_tokens(states, attention_mask, self.num_tokens, self.selection)
         # Projecting after selection costs N rows per text instead of T; padded rows stay zero.
         tokens = self.projection(kept) * mask[:, :, None].to(kept.dtype)

@@ -1,7 +1,9 @@
 """Evaluating models side by side, in plain PyTorch: loading a teacher, a student or the
 zero-training baseline, scoring labeled pairs with each the way the product runs it (teacher:
 length-sorted batches; student: every unique text encoded once, then the head), timing it, and
-the quality and agreement metrics ``jobs.evaluate`` reports.
+the quality and agreement metrics ``jobs.evaluate`` reports, and (with a query column) the
+ranking metrics per query and paired-bootstrap comparisons of two models
+(``encoders/ranking_metrics.py``).
 
 Shapes: P pairs, C outputs.
 """
@@ -11,7 +13,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from typing import NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
@@ -20,6 +22,7 @@ from encoders.config import CONFIG_FORMAT, baseline_config
 from encoders.device import synchronize
 from encoders.inference import Pairs, encode_pairs, head_logits
 from encoders.metrics import best_threshold_accuracy, f1_at_threshold, pearson, roc_auc, spearman
+from encoders.ranking_metrics import pair_difference, query_difference, rank_queries
 from encoders.teacher import CrossEncoder, load_teacher, soft_labels
 
 BASELINE = "baseline"
@@ -179,3 +182,39 @@ def speed(model: Model, scored: Scored, pairs: Pairs) -> dict[str, float]:
     encode, head = scored.seconds["encode_seconds"], scored.seconds["head_seconds"]
     return {"pairs_per_second": count / (encode + head), "head_pairs_per_second": count / head,
             "encode_texts_per_second": pairs.unique_texts / encode, **scored.seconds}
+
+
+# --------------------------------------------------------------------------- ranking and comparisons
+
+def parse_comparisons(specs: Sequence[str]) -> list[tuple[str, str]]:
+    """``--compare A,B`` values -> (A, B) pairs (ValueError naming a malformed one)."""
+    pairs = []
+    for spec in specs:
+        parts = [part.strip() for part in spec.split(",")]
+        if len(parts) != 2 or not all(parts) or parts[0] == parts[1]:
+            raise ValueError(f"--compare {spec!r} is not allowed: give two different model names, A,B")
+        pairs.append((parts[0], parts[1]))
+    return pairs
+
+
+def ranking(scores: np.ndarray, targets: np.ndarray, groups: np.ndarray) -> dict[str, float]:
+    """scores, targets, groups (P,) -> MRR@10, MAP and nDCG@10 over the rankable queries, with
+    ``queries`` (how many were ranked) and ``queries_total``."""
+    ranked = rank_queries(scores, targets, groups)
+    return {**ranked.means(), "queries": len(ranked.queries), "queries_total": ranked.total_queries}
+
+
+def compare_models(a: str, b: str, task: str, scored: dict[str, Scored], targets: np.ndarray,
+                   groups: np.ndarray | None) -> dict[str, Any]:
+    """metric(a) - metric(b) for every metric of the task (AUC, or Pearson and Spearman, over
+    pairs) and, with groups (P,), every ranking metric (over queries), each with its 95% paired
+    bootstrap interval: {"a", "b", "differences": {metric: Difference.to_dict()}}."""
+    pair_metrics = {"auc": lambda s, t: roc_auc(s, t >= 0.5)} if task == "binary" else {
+        "pearson": pearson, "spearman": spearman}
+    differences = {name: pair_difference(metric, scored[a].scores, scored[b].scores, targets).to_dict()
+                   for name, metric in pair_metrics.items()}
+    if groups is not None:
+        ranked = {name: rank_queries(scored[name].scores, targets, groups) for name in (a, b)}
+        for metric in ranked[a].values:
+            differences[metric] = query_difference(ranked[a].values[metric], ranked[b].values[metric]).to_dict()
+    return {"a": a, "b": b, "differences": differences}

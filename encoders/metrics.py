@@ -17,10 +17,12 @@ MAIN_METRIC = {"binary": "auc", "graded": "spearman", "classes": "accuracy"}
 TIE_BREAK_METRIC = {"binary": "log_loss", "graded": "mse", "classes": "log_loss"}
 
 
-def selection_score(task: TeacherTask, metrics: dict[str, float]) -> tuple[float, float]:
+def selection_score(task: TeacherTask, metrics: dict[str, float], main_metric: str | None = None
+                    ) -> tuple[float, float]:
     """Dev metrics -> a key that is larger for the better epoch; NaN (e.g. the AUC of a dev set
-    with one class) counts as worst."""
-    main, tie = metrics[MAIN_METRIC[task.task]], metrics[TIE_BREAK_METRIC[task.task]]
+    with one class) counts as worst. ``main_metric`` (higher is better, e.g. ``mrr@10``) replaces
+    the task's main metric."""
+    main, tie = metrics[main_metric or MAIN_METRIC[task.task]], metrics[TIE_BREAK_METRIC[task.task]]
     return (main if math.isfinite(main) else -math.inf, -tie if math.isfinite(tie) else -math.inf)
 
 

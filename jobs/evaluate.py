@@ -6,8 +6,11 @@
 For every model: its scores on the labeled pairs and the metrics of the labels (binary: ROC-AUC,
 and accuracy and F1 at the threshold that is best on ``--dev``, or on the evaluated pairs when
 no ``--dev`` is given; graded: Pearson and Spearman), its agreement with the first teacher among
-the models, and its pairs/s on this machine. Writes ``DIR/report.md`` with PNG plots
-(``report.py``), ``DIR/metrics.json``, ``DIR/scores.parquet`` (every model's score per pair),
+the models, and its pairs/s on this machine. ``--group-col qid`` also ranks each query's pairs
+(MRR@10, MAP, nDCG@10 over queries with a positive and a negative); ``--compare A,B`` adds
+metric(A) - metric(B) with a 95% paired-bootstrap interval (``encoders/evaluation.py``).
+Writes ``DIR/report.md`` with PNG plots (``report.py``), ``DIR/metrics.json``,
+``DIR/scores.parquet`` (every model's score per pair, and its query with ``--group-col``),
 ``DIR/_dead_letter/``, ``DIR/_SUMMARY.json`` and ``DIR/_SUCCESS``, committed at the end (pipeline/outputs.py).
 
 Speed, and its regime: a teacher reads every pair whole, so its cost is per pair. A student
@@ -66,8 +69,13 @@ class EvaluateJob:
     limit: int | None = None
     format: str | None = None
     overwrite: bool = False
+    group_col: str | None = None
+    compare: tuple[str, ...] = ()     # "A,B": metric(A) - metric(B) with a paired bootstrap interval
 
     def check(self) -> None:
+        from encoders.evaluation import parse_comparisons
+
+        parse_comparisons(self.compare)
         if not self.models:
             raise ValueError("no --model given: name teacher or student checkpoint directories, or `baseline`")
         for flag, value in (("--batch-size", self.batch_size), ("--encode-batch-size", self.encode_batch_size),
@@ -122,6 +130,12 @@ def parse_model_spec(spec: str) -> tuple[str, str]:
 @click.option("--task", type=click.Choice(["binary", "graded"]), default="binary", show_default=True,
               help="binary: labels 0/1 (AUC, accuracy, F1). graded: numbers in --label-range (Pearson, Spearman).")
 @click.option("--label-range", default=None, metavar="LOW,HIGH", help="graded only: the range of the labels.")
+@click.option("--group-col", default=None, metavar="COL",
+              help="Column naming each pair's query (e.g. qid): also rank each query's candidates and report MRR@10, "
+                   "MAP and nDCG@10 over the queries with at least one positive and one negative.")
+@click.option("--compare", multiple=True, metavar="A,B",
+              help="Report metric(A) - metric(B) for two --model names with a 95%% paired-bootstrap interval (over "
+                   "queries for ranking metrics, over pairs otherwise); repeat for more.")
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Pairs per teacher batch.")
 @click.option("--encode-batch-size", type=int, default=128, show_default=True, help="Texts per student encoder batch.")
 @click.option("--head-batch-size", type=int, default=8192, show_default=True, help="Pairs per student head batch.")
@@ -140,12 +154,13 @@ def main(ctx: click.Context, quiet: bool, verbose: bool, **flags) -> None:
 
         label_range = parse_label_range(flags.pop("label_range"))
         preflight(ctx, "evaluate", flags)
-        from pipeline.report import results_table
-        job = EvaluateJob(pairs=tuple(flags.pop("pairs")), models=tuple(flags.pop("models")),
-                          dev=tuple(flags.pop("dev")), label_range=label_range, **flags)
+        from pipeline.report import ranking_table, results_table
+        job = EvaluateJob(pairs=tuple(flags.pop("pairs")), models=tuple(flags.pop("models")), dev=tuple(flags.pop(
+            "dev")), compare=tuple(flags.pop("compare")), label_range=label_range, **flags)
         summary = run(job, ctx.meta[ARGV_KEY])
         with open(os.path.join(job.output, METRICS_FILE), encoding="utf-8") as handle:
-            return summary.table() + "\n" + results_table(json.load(handle))
+            metrics = json.load(handle)
+        return summary.table() + "\n" + results_table(metrics) + "\n" + ranking_table(metrics)
     run_job(go, name="evaluate", quiet=quiet, verbose=verbose)
 
 
@@ -158,8 +173,8 @@ def run(job: EvaluateJob, argv: list[str] | None = None) -> RunSummary:
     import numpy as np
     import torch
     from encoders.device import pick_device
-    from encoders.evaluation import (MAIN_METRICS, BatchSizes, Scored, agreement, load_model, model_kind, quality,
-                                     score_model, speed)
+    from encoders.evaluation import (MAIN_METRICS, BatchSizes, Scored, agreement, compare_models, load_model,
+                                     model_kind, parse_comparisons, quality, ranking, score_model, speed)
     from encoders.inference import Pairs
     from pipeline.datasets import read_labeled_pairs
     from pipeline.dead_letters import count_reasons
@@ -185,13 +200,19 @@ def run(job: EvaluateJob, argv: list[str] | None = None) -> RunSummary:
         split_files["dev"] = expand_inputs(job.dev, job.format)
     for files in split_files.values():
         check_columns(files, [*columns.required(), job.label_col])
+    if job.group_col:
+        check_columns(split_files["pairs"], [job.group_col])
+    unknown = sorted({name for pair in parse_comparisons(job.compare) for name in pair} - set(names))
+    if unknown:
+        raise ValueError(f"--compare names {', '.join(unknown)}, not among the models ({', '.join(names)})")
     models = [load_model(name, source, device) for name, source in specs]
     out = open_output(job.output, job=JOB_NAME, overwrite=job.overwrite,
                       reads={"--pairs": job.pairs, "--dev": job.dev,
                              "--model": [local_path_or_none(source) for _, source in specs]})
 
     started = run_started()
-    splits = {name: read_labeled_pairs(files, columns, job.label_col, task, job.limit)
+    splits = {name: read_labeled_pairs(files, columns, job.label_col, task, job.limit,
+                                       job.group_col if name == "pairs" else None)
               for name, files in split_files.items()}
     for name, labeled in splits.items():
         if not labeled.targets:
@@ -202,6 +223,7 @@ def run(job: EvaluateJob, argv: list[str] | None = None) -> RunSummary:
     pairs = Pairs.of(evaluated.lefts, evaluated.rights)
     targets = np.array(evaluated.targets)
     dev_targets = np.array(splits["dev"].targets) if "dev" in splits else None
+    groups = np.array(evaluated.groups) if job.group_col else None
 
     batches = BatchSizes(job.batch_size, job.encode_batch_size, job.head_batch_size)
     scored: dict[str, Scored] = {}
@@ -218,6 +240,8 @@ def run(job: EvaluateJob, argv: list[str] | None = None) -> RunSummary:
             "quality": quality(task.task, scored[model.name].scores, targets,
                                (dev_scores, dev_targets) if dev_scores is not None else None),
             "speed": speed(model, scored[model.name], pairs)}
+        if groups is not None:
+            results[model.name]["ranking"] = ranking(scored[model.name].scores, targets, groups)
     teachers = [m for m in models if m.kind == "teacher" and scored[m.name].logits.shape[1] == 1]
     reference = teachers[0].name if teachers else None
     if reference is not None:
@@ -245,9 +269,12 @@ def run(job: EvaluateJob, argv: list[str] | None = None) -> RunSummary:
         "machine": {"device": device, "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
                     "torch": torch.__version__, "platform": platform.platform(), "python": platform.python_version()},
         "models": results,
+        "group_col": job.group_col,
+        "comparisons": [compare_models(a, b, task.task, scored, targets, groups)
+                        for a, b in parse_comparisons(job.compare)],
     }
     provenance = table_metadata(JOB_NAME, {m.name: (m.fingerprint, m.source) for m in models}, score=EVALUATED_SCORES)
-    write_scores(out.staged(SCORES_FILE), evaluated, pairs, scored, provenance)
+    write_scores(out.staged(SCORES_FILE), evaluated, pairs, scored, provenance, job.group_col)
     with open(out.staged(METRICS_FILE), "w", encoding="utf-8") as handle:
         json.dump(_strict_json(metrics), handle, indent=2, allow_nan=False)
         handle.write("\n")
@@ -269,8 +296,8 @@ def run(job: EvaluateJob, argv: list[str] | None = None) -> RunSummary:
         job=JOB_NAME, arguments=list(argv if argv is not None else sys.argv[1:]), output=job.output,
         model_fingerprints={m.name: m.fingerprint for m in models}, wall_seconds=round(time.monotonic() - started, 3),
         counts=counts, dead_letters=count_reasons(dead), reconciliation=reconciliation, notes=notes,
-        metrics={name: {"quality": r["quality"], "pairs_per_second": r["speed"]["pairs_per_second"]}
-                 for name, r in results.items()})
+        metrics={name: {"quality": r["quality"], **({"ranking": r["ranking"]} if "ranking" in r else {}),
+                        "pairs_per_second": r["speed"]["pairs_per_second"]} for name, r in results.items()})
     out.commit(summary)
     return summary
 
@@ -281,14 +308,17 @@ EVALUATED_SCORES = ("score:NAME, one column per model: a probability in [0, 1] f
 
 
 def write_scores(path: str, labeled: LabeledPairs, pairs: Pairs, scored: dict[str, Scored],
-                 provenance: dict[str, str] | None = None) -> None:
-    """Every model's score per evaluated pair, next to the texts and the target: one Parquet file
-    anyone can load to dig into disagreements (``provenance``: its key-value metadata)."""
+                 provenance: dict[str, str] | None = None, group_col: str | None = None) -> None:
+    """Every model's score per evaluated pair, next to the texts, the target and (with
+    ``--group-col``) the query: one Parquet file anyone can load to dig into disagreements
+    (``provenance``: its key-value metadata)."""
     import numpy as np
     import pyarrow as pa
     from pipeline.writers import write_parquet_file
 
     columns = {"left": labeled.lefts, "right": labeled.rights, "target": labeled.targets}
+    if group_col is not None:
+        columns["group"] = labeled.groups
     columns.update({f"score:{name}": s.scores.astype(np.float32) for name, s in scored.items()})
     table = pa.table(columns).replace_schema_metadata(provenance)
     write_parquet_file(path, table.schema, [table])

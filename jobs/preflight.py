@@ -62,11 +62,11 @@ def check(job: str, flags: Mapping[str, Any], beam_args: Sequence[str] = (), own
                           [flags["texts_text_col"], flags.get("texts_id_col")]))
     elif job in ("train_teacher", "evaluate"):
         main = "train" if job == "train_teacher" else "pairs"
-        reads.append(("--" + main, flags[main], _pair_inputs(flags, flags.get("label_col"))))
+        reads.append(("--" + main, flags[main], _pair_inputs(flags, flags.get("label_col"), flags.get("group_col"))))
         reads.append(("--dev", flags.get("dev") or (), _pair_inputs(flags, flags.get("label_col"))))
     elif job == "train_student":
         reads.append(("--distill", flags["distill"], []))       # its columns depend on its manifest
-        reads.append(("--dev", flags["dev"], _pair_inputs(flags, flags.get("label_col"))))
+        reads.append(("--dev", flags["dev"], _pair_inputs(flags, flags.get("label_col"), flags.get("dev_group_col"))))
     for flag, patterns, required in reads:
         files = local_files(flag, patterns, fmt)
         check_columns(files, required, fmt)

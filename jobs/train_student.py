@@ -13,9 +13,11 @@ A training recipe that reads top to bottom (DiPair §3.7, §4.3-4.4):
    disk with ``--cache-dir``) and an epoch runs only projection + head. That makes stage-1 epochs
    nearly free, so stage 1 can run to convergence: early stop on dev.
 4. Stage 2 -- everything trains; the encoder at a lower learning rate. Each batch encodes its
-   unique texts once.
-5. Dev is evaluated after every epoch of both stages; the best epoch of the whole run is the
-   checkpoint (``save_student``: what ``score_pairs --model`` and ``encode_texts --model`` load).
+   unique texts once. ``--train-layers k``: only the top k encoder layers train, on the frozen
+   lower layers' outputs cached once per unique text (``encoders/layer_cache.py``).
+5. Dev is evaluated after every epoch of both stages (``--dev-group-col``: also MRR@10, MAP, nDCG@10
+   per query; ``--select-metric`` chooses); the best epoch of the whole run is the checkpoint
+   (``save_student``: what ``score_pairs --model`` and ``encode_texts --model`` load).
 
 ``--stages 1`` trains everything from the first step instead (no frozen stage), for the ablation.
 
@@ -97,6 +99,9 @@ class TrainStudentJob:
     seed: int = 0
     device: str = "auto"
     cache_dir: str | None = None
+    train_layers: int | None = None     # stage 2 trains only the top k encoder layers, on cached lower states
+    dev_group_col: str | None = None    # dev's query column: ranking metrics per epoch
+    select_metric: str | None = None    # the dev metric that picks the best epoch (default: the task's)
     limit: int | None = None
     format: str | None = None
     overwrite: bool = False
@@ -114,32 +119,15 @@ class TrainStudentJob:
                     "--patience": self.patience}
         for flag, value in (("--layers", self.layers), ("--head-layers", self.head_layers),
                             ("--limit", self.limit), ("--stage1-max-pairs", self.stage1_max_pairs),
-                            ("--stage2-max-pairs", self.stage2_max_pairs)):
+                            ("--stage2-max-pairs", self.stage2_max_pairs), ("--train-layers", self.train_layers)):
             if value is not None:
                 positive[flag] = value
         for flag, value in positive.items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{flag} {value!r} is not allowed: give a positive integer")
-        if self.stages not in (1, 2):
-            raise ValueError(f"--stages {self.stages!r} is not allowed: 2 (encoder frozen first, DiPair's "
-                             "schedule) or 1 (everything trains from the start)")
-        if self.loss not in STUDENT_LOSSES:
-            raise ValueError(f"--loss {self.loss!r} is not allowed: ce (cross-entropy on the soft labels, DiPair "
-                             "eq. 1) or mse (on the logits)")
-        for flag, value in (("--lr", self.lr), ("--stage2-lr", self.stage2_lr), ("--encoder-lr", self.encoder_lr)):
-            if not value > 0:
-                raise ValueError(f"{flag} {value!r} is not allowed: give a learning rate > 0")
-        if not 0 <= self.warmup < 1:
-            raise ValueError(f"--warmup {self.warmup!r} is not allowed: give the fraction of a stage's steps "
-                             "spent warming up, 0 <= WARMUP < 1")
-        if self.weight_decay < 0 or not self.max_grad_norm > 0:
-            raise ValueError(f"--weight-decay {self.weight_decay!r} must be >= 0 and --max-grad-norm "
-                             f"{self.max_grad_norm!r} > 0")
-        if not 0 <= self.human_label_weight <= 1:
-            raise ValueError(f"--human-label-weight {self.human_label_weight!r} is not allowed: give a number in "
-                             "[0, 1] (0 = soft labels only, 1 = human labels only where a pair has one)")
         if self.task is not None and self.task not in TASKS:
             raise ValueError(f"--task {self.task!r} is not allowed: choose one of {', '.join(TASKS)}")
+        self.distill_config().check(ranked_dev=bool(self.dev_group_col))   # stages, loss, rates, stage 2, selection
 
     def student_config(self, num_outputs: int = 1) -> StudentConfig:
         """The StudentConfig these flags describe (ValueError naming a bad size)."""
@@ -164,6 +152,7 @@ class TrainStudentJob:
             stage2_lr=self.stage2_lr, encoder_lr=self.encoder_lr, batch_size=self.batch_size,
             stage1_batch_size=self.stage1_batch_size, encode_batch_size=self.encode_batch_size,
             warmup=self.warmup, weight_decay=self.weight_decay, max_grad_norm=self.max_grad_norm, seed=self.seed,
+            train_layers=self.train_layers, select_metric=self.select_metric,
             bar_options=bar_options() if self.progress else None)
 
 
@@ -279,6 +268,16 @@ def head_options_for(head: str, layers: int | None, options: dict[str, Any]) -> 
 @click.option("--cache-dir", default=None, metavar="DIR",
               help="Keep stage 1's frozen encoder states here (one safetensors file per encoder, length and text "
                    "set) and reuse them: runs that differ only in the head encode the texts once.")
+@click.option("--train-layers", type=int, default=None, metavar="K",
+              help="Stage 2 trains only the top K encoder layers (with projection and head), on the frozen lower "
+                   "layers' outputs computed once per unique text (float16, in memory; kept in --cache-dir when "
+                   "given). Default: the whole encoder trains, each batch encoded in full.")
+@click.option("--dev-group-col", default=None, metavar="COL",
+              help="Dev's query column (e.g. qid): every epoch also reports MRR@10, MAP and nDCG@10 over dev's "
+                   "queries.")
+@click.option("--select-metric", type=click.Choice(["auc", "spearman", "accuracy", "mrr@10", "map", "ndcg@10"]),
+              default=None, help="The dev metric that picks the best epoch (default: auc for binary, spearman for "
+                                 "graded, accuracy for classes); the ranking ones need --dev-group-col.")
 @click.option("--limit", type=int, default=None, metavar="N",
               help="Read at most N rows from each of --distill and --dev (quick runs).")
 @output_option("Student checkpoint directory to create: config.json, student.safetensors, encoder/, "
@@ -368,7 +367,9 @@ def train(job: TrainStudentJob, argv: list[str] | None = None) -> tuple[RunSumma
                          f"({describe_reasons(data.skipped) or 'no rows'})")
     if job.loss == "mse" and data.logits is None:
         raise ValueError(f"--loss mse needs the teacher's logits, but some rows of --distill have no {logit_col!r}")
-    dev = read_labeled_pairs(dev_files, columns, job.label_col, task, job.limit)
+    if job.dev_group_col:
+        check_columns(dev_files, [job.dev_group_col])
+    dev = read_labeled_pairs(dev_files, columns, job.label_col, task, job.limit, job.dev_group_col)
     if not dev.targets:
         raise ValueError(f"--dev has no usable labeled pairs: {dev.rows_read} rows read, all skipped "
                          f"({describe_reasons(dev.skipped) or 'no rows'})")
@@ -382,12 +383,14 @@ def train(job: TrainStudentJob, argv: list[str] | None = None) -> tuple[RunSumma
     dev_pairs = Pairs.of(dev.lefts, dev.rights)
     distill = job.distill_config()
     trainer = Trainer(student, distill, task, device, examples, dev_pairs, np.array(dev.targets),
-                      checkpoint_dir=out.checkpoint_dir)
+                      checkpoint_dir=out.checkpoint_dir, dev_groups=np.array(dev.groups) if job.dev_group_col else None)
     stages = plan_stages(student, distill)
     if stages[0].frozen_encoder:
         texts = {side: [*examples.pairs.pools[side], *dev_pairs.pools[side]] for side in SIDES}
         trainer.cache = FrozenStates(student, texts, job.encode_batch_size, device, job.cache_dir,
                                      distill.bar_options)
+    if job.train_layers is not None:
+        trainer.build_lower_caches(job.cache_dir)
     skip_fit = trainer.fit_cosine_skip() if config.cosine_skip else None
     rng = random.Random(job.seed)
     per_stage = {stage.name: trainer.train_stage(stage, rng) for stage in stages}
@@ -418,13 +421,11 @@ def train(job: TrainStudentJob, argv: list[str] | None = None) -> tuple[RunSumma
                       f"{len(data.skipped):,}; dev rows read {dev.rows_read:,} = used {len(dev.targets):,} + skipped "
                       f"{len(dev.skipped):,}; training examples {len(examples.pairs):,} = used pairs"
                       + (" x 2 (--swap)" if job.swap else ""))
-    notes = [f"best: {best['stage']} epoch {best['epoch']} by dev {main_metric} = {best['dev'][main_metric]:.4f}; "
+    chosen = job.select_metric or main_metric
+    caches, cache_notes = trainer.cache_report()
+    notes = [f"best: {best['stage']} epoch {best['epoch']} by dev {chosen} = {best['dev'][chosen]:.4f}; "
              f"the checkpoint in {job.output} holds its weights (score_pairs/encode_texts --model {job.output})",
-             f"device {device}, torch threads {torch.get_num_threads()}"]
-    if trainer.cache is not None:
-        cache = trainer.cache
-        notes.append(f"stage 1 encoded {cache.texts:,} unique texts once ({cache.bytes / 2 ** 20:,.0f} MiB of "
-                     f"states, {cache.seconds:.0f} s" + (", reused from --cache-dir" if cache.reused else "") + ")")
+             f"device {device}, torch threads {torch.get_num_threads()}", *cache_notes]
     if job.limit is not None:
         notes.append(f"--limit {job.limit}: at most {job.limit} rows read from each of --distill and --dev")
     floor = loss_floor(examples.soft, examples.human, job.human_label_weight) if job.loss == "ce" else 0.0
@@ -437,10 +438,7 @@ def train(job: TrainStudentJob, argv: list[str] | None = None) -> tuple[RunSumma
                  "best_dev": best["dev"], "epochs": trainer.records,
                  "stage_seconds": {name: round(sum(r["seconds"] + r["dev_seconds"] for r in records), 1)
                                    for name, records in per_stage.items()},
-                 "stage1_cache": ({"texts": trainer.cache.texts, "bytes": trainer.cache.bytes,
-                                   "seconds": round(trainer.cache.seconds, 1), "reused": trainer.cache.reused}
-                                  if trainer.cache is not None else None),
-                 "cosine_skip_fit": skip_fit, "student_config": config.to_dict()})
+                 **caches, "select_metric": chosen, "cosine_skip_fit": skip_fit, "student_config": config.to_dict()})
     out.commit(summary)
     return summary, student
 

@@ -57,13 +57,17 @@ class LabeledPairs:
     lefts: list[str] = field(default_factory=list)
     rights: list[str] = field(default_factory=list)
     targets: list[float] = field(default_factory=list)
+    groups: list[str] = field(default_factory=list)   # the --group-col value of each pair, when asked for
     rows_read: int = 0
     skipped: list[DeadLetter] = field(default_factory=list)
 
 
 def read_labeled_pairs(files: Sequence[InputFile], columns: TextPairColumns, label_col: str,
-                       task: TeacherTask, limit: int | None = None) -> LabeledPairs:
+                       task: TeacherTask, limit: int | None = None, group_col: str | None = None) -> LabeledPairs:
     """Read labeled pairs; rows with an unusable side or label are skipped as dead letters.
+
+    With ``group_col`` each pair's query (e.g. ``qid``) is kept, as a string, in ``groups``; a row
+    without one is skipped (``null_id``): it cannot be ranked among its query's candidates.
 
     Reasons: the reader's (``invalid_json``, ...), the pair's (``left_empty_text``,
     ``right_null_text``, ...), ``null_label`` (absent, null or empty) and ``invalid_label``
@@ -94,6 +98,13 @@ def read_labeled_pairs(files: Sequence[InputFile], columns: TextPairColumns, lab
                 pairs.skipped.append(DeadLetter(dl.REASON_INVALID_LABEL, f"label column {label_col!r}: {err}",
                                                 item.source, item.fields))
                 continue
+            if group_col is not None:
+                group = item.fields.get(group_col)
+                if group is None or (isinstance(group, str) and not group.strip()) or isinstance(group, (dict, list)):
+                    pairs.skipped.append(DeadLetter(dl.REASON_NULL_ID, f"group column {group_col!r} is null, empty "
+                                                    "or not a scalar", item.source, item.fields))
+                    continue
+                pairs.groups.append(str(group))
             pairs.lefts.append(pair.left)
             pairs.rights.append(pair.right)
             pairs.targets.append(target)

@@ -78,6 +78,9 @@ def markdown(metrics: dict[str, Any], plots: list[tuple[str, str]]) -> str:
                  f"CPUs, torch {machine['torch']}, {machine['platform']}. Speeds are single runs in one process "
                  "(plain PyTorch, no Beam); small sets give noisy speeds.")
     lines += ["", "## Results", "", results_table(metrics), ""]
+    ranking = ranking_table(metrics)
+    if ranking:
+        lines += ["", ranking, ""]
     lines += column_notes(metrics)
     for title, file in plots:
         lines += ["", f"## {title}", "", f"![{title}]({file})"]
@@ -118,6 +121,27 @@ def results_table(metrics: dict[str, Any]) -> str:
         if has_teacher:
             cells += [_times(result.get("speedup")), _times(result.get("speedup_head"))]
         rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def ranking_table(metrics: dict[str, Any]) -> str:
+    """With ``--group-col``: every model's MRR@10, MAP and nDCG@10, then every ``--compare``
+    difference with its 95% paired-bootstrap interval. Empty without either."""
+    rows = []
+    ranked = {name: r["ranking"] for name, r in metrics["models"].items() if "ranking" in r}
+    if ranked:
+        first = next(iter(ranked.values()))
+        rows += [f"Ranking by `{metrics.get('group_col')}`: {first['queries']:,} of {first['queries_total']:,} queries "
+                 "have a positive and a negative candidate (the others cannot be ranked and are left out).", "",
+                 "| model | MRR@10 | MAP | nDCG@10 |", "|---|---|---|---|"]
+        rows += [f"| {name} | {_number(r['mrr@10'])} | {_number(r['map'])} | {_number(r['ndcg@10'])} |"
+                 for name, r in ranked.items()]
+    for comparison in metrics.get("comparisons") or []:
+        rows += ["", f"{comparison['a']} − {comparison['b']}, 95% paired bootstrap:", "",
+                 "| metric | difference | interval | resampled | verdict |", "|---|---|---|---|---|"]
+        for metric, d in comparison["differences"].items():
+            rows.append(f"| {metric} | {d['difference']:+.4f} | [{d['low']:+.4f}, {d['high']:+.4f}] | "
+                        f"{d['count']:,} {d['unit']} | {d['verdict'].replace('a better', comparison['a'] + ' better').replace('b better', comparison['b'] + ' better')} |")
     return "\n".join(rows)
 
 

@@ -230,3 +230,93 @@ def test_help_explains_every_flag():
     for flag in ("--pairs", "--model", "--dev", "--label-col", "--left-col", "--right-col", "--task", "--label-range",
                  "--device", "--limit", "--output", "--overwrite", "baseline"):
         assert flag in result.output
+
+
+# --------------------------------------------------------------------------- ranking by query
+
+@pytest.fixture(scope="module")
+def wikiqa_ranked(shared_data, tiny_checkpoint, tmp_path_factory) -> Path:
+    """Real WikiQA dev candidates of 12 questions (some without a correct answer), plus one row
+    without a qid, ranked by the tiny student and the baseline."""
+    rows, qids = [], []
+    for line in (shared_data / "wikiqa" / "dev.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        if row["qid"] not in qids:
+            if len(qids) == 12:
+                break
+            qids.append(row["qid"])
+        rows.append({"left": row["left"], "right": row["right"], "label": row["label"], "qid": row["qid"]})
+    rows.append({"left": "a question", "right": "an answer", "label": 1, "qid": None})
+    tmp = tmp_path_factory.mktemp("wikiqa")
+    output = tmp / "out"
+    run(EvaluateJob(pairs=(str(write_jsonl(tmp / "pairs.jsonl", rows)),), output=str(output), group_col="qid",
+                    models=(f"student={tiny_checkpoint}", "baseline"), compare=("baseline,student",)), argv=[])
+    return output
+
+
+def test_ranking_metrics_per_query_from_the_written_scores(wikiqa_ranked):
+    from encoders.ranking_metrics import rank_queries
+    metrics = json.loads((wikiqa_ranked / "metrics.json").read_text())
+    scores = pq.read_table(wikiqa_ranked / "scores.parquet").to_pydict()
+    assert None not in scores["group"] and len(scores["group"]) == metrics["pairs"]["count"]
+    groups, labels = np.array(scores["group"]), np.array(scores["target"])
+    rankable = [q for q in set(groups) if 0 < labels[groups == q].sum() < (groups == q).sum()]
+    for name in ("student", "baseline"):
+        ranking = metrics["models"][name]["ranking"]
+        assert ranking["queries_total"] == 12 and ranking["queries"] == len(rankable) < 12
+        # MRR@10 recomputed by hand from the written scores (no ties among real cosines).
+        reciprocal = []
+        for q in rankable:
+            ranked = labels[groups == q][np.argsort(-np.array(scores[f"score:{name}"])[groups == q])]
+            first = int(np.flatnonzero(ranked > 0)[0]) + 1
+            reciprocal.append(1 / first if first <= 10 else 0.0)
+        assert ranking["mrr@10"] == pytest.approx(np.mean(reciprocal))
+        assert ranking["map"] == pytest.approx(rank_queries(scores[f"score:{name}"], labels, groups).means()["map"])
+    summary = json.loads((wikiqa_ranked / "_SUMMARY.json").read_text())
+    assert summary["dead_letters"] == {"null_id": 1}
+
+
+def test_compare_gives_paired_intervals_over_queries_and_pairs(wikiqa_ranked):
+    metrics = json.loads((wikiqa_ranked / "metrics.json").read_text())
+    (comparison,) = metrics["comparisons"]
+    assert (comparison["a"], comparison["b"]) == ("baseline", "student")
+    differences = comparison["differences"]
+    assert set(differences) == {"auc", "mrr@10", "map", "ndcg@10"}
+    models = metrics["models"]
+    for metric in ("mrr@10", "map", "ndcg@10"):
+        d = differences[metric]
+        assert d["unit"] == "queries" and d["count"] == models["student"]["ranking"]["queries"]
+        assert d["difference"] == pytest.approx(models["baseline"]["ranking"][metric] - models["student"]["ranking"][metric])
+        assert d["low"] <= d["difference"] <= d["high"]
+    assert differences["auc"]["unit"] == "pairs"
+    assert differences["auc"]["difference"] == pytest.approx(models["baseline"]["quality"]["auc"]
+                                                             - models["student"]["quality"]["auc"])
+    text = (wikiqa_ranked / "report.md").read_text()
+    assert "| model | MRR@10 | MAP | nDCG@10 |" in text and "baseline − student" in text
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--compare", "baseline"], "--compare 'baseline' is not allowed"),
+    (["--compare", "baseline,teacher"], "--compare names teacher, not among the models"),
+    (["--group-col", "qid"], "no column 'qid'"),
+])
+def test_bad_ranking_arguments_exit_2_before_work(tmp_path, labeled, extra, message):
+    result = CliRunner().invoke(evaluate.main, ["--pairs", str(labeled["pairs"]), "--output", str(tmp_path / "o"),
+                                                "--model", "baseline", *extra])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_compare_on_graded_labels_uses_pearson_and_spearman_over_pairs():
+    from encoders.evaluation import Scored, compare_models
+    rng = np.random.default_rng(2)
+    targets = rng.random(300)
+    close, far = targets + rng.normal(0, 0.05, 300), targets + rng.normal(0, 1.0, 300)
+    scored = {name: Scored(np.zeros((300, 1)), s) for name, s in (("close", close), ("far", far))}
+    comparison = compare_models("close", "far", "graded", scored, targets, None)
+    assert set(comparison["differences"]) == {"pearson", "spearman"}
+    pearson_d = comparison["differences"]["pearson"]
+    assert pearson_d["difference"] == pytest.approx(pearsonr(close, targets)[0] - pearsonr(far, targets)[0])
+    assert pearson_d["low"] > 0 and pearson_d["unit"] == "pairs" and pearson_d["verdict"] == "a better"
+    spearman_d = comparison["differences"]["spearman"]
+    assert spearman_d["difference"] == pytest.approx(spearmanr(close, targets)[0] - spearmanr(far, targets)[0])

@@ -436,3 +436,64 @@ def test_max_pairs_cap_each_epoch_of_both_stages(tmp_path, toy, tiny_encoder_dir
                            stage1_max_pairs=20, stage2_max_pairs=12), argv=[])
     assert [(r["stage"], r["pairs"]) for r in summary.metrics["epochs"]] == [("stage1", 20), ("stage1", 20),
                                                                                ("stage2", 12)]
+
+
+# --------------------------------------------------------------------------- stage 2 on cached lower layers
+
+def test_train_layers_trains_only_the_top_layers_on_cached_states(tmp_path, toy, tiny_encoder_dir):
+    """--train-layers 1: stage 2 changes the top encoder layer only; the embeddings and lower layer
+    stay as pretrained; dev is ranked per query and the best epoch chosen by MRR@10."""
+    rows = distill_rows()[:20]
+    dev = write_jsonl(tmp_path / "dev.jsonl", [dict(r, qid=f"q{i % 4}") for i, r in enumerate(dev_rows(rows))])
+    summary, student = train(tiny_job(toy, tiny_encoder_dir, tmp_path / "s", dev=(str(dev),), train_layers=1,
+                                      stage1_epochs=1, stage2_epochs=2, encoder_lr=5e-3, dev_group_col="qid",
+                                      select_metric="mrr@10", cache_dir=str(tmp_path / "cache")), argv=[])
+    metrics = summary.metrics
+    assert [r["stage"] for r in metrics["epochs"]] == ["stage1", "stage2", "stage2"]
+    assert all({"mrr@10", "map", "ndcg@10", "auc"} <= set(r["dev"]) for r in metrics["epochs"])
+    assert metrics["select_metric"] == "mrr@10" and f"by dev mrr@10" in summary.notes[0]
+    lower = metrics["lower_cache"]
+    texts = {*(r["left"] for r in distill_rows()), *(r["right"] for r in distill_rows())}
+    # Left and right max lengths differ: one cache per side.
+    assert lower["train_layers"] == 1 and lower["texts"] == len({r["left"] for r in distill_rows()}) + len(
+        {r["right"] for r in distill_rows()}) >= len(texts) and lower["bytes"] > 0
+    assert len(list((tmp_path / "cache").glob("lower-states-*.safetensors"))) == 2
+    # Train the same again from the end of stage 2 to see which weights moved.
+    pretrained = load_pretrained(tiny_encoder_dir, 2)[0].state_dict()
+    stage2 = _last_stage2_weights(toy, tiny_encoder_dir, tmp_path / "again", dev)
+    for name, tensor in pretrained.items():
+        moved = not torch.equal(stage2[name], tensor)
+        assert moved == name.startswith("encoder.layer.1."), name
+    saved = load_student(tmp_path / "s")
+    assert same_weights(encoder_weights(saved), encoder_weights(student))
+    assert same_weights(encoder_weights(saved), pretrained) == (metrics["best_stage"] == "stage1")
+
+
+def _last_stage2_weights(toy, tiny_encoder_dir, output, dev) -> dict[str, torch.Tensor]:
+    """The encoder weights at the end of a --train-layers 1 stage 2 (whatever epoch is best)."""
+    captured = {}
+    original = Trainer.train_stage
+
+    def recording(self, stage, rng):
+        records = original(self, stage, rng)
+        captured[stage.name] = encoder_weights(self.student)
+        return records
+    Trainer.train_stage = recording
+    try:
+        # stage1_epochs=1 and patience: stage 2 keeps its best epoch; a high learning rate moves it.
+        train(tiny_job(toy, tiny_encoder_dir, output, dev=(str(dev),), train_layers=1, stage1_epochs=1,
+                       stage2_epochs=1, encoder_lr=5e-2), argv=[])
+    finally:
+        Trainer.train_stage = original
+    return captured["stage2"]
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(train_layers=1, stages=1), "--train-layers needs --stages 2"),
+    (dict(select_metric="mrr@10"), "--select-metric mrr@10 ranks dev's candidates per query: give --dev-group-col"),
+    (dict(select_metric="bleu"), "--select-metric 'bleu' is not allowed"),
+    (dict(train_layers=0), "--train-layers 0 is not allowed"),
+])
+def test_bad_stage2_settings_are_refused(tmp_path, toy, tiny_encoder_dir, changes, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        tiny_job(toy, tiny_encoder_dir, tmp_path / "x", **changes).check()
