@@ -33,11 +33,12 @@ from encoders.config import SIDES, StudentConfig
 from encoders.device import autocast, grad_scaler
 from encoders.frozen_states import FrozenStates
 from encoders.inference import Pairs, encode_pool, pair_logits
-from encoders.layer_cache import LowerStates, upper_forward, upper_parameters
+from encoders.layer_cache import LowerStates, encoder_layers, upper_forward, upper_parameters
 from encoders.metrics import MAIN_METRIC, selection_score, task_metrics
 from encoders.ranking_metrics import RANKING_METRICS, rank_queries
 from encoders.sources import load_config
 from encoders.teacher import TeacherTask
+from encoders.virt import Virt, gather_rows
 from encoders.training import EpochProgress, length_grouped_batches, make_adamw, optimizer_step
 from heads import HEAD_NAMES
 
@@ -60,6 +61,8 @@ class DistillConfig:
     lr / stage2_lr / encoder_lr: projection + head in stage 1 / in stage 2 / the encoder.
     train_layers: k, stage 2 trains only the top k encoder layers on cached lower states (None: all).
     select_metric: the dev metric that picks the best epoch (None: the task's main metric).
+    virt_weight: alpha, the weight of the VIRT attention-map loss where the encoder trains
+                 (``encoders/virt.py``); 0: off, training exactly as without it.
     bar_options: tqdm options for the progress bars (the job's); None: no bars.
     """
     stages: int = 2
@@ -82,6 +85,7 @@ class DistillConfig:
     seed: int = 0
     train_layers: int | None = None
     select_metric: str | None = None
+    virt_weight: float = 0.0
     bar_options: Mapping[str, Any] | None = None
 
     def check(self, ranked_dev: bool) -> None:
@@ -108,6 +112,8 @@ class DistillConfig:
         if self.train_layers is not None and self.stages != 2:
             raise ValueError("--train-layers needs --stages 2: it trains the top layers in stage 2, on the lower "
                              "layers' cached outputs")
+        if not (np.isfinite(self.virt_weight) and self.virt_weight >= 0):
+            raise ValueError(f"--virt-weight {self.virt_weight!r} is not allowed: give a number >= 0 (0: VIRT off)")
         allowed = sorted({*MAIN_METRIC.values(), *RANKING_METRICS})
         if self.select_metric is not None and self.select_metric not in allowed:
             raise ValueError(f"--select-metric {self.select_metric!r} is not allowed: choose one of "
@@ -280,6 +286,7 @@ class Trainer:
     cache: FrozenStates | None = None
     lower: dict[str, LowerStates] | None = None   # side -> its lower-layer cache (train_layers)
     dev_groups: np.ndarray | None = None          # (P_dev,) dev's query of each pair (--dev-group-col)
+    virt: Virt | None = None                       # VIRT's teacher and maps (--virt-weight > 0)
     best_score: tuple[float, float] | None = None
     best: dict[str, Any] | None = None
     best_state: dict[str, torch.Tensor] | None = None
@@ -293,10 +300,18 @@ class Trainer:
         training = {id(p) for named, _ in stage.groups for _, p in named}
         for _, parameter in _named_encoder_parameters(student):
             parameter.requires_grad_(id(parameter) in training)
+        # VIRT acts where the encoder trains: its loss needs the trained layers' inputs.
+        virt = self.virt is not None and not stage.frozen_encoder
         if stage.lower_cache:
             rows = {side: self.lower[side].rows_of(self.examples.pairs.pools[side])[self.examples.pairs.index[side]]
                     for side in SIDES}
             forward = lambda index: self._upper_and_score({s: r[index] for s, r in rows.items()})
+            if virt:
+                ids = {side: [t.ids for t in student.encoder.side(side).tokenize(self.examples.pairs.pools[side])]
+                       for side in SIDES}
+                forward = lambda index: self._with_virt(
+                    index, ids, lambda collect: self._upper_and_score({s: r[index] for s, r in rows.items()},
+                                                                      collect))
             lengths = (self.lower["left"].lengths.numpy()[rows["left"]]
                        + self.lower["right"].lengths.numpy()[rows["right"]]).tolist()
         elif stage.frozen_encoder:
@@ -307,6 +322,10 @@ class Trainer:
         else:
             tokenized = {side: student.encoder.side(side).tokenize(self.examples.pairs.pools[side]) for side in SIDES}
             forward = lambda index: self._encode_and_score(tokenized, index)
+            if virt:
+                ids = {side: [t.ids for t in tokenized[side]] for side in SIDES}
+                forward = lambda index: self._with_virt(
+                    index, ids, lambda collect: self._encode_and_score(tokenized, index, collect))
             lengths = self._lengths(tokenized)
         batches = length_grouped_batches(lengths, stage.batch_size, random.Random(0))
         steps_per_epoch = len(first_pairs(batches, stage.max_pairs) if stage.max_pairs is not None else batches)
@@ -362,31 +381,67 @@ class Trainer:
         counts = {side: np.array([t.num_tokens for t in tokenized[side]], dtype=np.int64) for side in SIDES}
         return (counts["left"][pairs.index["left"]] + counts["right"][pairs.index["right"]]).tolist()
 
-    def _encode_and_score(self, tokenized: dict[str, list], index: np.ndarray) -> torch.Tensor:
-        """A batch of pair indices -> logits (B, C), encoding each unique text of the batch once."""
+    def _encode_and_score(self, tokenized: dict[str, list], index: np.ndarray,
+                          collect: dict[str, list[torch.Tensor]] | None = None) -> torch.Tensor:
+        """A batch of pair indices -> logits (B, C), encoding each unique text of the batch once.
+        ``collect`` (VIRT): gets side -> the states entering each encoder layer, (B, T, H) per pair."""
         sides, pooled = {}, {}
         for side in SIDES:
             unique, inverse = np.unique(self.examples.pairs.index[side][index], return_inverse=True)
             encoder = self.student.encoder.side(side)
             batch = encoder.collate([tokenized[side][i] for i in unique]).to(self.device)
-            encoded = encoder(batch.input_ids, batch.attention_mask)
             back = torch.from_numpy(inverse.reshape(-1)).to(self.device)
+            if collect is None:
+                encoded = encoder(batch.input_ids, batch.attention_mask)
+            else:
+                # The same forward, also returning each layer's input (hidden_states[l] enters layer l).
+                output = encoder.transformer(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                             output_hidden_states=True)
+                encoded = encoder.from_states(output.last_hidden_state, batch.attention_mask)
+                collect[side] = gather_rows(output.hidden_states[:-1], back)
             sides[side] = (encoded.tokens[back], encoded.mask[back])
             pooled[side] = encoded.pooled[back] if encoded.pooled is not None else None
         return self.student.score_tokens(*sides["left"], *sides["right"], pooled["left"], pooled["right"])
 
-    def _upper_and_score(self, rows: dict[str, np.ndarray]) -> torch.Tensor:
+    def _upper_and_score(self, rows: dict[str, np.ndarray],
+                         collect: dict[str, list[torch.Tensor]] | None = None) -> torch.Tensor:
         """Lower-layer cache rows of a batch (side -> (B,)) -> logits (B, C): the top k layers,
-        projection and head, each unique text of the batch run once."""
+        projection and head, each unique text of the batch run once. ``collect`` (VIRT): gets
+        side -> the states entering each of the top k layers, (B, T, H) per pair."""
         sides, pooled = {}, {}
         for side in SIDES:
             unique, inverse = np.unique(rows[side], return_inverse=True)
             states, mask = self.lower[side].batch(unique, self.device)
-            encoded = upper_forward(self.student.encoder.side(side), states, mask, self.config.train_layers)
+            inputs = [] if collect is not None else None
+            encoded = upper_forward(self.student.encoder.side(side), states, mask, self.config.train_layers, inputs)
             back = torch.from_numpy(inverse.reshape(-1)).to(self.device)
+            if collect is not None:
+                collect[side] = gather_rows(inputs, back)
             sides[side] = (encoded.tokens[back], encoded.mask[back])
             pooled[side] = encoded.pooled[back] if encoded.pooled is not None else None
         return self.student.score_tokens(*sides["left"], *sides["right"], pooled["left"], pooled["right"])
+
+    def _with_virt(self, index: np.ndarray, ids: dict[str, list[list[int]]],
+                   forward: Callable[[dict[str, list[torch.Tensor]]], torch.Tensor]
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch of pair indices -> (logits (B, C), the VIRT loss): ``forward(collect)`` scores the
+        batch and collects the trained layers' inputs; the teacher reads the same pairs (no
+        gradients). ``ids``: side -> the towers' token ids of each pool text."""
+        collect: dict[str, list[torch.Tensor]] = {}
+        logits = forward(collect)
+        pairs, virt = self.examples.pairs, self.virt
+        at = {side: pairs.index[side][index].reshape(-1) for side in SIDES}
+        texts = {side: [pairs.pools[side][i] for i in at[side]] for side in SIDES}
+        token_ids = {side: [ids[side][i] for i in at[side]] for side in SIDES}
+        maps, alignment = virt.teacher_maps(texts["left"], texts["right"], token_ids["left"], token_ids["right"],
+                                            collect["left"][0].shape[1], collect["right"][0].shape[1], self.device)
+        layers = {side: encoder_layers(self.student.encoder.side(side)) for side in SIDES}
+        # The collected inputs are those of the layers this stage runs: all of them, or the top k.
+        first = len(layers["left"]) - len(collect["left"])
+        chosen = [s - first for s in virt.trained]
+        loss = virt.loss(layers["left"], layers["right"], [collect["left"][s] for s in chosen],
+                         [collect["right"][s] for s in chosen], maps, alignment)
+        return logits, loss
 
     def fit_cosine_skip(self, sample: int = COSINE_FIT_PAIRS) -> dict[str, Any]:
         """Calibrate the cosine skip to the teacher before training (heads/cosine_skip.py): the
@@ -415,18 +470,29 @@ class Trainer:
         self.student.train()
         examples, config, device = self.examples, self.config, self.device
         progress = EpochProgress(sum(len(b) for b in batches), description, config.bar_options)
+        virt_total, virt_pairs = 0.0, 0
         for batch in batches:
             index = np.asarray(batch)
             rows = torch.from_numpy(index)
             with autocast(device):
                 logits = forward(index)                                                  # (B, C)
+            virt_loss = None
+            if isinstance(logits, tuple):                                                # VIRT on
+                logits, virt_loss = logits
             loss = distillation_loss(
                 logits, examples.soft[rows].to(device),
                 examples.logits[rows].to(device) if examples.logits is not None else None,
                 examples.human[rows].to(device), config.human_label_weight, config.loss)
+            if virt_loss is not None:
+                loss = loss + config.virt_weight * virt_loss.float()
+                virt_total += float(virt_loss.detach()) * len(index)
+                virt_pairs += len(index)
             optimizer_step(loss, optimizer, scheduler, scaler, parameters, config.max_grad_norm)
             progress.update(loss, len(index), scheduler.get_last_lr()[0])
-        return progress.close()
+        record = progress.close()
+        if virt_pairs:
+            record["virt_loss"] = virt_total / virt_pairs   # train_loss includes alpha times it
+        return record
 
     @torch.inference_mode()
     def _dev_logits(self, frozen_encoder: bool, lower_cache: bool = False) -> np.ndarray:

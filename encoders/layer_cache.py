@@ -44,13 +44,16 @@ def encoder_layers(side: SideEncoder) -> torch.nn.ModuleList:
 
 
 def run_layers(side: SideEncoder, hidden: torch.Tensor, attention_mask: torch.Tensor, start: int,
-               stop: int | None = None) -> torch.Tensor:
+               stop: int | None = None, inputs: list[torch.Tensor] | None = None) -> torch.Tensor:
     """Hidden states (B, T, H) entering layer ``start`` -> the states leaving layer ``stop - 1``
-    (all remaining layers when ``stop`` is None), with the same attention mask the full model builds."""
+    (all remaining layers when ``stop`` is None), with the same attention mask the full model builds.
+    ``inputs``: when given, the states entering each layer run are appended to it (for VIRT)."""
     layers = encoder_layers(side)
     mask = create_bidirectional_mask(config=side.transformer.config, inputs_embeds=hidden,
                                      attention_mask=attention_mask)
     for layer in layers[start:stop]:
+        if inputs is not None:
+            inputs.append(hidden)
         hidden = layer(hidden, mask)
     return hidden
 
@@ -66,13 +69,13 @@ def upper_parameters(side: SideEncoder, train_layers: int) -> list[tuple[str, to
             for name, p in layer.named_parameters()]
 
 
-def upper_forward(side: SideEncoder, states: torch.Tensor, attention_mask: torch.Tensor, train_layers: int
-                  ) -> EncodedSide:
+def upper_forward(side: SideEncoder, states: torch.Tensor, attention_mask: torch.Tensor, train_layers: int,
+                  inputs: list[torch.Tensor] | None = None) -> EncodedSide:
     """Cached lower states (B, T, H) and their mask (B, T) -> the side's EncodedSide, running the
     top ``train_layers`` layers, token selection, projection and pooling: equal (up to float16
-    rounding of the cache) to ``side(input_ids, attention_mask)``."""
+    rounding of the cache) to ``side(input_ids, attention_mask)``. ``inputs``: see ``run_layers``."""
     layers = encoder_layers(side)
-    last = run_layers(side, states, attention_mask, len(layers) - train_layers)
+    last = run_layers(side, states, attention_mask, len(layers) - train_layers, inputs=inputs)
     return side.from_states(last, attention_mask)
 
 

@@ -109,3 +109,10 @@ def load_pretrained(source: str, layers: int | None = None
         model.pooler = None
     tokenizer = AutoTokenizer.from_pretrained(location, use_fast=True, trust_remote_code=False)
     return model, tokenizer
+
+
+def load_pretrained_tokenizer(source: str) -> PreTrainedTokenizerBase:
+    """The tokenizer ``load_pretrained(source)`` gives, without loading the weights."""
+    location = resolve_encoder(source)
+    refuse_checkpoint_code(location, "encoder")
+    return AutoTokenizer.from_pretrained(location, use_fast=True, trust_remote_code=False)

@@ -387,9 +387,11 @@ def save_teacher(teacher: CrossEncoder, directory: str | os.PathLike) -> Path:
     return directory
 
 
-def load_teacher(source: str | os.PathLike) -> CrossEncoder:
+def load_teacher(source: str | os.PathLike, attn_implementation: str | None = None) -> CrossEncoder:
     """Load a trained cross-encoder: a directory written by :func:`save_teacher`, or any Hugging
     Face sequence-classification checkpoint (path or cached hub id). Never unpickles.
+    ``attn_implementation``: the attention kernels (``"eager"`` returns attention maps, for VIRT);
+    None: the library's default.
 
     Raises:
         ValueError: the source does not exist, has no safetensors weights, is a plain encoder
@@ -404,7 +406,8 @@ def load_teacher(source: str | os.PathLike) -> CrossEncoder:
     refuse_checkpoint_code(location, "teacher")
     try:
         model, info = AutoModelForSequenceClassification.from_pretrained(
-            location, use_safetensors=True, output_loading_info=True, trust_remote_code=False)
+            location, use_safetensors=True, output_loading_info=True, trust_remote_code=False,
+            **({"attn_implementation": attn_implementation} if attn_implementation else {}))
     except (OSError, ValueError) as err:
         raise ValueError(f"cannot load teacher {source!r} (safetensors weights are required): {err}") from err
     if info["missing_keys"]:

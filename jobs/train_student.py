@@ -102,6 +102,8 @@ class TrainStudentJob:
     train_layers: int | None = None     # stage 2 trains only the top k encoder layers, on cached lower states
     dev_group_col: str | None = None    # dev's query column: ranking metrics per epoch
     select_metric: str | None = None    # the dev metric that picks the best epoch (default: the task's)
+    teacher: str | None = None          # the cross-encoder VIRT reads attention maps from
+    virt_weight: float = 0.0            # alpha of the VIRT loss where the encoder trains (0: off)
     limit: int | None = None
     format: str | None = None
     overwrite: bool = False
@@ -128,6 +130,9 @@ class TrainStudentJob:
         if self.task is not None and self.task not in TASKS:
             raise ValueError(f"--task {self.task!r} is not allowed: choose one of {', '.join(TASKS)}")
         self.distill_config().check(ranked_dev=bool(self.dev_group_col))   # stages, loss, rates, stage 2, selection
+        if self.virt_weight and self.teacher is None:
+            raise ValueError(f"--virt-weight {self.virt_weight} needs --teacher DIR: the cross-encoder whose attention "
+                             "maps the student learns (VIRT)")
 
     def student_config(self, num_outputs: int = 1) -> StudentConfig:
         """The StudentConfig these flags describe (ValueError naming a bad size)."""
@@ -152,7 +157,7 @@ class TrainStudentJob:
             stage2_lr=self.stage2_lr, encoder_lr=self.encoder_lr, batch_size=self.batch_size,
             stage1_batch_size=self.stage1_batch_size, encode_batch_size=self.encode_batch_size,
             warmup=self.warmup, weight_decay=self.weight_decay, max_grad_norm=self.max_grad_norm, seed=self.seed,
-            train_layers=self.train_layers, select_metric=self.select_metric,
+            train_layers=self.train_layers, select_metric=self.select_metric, virt_weight=self.virt_weight,
             bar_options=bar_options() if self.progress else None)
 
 
@@ -272,6 +277,16 @@ def head_options_for(head: str, layers: int | None, options: dict[str, Any]) -> 
               help="Stage 2 trains only the top K encoder layers (with projection and head), on the frozen lower "
                    "layers' outputs computed once per unique text (float16, in memory; kept in --cache-dir when "
                    "given). Default: the whole encoder trains, each batch encoded in full.")
+@click.option("--teacher", default=None, metavar="DIR",
+              help="The cross-encoder teacher checkpoint (train_teacher's output) for --virt-weight; its tokenizer "
+                   "must be the student encoder's. Unused while --virt-weight is 0.")
+@click.option("--virt-weight", type=float, default=0.0, show_default=True, metavar="ALPHA",
+              help="VIRT (Li et al. 2022, eq. 5-7): add ALPHA x the L2 distance between the teacher's cross attention "
+                   "maps (left->right, right->left, eager attention over each pair) and the student's virtual ones "
+                   "(each trained layer's queries of one tower against its keys of the other). Acts in stage 2 "
+                   "only (and the single stage of --stages 1), where the encoder trains, on the trained layers "
+                   "(--train-layers); costs a teacher forward per pair there. 0: off, training exactly as "
+                   "without it. Needs --teacher.")
 @click.option("--dev-group-col", default=None, metavar="COL",
               help="Dev's query column (e.g. qid): every epoch also reports MRR@10, MAP and nDCG@10 over dev's "
                    "queries.")
@@ -349,6 +364,11 @@ def train(job: TrainStudentJob, argv: list[str] | None = None) -> tuple[RunSumma
     task = resolve_task(job.task, job.label_range, num_outputs, distillation_task(job.distill))
     config = job.student_config(num_outputs)
     check_encoder(config)
+    virt_teacher = None
+    if job.virt_weight:
+        from encoders.sources import load_pretrained_tokenizer
+        from encoders.virt import load_virt_teacher
+        virt_teacher = load_virt_teacher(job.teacher, job.virt_weight, load_pretrained_tokenizer(config.encoder))
     # A dry build of the head names a bad option (or a size it cannot take) before anything is read.
     build_head(config.head, dim=config.dim, left_tokens=config.left_tokens, right_tokens=config.right_tokens,
                num_outputs=num_outputs, **config.head_options)
@@ -385,6 +405,12 @@ def train(job: TrainStudentJob, argv: list[str] | None = None) -> tuple[RunSumma
     trainer = Trainer(student, distill, task, device, examples, dev_pairs, np.array(dev.targets),
                       checkpoint_dir=out.checkpoint_dir, dev_groups=np.array(dev.groups) if job.dev_group_col else None)
     stages = plan_stages(student, distill)
+    if virt_teacher is not None:
+        from encoders.layer_cache import encoder_layers
+        from encoders.virt import Virt
+        layers = encoder_layers(student.encoder.left)
+        trained = range(len(layers) - (job.train_layers or len(layers)), len(layers))
+        trainer.virt = Virt(virt_teacher.to(device), job.virt_weight, layers, trained)
     if stages[0].frozen_encoder:
         texts = {side: [*examples.pairs.pools[side], *dev_pairs.pools[side]] for side in SIDES}
         trainer.cache = FrozenStates(student, texts, job.encode_batch_size, device, job.cache_dir,
@@ -426,6 +452,14 @@ def train(job: TrainStudentJob, argv: list[str] | None = None) -> tuple[RunSumma
     notes = [f"best: {best['stage']} epoch {best['epoch']} by dev {chosen} = {best['dev'][chosen]:.4f}; "
              f"the checkpoint in {job.output} holds its weights (score_pairs/encode_texts --model {job.output})",
              f"device {device}, torch threads {torch.get_num_threads()}", *cache_notes]
+    virt = None
+    if trainer.virt is not None:
+        speed = [r["pairs_per_second"] for r in trainer.records if "virt_loss" in r]
+        virt = {**trainer.virt.describe(), "teacher": job.teacher, "teacher_fingerprint": virt_teacher.fingerprint,
+                "pairs_per_second": speed}
+        notes.append(f"VIRT alpha {job.virt_weight}: student layer -> teacher layer {virt['layers']}, heads "
+                     f"{virt['heads']}; the encoder-training epochs ran at {', '.join(f'{v:.1f}' for v in speed)} "
+                     "pairs/s (teacher forward included)")
     if job.limit is not None:
         notes.append(f"--limit {job.limit}: at most {job.limit} rows read from each of --distill and --dev")
     floor = loss_floor(examples.soft, examples.human, job.human_label_weight) if job.loss == "ce" else 0.0
@@ -438,7 +472,7 @@ def train(job: TrainStudentJob, argv: list[str] | None = None) -> tuple[RunSumma
                  "best_dev": best["dev"], "epochs": trainer.records,
                  "stage_seconds": {name: round(sum(r["seconds"] + r["dev_seconds"] for r in records), 1)
                                    for name, records in per_stage.items()},
-                 **caches, "select_metric": chosen, "cosine_skip_fit": skip_fit, "student_config": config.to_dict()})
+                 **caches, "select_metric": chosen, "virt": virt, "cosine_skip_fit": skip_fit, "student_config": config.to_dict()})
     out.commit(summary)
     return summary, student
 
