@@ -1,0 +1,194 @@
+"""VIRT on WikiQA: does distilling the teacher's cross attention into the towers help the students?
+
+    nice -n 2 python benchmarks/virt_wikiqa.py --repro /work/runs/wikiqa-repro3 > /work/runs/virt-wikiqa.log 2>&1
+
+Reuses a WikiQA reproduction directory made by ``benchmarks/reproduce_wikiqa.py`` (its teacher,
+distillation set, selection and dev sets and state caches) and trains each head (dipair, de-cos)
+with the reproduction's student settings, VIRT off and on (``--virt-weight``, same seed). The VIRT
+weight alpha is chosen per head from a small sweep (``--alphas``) by the selection set's MRR@10 at
+the best epoch (the same number that picks the epoch); dev is only evaluated on, once, with the
+chosen alpha: ``jobs.evaluate`` grouped by ``qid``, paired bootstrap over questions for each head
+with VIRT against without. Each step is a ``python -m jobs.<name>`` command, printed before it
+runs; a step whose output has ``_SUMMARY.json`` is skipped (an interrupted run resumes).
+
+Writes ``OUT/RESULTS.md`` (OUT: ``--out``, default REPRO/virt): the table with intervals, the sweep,
+stage 2's pairs/s with and without VIRT, each step's time and command. Data stays outside the
+repository.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+HEADS = ("dipair", "de-cos")
+
+
+def student_flags(repro: Path, args) -> list[str]:
+    """The reproduction's student settings (benchmarks/results/wikiqa-one-command-RESULTS.md)."""
+    return ["--distill", str(repro / "distill-train"), "--dev", str(repro / "data" / "select.jsonl"),
+            "--dev-group-col", "qid", "--select-metric", "mrr@10", "--n", "12", "--m", "32", "--dim", "128",
+            "--left-max-length", "32", "--right-max-length", "64", "--human-label-col", "label",
+            "--stage1-epochs", "4", "--stage1-batch-size", "256", "--stage2-epochs", "1",
+            "--cache-dir", str(repro / "cache"), "--no-progress", "--train-layers", str(args.train_layers),
+            "--stage2-max-pairs", str(args.stage2_max_pairs), "--seed", str(args.seed)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repro", default="/work/runs/wikiqa-repro3",
+                        help="a reproduce_wikiqa.py output directory (teacher/, distill-train/, data/, cache/)")
+    parser.add_argument("--out", default=None, help="where the students and the report go (default REPRO/virt)")
+    parser.add_argument("--alphas", default="1,5", help="the VIRT weights swept on the selection set")
+    parser.add_argument("--heads", default=",".join(HEADS))
+    parser.add_argument("--train-layers", type=int, default=2)
+    parser.add_argument("--stage2-max-pairs", type=int, default=10_000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    repro = Path(args.repro).resolve()
+    out = Path(args.out).resolve() if args.out else repro / "virt"
+    for path in (repro, out):
+        if path == REPO or REPO in path.parents:
+            print(f"{path} is inside the repository; WikiQA is research-only data: use a directory outside it",
+                  file=sys.stderr)
+            return 2
+    for needed in ("teacher", "distill-train", "data/select.jsonl", "data/dev.jsonl"):
+        if not (repro / needed).exists():
+            print(f"--repro {repro} has no {needed}: run benchmarks/reproduce_wikiqa.py first", file=sys.stderr)
+            return 2
+    out.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    steps: list[dict] = []
+    timings_file = out / "step_seconds.json"
+    timings = json.loads(timings_file.read_text(encoding="utf-8")) if timings_file.exists() else {}
+
+    def step(name: str, output: Path, job: list[str]) -> None:
+        """Run one job unless its output is complete; record its wall time across resumed runs."""
+        shown = shlex.join(["python", "-m", *job])
+        print(f"\n=== {name} ({time.strftime('%H:%M:%S')})\n$ {shown}", flush=True)
+        if (output / "_SUMMARY.json").exists():
+            print("(done before: skipped)", flush=True)
+        else:
+            started = time.monotonic()
+            subprocess.run([sys.executable, "-m", *job] + (["--overwrite"] if output.exists() else []), cwd=REPO,
+                           env=env, check=True)
+            timings[name] = round(time.monotonic() - started, 1)
+            timings_file.write_text(json.dumps(timings, indent=2), encoding="utf-8")
+            print(f"--- {name}: {timings[name] / 60:.1f} min", flush=True)
+        seconds = timings.get(name)
+        if seconds is None:
+            seconds = json.loads((output / "_SUMMARY.json").read_text(encoding="utf-8")).get("wall_seconds")
+        steps.append({"step": name, "seconds": seconds, "command": shown})
+
+    heads = [h for h in args.heads.split(",") if h]
+    alphas = [float(a) for a in args.alphas.split(",") if a]
+    common = student_flags(repro, args)
+    teacher = repro / "teacher"
+    runs: dict[str, dict[float, Path]] = {head: {} for head in heads}
+    # VIRT off first (the baselines), then the sweep.
+    for alpha in [0.0, *alphas]:
+        for head in heads:
+            name = f"{head}-virt{alpha:g}" if alpha else head
+            path = out / f"student-{name}"
+            virt = ["--teacher", str(teacher), "--virt-weight", f"{alpha:g}"] if alpha else []
+            step(f"student {name}", path, ["jobs.train_student", "--head", head, *common, *virt, "--output", str(path)])
+            runs[head][alpha] = path
+
+    summaries = {head: {alpha: json.loads((path / "_SUMMARY.json").read_text(encoding="utf-8"))
+                        for alpha, path in by_alpha.items()} for head, by_alpha in runs.items()}
+    chosen = {head: max(alphas, key=lambda a: (_selection(summaries[head][a]), -a)) for head in heads}
+    models, compares = [], []
+    for head in heads:
+        models += [f"{head}-virt={runs[head][chosen[head]]}", f"{head}={runs[head][0.0]}"]
+        compares += [f"{head}-virt,{head}"]
+    report = out / ("report-" + "-".join(f"{h}{chosen[h]:g}" for h in heads))
+    step("evaluate on WikiQA dev", report,
+         ["jobs.evaluate", "--pairs", str(repro / "data" / "dev.jsonl"), "--group-col", "qid",
+          *sum((["--model", m] for m in models), []), *sum((["--compare", c] for c in compares), []),
+          "--output", str(report)])
+    write_results(out, report, summaries, chosen, alphas, steps, args)
+    return 0
+
+
+def _selection(summary: dict) -> float:
+    return summary["metrics"]["best_dev"]["mrr@10"]
+
+
+def _stage2_speed(summary: dict) -> float | None:
+    speeds = [r["pairs_per_second"] for r in summary["metrics"]["epochs"] if r["stage"] == "stage2"]
+    return sum(speeds) / len(speeds) if speeds else None
+
+
+def _speed_text(summary: dict) -> str:
+    speed = _stage2_speed(summary)
+    return "—" if speed is None else f"{speed:,.1f}"
+
+
+def _interval(d: dict) -> str:
+    return f"{d['difference']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
+
+
+def write_results(out: Path, report: Path, summaries: dict, chosen: dict, alphas: list[float], steps: list[dict],
+                  args) -> None:
+    metrics = json.loads((report / "metrics.json").read_text(encoding="utf-8"))
+    models = metrics["models"]
+    first = next(iter(models.values()))["ranking"]
+    lines = ["# VIRT on WikiQA", "",
+             f"The students of `{args.repro}` (benchmarks/reproduce_wikiqa.py: N = 12, M = 32, D = 128, max lengths "
+             f"32 / 64, stage 2 trains the top {args.train_layers} encoder layers on {args.stage2_max_pairs:,} pairs, "
+             f"seed {args.seed}) retrained with VIRT off and on (`--teacher {args.repro}/teacher --virt-weight "
+             "ALPHA`: the teacher's cross attention maps distilled into the trained layers, paper eq. 5-7). "
+             f"Evaluated on `{metrics['pairs']['paths'][0]}` ({metrics['pairs']['count']:,} pairs; "
+             f"{first['queries']:,} of {first['queries_total']:,} questions ranked). ALPHA per head chosen on the "
+             "selection set only (MRR@10 of the best epoch); dev evaluated once. Machine: "
+             f"{metrics['machine']['torch_threads']} torch threads, {metrics['machine']['platform']}, shared with "
+             "other work (speeds are comparable only roughly).", "",
+             "| model | alpha | MRR@10 | MAP | nDCG@10 | AUC | selection MRR@10 | checkpoint from | stage 2 pairs/s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, result in models.items():
+        head = name.removesuffix("-virt")
+        alpha = chosen[head] if name.endswith("-virt") else 0.0
+        summary = summaries[head][alpha]["metrics"]
+        r = result["ranking"]
+        lines.append(f"| {name} | {alpha:g} | {r['mrr@10']:.4f} | {r['map']:.4f} | {r['ndcg@10']:.4f} | "
+                     f"{result['quality']['auc']:.4f} | {summary['best_dev']['mrr@10']:.4f} | "
+                     f"{summary['best_stage']} epoch {summary['best_epoch']} | "
+                     f"{_speed_text(summaries[head][alpha])} |")
+    lines += ["", "Differences on dev (VIRT on − off), 95% paired bootstrap over questions (AUC: over pairs):", "",
+              "| a − b | MRR@10 | MAP | nDCG@10 | AUC | verdict (MRR@10) |", "|---|---|---|---|---|---|"]
+    for c in metrics["comparisons"]:
+        d = c["differences"]
+        lines.append(f"| {c['a']} − {c['b']} | {_interval(d['mrr@10'])} | {_interval(d['map'])} | "
+                     f"{_interval(d['ndcg@10'])} | {_interval(d['auc'])} | {d['mrr@10']['verdict']} |")
+    lines += ["", "## The sweep (selection set only)", "",
+              "| head | alpha | selection MRR@10 (best epoch) | best epoch | mean VIRT loss in stage 2 | "
+              "stage 2 pairs/s |", "|---|---|---|---|---|---|"]
+    for head, by_alpha in summaries.items():
+        for alpha in [0.0, *alphas]:
+            summary = by_alpha[alpha]["metrics"]
+            virt = [r["virt_loss"] for r in summary["epochs"] if "virt_loss" in r]
+            mark = " (chosen)" if alpha == chosen[head] else ""
+            lines.append(f"| {head} | {alpha:g}{mark} | {summary['best_dev']['mrr@10']:.4f} | {summary['best_stage']} "
+                         f"epoch {summary['best_epoch']} | {', '.join(f'{v:.4f}' for v in virt) or '—'} | "
+                         f"{_speed_text(by_alpha[alpha])} |")
+    lines += ["", "Stage 2 pairs/s is the encoder-training stage's own speed (train steps only; with VIRT it includes "
+                  "the teacher's eager-attention forward over each pair).", "",
+              "## Steps", "", "| step | minutes | command |", "|---|---|---|"]
+    for s in steps:
+        lines.append(f"| {s['step']} | {s['seconds'] / 60:.1f} | `{s['command']}` |")
+    command = shlex.join(["python", "benchmarks/virt_wikiqa.py", *sys.argv[1:]])
+    lines += ["", f"Made by `{command}`; plots and every metric: {report.name}/report.md."]
+    (out / "RESULTS.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print("\n" + "\n".join(lines), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
