@@ -497,3 +497,64 @@ def _last_stage2_weights(toy, tiny_encoder_dir, output, dev) -> dict[str, torch.
 def test_bad_stage2_settings_are_refused(tmp_path, toy, tiny_encoder_dir, changes, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         tiny_job(toy, tiny_encoder_dir, tmp_path / "x", **changes).check()
+
+
+# --------------------------------------------------------------------------- VIRT (encoders/virt.py)
+
+@pytest.mark.parametrize("stage2", [dict(train_layers=1), dict()], ids=["train-layers", "whole-encoder"])
+def test_virt_weight_zero_trains_bit_identically(tmp_path, toy, tiny_encoder_dir, tiny_teacher_dir, stage2):
+    """--virt-weight 0 (the default) is off: the same seed gives the same weights as without the flag,
+    whether --teacher is given or not; a weight > 0 trains on the teacher's attention maps."""
+    plain, plain_student = train(tiny_job(toy, tiny_encoder_dir, tmp_path / "plain", **stage2), argv=[])
+    zero, zero_student = train(tiny_job(toy, tiny_encoder_dir, tmp_path / "zero", teacher=tiny_teacher_dir,
+                                        virt_weight=0.0, **stage2), argv=[])
+    assert same_weights(plain_student.state_dict(), zero_student.state_dict())
+    assert [r["train_loss"] for r in plain.metrics["epochs"]] == [r["train_loss"] for r in zero.metrics["epochs"]]
+    assert zero.metrics["virt"] is None and all("virt_loss" not in r for r in zero.metrics["epochs"])
+    on, on_student = train(tiny_job(toy, tiny_encoder_dir, tmp_path / "on", teacher=tiny_teacher_dir,
+                                    virt_weight=50.0, encoder_lr=5e-3, **stage2), argv=[])
+    virt = on.metrics["virt"]
+    # A 2-layer student of the 3-layer teacher: layer 0 -> 0, layer 1 -> 2; only the trained ones.
+    assert virt["layers"] == ({"1": 2} if stage2 else {"0": 0, "1": 2})
+    assert virt["weight"] == 50.0 and virt["heads"].startswith("2 student <- 2 teacher")
+    assert [("virt_loss" in r) for r in on.metrics["epochs"]] == [r["stage"] == "stage2" for r in on.metrics["epochs"]]
+    assert all(r["virt_loss"] > 0 for r in on.metrics["epochs"] if "virt_loss" in r)
+    assert len(virt["pairs_per_second"]) == 1 and virt["pairs_per_second"][0] > 0
+    assert any("VIRT alpha 50.0" in note for note in on.notes)
+    # Stage 2 moved the encoder differently (whatever epoch was kept, stage 2's last state differs).
+    assert on.metrics["epochs"][-1]["train_loss"] != plain.metrics["epochs"][-1]["train_loss"]
+
+
+def test_virt_bad_flags_are_refused_before_training(tmp_path, toy, tiny_encoder_dir, tiny_teacher_dir,
+                                                    tiny_checkpoint):
+    from transformers import AutoTokenizer
+    import shutil
+    other = tmp_path / "other-vocab-teacher"
+    shutil.copytree(tiny_teacher_dir, other)
+    tokenizer = AutoTokenizer.from_pretrained(other)
+    tokenizer.add_tokens(["virtonlytoken"])
+    tokenizer.save_pretrained(other)
+    args = ["--distill", str(toy["distill"]), "--dev", str(toy["dev"]), "--output", str(tmp_path / "out"),
+            "--encoder", tiny_encoder_dir, "--head", "dipair", "--n", "4", "--m", "6", "--dim", "8",
+            "--left-max-length", "16", "--right-max-length", "24", "--no-progress"]
+    for extra, message in [
+        (["--virt-weight", "0.5"], "--virt-weight 0.5 needs --teacher DIR"),
+        (["--virt-weight", "-1", "--teacher", tiny_teacher_dir], "--virt-weight -1.0 is not allowed"),
+        (["--virt-weight", "0.5", "--teacher", tiny_encoder_dir], f"--teacher {tiny_encoder_dir!r} is not a "
+                                                                 "cross-encoder teacher checkpoint (--virt-weight 0.5)"),
+        (["--virt-weight", "0.5", "--teacher", tiny_checkpoint], f"--teacher {tiny_checkpoint!r} is not a "
+                                                                "cross-encoder teacher checkpoint"),
+        (["--virt-weight", "2", "--teacher", str(other)], f"--teacher {str(other)!r} has another tokenizer than the "
+                                                          "student's encoder"),
+    ]:
+        result = CliRunner().invoke(train_student.main, args + extra)
+        assert result.exit_code == 2, (extra, result.output)
+        assert any(message in line for line in result.output.splitlines()), (message, result.output)
+        assert not (tmp_path / "out").exists()
+
+
+def test_help_says_where_virt_acts():
+    result = CliRunner().invoke(train_student.main, ["--help"])
+    text = " ".join(result.output.split())
+    assert "--virt-weight" in text and "--teacher" in text
+    assert "Acts in stage 2 only" in text and "0: off, training exactly as without it" in text
