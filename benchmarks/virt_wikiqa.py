@@ -5,9 +5,10 @@
 Reuses a WikiQA reproduction directory made by ``benchmarks/reproduce_wikiqa.py`` (its teacher,
 distillation set, selection and dev sets and state caches) and trains each head (dipair, de-cos)
 with the reproduction's student settings, VIRT off and on (``--virt-weight``, same seed). The VIRT
-weight alpha is chosen per head from a small sweep (``--alphas``) by the selection set's MRR@10 at
-the best epoch (the same number that picks the epoch); dev is only evaluated on, once, with the
-chosen alpha: ``jobs.evaluate`` grouped by ``qid``, paired bootstrap over questions for each head
+weight alpha is chosen from a small sweep (``--alphas``) on one head (``--sweep-head``, de-cos: its
+stage 1 is the cheap one; every VIRT run pays a teacher forward per stage-2 pair) by the selection
+set's MRR@10 at the best epoch (the same number that picks the epoch); the other heads train with
+that alpha. Dev is only evaluated on, once, with the chosen alpha: ``jobs.evaluate`` grouped by ``qid``, paired bootstrap over questions for each head
 with VIRT against without. Each step is a ``python -m jobs.<name>`` command, printed before it
 runs; a step whose output has ``_SUMMARY.json`` is skipped (an interrupted run resumes).
 
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="where the students and the report go (default REPRO/virt)")
     parser.add_argument("--alphas", default="1,5", help="the VIRT weights swept on the selection set")
     parser.add_argument("--heads", default=",".join(HEADS))
+    parser.add_argument("--sweep-head", default="de-cos", help="the head alpha is swept on (on the selection set)")
     parser.add_argument("--train-layers", type=int, default=2)
     parser.add_argument("--stage2-max-pairs", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=0)
@@ -74,12 +76,22 @@ def main(argv: list[str] | None = None) -> int:
         """Run one job unless its output is complete; record its wall time across resumed runs."""
         shown = shlex.join(["python", "-m", *job])
         print(f"\n=== {name} ({time.strftime('%H:%M:%S')})\n$ {shown}", flush=True)
+        running = output.with_name(output.name + ".running")     # the pid of a process writing it now
+        while running.exists() and _alive(int(running.read_text() or 0)) and not (output / "_SUMMARY.json").exists():
+            time.sleep(15)                                        # another invocation runs this step: wait
         if (output / "_SUMMARY.json").exists():
             print("(done before: skipped)", flush=True)
         else:
             started = time.monotonic()
-            subprocess.run([sys.executable, "-m", *job] + (["--overwrite"] if output.exists() else []), cwd=REPO,
-                           env=env, check=True)
+            process = subprocess.Popen([sys.executable, "-m", *job] + (["--overwrite"] if output.exists() else []),
+                                       cwd=REPO, env=env)
+            running.write_text(str(process.pid))
+            if process.wait():
+                raise subprocess.CalledProcessError(process.returncode, job)
+            running.unlink()
+            if timings_file.exists():   # what another invocation recorded meanwhile
+                timings.update({k: v for k, v in json.loads(timings_file.read_text(encoding="utf-8")).items()
+                                if k not in timings})
             timings[name] = round(time.monotonic() - started, 1)
             timings_file.write_text(json.dumps(timings, indent=2), encoding="utf-8")
             print(f"--- {name}: {timings[name] / 60:.1f} min", flush=True)
@@ -89,22 +101,34 @@ def main(argv: list[str] | None = None) -> int:
         steps.append({"step": name, "seconds": seconds, "command": shown})
 
     heads = [h for h in args.heads.split(",") if h]
+    if args.sweep_head not in heads:
+        print(f"--sweep-head {args.sweep_head!r} is not one of --heads {args.heads!r}", file=sys.stderr)
+        return 2
     alphas = [float(a) for a in args.alphas.split(",") if a]
     common = student_flags(repro, args)
     teacher = repro / "teacher"
     runs: dict[str, dict[float, Path]] = {head: {} for head in heads}
-    # VIRT off first (the baselines), then the sweep.
-    for alpha in [0.0, *alphas]:
-        for head in heads:
-            name = f"{head}-virt{alpha:g}" if alpha else head
-            path = out / f"student-{name}"
-            virt = ["--teacher", str(teacher), "--virt-weight", f"{alpha:g}"] if alpha else []
-            step(f"student {name}", path, ["jobs.train_student", "--head", head, *common, *virt, "--output", str(path)])
-            runs[head][alpha] = path
 
-    summaries = {head: {alpha: json.loads((path / "_SUMMARY.json").read_text(encoding="utf-8"))
-                        for alpha, path in by_alpha.items()} for head, by_alpha in runs.items()}
-    chosen = {head: max(alphas, key=lambda a: (_selection(summaries[head][a]), -a)) for head in heads}
+    def student(head: str, alpha: float) -> None:
+        name = f"{head}-virt{alpha:g}" if alpha else head
+        path = out / f"student-{name}"
+        virt = ["--teacher", str(teacher), "--virt-weight", f"{alpha:g}"] if alpha else []
+        step(f"student {name}", path, ["jobs.train_student", "--head", head, *common, *virt, "--output", str(path)])
+        runs[head][alpha] = path
+
+    def summary(head: str, alpha: float) -> dict:
+        return json.loads((runs[head][alpha] / "_SUMMARY.json").read_text(encoding="utf-8"))
+
+    # The sweep head, off and at every alpha; alpha is chosen on the selection set; then the others.
+    for alpha in [0.0, *alphas]:
+        student(args.sweep_head, alpha)
+    best = max(alphas, key=lambda a: (_selection(summary(args.sweep_head, a)), -a))
+    for head in heads:
+        if head != args.sweep_head:
+            student(head, 0.0)
+            student(head, best)
+    summaries = {head: {alpha: summary(head, alpha) for alpha in by_alpha} for head, by_alpha in runs.items()}
+    chosen = {head: best for head in heads}
     models, compares = [], []
     for head in heads:
         models += [f"{head}-virt={runs[head][chosen[head]]}", f"{head}={runs[head][0.0]}"]
@@ -114,8 +138,16 @@ def main(argv: list[str] | None = None) -> int:
          ["jobs.evaluate", "--pairs", str(repro / "data" / "dev.jsonl"), "--group-col", "qid",
           *sum((["--model", m] for m in models), []), *sum((["--compare", c] for c in compares), []),
           "--output", str(report)])
-    write_results(out, report, summaries, chosen, alphas, steps, args)
+    write_results(out, report, summaries, chosen, steps, args)
     return 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return False
+    return pid > 0
 
 
 def _selection(summary: dict) -> float:
@@ -136,8 +168,7 @@ def _interval(d: dict) -> str:
     return f"{d['difference']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
 
 
-def write_results(out: Path, report: Path, summaries: dict, chosen: dict, alphas: list[float], steps: list[dict],
-                  args) -> None:
+def write_results(out: Path, report: Path, summaries: dict, chosen: dict, steps: list[dict], args) -> None:
     metrics = json.loads((report / "metrics.json").read_text(encoding="utf-8"))
     models = metrics["models"]
     first = next(iter(models.values()))["ranking"]
@@ -146,9 +177,11 @@ def write_results(out: Path, report: Path, summaries: dict, chosen: dict, alphas
              f"32 / 64, stage 2 trains the top {args.train_layers} encoder layers on {args.stage2_max_pairs:,} pairs, "
              f"seed {args.seed}) retrained with VIRT off and on (`--teacher {args.repro}/teacher --virt-weight "
              "ALPHA`: the teacher's cross attention maps distilled into the trained layers, paper eq. 5-7). "
+             f"ALPHA swept on {args.sweep_head} ({args.alphas}) and chosen by its selection MRR@10; the other heads "
+             "train with it. "
              f"Evaluated on `{metrics['pairs']['paths'][0]}` ({metrics['pairs']['count']:,} pairs; "
-             f"{first['queries']:,} of {first['queries_total']:,} questions ranked). ALPHA per head chosen on the "
-             "selection set only (MRR@10 of the best epoch); dev evaluated once. Machine: "
+             f"{first['queries']:,} of {first['queries_total']:,} questions ranked). ALPHA is chosen on the "
+             "selection set only; dev evaluated once. Machine: "
              f"{metrics['machine']['torch_threads']} torch threads, {metrics['machine']['platform']}, shared with "
              "other work (speeds are comparable only roughly).", "",
              "| model | alpha | MRR@10 | MAP | nDCG@10 | AUC | selection MRR@10 | checkpoint from | stage 2 pairs/s |",
@@ -172,7 +205,7 @@ def write_results(out: Path, report: Path, summaries: dict, chosen: dict, alphas
               "| head | alpha | selection MRR@10 (best epoch) | best epoch | mean VIRT loss in stage 2 | "
               "stage 2 pairs/s |", "|---|---|---|---|---|---|"]
     for head, by_alpha in summaries.items():
-        for alpha in [0.0, *alphas]:
+        for alpha in sorted(by_alpha):
             summary = by_alpha[alpha]["metrics"]
             virt = [r["virt_loss"] for r in summary["epochs"] if "virt_loss" in r]
             mark = " (chosen)" if alpha == chosen[head] else ""
