@@ -8,8 +8,9 @@ with the reproduction's student settings, VIRT off and on (``--virt-weight``, sa
 weight alpha is chosen from a small sweep (``--alphas``) on one head (``--sweep-head``, de-cos: its
 stage 1 is the cheap one; every VIRT run pays a teacher forward per stage-2 pair) by the selection
 set's MRR@10 at the best epoch (the same number that picks the epoch); the other heads train with
-that alpha. Dev is only evaluated on, once, with the chosen alpha: ``jobs.evaluate`` grouped by ``qid``, paired bootstrap over questions for each head
-with VIRT against without. Each step is a ``python -m jobs.<name>`` command, printed before it
+that alpha. Dev is only evaluated on, once per head with the chosen alpha (the sweep head's while the
+others train): ``jobs.evaluate`` grouped by ``qid``, VIRT on against off, paired bootstrap over
+questions. Each step is a ``python -m jobs.<name>`` command, printed before it
 runs; a step whose output has ``_SUMMARY.json`` is skipped (an interrupted run resumes).
 
 Writes ``OUT/RESULTS.md`` (OUT: ``--out``, default REPRO/virt): the table with intervals, the sweep,
@@ -72,8 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     timings_file = out / "step_seconds.json"
     timings = json.loads(timings_file.read_text(encoding="utf-8")) if timings_file.exists() else {}
 
-    def step(name: str, output: Path, job: list[str]) -> None:
-        """Run one job unless its output is complete; record its wall time across resumed runs."""
+    def step(name: str, output: Path, job: list[str], background: bool = False):
+        """Run one job unless its output is complete; record its wall time across resumed runs.
+        ``background``: start it and return a function that waits for it (and records it)."""
         shown = shlex.join(["python", "-m", *job])
         print(f"\n=== {name} ({time.strftime('%H:%M:%S')})\n$ {shown}", flush=True)
         running = output.with_name(output.name + ".running")     # the pid of a process writing it now
@@ -86,15 +88,26 @@ def main(argv: list[str] | None = None) -> int:
             process = subprocess.Popen([sys.executable, "-m", *job] + (["--overwrite"] if output.exists() else []),
                                        cwd=REPO, env=env)
             running.write_text(str(process.pid))
-            if process.wait():
-                raise subprocess.CalledProcessError(process.returncode, job)
-            running.unlink()
-            if timings_file.exists():   # what another invocation recorded meanwhile
-                timings.update({k: v for k, v in json.loads(timings_file.read_text(encoding="utf-8")).items()
-                                if k not in timings})
-            timings[name] = round(time.monotonic() - started, 1)
-            timings_file.write_text(json.dumps(timings, indent=2), encoding="utf-8")
-            print(f"--- {name}: {timings[name] / 60:.1f} min", flush=True)
+            if background:
+                return lambda: finish(name, output, shown, process, running, started)
+            finish(name, output, shown, process, running, started)
+            return lambda: None
+        record(name, output, shown)
+        return lambda: None
+
+    def finish(name: str, output: Path, shown: str, process, running: Path, started: float) -> None:
+        if process.wait():
+            raise subprocess.CalledProcessError(process.returncode, process.args)
+        running.unlink()
+        if timings_file.exists():   # what another invocation recorded meanwhile
+            timings.update({k: v for k, v in json.loads(timings_file.read_text(encoding="utf-8")).items()
+                            if k not in timings})
+        timings[name] = round(time.monotonic() - started, 1)
+        timings_file.write_text(json.dumps(timings, indent=2), encoding="utf-8")
+        print(f"--- {name}: {timings[name] / 60:.1f} min", flush=True)
+        record(name, output, shown)
+
+    def record(name: str, output: Path, shown: str) -> None:
         seconds = timings.get(name)
         if seconds is None:
             seconds = json.loads((output / "_SUMMARY.json").read_text(encoding="utf-8")).get("wall_seconds")
@@ -119,26 +132,30 @@ def main(argv: list[str] | None = None) -> int:
     def summary(head: str, alpha: float) -> dict:
         return json.loads((runs[head][alpha] / "_SUMMARY.json").read_text(encoding="utf-8"))
 
-    # The sweep head, off and at every alpha; alpha is chosen on the selection set; then the others.
+    def evaluate(head: str, alpha: float, background: bool = False):
+        """Dev, once per head: VIRT on (the chosen alpha) against off, paired bootstrap over questions."""
+        report = out / f"report-{head}-virt{alpha:g}"
+        reports.append(report)
+        return step(f"evaluate {head} on WikiQA dev", report,
+                    ["jobs.evaluate", "--pairs", str(repro / "data" / "dev.jsonl"), "--group-col", "qid",
+                     "--model", f"{head}-virt={runs[head][alpha]}", "--model", f"{head}={runs[head][0.0]}",
+                     "--compare", f"{head}-virt,{head}", "--output", str(report)], background)
+
+    # The sweep head, off and at every alpha; alpha is chosen on the selection set; its dev
+    # evaluation runs while the other heads train with that alpha.
+    reports: list[Path] = []
     for alpha in [0.0, *alphas]:
         student(args.sweep_head, alpha)
     best = max(alphas, key=lambda a: (_selection(summary(args.sweep_head, a)), -a))
+    waiting = evaluate(args.sweep_head, best, background=True)
     for head in heads:
         if head != args.sweep_head:
             student(head, 0.0)
             student(head, best)
+            evaluate(head, best)
+    waiting()
     summaries = {head: {alpha: summary(head, alpha) for alpha in by_alpha} for head, by_alpha in runs.items()}
-    chosen = {head: best for head in heads}
-    models, compares = [], []
-    for head in heads:
-        models += [f"{head}-virt={runs[head][chosen[head]]}", f"{head}={runs[head][0.0]}"]
-        compares += [f"{head}-virt,{head}"]
-    report = out / ("report-" + "-".join(f"{h}{chosen[h]:g}" for h in heads))
-    step("evaluate on WikiQA dev", report,
-         ["jobs.evaluate", "--pairs", str(repro / "data" / "dev.jsonl"), "--group-col", "qid",
-          *sum((["--model", m] for m in models), []), *sum((["--compare", c] for c in compares), []),
-          "--output", str(report)])
-    write_results(out, report, summaries, chosen, steps, args)
+    write_results(out, reports, summaries, {head: best for head in heads}, steps, args)
     return 0
 
 
@@ -168,8 +185,10 @@ def _interval(d: dict) -> str:
     return f"{d['difference']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
 
 
-def write_results(out: Path, report: Path, summaries: dict, chosen: dict, steps: list[dict], args) -> None:
-    metrics = json.loads((report / "metrics.json").read_text(encoding="utf-8"))
+def write_results(out: Path, reports: list[Path], summaries: dict, chosen: dict, steps: list[dict], args) -> None:
+    parts = [json.loads((report / "metrics.json").read_text(encoding="utf-8")) for report in reports]
+    metrics = {**parts[0], "models": {k: v for part in parts for k, v in part["models"].items()},
+               "comparisons": [c for part in parts for c in part["comparisons"]]}
     models = metrics["models"]
     first = next(iter(models.values()))["ranking"]
     lines = ["# VIRT on WikiQA", "",
@@ -218,7 +237,8 @@ def write_results(out: Path, report: Path, summaries: dict, chosen: dict, steps:
     for s in steps:
         lines.append(f"| {s['step']} | {s['seconds'] / 60:.1f} | `{s['command']}` |")
     command = shlex.join(["python", "benchmarks/virt_wikiqa.py", *sys.argv[1:]])
-    lines += ["", f"Made by `{command}`; plots and every metric: {report.name}/report.md."]
+    lines += ["", f"Made by `{command}`; plots and every metric: "
+                  f"{', '.join(report.name + '/report.md' for report in reports)}."]
     (out / "RESULTS.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n" + "\n".join(lines), flush=True)
 
