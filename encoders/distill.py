@@ -8,6 +8,9 @@ trainer (DiPair §3.7, §4.3-4.4). ``jobs.train_student`` reads the data, builds
   unique texts once. With ``train_layers = k`` only the top k encoder layers train (with the
   projection and head), on the frozen lower layers' outputs computed once per unique text
   (``encoders/layer_cache.py``, float16), in length-bucketed batches.
+* VIRT (``virt_weight`` > 0, ``encoders/virt.py``): wherever the encoder trains, each batch also
+  runs the teacher over its pairs and adds ``virt_weight`` x the distance between the teacher's
+  cross attention maps and the trained layers' virtual ones to the loss.
 * Dev is evaluated after every epoch of both stages (with dev groups also MRR@10, MAP and nDCG@10
   per query, ``encoders/ranking_metrics.py``); the best epoch of the whole run, by
   ``select_metric``, is saved.
@@ -464,9 +467,11 @@ class Trainer:
         head.fit_to(cosine, self.examples.soft[torch.from_numpy(chosen)])
         return {"pairs": len(chosen), "scale": head.scale.tolist(), "bias": head.bias.tolist()}
 
-    def _train_epoch(self, forward: Callable[[np.ndarray], torch.Tensor], batches: list[list[int]], optimizer,
-                     scheduler, scaler, parameters: list[torch.nn.Parameter], description: str) -> dict[str, float]:
-        """One pass over ``batches`` -> {train_loss (mean over the epoch), seconds, pairs_per_second, lr}."""
+    def _train_epoch(self, forward: Callable[[np.ndarray], torch.Tensor | tuple[torch.Tensor, torch.Tensor]],
+                     batches: list[list[int]], optimizer, scheduler, scaler, parameters: list[torch.nn.Parameter],
+                     description: str) -> dict[str, float]:
+        """One pass over ``batches`` -> {train_loss (mean over the epoch), seconds, pairs_per_second, lr,
+        and virt_loss with VIRT}. ``forward``: pair indices -> logits (B, C), or (logits, VIRT loss)."""
         self.student.train()
         examples, config, device = self.examples, self.config, self.device
         progress = EpochProgress(sum(len(b) for b in batches), description, config.bar_options)
