@@ -5,7 +5,8 @@
 
 The mistakes: a missing input file, a wrong column (JSON Lines, CSV, Parquet footer), a corrupt
 Parquet file, an unknown Beam flag (with its "did you mean"), a misspelt job flag, a non-empty
-``--output``, a missing and an incomplete ``--model`` directory. Each is answered by the
+``--output``, a missing and an incomplete ``--model`` directory, a missing and an incomplete
+``--teacher`` (label_pairs) and a missing evaluated ``--model`` (evaluate). Each is answered by the
 pre-flight checks (jobs/preflight.py) before Beam, torch or transformers are imported. Prints the
 median (and min / max) over ``--repeats`` runs, interleaved so that a busy moment of a shared
 machine spreads over every case, the load average before and after, and, for reference, what
@@ -40,10 +41,16 @@ def make_inputs(folder: Path) -> None:
     (folder / "busy" / "report.xlsx").write_text("someone's work")
     (folder / "half-model").mkdir()
     (folder / "half-model" / "config.json").write_text(json.dumps({"shared_encoder": True}))
+    (folder / "half-teacher").mkdir()            # a teacher whose weights were never copied
+    (folder / "half-teacher" / "config.json").write_text(json.dumps({"model_type": "bert",
+                                                                    "architectures": ["BertForSequenceClassification"]}))
+    (folder / "half-teacher" / "tokenizer.json").write_text("{}")
 
 
 def cases() -> dict[str, list[str]]:
     score = [sys.executable, "-m", "jobs.score_pairs"]
+    label = [sys.executable, "-m", "jobs.label_pairs", "--pairs", "pairs.jsonl", "--output", "o"]
+    evaluate = [sys.executable, "-m", "jobs.evaluate", "--pairs", "pairs.jsonl", "--label-col", "left", "--output", "o"]
     return {
         "missing input file": score + ["--pairs", "missing.jsonl", "--output", "o"],
         "wrong column (JSON Lines)": score + ["--pairs", "pairs.jsonl", "--left-col", "query", "--output", "o"],
@@ -55,6 +62,9 @@ def cases() -> dict[str, list[str]]:
         "non-empty --output": score + ["--pairs", "pairs.jsonl", "--output", "busy"],
         "missing --model directory": score + ["--pairs", "pairs.jsonl", "--model", "no-model", "--output", "o"],
         "incomplete --model directory": score + ["--pairs", "pairs.jsonl", "--model", "half-model", "--output", "o"],
+        "missing --teacher directory": label + ["--teacher", "./runs/teacher"],
+        "incomplete --teacher directory": label + ["--teacher", "half-teacher"],
+        "missing evaluate --model directory": evaluate + ["--model", "baseline", "--model", "new=runs/student"],
         "reference: python -c 'import jobs.score_pairs'": [sys.executable, "-c", "import jobs.score_pairs"],
     }
 
@@ -85,7 +95,7 @@ def main() -> None:
                 expect = 0 if name.startswith("reference") else 2
                 times[name].append(time_once(command, Path(folder), env, expect))
     width = max(len(name) for name in commands)
-    print(f"{'mistake (python -m jobs.score_pairs ...)':<{width}}  median s    min s    max s  "
+    print(f"{'mistake (python -m jobs.<job> ...)':<{width}}  median s    min s    max s  "
           f"(n={args.repeats}, {os.cpu_count()} CPUs)")
     for name, values in times.items():
         median = statistics.median(values)

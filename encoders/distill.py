@@ -41,8 +41,9 @@ from encoders.metrics import MAIN_METRIC, selection_score, task_metrics
 from encoders.ranking_metrics import RANKING_METRICS, rank_queries
 from encoders.sources import load_config
 from encoders.teacher import TeacherTask
+from encoders.training import (EpochProgress, check_optimizer_settings, length_grouped_batches, make_adamw,
+                               optimizer_step)
 from encoders.virt import Virt, gather_rows
-from encoders.training import EpochProgress, length_grouped_batches, make_adamw, optimizer_step
 from heads import HEAD_NAMES
 
 LOSSES = ("ce", "mse")
@@ -100,15 +101,8 @@ class DistillConfig:
         if self.loss not in LOSSES:
             raise ValueError(f"--loss {self.loss!r} is not allowed: ce (cross-entropy on the soft labels, DiPair "
                              "eq. 1) or mse (on the logits)")
-        for flag, value in (("--lr", self.lr), ("--stage2-lr", self.stage2_lr), ("--encoder-lr", self.encoder_lr)):
-            if not value > 0:
-                raise ValueError(f"{flag} {value!r} is not allowed: give a learning rate > 0")
-        if not 0 <= self.warmup < 1:
-            raise ValueError(f"--warmup {self.warmup!r} is not allowed: give the fraction of a stage's steps "
-                             "spent warming up, 0 <= WARMUP < 1")
-        if self.weight_decay < 0 or not self.max_grad_norm > 0:
-            raise ValueError(f"--weight-decay {self.weight_decay!r} must be >= 0 and --max-grad-norm "
-                             f"{self.max_grad_norm!r} > 0")
+        check_optimizer_settings({"--lr": self.lr, "--stage2-lr": self.stage2_lr, "--encoder-lr": self.encoder_lr},
+                                 self.warmup, "a stage's steps", self.weight_decay, self.max_grad_norm)
         if not 0 <= self.human_label_weight <= 1:
             raise ValueError(f"--human-label-weight {self.human_label_weight!r} is not allowed: give a number in "
                              "[0, 1] (0 = soft labels only, 1 = human labels only where a pair has one)")

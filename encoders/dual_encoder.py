@@ -76,10 +76,41 @@ def tokenize(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_lengt
     see whole texts.
     """
     texts = list(texts)
-    cuttable = bool(getattr(tokenizer, "is_fast", False)) and getattr(tokenizer, "truncation_side", "right") == "right"
-    width = max(CUT_MIN_CHARS, CUT_CHARS_PER_TOKEN * max_length)
-    results: list[TokenizedText | None] = [None] * len(texts)
-    pending = list(range(len(texts)))
+    settled = _tokenize_cut(tokenizer, texts, max_length, list(range(len(texts))))
+    return [settled[index][1] for index in range(len(texts))]
+
+
+def cut_texts(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int) -> list[str]:
+    """What the tokenizer may read in each text's place when it keeps ``max_length`` tokens
+    (special tokens included): the text itself, or a prefix (the cut of :func:`tokenize`) whose
+    kept tokens are proven to be the whole text's and which, like the whole text, has more tokens
+    after them. So the prefix has every token that truncation to ``max_length`` could keep of the
+    whole text, and is truncated as it is (the teacher cuts pairs with this, encoders/teacher.py).
+    Texts no longer than the first cut are returned as they are, without tokenizing."""
+    texts = list(texts)
+    if not _cuttable(tokenizer):
+        return texts
+    long = [index for index, text in enumerate(texts) if len(text) > _first_cut(max_length)]
+    settled = _tokenize_cut(tokenizer, texts, max_length, long)
+    return [texts[index][:settled[index][0]] if index in settled else texts[index] for index in range(len(texts))]
+
+
+def _cuttable(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether a cut can prove itself: a fast tokenizer (word ids) that truncates on the right."""
+    return bool(getattr(tokenizer, "is_fast", False)) and getattr(tokenizer, "truncation_side", "right") == "right"
+
+
+def _first_cut(max_length: int) -> int:
+    return max(CUT_MIN_CHARS, CUT_CHARS_PER_TOKEN * max_length)
+
+
+def _tokenize_cut(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int,
+                  pending: list[int]) -> dict[int, tuple[int, TokenizedText]]:
+    """Tokenize ``texts[i]`` for each index ``i`` in ``pending`` from the shortest cut that proves
+    itself (:func:`tokenize`) -> {i: (characters tokenized, its tokens truncated to max_length)}."""
+    cuttable = _cuttable(tokenizer)
+    width = _first_cut(max_length)
+    results: dict[int, tuple[int, TokenizedText]] = {}
     while pending:
         pieces = [texts[i][:width] if cuttable else texts[i] for i in pending]
         encoded = tokenizer(pieces, truncation=True, max_length=max_length, padding=False)
@@ -93,10 +124,10 @@ def tokenize(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_lengt
                 else:
                     # Slow tokenizers do not; a text that fills the max length is counted as cut.
                     truncated = len(ids) >= max_length
-                results[index] = TokenizedText(ids, truncated)
+                results[index] = (len(pieces[row]), TokenizedText(ids, truncated))
             elif _prefix_decides(encoded.encodings[row], len(pieces[row])):
                 # The kept tokens end words before the cut; the text goes on past them: truncated.
-                results[index] = TokenizedText(ids, True)
+                results[index] = (len(pieces[row]), TokenizedText(ids, True))
             else:
                 retry.append(index)
         pending = retry

@@ -37,6 +37,7 @@ from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTo
                           PreTrainedTokenizerBase)
 
 from encoders.device import autocast
+from encoders.dual_encoder import cut_texts
 from encoders.fingerprint import hash_weights, tokenizer_identity
 from encoders.inference import length_order
 from encoders.remote import atomic_directory, local_model_dir
@@ -282,13 +283,17 @@ class CrossEncoder(nn.Module):
 
     def tokenize(self, lefts: Sequence[str], rights: Sequence[str]) -> list[TokenizedPair]:
         """Tokenize pairs without padding (batches are padded later, after sorting by length).
-        Truncation cuts the longer text first, down to ``task.max_length``."""
+        Truncation cuts the longer text first, down to ``task.max_length``.
+
+        Long texts are cut before tokenizing, and every pair still gets exactly the tokens of its
+        whole texts (:func:`_cut_pairs`)."""
         if len(lefts) != len(rights):
             raise ValueError(f"{len(lefts)} left texts but {len(rights)} right texts")
         if not lefts:
             return []
-        encoded = self.tokenizer(list(lefts), list(rights), truncation="longest_first",
-                                 max_length=self.task.max_length, padding=False)
+        lefts, rights = _cut_pairs(self.tokenizer, list(lefts), list(rights), self.task.max_length)
+        encoded = self.tokenizer(lefts, rights, truncation="longest_first", max_length=self.task.max_length,
+                                 padding=False)
         type_ids = encoded.get("token_type_ids")
         if encoded.encodings is not None:
             # Fast tokenizers record what truncation cut off; that is the exact signal.
@@ -334,6 +339,43 @@ class CrossEncoder(nn.Module):
     def predict_texts(self, lefts: Sequence[str], rights: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """Raw texts -> logits (P, C) float32, in input order: the plain-PyTorch reference."""
         return self.predict(self.tokenize(lefts, rights), batch_size)
+
+
+def _cut_pairs(tokenizer: PreTrainedTokenizerBase, lefts: list[str], rights: list[str], max_length: int
+               ) -> tuple[list[str], list[str]]:
+    """The texts to tokenize in the pairs' place: cuts of long texts where they give exactly the
+    whole pair's tokens, so that memory is bounded by the batch times the cut (a whole huge text
+    costs gigabytes; two in one pair, whose overflow pairs every piece of one with every piece of
+    the other, far more).
+
+    Truncating a pair ("longest_first") keeps the first k tokens of each text, with k set by the
+    texts' token counts n_left, n_right and the budget B (max length minus the pair's special
+    tokens): none cut when n_left + n_right <= B; else a text with n <= B/2 keeps all and the other
+    fills the budget; else each keeps B // 2, and for an odd B the longer text (the right one on a
+    tie) one more. A cut from ``encoders.dual_encoder.cut_texts`` for B tokens (plus one text's
+    special tokens) has exactly the whole text's first B tokens and more after them, so it gives
+    the same k wherever the counts enter only capped at B: always for an even B, and for an odd
+    B unless both texts of a pair have more than B tokens (then which is longer decides; such a
+    pair is tokenized whole, as before)."""
+    budget = max_length - tokenizer.num_special_tokens_to_add(pair=True)
+    single = budget + tokenizer.num_special_tokens_to_add(pair=False)
+    cut_lefts, cut_rights = cut_texts(tokenizer, lefts, single), cut_texts(tokenizer, rights, single)
+    if budget % 2 == 0:
+        return cut_lefts, cut_rights
+    cut = [(len(a) < len(whole_a), len(b) < len(whole_b))
+           for a, whole_a, b, whole_b in zip(cut_lefts, lefts, cut_rights, rights)]
+    # A pair with one text cut (more than B tokens): is its other text over B tokens too? Those
+    # texts are short (not cut), so asking the tokenizer is cheap.
+    others = [i for i, (a, b) in enumerate(cut) if a != b]
+    long_others = set()
+    if others:
+        encoded = tokenizer([rights[i] if cut[i][0] else lefts[i] for i in others], truncation=True,
+                            max_length=single, padding=False)
+        long_others = {i for i, e in zip(others, encoded.encodings) if e.overflowing}
+    for i, (a, b) in enumerate(cut):
+        if (a and b) or i in long_others:
+            cut_lefts[i], cut_rights[i] = lefts[i], rights[i]
+    return cut_lefts, cut_rights
 
 
 # --------------------------------------------------------------------------- checkpoints

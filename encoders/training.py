@@ -34,6 +34,21 @@ def length_grouped_batches(lengths: Sequence[int], batch_size: int, rng: random.
     return batches
 
 
+def check_optimizer_settings(rates: Mapping[str, float], warmup: float, warmup_of: str, weight_decay: float,
+                             max_grad_norm: float) -> None:
+    """The optimizer numbers both training jobs take: each learning rate (``rates``: flag ->
+    value) > 0, the warmup a fraction 0 <= WARMUP < 1 of ``warmup_of`` (which steps it counts),
+    weight decay >= 0 and the clipping norm > 0. ValueError naming the flag otherwise."""
+    for flag, value in rates.items():
+        if not value > 0:
+            raise ValueError(f"{flag} {value!r} is not allowed: give a learning rate > 0")
+    if not 0 <= warmup < 1:
+        raise ValueError(f"--warmup {warmup!r} is not allowed: give the fraction of {warmup_of} spent warming up, "
+                         "0 <= WARMUP < 1")
+    if weight_decay < 0 or not max_grad_norm > 0:
+        raise ValueError(f"--weight-decay {weight_decay!r} must be >= 0 and --max-grad-norm {max_grad_norm!r} > 0")
+
+
 def make_adamw(groups: Iterable[tuple[NamedParameters, float]], weight_decay: float) -> torch.optim.Optimizer:
     """AdamW as in BERT (DiPair 4.4): eps 1e-6, no weight decay on biases and LayerNorm weights
     (parameters of fewer than 2 dimensions); one learning rate per group of (name, parameter)s.

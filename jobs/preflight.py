@@ -3,7 +3,7 @@
 A job imports Beam, torch and transformers before it can run (seconds to tens of seconds on a busy
 machine). :func:`check` runs first, after the flags have parsed and before those imports, and
 says which of each job's flags name inputs (with the columns they must have), its output and its
-student checkpoint. The checks themselves are library code: pass-through Beam options in
+model checkpoints (student, teacher, evaluated models). The checks themselves are library code: pass-through Beam options in
 ``pipeline/beam/option_names.py``; local inputs, columns, output and checkpoint in
 ``pipeline/preflight.py``. Never imports Beam, torch or transformers (tests/jobs/test_preflight.py
 checks it).
@@ -13,9 +13,12 @@ from __future__ import annotations
 from typing import Any, Iterable, Mapping, Sequence
 
 from pipeline.beam.option_names import check_beam_flags
-from pipeline.preflight import PreflightError, check_columns, check_output, check_student_dir, local_files
+from pipeline.preflight import (PreflightError, check_columns, check_model_dir, check_output, check_student_dir,
+                                check_teacher_dir, local_files)
 
 __all__ = ["PreflightError", "check"]
+
+BASELINE = "baseline"   # encoders.evaluation.BASELINE: evaluate's --model for the zero-training cosine
 
 
 def _pair_inputs(flags: Mapping[str, Any], *extra: str | None) -> list[str | None]:
@@ -72,5 +75,12 @@ def check(job: str, flags: Mapping[str, Any], beam_args: Sequence[str] = (), own
         check_columns(files, required, fmt)
     if job in ("encode_texts", "score_pairs"):
         check_student_dir(flags.get("model_dir"))
+    elif job == "label_pairs":
+        check_teacher_dir(flags.get("teacher"))
+    elif job == "evaluate":
+        for spec in flags.get("models") or ():
+            source = spec.partition("=")[2] if "=" in spec else spec   # jobs.evaluate.parse_model_spec
+            if source and source != BASELINE:
+                check_model_dir(source)
     if flags.get("output") is not None:
         check_output(flags["output"], bool(flags.get("overwrite")))

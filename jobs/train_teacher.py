@@ -73,14 +73,8 @@ class TrainTeacherJob:
         for flag, value in positive_ints.items():
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{flag} {value!r} is not allowed: give a positive integer")
-        if not self.lr > 0:
-            raise ValueError(f"--lr {self.lr!r} is not allowed: give a learning rate > 0")
-        if not 0 <= self.warmup < 1:
-            raise ValueError(f"--warmup {self.warmup!r} is not allowed: give the fraction of all steps "
-                             "spent warming up, 0 <= WARMUP < 1")
-        if self.weight_decay < 0 or not self.max_grad_norm > 0:
-            raise ValueError(f"--weight-decay {self.weight_decay!r} must be >= 0 and --max-grad-norm "
-                             f"{self.max_grad_norm!r} > 0")
+        from encoders.training import check_optimizer_settings
+        check_optimizer_settings({"--lr": self.lr}, self.warmup, "all steps", self.weight_decay, self.max_grad_norm)
 
 
 # --------------------------------------------------------------------------- training

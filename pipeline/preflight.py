@@ -6,8 +6,9 @@ the job imports Beam, torch and transformers:
   is not Parquet fails here), the header line of CSV/TSV, the first JSON object of JSON Lines
   (``.zst`` too);
 - an ``--output`` that is a file, or a non-empty directory without ``--overwrite`` (:func:`check_output`);
-- a ``--model`` student checkpoint directory that does not exist or lacks its files
-  (:func:`check_student_dir`).
+- a student (``--model``), teacher (``--teacher``) or evaluated model checkpoint directory that
+  does not exist, has not committed, lacks its files or is of the other kind
+  (:func:`check_student_dir`, :func:`check_teacher_dir`, :func:`check_model_dir`).
 
 Which job checks what is ``jobs/preflight.py``; Beam's pass-through options are checked by
 ``pipeline/beam/option_names.py``. Every check is conservative: it refuses only what the job's own
@@ -181,22 +182,149 @@ def check_output(output: str, overwrite: bool) -> None:
                              "--overwrite to replace an earlier pairscore output")
 
 
-def check_student_dir(model_dir: str | None) -> None:
-    """A local ``--model`` must be a student checkpoint directory with its config and weights."""
+# What pipeline.outputs commits beside a training job's checkpoint (SUMMARY_FILE, SUCCESS_FILE,
+# STAGING_PREFIX, LOCK_FILE; spelled here because that module imports Beam; a test checks they agree).
+SUMMARY_FILE, SUCCESS_FILE, STAGING_PREFIX, LOCK_FILE = "_SUMMARY.json", "_SUCCESS", "_temporary-", "_LOCK"
+# What a teacher checkpoint must hold to load (encoders.teacher.load_teacher: safetensors weights only, a
+# tokenizer), and the files any one of which gives a tokenizer.
+_TEACHER_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
+                    "sentencepiece.bpe.model")
+_TEACHER = "a train_teacher output or a Hugging Face sequence-classification cross-encoder"
+_STUDENT = "a train_student output"
+
+
+def _not_committed(directory: str, entries: Sequence[str]) -> str | None:
+    """Why ``directory`` is a pairscore training output that has not committed a checkpoint, or
+    None: its ``_SUMMARY.json`` without ``_SUCCESS`` (a commit that did not finish), or only an
+    unfinished run's staging directory and lock (a run still training, or killed)."""
+    if SUMMARY_FILE in entries and SUCCESS_FILE not in entries:
+        return f"{directory!r} is not a committed checkpoint: it has {SUMMARY_FILE} but no {SUCCESS_FILE}"
+    if "config.json" not in entries and any(e.startswith(STAGING_PREFIX) or e == LOCK_FILE for e in entries):
+        return (f"{directory!r} holds only an unfinished pairscore run ({_shown(entries)}): no checkpoint has been "
+                "committed there yet")
+    return None
+
+
+def _shown(entries: Sequence[str]) -> str:
+    return ", ".join(entries[:5]) + (f", ... ({len(entries) - 5} more)" if len(entries) > 5 else "")
+
+
+def _model_config(flag: str, directory: str, expected: str) -> dict | None:
+    """The parsed ``config.json`` of the checkpoint ``directory`` (None when it is not JSON: the
+    loader explains that), after the checks every checkpoint shares: a directory, committed, with a
+    config.json. PreflightError naming the path and ``expected`` otherwise."""
+    if not os.path.isdir(directory):
+        raise PreflightError(f"{flag} {directory!r} is a file, not a checkpoint directory ({expected})")
+    try:
+        entries = sorted(os.listdir(directory))
+    except OSError:
+        return None                              # unreadable: the loader names the error
+    unfinished = _not_committed(directory, entries)
+    if unfinished:
+        raise PreflightError(f"{flag} {unfinished} ({expected})")
+    if "config.json" not in entries:
+        raise PreflightError(f"{flag} {directory!r} is not a checkpoint: it has no config.json ({expected})")
+    try:
+        with codecs.open(os.path.join(directory, "config.json"), encoding="utf-8") as handle:
+            config = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def _is_student(config: dict) -> bool:
+    from encoders.config import CONFIG_FORMAT   # stdlib only
+    return config.get("format") == CONFIG_FORMAT
+
+
+def check_student_dir(model_dir: str | None, flag: str = "--model") -> None:
+    """A local student checkpoint (``--model`` of encode_texts and score_pairs): a committed
+    directory with its config, weights and encoder(s), and a pairscore student's config, not a
+    teacher's or an encoder's."""
     if model_dir is None or _is_remote(model_dir):
         return
-    if not os.path.isdir(model_dir):
+    if not os.path.exists(model_dir):
         raise PreflightError(f"model directory {model_dir!r} does not exist")
-    config_path = os.path.join(model_dir, "config.json")
-    if not os.path.isfile(config_path):
-        raise PreflightError(f"checkpoint {model_dir!r} is incomplete: missing config.json")
-    try:
-        with codecs.open(config_path, encoding="utf-8") as handle:
-            shared = json.load(handle).get("shared_encoder", True)
-    except (OSError, ValueError, AttributeError):
+    config = _model_config(flag, model_dir, _STUDENT)
+    if config is None:
         return                                   # the checkpoint reader explains a bad config
+    if not _is_student(config) and ("model_type" in config or "architectures" in config):
+        raise PreflightError(f"{flag} {model_dir!r} is a Hugging Face model (a teacher or an encoder), not a "
+                             f"pairscore student checkpoint ({_STUDENT})")
+    shared = config.get("shared_encoder", True)
     needed = ["student.safetensors"] + (["encoder"] if shared else ["left_encoder", "right_encoder"])
     missing = [name for name in needed if not os.path.exists(os.path.join(model_dir, name))]
     if missing:
         raise PreflightError(f"checkpoint {model_dir!r} is incomplete: missing {', '.join(missing)} (a checkpoint "
                              f"holds config.json, student.safetensors and {' or '.join(needed[1:])}/)")
+
+
+def _could_be_hub_id(value: str) -> bool:
+    """Whether ``value`` has the shape of a Hugging Face hub id (``name`` or ``owner/name``), which a
+    teacher may be (loaded from the local cache): only a value that cannot be one is a missing path."""
+    parts = value.split("/")
+    return (len(parts) <= 2 and all(parts) and not value.startswith((".", "~"))
+            and all(c.isalnum() or c in "-_." for part in parts for c in part))
+
+
+def _cached_hub_model(repo_id: str) -> bool | None:
+    """Whether the local Hugging Face cache holds the hub model ``repo_id``; None where downloads
+    are allowed (the loader may fetch it). huggingface_hub's constants only (no torch)."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        return None
+    if not constants.HF_HUB_OFFLINE:
+        return None
+    return os.path.isdir(os.path.join(constants.HF_HUB_CACHE, "models--" + repo_id.replace("/", "--")))
+
+
+def check_teacher_dir(teacher: str | None, flag: str = "--teacher", hub_ids: bool = True) -> None:
+    """A local teacher checkpoint (``--teacher`` of label_pairs, a teacher ``--model`` of evaluate):
+    a committed directory with config.json, safetensors weights and a tokenizer, a cross-encoder
+    (a sequence-classification model), not a pairscore student. A value that does not exist is a
+    missing directory unless ``hub_ids`` and it may be a hub id that the loader can find (in the
+    local cache, or anywhere while downloads are allowed)."""
+    if teacher is None or _is_remote(teacher):
+        return
+    if not os.path.exists(teacher):
+        if hub_ids and _could_be_hub_id(teacher):
+            if _cached_hub_model(teacher) is not False:
+                return
+            raise PreflightError(f"{flag} {teacher!r} does not exist: it is no local directory, nor a hub model in the "
+                                 f"local cache, and downloads are off (HF_HUB_OFFLINE) (expected a teacher checkpoint "
+                                 f"directory: {_TEACHER})")
+        raise PreflightError(f"{flag} {teacher!r} does not exist (expected a teacher checkpoint directory: {_TEACHER})")
+    config = _model_config(flag, teacher, _TEACHER)
+    if config is None:
+        return
+    if _is_student(config):
+        raise PreflightError(f"{flag} {teacher!r} is a pairscore student checkpoint, not a teacher ({_TEACHER})")
+    architectures = config.get("architectures")
+    if isinstance(architectures, list) and architectures and not any(
+            isinstance(a, str) and a.endswith("ForSequenceClassification") for a in architectures):
+        raise PreflightError(f"{flag} {teacher!r} is not a trained cross-encoder: its config.json names "
+                             f"{', '.join(map(str, architectures))}, which has no classification head ({_TEACHER}; "
+                             "train one with python -m jobs.train_teacher --base ...)")
+    missing = [] if any(os.path.exists(os.path.join(teacher, w)) for w in _TEACHER_WEIGHTS) else [_TEACHER_WEIGHTS[0]]
+    if not any(os.path.exists(os.path.join(teacher, t)) for t in _TOKENIZER_FILES):
+        missing.append("a tokenizer (tokenizer.json or tokenizer_config.json)")
+    if missing:
+        raise PreflightError(f"teacher {teacher!r} is incomplete: missing {' and '.join(missing)} (a teacher "
+                             "checkpoint holds config.json, model.safetensors and its tokenizer)")
+
+
+def check_model_dir(source: str, flag: str = "--model") -> None:
+    """An evaluated model (evaluate's ``--model [NAME=]DIR``): a local teacher or student
+    checkpoint directory, checked as its config.json says it is one or the other."""
+    if _is_remote(source):
+        return
+    if not os.path.exists(source):
+        raise PreflightError(f"{flag} {source!r} is not a model directory: it does not exist (expected a teacher or "
+                             "student checkpoint directory, or `baseline`)")
+    config = _model_config(flag, source, "a teacher or student checkpoint directory, or `baseline`")
+    if config is not None and _is_student(config):
+        check_student_dir(source, flag)
+    else:
+        check_teacher_dir(source, flag, hub_ids=False)

@@ -119,6 +119,39 @@ def worker_processes(beam_args: Sequence[str]) -> int | None:
     return max(1, direct.direct_num_workers or 1) if direct.direct_running_mode == "multi_processing" else 1
 
 
+_WORKERS_IGNORE_SIGINT = "trap '' INT; "
+
+
+def leave_ctrl_c_to_this_process() -> None:
+    """Start the worker processes Beam runs from this process (the multi-process DirectRunner,
+    ``--environment_type=SUBPROCESS_SDK``) with SIGINT ignored.
+
+    A Ctrl-C at a terminal goes to every process of the foreground process group, Beam's workers
+    included: each died of it with its own KeyboardInterrupt traceback, often before this
+    process had even seen the signal. Ignored, it reaches only this process, which ends the
+    workers itself (``pipeline.outputs``: SIGTERM to every process below it) and prints its one
+    line. The workers stay in this process group, so a signal a scheduler sends to the whole
+    group (SIGTERM, SIGKILL) still reaches them. Beam starts each worker as ``sh -c COMMAND``
+    (``local_job_service.SubprocessSdkWorker``); the shell's ``trap '' INT`` ignores SIGINT for
+    itself and the programs it runs, and Python keeps an ignored SIGINT ignored. POSIX shells only;
+    idempotent."""
+    import os
+
+    from apache_beam.runners.portability import local_job_service
+
+    worker = local_job_service.SubprocessSdkWorker
+    if os.name != "posix" or getattr(worker, "_pairscore_ignores_sigint", False):
+        return
+    original = worker.__init__
+
+    def __init__(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        if not self._worker_command_line.startswith(_WORKERS_IGNORE_SIGINT):
+            self._worker_command_line = _WORKERS_IGNORE_SIGINT + self._worker_command_line
+    worker.__init__ = __init__
+    worker._pairscore_ignores_sigint = True
+
+
 def make_pipeline(beam_args: Sequence[str]) -> beam.Pipeline:
     """A pipeline for ``beam_args`` (``--runner``, ``--direct_num_workers``, Dataflow flags ...).
 
@@ -135,6 +168,7 @@ def make_pipeline(beam_args: Sequence[str]) -> beam.Pipeline:
     """
     from pipeline.beam.watchdog import instrument_beam_workers
     instrument_beam_workers()   # the stall watchdog counts the workers this process asks for
+    leave_ctrl_c_to_this_process()
     options = PipelineOptions(list(beam_args))
     runner_name = options.view_as(StandardOptions).runner
     if runner_name is None or runner_name.lower() in LOCAL_RUNNER_NAMES:

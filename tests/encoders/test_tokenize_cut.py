@@ -131,3 +131,102 @@ def test_cuts_anywhere_give_the_whole_texts_tokens(tokenizers, monkeypatch, name
     expected = whole(tokenizer, texts, max_length)
     for text, tokens, (ids, truncated) in zip(texts, got, expected):
         assert (tokens.ids, tokens.truncated) == (ids, truncated), repr(text[:60])
+
+
+# --------------------------------------------------------------------------- pairs (the teacher)
+
+class PairSpy(Spy):
+    """A tokenizer that records the longest text it was given, one text or a pair's either side."""
+
+    def __call__(self, texts, pairs=None, **kwargs):
+        self.longest = max([self.longest, *map(len, texts), *map(len, pairs or [])])
+        return self._tokenizer(texts, pairs, **kwargs) if pairs is not None else self._tokenizer(texts, **kwargs)
+
+
+def with_pair_template(tokenizer, single: str, pair: str, specials: list[str]):
+    """A copy of a trained tokenizer that can also encode pairs (segment 1 for the second text)."""
+    import copy
+
+    from tokenizers import processors
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=single, pair=pair, special_tokens=[(t, tokenizer.convert_tokens_to_ids(t)) for t in specials])
+    return tokenizer
+
+
+@pytest.fixture(scope="module")
+def pair_tokenizers(tokenizers):
+    return {"minilm": tokenizers["minilm"],
+            "byte-level-bpe": with_pair_template(tokenizers["byte-level-bpe"], "<s> $A </s>",
+                                                 "<s> $A </s> $B:1 </s>:1", ["<s>", "</s>"]),
+            "unigram-nfkc": with_pair_template(tokenizers["unigram-nfkc"], "$A </s>", "$A </s> $B:1 </s>:1",
+                                               ["</s>"])}
+
+
+@pytest.fixture(scope="module")
+def teacher(tiny_teacher_dir):
+    from encoders.teacher import load_teacher
+    return load_teacher(tiny_teacher_dir)
+
+
+def cross_encoder(teacher, tokenizer, max_length: int):
+    from encoders.teacher import CrossEncoder
+    return CrossEncoder(teacher.model, tokenizer, teacher.task.replace(max_length=max_length))
+
+
+def whole_pairs(tokenizer, lefts, rights, max_length):
+    """What tokenizing the whole pairs gives: (ids, token type ids, truncated) per pair, one pair
+    at a time (the overflow of a pair grows with the product of its texts' lengths)."""
+    pairs = []
+    for left, right in zip(lefts, rights):
+        encoded = tokenizer(left, right, truncation="longest_first", max_length=max_length, padding=False)
+        pairs.append((encoded["input_ids"], encoded.get("token_type_ids"), bool(encoded.encodings[0].overflowing)))
+    return pairs
+
+
+def test_a_pair_with_a_huge_text_is_tokenized_from_bounded_prefixes_with_the_same_tokens(teacher, minilm):
+    """The teacher (label_pairs, train_teacher, evaluate) cuts huge texts as stage one does: a
+    pair gets exactly the tokens of its whole texts, and the tokenizer never reads more than the
+    first cut of any text."""
+    rng = random.Random(0)
+    words = " ".join(CORPUS).split()
+    huge = " ".join(rng.choice(words) for _ in range(300_000))          # ~2 MB
+    # The reference tokenizes whole pairs, whose overflow (what truncation cut off) pairs every
+    # piece of one text with every piece of the other: one huge text per pair keeps it feasible.
+    lefts = ["a short question?", huge, "another one", huge[:5000], "tiny", huge[100:3000]]
+    rights = ["a short answer", "short", huge[7:], "words " * 3, huge[:900], huge[5000:8000]]
+    for max_length in (16, 17, 128):          # budgets (max length - 3 special tokens) odd and even
+        spy = PairSpy(minilm)
+        got = cross_encoder(teacher, spy, max_length).tokenize(lefts, rights)
+        assert [(p.input_ids, p.token_type_ids, p.truncated) for p in got] == whole_pairs(minilm, lefts, rights,
+                                                                                         max_length)
+        assert got[1].truncated and not got[0].truncated
+        single = max_length - minilm.num_special_tokens_to_add(pair=True) + minilm.num_special_tokens_to_add()
+        first_cut = max(dual_encoder.CUT_MIN_CHARS, dual_encoder.CUT_CHARS_PER_TOKEN * single)
+        # The huge text was read only up to the first cut; the last pair, both of its texts over
+        # the budget, is read whole for an odd budget (which text is longer decides its tokens).
+        whole_pair = max(len(lefts[-1]), len(rights[-1])) if (max_length - 3) % 2 else 0
+        assert spy.longest <= max(first_cut, whole_pair)
+
+
+@pytest.mark.parametrize("first_cut,widen", [(1, 2), (37, 3)])
+@pytest.mark.parametrize("max_length", [8, 9, 32])       # budgets odd and even (3 or 2 special tokens)
+@pytest.mark.parametrize("name", ["minilm", "byte-level-bpe", "unigram-nfkc"])
+def test_pairs_cut_anywhere_give_the_whole_pairs_tokens(teacher, pair_tokenizers, monkeypatch, name, max_length,
+                                                        first_cut, widen):
+    """Cuts forced into every text, tricky and short, with token counts on both sides of the
+    share a pair's truncation gives each text: each pair's tokens, segments and truncation flag
+    are the whole pair's."""
+    monkeypatch.setattr(dual_encoder, "CUT_MIN_CHARS", first_cut)
+    monkeypatch.setattr(dual_encoder, "CUT_CHARS_PER_TOKEN", 0)
+    monkeypatch.setattr(dual_encoder, "CUT_WIDEN", widen)
+    tokenizer = pair_tokenizers[name]
+    words = " ".join(CORPUS).split()
+    # Shortened: the reference's overflow of a pair grows with the product of its texts' lengths.
+    texts = [text[:150] for text in tricky_texts()] + [" ".join(words[:count]) for count in range(1, 40, 3)]
+    lefts = texts + texts[::-1] + texts
+    rights = texts + texts + texts[len(texts) // 2:] + texts[:len(texts) // 2]
+    got = cross_encoder(teacher, tokenizer, max_length).tokenize(lefts, rights)
+    expected = whole_pairs(tokenizer, lefts, rights, max_length)
+    for left, right, pair, (ids, kinds, truncated) in zip(lefts, rights, got, expected):
+        assert (pair.input_ids, pair.token_type_ids, pair.truncated) == (ids, kinds, truncated), (left[:40], right[:40])

@@ -4,6 +4,7 @@ killed or failing run that leaves nothing complete-looking, ``--overwrite`` that
 inputs or foreign files, the lock, and one-line errors for a bad ``--output``."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -473,6 +474,87 @@ def test_an_interrupted_overwrite_says_one_line_and_leaves_the_output_as_it_was(
     assert done.returncode == status, done.stderr
     name = "interrupted" if signum == signal.SIGINT else "terminated (SIGTERM)"
     assert done.stderr == f"{name}: nothing committed, {out} left as it was\n"
+    assert snapshot(out) == before
+
+
+def processes_in_group(group: int) -> dict[int, str]:
+    """pid -> command line of every live process in process group ``group`` (Linux /proc)."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                command = handle.read().replace(b"\0", b" ").decode("utf-8", "replace")
+        except OSError:
+            continue
+        if int(fields[2]) == group and fields[0] != "Z":
+            found[int(entry)] = command
+    return found
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="finds Beam's worker processes through /proc")
+@pytest.mark.parametrize("mode", ["in_memory", "multi_threading", "multi_processing"])
+def test_ctrl_c_at_a_terminal_says_one_line_in_every_running_mode(tmp_path, tiny_checkpoint, mode):
+    """A terminal's Ctrl-C goes to the whole foreground process group, Beam's worker processes
+    included: they used to die of it with their own KeyboardInterrupt tracebacks above the one
+    line. Now only the launching process takes it: one line, exit 130, the earlier output as it
+    was, and no process of the run left behind."""
+    out = tmp_path / "out"
+    pairs = [{"left": f"how do I learn {TOPICS[i % 6]} number {i}?", "right": f"tips for {i % 97}"}
+             for i in range(3000)]
+    run_score_pairs(ScorePairsJob(pairs=(str(write_jsonl(tmp_path / "first.jsonl", PAIRS[:3])),), output=str(out),
+                                  model_dir=tiny_checkpoint), [], argv=[])
+    before = snapshot(out)
+    beam = ["--direct_num_workers=2", f"--direct_running_mode={mode}"]
+    process = subprocess.Popen([sys.executable, "-m", "jobs.score_pairs", "--pairs",
+                                str(write_jsonl(tmp_path / "pairs.jsonl", pairs)), "--model", tiny_checkpoint,
+                                "--batch-size", "4", "--encode-batch-size", "2", "--output", str(out), "--overwrite",
+                                "--quiet", *beam], env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True,
+                               # a process group of its own, as a terminal gives a command; SIGINT not
+                               # ignored, even when these tests run as a background job
+                               start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    group = process.pid
+
+    def workers() -> list[int]:
+        return [pid for pid, command in processes_in_group(group).items()
+                if command.split()[1:3] == ["-m", "apache_beam.runners.worker.sdk_worker_main"]]
+
+    def settled(pid: int) -> bool:
+        """Gone, or ignoring SIGINT (a pending one is then discarded)."""
+        try:
+            with open(f"/proc/{pid}/status") as handle:
+                ignored = next(line for line in handle if line.startswith("SigIgn:"))
+        except (OSError, StopIteration):
+            return True
+        return bool(int(ignored.split()[1], 16) & (1 << (signal.SIGINT - 1))) or pid not in processes_in_group(group)
+    try:
+        deadline = time.monotonic() + 600   # only a run that never starts its workers hits it
+        while (not staging_has_started(out) or len(workers()) < (2 if mode == "multi_processing" else 0)) \
+                and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert process.poll() is None, "the run ended before it could be interrupted: give it more pairs"
+        # The launching process takes its time to react, as on a loaded machine: the workers see
+        # the Ctrl-C first.
+        os.kill(group, signal.SIGSTOP)
+        os.killpg(group, signal.SIGINT)
+        deadline = time.monotonic() + 120
+        while not all(settled(pid) for pid in workers()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(group, signal.SIGCONT)
+        _, stderr = process.communicate(timeout=300)
+        deadline = time.monotonic() + 60    # workers ended with the run are gone well before it
+        while processes_in_group(group) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert processes_in_group(group) == {}
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGKILL)
+    assert process.returncode == 130, stderr
+    assert stderr == f"interrupted: nothing committed, {out} left as it was\n"
     assert snapshot(out) == before
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -36,6 +37,21 @@ def inputs(tmp_path) -> Path:
     (tmp_path / "a-file").write_text("x")
     (tmp_path / "half-model").mkdir()
     (tmp_path / "half-model" / "config.json").write_text(json.dumps({"shared_encoder": True}))
+    bert = {"model_type": "bert", "architectures": ["BertForSequenceClassification"]}
+    models = {"student-model": ({"format": "pairscore-student", "shared_encoder": True}, ["student.safetensors", "encoder"]),
+              "half-student": ({"format": "pairscore-student", "shared_encoder": False}, ["student.safetensors"]),
+              "half-teacher": (bert, ["tokenizer.json"]),
+              "untokenized-teacher": (bert, ["model.safetensors"]),
+              "plain-encoder": ({**bert, "architectures": ["BertModel"]}, ["model.safetensors", "tokenizer.json"]),
+              "teacher-model": (bert, ["model.safetensors", "tokenizer.json"]),
+              "uncommitted": (bert, ["model.safetensors", "tokenizer.json", "_SUMMARY.json"])}
+    for name, (config, files) in models.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps(config))
+        for file in files:
+            (tmp_path / name / file).write_text("x")
+    (tmp_path / "killed-training" / "_temporary-1a2b").mkdir(parents=True)     # a train_teacher run killed
+    (tmp_path / "killed-training" / "_LOCK").write_text("{}")
     return tmp_path
 
 
@@ -82,6 +98,45 @@ MISTAKES = {
     "incomplete model": ("encode_texts", ["--input", "pairs.jsonl", "--text-col", "left", "--model", "half-model",
                                           "--output", "o"],
                          "checkpoint 'half-model' is incomplete: missing student.safetensors, encoder"),
+    "teacher given as the student": ("score_pairs", ["--pairs", "pairs.jsonl", "--model", "teacher-model", "--output", "o"],
+                                     "--model 'teacher-model' is a Hugging Face model (a teacher or an encoder), not a "
+                                     "pairscore student checkpoint (a train_student output)"),
+    "missing teacher": ("label_pairs", ["--pairs", "pairs.jsonl", "--teacher", "runs/teacher", "--output", "o"],
+                        "--teacher 'runs/teacher' does not exist: it is no local directory, nor a hub model in the "
+                        "local cache, and downloads are off (HF_HUB_OFFLINE) (expected a teacher checkpoint "
+                        "directory: a train_teacher output or a Hugging Face sequence-classification cross-encoder)"),
+    "missing teacher path": ("label_pairs", ["--pairs", "pairs.jsonl", "--teacher", "./runs/teacher/", "--output", "o"],
+                             "--teacher './runs/teacher/' does not exist (expected a teacher checkpoint directory: a "
+                             "train_teacher output or a Hugging Face sequence-classification cross-encoder)"),
+    "teacher without weights": ("label_pairs", ["--pairs", "pairs.jsonl", "--teacher", "half-teacher", "--output", "o"],
+                                "teacher 'half-teacher' is incomplete: missing model.safetensors (a teacher "
+                                "checkpoint holds config.json, model.safetensors and its tokenizer)"),
+    "teacher without tokenizer": ("label_pairs", ["--pairs", "pairs.jsonl", "--teacher", "untokenized-teacher",
+                                                  "--output", "o"], "missing a tokenizer"),
+    "student given as the teacher": ("label_pairs", ["--pairs", "pairs.jsonl", "--teacher", "student-model",
+                                                     "--output", "o"],
+                                     "--teacher 'student-model' is a pairscore student checkpoint, not a teacher"),
+    "encoder given as the teacher": ("label_pairs", ["--pairs", "pairs.jsonl", "--teacher", "plain-encoder",
+                                                     "--output", "o"],
+                                     "--teacher 'plain-encoder' is not a trained cross-encoder: its config.json names "
+                                     "BertModel, which has no classification head"),
+    "teacher still training": ("label_pairs", ["--pairs", "pairs.jsonl", "--teacher", "killed-training", "--output",
+                                               "o"], "--teacher 'killed-training' holds only an unfinished pairscore "
+                                                     "run (_LOCK, _temporary-1a2b): no checkpoint has been committed"),
+    "evaluated model missing": ("evaluate", ["--pairs", "pairs.jsonl", "--label-col", "pid", "--model", "baseline",
+                                             "--model", "new=runs/student", "--output", "o"],
+                                "--model 'runs/student' is not a model directory: it does not exist (expected a "
+                                "teacher or student checkpoint directory, or `baseline`)"),
+    "evaluated model not committed": ("evaluate", ["--pairs", "pairs.jsonl", "--label-col", "pid", "--model",
+                                                   "uncommitted", "--output", "o"],
+                                      "--model 'uncommitted' is not a committed checkpoint: it has _SUMMARY.json but "
+                                      "no _SUCCESS"),
+    "evaluated student incomplete": ("evaluate", ["--pairs", "pairs.jsonl", "--label-col", "pid", "--model",
+                                                  "s=half-student", "--output", "o"],
+                                     "checkpoint 'half-student' is incomplete: missing left_encoder, right_encoder"),
+    "evaluated teacher incomplete": ("evaluate", ["--pairs", "pairs.jsonl", "--label-col", "pid", "--model",
+                                                  "half-teacher", "--output", "o"],
+                                     "teacher 'half-teacher' is incomplete: missing model.safetensors"),
 }
 
 
@@ -151,6 +206,41 @@ def test_what_the_job_accepts_passes(inputs, tiny_checkpoint, monkeypatch):
     beam = ["--direct_num_workers=2", "--direct_running_mode", "multi_processing", "--runner", "DirectRunner",
             "--experiments=a", "--no_use_public_ips", "--dask_client_address=x:1"]
     preflight.check("score_pairs", _flags(pairs=("pairs.jsonl",)), beam)
+
+
+def test_checkpoints_the_jobs_accept_pass(inputs, tiny_checkpoint, tiny_teacher_dir, monkeypatch):
+    """Real teacher and student checkpoints, committed training outputs, hub ids (a teacher may be
+    one, loaded from the local cache) and remote paths pass; the job's own loaders judge the rest."""
+    monkeypatch.chdir(inputs)
+    committed = inputs / "committed-teacher"
+    shutil.copytree(tiny_teacher_dir, committed)
+    for marker in ("_SUMMARY.json", "_SUCCESS"):
+        (committed / marker).write_text("{}")
+    pairs = {"pairs": ("pairs.jsonl",), "format": None, "left_col": "left", "right_col": "right", "left_id_col": None,
+             "right_id_col": None, "output": "o", "overwrite": False}
+    from huggingface_hub import constants
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(inputs / "hub-cache"))
+    (inputs / "hub-cache" / "models--cross-encoder--ms-marco-MiniLM-L-6-v2").mkdir(parents=True)
+    for teacher in (tiny_teacher_dir, str(committed), "teacher-model", "cross-encoder/ms-marco-MiniLM-L-6-v2",
+                    "gs://bucket/teacher"):
+        preflight.check("label_pairs", {**pairs, "teacher": teacher})
+    with pytest.raises(PreflightError, match="nor a hub model in the local cache"):
+        preflight.check("label_pairs", {**pairs, "teacher": "cross-encoder/stsb-TinyBERT-L-4"})
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)     # downloads allowed: the loader may fetch it
+    preflight.check("label_pairs", {**pairs, "teacher": "cross-encoder/stsb-TinyBERT-L-4"})
+    evaluate = {**pairs, "label_col": "pid", "group_col": None, "dev": ()}
+    preflight.check("evaluate", {**evaluate, "models": ("baseline", tiny_checkpoint, f"teacher={tiny_teacher_dir}",
+                                                         f"t2={committed}", "b=baseline", "gs://bucket/student")})
+    preflight.check("score_pairs", _flags(pairs=("pairs.jsonl",), model_dir=tiny_checkpoint))
+
+
+def test_the_markers_preflight_knows_are_the_commits():
+    from pipeline import outputs, preflight as checks
+    assert (checks.SUMMARY_FILE, checks.SUCCESS_FILE, checks.STAGING_PREFIX, checks.LOCK_FILE) == (
+        outputs.SUMMARY_FILE, outputs.SUCCESS_FILE, outputs.STAGING_PREFIX, outputs.LOCK_FILE)
+    from encoders.evaluation import BASELINE
+    from jobs.preflight import BASELINE as SPELT
+    assert SPELT == BASELINE
 
 
 def test_flags_are_left_to_beam_when_another_beam_is_installed(monkeypatch):

@@ -176,7 +176,9 @@ def test_real_qqp_end_to_end_from_the_command_line(tmp_path, shared_data, tiny_e
     (["--task", "classes"], "num_classes=None is not allowed"),
     (["--label-col", "score"], "no column 'score'"),
     (["--epochs", "0"], "--epochs 0 is not allowed"),
-    (["--warmup", "1.5"], "--warmup 1.5 is not allowed"),
+    (["--warmup", "1.5"], "--warmup 1.5 is not allowed: give the fraction of all steps spent warming up"),
+    (["--lr", "-1"], "--lr -1.0 is not allowed: give a learning rate > 0"),
+    (["--weight-decay", "-0.1"], "--weight-decay -0.1 must be >= 0"),
     (["--base", "./no/such/model"], "does not exist"),
 ])
 def test_bad_arguments_exit_2_before_training(tmp_path, tiny_encoder_dir, extra, message):
