@@ -75,8 +75,8 @@ def check(job: str, flags: Mapping[str, Any], beam_args: Sequence[str] = (), own
         check_columns(files, required, fmt)
     if job in ("encode_texts", "score_pairs"):
         check_student_dir(flags.get("model_dir"))
-    elif job == "label_pairs":
-        check_teacher_dir(flags.get("teacher"))
+    elif job == "label_pairs" or (job == "train_student" and flags.get("teacher")):
+        check_teacher_dir(flags.get("teacher"))      # train_student's --teacher: VIRT's cross-encoder
     elif job == "evaluate":
         for spec in flags.get("models") or ():
             source = spec.partition("=")[2] if "=" in spec else spec   # jobs.evaluate.parse_model_spec

@@ -120,6 +120,14 @@ MISTAKES = {
                                                      "--output", "o"],
                                      "--teacher 'plain-encoder' is not a trained cross-encoder: its config.json names "
                                      "BertModel, which has no classification head"),
+    "VIRT teacher missing": ("train_student", ["--distill", "pairs.parquet", "--dev", "pairs.jsonl", "--label-col",
+                                               "pid", "--head", "li", "--teacher", "./runs/teacher/",
+                                               "--virt-weight", "1", "--output", "o"],
+                             "--teacher './runs/teacher/' does not exist (expected a teacher checkpoint directory"),
+    "VIRT teacher is a student": ("train_student", ["--distill", "pairs.parquet", "--dev", "pairs.jsonl",
+                                                    "--label-col", "pid", "--head", "li", "--teacher",
+                                                    "student-model", "--virt-weight", "1", "--output", "o"],
+                                  "--teacher 'student-model' is a pairscore student checkpoint, not a teacher"),
     "teacher still training": ("label_pairs", ["--pairs", "pairs.jsonl", "--teacher", "killed-training", "--output",
                                                "o"], "--teacher 'killed-training' holds only an unfinished pairscore "
                                                      "run (_LOCK, _temporary-1a2b): no checkpoint has been committed"),
