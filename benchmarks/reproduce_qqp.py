@@ -30,9 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -40,10 +37,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from encoders.metrics import auc_difference_interval  # noqa: E402  (after the path: runs as a script)
-QQP = REPO.parent / "shared" / "data" / "qqp"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.reproduction import DATA, REPO, Steps, targets_section  # noqa: E402  (after the path: runs as a script)
+from encoders.metrics import auc_difference_interval  # noqa: E402
+QQP = DATA / "qqp"
 HEADS = ("dipair", "dipair-ffnn", "li", "de-ffnn", "de-cos")
 TARGET_MINUTES = 90
 
@@ -82,29 +79,8 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     small = args.limit is not None
-    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    steps: list[dict] = []
-    # Wall time of every step that ran, kept across invocations: a resumed run still reports what
-    # each step took when it did run (and the total is their sum).
-    timings_file = out / "step_seconds.json"
-    timings = json.loads(timings_file.read_text(encoding="utf-8")) if timings_file.exists() else {}
-
-    def step(name: str, output: Path, args_: list[str], extra: bool = False) -> None:
-        """Run one job unless its output is complete; record its wall time. ``extra`` steps (optional
-        ablations) are listed but not counted in the reproduction's time."""
-        command = [sys.executable, "-m", *args_]
-        shown = shlex.join(["python", *command[1:]])
-        done = (output / "_SUMMARY.json").exists()
-        print(f"\n=== {name}\n$ {shown}", flush=True)
-        if done and not args.fresh:
-            print("(done before: skipped)", flush=True)
-        else:
-            started = time.monotonic()
-            subprocess.run(command + (["--overwrite"] if output.exists() else []), cwd=REPO, env=env, check=True)
-            timings[name] = round(time.monotonic() - started, 1)
-            timings_file.write_text(json.dumps(timings, indent=2), encoding="utf-8")
-        steps.append({"step": name, "seconds": timings.get(name), "command": shown, "extra": extra})
+    steps = Steps(out, fresh=args.fresh)
+    step = steps.run
 
     started = time.monotonic()
     data = out / "data"
@@ -184,7 +160,7 @@ def prepare_data(data: Path, limit: int | None, select_pairs: int) -> None:
           flush=True)
 
 
-def write_results(out: Path, report: Path, steps: list[dict], total: float, args, stage2_pairs: int) -> None:
+def write_results(out: Path, report: Path, steps: Steps, total: float, args, stage2_pairs: int) -> None:
     """OUT/RESULTS.md: DiPair-style table, the ablation, the targets and the time of each step."""
     metrics = json.loads((report / "metrics.json").read_text(encoding="utf-8"))
     models = metrics["models"]
@@ -228,20 +204,14 @@ def write_results(out: Path, report: Path, steps: list[dict], total: float, args
         if "dipair-no-skip" in auc:
             lines += ["", f"Ablation (the cosine skip, heads/cosine_skip.py): dipair with the skip AUC {auc['dipair']:.4f} "
                           f"vs the plain DiPair head {auc['dipair-no-skip']:.4f}, same data and schedule."]
-    counted = [s for s in steps if not s["extra"]]
-    timed = [s["seconds"] for s in counted if s["seconds"] is not None]
-    if len(timed) == len(counted):
-        steps_total = sum(timed)
+    steps_total = steps.counted_seconds()
+    if steps_total is not None:
         checks.append((f"whole run under {TARGET_MINUTES} minutes", steps_total < TARGET_MINUTES * 60,
                        f"{steps_total / 60:.1f} minutes, the sum of the steps"))
-    lines += ["", "## Targets", "", "PASS / FAIL compare the point estimates; the interval says whether the "
-              "3,000 dev pairs can tell the difference from noise.", ""]
-    lines += [f"- {'PASS' if ok else 'FAIL'}: {what} ({detail})" for what, ok, detail in checks]
-    lines += ["", "## Steps", "", "| step | minutes | command |", "|---|---|---|"]
-    for s in steps:
-        minutes = "not timed (output given)" if s["seconds"] is None else f"{s['seconds'] / 60:.1f}"
-        lines.append(f"| {s['step']} | {minutes}{' (not counted)' if s['extra'] else ''} | `{s['command']}` |")
-    lines += ["", f"This invocation took {total / 60:.1f} minutes. Plots and every metric: [report/report.md](report/report.md)."]
+    lines += ["", *targets_section(checks, "PASS / FAIL compare the point estimates; the interval says whether the "
+                                   "3,000 dev pairs can tell the difference from noise.")]
+    lines += ["", *steps.table()]
+    lines += ["", steps.footer("reproduce_qqp.py", total, " Plots and every metric: [report/report.md](report/report.md).")]
     (out / "RESULTS.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n" + "\n".join(lines))
 
