@@ -35,16 +35,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.reproduction import (DATA, REPO, Steps, checkpoint_origin, interval,  # noqa: E402  (after the path)
+                                     targets_section)
+
 WIKIQA, TRECQA = DATA / "wikiqa", DATA / "trecqa"
 HEADS = ("dipair", "li", "de-cos")
 TOKEN_HEADS = ("dipair", "li", "dipair-ffnn")
@@ -87,33 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out.mkdir(parents=True, exist_ok=True)
     small = args.limit is not None
-    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    steps: list[dict] = []
-    skipped: list[str] = []
-    timings_file = out / "step_seconds.json"
-    timings = json.loads(timings_file.read_text(encoding="utf-8")) if timings_file.exists() else {}
-
-    def step(name: str, output: Path, job: list[str]) -> None:
-        """Run one job unless its output is complete; record its wall time across resumed runs."""
-        command = [sys.executable, "-m", *job]
-        shown = shlex.join(["python", "-m", *job])
-        print(f"\n=== {name} ({time.strftime('%H:%M:%S')})\n$ {shown}", flush=True)
-        if (output / "_SUMMARY.json").exists() and not args.fresh:
-            print("(done before: skipped)", flush=True)
-            skipped.append(name)
-        else:
-            started = time.monotonic()
-            subprocess.run(command + (["--overwrite"] if output.exists() else []), cwd=REPO, env=env, check=True)
-            timings[name] = round(time.monotonic() - started, 1)
-            timings_file.write_text(json.dumps(timings, indent=2), encoding="utf-8")
-            print(f"--- {name}: {timings[name] / 60:.1f} min", flush=True)
-        seconds = timings.get(name)
-        if seconds is None and (output / "_SUMMARY.json").exists():
-            # Run by an earlier invocation that did not record it (stopped while the job ran on):
-            # the job's own wall time.
-            seconds = json.loads((output / "_SUMMARY.json").read_text(encoding="utf-8")).get("wall_seconds")
-        steps.append({"step": name, "seconds": seconds, "command": shown})
+    steps = Steps(out, fresh=args.fresh)
+    step = steps.run
 
     started = time.monotonic()
     data = out / "data"
@@ -130,9 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                                   "--batch-size", "32", "--no-progress", "--output", str(teacher)])
     else:
         # Trained elsewhere: report the command and time its own summary records.
-        given = json.loads((teacher / "_SUMMARY.json").read_text(encoding="utf-8"))
-        steps.append({"step": "teacher (given with --teacher)", "seconds": given.get("wall_seconds"),
-                      "command": shlex.join(["python", "-m", "jobs.train_teacher", *given.get("arguments", [])])})
+        steps.given("teacher (given with --teacher)", teacher, "jobs.train_teacher")
     distill = out / "distill-train"
     step("label training pairs", distill, ["jobs.label_pairs", "--pairs", str(train), "--teacher", str(teacher),
                                            "--keep-cols", "label,qid", "--output", str(distill)])
@@ -165,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     step("evaluate on TrecQA dev (transfer)", transfer, ["jobs.evaluate", "--pairs", str(trec), "--group-col", "left",
                                                          *model_flags,
                                                          "--output", str(transfer)])
-    write_results(out, report, transfer, students, steps, time.monotonic() - started, args, split, len(skipped))
+    write_results(out, report, transfer, students, steps, time.monotonic() - started, args, split)
     return 0
 
 
@@ -236,22 +208,13 @@ def prepare_data(data: Path, limit: int | None, select_fraction: float) -> dict:
     return counts
 
 
-def _interval(d: dict) -> str:
-    return f"{d['difference']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
-
-
-def write_results(out: Path, report: Path, transfer: Path, students: dict[str, Path], steps: list[dict],
-                  total: float, args, split: dict, skipped: int = 0) -> None:
+def write_results(out: Path, report: Path, transfer: Path, students: dict[str, Path], steps: Steps,
+                  total: float, args, split: dict) -> None:
     """OUT/RESULTS.md: ranking tables (dev and transfer), intervals, targets, stages, steps."""
     metrics = json.loads((report / "metrics.json").read_text(encoding="utf-8"))
     trec = json.loads((transfer / "metrics.json").read_text(encoding="utf-8"))
     models = metrics["models"]
-    origin = {}
-    for name, path in students.items():
-        summary = json.loads((path / "_SUMMARY.json").read_text(encoding="utf-8"))["metrics"]
-        best = summary["best_dev"]
-        origin[name] = (f"{summary['best_stage']} epoch {summary['best_epoch']} (selection MRR@10 "
-                        f"{best.get('mrr@10', float('nan')):.4f})")
+    origin = {name: checkpoint_origin(path, "mrr@10", "MRR@10") for name, path in students.items()}
     first = next(iter(models.values()))["ranking"]
     lines = [f"# WikiQA reproduction ({'smoke test, --limit ' + str(args.limit) if args.limit else 'full'})", "",
              f"Question -> answer sentence ranking. Evaluated on `{metrics['pairs']['paths'][0]}` "
@@ -279,8 +242,8 @@ def write_results(out: Path, report: Path, transfer: Path, students: dict[str, P
               "| a − b | MRR@10 | MAP | nDCG@10 | AUC |", "|---|---|---|---|---|"]
     for c in metrics["comparisons"]:
         d = c["differences"]
-        lines.append(f"| {c['a']} − {c['b']} | {_interval(d['mrr@10'])} | {_interval(d['map'])} | "
-                     f"{_interval(d['ndcg@10'])} | {_interval(d['auc'])} |")
+        lines.append(f"| {c['a']} − {c['b']} | {interval(d['mrr@10'])} | {interval(d['map'])} | "
+                     f"{interval(d['ndcg@10'])} | {interval(d['auc'])} |")
     tfirst = next(iter(trec["models"].values()))["ranking"]
     lines += ["", f"## Transfer: TrecQA dev, grouped by question text ({trec['pairs']['count']:,} pairs; "
                   f"{tfirst['queries']:,} of {tfirst['queries_total']:,} questions ranked: wide intervals)", "",
@@ -290,8 +253,8 @@ def write_results(out: Path, report: Path, transfer: Path, students: dict[str, P
         lines.append(f"| {name} | {r['mrr@10']:.4f} | {r['map']:.4f} | {r['ndcg@10']:.4f} |")
     lines += ["", "| a − b | MRR@10 | MAP |", "|---|---|---|"]
     for c in trec["comparisons"]:
-        lines.append(f"| {c['a']} − {c['b']} | {_interval(c['differences']['mrr@10'])} | "
-                     f"{_interval(c['differences']['map'])} |")
+        lines.append(f"| {c['a']} − {c['b']} | {interval(c['differences']['mrr@10'])} | "
+                     f"{interval(c['differences']['map'])} |")
 
     mrr = {name: result["ranking"]["mrr@10"] for name, result in models.items()}
     checks = []
@@ -301,7 +264,7 @@ def write_results(out: Path, report: Path, transfer: Path, students: dict[str, P
         best = max(heads, key=lambda h: mrr[h])
         d = by_pair[(best, "de-cos")]["mrr@10"]
         checks.append((f"the best token head ({best}) beats de-cos on MRR@10 with an interval excluding 0",
-                       d["low"] > 0, _interval(d)))
+                       d["low"] > 0, interval(d)))
     student_best = max(students, key=lambda h: mrr[h]) if students else None
     if student_best:
         checks.append((f"best student ({student_best}) MRR@10 >= 0.95 x teacher's", mrr[student_best] >= 0.95 * mrr["teacher"],
@@ -310,20 +273,14 @@ def write_results(out: Path, report: Path, transfer: Path, students: dict[str, P
                        mrr[student_best] >= mrr["baseline"] + 0.05, f"{mrr[student_best]:.4f} vs {mrr['baseline'] + 0.05:.4f}"))
         checks.append(("the chosen checkpoint of at least one student comes from stage 2 (encoder trained)",
                        any(o.startswith("stage2") for o in origin.values()), ", ".join(f"{k}: {v}" for k, v in origin.items())))
-    timed = [s["seconds"] for s in steps if s["seconds"] is not None]
-    if len(timed) == len(steps):
-        checks.append((f"whole run under {TARGET_MINUTES} minutes", sum(timed) < TARGET_MINUTES * 60,
-                       f"{sum(timed) / 60:.1f} minutes, the sum of the steps"))
-    lines += ["", "## Targets", "", "PASS / FAIL compare point estimates; intervals are 95% paired bootstrap.", ""]
-    lines += [f"- {'PASS' if ok else 'FAIL'}: {what} ({detail})" for what, ok, detail in checks]
-    lines += ["", "## Steps", "", "| step | minutes | command |", "|---|---|---|"]
-    for s in steps:
-        minutes = "not timed (output given)" if s["seconds"] is None else f"{s['seconds'] / 60:.1f}"
-        lines.append(f"| {s['step']} | {minutes} | `{s['command']}` |")
-    command = shlex.join(["python", "benchmarks/reproduce_wikiqa.py", *sys.argv[1:]])
-    resumed = f" ({skipped} steps done by an earlier invocation were skipped)" if skipped else ""
-    lines += ["", f"Made by `{command}`; this invocation took {total / 60:.1f} minutes{resumed}; the step times above "
-                  "are each step's own. Plots and every metric: report/report.md, report-trecqa/report.md."]
+    seconds = steps.counted_seconds()
+    if seconds is not None:
+        checks.append((f"whole run under {TARGET_MINUTES} minutes", seconds < TARGET_MINUTES * 60,
+                       f"{seconds / 60:.1f} minutes, the sum of the steps"))
+    lines += ["", *targets_section(checks, "PASS / FAIL compare point estimates; intervals are 95% paired bootstrap.")]
+    lines += ["", *steps.table()]
+    lines += ["", steps.footer("reproduce_wikiqa.py", total,
+                               " Plots and every metric: report/report.md, report-trecqa/report.md.")]
     (out / "RESULTS.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n" + "\n".join(lines), flush=True)
 
