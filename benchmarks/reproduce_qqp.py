@@ -1,7 +1,7 @@
 """DiPair's tables 2-4 on QQP, end to end with pairscore's own jobs, in one command.
 
-    OMP_WAIT_POLICY=PASSIVE python benchmarks/reproduce_qqp.py --out runs/qqp-repro
-    python benchmarks/reproduce_qqp.py --out runs/qqp-smoke --limit 120     # a smoke test of every step (minutes)
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/reproduce_qqp.py --out ../runs/qqp-repro
+    python benchmarks/reproduce_qqp.py --out ../runs/qqp-smoke --limit 120     # a smoke test of every step (minutes)
 
 Steps (each a ``python -m jobs.<name>`` command, printed before it runs; a step whose output already
 has ``_SUMMARY.json`` is skipped, so an interrupted run resumes where it stopped):
@@ -44,7 +44,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.reproduction import (DATA, REPO, Steps, checkpoint_origin,  # noqa: E402  (after the path: a script)
+from benchmarks.reproduction import (DATA, Steps, checkpoint_origin, inside_repo,  # noqa: E402  (after the path: a script)
                                      targets_section, verdict)
 from encoders.metrics import auc_difference_interval  # noqa: E402
 QQP = DATA / "qqp"
@@ -56,7 +56,7 @@ TARGET_AUC = 0.895        # best student on dev (0.888 with the one-epoch teache
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=str(REPO / "runs" / "qqp-repro"), help="everything goes here")
+    parser.add_argument("--out", required=True, help="everything goes here (keep it outside the repository)")
     parser.add_argument("--limit", type=int, default=None,
                         help="smoke test: use only the first N training pairs and N dev pairs, short schedules")
     parser.add_argument("--teacher", default=None, help="an existing teacher checkpoint to use instead of training one "
@@ -95,7 +95,9 @@ def main() -> None:
                         help="stop after this step: 'labels' builds the teacher and the distillation set only")
     args = parser.parse_args()
 
-    out = Path(args.out)
+    out = Path(args.out).resolve()
+    if inside_repo(out, "QQP (Quora's non-commercial terms)"):
+        sys.exit(2)
     out.mkdir(parents=True, exist_ok=True)
     small = args.limit is not None
     steps = Steps(out, fresh=args.fresh)

@@ -44,7 +44,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.reproduction import (DATA, REPO, Steps, checkpoint_origin, interval,  # noqa: E402  (after the path)
+from benchmarks.reproduction import (DATA, Steps, checkpoint_origin, inside_repo, interval,  # noqa: E402  (after the path)
                                      targets_section, verdict)
 
 STSB = DATA / "stsb"
@@ -83,8 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"STS-B not found at {STSB}: this reproduction reads ../shared/data", file=sys.stderr)
         return 2
     out = Path(args.out).resolve()
-    if out == REPO or REPO in out.parents:
-        print(f"--out {out} is inside the repository; STS-B is not ours to ship: write outside it", file=sys.stderr)
+    if inside_repo(out, "STS-B"):
         return 2
     out.mkdir(parents=True, exist_ok=True)
     small = args.limit is not None

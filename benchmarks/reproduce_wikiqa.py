@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.reproduction import (DATA, REPO, Steps, checkpoint_origin, interval,  # noqa: E402  (after the path)
+from benchmarks.reproduction import (DATA, Steps, checkpoint_origin, inside_repo, interval,  # noqa: E402  (after the path)
                                      targets_section)
 
 WIKIQA, TRECQA = DATA / "wikiqa", DATA / "trecqa"
@@ -81,8 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"WikiQA not found at {WIKIQA}: this reproduction reads ../shared/data", file=sys.stderr)
         return 2
     out = Path(args.out).resolve()
-    if out == REPO or REPO in out.parents:
-        print(f"--out {out} is inside the repository; WikiQA is research-only data: write outside it", file=sys.stderr)
+    if inside_repo(out, "WikiQA (research-only)"):
         return 2
     out.mkdir(parents=True, exist_ok=True)
     small = args.limit is not None

@@ -31,6 +31,18 @@ def job_env() -> dict[str, str]:
                 PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
 
+def inside_repo(path: Path, data: str) -> bool:
+    """True, after one line on stderr, when ``path`` (resolved) is this repository or lies in it.
+    A reproduction's output holds copies of ``data`` and models trained on it, which are not ours to
+    ship (non-commercial or research-only licences), so it must live outside the checkout."""
+    path = path.resolve()
+    if path == REPO or REPO in path.parents:
+        print(f"{path} is inside the repository; {data} is not ours to ship: use a directory outside it",
+              file=sys.stderr)
+        return True
+    return False
+
+
 @dataclass
 class Steps:
     """Runs a reproduction's jobs one after another, resumably; ``done`` lists every step met so far

@@ -28,7 +28,9 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.reproduction import REPO, inside_repo, interval, job_env  # noqa: E402  (after the path)
+
 HEADS = ("dipair", "de-cos")
 
 
@@ -57,18 +59,14 @@ def main(argv: list[str] | None = None) -> int:
 
     repro = Path(args.repro).resolve()
     out = Path(args.out).resolve() if args.out else repro / "virt"
-    for path in (repro, out):
-        if path == REPO or REPO in path.parents:
-            print(f"{path} is inside the repository; WikiQA is research-only data: use a directory outside it",
-                  file=sys.stderr)
-            return 2
+    if any(inside_repo(path, "WikiQA (research-only)") for path in (repro, out)):
+        return 2
     for needed in ("teacher", "distill-train", "data/select.jsonl", "data/dev.jsonl"):
         if not (repro / needed).exists():
             print(f"--repro {repro} has no {needed}: run benchmarks/reproduce_wikiqa.py first", file=sys.stderr)
             return 2
     out.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = job_env()
     steps: list[dict] = []
     timings_file = out / "step_seconds.json"
     timings = json.loads(timings_file.read_text(encoding="utf-8")) if timings_file.exists() else {}
@@ -181,10 +179,6 @@ def _speed_text(summary: dict) -> str:
     return "—" if speed is None else f"{speed:,.1f}"
 
 
-def _interval(d: dict) -> str:
-    return f"{d['difference']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
-
-
 def write_results(out: Path, reports: list[Path], summaries: dict, chosen: dict, steps: list[dict], args) -> None:
     parts = [json.loads((report / "metrics.json").read_text(encoding="utf-8")) for report in reports]
     metrics = {**parts[0], "models": {k: v for part in parts for k, v in part["models"].items()},
@@ -218,8 +212,8 @@ def write_results(out: Path, reports: list[Path], summaries: dict, chosen: dict,
               "| a − b | MRR@10 | MAP | nDCG@10 | AUC | verdict (MRR@10) |", "|---|---|---|---|---|---|"]
     for c in metrics["comparisons"]:
         d = c["differences"]
-        lines.append(f"| {c['a']} − {c['b']} | {_interval(d['mrr@10'])} | {_interval(d['map'])} | "
-                     f"{_interval(d['ndcg@10'])} | {_interval(d['auc'])} | {d['mrr@10']['verdict']} |")
+        lines.append(f"| {c['a']} − {c['b']} | {interval(d['mrr@10'])} | {interval(d['map'])} | "
+                     f"{interval(d['ndcg@10'])} | {interval(d['auc'])} | {d['mrr@10']['verdict']} |")
     lines += ["", "## The sweep (selection set only)", "",
               "| head | alpha | selection MRR@10 (best epoch) | best epoch | mean VIRT loss in stage 2 | "
               "stage 2 pairs/s |", "|---|---|---|---|---|---|"]

@@ -33,3 +33,15 @@ def test_smoke_run_end_to_end_and_resume(shared_data, tmp_path):
     # Resumed: every step is skipped, RESULTS.md is written again from the outputs.
     again = subprocess.run(command, capture_output=True, text=True)
     assert again.returncode == 0 and again.stdout.count("(done before: skipped)") == 7, again.stdout[-2000:]
+
+
+def test_refuses_an_output_inside_the_repository():
+    """QQP is under Quora's non-commercial terms: its copies and the models trained on it must not
+    land in the checkout (the default used to be REPO/runs)."""
+    inside = _PATH.parents[1] / "qqp-out"
+    done = subprocess.run([sys.executable, str(_PATH), "--out", str(inside), "--limit", "10"],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "is inside the repository" in done.stderr, done.stderr
+    assert not inside.exists()
+    missing = subprocess.run([sys.executable, str(_PATH), "--limit", "10"], capture_output=True, text=True)
+    assert missing.returncode == 2 and "--out" in missing.stderr
