@@ -542,10 +542,11 @@ def test_virt_bad_flags_are_refused_before_training(tmp_path, toy, tiny_encoder_
     for extra, message in [
         (["--virt-weight", "0.5"], "--virt-weight 0.5 needs --teacher DIR"),
         (["--virt-weight", "-1", "--teacher", tiny_teacher_dir], "--virt-weight -1.0 is not allowed"),
+        # The wrong kind of checkpoint is answered by the pre-flight (before torch is imported).
         (["--virt-weight", "0.5", "--teacher", tiny_encoder_dir], f"--teacher {tiny_encoder_dir!r} is not a "
-                                                                 "cross-encoder teacher checkpoint (--virt-weight 0.5)"),
-        (["--virt-weight", "0.5", "--teacher", tiny_checkpoint], f"--teacher {tiny_checkpoint!r} is not a "
-                                                                "cross-encoder teacher checkpoint"),
+                                                                 "trained cross-encoder: its config.json names BertModel"),
+        (["--virt-weight", "0.5", "--teacher", tiny_checkpoint], f"--teacher {tiny_checkpoint!r} is a pairscore "
+                                                                "student checkpoint, not a teacher"),
         (["--virt-weight", "2", "--teacher", str(other)], f"--teacher {str(other)!r} has another tokenizer than the "
                                                           "student's encoder"),
     ]:
