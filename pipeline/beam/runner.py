@@ -139,15 +139,18 @@ def leave_ctrl_c_to_this_process() -> None:
 
     from apache_beam.runners.portability import local_job_service
 
-    worker = local_job_service.SubprocessSdkWorker
-    if os.name != "posix" or getattr(worker, "_pairscore_ignores_sigint", False):
+    # Beam's private names: should a Beam release rename them, workers start as before (a Ctrl-C
+    # shows their tracebacks again) rather than every pipeline failing.
+    worker = getattr(local_job_service, "SubprocessSdkWorker", None)
+    if worker is None or os.name != "posix" or getattr(worker, "_pairscore_ignores_sigint", False):
         return
     original = worker.__init__
 
     def __init__(self, *args, **kwargs):
         original(self, *args, **kwargs)
-        if not self._worker_command_line.startswith(_WORKERS_IGNORE_SIGINT):
-            self._worker_command_line = _WORKERS_IGNORE_SIGINT + self._worker_command_line
+        command = getattr(self, "_worker_command_line", None)
+        if isinstance(command, str) and not command.startswith(_WORKERS_IGNORE_SIGINT):
+            self._worker_command_line = _WORKERS_IGNORE_SIGINT + command
     worker.__init__ = __init__
     worker._pairscore_ignores_sigint = True
 

@@ -130,3 +130,21 @@ def test_embedded_job_service_defaults_to_loopback_workers_not_docker():
     pipeline = make_pipeline(["--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=EXTERNAL",
                               "--environment_config=localhost:1"])
     assert pipeline.options.view_as(PortableOptions).environment_type == "EXTERNAL"
+
+
+def test_workers_start_with_sigint_ignored_and_a_renamed_beam_class_changes_nothing(monkeypatch):
+    """Beam's worker command gets ``trap '' INT;`` once (a terminal's Ctrl-C is the launcher's
+    alone); if a Beam release drops the private class, pipelines still build."""
+    from apache_beam.runners.portability import local_job_service
+
+    class FakeWorker:                                    # Beam's SubprocessSdkWorker keeps its command here
+        def __init__(self, command):
+            self._worker_command_line = command
+
+    monkeypatch.setattr(local_job_service, "SubprocessSdkWorker", FakeWorker)
+    runner.leave_ctrl_c_to_this_process()
+    runner.leave_ctrl_c_to_this_process()                # idempotent: wrapped once
+    assert FakeWorker("python -m worker")._worker_command_line == "trap '' INT; python -m worker"
+    monkeypatch.delattr(local_job_service, "SubprocessSdkWorker")
+    runner.leave_ctrl_c_to_this_process()                # nothing to wrap: no error
+    runner.make_pipeline(["--runner=DirectRunner"])
