@@ -546,7 +546,7 @@ def test_ctrl_c_at_a_terminal_says_one_line_in_every_running_mode(tmp_path, tiny
             time.sleep(0.02)
         os.kill(group, signal.SIGCONT)
         _, stderr = process.communicate(timeout=300)
-        deadline = time.monotonic() + 60    # workers ended with the run are gone well before it
+        deadline = time.monotonic() + 600   # a hang guard only: on a busy machine workers may take a while to exit
         while processes_in_group(group) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert processes_in_group(group) == {}
