@@ -18,6 +18,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -45,8 +46,9 @@ def inside_repo(path: Path, data: str) -> bool:
 
 @dataclass
 class Steps:
-    """Runs a reproduction's jobs one after another, resumably; ``done`` lists every step met so far
-    as {"step", "seconds", "command", "extra"} in order, ``skipped`` the names of those skipped."""
+    """Runs a reproduction's jobs resumably, one after another (or one in the background while the
+    next runs); ``done`` lists every step met so far as {"step", "seconds", "command", "extra"} in
+    the order they ended, ``skipped`` the names of those skipped."""
     out: Path
     fresh: bool = False
     done: list[dict] = field(default_factory=list)
@@ -58,21 +60,44 @@ class Steps:
         self.timings = (json.loads(self.timings_file.read_text(encoding="utf-8"))
                         if self.timings_file.exists() else {})
 
-    def run(self, name: str, output: Path, job: list[str], extra: bool = False) -> None:
+    def run(self, name: str, output: Path, job: list[str], extra: bool = False,
+            background: bool = False) -> Callable[[], None]:
         """Run ``python -m JOB...`` unless ``output`` is complete; record its wall time. ``extra``
-        steps (optional ablations) are listed but not counted in the reproduction's time."""
+        steps (optional ablations) are listed but not counted in the reproduction's time.
+        ``background``: start the job and return at once; the returned function waits for it and
+        records it (call it before reading the output). Otherwise the job has ended on return, and
+        the returned function does nothing."""
         shown = shlex.join(["python", "-m", *job])
         print(f"\n=== {name} ({time.strftime('%H:%M:%S')})\n$ {shown}", flush=True)
         if (output / "_SUMMARY.json").exists() and not self.fresh:
             print(SKIPPED, flush=True)
             self.skipped.append(name)
-        else:
-            started = time.monotonic()
-            subprocess.run([sys.executable, "-m", *job] + (["--overwrite"] if output.exists() else []),
-                           cwd=REPO, env=self.env, check=True)
+            self._record(name, output, shown, extra)
+            return lambda: None
+        started = time.monotonic()
+        process = subprocess.Popen([sys.executable, "-m", *job] + (["--overwrite"] if output.exists() else []),
+                                   cwd=REPO, env=self.env)
+
+        def finish() -> None:
+            try:
+                code = process.wait()
+            except BaseException:        # Ctrl-C or an error elsewhere: leave no job running behind us
+                process.kill()
+                process.wait()
+                raise
+            if code:
+                raise subprocess.CalledProcessError(code, process.args)
             self.timings[name] = round(time.monotonic() - started, 1)
             self.timings_file.write_text(json.dumps(self.timings, indent=2), encoding="utf-8")
             print(f"--- {name}: {self.timings[name] / 60:.1f} min", flush=True)
+            self._record(name, output, shown, extra)
+
+        if background:
+            return finish
+        finish()
+        return lambda: None
+
+    def _record(self, name: str, output: Path, shown: str, extra: bool) -> None:
         seconds = self.timings.get(name)
         if seconds is None and (output / "_SUMMARY.json").exists():
             # Run by an earlier invocation that did not record it (stopped while the job ran on, or

@@ -21,15 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.reproduction import REPO, inside_repo, interval, job_env  # noqa: E402  (after the path)
+from benchmarks.reproduction import Steps, inside_repo, interval  # noqa: E402  (after the path)
 
 HEADS = ("dipair", "de-cos")
 
@@ -65,56 +62,14 @@ def main(argv: list[str] | None = None) -> int:
         if not (repro / needed).exists():
             print(f"--repro {repro} has no {needed}: run benchmarks/reproduce_wikiqa.py first", file=sys.stderr)
             return 2
-    out.mkdir(parents=True, exist_ok=True)
-    env = job_env()
-    steps: list[dict] = []
-    timings_file = out / "step_seconds.json"
-    timings = json.loads(timings_file.read_text(encoding="utf-8")) if timings_file.exists() else {}
-
-    def step(name: str, output: Path, job: list[str], background: bool = False):
-        """Run one job unless its output is complete; record its wall time across resumed runs.
-        ``background``: start it and return a function that waits for it (and records it)."""
-        shown = shlex.join(["python", "-m", *job])
-        print(f"\n=== {name} ({time.strftime('%H:%M:%S')})\n$ {shown}", flush=True)
-        running = output.with_name(output.name + ".running")     # the pid of a process writing it now
-        while running.exists() and _alive(int(running.read_text() or 0)) and not (output / "_SUMMARY.json").exists():
-            time.sleep(15)                                        # another invocation runs this step: wait
-        if (output / "_SUMMARY.json").exists():
-            print("(done before: skipped)", flush=True)
-        else:
-            started = time.monotonic()
-            process = subprocess.Popen([sys.executable, "-m", *job] + (["--overwrite"] if output.exists() else []),
-                                       cwd=REPO, env=env)
-            running.write_text(str(process.pid))
-            if background:
-                return lambda: finish(name, output, shown, process, running, started)
-            finish(name, output, shown, process, running, started)
-            return lambda: None
-        record(name, output, shown)
-        return lambda: None
-
-    def finish(name: str, output: Path, shown: str, process, running: Path, started: float) -> None:
-        if process.wait():
-            raise subprocess.CalledProcessError(process.returncode, process.args)
-        running.unlink()
-        if timings_file.exists():   # what another invocation recorded meanwhile
-            timings.update({k: v for k, v in json.loads(timings_file.read_text(encoding="utf-8")).items()
-                            if k not in timings})
-        timings[name] = round(time.monotonic() - started, 1)
-        timings_file.write_text(json.dumps(timings, indent=2), encoding="utf-8")
-        print(f"--- {name}: {timings[name] / 60:.1f} min", flush=True)
-        record(name, output, shown)
-
-    def record(name: str, output: Path, shown: str) -> None:
-        seconds = timings.get(name)
-        if seconds is None:
-            seconds = json.loads((output / "_SUMMARY.json").read_text(encoding="utf-8")).get("wall_seconds")
-        steps.append({"step": name, "seconds": seconds, "command": shown})
-
     heads = [h for h in args.heads.split(",") if h]
     if args.sweep_head not in heads:
         print(f"--sweep-head {args.sweep_head!r} is not one of --heads {args.heads!r}", file=sys.stderr)
         return 2
+    out.mkdir(parents=True, exist_ok=True)
+    steps = Steps(out)
+    step = steps.run
+
     alphas = [float(a) for a in args.alphas.split(",") if a]
     common = student_flags(repro, args)
     teacher = repro / "teacher"
@@ -137,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         return step(f"evaluate {head} on WikiQA dev", report,
                     ["jobs.evaluate", "--pairs", str(repro / "data" / "dev.jsonl"), "--group-col", "qid",
                      "--model", f"{head}-virt={runs[head][alpha]}", "--model", f"{head}={runs[head][0.0]}",
-                     "--compare", f"{head}-virt,{head}", "--output", str(report)], background)
+                     "--compare", f"{head}-virt,{head}", "--output", str(report)], background=background)
 
     # The sweep head, off and at every alpha; alpha is chosen on the selection set; its dev
     # evaluation runs while the other heads train with that alpha.
@@ -157,14 +112,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except (OSError, ValueError):
-        return False
-    return pid > 0
-
-
 def _selection(summary: dict) -> float:
     return summary["metrics"]["best_dev"]["mrr@10"]
 
@@ -179,7 +126,7 @@ def _speed_text(summary: dict) -> str:
     return "—" if speed is None else f"{speed:,.1f}"
 
 
-def write_results(out: Path, reports: list[Path], summaries: dict, chosen: dict, steps: list[dict], args) -> None:
+def write_results(out: Path, reports: list[Path], summaries: dict, chosen: dict, steps: Steps, args) -> None:
     parts = [json.loads((report / "metrics.json").read_text(encoding="utf-8")) for report in reports]
     metrics = {**parts[0], "models": {k: v for part in parts for k, v in part["models"].items()},
                "comparisons": [c for part in parts for c in part["comparisons"]]}
@@ -226,10 +173,7 @@ def write_results(out: Path, reports: list[Path], summaries: dict, chosen: dict,
                          f"epoch {summary['best_epoch']} | {', '.join(f'{v:.4f}' for v in virt) or '—'} | "
                          f"{_speed_text(by_alpha[alpha])} |")
     lines += ["", "Stage 2 pairs/s is the encoder-training stage's own speed (train steps only; with VIRT it includes "
-                  "the teacher's eager-attention forward over each pair).", "",
-              "## Steps", "", "| step | minutes | command |", "|---|---|---|"]
-    for s in steps:
-        lines.append(f"| {s['step']} | {s['seconds'] / 60:.1f} | `{s['command']}` |")
+                  "the teacher's eager-attention forward over each pair).", "", *steps.table()]
     command = shlex.join(["python", "benchmarks/virt_wikiqa.py", *sys.argv[1:]])
     lines += ["", f"Made by `{command}`; plots and every metric: "
                   f"{', '.join(report.name + '/report.md' for report in reports)}."]
