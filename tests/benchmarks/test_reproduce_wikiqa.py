@@ -2,7 +2,6 @@
 --limit smoke mode (every step for real, on a few hundred pairs: a few minutes), then resumed."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -10,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "reproduce_wikiqa.py"
-_spec = importlib.util.spec_from_file_location("reproduce_wikiqa", _PATH)
-reproduce = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(reproduce)
+from benchmarks import reproduce_wikiqa as reproduce
+
+_PATH = Path(reproduce.__file__)
 
 
 def _rows(path: Path) -> list[dict]:

@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from benchmarks.reproduction import Steps  # noqa: E402
+from benchmarks.reproduction import Steps
 
 # Waits for OUTPUT.go (when given --wait), then writes OUTPUT/_SUMMARY.json; --fail exits 3.
 _FAKE_JOB = '''

@@ -3,17 +3,15 @@ the table's intervals (read from a report's scores.parquet; the runs themselves 
 reproduction's, tested in test_reproduce_wikiqa.py)."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "sweep_wikiqa.py"
-_spec = importlib.util.spec_from_file_location("sweep_wikiqa", _PATH)
-sweep = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(sweep)
+from benchmarks import sweep_wikiqa as sweep
+
+_PATH = Path(sweep.__file__)
 
 
 def _fake_base(root: Path) -> Path:

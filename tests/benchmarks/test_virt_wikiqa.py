@@ -2,13 +2,11 @@
 (the reproduction's settings, VIRT off and on). The full run takes an hour: docs/benchmarks.md."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
-_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "virt_wikiqa.py"
-_spec = importlib.util.spec_from_file_location("virt_wikiqa", _PATH)
-virt_wikiqa = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(virt_wikiqa)
+from benchmarks import virt_wikiqa
+
+_PATH = Path(virt_wikiqa.__file__)
 
 
 def _repro(tmp_path: Path) -> Path:
