@@ -354,9 +354,10 @@ def _cut_pairs(tokenizer: PreTrainedTokenizerBase, lefts: list[str], rights: lis
     fills the budget; else each keeps B // 2, and for an odd B the longer text (the right one on a
     tie) one more. A cut from ``encoders.dual_encoder.cut_texts`` for B tokens (plus one text's
     special tokens) has exactly the whole text's first B tokens and more after them, so it gives
-    the same k wherever the counts enter only capped at B: always for an even B, and for an odd
-    B unless both texts of a pair have more than B tokens (then which is longer decides; such a
-    pair is tokenized whole, as before)."""
+    the same k wherever the counts enter only capped at B: always for an even B. For an odd B and
+    a pair whose texts both have more than B tokens, which text is longer decides; there
+    :func:`_odd_share` counts the whole texts one at a time (memory linear in the text, never the
+    pair's product) and lengthens one cut until the cuts compare as the whole texts do."""
     budget = max_length - tokenizer.num_special_tokens_to_add(pair=True)
     single = budget + tokenizer.num_special_tokens_to_add(pair=False)
     cut_lefts, cut_rights = cut_texts(tokenizer, lefts, single), cut_texts(tokenizer, rights, single)
@@ -374,8 +375,34 @@ def _cut_pairs(tokenizer: PreTrainedTokenizerBase, lefts: list[str], rights: lis
         long_others = {i for i, e in zip(others, encoded.encodings) if e.overflowing}
     for i, (a, b) in enumerate(cut):
         if (a and b) or i in long_others:
-            cut_lefts[i], cut_rights[i] = lefts[i], rights[i]
+            cut_lefts[i], cut_rights[i] = _odd_share(tokenizer, lefts[i], rights[i], cut_lefts[i], cut_rights[i])
     return cut_lefts, cut_rights
+
+
+def _odd_share(tokenizer: PreTrainedTokenizerBase, left: str, right: str, cut_left: str, cut_right: str
+               ) -> tuple[str, str]:
+    """For a pair whose texts both have more than an odd budget's tokens: prefixes of ``left`` and
+    ``right``, starting from their cuts (or the texts themselves), whose token counts compare as
+    the whole texts' do (the left one greater, or the right one at least as great), so truncating
+    the prefixes gives the longer whole text the odd token, as truncating the whole pair does.
+
+    A prefix longer than a cut still has the whole text's first tokens (the cut's proof, complete
+    words before it, holds for it too), so only the counts change. The side that must be longer
+    doubles its prefix until it is; should it reach its whole text first, the other side does the
+    same, and with both texts whole the counts are the true ones."""
+    def count(text: str) -> int:
+        return len(tokenizer([text], add_special_tokens=False, verbose=False)["input_ids"][0])
+
+    left_wins = count(left) > count(right)                  # the whole texts, one at a time
+    prefixes, wholes = [cut_left, cut_right], (left, right)
+    counts = [count(cut_left), count(cut_right)]
+    while not (counts[0] > counts[1] if left_wins else counts[1] >= counts[0]):
+        side = 0 if left_wins else 1
+        if prefixes[side] == wholes[side]:
+            side = 1 - side
+        prefixes[side] = wholes[side][:2 * len(prefixes[side])]
+        counts[side] = count(prefixes[side])
+    return prefixes[0], prefixes[1]
 
 
 # --------------------------------------------------------------------------- checkpoints

@@ -136,11 +136,17 @@ def test_cuts_anywhere_give_the_whole_texts_tokens(tokenizers, monkeypatch, name
 # --------------------------------------------------------------------------- pairs (the teacher)
 
 class PairSpy(Spy):
-    """A tokenizer that records the longest text it was given, one text or a pair's either side."""
+    """A tokenizer that records the longest text it was given, one text or a pair's either side
+    (``longest``), and the longest text it was given as part of a pair (``longest_in_pair``)."""
+
+    longest_in_pair = 0
 
     def __call__(self, texts, pairs=None, **kwargs):
         self.longest = max([self.longest, *map(len, texts), *map(len, pairs or [])])
-        return self._tokenizer(texts, pairs, **kwargs) if pairs is not None else self._tokenizer(texts, **kwargs)
+        if pairs is None:
+            return self._tokenizer(texts, **kwargs)
+        self.longest_in_pair = max([self.longest_in_pair, *map(len, texts), *map(len, pairs)])
+        return self._tokenizer(texts, pairs, **kwargs)
 
 
 def with_pair_template(tokenizer, single: str, pair: str, specials: list[str]):
@@ -204,9 +210,37 @@ def test_a_pair_with_a_huge_text_is_tokenized_from_bounded_prefixes_with_the_sam
         single = max_length - minilm.num_special_tokens_to_add(pair=True) + minilm.num_special_tokens_to_add()
         first_cut = max(dual_encoder.CUT_MIN_CHARS, dual_encoder.CUT_CHARS_PER_TOKEN * single)
         # The huge text was read only up to the first cut; the last pair, both of its texts over
-        # the budget, is read whole for an odd budget (which text is longer decides its tokens).
-        whole_pair = max(len(lefts[-1]), len(rights[-1])) if (max_length - 3) % 2 else 0
-        assert spy.longest <= max(first_cut, whole_pair)
+        # the budget, may be read further for an odd budget (which text is longer decides its
+        # tokens): its texts alone, and in the pair a prefix long enough to compare as they do.
+        assert spy.longest_in_pair <= max(first_cut, len(lefts[-1]), len(rights[-1]))
+        assert spy.longest <= (max(first_cut, len(lefts[-1]), len(rights[-1])) if (max_length - 3) % 2 else first_cut)
+
+
+@pytest.mark.parametrize("max_length", [16, 17])          # budgets 13 and 14 (3 special tokens)
+def test_two_huge_texts_in_a_pair_get_the_whole_pairs_tokens_without_pairing_them_whole(teacher, minilm,
+                                                                                       max_length):
+    """Both texts of a pair over the budget, megabytes each: for an odd budget the longer text
+    keeps the odd token (the right one on a tie), as truncating the whole pair would, while the
+    pair is tokenized from short prefixes only (whole, its overflow would take gigabytes). The
+    rule itself is checked against whole pairs in test_pairs_cut_anywhere_give_the_whole_pairs_tokens."""
+    rng = random.Random(2)
+    words = " ".join(CORPUS).split()
+    huge = " ".join(rng.choice(words) for _ in range(150_000))          # ~1 MB
+    lefts = [huge + " fox", huge, huge, huge[3:]]                        # left longer, right longer, tie, ...
+    rights = [huge, huge + " fox", huge, huge]
+    spy = PairSpy(minilm)
+    got = cross_encoder(teacher, spy, max_length).tokenize(lefts, rights)
+    budget = max_length - minilm.num_special_tokens_to_add(pair=True)
+    for left, right, pair in zip(lefts, rights, got):
+        def tokens(text):
+            return minilm(text, add_special_tokens=False, verbose=False)["input_ids"]
+        left_wins = len(tokens(left)) > len(tokens(right))
+        keep_left = budget // 2 + (budget % 2 if left_wins else 0)
+        kept_left, kept_right = tokens(left[:5000])[:keep_left], tokens(right[:5000])[:budget - keep_left]
+        cls, sep = minilm.cls_token_id, minilm.sep_token_id               # BERT: [CLS] a [SEP] b [SEP]
+        assert pair.input_ids == [cls, *kept_left, sep, *kept_right, sep] and pair.truncated
+        assert pair.token_type_ids == [0] * (len(kept_left) + 2) + [1] * (len(kept_right) + 1)
+    assert spy.longest_in_pair < 20_000 < len(huge)
 
 
 @pytest.mark.parametrize("first_cut,widen", [(1, 2), (37, 3)])
@@ -224,8 +258,10 @@ def test_pairs_cut_anywhere_give_the_whole_pairs_tokens(teacher, pair_tokenizers
     words = " ".join(CORPUS).split()
     # Shortened: the reference's overflow of a pair grows with the product of its texts' lengths.
     texts = [text[:150] for text in tricky_texts()] + [" ".join(words[:count]) for count in range(1, 40, 3)]
-    lefts = texts + texts[::-1] + texts
-    rights = texts + texts + texts[len(texts) // 2:] + texts[:len(texts) // 2]
+    # Pairs of equal texts and of texts one word apart: which text is longer decides an odd token.
+    longer = [text + " fox" for text in texts]
+    lefts = texts + texts[::-1] + texts + longer + texts
+    rights = texts + texts + texts[len(texts) // 2:] + texts[:len(texts) // 2] + texts + longer
     got = cross_encoder(teacher, tokenizer, max_length).tokenize(lefts, rights)
     expected = whole_pairs(tokenizer, lefts, rights, max_length)
     for left, right, pair, (ids, kinds, truncated) in zip(lefts, rights, got, expected):
