@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--right-max-length", type=int, default=64, help="95%% of sentences fit")
     parser.add_argument("--train-layers", type=int, default=2, help="top encoder layers trained in stage 2")
     parser.add_argument("--stage1-epochs", type=int, default=4, help="most stage-1 epochs (early stop, patience 2)")
-    parser.add_argument("--stage2-epochs", type=int, default=1)
+    parser.add_argument("--stage2-epochs", type=int, default=1, help="0: stage 1 only, the encoder stays frozen")
     parser.add_argument("--stage2-max-pairs", type=int, default=10_000,
                         help="pairs per stage-2 epoch, a random sample (of ~17.5k; sized for the time budget)")
     parser.add_argument("--heads", default=",".join(HEADS), help="heads to train (comma-separated)")
@@ -114,9 +114,10 @@ def main(argv: list[str] | None = None) -> int:
               "--human-label-col", "label", "--stage1-epochs", str(2 if small else args.stage1_epochs),
               "--stage1-batch-size", "256", "--stage2-epochs", str(args.stage2_epochs),
               "--cache-dir", str(out / "cache"), "--no-progress"]
-    common += ["--train-layers", str(args.train_layers)]
-    if args.stage2_max_pairs and not small:
-        common += ["--stage2-max-pairs", str(args.stage2_max_pairs)]
+    if args.stage2_epochs:                 # 0: stage 1 only, the encoder frozen (no layers to train)
+        common += ["--train-layers", str(args.train_layers)]
+        if args.stage2_max_pairs and not small:
+            common += ["--stage2-max-pairs", str(args.stage2_max_pairs)]
     students = {}
     for head in [h for h in args.heads.split(",") if h]:
         students[head] = out / f"student-{head}"
@@ -222,8 +223,10 @@ def write_results(out: Path, report: Path, transfer: Path, students: dict[str, P
              f"{split['train']['pairs']:,} pairs of {split['train']['questions']:,} training questions; best epochs "
              f"chosen on {split['select']['pairs']:,} pairs of {split['select']['questions']:,} other "
              f"training questions (split by qid). Students: N = {args.n} question tokens, M = {args.m} sentence "
-             f"tokens, D = {args.dim}, max lengths {args.left_max_length} / {args.right_max_length}, stage 2 trains "
-             f"the top {args.train_layers} encoder layers. Teacher: "
+             f"tokens, D = {args.dim}, max lengths {args.left_max_length} / {args.right_max_length}, "
+             + (f"stage 2 trains the top {args.train_layers} encoder layers" if args.stage2_epochs else
+                "no stage 2 (the encoder stays frozen)")
+             + ". Teacher: "
              + (f"`{args.teacher}` (given)" if args.teacher else
                 f"MiniLM-L6 cross-encoder, {args.teacher_epochs} epochs at lr {args.teacher_lr:g}, max length "
                 f"{args.teacher_max_length}, on every positive and {args.teacher_negatives} random negatives per "

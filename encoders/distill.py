@@ -106,6 +106,12 @@ class DistillConfig:
         if not 0 <= self.human_label_weight <= 1:
             raise ValueError(f"--human-label-weight {self.human_label_weight!r} is not allowed: give a number in "
                              "[0, 1] (0 = soft labels only, 1 = human labels only where a pair has one)")
+        if self.stage2_epochs == 0:
+            given = [flag for flag, on in (("--stages 1", self.stages == 1), ("--train-layers", self.train_layers),
+                                           ("--virt-weight", self.virt_weight)) if on]
+            if given:
+                raise ValueError(f"--stage2-epochs 0 (stage 1 only, the encoder frozen) is not allowed with "
+                                 f"{', '.join(given)}: those train the encoder, which then never trains")
         if self.train_layers is not None and self.stages != 2:
             raise ValueError("--train-layers needs --stages 2: it trains the top layers in stage 2, on the lower "
                              "layers' cached outputs")
@@ -227,7 +233,7 @@ class Stage:
 
 def plan_stages(student: Student, config: DistillConfig) -> list[Stage]:
     """``--stages 2``: stage 1 trains projection + head with the encoder frozen (early stop on dev),
-    stage 2 trains everything, the encoder at ``--encoder-lr``. ``--stages 1``: everything from the
+    stage 2 trains everything, the encoder at ``--encoder-lr`` (none with ``--stage2-epochs 0``). ``--stages 1``: everything from the
     first step, head at ``--lr`` (it starts from random weights) and encoder at ``--encoder-lr``."""
     encoder = _named_encoder_parameters(student)
     encoder_ids = {id(p) for _, p in encoder}
@@ -237,6 +243,8 @@ def plan_stages(student: Student, config: DistillConfig) -> list[Stage]:
                       [(rest, config.lr), (encoder, config.encoder_lr)], max_pairs=config.stage2_max_pairs)]
     stage1 = Stage("stage1", "stage 1: encoder frozen", True, config.stage1_epochs, config.stage1_batch_size,
                    [(rest, config.lr)], patience=config.patience, max_pairs=config.stage1_max_pairs)
+    if config.stage2_epochs == 0:
+        return [stage1]                  # the frozen-encoder student: no stage 2
     if config.train_layers is not None:
         upper = _unique_parameters([(f"{side}.{name}", p) for side in SIDES
                                     for name, p in upper_parameters(student.encoder.side(side), config.train_layers)])

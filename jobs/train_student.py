@@ -116,7 +116,7 @@ class TrainStudentJob:
                      "in jobs.evaluate)") if self.head == "pooled-cos" else ""
             raise ValueError(f"--head {self.head!r} is not allowed: choose one of {', '.join(TRAINABLE_HEADS)}{extra}")
         positive = {"--n": self.n, "--m": self.m, "--dim": self.dim, "--stage1-epochs": self.stage1_epochs,
-                    "--stage2-epochs": self.stage2_epochs, "--batch-size": self.batch_size,
+                    "--batch-size": self.batch_size,
                     "--stage1-batch-size": self.stage1_batch_size, "--encode-batch-size": self.encode_batch_size,
                     "--patience": self.patience}
         for flag, value in (("--layers", self.layers), ("--head-layers", self.head_layers),
@@ -127,6 +127,9 @@ class TrainStudentJob:
         for flag, value in positive.items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{flag} {value!r} is not allowed: give a positive integer")
+        if not isinstance(self.stage2_epochs, int) or isinstance(self.stage2_epochs, bool) or self.stage2_epochs < 0:
+            raise ValueError(f"--stage2-epochs {self.stage2_epochs!r} is not allowed: give an integer >= 0 "
+                             "(0: stage 1 only, the encoder stays frozen)")
         if self.task is not None and self.task not in TASKS:
             raise ValueError(f"--task {self.task!r} is not allowed: choose one of {', '.join(TASKS)}")
         self.distill_config().check(ranked_dev=bool(self.dev_group_col))   # stages, loss, rates, stage 2, selection
@@ -243,7 +246,8 @@ def head_options_for(head: str, layers: int | None, options: dict[str, Any]) -> 
 @click.option("--patience", type=int, default=2, show_default=True,
               help="Stage 1 stops after this many epochs without a better dev score.")
 @click.option("--stage2-epochs", type=int, default=1, show_default=True,
-              help="Epochs of stage 2 (and of --stages 1).")
+              help="Epochs of stage 2 (and of --stages 1). 0: stage 1 only, the encoder stays frozen (the "
+                   "cheapest student; no --train-layers, --virt-weight or --stages 1 then).")
 @click.option("--stage1-max-pairs", type=int, default=None, metavar="P",
               help="At most P pairs per stage-1 epoch (a new random sample each epoch), for distillation sets "
                    "larger than an epoch needs to be: dev is then evaluated, and early stopping decided, every P "

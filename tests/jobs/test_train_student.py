@@ -196,6 +196,15 @@ def test_two_stage_freeze(tmp_path, toy, tiny_encoder_dir, monkeypatch):
     assert summary.model_fingerprints["student"] == saved.fingerprint
 
 
+def test_stage2_epochs_0_keeps_the_encoder_frozen(tmp_path, toy, tiny_encoder_dir):
+    """The cheapest student: stage 1 only; the checkpoint's encoder is the pretrained one."""
+    summary, student = train(tiny_job(toy, tiny_encoder_dir, tmp_path / "frozen", stage1_epochs=2, patience=2,
+                                      stage2_epochs=0), argv=[])
+    assert {r["stage"] for r in summary.metrics["epochs"]} == {"stage1"} and summary.metrics["best_stage"] == "stage1"
+    pretrained = dict(load_pretrained(tiny_encoder_dir, 2)[0].state_dict())
+    assert same_weights(encoder_weights(load_student(tmp_path / "frozen")), pretrained)
+
+
 def test_one_stage_trains_the_encoder_from_the_start(tmp_path, toy, tiny_encoder_dir, monkeypatch):
     monkeypatch.setattr(frozen_states, "FrozenStates", None)   # no stage 1: nothing may be cached
     summary, student = train(tiny_job(toy, tiny_encoder_dir, tmp_path / "one", stages=1, stage2_epochs=2,
@@ -495,6 +504,9 @@ def _last_stage2_weights(toy, tiny_encoder_dir, output, dev) -> dict[str, torch.
     (dict(select_metric="mrr@10"), "--select-metric mrr@10 ranks dev's candidates per query: give --dev-group-col"),
     (dict(select_metric="bleu"), "--select-metric 'bleu' is not allowed"),
     (dict(train_layers=0), "--train-layers 0 is not allowed"),
+    (dict(stage2_epochs=-1), "--stage2-epochs -1 is not allowed: give an integer >= 0"),
+    (dict(stage2_epochs=0, stages=1), "is not allowed with --stages 1: those train the encoder"),
+    (dict(stage2_epochs=0, train_layers=2), "is not allowed with --train-layers: those train the encoder"),
 ])
 def test_bad_stage2_settings_are_refused(tmp_path, toy, tiny_encoder_dir, changes, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
