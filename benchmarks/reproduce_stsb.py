@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stage2-epochs", type=int, default=1)
     parser.add_argument("--stage2-max-pairs", type=int, default=20_000,
                         help="pairs per stage-2 epoch, a random sample of the distillation set (sized for the time)")
+    parser.add_argument("--human-label-weight", type=float, default=0.5,
+                        help="weight of the human label against the teacher's where a pair has one")
     parser.add_argument("--heads", default=",".join(HEADS), help="heads to train (comma-separated)")
     parser.add_argument("--fresh", action="store_true", help="rerun steps whose output already exists")
     args = parser.parse_args(argv)
@@ -120,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     common = ["--distill", str(distill_train), "--distill", str(distill_mined), "--dev", str(select),
               "--n", str(args.n), "--m", str(args.n), "--dim", str(args.dim),
               "--left-max-length", str(args.max_length), "--right-max-length", str(args.max_length), "--swap",
-              "--human-label-col", "label", "--stage1-epochs", str(2 if small else args.stage1_epochs),
+              "--human-label-col", "label", "--human-label-weight", f"{args.human_label_weight:g}",
+              "--stage1-epochs", str(2 if small else args.stage1_epochs),
               "--stage1-batch-size", "256", "--stage2-epochs", str(args.stage2_epochs),
               "--train-layers", str(args.train_layers), "--cache-dir", str(out / "cache"), "--no-progress"]
     if args.stage2_max_pairs and not small:
@@ -234,7 +237,7 @@ def write_results(out: Path, report: Path, students: dict[str, Path], steps: Ste
              f"(STS-B's own overlap; no dev pair is trained on). Distillation set: the training pairs and the pairs "
              f"mined among their sentences (top {args.top_k} neighbours and {args.random_per_left} random per "
              f"sentence), {distilled:,} pairs labeled by the teacher. Students: N = M = {args.n}, D = {args.dim}, max "
-             f"length {args.max_length}, both orders; stage 2 trains the top {args.train_layers} encoder layers on "
+             f"length {args.max_length}, both orders, human labels at weight {args.human_label_weight:g}; stage 2 trains the top {args.train_layers} encoder layers on "
              f"{'a smoke-test sample' if args.limit else f'{args.stage2_max_pairs:,} pairs per epoch'}. Teacher: "
              + (f"`{args.teacher}` (given)" if args.teacher else
                 f"MiniLM-L6 cross-encoder, graded (BCE on label / 5), {args.teacher_epochs} epochs over both orders "
