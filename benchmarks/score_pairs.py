@@ -278,7 +278,7 @@ def main() -> None:
                 value = head[f"{precision}_pairs_per_s"]
                 print(f"   head only {precision}: {value:,.0f} pairs/s = {value / (gemm[precision] * 1e9 / flops):.0%} "
                       "of the roofline")
-            print(f"   end to end: " + ", ".join(f"{sizes[size]:,} pairs {median(runs[size]):.1f} s" for size in sizes)
+            print("   end to end: " + ", ".join(f"{sizes[size]:,} pairs {median(runs[size]):.1f} s" for size in sizes)
                   + f"; marginal {rate:,.0f} pairs/s, start-up {start:.1f} s")
             print(f"   = {rate / head_mean:.2f}x head-only fp32 (target >= 0.9; head-only "
                   f"{head['fp32_pairs_per_s']:,.0f} before, {head_after:,.0f} after)")
