@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stage2-epochs", type=int, default=1, help="0: stage 1 only, the encoder stays frozen")
     parser.add_argument("--stage2-max-pairs", type=int, default=10_000,
                         help="pairs per stage-2 epoch, a random sample (of ~17.5k; sized for the time budget)")
+    parser.add_argument("--seed", type=int, default=0, help="the students' seed (initialisation, dropout, batch order)")
     parser.add_argument("--heads", default=",".join(HEADS), help="heads to train (comma-separated)")
     parser.add_argument("--fresh", action="store_true", help="rerun steps whose output already exists")
     args = parser.parse_args(argv)
@@ -114,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
               "--human-label-col", "label", "--stage1-epochs", str(2 if small else args.stage1_epochs),
               "--stage1-batch-size", "256", "--stage2-epochs", str(args.stage2_epochs),
               "--cache-dir", str(out / "cache"), "--no-progress"]
+    if args.seed:
+        common += ["--seed", str(args.seed)]
     if args.stage2_epochs:                 # 0: stage 1 only, the encoder frozen (no layers to train)
         common += ["--train-layers", str(args.train_layers)]
         if args.stage2_max_pairs and not small:
@@ -226,7 +229,7 @@ def write_results(out: Path, report: Path, transfer: Path, students: dict[str, P
              f"tokens, D = {args.dim}, max lengths {args.left_max_length} / {args.right_max_length}, "
              + (f"stage 2 trains the top {args.train_layers} encoder layers" if args.stage2_epochs else
                 "no stage 2 (the encoder stays frozen)")
-             + ". Teacher: "
+             + (f", seed {args.seed}" if args.seed else "") + ". Teacher: "
              + (f"`{args.teacher}` (given)" if args.teacher else
                 f"MiniLM-L6 cross-encoder, {args.teacher_epochs} epochs at lr {args.teacher_lr:g}, max length "
                 f"{args.teacher_max_length}, on every positive and {args.teacher_negatives} random negatives per "

@@ -35,6 +35,8 @@ from encoders.ranking_metrics import query_difference, rank_queries  # noqa: E40
 # name -> (what changes, reproduce_wikiqa.py flags). "default" is the base run itself.
 CONFIGS: dict[str, tuple[str, list[str]]] = {
     "frozen": ("no stage 2: the encoder stays frozen, only projection and head train", ["--stage2-epochs", "0"]),
+    "frozen-seed1": ("frozen, students seeded 1", ["--stage2-epochs", "0", "--seed", "1"]),
+    "frozen-seed2": ("frozen, students seeded 2", ["--stage2-epochs", "0", "--seed", "2"]),
     "default": ("the reproduction's defaults: stage 2 on 10,000 sampled pairs, top 2 layers, N 12, M 32", []),
     "stage2-all": ("stage 2 on all 17,475 training pairs", ["--stage2-max-pairs", "17475"]),
     "layers4": ("stage 2 on all pairs, top 4 layers trained", ["--stage2-max-pairs", "17475", "--train-layers", "4"]),
