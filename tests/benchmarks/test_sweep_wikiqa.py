@@ -52,7 +52,7 @@ def test_refuses_a_base_that_is_not_a_finished_reproduction_and_an_output_in_the
 
 def test_unknown_configuration_is_named(tmp_path, capsys):
     assert sweep.main(["--base", str(_fake_base(tmp_path)), "--out", str(tmp_path / "o"), "--only", "layers9"]) == 2
-    assert "--only layers9 is not allowed: choose from default" in capsys.readouterr().err
+    assert "--only layers9 is not allowed: choose from frozen, frozen-seed1" in capsys.readouterr().err
 
 
 def test_configurations_share_the_base_by_hard_links(tmp_path):
