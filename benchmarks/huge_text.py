@@ -74,7 +74,8 @@ def main() -> None:
         done = subprocess.run([sys.executable, "-c", CHILD, str(REPO), str(size), str(args.max_length), mode],
                               capture_output=True, text=True, check=True)
         rows.append((label, json.loads(done.stdout.strip().splitlines()[-1])))
-    print(f"| {'pairs' if args.pairs else 'texts'} (max length {args.max_length}) | tokenize seconds | peak RSS growth | truncated |")
+    kind = "pairs" if args.pairs else "texts"
+    print(f"| {kind} (max length {args.max_length}) | tokenize seconds | peak RSS growth | truncated |")
     print("|---|---|---|---|")
     for label, r in rows:
         print(f"| {label} | {r['seconds']:.2f} | {r['growth_mib']:.0f} MiB | {r['truncated']} |")

@@ -237,7 +237,8 @@ def write_results(out: Path, report: Path, students: dict[str, Path], steps: Ste
              f"(STS-B's own overlap; no dev pair is trained on). Distillation set: the training pairs and the pairs "
              f"mined among their sentences (top {args.top_k} neighbours and {args.random_per_left} random per "
              f"sentence), {distilled:,} pairs labeled by the teacher. Students: N = M = {args.n}, D = {args.dim}, max "
-             f"length {args.max_length}, both orders, human labels at weight {args.human_label_weight:g}; stage 2 trains the top {args.train_layers} encoder layers on "
+             f"length {args.max_length}, both orders, human labels at weight {args.human_label_weight:g}; stage 2 "
+             f"trains the top {args.train_layers} encoder layers on "
              f"{'a smoke-test sample' if args.limit else f'{args.stage2_max_pairs:,} pairs per epoch'}. Teacher: "
              + (f"`{args.teacher}` (given)" if args.teacher else
                 f"MiniLM-L6 cross-encoder, graded (BCE on label / 5), {args.teacher_epochs} epochs over both orders "

@@ -233,8 +233,9 @@ class Stage:
 
 def plan_stages(student: Student, config: DistillConfig) -> list[Stage]:
     """``--stages 2``: stage 1 trains projection + head with the encoder frozen (early stop on dev),
-    stage 2 trains everything, the encoder at ``--encoder-lr`` (none with ``--stage2-epochs 0``). ``--stages 1``: everything from the
-    first step, head at ``--lr`` (it starts from random weights) and encoder at ``--encoder-lr``."""
+    stage 2 trains everything, the encoder at ``--encoder-lr`` (no stage 2 with ``--stage2-epochs
+    0``). ``--stages 1``: everything from the first step, head at ``--lr`` (it starts from random
+    weights) and encoder at ``--encoder-lr``."""
     encoder = _named_encoder_parameters(student)
     encoder_ids = {id(p) for _, p in encoder}
     rest = [(n, p) for n, p in student.named_parameters() if id(p) not in encoder_ids]
