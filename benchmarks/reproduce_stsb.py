@@ -44,8 +44,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.reproduction import (DATA, Steps, checkpoint_origin, inside_repo, interval,  # noqa: E402  (after the path)
-                                     targets_section, verdict)
+from benchmarks.reproduction import (DATA, Steps, checkpoint_origin, differences_table, inside_repo,  # noqa: E402
+                                     interval, targets_section, verdict)
 
 STSB = DATA / "stsb"
 HEADS = ("dipair", "li", "de-cos")
@@ -252,12 +252,8 @@ def write_results(out: Path, report: Path, students: dict[str, Path], steps: Ste
         lines.append(f"| {name} | {q['pearson']:.4f} | {q['spearman']:.4f} | {q['pearson'] - pearson['teacher']:+.4f} | "
                      f"{origin.get(name, '—')} | {result['speed']['pairs_per_second']:,.0f} |")
     lines += ["", "Differences on dev, 95% paired bootstrap over pairs:", "",
-              "| a − b | Pearson | Spearman |", "|---|---|---|"]
-    by_pair = {}
-    for c in metrics["comparisons"]:
-        d = c["differences"]
-        by_pair[(c["a"], c["b"])] = d
-        lines.append(f"| {c['a']} − {c['b']} | {interval(d['pearson'])} | {interval(d['spearman'])} |")
+              *differences_table(metrics["comparisons"], {"Pearson": "pearson", "Spearman": "spearman"})]
+    by_pair = {(c["a"], c["b"]): c["differences"] for c in metrics["comparisons"]}
 
     checks = []
     heads = [h for h in students if h in TOKEN_HEADS]

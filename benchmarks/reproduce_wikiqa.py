@@ -41,8 +41,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.reproduction import (DATA, Steps, checkpoint_origin, inside_repo, interval,  # noqa: E402  (after the path)
-                                     targets_section)
+from benchmarks.reproduction import (DATA, RANKING_COLUMNS, Steps, checkpoint_origin,  # noqa: E402  (after the path)
+                                     differences_table, inside_repo, interval, targets_section)
 
 WIKIQA, TRECQA = DATA / "wikiqa", DATA / "trecqa"
 HEADS = ("dipair", "li", "de-cos")
@@ -244,11 +244,7 @@ def write_results(out: Path, report: Path, transfer: Path, students: dict[str, P
                      f"{result['quality']['auc']:.4f} | {origin.get(name, '—')} | "
                      f"{result['speed']['pairs_per_second']:,.0f} |")
     lines += ["", "Differences on dev, 95% paired bootstrap over questions (AUC: over pairs):", "",
-              "| a − b | MRR@10 | MAP | nDCG@10 | AUC |", "|---|---|---|---|---|"]
-    for c in metrics["comparisons"]:
-        d = c["differences"]
-        lines.append(f"| {c['a']} − {c['b']} | {interval(d['mrr@10'])} | {interval(d['map'])} | "
-                     f"{interval(d['ndcg@10'])} | {interval(d['auc'])} |")
+              *differences_table(metrics["comparisons"], RANKING_COLUMNS)]
     tfirst = next(iter(trec["models"].values()))["ranking"]
     lines += ["", f"## Transfer: TrecQA dev, grouped by question text ({trec['pairs']['count']:,} pairs; "
                   f"{tfirst['queries']:,} of {tfirst['queries_total']:,} questions ranked: wide intervals)", "",
@@ -256,10 +252,7 @@ def write_results(out: Path, report: Path, transfer: Path, students: dict[str, P
     for name, result in trec["models"].items():
         r = result["ranking"]
         lines.append(f"| {name} | {r['mrr@10']:.4f} | {r['map']:.4f} | {r['ndcg@10']:.4f} |")
-    lines += ["", "| a − b | MRR@10 | MAP |", "|---|---|---|"]
-    for c in trec["comparisons"]:
-        lines.append(f"| {c['a']} − {c['b']} | {interval(c['differences']['mrr@10'])} | "
-                     f"{interval(c['differences']['map'])} |")
+    lines += ["", *differences_table(trec["comparisons"], {"MRR@10": "mrr@10", "MAP": "map"})]
 
     mrr = {name: result["ranking"]["mrr@10"] for name, result in models.items()}
     checks = []

@@ -23,6 +23,8 @@ from typing import Callable
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 SKIPPED = "(done before: skipped)"
+# The ranking reproductions' difference columns: header -> metric key in evaluate's metrics.json.
+RANKING_COLUMNS = {"MRR@10": "mrr@10", "MAP": "map", "nDCG@10": "ndcg@10", "AUC": "auc"}
 
 
 def job_env() -> dict[str, str]:
@@ -137,6 +139,21 @@ class Steps:
 def interval(difference: dict) -> str:
     """A ``--compare`` difference as ``+d [low, high]``."""
     return f"{difference['difference']:+.4f} [{difference['low']:+.4f}, {difference['high']:+.4f}]"
+
+
+def differences_table(comparisons: list[dict], columns: dict[str, str], verdict_of: str | None = None
+                      ) -> list[str]:
+    """``evaluate --compare`` differences (metrics.json's "comparisons") as markdown lines: a row per
+    comparison, a column per metric (header -> metric key) as ``+d [low, high]``; with
+    ``verdict_of`` (one of the headers) a last column with that metric's verdict."""
+    headers = ["a − b", *columns] + ([f"verdict ({verdict_of})"] if verdict_of else [])
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for c in comparisons:
+        d = c["differences"]
+        cells = [f"{c['a']} − {c['b']}", *(interval(d[key]) for key in columns.values())]
+        cells += [d[columns[verdict_of]]["verdict"]] if verdict_of else []
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def verdict(difference: dict) -> str:

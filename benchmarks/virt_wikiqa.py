@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.reproduction import Steps, inside_repo, interval  # noqa: E402  (after the path)
+from benchmarks.reproduction import RANKING_COLUMNS, Steps, differences_table, inside_repo  # noqa: E402
 
 HEADS = ("dipair", "de-cos")
 
@@ -156,11 +156,7 @@ def write_results(out: Path, reports: list[Path], summaries: dict, chosen: dict,
                      f"{summary['best_stage']} epoch {summary['best_epoch']} | "
                      f"{_speed_text(summaries[head][alpha])} |")
     lines += ["", "Differences on dev (VIRT on − off), 95% paired bootstrap over questions (AUC: over pairs):", "",
-              "| a − b | MRR@10 | MAP | nDCG@10 | AUC | verdict (MRR@10) |", "|---|---|---|---|---|---|"]
-    for c in metrics["comparisons"]:
-        d = c["differences"]
-        lines.append(f"| {c['a']} − {c['b']} | {interval(d['mrr@10'])} | {interval(d['map'])} | "
-                     f"{interval(d['ndcg@10'])} | {interval(d['auc'])} | {d['mrr@10']['verdict']} |")
+              *differences_table(metrics["comparisons"], RANKING_COLUMNS, verdict_of="MRR@10")]
     lines += ["", "## The sweep (selection set only)", "",
               "| head | alpha | selection MRR@10 (best epoch) | best epoch | mean VIRT loss in stage 2 | "
               "stage 2 pairs/s |", "|---|---|---|---|---|---|"]
