@@ -1,0 +1,38 @@
+"""The kinds of failure a job reports, and the exit status each one gets (the CLI contract,
+"Exit codes and bad nights").
+
+| exit | meaning | raised as |
+|---|---|---|
+| 0 | committed | (no exception) |
+| 1 | a bug: the traceback is kept, with a line saying so | any other exception |
+| 2 | a usage error: one line, before any work where the mistake can be seen up front | :class:`UsageError` and the existing ``ValueError`` family (input, output, pre-flight, store errors) |
+| 3 | the run refused to commit: one line, the previous output stays | :class:`RefusedToCommit` (too many dead letters, an input, store or model changed during the run, a stall) |
+| 130 / 143 | interrupted (SIGINT / SIGTERM): one line, nothing committed | KeyboardInterrupt, the run guard's SIGTERM |
+
+Standard library only: the command line, the pre-flight and the engines' workers all import it.
+"""
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_BUG = 1
+EXIT_USAGE = 2
+EXIT_REFUSED = 3
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+
+
+class UsageError(ValueError):
+    """A bad flag, input or output that the user can fix: one line, exit 2."""
+
+
+class RefusedToCommit(RuntimeError):
+    """The run did its work but will not commit it (exit 3, one line, nothing committed: the
+    previous output stays). Its text is the one line."""
+
+
+class DeadLetterLimit(RefusedToCommit):
+    """More rows were dead-lettered than ``--max-dead-letter-fraction`` allows, or every row was."""
+
+
+class InputChanged(RefusedToCommit):
+    """Something the run pinned at its start (an input, a store, a model) changed while it ran."""
