@@ -80,7 +80,7 @@ def stall_option(command: Callable) -> Callable:
     """--stall-timeout: how long a Beam job waits for workers that never start (pipeline/beam/watchdog.py)."""
     return click.option("--stall-timeout", type=click.FloatRange(min=0), default=300.0, show_default=True,
                         metavar="SECONDS",
-                        help="End the run (exit 1, one line saying what is missing) when Beam has asked for "
+                        help="End the run (exit 3, one line saying what is missing) when Beam has asked for "
                              "workers, none has connected and nothing has progressed for this long; 0: wait "
                              "forever. Watches the runners whose workers connect to this process (multi-process, "
                              "PortableRunner with --job_endpoint=embed).")(command)
@@ -232,11 +232,13 @@ def run_job(job: Callable[[], str], *, name: str, quiet: bool = False, verbose: 
     print what it returns (the summary) below the progress; a bad argument or input becomes one
     clear line and exit status 2. ``beam_args``: the pass-through Beam options; with multi-process
     workers their start-up log lines are filtered out. ``stall_seconds``: the stall watchdog's
-    limit (pipeline/beam/watchdog.py; 0: none); a stalled run prints one line and exits 1."""
+    limit (pipeline/beam/watchdog.py; 0: none). Exit statuses: pipeline/errors.py (a stalled run,
+    or one that refuses to commit, prints one line and exits 3)."""
     # Imported here, not above: `python -m jobs.<name>` first moves the current directory (which
     # may hold a user's own pipeline.py) behind pairscore's packages (main_module).
     from pipeline import progress, stderr
     from pipeline.beam import watchdog
+    from pipeline.errors import EXIT_REFUSED, EXIT_USAGE, RefusedToCommit
 
     global _run_started
     _run_started = PROCESS_STARTED if _from_process_start else time.time()
@@ -254,7 +256,7 @@ def run_job(job: Callable[[], str], *, name: str, quiet: bool = False, verbose: 
         except ValueError as err:  # pipeline.readers.InputError too
             progress.stop()
             click.echo(f"error: {err}", err=True)
-            sys.exit(2)
+            sys.exit(EXIT_USAGE)
         except watchdog.Stalled as err:   # the output is already cleaned up (abort_output_on_failure)
             stop_watching()
             drain()            # this line must not wait in the worker filter: the exit below is abrupt
@@ -264,7 +266,11 @@ def run_job(job: Callable[[], str], *, name: str, quiet: bool = False, verbose: 
             sys.stderr.flush()
             # Beam's threads still wait for the missing worker and would keep the interpreter
             # from exiting: leave at once.
-            os._exit(1)
+            os._exit(EXIT_REFUSED)
+        except RefusedToCommit as err:   # nothing was committed; the previous output stays
+            progress.stop()
+            click.echo(f"refused to commit: {err}", err=True)
+            sys.exit(EXIT_REFUSED)
         except BaseException as err:
             # Ctrl-C, SIGTERM and a full disk: one line (and 130 / 143 for the signals), no
             # traceback; anything else keeps its traceback.

@@ -11,7 +11,7 @@ connected (:func:`instrument_beam_workers` wraps Beam's worker start and its con
 the progress this process has seen (pipeline/progress.py). When workers have been asked for, none
 has connected, and nothing has progressed for ``seconds``, it ends the run: the main thread gets
 :class:`Stalled` (the output is cleaned up as for any failure) and the command line prints one line
-naming what is missing and exits 1.
+naming what is missing and exits 3 (the run refused to commit, pipeline/errors.py).
 
 It never fires when there is nothing to watch: the in-process runner's worker is this process, and
 remote runners' workers (Dataflow, Flink, Spark) connect to their own services. Standard library
@@ -25,9 +25,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from pipeline.errors import RefusedToCommit
 
 
-class Stalled(RuntimeError):
+class Stalled(RefusedToCommit):
     """Raised in the main thread when the watchdog ends a stalled run; its text is the one line."""
 
 

@@ -1,4 +1,4 @@
-"""The stall watchdog: a run whose Beam workers never connect ends with one line and exit 1;
+"""The stall watchdog: a run whose Beam workers never connect ends with one line and exit 3;
 a run with a connected worker, with progress, or with no worker to wait for is left alone."""
 from __future__ import annotations
 
@@ -115,7 +115,7 @@ def test_score_pairs_with_a_worker_pool_whose_workers_cannot_start(tmp_path, tin
         os.killpg(pool.pid, signal.SIGTERM)
         pool.wait(timeout=60)
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert done.returncode == 1, done.stderr[-3000:]
+    assert done.returncode == 3, done.stderr[-3000:]   # refused to commit (pipeline/errors.py)
     assert len(errors) == 1 and "stalled: no Beam worker has connected" in errors[0], done.stderr[-3000:]
     assert f"worker pool at localhost:{port}" in errors[0]
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
