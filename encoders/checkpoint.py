@@ -7,6 +7,8 @@ Layout of a checkpoint directory::
     left_encoder/          ... or one per side when the encoder is not shared
     right_encoder/
     student.safetensors    projections (left_projection.*, right_projection.*) and head (head.*)
+    fingerprint.json       the file and weight fingerprints and every file's size and SHA-256
+                           (encoders/file_fingerprint.py); older checkpoints without it still load
 
 The encoders are saved with only their K layers, so a checkpoint is self-contained: it never
 needs the pretrained source again. Stage one, stage two and training read this same format.
@@ -26,6 +28,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from encoders.config import StudentConfig, baseline_config
 from encoders.dual_encoder import DualEncoder
+from encoders.file_fingerprint import RECORD_FILE, write_record
 from encoders.fingerprint import hash_weights, tokenizer_identity
 from encoders.remote import atomic_directory, local_model_dir
 from encoders.sources import load_config, load_pretrained, refuse_checkpoint_code
@@ -115,7 +118,7 @@ def save_student(student: Student, directory: str | os.PathLike) -> Path:
     model, and re-saving replaces the previous checkpoint whole. A ``directory`` holding anything
     but a checkpoint is refused rather than replaced."""
     directory = Path(directory)
-    checkpoint_names = {CONFIG_FILE, WEIGHTS_FILE, SHARED_ENCODER_DIR, *SIDE_ENCODER_DIRS.values()}
+    checkpoint_names = {CONFIG_FILE, WEIGHTS_FILE, RECORD_FILE, SHARED_ENCODER_DIR, *SIDE_ENCODER_DIRS.values()}
     config = student.config
     encoder = student.encoder
     with atomic_directory(directory, allowed=checkpoint_names.__contains__) as target:
@@ -131,6 +134,9 @@ def save_student(student: Student, directory: str | os.PathLike) -> Path:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(target / WEIGHTS_FILE),
                   metadata={"format": "pairscore-student"})
         (target / CONFIG_FILE).write_text(config.to_json() + "\n", encoding="utf-8")
+        # Last: it lists the files above (sizes and SHA-256) and the weight fingerprint, so the
+        # pre-flight can match this model with a store without loading it.
+        write_record(target, student.fingerprint)
     return directory
 
 

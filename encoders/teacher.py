@@ -38,6 +38,7 @@ from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTo
 
 from encoders.device import autocast
 from encoders.dual_encoder import cut_texts
+from encoders.file_fingerprint import write_record
 from encoders.fingerprint import hash_weights, tokenizer_identity
 from encoders.inference import length_order
 from encoders.remote import atomic_directory, local_model_dir
@@ -453,6 +454,7 @@ def save_teacher(teacher: CrossEncoder, directory: str | os.PathLike) -> Path:
         teacher.model.save_pretrained(target, safe_serialization=True)
         teacher.tokenizer.save_pretrained(target)
         (target / TEACHER_FILE).write_text(teacher.task.to_json() + "\n", encoding="utf-8")
+        write_record(target, teacher.fingerprint)   # encoders/file_fingerprint.py, after the files it lists
     return directory
 
 
