@@ -29,6 +29,9 @@ Hugging Face and safetensors load from local files only. So a directory on ``gs:
   process or found in the cache) its files are checked against the pin: exactly the pinned
   files, each of the pinned size and SHA-256. A copy changed in the cache is refused, naming the
   file, never loaded.
+* **Local models are pinned too** (:func:`pin_model_dir`): the pin lists their files' sizes and
+  SHA-256 where they are, and every load checks the directory against it first, so a model
+  directory replaced after the run checked it stops the run (``ModelChanged``, naming the file).
 * Without a pin (a process that loads a remote model on its own) each load lists the remote
   directory again (one call), so a model replaced on the remote store is copied afresh.
 
@@ -55,9 +58,11 @@ from typing import Callable, Iterator
 from apache_beam.io.filesystem import BeamIOError, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from encoders.file_fingerprint import MODEL_FILE_SUFFIXES, file_entries, file_sha256, files_digest, verify_entries
+
 CACHE_ENV = "PAIRSCORE_MODEL_CACHE"
 # What a model directory may hold that is copied: data formats that cannot execute code.
-COPIED_SUFFIXES = (".safetensors", ".json", ".txt", ".model")
+COPIED_SUFFIXES = MODEL_FILE_SUFFIXES
 
 _COPY_CHUNK_BYTES = 8 << 20
 _LOG = logging.getLogger(__name__)
@@ -81,10 +86,16 @@ class ModelPin:
             digest.update(f"{relative}\0{sha}\n".encode())
         return digest.hexdigest()[:32]
 
+    @property
+    def fingerprint(self) -> str:
+        """The model's file fingerprint (encoders/file_fingerprint.py): what a store written with
+        this model records as ``model_files_fingerprint``."""
+        return files_digest(self.files)
+
 
 class PinnedModelDir(str):
-    """A remote model directory (the string, as given) that carries the :class:`ModelPin` the
-    launching process took. It travels wherever the job's model path travels (settings pickled
+    """A model directory (the string, as given; local or remote) that carries the
+    :class:`ModelPin` the launching process took. It travels wherever the job's model path travels (settings pickled
     to the workers), and :func:`local_model_dir` loads exactly the pinned bytes from it."""
 
     pin: ModelPin
@@ -113,33 +124,70 @@ def cache_root() -> str:
 
 
 def _private_cache_root() -> str:
-    """The cache root, made if missing with mode 0700 (the user's own)."""
+    """The cache root, made if missing with mode 0700 (the user's own). Refused (ValueError, one
+    line) when another user could put files there that this process would load: a root owned by
+    another user (root aside), or one that others may write without the sticky bit. The default
+    root, when it is ours but open to others (an old umask), is closed instead."""
     root = cache_root()
     os.makedirs(root, mode=0o700, exist_ok=True)
-    if os.environ.get(CACHE_ENV) is None:
-        info = os.stat(root)
-        if info.st_uid == os.getuid() and info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            os.chmod(root, 0o700)   # ours, but open to others (an old umask): close it
+    info = os.stat(root)
+    ours = info.st_uid == os.getuid()
+    if ours and os.environ.get(CACHE_ENV) is None and info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        os.chmod(root, 0o700)   # ours, but open to others (an old umask): close it
+        return root
+    where = f"model cache {root}" + (f" (${CACHE_ENV})" if os.environ.get(CACHE_ENV) else "")
+    if not ours and info.st_uid != 0:
+        raise ValueError(f"{where} belongs to {_user_name(info.st_uid)}, not to this user "
+                         f"({_user_name(os.getuid())}): models copied there could be replaced by its owner; "
+                         f"set {CACHE_ENV} to a directory of your own")
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not info.st_mode & stat.S_ISVTX:
+        raise ValueError(f"{where} may be written by other users (mode {stat.S_IMODE(info.st_mode):o}, no sticky "
+                         f"bit): models copied there could be replaced; make it private (chmod 700) or set "
+                         f"{CACHE_ENV} to a directory of your own")
     return root
 
 
+def _user_name(uid: int) -> str:
+    try:
+        import pwd
+        return f"user {pwd.getpwuid(uid).pw_name!r} (uid {uid})"
+    except (ImportError, KeyError):
+        return f"uid {uid}"
+
+
 def pin_model_dir(path: str | None) -> str | None:
-    """What the launching process hands on as the model path: for a remote directory, a
-    :class:`PinnedModelDir` of the copy it made now (workers then load exactly these bytes);
-    a local path, a hub id or None is returned as it is."""
-    if path is None or isinstance(path, PinnedModelDir) or not is_remote(str(path)):
+    """What the launching process hands on as the model path: a :class:`PinnedModelDir` carrying
+    the size and SHA-256 of every model file, so that every worker loads exactly these bytes.
+    A remote directory is copied now (the pin is of the copy); a local directory is pinned where it
+    is (its files are read once to hash them). A hub id or None is returned as it is."""
+    if path is None or isinstance(path, PinnedModelDir):
         return path
+    if not is_remote(str(path)):
+        if not os.path.isdir(path):
+            return path
+        return PinnedModelDir(str(path), ModelPin(file_entries(path)))
     with _LOCK:
         _, pin = _current_copy(str(path))
     return PinnedModelDir(str(path), pin)
+
+
+def pinned_file_fingerprint(path: str | None) -> str | None:
+    """The file fingerprint (encoders/file_fingerprint.py) of a :class:`PinnedModelDir`'s pinned
+    files, what a store written with that model records; None for anything unpinned (the
+    baseline, a hub id)."""
+    pin = getattr(path, "pin", None)
+    return pin.fingerprint if pin is not None else None
 
 
 def local_model_dir(path: str) -> str:
     """A local directory holding the model directory ``path``: ``path`` itself when it is local
     (or a hub id), else a verified copy of it in the cache (see the module docstring): the pinned
     files when ``path`` is a :class:`PinnedModelDir`, what the remote directory holds now otherwise.
+    A pinned local directory is verified against its pin first (sizes, then SHA-256).
 
     Raises:
+        ModelChanged (a ValueError): a pinned local directory whose files differ from the pin,
+            naming the first file that does.
         ValueError: a remote ``path`` with no model files under it, or with a file whose name
             would land outside the copy; a pinned file that changed on the remote store since the
             pin was taken; a cached copy that no longer matches its pin (each naming the file).
@@ -147,6 +195,10 @@ def local_model_dir(path: str) -> str:
     pin = getattr(path, "pin", None)
     path = str(path)
     if not is_remote(path):
+        if pin is not None:
+            verify_entries(path, pin.files, f"it changed after this run pinned the model {path} at its start. Every "
+                           "worker must load the model the run checked: the run is stopped rather than label one "
+                           "model's scores with another's name; start it again once the model is in place")
         return path
     with _LOCK:
         if pin is None:
@@ -279,14 +331,6 @@ def _cached_files(local: str) -> dict[str, str]:
     return found
 
 
-def _file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_COPY_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _verify(local: str, pin: ModelPin, remote: str) -> None:
     """ValueError naming the file unless ``local`` holds exactly the pinned files, each of the
     pinned size (checked first: cheap) and SHA-256."""
@@ -303,7 +347,7 @@ def _verify(local: str, pin: ModelPin, remote: str) -> None:
             problem = f"{os.path.join(local, relative)} is missing"
         elif os.path.getsize(full) != size:
             problem = f"{full} has {os.path.getsize(full)} bytes, not the {size} copied"
-        elif _file_sha256(full) != sha:
+        elif file_sha256(full) != sha:
             problem = f"{full} does not hold the bytes copied (SHA-256 differs)"
     if problem:
         raise ValueError(f"the cached copy of model {remote} was changed after it was made: {problem}. It is not "

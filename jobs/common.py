@@ -238,7 +238,7 @@ def run_job(job: Callable[[], str], *, name: str, quiet: bool = False, verbose: 
     # may hold a user's own pipeline.py) behind pairscore's packages (main_module).
     from pipeline import progress, stderr
     from pipeline.beam import watchdog
-    from pipeline.errors import EXIT_REFUSED, EXIT_USAGE, RefusedToCommit
+    from pipeline.errors import EXIT_REFUSED, EXIT_USAGE, refusal_in
 
     global _run_started
     _run_started = PROCESS_STARTED if _from_process_start else time.time()
@@ -267,14 +267,16 @@ def run_job(job: Callable[[], str], *, name: str, quiet: bool = False, verbose: 
             # Beam's threads still wait for the missing worker and would keep the interpreter
             # from exiting: leave at once.
             os._exit(EXIT_REFUSED)
-        except RefusedToCommit as err:   # nothing was committed; the previous output stays
-            progress.stop()
-            click.echo(f"refused to commit: {err}", err=True)
-            sys.exit(EXIT_REFUSED)
         except BaseException as err:
+            progress.stop()
+            # A run that refused to commit (nothing was committed; the previous output stays), also
+            # when a worker refused and Beam wrapped its exception: one line, exit 3.
+            refused = refusal_in(err)
+            if refused is not None:
+                click.echo(f"refused to commit: {refused}", file=stream if stream is not None else sys.stderr)
+                sys.exit(EXIT_REFUSED)
             # Ctrl-C, SIGTERM and a full disk: one line (and 130 / 143 for the signals), no
             # traceback; anything else keeps its traceback.
-            progress.stop()
             failure = _one_line_failure(err)
             if failure is None:
                 raise

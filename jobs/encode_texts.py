@@ -78,7 +78,7 @@ def main(ctx: click.Context, quiet: bool, verbose: bool, stall_timeout: float, *
 @abort_output_on_failure
 def run(job: EncodeTextsJob, beam_args: list[str], argv: list[str] | None = None) -> RunSummary:
     """Check everything that can be checked, run the pipeline, write manifest and summary."""
-    from encoders.remote import pin_model_dir
+    from encoders.remote import pin_model_dir, pinned_file_fingerprint
     from pipeline.provenance import table_metadata
     import apache_beam as beam
     from encoders.checkpoint import load_or_build_student
@@ -100,7 +100,8 @@ def run(job: EncodeTextsJob, beam_args: list[str], argv: list[str] | None = None
     files = expand_inputs(job.inputs, job.format)
     columns = TextColumns(text=job.text_col, id=job.id_col)
     check_columns(files, [c for c in (columns.text, columns.id) if c])
-    # A remote model is pinned here: every worker loads the bytes this process fingerprints.
+    # The model is pinned here (local or remote: every file's size and SHA-256): every worker loads
+    # the bytes this process fingerprints, or stops the run (exit 3) naming the file that changed.
     job = replace(job, model_dir=pin_model_dir(job.model_dir))
     student = load_or_build_student(job.model_dir, baseline_config())
     layout = store_layout(student, job.side, job.dtype)
@@ -152,7 +153,8 @@ def run(job: EncodeTextsJob, beam_args: list[str], argv: list[str] | None = None
         reconciliation=(f"rows read {counts['rows_read']:,} = kept {counts['rows_kept']:,} + duplicates "
                         f"{counts['rows_duplicate']:,} + dead-lettered {counts['rows_dead_lettered']:,}"),
         notes=notes)
-    write_manifest(out.staged(), model_fingerprint=student.fingerprint, encoder=student.config.encoder,
+    write_manifest(out.staged(), model_fingerprint=student.fingerprint,
+                   model_files_fingerprint=pinned_file_fingerprint(job.model_dir), encoder=student.config.encoder,
                    layout=layout, token_selection=student.config.token_selection,
                    max_length=student.config.max_length(job.side))
     out.commit(summary)

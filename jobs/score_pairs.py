@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # annotations only: the imports run inside the functions
     from encoders.checkpoint import Student
     from pipeline.beam.score import PairColumns
     from pipeline.readers import InputFile
-    from pipeline.store import StoreLayout
+    from pipeline.store import PartPin, StoreLayout
     from pipeline.summary import RunSummary
 
 
@@ -74,7 +74,7 @@ class SidePlan:
     """One side's store: its layout, the files it starts from, where it is written (staged)."""
     side: str
     layout: StoreLayout
-    existing_files: tuple[str, ...]
+    existing_parts: tuple[PartPin, ...]   # the --store side's part files, pinned (empty without --store)
     existing_rows: int
     text_files: tuple[InputFile, ...]
     output: str   # relative to --output, e.g. store/left
@@ -97,8 +97,8 @@ def check_arguments(job: ScorePairsJob) -> None:
         raise ValueError(f"--keep-cols {','.join(clashing)} would overwrite output columns {sorted(reserved)}")
 
 
-def existing_store(job: ScorePairsJob, student: Student, side: str) -> tuple[tuple[str, ...], int, str]:
-    """(files, rows, dtype) of ``--store``'s side, checked against the model; empty if none."""
+def existing_store(job: ScorePairsJob, student: Student, side: str) -> tuple[tuple[PartPin, ...], int, str]:
+    """(part files pinned, rows, dtype) of ``--store``'s side, checked against the model; empty if none."""
     from pipeline.store import StoreWanted, open_store_side, store_layout
 
     if job.store is None:
@@ -107,7 +107,7 @@ def existing_store(job: ScorePairsJob, student: Student, side: str) -> tuple[tup
     store = open_store_side(job.store, side, StoreWanted(
         student.fingerprint, student.config.encoder, layout.tokens_kept, layout.dim, layout.pooled_dim,
         student.config.token_selection, student.config.max_length(side)))
-    return store.files, store.manifest.rows, store.manifest.dtype
+    return store.parts, store.manifest.rows, store.manifest.dtype
 
 
 def store_bytes_bound(plans: dict[str, SidePlan], pair_rows: int) -> int:
@@ -228,7 +228,7 @@ def main(ctx: click.Context, quiet: bool, verbose: bool, stall_timeout: float, *
 @abort_output_on_failure
 def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None) -> RunSummary:
     """Check everything that can be checked, run the pipeline, write manifests and summary."""
-    from encoders.remote import pin_model_dir
+    from encoders.remote import pin_model_dir, pinned_file_fingerprint
     from pipeline.provenance import stamped, table_metadata
     import apache_beam as beam
     from apache_beam.io.parquetio import WriteToParquetBatched
@@ -264,15 +264,16 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
         for side, patterns in (("left", job.left_texts), ("right", job.right_texts)):
             text_files[side] = tuple(expand_inputs(patterns))
             check_columns(text_files[side], [job.texts_id_col, job.texts_text_col])
-    # A remote model is pinned here: every worker loads the bytes this process fingerprints.
+    # The model is pinned here (local or remote: every file's size and SHA-256): every worker loads
+    # the bytes this process fingerprints, or stops the run (exit 3) naming the file that changed.
     job = replace(job, model_dir=pin_model_dir(job.model_dir))
     student = load_or_build_student(job.model_dir, baseline_config())
     if student.head is None:
         raise ValueError(f"model {job.model_dir!r} has no head to score with")
     plans = {}
     for side in SIDES:
-        files, rows, dtype = existing_store(job, student, side)
-        plans[side] = SidePlan(side, store_layout(student, side, dtype), files, rows, text_files[side],
+        parts, rows, dtype = existing_store(job, student, side)
+        plans[side] = SidePlan(side, store_layout(student, side, dtype), parts, rows, text_files[side],
                                STORE_DIR + "/" + side)
     pair_rows = count_input_rows(pair_files) if (not columns.id_mode or job.dedupe_pairs) else 0
     join, why = choose_join(job, plans, 0 if columns.id_mode else pair_rows)
@@ -301,7 +302,7 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
             dead_letters += [text_rows[DEAD_LETTER_TAG], deduped[DEAD_LETTER_TAG]]
         else:
             unique = read[f"{side}_texts"] | f"Distinct{label}Texts" >> DistinctPairTexts()
-        old = (read_store_tables(pipeline, plan.existing_files, f"{label}Store") if plan.existing_files
+        old = (read_store_tables(pipeline, plan.existing_parts, f"{label}Store") if plan.existing_parts
                else pipeline | f"No{label}Store" >> beam.Create([]))
         settings = EncodeSettings(model_dir=job.model_dir, side=side, batch_size=job.encode_batch_size,
                                   dtype=plan.layout.dtype, device=job.device)
@@ -362,7 +363,8 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
         notes=notes)
     # Manifests only now that the counts reconcile: a store with a manifest is a complete store.
     for side, plan in plans.items():
-        write_manifest(out.staged(plan.output), model_fingerprint=student.fingerprint, encoder=student.config.encoder,
+        write_manifest(out.staged(plan.output), model_fingerprint=student.fingerprint,
+                       model_files_fingerprint=pinned_file_fingerprint(job.model_dir), encoder=student.config.encoder,
                        layout=plan.layout, token_selection=student.config.token_selection,
                        max_length=student.config.max_length(side))
     out.commit(summary)

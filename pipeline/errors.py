@@ -13,6 +13,8 @@ Standard library only: the command line, the pre-flight and the engines' workers
 """
 from __future__ import annotations
 
+import re
+
 EXIT_OK = 0
 EXIT_BUG = 1
 EXIT_USAGE = 2
@@ -36,3 +38,28 @@ class DeadLetterLimit(RefusedToCommit):
 
 class InputChanged(RefusedToCommit):
     """Something the run pinned at its start (an input, a store, a model) changed while it ran."""
+
+
+# Beam hands a worker's exception back wrapped: in process, the same class with
+# " [while running 'STEP']" appended to its text; from other processes (the multi-process
+# DirectRunner, portable workers), a RuntimeError whose text is the worker's traceback, with the
+# original exception's "module.Class: message" line in it.
+_WRAPPED_LINE = re.compile(r"^(?:[\w.]+\.)?(RefusedToCommit|DeadLetterLimit|InputChanged): (.+)$", re.M)
+_WHILE_RUNNING = re.compile(r" \[while running '[^']*'\]")
+
+
+def refusal_in(err: BaseException) -> RefusedToCommit | None:
+    """The :class:`RefusedToCommit` that ``err`` is, or that Beam wrapped (see above), with its one
+    line restored (Beam's step names taken out); None when there is none. Looks through
+    ``__cause__``/``__context__`` too."""
+    classes = {cls.__name__: cls for cls in (RefusedToCommit, DeadLetterLimit, InputChanged)}
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, RefusedToCommit):
+            return type(err)(_WHILE_RUNNING.sub("", str(err)).strip())
+        found = _WRAPPED_LINE.search(str(err))
+        if found:
+            return classes[found.group(1)](_WHILE_RUNNING.sub("", found.group(2)).strip())
+        err = err.__cause__ or err.__context__
+    return None

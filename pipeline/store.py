@@ -1,6 +1,6 @@
 """The embedding store: one Parquet (zstd) row per unique text of one side, plus a manifest.
 
-Schema (schema version 1)::
+Schema (of the rows; unchanged since schema version 1)::
 
     id           string   the text's id (given, or text_id(text) when the input has no id column)
     text_hash    string   text_id(text): lets a later run check that an id still means the same text
@@ -19,16 +19,22 @@ Embeddings are raw little-endian bytes rather than Parquet list<float16>, becaus
 everywhere; decoding is one call, e.g. ``numpy.frombuffer(b, "<f2").reshape(N, D)``.
 
 ``_MANIFEST.json`` beside the files records what the embeddings mean (see ``StoreManifest``).
+Schema version 2 adds what the files are: each part's size and SHA-256, and the file fingerprint
+of the model that wrote it (encoders/file_fingerprint.py). A run pins the parts it will read
+(:class:`PartPin`, from the manifest, or from what the files show for a version 1 store) and its
+workers read exactly those bytes (:func:`open_part`): a store replaced mid-run stops the run.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Sequence
+from typing import IO, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -44,7 +50,11 @@ from pipeline.store_codec import (SideArrays, binary_values, decode_pooled, deco
 from pipeline.writers import COMPRESSION, write_json_file  # noqa: F401
 from pipeline.paths import escape_glob
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+# Keys a version 1 manifest lacks (version 2 has them all).
+V2_KEYS = ("part_bytes", "part_sha256", "model_files_fingerprint")
+_HASH_CHUNK_BYTES = 8 << 20
 MANIFEST_FILE = "_MANIFEST.json"
 STORE_FILE_PREFIX = "part"
 STORE_FILE_SUFFIX = ".parquet"
@@ -104,13 +114,20 @@ class StoreManifest:
     rows: int
     files: list[str]
     schema_version: int = SCHEMA_VERSION
+    part_bytes: list[int] | None = None        # version 2: each file's size, in the order of ``files``
+    part_sha256: list[str] | None = None       # version 2: each file's SHA-256 hex
+    model_files_fingerprint: str | None = None  # version 2: the writing model's file fingerprint (None: baseline)
 
     @property
     def layout(self) -> StoreLayout:
         return StoreLayout(self.side, self.tokens_kept, self.dim, self.dtype, self.pooled_dim)
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+        data = dataclasses.asdict(self)
+        if self.schema_version < 2:   # a version 1 manifest read back is written as it was
+            for key in V2_KEYS:
+                del data[key]
+        return json.dumps(data, indent=2, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str, path: str = MANIFEST_FILE) -> "StoreManifest":
@@ -125,18 +142,22 @@ class StoreManifest:
                              f"column {err.colno}") from None
         if not isinstance(data, dict):
             raise StoreError(f"store manifest {path} holds a JSON {type(data).__name__}, not an object")
-        if data.get("schema_version") != SCHEMA_VERSION:
-            raise StoreError(f"store manifest {path}: schema version {data.get('schema_version')!r} is not "
-                             f"supported (this pairscore reads {SCHEMA_VERSION})")
-        known = [f.name for f in dataclasses.fields(cls)]
+        version = data.get("schema_version")
+        if version not in READABLE_VERSIONS:
+            raise StoreError(f"store manifest {path}: schema version {version!r} is not supported (this "
+                             f"pairscore reads {' and '.join(map(str, READABLE_VERSIONS))})")
+        known = [f.name for f in dataclasses.fields(cls) if version >= 2 or f.name not in V2_KEYS]
         unknown = sorted(set(data) - set(known))
         missing = [name for name in known if name not in data]
         if unknown or missing:
             parts = ([f"unknown key(s) {', '.join(map(repr, unknown))}"] if unknown else []) + \
                     ([f"missing key(s) {', '.join(map(repr, missing))}"] if missing else [])
             raise StoreError(f"store manifest {path} has {' and '.join(parts)}; a schema version "
-                             f"{SCHEMA_VERSION} manifest has exactly {', '.join(known)}")
+                             f"{version} manifest has exactly {', '.join(known)}")
         problems = [p for name, value in data.items() if (p := _field_problem(name, value))]
+        if not problems and version >= 2 and not len(data["files"]) == len(data["part_bytes"]) == len(
+                data["part_sha256"]):
+            problems.append("files, part_bytes and part_sha256 must have one entry per part file")
         if problems:
             raise StoreError(f"store manifest {path} is invalid: {'; '.join(problems)}")
         return cls(**data)
@@ -155,7 +176,13 @@ _FIELD_RULES = {
     "max_length": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "rows": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     "files": (lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v), "a list of file names"),
-    "schema_version": (lambda v: v == SCHEMA_VERSION, str(SCHEMA_VERSION)),
+    "schema_version": (lambda v: v in READABLE_VERSIONS, " or ".join(map(str, READABLE_VERSIONS))),
+    "part_bytes": (lambda v: isinstance(v, list) and all(_is_int(n) and n >= 0 for n in v),
+                   "a list of sizes in bytes"),
+    "part_sha256": (lambda v: isinstance(v, list) and all(isinstance(h, str) and len(h) == 64 for h in v),
+                    "a list of SHA-256 hex digests"),
+    "model_files_fingerprint": (lambda v: v is None or (isinstance(v, str) and len(v) == 64),
+                                "null or a SHA-256 hex digest"),
 }
 
 
@@ -200,25 +227,52 @@ def read_manifest(store_dir: str) -> StoreManifest:
     return StoreManifest.from_json(text, path)
 
 
-def check_store_parts(store_dir: str, manifest: StoreManifest, content: bool = True) -> tuple[str, ...]:
-    """The paths of the store's part files, each checked before any pipeline reads it: present,
-    a readable Parquet footer, the columns and types of the manifest's layout, and row counts that
-    add up to the manifest's ``rows``; with ``content``, also what the rows hold
+@dataclass(frozen=True)
+class PartPin:
+    """One store part file as a run found it at its start: its path, size and SHA-256. Workers
+    read a part only through :func:`open_part`, which checks these."""
+    path: str
+    size: int
+    sha256: str
+
+
+@contextlib.contextmanager
+def open_part(path: str) -> Iterator[tuple[IO[bytes], int, str]]:
+    """(handle, size, SHA-256) of a part file: the whole file is read once through the handle to
+    hash it, then the handle is rewound, so what is parsed from it afterwards is exactly what was
+    hashed (a part replaced by a rename meanwhile leaves this handle on the bytes it hashed)."""
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        digest, size = hashlib.sha256(), 0
+        while chunk := handle.read(_HASH_CHUNK_BYTES):
+            digest.update(chunk)
+            size += len(chunk)
+        handle.seek(0)
+        yield handle, size, digest.hexdigest()
+
+
+def check_store_parts(store_dir: str, manifest: StoreManifest, content: bool = True) -> tuple[PartPin, ...]:
+    """The store's part files, each checked before any pipeline reads it and pinned: present, of
+    the size and SHA-256 its manifest records (version 2; a version 1 store is pinned by what its
+    files hold now), a readable Parquet footer, the columns and types of the manifest's layout, and
+    row counts that add up to the manifest's ``rows``; with ``content``, also what the rows hold
     (:class:`StoreContentCheck`: finite embeddings, every id once in the whole store). StoreError
     naming the file otherwise.
 
-    Footers first, a few files at a time (on object stores each is a round trip); the content is
-    then streamed a row group at a time (memory: one row group per thread, plus the ids)."""
+    Each part is hashed and its footer read, a few files at a time (on object stores each is a
+    round trip); the content is then streamed a row group at a time (memory: one row group per
+    thread, plus the ids)."""
     manifest_path = FileSystems.join(store_dir, MANIFEST_FILE)
     want = manifest.layout.schema()
     paths = [FileSystems.join(store_dir, name) for name in manifest.files]
+    recorded = (dict(zip(paths, zip(manifest.part_bytes, manifest.part_sha256)))
+                if manifest.part_bytes is not None else {})
 
-    def part_rows(path: str) -> int:
+    def pin_part(path: str) -> tuple[int, PartPin]:
         if not FileSystems.exists(path):
             raise StoreError(f"store manifest {manifest_path} lists {FileSystems.split(path)[1]}, which is "
                              f"missing from {store_dir}: the store is incomplete")
         try:
-            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            with open_part(path) as (handle, size, sha):
                 footer = pq.ParquetFile(handle)
                 schema, rows = footer.schema_arrow, footer.metadata.num_rows
         except (pa.ArrowException, OSError) as err:
@@ -227,33 +281,58 @@ def check_store_parts(store_dir: str, manifest: StoreManifest, content: bool = T
         if [(f.name, f.type) for f in schema] != [(f.name, f.type) for f in want]:
             raise StoreError(f"store part {path} does not match {manifest_path}: it has columns "
                              f"{_describe_columns(schema)}, the manifest's layout needs {_describe_columns(want)}")
-        return rows
+        if path in recorded and (size, sha) != recorded[path]:
+            raise StoreError(f"store part {path} is not the file {manifest_path} records ({recorded[path][0]} "
+                             f"bytes, SHA-256 {recorded[path][1][:16]}…; found {size} bytes, SHA-256 "
+                             f"{sha[:16]}…): the store was changed after it was written")
+        return rows, PartPin(path, size, sha)
 
     threads = max(1, min(_CHECK_THREADS, len(paths)))
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        total = sum(pool.map(part_rows, paths))
+        found = list(pool.map(pin_part, paths))
+    total = sum(rows for rows, _ in found)
     if total != manifest.rows:
         raise StoreError(f"store manifest {manifest_path} says rows {manifest.rows} but its part files hold "
                          f"{total}: the store was changed after it was written")
+    pins = tuple(pin for _, pin in found)
     if content:
         check = StoreContentCheck(store_dir)
         columns = ["id", *CONTENT_COLUMNS[manifest.dtype]] + (["pooled"] if manifest.pooled_dim else [])
 
-        def read_part(path: str) -> None:
+        def read_part(pin: PartPin) -> None:
             try:
-                with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-                    first = 0
-                    for batch in pq.ParquetFile(handle).iter_batches(columns=columns):
-                        check.add(path, pa.Table.from_batches([batch]), first)
-                        first += batch.num_rows
+                for table, first in read_pinned_part(pin, columns=columns):
+                    check.add(pin.path, table, first)
             except (pa.ArrowException, OSError) as err:
-                raise StoreError(f"store part {path} is corrupt or truncated (its rows cannot be read: "
+                raise StoreError(f"store part {pin.path} is corrupt or truncated (its rows cannot be read: "
                                  f"{err})") from None
 
         with ThreadPoolExecutor(max_workers=threads) as pool:
-            list(pool.map(read_part, paths))
+            list(pool.map(read_part, pins))
         check.finish()
-    return tuple(paths)
+    return pins
+
+
+class PartChanged(StoreError):
+    """A pinned part file no longer holds what the run pinned (the message names it). The Beam
+    steps that read a store turn it into ``pipeline.errors.InputChanged`` (exit 3)."""
+
+
+def read_pinned_part(pin: PartPin, columns: Sequence[str] | None = None,
+                     batch_rows: int = 65536) -> Iterator[tuple[pa.Table, int]]:
+    """(table of up to ``batch_rows`` rows, index of its first row in the part) for every batch of
+    the part file ``pin`` names, read only if the file still has the pinned size and SHA-256
+    (:func:`open_part`); PartChanged naming the file otherwise."""
+    with open_part(pin.path) as (handle, size, sha):
+        if (size, sha) != (pin.size, pin.sha256):
+            raise PartChanged(f"store part {pin.path} changed after this run started (pinned: {pin.size} bytes, "
+                              f"SHA-256 {pin.sha256[:16]}…; now: {size} bytes, SHA-256 {sha[:16]}…). The run reads "
+                              "only the store it checked: stopped rather than take other embeddings for this "
+                              "model's; start it again once the store stays put")
+        first = 0
+        for batch in pq.ParquetFile(handle).iter_batches(batch_size=batch_rows, columns=columns):
+            yield pa.Table.from_batches([batch]), first
+            first += batch.num_rows
 
 
 # The columns whose values must be finite, by store dtype (int8 tokens always are; their scale may not be).
@@ -354,10 +433,14 @@ class StoreWanted:
 
 @dataclass(frozen=True)
 class OpenedStore:
-    """One side of a ``--store``, checked: its manifest and the paths of its part files."""
+    """One side of a ``--store``, checked: its manifest and its part files, pinned."""
     directory: str
     manifest: StoreManifest
-    files: tuple[str, ...]
+    parts: tuple[PartPin, ...]
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        return tuple(part.path for part in self.parts)
 
 
 def open_store_side(store_root: str, side: str, wanted: StoreWanted) -> OpenedStore:
@@ -462,17 +545,25 @@ def _entries(directory: str, limit: int = 6) -> str | None:
 
 
 def write_manifest(store_dir: str, *, model_fingerprint: str, encoder: str, layout: StoreLayout,
-                   token_selection: str, max_length: int) -> StoreManifest:
-    """Write ``_MANIFEST.json`` for the files now in ``store_dir`` (rows counted from their footers).
+                   token_selection: str, max_length: int, model_files_fingerprint: str | None) -> StoreManifest:
+    """Write ``_MANIFEST.json`` (schema version 2) for the files now in ``store_dir``: rows counted
+    from their footers, each file's size and SHA-256 (each file is read once), and the model's
+    weight fingerprint and file fingerprint (None for a model without files: the baseline).
 
     Jobs call it on their staging directory only after the run's counts reconcile; the commit
     (pipeline/outputs.py) moves it into place after the part files, so a store with a manifest
     is always complete."""
     files = store_files(store_dir)
+    proofs = []
+    for path in files:
+        with open_part(path) as (_, size, sha):
+            proofs.append((size, sha))
     manifest = StoreManifest(
         model_fingerprint=model_fingerprint, encoder=encoder, side=layout.side, tokens_kept=layout.tokens_kept,
         dim=layout.dim, dtype=layout.dtype, pooled_dim=layout.pooled_dim, token_selection=token_selection,
-        max_length=max_length, rows=count_rows(files), files=[FileSystems.split(p)[1] for p in files])
+        max_length=max_length, rows=count_rows(files), files=[FileSystems.split(p)[1] for p in files],
+        part_bytes=[size for size, _ in proofs], part_sha256=[sha for _, sha in proofs],
+        model_files_fingerprint=model_files_fingerprint)
     write_json_file(FileSystems.join(store_dir, MANIFEST_FILE), manifest.to_json() + "\n")
     return manifest
 
@@ -502,10 +593,10 @@ def read_store(store_dir: str, columns: Sequence[str] | None = None) -> tuple[St
     wanted = list(columns) if columns else None
     needed = None if wanted is None else list(dict.fromkeys(
         ["id", *wanted, *CONTENT_COLUMNS[manifest.dtype]] + (["pooled"] if manifest.pooled_dim else [])))
-    for path in check_store_parts(store_dir, manifest, content=False):
-        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+    for pin in check_store_parts(store_dir, manifest, content=False):
+        with open_part(pin.path) as (handle, _, _):
             table = pq.read_table(handle, columns=needed)
-        check.add(path, table)
+        check.add(pin.path, table)
         tables.append(table if wanted is None else table.select(wanted))
     check.finish()
     schema = manifest.layout.schema()

@@ -172,12 +172,15 @@ def load_labeling_teacher(settings: LabelSettings):
     """The teacher as the job runs it (``--max-length`` applied), checked against the fingerprint
     taken when the job started, so every worker labels with the very same model."""
     from encoders.teacher import load_teacher
+    from pipeline.beam.models import pinned_model_load
+    from pipeline.errors import InputChanged
 
-    teacher = load_teacher(settings.teacher)
+    with pinned_model_load():
+        teacher = load_teacher(settings.teacher)
     if settings.max_length is not None:
         teacher.task = teacher.task.replace(max_length=settings.max_length)
     if teacher.fingerprint != settings.fingerprint:
-        raise RuntimeError(f"teacher {settings.teacher!r} changed while the job ran (fingerprint "
+        raise InputChanged(f"teacher {settings.teacher!r} changed while the job ran (fingerprint "
                            f"{teacher.fingerprint[:16]} on this worker, {settings.fingerprint[:16]} at the start); "
                            "rerun the job once the teacher stays put")
     return teacher

@@ -18,11 +18,26 @@ Beam's shape so that the load/run split, and the sharing, read the same.
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from apache_beam.utils import shared
+
+from encoders.file_fingerprint import ModelChanged
+from pipeline.errors import InputChanged
+
+
+@contextlib.contextmanager
+def pinned_model_load() -> Iterator[None]:
+    """Around a worker's model load: a model directory that differs from the pin the launching
+    process took (``encoders.remote.pin_model_dir``; ModelChanged, naming the file) stops the run
+    as an input that changed mid-run (``InputChanged``: exit 3, nothing committed)."""
+    try:
+        yield
+    except ModelChanged as err:
+        raise InputChanged(str(err)) from None
 
 
 class LoadedEncoder:
@@ -52,7 +67,8 @@ class EncoderHandler:
         from encoders.device import pick_device
 
         device = pick_device(self.device)
-        student = load_or_build_student(self.model_dir, baseline_config())
+        with pinned_model_load():
+            student = load_or_build_student(self.model_dir, baseline_config())
         return LoadedEncoder(student.encoder.side(self.side).to(device).eval(), device)
 
     def run_inference(self, batch, model: LoadedEncoder):
@@ -88,7 +104,9 @@ class HeadHandler:
         if self.threads:
             torch.set_num_threads(self.threads)
         device = pick_device(self.device)
-        return HeadScorer(load_head(self.model_dir).to(device).eval(), device, self.batch_size)
+        with pinned_model_load():
+            head = load_head(self.model_dir)
+        return HeadScorer(head.to(device).eval(), device, self.batch_size)
 
     def run_inference(self, batch: tuple[Any, Any], model) -> tuple[Any, Any]:
         """(left SideArrays, right SideArrays) of B pairs -> (scores (B,), probs (B, K) or None)."""

@@ -42,7 +42,8 @@ from pipeline.readers import InputFile, ReadSlice, read_parquet_slice, read_row_
 from pipeline.scoring_core import (PairColumns, StoreLookup, id_hashes, missing_letters,
                                    partition, prepare_pairs, score_pairs, score_table, store_columns,
                                    table_from_rows)
-from pipeline.store import StoreLayout, check_finite
+from pipeline.errors import InputChanged
+from pipeline.store import PartChanged, PartPin, StoreLayout, check_finite, read_pinned_part
 from pipeline.store_codec import side_arrays
 from pipeline.text_checks import UniqueText
 from pipeline.text_ids import text_id
@@ -199,22 +200,22 @@ def dedupe_pair_chunks(pairs, chunk_size: int, buckets: int = 64):
 
 # --------------------------------------------------------------------------- stores
 
-def read_store_tables(pipeline_or_pbegin, files: Sequence[str], label: str, batch_rows: int = 65536):
-    """Existing store files -> pyarrow Tables of up to ``batch_rows`` rows, each checked for
-    non-finite embeddings as it is read (:func:`pipeline.store.check_finite`; the whole store,
-    ids included, was checked before the run by :func:`pipeline.store.open_store_side`: this
-    refuses a part that changed since)."""
-    def read(path: str) -> Iterator[pa.Table]:
-        with FileSystems.open(path) as handle:
-            first = 0
-            for batch in pq.ParquetFile(handle).iter_batches(batch_size=batch_rows):
-                table = pa.Table.from_batches([batch])
-                check_finite(table, path, first)
-                first += table.num_rows
+def read_store_tables(pipeline_or_pbegin, parts: Sequence[PartPin], label: str, batch_rows: int = 65536):
+    """An existing store's part files, pinned before the run -> pyarrow Tables of up to
+    ``batch_rows`` rows. Each part is read only if it still holds the pinned bytes
+    (:func:`pipeline.store.read_pinned_part`: InputChanged naming the file otherwise, exit 3), and
+    each table is checked for non-finite embeddings as it is read (:func:`pipeline.store.check_finite`;
+    the whole store, ids included, was checked before the run by :func:`pipeline.store.open_store_side`)."""
+    def read(pin: PartPin) -> Iterator[pa.Table]:
+        try:
+            for table, first in read_pinned_part(pin, batch_rows=batch_rows):
+                check_finite(table, pin.path, first)
                 yield table
+        except PartChanged as err:
+            raise InputChanged(str(err)) from None
 
     return (pipeline_or_pbegin
-            | f"List{label}" >> beam.Create(list(files))
+            | f"List{label}" >> beam.Create(list(parts))
             | f"Read{label}" >> beam.FlatMap(read))
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from click.testing import CliRunner
 
 from encoders.checkpoint import load_or_build_student, load_student
 from encoders.config import baseline_config
+from encoders.file_fingerprint import checkpoint_file_fingerprint, file_sha256
 from jobs import encode_texts
 from jobs.encode_texts import EncodeTextsJob, run
 from pipeline.store import decode_pooled, decode_tokens, read_store, token_mask
@@ -103,7 +105,7 @@ def test_store_holds_what_the_encoder_computes(bad_input_run, tiny_checkpoint):
     assert truncated == {text_id("alpha"): False, text_id("beta"): False, text_id(LONG_TEXT): True}
 
 
-def test_store_is_zstd_parquet_readable_without_pairscore(bad_input_run):
+def test_store_is_zstd_parquet_readable_without_pairscore(bad_input_run, tiny_checkpoint):
     output, _ = bad_input_run
     files = sorted(output.glob("part-*.parquet"))
     assert files
@@ -117,7 +119,11 @@ def test_store_is_zstd_parquet_readable_without_pairscore(bad_input_run):
     count = duckdb.sql(f"select count(*), min(octet_length(tokens)) from read_parquet('{output}/part-*.parquet')").fetchall()[0]
     assert count == (3, 4 * 8 * 2)
     manifest = json.loads((output / "_MANIFEST.json").read_text())
-    assert manifest["schema_version"] == 1 and manifest["rows"] == 3
+    assert manifest["schema_version"] == 2 and manifest["rows"] == 3
+    # Version 2: each part's size and SHA-256, and the model's file fingerprint.
+    assert manifest["part_bytes"] == [os.path.getsize(output / name) for name in manifest["files"]]
+    assert manifest["part_sha256"] == [file_sha256(output / name) for name in manifest["files"]]
+    assert manifest["model_files_fingerprint"] == checkpoint_file_fingerprint(tiny_checkpoint)
 
 
 def test_conflicting_ids_and_shared_texts_from_parquet(tmp_path, tiny_checkpoint):

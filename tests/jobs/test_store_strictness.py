@@ -18,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from encoders.checkpoint import build_student, save_student
+from encoders.file_fingerprint import file_sha256
 from jobs import score_pairs
 from jobs.score_pairs import ScorePairsJob, run
 from pipeline.store import StoreError, read_store
@@ -59,6 +60,16 @@ def edit_manifest(store: Path, which: str, **changes) -> Path:
     path = store / which / "_MANIFEST.json"
     path.write_text(json.dumps({**manifest_of(store, which), **changes}))
     return path
+
+
+def as_version_1(store: Path, side: str) -> None:
+    """Rewrite ``side``'s manifest as schema version 1 (no part sizes or hashes): a store written
+    before version 2, which is read and pinned by what its files hold. Tests that damage a part's
+    rows use it, so that the check named in the test is reached rather than the version 2 hashes."""
+    data = manifest_of(store, side)
+    for key in ("part_bytes", "part_sha256", "model_files_fingerprint"):
+        del data[key]
+    (store / side / "_MANIFEST.json").write_text(json.dumps({**data, "schema_version": 1}))
 
 
 def refused(night_one: Path, tmp_path: Path, checkpoint: str, store: Path | str) -> str:
@@ -113,7 +124,7 @@ def test_every_model_field_is_checked(tmp_path, night_one, square_checkpoint, st
     ({"tokens_kept": "4"}, "tokens_kept is '4', expected an integer >= 1"),
     ({"files": "part-0.parquet"}, "files is 'part-0.parquet', expected a list of file names"),
     ({"side": "both"}, "side is 'both', expected 'left' or 'right'"),
-    ({"schema_version": 2}, "schema version 2 is not supported"),
+    ({"schema_version": 3}, "schema version 3 is not supported"),
 ])
 def test_invalid_manifest_values_name_the_field(tmp_path, night_one, square_checkpoint, store, changes, expected):
     path = edit_manifest(store, "left", **changes)
@@ -187,6 +198,16 @@ def test_part_with_another_layout_is_named(tmp_path, night_one, square_checkpoin
     assert f"store part {part} does not match" in message and "fixed_size_binary[62]" in message
 
 
+def test_a_part_changed_after_the_store_was_written_is_named(tmp_path, night_one, square_checkpoint, store):
+    """Version 2 manifests record each part's size and SHA-256: a part rewritten since (here with
+    the same rows and schema, so that nothing else would notice) is refused."""
+    part = sorted((store / "left").glob("part-*.parquet"))[0]
+    pq.write_table(pq.read_table(part), part, compression="snappy")
+    message = refused(night_one, tmp_path, square_checkpoint, store)
+    assert f"store part {part} is not the file {store / 'left' / '_MANIFEST.json'} records" in message
+    assert "the store was changed after it was written" in message
+
+
 def test_row_count_that_does_not_add_up_is_named(tmp_path, night_one, square_checkpoint, store):
     path = edit_manifest(store, "left", rows=manifest_of(store, "left")["rows"] + 1)
     message = refused(night_one, tmp_path, square_checkpoint, store)
@@ -213,6 +234,7 @@ def test_non_finite_embeddings_are_refused_naming_the_part(tmp_path, night_one, 
     part = sorted((store / "right").glob("part-*.parquet"))[0]
     id_ = pq.read_table(part).column("id")[1].as_py()
     _with_value(part, column, 1, value)
+    as_version_1(store, "right")
     message = refused(night_one, tmp_path, square_checkpoint, store)
     assert f"store part {part} holds embeddings that are not finite" in message
     assert f"id {id_!r}" in message and f"column {column!r}" in message
@@ -220,10 +242,12 @@ def test_non_finite_embeddings_are_refused_naming_the_part(tmp_path, night_one, 
     with pytest.raises(StoreError, match=f"store part {part} holds embeddings that are not finite"):
         read_store(str(store / "right"))
     from pipeline.beam.score import read_store_tables
+    from pipeline.store import PartPin
     import apache_beam as beam
+    pin = PartPin(str(part), part.stat().st_size, file_sha256(part))
     with pytest.raises(Exception, match="holds embeddings that are not finite"):
         with beam.Pipeline() as pipeline:
-            read_store_tables(pipeline, [str(part)], "Store", batch_rows=1) | beam.Map(lambda t: t)
+            read_store_tables(pipeline, [pin], "Store", batch_rows=1) | beam.Map(lambda t: t)
 
 
 def test_an_id_in_two_parts_is_refused_naming_both(tmp_path, night_one, square_checkpoint, store):
@@ -234,6 +258,7 @@ def test_an_id_in_two_parts_is_refused_naming_both(tmp_path, night_one, square_c
     pq.write_table(table.slice(2, 1), copy, compression="zstd")   # one row again, in a second part
     manifest = manifest_of(store, "left")
     edit_manifest(store, "left", files=manifest["files"] + [copy.name], rows=manifest["rows"] + 1)
+    as_version_1(store, "left")
     id_ = table.column("id")[2].as_py()
     message = refused(night_one, tmp_path, square_checkpoint, store)
     assert f"holds id {id_!r} more than once: in {part} and {copy}" in message
@@ -250,6 +275,7 @@ def test_ids_that_differ_only_in_a_nul_are_not_repeats(store):
                    side / "part-nul.parquet")
     manifest = manifest_of(store, "left")
     edit_manifest(store, "left", files=manifest["files"] + ["part-nul.parquet"], rows=manifest["rows"] + 1)
+    as_version_1(store, "left")
     assert read_store(str(side))[1].num_rows == table.num_rows + 1
 
 
