@@ -48,6 +48,15 @@ _WRAPPED_LINE = re.compile(r"^(?:[\w.]+\.)?(RefusedToCommit|DeadLetterLimit|Inpu
 _WHILE_RUNNING = re.compile(r" \[while running '[^']*'\]")
 
 
+def mentions_refusal(text: str) -> bool:
+    """Whether ``text`` (a log message: Beam forwards a worker's traceback as text, its newlines
+    sometimes escaped) reports one of these refusals raised."""
+    return _RAISED.search(text) is not None
+
+
+_RAISED = re.compile(r"\bpipeline\.errors\.(RefusedToCommit|DeadLetterLimit|InputChanged): ")
+
+
 def refusal_in(err: BaseException) -> RefusedToCommit | None:
     """The :class:`RefusedToCommit` that ``err`` is, or that Beam wrapped (see above), with its one
     line restored (Beam's step names taken out); None when there is none. Looks through

@@ -22,6 +22,7 @@ import threading
 from typing import Callable, Iterator, TextIO
 
 from pipeline import progress
+from pipeline.errors import mentions_refusal, refusal_in
 
 
 def configure_logging(verbose: bool) -> None:
@@ -29,9 +30,65 @@ def configure_logging(verbose: bool) -> None:
     report of a full disk never (the job's one line names the file)."""
     logging.getLogger().setLevel(logging.INFO if verbose else logging.WARNING)
     logging.getLogger("apache_beam").setLevel(logging.INFO if verbose else logging.ERROR)
+    quiet_refusal_logs()
     for handler in logging.getLogger().handlers:
-        if not any(isinstance(f, _DiskFullLogFilter) for f in handler.filters):
-            handler.addFilter(_DiskFullLogFilter())
+        for kind in (_DiskFullLogFilter, _RefusalLogFilter):
+            if not any(isinstance(f, kind) for f in handler.filters):
+                handler.addFilter(kind())
+
+
+class _RefusalLogFilter(logging.Filter):
+    """Drops Beam's log records (message and traceback) of a step that raised a
+    ``pipeline.errors.RefusedToCommit`` (an input changed mid-run ...), whether the record holds
+    the exception or, forwarded from a worker process, its text: the job reports it in one line,
+    exit 3."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and refusal_in(record.exc_info[1]) is not None:
+            return False
+        return not mentions_refusal(record.getMessage())
+
+
+# The loggers through which Beam reports a failed step: the DoFn runner (in the process that ran the
+# step), the SDK worker (forwarded to the launching process) and the launcher's job service.
+_BEAM_FAILURE_LOGGERS = ("apache_beam.runners.common", "apache_beam.runners.worker.sdk_worker",
+                         "apache_beam.runners.portability.local_job_service")
+
+
+def quiet_refusal_logs(raising: bool = False) -> None:
+    """Keep Beam from logging a refusal (see _RefusalLogFilter) in this process. Called by the
+    launching process (configure_logging) and, with ``raising``, by the step about to raise the
+    refusal, in whatever process runs it: Beam logs the failed step there with its traceback,
+    forwards that record to the launcher, and a Beam worker process also prints the traceback to
+    its stderr (``sdk_worker._execute``), which :class:`_RefusalDroppingStream` keeps back. Idempotent."""
+    for name in _BEAM_FAILURE_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _RefusalLogFilter) for f in logger.filters):
+            logger.addFilter(_RefusalLogFilter())
+    if raising and not isinstance(sys.stderr, _RefusalDroppingStream):
+        sys.stderr = _RefusalDroppingStream(sys.stderr)
+
+
+class _RefusalDroppingStream:
+    """A text stream that passes every write on except one reporting a refusal (a traceback that
+    ends in ``pipeline.errors.InputChanged: ...``, written at once by ``print``) and the newline
+    ``print`` writes after it."""
+
+    def __init__(self, stream: TextIO):
+        self._stream = stream
+        self._dropped = False
+
+    def write(self, text: str) -> int:
+        dropped, self._dropped = self._dropped, False
+        if mentions_refusal(text):
+            self._dropped = True
+            return len(text)
+        if dropped and text == "\n":
+            return len(text)
+        return self._stream.write(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
 
 
 class _DiskFullLogFilter(logging.Filter):

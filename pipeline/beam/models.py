@@ -27,6 +27,7 @@ from apache_beam.utils import shared
 
 from encoders.file_fingerprint import ModelChanged
 from pipeline.errors import InputChanged
+from pipeline.stderr import quiet_refusal_logs
 
 
 @contextlib.contextmanager
@@ -37,6 +38,7 @@ def pinned_model_load() -> Iterator[None]:
     try:
         yield
     except ModelChanged as err:
+        quiet_refusal_logs(raising=True)   # the launcher prints the one line; Beam need not log it too
         raise InputChanged(str(err)) from None
 
 

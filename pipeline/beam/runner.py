@@ -155,6 +155,27 @@ def leave_ctrl_c_to_this_process() -> None:
     worker._pairscore_ignores_sigint = True
 
 
+# Tests only: the path of a file to wait for before the pipeline is built (see pause_for_tests).
+PAUSE_ENV = "PAIRSCORE_TEST_PAUSE_FILE"
+
+
+def pause_for_tests() -> None:
+    """When ``$PAIRSCORE_TEST_PAUSE_FILE`` names a file: create ``<file>.paused``, then wait until
+    ``<file>`` exists. Every job builds its pipeline (:func:`make_pipeline`) after its checks and
+    pins and before any worker reads an input, a store or a model, so a test can change what the
+    run reads exactly between the two (tests/jobs/test_pinned_inputs.py). Unset: nothing happens."""
+    import os
+    import time
+
+    release = os.environ.get(PAUSE_ENV)
+    if not release:
+        return
+    with open(release + ".paused", "w", encoding="utf-8"):
+        pass
+    while not os.path.exists(release):
+        time.sleep(0.05)
+
+
 def make_pipeline(beam_args: Sequence[str]) -> beam.Pipeline:
     """A pipeline for ``beam_args`` (``--runner``, ``--direct_num_workers``, Dataflow flags ...).
 
@@ -170,6 +191,7 @@ def make_pipeline(beam_args: Sequence[str]) -> beam.Pipeline:
     worker pool (``python -m apache_beam.runners.worker.worker_pool_main --service_port=PORT``).
     """
     from pipeline.beam.watchdog import instrument_beam_workers
+    pause_for_tests()
     instrument_beam_workers()   # the stall watchdog counts the workers this process asks for
     leave_ctrl_c_to_this_process()
     options = PipelineOptions(list(beam_args))

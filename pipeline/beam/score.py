@@ -43,6 +43,7 @@ from pipeline.scoring_core import (PairColumns, StoreLookup, id_hashes, missing_
                                    partition, prepare_pairs, score_pairs, score_table, store_columns,
                                    table_from_rows)
 from pipeline.errors import InputChanged
+from pipeline.stderr import quiet_refusal_logs
 from pipeline.store import PartChanged, PartPin, StoreLayout, check_finite, read_pinned_part
 from pipeline.store_codec import side_arrays
 from pipeline.text_checks import UniqueText
@@ -212,6 +213,7 @@ def read_store_tables(pipeline_or_pbegin, parts: Sequence[PartPin], label: str, 
                 check_finite(table, pin.path, first)
                 yield table
         except PartChanged as err:
+            quiet_refusal_logs(raising=True)   # the launcher prints the one line; Beam need not log it too
             raise InputChanged(str(err)) from None
 
     return (pipeline_or_pbegin
