@@ -13,8 +13,8 @@ from __future__ import annotations
 from typing import Any, Iterable, Mapping, Sequence
 
 from pipeline.beam.option_names import check_beam_flags
-from pipeline.preflight import (PreflightError, check_columns, check_model_dir, check_output, check_student_dir,
-                                check_teacher_dir, local_files)
+from pipeline.preflight import (PreflightError, check_columns, check_model_dir, check_output, check_store_dir,
+                                check_student_dir, check_teacher_dir, local_files)
 
 __all__ = ["PreflightError", "check"]
 
@@ -75,6 +75,8 @@ def check(job: str, flags: Mapping[str, Any], beam_args: Sequence[str] = (), own
         check_columns(files, required, fmt)
     if job in ("encode_texts", "score_pairs"):
         check_student_dir(flags.get("model_dir"))
+    if job == "score_pairs":
+        check_store_dir(flags.get("store"), flags.get("model_dir"))
     elif job == "label_pairs" or (job == "train_student" and flags.get("teacher")):
         check_teacher_dir(flags.get("teacher"))      # train_student's --teacher: VIRT's cross-encoder
     elif job == "evaluate":

@@ -328,3 +328,62 @@ def check_model_dir(source: str, flag: str = "--model") -> None:
         check_student_dir(source, flag)
     else:
         check_teacher_dir(source, flag, hub_ids=False)
+
+
+# --------------------------------------------------------------------------- stores
+
+def check_store_dir(store: str | None, model_dir: str | None) -> None:
+    """A local ``--store`` of score_pairs, checked in milliseconds before the model is loaded:
+
+    * a two-side store (``STORE/left`` and ``STORE/right`` with their manifests), else the one line
+      pipeline/store_paths.py gives (a job output instead of its ``store/``, one level too deep ...);
+    * written by this ``--model``. A checkpoint's record (encoders/file_fingerprint.py: its weight
+      fingerprint, and each file's size, which is checked) is compared with each manifest's
+      ``model_fingerprint``; without a record, the checkpoint's file fingerprint is computed from
+      its files and compared with a version 2 manifest's ``model_files_fingerprint`` (equal: the
+      same files; different: left to the job, which compares the weight fingerprints). A store that
+      a checkpoint wrote (version 2) is refused for the zero-training baseline (no ``--model``).
+
+    Manifests that cannot be read here are left to the job, which names what is wrong."""
+    from encoders.file_fingerprint import checkpoint_file_fingerprint, read_record, record_matches_sizes
+    from pipeline.store_paths import is_two_side_store, manifest_paths, not_a_store_message
+
+    if store is None or _is_remote(store) or (model_dir is not None and _is_remote(model_dir)):
+        return
+    if not is_two_side_store(store):
+        raise PreflightError(not_a_store_message(store))
+    manifests = {}
+    for side, path in manifest_paths(store).items():
+        try:
+            with open(path, encoding="utf-8") as handle:
+                data = json.load(handle)
+        except (OSError, ValueError):
+            return
+        if not isinstance(data, dict) or not isinstance(data.get("model_fingerprint"), str):
+            return
+        manifests[path] = data
+    if model_dir is None:
+        written = [(path, data["model_files_fingerprint"]) for path, data in manifests.items()
+                   if isinstance(data.get("model_files_fingerprint"), str)]
+        if written:
+            raise PreflightError(f"store {written[0][0]} was written by a student checkpoint (file fingerprint "
+                                 f"{written[0][1][:16]}), and this run has no --model (the zero-training baseline): "
+                                 "pass the --model that wrote the store, or leave out --store to encode afresh")
+        return
+    if not os.path.isdir(model_dir):
+        return
+    record = read_record(model_dir)
+    if record is not None and record.get("weight_fingerprint") and record_matches_sizes(model_dir, record):
+        have, what = record["weight_fingerprint"], "model fingerprint"
+        key = "model_fingerprint"
+    elif any(isinstance(d.get("model_files_fingerprint"), str) for d in manifests.values()):
+        have, what, key = checkpoint_file_fingerprint(model_dir), "file fingerprint", "model_files_fingerprint"
+        if all(d.get(key) != have for d in manifests.values()):
+            return     # other files, maybe the same weights saved again: the job compares the weights
+    else:
+        return
+    for path, data in manifests.items():
+        if isinstance(data.get(key), str) and data[key] != have:
+            raise PreflightError(f"store {os.path.dirname(path)!r} was written by another model: {what} "
+                                 f"{data[key][:16]} != --model {model_dir!r}'s {have[:16]}. Use a store written with "
+                                 "this --model, or leave out --store to encode afresh")

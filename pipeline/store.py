@@ -49,13 +49,13 @@ from pipeline.store_codec import (SideArrays, binary_values, decode_pooled, deco
                                   dequantize, encode_token_block, side_arrays, token_mask)
 from pipeline.writers import COMPRESSION, write_json_file  # noqa: F401
 from pipeline.paths import escape_glob
+from pipeline.store_paths import MANIFEST_FILE, is_two_side_store, not_a_store_message, other_side, side_of  # noqa: F401
 
 SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 # Keys a version 1 manifest lacks (version 2 has them all).
 V2_KEYS = ("part_bytes", "part_sha256", "model_files_fingerprint")
 _HASH_CHUNK_BYTES = 8 << 20
-MANIFEST_FILE = "_MANIFEST.json"
 STORE_FILE_PREFIX = "part"
 STORE_FILE_SUFFIX = ".parquet"
 DTYPES = ("float16", "int8")
@@ -454,13 +454,13 @@ def open_store_side(store_root: str, side: str, wanted: StoreWanted) -> OpenedSt
     every part file (:func:`check_store_parts`).
     """
     directory = FileSystems.join(store_root, side)
-    if not all(FileSystems.exists(FileSystems.join(store_root, s, MANIFEST_FILE)) for s in SIDES):
-        raise StoreError(_not_a_store_message(store_root))
+    if not is_two_side_store(store_root, _BEAM_FS):
+        raise StoreError(not_a_store_message(store_root, _BEAM_FS))
     manifest = read_manifest(directory)
     manifest_path = FileSystems.join(directory, MANIFEST_FILE)
     if manifest.side != side:
-        other = FileSystems.join(store_root, _other(side), MANIFEST_FILE)
-        if _side_of(other) == side:
+        other = FileSystems.join(store_root, other_side(side), MANIFEST_FILE)
+        if side_of(other, _BEAM_FS) == side:
             raise StoreError(f"--store {store_root!r} has its sides swapped: {manifest_path} says side "
                              f"{manifest.side!r} and {other} says side {side!r}; its left/ must hold the "
                              "left store and right/ the right one")
@@ -483,65 +483,26 @@ def open_store_side(store_root: str, side: str, wanted: StoreWanted) -> OpenedSt
     return OpenedStore(directory, manifest, check_store_parts(directory, manifest))
 
 
-def _other(side: str) -> str:
-    return "right" if side == "left" else "left"
+class _BeamStoreFs:
+    """pipeline.store_paths.StoreFs on any Beam filesystem."""
+    exists = staticmethod(FileSystems.exists)
+    join = staticmethod(FileSystems.join)
+    split = staticmethod(FileSystems.split)
 
+    @staticmethod
+    def read_text(path: str) -> str:
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            return handle.read().decode("utf-8")
 
-def _side_of(manifest_path: str) -> str | None:
-    """The ``side`` a manifest claims, or None when it cannot be read (for messages only)."""
-    try:
-        with FileSystems.open(manifest_path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-            data = json.loads(handle.read().decode("utf-8"))
-        return data.get("side") if isinstance(data, dict) else None
-    except (OSError, ValueError):
-        return None
-
-
-def _not_a_store_message(root: str) -> str:
-    """Why ``root`` is not a two-side store: what was expected, what is there, and how to fix it."""
-    expected = " and ".join(FileSystems.join(root, s, MANIFEST_FILE) for s in SIDES)
-    head = f"--store {root!r} is not a two-side embedding store: expected {expected}"
-    own_side = _side_of(FileSystems.join(root, MANIFEST_FILE))
-    if own_side is not None:
-        parent, name = FileSystems.split(root.rstrip("/"))
-        up = (f"; it looks one level too deep: pass --store {parent!r}"
-              if name in SIDES and FileSystems.exists(FileSystems.join(parent, _other(name), MANIFEST_FILE)) else "")
-        return (f"{head}, found {FileSystems.join(root, MANIFEST_FILE)} of a one-side {own_side!r} store "
-                f"(as encode_texts writes){up}. --store takes a directory DIR holding DIR/left (a left store) "
-                "and DIR/right (a right store): put this store at DIR/" + own_side + " and a "
-                f"{_other(own_side)} store at DIR/{_other(own_side)}, then pass --store DIR")
-    nested = FileSystems.join(root, "store")
-    if all(FileSystems.exists(FileSystems.join(nested, s, MANIFEST_FILE)) for s in SIDES):
-        return f"{head}, found a job output holding its store in {nested}: pass --store {nested!r}"
-    entries = _entries(root)
-    if entries is None and not FileSystems.exists(root):
-        return (f"{head}, but {root} does not exist (a first run goes without --store; later runs pass "
-                "the previous run's OUTPUT/store)")
-    found = []
-    for s in SIDES:
-        side_dir = FileSystems.join(root, s)
-        if FileSystems.exists(FileSystems.join(side_dir, MANIFEST_FILE)):
-            found.append(FileSystems.join(side_dir, MANIFEST_FILE))
-        elif side_entries := _entries(side_dir):
-            found.append(f"{side_dir} holding {side_entries} but no {MANIFEST_FILE} (deleted?)")
-    if not found:
-        return f"{head}, found no left/ or right/ store in it ({root} holds {entries or 'nothing'})"
-    return f"{head}, found {'; '.join(found)}"
-
-
-def _entries(directory: str, limit: int = 6) -> str | None:
-    """A short listing of a directory's entries for messages, or None when it has none."""
-    try:
+    @staticmethod
+    def names(directory: str) -> list[str]:
         if FileSystems.get_scheme(directory) is None:   # local: list subdirectories too
-            names = sorted(os.listdir(directory))
-        else:
-            matched = FileSystems.match([FileSystems.join(escape_glob(directory), "*")])[0].metadata_list
-            names = sorted({FileSystems.split(m.path)[1] for m in matched})
-    except Exception:  # noqa: BLE001 - a listing is only for the message
-        return None
-    if not names:
-        return None
-    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+            return sorted(os.listdir(directory))
+        matched = FileSystems.match([FileSystems.join(escape_glob(directory), "*")])[0].metadata_list
+        return sorted({FileSystems.split(m.path)[1] for m in matched})
+
+
+_BEAM_FS = _BeamStoreFs()
 
 
 def write_manifest(store_dir: str, *, model_fingerprint: str, encoder: str, layout: StoreLayout,

@@ -118,3 +118,93 @@ def test_an_unchanged_store_and_model_pass_the_pause(tmp_path, nights, students)
     before = pq.read_table(nights / "night-a" / "scores").sort_by([("left_id", "ascending"),
                                                                     ("right_id", "ascending")])
     assert scores.column("score").to_pylist() == before.column("score").to_pylist()
+
+
+# ------------------------------------------------------------------- --store matched at the pre-flight
+
+def probe(args: list[str], cwd: Path) -> tuple[int, list[str], list[str]]:
+    """``python -m jobs.score_pairs ARGS`` in a fresh interpreter: (exit status, stderr lines, the heavy
+    modules it had imported when it exited)."""
+    code = ("import runpy, sys\n"
+            f"sys.argv = ['jobs.score_pairs'] + {args!r}\n"
+            "status = 0\n"
+            "try:\n"
+            "    runpy.run_module('jobs.score_pairs', run_name='__main__', alter_sys=True)\n"
+            "except SystemExit as exit:\n"
+            "    status = exit.code or 0\n"
+            "print('HEAVY=' + ','.join(m for m in ('torch', 'apache_beam', 'transformers') if m in sys.modules), "
+            "'STATUS=' + str(status), file=sys.stderr)\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+    *lines, last = done.stderr.strip().splitlines()
+    heavy, status = (part.split("=", 1)[1] for part in last.split())
+    return int(status), lines, [m for m in heavy.split(",") if m]
+
+
+def assert_preflight_refuses(tmp_path: Path, args: list[str], expected: str) -> None:
+    output = tmp_path / "tonight"
+    status, lines, heavy = probe([*args, "--output", str(output)], tmp_path)
+    assert status == 2, lines
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines
+    assert heavy == [], f"answered after importing {heavy}"
+    assert not output.exists()
+
+
+def test_a_job_output_given_as_store_is_answered_at_the_preflight(tmp_path, nights, students):
+    assert_preflight_refuses(tmp_path, ["--pairs", str(nights / "pairs.jsonl"), "--model", students[0],
+                                        "--store", str(nights / "night-a")],
+                             f"found a job output holding its store in {nights / 'night-a' / 'store'}: pass --store")
+
+
+def test_another_models_store_is_answered_at_the_preflight(tmp_path, nights, students):
+    assert_preflight_refuses(tmp_path, ["--pairs", str(nights / "pairs.jsonl"), "--model", students[0],
+                                        "--store", str(nights / "night-b" / "store")],
+                             f"store {str(nights / 'night-b' / 'store' / 'left')!r} was written by another model: "
+                             "model fingerprint")
+
+
+def test_another_models_store_is_answered_at_the_preflight_without_a_record(tmp_path, nights, students):
+    """An older checkpoint (no fingerprint.json): its file fingerprint, computed from its files, is not
+    the one the store records... and may still be the same weights saved again, so the pre-flight
+    leaves that to the job; a store written from the very same files passes."""
+    from encoders.file_fingerprint import RECORD_FILE
+
+    old = Path(shutil.copytree(students[0], tmp_path / "old-student"))
+    (old / RECORD_FILE).unlink()
+    status, lines, heavy = probe(["--pairs", str(nights / "pairs.jsonl"), "--model", str(old),
+                                  "--store", str(nights / "night-a" / "store"), "--output", str(tmp_path / "out"),
+                                  "--quiet"], tmp_path)
+    assert status == 0, lines
+    # Another model's store: found by the job once the model is loaded (the weight fingerprints differ).
+    status, lines, heavy = probe(["--pairs", str(nights / "pairs.jsonl"), "--model", str(old),
+                                  "--store", str(nights / "night-b" / "store"), "--output", str(tmp_path / "out2")],
+                                 tmp_path)
+    assert status == 2 and "was written by another model" in lines[-1], lines
+
+
+def test_a_checkpoints_store_with_the_baseline_is_answered_at_the_preflight(tmp_path, nights):
+    assert_preflight_refuses(tmp_path, ["--pairs", str(nights / "pairs.jsonl"),
+                                        "--store", str(nights / "night-a" / "store")],
+                             "was written by a student checkpoint")
+
+
+def test_a_version_1_store_is_still_read(tmp_path, nights, students):
+    """A store written before schema version 2 (no part sizes or hashes): used, pinned by what its
+    files hold, and its scores are those of the run that wrote it."""
+    import pyarrow.parquet as pq
+
+    store = Path(shutil.copytree(nights / "night-a" / "store", tmp_path / "store"))
+    for side in ("left", "right"):
+        path = store / side / "_MANIFEST.json"
+        data = json.loads(path.read_text())
+        for key in ("part_bytes", "part_sha256", "model_files_fingerprint"):
+            del data[key]
+        path.write_text(json.dumps({**data, "schema_version": 1}))
+    output = tmp_path / "tonight"
+    run(ScorePairsJob(pairs=(str(nights / "pairs.jsonl"),), output=str(output), model_dir=students[0],
+                      store=str(store)), [], argv=[])
+    summary = json.loads((output / "_SUMMARY.json").read_text())
+    assert summary["counts"]["left_texts_reused"] == 6 and summary["counts"]["left_texts_encoded"] == 0
+    keys = [("left_id", "ascending"), ("right_id", "ascending")]
+    assert (pq.read_table(output / "scores").sort_by(keys).column("score").to_pylist()
+            == pq.read_table(nights / "night-a" / "scores").sort_by(keys).column("score").to_pylist())

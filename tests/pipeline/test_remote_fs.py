@@ -374,3 +374,27 @@ def test_label_pairs_with_a_remote_teacher_and_previous_set(testfs, tmp_path, ti
                      for d in (f"{SCHEME}://distill/day2", str(local)))
     assert got.column("left").to_pylist() == expected.column("left").to_pylist()
     np.testing.assert_allclose(got.column("logit").to_numpy(), expected.column("logit").to_numpy(), rtol=1e-5)
+
+
+def test_a_model_cache_other_users_can_write_is_refused(testfs, tiny_checkpoint, tmp_path, monkeypatch):
+    """Models copied into a cache another user owns, or may write without the sticky bit, could be
+    replaced under this user's runs: refused with one line saying what to do. A sticky shared
+    directory (like /tmp) is not refused: copies in it are verified on every use."""
+    remote = upload(tiny_checkpoint, testfs, "models/student")
+    shared = tmp_path / "shared-cache"
+    shared.mkdir()
+    monkeypatch.setenv(CACHE_ENV, str(shared))
+    os.chmod(shared, 0o777)
+    with pytest.raises(ValueError) as refused:
+        local_model_dir(remote)
+    message = str(refused.value)
+    assert "\n" not in message and f"model cache {shared} (${CACHE_ENV}) may be written by other users" in message
+    assert "mode 777, no sticky bit" in message and not os.listdir(shared)
+    if os.geteuid() == 0:       # only root can give a directory away
+        os.chown(shared, 65534, 65534)
+        os.chmod(shared, 0o700)
+        with pytest.raises(ValueError, match=r"model cache .* belongs to (user '\w+' \()?uid 65534\)?, not to this user"):
+            local_model_dir(remote)
+        os.chown(shared, os.getuid(), os.getgid())
+    os.chmod(shared, 0o1777)
+    assert local_model_dir(remote).startswith(str(shared) + os.sep)
