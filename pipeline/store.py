@@ -43,7 +43,6 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from encoders.config import SIDES
 # The token codec and the Parquet settings are defined beside the store and used through it.
 from pipeline.store_codec import (SideArrays, binary_values, decode_pooled, decode_tokens,  # noqa: F401
                                   dequantize, encode_token_block, side_arrays, token_mask)

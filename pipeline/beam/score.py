@@ -30,8 +30,6 @@ from typing import Iterator, Sequence
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.utils import shared
 
 from pipeline.dead_letters import DeadLetter

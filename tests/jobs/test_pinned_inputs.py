@@ -208,3 +208,24 @@ def test_a_version_1_store_is_still_read(tmp_path, nights, students):
     keys = [("left_id", "ascending"), ("right_id", "ascending")]
     assert (pq.read_table(output / "scores").sort_by(keys).column("score").to_pylist()
             == pq.read_table(nights / "night-a" / "scores").sort_by(keys).column("score").to_pylist())
+
+
+def test_a_local_teacher_is_pinned_and_a_worker_refuses_a_replaced_one(tmp_path, tiny_teacher_dir):
+    """label_pairs pins its --teacher like score_pairs its --model: a worker that finds the teacher
+    directory changed since the pin stops the run (InputChanged, exit 3) naming the file."""
+    import pyarrow as pa
+
+    from encoders.remote import pin_model_dir
+    from pipeline.beam.label import LabelSettings, load_labeling_teacher
+    from pipeline.errors import InputChanged
+
+    teacher = Path(shutil.copytree(tiny_teacher_dir, tmp_path / "teacher"))
+    pinned = pin_model_dir(str(teacher))
+    settings = LabelSettings(teacher=pinned, fingerprint=json.loads((teacher / "fingerprint.json").read_text())[
+        "weight_fingerprint"], schema=pa.schema([]))
+    assert load_labeling_teacher(settings).fingerprint == settings.fingerprint
+    config = json.loads((teacher / "config.json").read_text())
+    (teacher / "config.json").write_text(json.dumps({**config, "layer_norm_eps": 1e-5}))
+    with pytest.raises(InputChanged, match=f"model file {teacher / 'config.json'} has .* bytes|"
+                                           f"model file {teacher / 'config.json'} does not hold the same bytes"):
+        load_labeling_teacher(settings)
