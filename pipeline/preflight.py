@@ -385,5 +385,5 @@ def check_store_dir(store: str | None, model_dir: str | None) -> None:
     for path, data in manifests.items():
         if isinstance(data.get(key), str) and data[key] != have:
             raise PreflightError(f"store {os.path.dirname(path)!r} was written by another model: {what} "
-                                 f"{data[key][:16]} != --model {model_dir!r}'s {have[:16]}. Use a store written with "
-                                 "this --model, or leave out --store to encode afresh")
+                                 f"{data[key][:16]} != this model's {have[:16]} (--model {model_dir!r}). Use a store "
+                                 "written with this --model, or leave out --store to encode afresh")
