@@ -6,7 +6,8 @@
 The mistakes: a missing input file, a wrong column (JSON Lines, CSV, Parquet footer), a corrupt
 Parquet file, an unknown Beam flag (with its "did you mean"), a misspelt job flag, a non-empty
 ``--output``, a missing and an incomplete ``--model`` directory, a missing and an incomplete
-``--teacher`` (label_pairs) and a missing evaluated ``--model`` (evaluate). Each is answered by the
+``--teacher`` (label_pairs), a missing evaluated ``--model`` (evaluate), and a ``--store`` that is
+a job output or another model's store. Each is answered by the
 pre-flight checks (jobs/preflight.py) before Beam, torch or transformers are imported. Prints the
 median (and min / max) over ``--repeats`` runs, interleaved so that a busy moment of a shared
 machine spreads over every case, the load average before and after, and, for reference, what
@@ -45,6 +46,26 @@ def make_inputs(folder: Path) -> None:
     (folder / "half-teacher" / "config.json").write_text(json.dumps({"model_type": "bert",
                                                                     "architectures": ["BertForSequenceClassification"]}))
     (folder / "half-teacher" / "tokenizer.json").write_text("{}")
+    make_store_mistakes(folder)
+
+
+def make_store_mistakes(folder: Path) -> None:
+    """A student checkpoint (its files stand-ins, its fingerprint record real), a job output
+    whose store another model wrote: ``--store out`` (the output, not its store/) and
+    ``--store out/store`` (another model's) are refused from their manifests and the record."""
+    sys.path.insert(0, str(REPO))
+    from encoders.file_fingerprint import write_record
+
+    student = folder / "student"
+    (student / "encoder").mkdir(parents=True)
+    (student / "config.json").write_text(json.dumps({"format": "pairscore-student", "shared_encoder": True}))
+    (student / "student.safetensors").write_bytes(b"\0" * 1024)
+    (student / "encoder" / "model.safetensors").write_bytes(b"\0" * (1 << 20))
+    write_record(student, "a" * 64)
+    for side in ("left", "right"):
+        (folder / "out" / "store" / side).mkdir(parents=True)
+        (folder / "out" / "store" / side / "_MANIFEST.json").write_text(json.dumps(
+            {"model_fingerprint": "b" * 64, "side": side, "schema_version": 2, "model_files_fingerprint": "c" * 64}))
 
 
 def cases() -> dict[str, list[str]]:
@@ -62,6 +83,10 @@ def cases() -> dict[str, list[str]]:
         "non-empty --output": score + ["--pairs", "pairs.jsonl", "--output", "busy"],
         "missing --model directory": score + ["--pairs", "pairs.jsonl", "--model", "no-model", "--output", "o"],
         "incomplete --model directory": score + ["--pairs", "pairs.jsonl", "--model", "half-model", "--output", "o"],
+        "--store: a job output, not its store/": score + ["--pairs", "pairs.jsonl", "--model", "student",
+                                                            "--store", "out", "--output", "o"],
+        "--store: another model's store": score + ["--pairs", "pairs.jsonl", "--model", "student",
+                                                   "--store", "out/store", "--output", "o"],
         "missing --teacher directory": label + ["--teacher", "./runs/teacher"],
         "incomplete --teacher directory": label + ["--teacher", "half-teacher"],
         "missing evaluate --model directory": evaluate + ["--model", "baseline", "--model", "new=runs/student"],
