@@ -4,7 +4,8 @@
     python benchmarks/error_latency.py [--repeats 5]
 
 The mistakes: a missing input file, a wrong column (JSON Lines, CSV, Parquet footer), a corrupt
-Parquet file, an unknown Beam flag (with its "did you mean"), a misspelt job flag, a non-empty
+Parquet file, an unknown Beam flag (with its "did you mean"), a misspelt job flag, a Beam flag
+with a value its type or choices refuse (read from the installed Beam's source), a non-empty
 ``--output``, a missing and an incomplete ``--model`` directory, a missing and an incomplete
 ``--teacher`` (label_pairs), a missing evaluated ``--model`` (evaluate), and a ``--store`` that is
 a job output or another model's store. Each is answered by the
@@ -80,6 +81,8 @@ def cases() -> dict[str, list[str]]:
         "corrupt Parquet file": score + ["--pairs", "corrupt.parquet", "--output", "o"],
         "unknown Beam flag": score + ["--pairs", "pairs.jsonl", "--output", "o", "--direct_num_worker=2"],
         "misspelt job flag": score + ["--pairs", "pairs.jsonl", "--output", "o", "--keepcols=pid"],
+        "bad Beam value (integer)": score + ["--pairs", "pairs.jsonl", "--output", "o", "--direct_num_workers=two"],
+        "bad Beam value (choice)": score + ["--pairs", "pairs.jsonl", "--output", "o", "--direct_running_mode=bogus"],
         "non-empty --output": score + ["--pairs", "pairs.jsonl", "--output", "busy"],
         "missing --model directory": score + ["--pairs", "pairs.jsonl", "--model", "no-model", "--output", "o"],
         "incomplete --model directory": score + ["--pairs", "pairs.jsonl", "--model", "half-model", "--output", "o"],

@@ -86,7 +86,7 @@ def run(job: EncodeTextsJob, beam_args: list[str], argv: list[str] | None = None
     from encoders.device import pick_device
     from pipeline.beam.counters import read_counters, split_dead_letters
     from pipeline.beam.encode import DEAD_LETTER_TAG, DedupeTexts, EncodeSettings, EncodeTexts, ReadRows
-    from pipeline.beam.runner import make_pipeline, validate_beam_args
+    from pipeline.beam.runner import make_pipeline, run_to_end, validate_beam_args
     from pipeline.beam.writes import WriteDeadLetters, WriteStore
     from pipeline.outputs import open_output
     from pipeline.readers import check_columns, expand_inputs, worker_path
@@ -121,8 +121,7 @@ def run(job: EncodeTextsJob, beam_args: list[str], argv: list[str] | None = None
     ((read[DEAD_LETTER_TAG], deduped[DEAD_LETTER_TAG])
      | "AllDeadLetters" >> beam.Flatten()
      | "WriteDeadLetters" >> WriteDeadLetters(out.staged(), provenance))
-    result = pipeline.run()
-    result.wait_until_finish()   # the commit below runs here, in the launching process
+    result = run_to_end(pipeline)   # the commit below runs here, in the launching process
 
     store_rows = count_rows(store_files(out.staged()))
 

@@ -155,7 +155,7 @@ def run(job: LabelPairsJob, beam_args: list[str], argv: list[str] | None = None)
     from pipeline.beam.encode import DEAD_LETTER_TAG, ReadRows
     from pipeline.beam.label import (ExtractPairs, LabelPairs, LabelSettings, ReadPrevious, SkipLabeled,
                                      WriteDistillationSet)
-    from pipeline.beam.runner import make_pipeline, validate_beam_args
+    from pipeline.beam.runner import make_pipeline, run_to_end, validate_beam_args
     from pipeline.beam.writes import WriteDeadLetters
     from pipeline.datasets import DistillationManifest, distillation_schema, schema_columns
     from pipeline.outputs import open_output
@@ -211,8 +211,7 @@ def run(job: LabelPairsJob, beam_args: list[str], argv: list[str] | None = None)
     ((read[DEAD_LETTER_TAG], extracted[DEAD_LETTER_TAG])
      | "AllDeadLetters" >> beam.Flatten()
      | "WriteDeadLetters" >> WriteDeadLetters(out.staged(), provenance))
-    result = pipeline.run()
-    result.wait_until_finish()   # the commit below runs here, in the launching process
+    result = run_to_end(pipeline)   # the commit below runs here, in the launching process
 
     written = store_files(out.staged())
     rows = count_rows(written)

@@ -237,7 +237,7 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
     from encoders.device import pick_device
     from pipeline.beam.counters import read_counters, split_dead_letters
     from pipeline.beam.encode import DEAD_LETTER_TAG, DedupeTexts, EncodeSettings, ReadRows
-    from pipeline.beam.runner import is_local_runner, make_pipeline, validate_beam_args, worker_processes
+    from pipeline.beam.runner import is_local_runner, make_pipeline, run_to_end, validate_beam_args, worker_processes
     from pipeline.beam.score import (CompleteStore, DistinctPairTexts, PAIRS, ReadPairs, ScorePairs, ScoreSettings,
                                      dedupe_pair_chunks, read_store_tables)
     from pipeline.beam.writes import WriteDeadLetters, WriteStore
@@ -322,8 +322,7 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
         out.staged(SCORES_DIR, STORE_FILE_PREFIX), schema=stamped(schema, provenance), codec=COMPRESSION, file_name_suffix=STORE_FILE_SUFFIX)
     dead_letters.append(scored[DEAD_LETTER_TAG])
     tuple(dead_letters) | "AllDeadLetters" >> beam.Flatten() | "WriteDeadLetters" >> WriteDeadLetters(out.staged(), provenance)
-    result = pipeline.run()
-    result.wait_until_finish()   # the commit below runs here, in the launching process
+    result = run_to_end(pipeline)   # the commit below runs here, in the launching process
 
     counters = read_counters(result)
     pair_counts, pair_dead = split_dead_letters(counters, PAIRS)

@@ -16,6 +16,21 @@ os.environ["PAIRSCORE_PROGRESS_SECONDS"] = "inf"
 import pytest  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def worker_pool_env() -> dict[str, str]:
+    """The environment for a Beam worker pool (``worker_pool_main``) started by a test: the checkout
+    on PYTHONPATH and, first on PATH, the directory of the interpreter running the tests. The pool
+    starts each worker as a plain ``python`` found on PATH; from a virtual environment that is not
+    on PATH that ``python`` would lack Beam, and every worker would die at import."""
+    import sys
+
+    python_dir = os.path.dirname(sys.executable)
+    return dict(os.environ,
+                PATH=os.pathsep.join([python_dir, os.environ.get("PATH", "")]),
+                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
 
 
 @pytest.fixture(scope="session")

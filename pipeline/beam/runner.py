@@ -155,6 +155,27 @@ def leave_ctrl_c_to_this_process() -> None:
     worker._pairscore_ignores_sigint = True
 
 
+def run_to_end(pipeline: beam.Pipeline, stall_seconds: float | None = None):
+    """Run ``pipeline`` and wait until it has finished; returns its result (counters).
+
+    The wait is guarded by the stall watchdog (pipeline/beam/watchdog.py), also when a job is
+    called as a library function rather than from its command line (whose ``run_job`` already
+    watches with the user's ``--stall-timeout``): a worker pool whose workers die at start-up
+    ends the run with :class:`~pipeline.beam.watchdog.Stalled` instead of a wait without end.
+    ``stall_seconds``: the limit (None: the command line's default; 0: wait forever)."""
+    from pipeline import progress
+    from pipeline.beam import watchdog
+
+    seconds = watchdog.DEFAULT_STALL_SECONDS if stall_seconds is None else stall_seconds
+    stop_watching = watchdog.watch(seconds, progress.counted)
+    try:
+        result = pipeline.run()
+        result.wait_until_finish()
+    finally:
+        stop_watching()
+    return result
+
+
 # Tests only: the path of a file to wait for before the pipeline is built (see pause_for_tests).
 PAUSE_ENV = "PAIRSCORE_TEST_PAUSE_FILE"
 

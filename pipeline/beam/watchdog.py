@@ -28,6 +28,11 @@ from typing import Callable
 from pipeline.errors import RefusedToCommit
 
 
+# The limit when nobody sets one (the command lines' --stall-timeout default, a job called as a
+# library function).
+DEFAULT_STALL_SECONDS = 300.0
+
+
 class Stalled(RefusedToCommit):
     """Raised in the main thread when the watchdog ends a stalled run; its text is the one line."""
 
@@ -97,12 +102,19 @@ class Watchdog:
                 f"longer, 0 to wait forever")
 
 
+_watching = threading.Event()   # set while a watchdog guards this process's run
+
+
 def watch(seconds: float, progress: Callable[[], int], poll: float = 1.0) -> Callable[[], None]:
     """Start watching this run in a daemon thread; returns the function that stops it. When the
     run stalls, the main thread gets :class:`Stalled` (through SIGUSR1, which also wakes it from
-    the blocking waits Beam makes it do). ``seconds`` <= 0: no watching."""
-    if seconds <= 0 or threading.current_thread() is not threading.main_thread():
+    the blocking waits Beam makes it do). ``seconds`` <= 0: no watching. While a watchdog already
+    guards the run (the command line's, which knows --stall-timeout), a second one is not started:
+    the function that runs the pipeline (pipeline/beam/runner.py ``run_to_end``) asks for one with
+    the default limit, so that a job called as a library function is guarded too."""
+    if seconds <= 0 or threading.current_thread() is not threading.main_thread() or _watching.is_set():
         return lambda: None
+    _watching.set()
     with LEDGER.lock:
         LEDGER.requested.clear()
         LEDGER.connected.clear()
@@ -131,6 +143,7 @@ def watch(seconds: float, progress: Callable[[], int], poll: float = 1.0) -> Cal
         stop.set()
         thread.join(timeout=5)
         signal.signal(signal.SIGUSR1, previous)
+        _watching.clear()
     return end
 
 

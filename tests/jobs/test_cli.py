@@ -223,9 +223,11 @@ def test_progress_lines_are_told_apart_from_errors():
 
 
 def _console_script(tmp_path: Path) -> list[str]:
-    """The installed ``pairscore`` script; without an install (a bare checkout), the same
+    """The installed ``pairscore`` script (beside the interpreter running the tests first: its
+    virtual environment need not be on PATH); without an install (a bare checkout), the same
     wrapper pip writes for ``jobs.cli:console_main``, run from its own directory."""
-    installed = shutil.which("pairscore")
+    beside = os.path.join(os.path.dirname(sys.executable), "pairscore")
+    installed = beside if os.access(beside, os.X_OK) else shutil.which("pairscore")
     if installed:
         return [installed]
     wrapper = tmp_path / "bin" / "pairscore"

@@ -78,12 +78,12 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def worker_pool(tmp_path_factory) -> tuple[list[str], Path]:
+def worker_pool(tmp_path_factory, worker_pool_env) -> tuple[list[str], Path]:
     """(Beam args for the EXTERNAL pool, the pool's working directory)."""
     port = _free_port()
     cwd = tmp_path_factory.mktemp("worker-pool-cwd")
     log = open(tmp_path_factory.mktemp("worker-pool-log") / "pool.log", "w+")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    env = worker_pool_env
     pool = subprocess.Popen([sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main",
                              f"--service_port={port}"], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)

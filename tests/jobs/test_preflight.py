@@ -17,7 +17,7 @@ import pytest
 import zstandard
 
 from jobs import preflight
-from pipeline.beam import beam_options, option_names
+from pipeline.beam import option_names
 from pipeline.preflight import PreflightError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -86,6 +86,11 @@ MISTAKES = {
                           "unknown option(s) --direct_num_worker=2: not a flag of this job (see --help) nor a "
                           "pipeline option of any Beam runner (--direct_num_worker: did you mean "
                           "--direct_num_workers?)"),
+    "bad Beam value": ("score_pairs", ["--pairs", "pairs.jsonl", "--output", "o", "--direct_num_workers=two"],
+                       "--direct_num_workers 'two' is not allowed: give an integer"),
+    "bad Beam choice": ("score_pairs", ["--pairs", "pairs.jsonl", "--output", "o", "--direct_running_mode=bogus"],
+                        "--direct_running_mode 'bogus' is not allowed: choose one of in_memory, multi_threading, "
+                        "multi_processing"),
     "misspelt job flag": ("score_pairs", ["--pairs", "pairs.jsonl", "--output", "o", "--keepcols", "pid"],
                           "(--keepcols: did you mean --keep-cols?)"),
     "output not empty": ("encode_texts", ["--input", "pairs.jsonl", "--text-col", "left", "--output", "busy"],
@@ -251,25 +256,95 @@ def test_the_markers_preflight_knows_are_the_commits():
     assert SPELT == BASELINE
 
 
-def test_flags_are_left_to_beam_when_another_beam_is_installed(monkeypatch):
-    with pytest.raises(PreflightError, match="did you mean --runner"):
-        option_names.check_beam_flags(["--runnr=DirectRunner"])
-    monkeypatch.setattr(option_names, "_installed_beam", lambda: "0.0.1")
-    option_names.check_beam_flags(["--runnr=DirectRunner"])           # Beam's own check, after the import, decides
+def _imported_beam_parser_options():
+    """{option: (takes a value, int/float type name or None, choices or None)} from the parser the
+    imported Beam builds for the jobs (pipeline/beam/runner.py)."""
+    import pipeline.beam.encode  # noqa: F401 - the options classes the Beam jobs' library brings
+    import pipeline.beam.label  # noqa: F401
+    import pipeline.beam.score  # noqa: F401
+    from pipeline.beam.runner import beam_option_parser
+
+    found = {}
+    for name, action in beam_option_parser()._option_string_actions.items():
+        if name.startswith("--") and not name.startswith(option_names._UNCHECKED_PREFIXES):
+            kind = action.type.__name__ if action.type in (int, float) else None
+            found[name] = (action.nargs != 0, kind, tuple(action.choices) if action.choices is not None else None)
+    return found
 
 
-def test_the_list_of_beam_options_is_the_installed_beams():
-    """pipeline/beam/beam_options.py is generated; regenerate it
-    (python -m pipeline.beam.option_names --write-beam-options)
-    when Beam is upgraded."""
-    version, names = option_names.generate_beam_options()
-    assert version == beam_options.BEAM_VERSION
-    assert sorted(beam_options.OPTIONS) == names
-    assert Path(beam_options.__file__).read_text(encoding="utf-8") == option_names.beam_options_source(version, names)
+def test_the_options_read_from_beams_source_are_the_ones_the_imported_beam_defines():
+    """The pre-flight reads the installed Beam's option declarations without importing Beam; what it
+    reads must be what Beam's own parser holds once imported: every name, whether it takes a value,
+    its int/float type and its choices (where the source states them literally)."""
+    read = option_names.installed_beam_options()
+    imported = _imported_beam_parser_options()
+    assert sorted(read) == sorted(imported)
+    for name, (takes_value, kind, choices) in imported.items():
+        option = read[name]
+        assert option.takes_value == takes_value, name
+        if kind is not None:
+            assert option.value_type == kind, name
+        if option.choices is not None:
+            assert option.choices == choices, name
+    # the values the issue names are typed in every Beam version the package allows
+    assert read["--direct_num_workers"].value_type == "int"
+    assert read["--direct_running_mode"].choices == ("in_memory", "multi_threading", "multi_processing")
+
+
+def test_bad_beam_values_are_refused_before_beam_is_imported():
+    with pytest.raises(PreflightError, match=r"--direct_num_workers 'two' is not allowed: give an integer"):
+        option_names.check_beam_flags(["--direct_num_workers=two"])
+    with pytest.raises(PreflightError, match=r"--direct_running_mode 'bogus' is not allowed: choose one of "
+                                             r"in_memory, multi_threading, multi_processing"):
+        option_names.check_beam_flags(["--direct_running_mode", "bogus"])
+    option_names.check_beam_flags(["--direct_num_workers=2", "--direct_running_mode", "multi_processing",
+                                   "--runner=DirectRunner", "--no_use_public_ips", "--experiments=a,b"])
+
+
+OTHER_BEAM_SOURCE = textwrap.dedent("""
+    class PipelineOptions(object):
+        pass
+
+    class FutureOptions(PipelineOptions):
+        MODES = ['fast', 'slow']
+
+        @classmethod
+        def _add_argparse_args(cls, parser):
+            parser.add_argument('--runner', help='the runner')
+            parser.add_argument('--future_shards', type=int, default=1)
+            parser.add_value_provider_argument('--future_rate', type=float)
+            parser.add_argument('--future_mode', choices=cls.MODES)
+            parser.add_argument('--future_flag', action='store_true')
+    """)
+
+
+def test_the_flag_check_follows_whatever_beam_source_it_reads(tmp_path):
+    """Another Beam version (here a source of options that no released Beam has): the check still
+    suggests and refuses, by what that source declares, not by a list generated for one version."""
+    source = tmp_path / "pipeline_options.py"
+    source.write_text(OTHER_BEAM_SOURCE, encoding="utf-8")
+    options = option_names.read_beam_options([str(source)])
+    assert sorted(options) == ["--future_flag", "--future_mode", "--future_rate", "--future_shards", "--runner"]
+    with pytest.raises(PreflightError, match="did you mean --future_shards"):
+        option_names.check_beam_flags(["--future_shard=3"], options=options)
+    with pytest.raises(PreflightError, match="--keepcols: did you mean --keep-cols"):
+        option_names.check_beam_flags(["--keepcols", "pid"], own_flags=["--keep-cols"], options=options)
+    with pytest.raises(PreflightError, match="--future_mode 'medium' is not allowed: choose one of fast, slow"):
+        option_names.check_beam_flags(["--future_mode=medium"], options=options)
+    with pytest.raises(PreflightError, match="--future_rate 'high' is not allowed: give a number"):
+        option_names.check_beam_flags(["--future_rate=high"], options=options)
+    with pytest.raises(PreflightError, match="unknown option"):
+        option_names.check_beam_flags(["--direct_num_workers=2"], options=options)   # not in this Beam
+    option_names.check_beam_flags(["--future_shards", "4", "--future_flag", "--runner=X"], options=options)
+
+
+def test_without_beam_installed_the_flags_are_left_to_the_import(monkeypatch):
+    monkeypatch.setattr(option_names, "installed_beam_root", lambda: None)
+    option_names.check_beam_flags(["--runnr=DirectRunner"])      # the job's own import fails, naming Beam
 
 
 def test_the_preflight_module_imports_no_heavy_library():
-    code = ("import sys, jobs.preflight, pipeline.preflight, pipeline.beam.option_names, pipeline.beam.beam_options, jobs.cli\n"
+    code = ("import sys, jobs.preflight, pipeline.preflight, pipeline.beam.option_names, jobs.cli\n"
             f"print(','.join(m for m in {HEAVY!r} + ('pyarrow',) if m in sys.modules))")
     env = dict(os.environ, PYTHONPATH=str(REPO))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)

@@ -86,17 +86,18 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_score_pairs_with_a_worker_pool_whose_workers_cannot_start(tmp_path, tiny_checkpoint):
+@pytest.fixture
+def broken_worker_pool(tmp_path, worker_pool_env):
     """A real EXTERNAL worker pool whose worker command fails at once (as a pool whose Python lacks
-    Beam does): the job ends with exit 1 and one line naming the pool, and leaves no output."""
+    Beam does): the Beam args that send a job's work to it."""
     broken = tmp_path / "worker"
     broken.write_text("#!/bin/sh\necho 'No module named apache_beam' >&2\nexit 1\n")
     broken.chmod(0o755)
     port = _free_port()
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     pool = subprocess.Popen([sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main",
                              f"--service_port={port}", f"--container_executable={broken}"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                            env=worker_pool_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     try:
         while True:                                   # until the pool listens (or has died)
             with socket.socket() as probe:
@@ -104,18 +105,51 @@ def test_score_pairs_with_a_worker_pool_whose_workers_cannot_start(tmp_path, tin
                     break
             assert pool.poll() is None, "the worker pool did not start"
             time.sleep(0.2)
-        (tmp_path / "pairs.jsonl").write_text(json.dumps({"left": "a red fox", "right": "a fox"}) + "\n")
-        done = subprocess.run(
-            [sys.executable, "-m", "jobs.score_pairs", "--pairs", str(tmp_path / "pairs.jsonl"), "--model",
-             tiny_checkpoint, "--output", str(tmp_path / "out"), "--stall-timeout", "2",
-             "--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=EXTERNAL",
-             f"--environment_config=localhost:{port}"],
-            capture_output=True, text=True, env=env, timeout=600)
+        yield ["--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=EXTERNAL",
+               f"--environment_config=localhost:{port}"]
     finally:
         os.killpg(pool.pid, signal.SIGTERM)
         pool.wait(timeout=60)
+
+
+def test_score_pairs_with_a_worker_pool_whose_workers_cannot_start(tmp_path, tiny_checkpoint, broken_worker_pool,
+                                                                   worker_pool_env):
+    """The command line: the job ends with exit 3 and one line naming the pool, and leaves no output."""
+    (tmp_path / "pairs.jsonl").write_text(json.dumps({"left": "a red fox", "right": "a fox"}) + "\n")
+    port = broken_worker_pool[-1].rsplit(":", 1)[1]
+    done = subprocess.run(
+        [sys.executable, "-m", "jobs.score_pairs", "--pairs", str(tmp_path / "pairs.jsonl"), "--model",
+         tiny_checkpoint, "--output", str(tmp_path / "out"), "--stall-timeout", "2", *broken_worker_pool],
+        capture_output=True, text=True, env=worker_pool_env, timeout=600)
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert done.returncode == 3, done.stderr[-3000:]   # refused to commit (pipeline/errors.py)
     assert len(errors) == 1 and "stalled: no Beam worker has connected" in errors[0], done.stderr[-3000:]
     assert f"worker pool at localhost:{port}" in errors[0]
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+LIBRARY_CALL = """
+import os, sys
+from pipeline.beam import watchdog
+watchdog.DEFAULT_STALL_SECONDS = 2.0    # the library default (300 s), shortened for the test
+from jobs.score_pairs import ScorePairsJob, run
+try:
+    run(ScorePairsJob(pairs=(sys.argv[1],), output=sys.argv[2], model_dir=sys.argv[3]), sys.argv[4:], [])
+except watchdog.Stalled as err:
+    print("STALLED", err, flush=True)
+    os._exit(7)       # Beam's threads still wait for the worker that never came
+print("FINISHED", flush=True)
+"""
+
+
+def test_a_job_called_as_a_library_function_is_guarded_by_the_watchdog_too(tmp_path, tiny_checkpoint,
+                                                                            broken_worker_pool, worker_pool_env):
+    """No command line, no --stall-timeout: the job's library function raises Stalled (with the
+    default limit) instead of waiting without end, and commits nothing."""
+    (tmp_path / "pairs.jsonl").write_text(json.dumps({"left": "a red fox", "right": "a fox"}) + "\n")
+    done = subprocess.run([sys.executable, "-c", LIBRARY_CALL, str(tmp_path / "pairs.jsonl"), str(tmp_path / "out"),
+                           tiny_checkpoint, *broken_worker_pool],
+                          capture_output=True, text=True, env=worker_pool_env, timeout=600)
+    assert done.returncode == 7, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "STALLED stalled: no Beam worker has connected" in done.stdout
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
