@@ -58,7 +58,8 @@ from typing import Callable, Iterator
 from apache_beam.io.filesystem import BeamIOError, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from encoders.file_fingerprint import MODEL_FILE_SUFFIXES, file_entries, file_sha256, files_digest, verify_entries
+from encoders.file_fingerprint import (MODEL_FILE_SUFFIXES, ModelChanged, file_entries, file_sha256, files_digest,
+                                       verify_entries)
 
 CACHE_ENV = "PAIRSCORE_MODEL_CACHE"
 # What a model directory may hold that is copied: data formats that cannot execute code.
@@ -95,8 +96,9 @@ class ModelPin:
 
 class PinnedModelDir(str):
     """A model directory (the string, as given; local or remote) that carries the
-    :class:`ModelPin` the launching process took. It travels wherever the job's model path travels (settings pickled
-    to the workers), and :func:`local_model_dir` loads exactly the pinned bytes from it."""
+    :class:`ModelPin` the launching process took. It travels wherever the job's model path
+    travels (settings pickled to the workers), and :func:`local_model_dir` loads exactly the
+    pinned bytes from it."""
 
     pin: ModelPin
 
@@ -190,7 +192,8 @@ def local_model_dir(path: str) -> str:
             naming the first file that does.
         ValueError: a remote ``path`` with no model files under it, or with a file whose name
             would land outside the copy; a pinned file that changed on the remote store since the
-            pin was taken; a cached copy that no longer matches its pin (each naming the file).
+            pin was taken (ModelChanged too); a cached copy that no longer matches its pin (each
+            naming the file).
     """
     pin = getattr(path, "pin", None)
     path = str(path)
@@ -298,11 +301,11 @@ def _copy(remote: str, files: list[tuple[str, str]], pin: ModelPin | None) -> tu
             except (BeamIOError, OSError) as err:
                 if pin is None:
                     raise
-                raise ValueError(f"model file {source_path} cannot be read any more ({err}); this run pinned "
+                raise ModelChanged(f"model file {source_path} cannot be read any more ({err}); this run pinned "
                                  f"the model {remote} at its start and every worker must load those files: "
                                  "restore it, or start the run again") from None
             if pin is not None and (size, file_digest.hexdigest()) != expected[relative]:
-                raise ValueError(f"model file {source_path} changed after this run started (pinned: "
+                raise ModelChanged(f"model file {source_path} changed after this run started (pinned: "
                                  f"{expected[relative][0]} bytes, SHA-256 {expected[relative][1][:16]}…; now: {size} "
                                  f"bytes, SHA-256 {file_digest.hexdigest()[:16]}…). Every worker must score with "
                                  "the model the run started with: the run is stopped rather than mix two models; "
