@@ -17,6 +17,7 @@ import click
 from jobs.common import (ARGV_KEY, BEAM_EPILOG, BEAM_JOB_CONTEXT, DTYPES, FORMATS, abort_output_on_failure,
                          beam_args_for_run, device_option, JobCommand, main_module, output_option, overwrite_option,
                          preflight, run_job, run_options, run_started, split_list, stall_option)
+from jobs.text_tables import side_column_options, side_columns
 
 if TYPE_CHECKING:  # annotations only: the imports run inside the functions
     import pyarrow as pa
@@ -25,6 +26,7 @@ if TYPE_CHECKING:  # annotations only: the imports run inside the functions
     from pipeline.readers import InputFile
     from pipeline.store import StoreLayout
     from pipeline.summary import RunSummary
+    from pipeline.text_checks import TextColumns
 
 
 JOB_NAME = "score_pairs"
@@ -48,6 +50,10 @@ class ScorePairsJob:
     right_texts: tuple[str, ...] = ()
     texts_id_col: str = "id"
     texts_text_col: str = "text"
+    left_texts_id_col: str | None = None      # None: texts_id_col (jobs/text_tables.py)
+    left_texts_text_col: str | None = None
+    right_texts_id_col: str | None = None
+    right_texts_text_col: str | None = None
     keep_cols: tuple[str, ...] = ()
     model_dir: str | None = None
     store: str | None = None
@@ -67,6 +73,13 @@ class ScorePairsJob:
         from pipeline.beam.score import PairColumns
 
         return PairColumns(self.left_col, self.right_col, self.left_id_col, self.right_id_col, self.keep_cols)
+
+    def text_columns(self, side: str) -> TextColumns:
+        """The id and text columns of ``side``'s text tables (its own flags, else the shared ones)."""
+        from pipeline.text_checks import TextColumns
+
+        chosen = side_columns(vars(self), side)
+        return TextColumns(text=chosen["text"][0], id=chosen["id"][0])
 
 
 @dataclass(frozen=True)
@@ -182,6 +195,7 @@ def shuffle_buckets(store_bytes: int, pair_rows: int) -> int:
 @click.option("--right-texts", multiple=True, metavar="PATH", help="Id/text table of the right texts.")
 @click.option("--texts-id-col", default="id", show_default=True, help="Id column of the text tables.")
 @click.option("--texts-text-col", default="text", show_default=True, help="Text column of the text tables.")
+@side_column_options
 @click.option("--keep-cols", callback=split_list, default=None, metavar="A,B",
               help="Pair columns copied to the output as they are.")
 @click.option("--model", "model_dir", default=None, metavar="DIR",
@@ -248,7 +262,6 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
     from pipeline.store import (COMPRESSION, STORE_FILE_PREFIX, STORE_FILE_SUFFIX, count_rows, store_files,
                                 store_layout, write_manifest)
     from pipeline.summary import RunSummary
-    from pipeline.text_checks import TextColumns
 
     check_arguments(job)
     validate_beam_args(beam_args)
@@ -263,7 +276,7 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
     if columns.id_mode:
         for side, patterns in (("left", job.left_texts), ("right", job.right_texts)):
             text_files[side] = tuple(expand_inputs(patterns))
-            check_columns(text_files[side], [job.texts_id_col, job.texts_text_col])
+            check_columns(text_files[side], [job.text_columns(side).id, job.text_columns(side).text])
     # A remote model is pinned here: every worker loads the bytes this process fingerprints.
     job = replace(job, model_dir=pin_model_dir(job.model_dir))
     student = load_or_build_student(job.model_dir, baseline_config())
@@ -296,7 +309,7 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
         if columns.id_mode:
             text_rows = pipeline | f"Read{label}Texts" >> ReadRows(plan.text_files, counter_prefix=f"{side}_texts.")
             deduped = text_rows.rows | f"Dedupe{label}Texts" >> DedupeTexts(
-                TextColumns(job.texts_text_col, job.texts_id_col), counter_prefix=f"{side}_texts.")
+                job.text_columns(side), counter_prefix=f"{side}_texts.")
             unique = deduped["unique"]
             dead_letters += [text_rows[DEAD_LETTER_TAG], deduped[DEAD_LETTER_TAG]]
         else:

@@ -292,7 +292,7 @@ def test_bad_arguments_are_named(tmp_path, pairs_file, args, message):
 def test_help_explains_every_flag():
     result = CliRunner().invoke(score_pairs.main, ["--help"])
     assert result.exit_code == 0
-    for flag in ("--pairs", "--left-col", "--right-col", "--left-id-col", "--left-texts", "--texts-id-col",
+    for flag in ("--pairs", "--left-col", "--right-col", "--left-id-col", "--left-texts", "--texts-id-col", "--left-texts-id-col", "--right-texts-text-col",
                  "--keep-cols", "--model", "--store", "--output", "--join", "--broadcast-limit-mb",
                  "--dedupe-pairs", "--batch-size", "--device", "--accelerator", "--runner"):
         assert flag in result.output
@@ -406,3 +406,27 @@ def test_shuffle_join_equals_broadcast_with_missing_ids_and_repeats(tmp_path, he
     else:
         assert letters == {"left_text_missing": missing, "right_text_missing": right_missing}
         assert counts["pairs_scored"] == 60 - missing - right_missing == len(rows)
+
+
+def test_each_side_reads_its_text_table_with_its_own_columns(tmp_path, head_checkpoints):
+    """A query table (query_id, query_text) and a product table (sku, title) are read as they are:
+    each id's store row holds the hash of that side's text, every pair scores."""
+    queries = {"q1": "how do I bake bread?", "q2": "what is a sourdough starter?"}
+    products = {"s1": "bread flour 1kg", "s2": "rye sourdough starter kit"}
+    left = tmp_path / "queries.csv"
+    left.write_text("query_id,query_text,id\n" + "".join(f"{k},{v},x{k}\n" for k, v in queries.items()))
+    right = tmp_path / "products.jsonl"
+    right.write_text("".join(json.dumps({"sku": k, "title": v, "text": "not this"}) + "\n" for k, v in products.items()))
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"q": q, "p": p}) + "\n" for q in queries for p in products))
+    output = tmp_path / "out"
+    result = CliRunner().invoke(score_pairs.main, [
+        "--pairs", str(pairs), "--left-id-col", "q", "--right-id-col", "p", "--left-texts", str(left),
+        "--right-texts", str(right), "--left-texts-id-col", "query_id", "--left-texts-text-col", "query_text",
+        "--right-texts-id-col", "sku", "--right-texts-text-col", "title", "--model", head_checkpoints["dipair"],
+        "--output", str(output), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert summary_of(output)["counts"]["pairs_scored"] == 4
+    for side, texts in (("left", queries), ("right", products)):
+        stored = pq.read_table(output / "store" / side).to_pylist()
+        assert {r["id"]: r["text_hash"] for r in stored} == {k: text_id(v) for k, v in texts.items()}
