@@ -173,6 +173,27 @@ def output_schema(job: ScorePairsJob, student: Student, files: list[InputFile],
     return pa.schema(fields)
 
 
+def text_row_counts(side: str, counts: dict[str, int], dead: dict[str, int]) -> dict[str, int]:
+    """The summary's counts of ``side``'s text-table rows (id mode), from its counters."""
+    return {f"{side}_text_rows_read": counts.get("rows_read", 0),
+            f"{side}_text_rows_kept": counts.get("rows_kept", 0),
+            f"{side}_text_rows_duplicate": counts.get("rows_duplicate", 0),
+            f"{side}_text_rows_unused": counts.get("rows_unused", 0),
+            f"{side}_text_rows_dead_lettered": sum(dead.values())}
+
+
+def reconcile_text_rows(side: str, counts: dict[str, int]) -> str:
+    """``left text rows read N = kept + duplicates + unused + dead-lettered``; RuntimeError when
+    a row is unaccounted for. Unused: no pair names its id (pipeline/beam/used_texts.py)."""
+    parts = [counts[f"{side}_text_rows_{name}"] for name in ("kept", "duplicate", "unused", "dead_lettered")]
+    read = counts[f"{side}_text_rows_read"]
+    line = (f"{side} text rows read {read:,} = kept {parts[0]:,} + duplicates {parts[1]:,} + unused {parts[2]:,} "
+            f"+ dead-lettered {parts[3]:,}")
+    if sum(parts) != read:
+        raise RuntimeError(f"text row accounting failed: {line}")
+    return line
+
+
 def shuffle_buckets(store_bytes: int, pair_rows: int) -> int:
     """Partitions of the shuffle join and of ``--dedupe-pairs``: enough that one bucket's store
     rows (about 256 MiB) and pairs (about 2M) fit a worker, and never fewer than 64 so that
@@ -254,6 +275,7 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
     from pipeline.beam.runner import is_local_runner, make_pipeline, validate_beam_args, worker_processes
     from pipeline.beam.score import (CompleteStore, DistinctPairTexts, PAIRS, ReadPairs, ScorePairs, ScoreSettings,
                                      dedupe_pair_chunks, read_store_tables)
+    from pipeline.beam.used_texts import UsedTextRows
     from pipeline.beam.writes import WriteDeadLetters, WriteStore
     from pipeline.outputs import open_output
     from pipeline.pairs import kept_fields
@@ -308,7 +330,10 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
         label = side.capitalize()
         if columns.id_mode:
             text_rows = pipeline | f"Read{label}Texts" >> ReadRows(plan.text_files, counter_prefix=f"{side}_texts.")
-            deduped = text_rows.rows | f"Dedupe{label}Texts" >> DedupeTexts(
+            # Only the rows whose id a pair names go on (pipeline/beam/used_texts.py).
+            used_rows = text_rows.rows | f"Used{label}Texts" >> UsedTextRows(
+                side, job.text_columns(side).id, pairs, counter_prefix=f"{side}_texts.")
+            deduped = used_rows | f"Dedupe{label}Texts" >> DedupeTexts(
                 job.text_columns(side), counter_prefix=f"{side}_texts.")
             unique = deduped["unique"]
             dead_letters += [text_rows[DEAD_LETTER_TAG], deduped[DEAD_LETTER_TAG]]
@@ -350,8 +375,7 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
     for side in SIDES:
         side_counts, side_dead = split_dead_letters(counters, f"{side}_texts.")
         if columns.id_mode:
-            counts[f"{side}_text_rows_read"] = side_counts.get("rows_read", 0)
-            counts[f"{side}_text_rows_dead_lettered"] = sum(side_dead.values())
+            counts.update(text_row_counts(side, side_counts, side_dead))
         encoded, _ = split_dead_letters(counters, f"{side}.")
         counts[f"{side}_texts_encoded"] = encoded.get("texts_encoded", 0)
         counts[f"{side}_texts_reused"] = encoded.get("texts_reused", 0)
@@ -362,6 +386,10 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
         raise RuntimeError(f"pair accounting failed: read {counts['pairs_read']}, scored {counts['pairs_scored']} + "
                            f"duplicates {counts['pairs_duplicate']} + dead-lettered {counts['pairs_dead_lettered']}; "
                            f"rows written {counts['rows_written']}")
+    reconciliation = (f"pairs read {counts['pairs_read']:,} = scored {counts['pairs_scored']:,} + duplicates "
+                      f"{counts['pairs_duplicate']:,} + dead-lettered {counts['pairs_dead_lettered']:,}")
+    if columns.id_mode:
+        reconciliation += "".join("; " + reconcile_text_rows(side, counts) for side in SIDES)
     notes = [f"join: {join} ({why})"]
     if job.model_dir is None:
         notes.append("no --model: scores are the zero-training baseline, the cosine of the packaged "
@@ -370,8 +398,7 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
         job=JOB_NAME, arguments=list(argv if argv is not None else sys.argv[1:]), output=job.output,
         model_fingerprints={"model": student.fingerprint}, wall_seconds=round(time.monotonic() - started, 3),
         counts=counts, dead_letters=dict(sorted(pair_dead.items())),
-        reconciliation=(f"pairs read {counts['pairs_read']:,} = scored {counts['pairs_scored']:,} + duplicates "
-                        f"{counts['pairs_duplicate']:,} + dead-lettered {counts['pairs_dead_lettered']:,}"),
+        reconciliation=reconciliation,
         notes=notes)
     # Manifests only now that the counts reconcile: a store with a manifest is a complete store.
     for side, plan in plans.items():

@@ -430,3 +430,41 @@ def test_each_side_reads_its_text_table_with_its_own_columns(tmp_path, head_chec
     for side, texts in (("left", queries), ("right", products)):
         stored = pq.read_table(output / "store" / side).to_pylist()
         assert {r["id"]: r["text_hash"] for r in stored} == {k: text_id(v) for k, v in texts.items()}
+
+
+@pytest.mark.parametrize("mode", ["in-process", "multi-process"])
+def test_only_the_ids_the_pairs_use_are_encoded(tmp_path, head_checkpoints, mode):
+    """Text tables larger than the night's pairs: only the ids some pair names are encoded (a
+    semi-join inside the pipeline); rows no pair uses are counted as unused, not dead-lettered,
+    even when their text is bad; ids no table gives stay ``{side}_text_missing``."""
+    left_rows = [{"id": f"q{i}", "text": f"question number {i}"} for i in range(30)]
+    left_rows += [{"id": "q5", "text": "question number 5"},   # a duplicate row of a used id
+                  {"id": "q40", "text": "   "},                 # bad text, but no pair uses q40
+                  {"id": None, "text": "no id"}]                # no pair could name it: dead letter
+    right_rows = [{"id": f"p{i}", "text": f"product number {i}"} for i in range(20)] + [{"id": "p30", "text": ""}]
+    left, right = tmp_path / "left.jsonl", tmp_path / "right.jsonl"
+    left.write_text("".join(json.dumps(r) + "\n" for r in left_rows))
+    right.write_text("".join(json.dumps(r) + "\n" for r in right_rows))
+    q = [f"q{i % 10}" for i in range(40)] + ["q99", "q99"]
+    p = [f"p{i % 5}" for i in range(40)] + ["p1", "p2"]
+    q, p = q + ["q3"], p + ["p30"]
+    pairs = tmp_path / "pairs.parquet"
+    pq.write_table(pa.table({"q": q, "p": p}), pairs)
+    output = tmp_path / "out"
+    summary = run(ScorePairsJob(pairs=(str(pairs),), output=str(output), left_id_col="q", right_id_col="p",
+                                left_texts=(str(left),), right_texts=(str(right),), join="shuffle",
+                                model_dir=head_checkpoints["dipair"]), MULTI_PROCESS if mode == "multi-process" else [],
+                  argv=[])
+    counts = summary.counts
+    used_left, used_right = {f"q{i}" for i in range(10)}, {f"p{i}" for i in range(5)}
+    assert (counts["left_texts_encoded"], counts["right_texts_encoded"]) == (len(used_left), len(used_right))
+    assert {r["id"] for r in pq.read_table(output / "store" / "left").to_pylist()} == used_left
+    assert {r["id"] for r in pq.read_table(output / "store" / "right").to_pylist()} == used_right
+    assert (counts["left_text_rows_read"], counts["left_text_rows_kept"], counts["left_text_rows_duplicate"],
+            counts["left_text_rows_unused"], counts["left_text_rows_dead_lettered"]) == (33, 10, 1, 21, 1)
+    assert (counts["right_text_rows_read"], counts["right_text_rows_kept"], counts["right_text_rows_unused"],
+            counts["right_text_rows_dead_lettered"]) == (21, 5, 15, 1)
+    assert summary.dead_letters == {"left_text_missing": 2, "right_text_missing": 1,
+                                    "left_texts:null_id": 1, "right_texts:empty_text": 1}
+    assert counts["pairs_scored"] == 40
+    assert "left text rows read 33 = kept 10 + duplicates 1 + unused 21 + dead-lettered 1" in summary.reconciliation
