@@ -62,8 +62,9 @@ def check(job: str, flags: Mapping[str, Any], beam_args: Sequence[str] = (), own
         reads.append(("--input", flags["inputs"], [flags["text_col"], flags["id_col"]]))
     elif job == "score_pairs":
         ids = _id_columns(flags)
-        if ids is not None and bool(ids) != bool(flags["left_texts"] and flags["right_texts"]):
-            ids = None     # ids without both text tables, or text tables without ids: the job says which
+        both_tables = bool(flags["left_texts"] and flags["right_texts"])
+        if (ids == [] and both_tables) or (ids and not (both_tables or flags.get("store"))):
+            ids = None     # text tables without ids, or ids without text tables or a store: the job says which
         pair_columns = [] if ids is None else ids or [flags["left_col"], flags["right_col"]]
         reads.append(("--pairs", flags["pairs"], pair_columns))
         if ids:

@@ -98,8 +98,9 @@ def check_arguments(job: ScorePairsJob) -> None:
     if (job.left_id_col is None) != (job.right_id_col is None):
         raise ValueError("--left-id-col and --right-id-col go together: give both (pairs of ids) or neither "
                          "(pairs of texts)")
-    if job.left_id_col and not (job.left_texts and job.right_texts):
-        raise ValueError("pairs of ids need --left-texts and --right-texts (id/text tables) to find their texts")
+    if job.left_id_col and job.store is None and not (job.left_texts and job.right_texts):
+        raise ValueError("pairs of ids need --left-texts and --right-texts (id/text tables) or a --store holding "
+                         "their texts")
     if not job.left_id_col and (job.left_texts or job.right_texts):
         raise ValueError("--left-texts/--right-texts are for pairs of ids: also give --left-id-col and --right-id-col")
     if job.join not in JOINS:
@@ -210,8 +211,10 @@ def shuffle_buckets(store_bytes: int, pair_rows: int) -> int:
 @click.option("--format", type=click.Choice(FORMATS), default=None, help="Read the pair tables as this format.")
 @click.option("--left-col", default="left", show_default=True, help="Left text column (pairs of texts).")
 @click.option("--right-col", default="right", show_default=True, help="Right text column (pairs of texts).")
-@click.option("--left-id-col", default=None, help="Left id column (pairs of ids; needs --left-texts).")
-@click.option("--right-id-col", default=None, help="Right id column (pairs of ids; needs --right-texts).")
+@click.option("--left-id-col", default=None,
+              help="Left id column (pairs of ids; texts from --left-texts and/or --store).")
+@click.option("--right-id-col", default=None,
+              help="Right id column (pairs of ids; texts from --right-texts and/or --store).")
 @click.option("--left-texts", multiple=True, metavar="PATH", help="Id/text table of the left texts.")
 @click.option("--right-texts", multiple=True, metavar="PATH", help="Id/text table of the right texts.")
 @click.option("--texts-id-col", default="id", show_default=True, help="Id column of the text tables.")
@@ -297,6 +300,8 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
     text_files = {side: () for side in SIDES}
     if columns.id_mode:
         for side, patterns in (("left", job.left_texts), ("right", job.right_texts)):
+            if not patterns:
+                continue     # this side's texts come from --store alone
             text_files[side] = tuple(expand_inputs(patterns))
             check_columns(text_files[side], [job.text_columns(side).id, job.text_columns(side).text])
     # A remote model is pinned here: every worker loads the bytes this process fingerprints.
@@ -328,7 +333,9 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
     side_tables = {}
     for side, plan in plans.items():
         label = side.capitalize()
-        if columns.id_mode:
+        if columns.id_mode and not plan.text_files:
+            unique = pipeline | f"No{label}Texts" >> beam.Create([])   # --store alone gives this side's texts
+        elif columns.id_mode:
             text_rows = pipeline | f"Read{label}Texts" >> ReadRows(plan.text_files, counter_prefix=f"{side}_texts.")
             # Only the rows whose id a pair names go on (pipeline/beam/used_texts.py).
             used_rows = text_rows.rows | f"Used{label}Texts" >> UsedTextRows(

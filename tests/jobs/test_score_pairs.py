@@ -279,7 +279,7 @@ def test_bad_checkpoints_fail_before_the_pipeline(tmp_path, pairs_file, head_che
 
 @pytest.mark.parametrize("args, message", [
     (["--left-id-col", "q"], "--left-id-col and --right-id-col go together"),
-    (["--left-id-col", "q", "--right-id-col", "p"], "need --left-texts and --right-texts"),
+    (["--left-id-col", "q", "--right-id-col", "p"], "need --left-texts and --right-texts (id/text tables) or a --store"),
     (["--left-texts", "x.jsonl"], "are for pairs of ids"),
     (["--left-col", "question"], "question"),
     (["--keep-cols", "score"], "would overwrite output columns"),
@@ -468,3 +468,27 @@ def test_only_the_ids_the_pairs_use_are_encoded(tmp_path, head_checkpoints, mode
                                     "left_texts:null_id": 1, "right_texts:empty_text": 1}
     assert counts["pairs_scored"] == 40
     assert "left text rows read 33 = kept 10 + duplicates 1 + unused 21 + dead-lettered 1" in summary.reconciliation
+
+
+def test_pairs_of_ids_score_from_the_store_alone(tmp_path, head_checkpoints):
+    """Last night's store holds the ids: tonight's pairs of ids need no text tables. Their scores
+    are last night's, nothing is encoded, and an id the store lacks is dead-lettered as missing."""
+    left, right = tmp_path / "left.jsonl", tmp_path / "right.jsonl"
+    left.write_text("".join(json.dumps({"id": f"q{i}", "text": f"question {i}"}) + "\n" for i in range(4)))
+    right.write_text("".join(json.dumps({"id": f"p{i}", "text": f"product {i}"}) + "\n" for i in range(3)))
+    q, p = [f"q{i % 4}" for i in range(12)], [f"p{i % 3}" for i in range(12)]
+    first = tmp_path / "night1"
+    pq.write_table(pa.table({"q": q, "p": p}), tmp_path / "night1.parquet")
+    run(ScorePairsJob(pairs=(str(tmp_path / "night1.parquet"),), output=str(first), left_id_col="q",
+                      right_id_col="p", left_texts=(str(left),), right_texts=(str(right),),
+                      model_dir=head_checkpoints["dipair"]), [], argv=[])
+    pq.write_table(pa.table({"q": q + ["q7"], "p": p + ["p0"]}), tmp_path / "night2.parquet")
+    second = tmp_path / "night2"
+    result = CliRunner().invoke(score_pairs.main, [
+        "--pairs", str(tmp_path / "night2.parquet"), "--left-id-col", "q", "--right-id-col", "p",
+        "--store", str(first / "store"), "--model", head_checkpoints["dipair"], "--output", str(second), "--quiet"])
+    assert result.exit_code == 0, result.output
+    summary = summary_of(second)
+    assert summary["counts"]["pairs_scored"] == 12 and summary["dead_letters"] == {"left_text_missing": 1}
+    assert summary["counts"]["left_texts_encoded"] == summary["counts"]["right_texts_encoded"] == 0
+    assert read_scores(second) == read_scores(first)
