@@ -282,7 +282,7 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
     from pipeline.beam.writes import WriteDeadLetters, WriteStore
     from pipeline.outputs import open_output
     from pipeline.pairs import kept_fields
-    from pipeline.readers import check_columns, count_input_rows, expand_inputs, worker_path
+    from pipeline.readers import check_columns, count_input_rows, expand_inputs, expect_inputs, worker_path
     from pipeline.scoring_core import torch_threads_for
     from pipeline.store import (COMPRESSION, STORE_FILE_PREFIX, STORE_FILE_SUFFIX, count_rows, store_files,
                                 store_layout, write_manifest)
@@ -324,6 +324,9 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
 
     provenance = table_metadata(JOB_NAME, {"model": (student.fingerprint, job.model_dir or student.config.encoder)},
                                 score=score_meaning(job, student))
+    expect_inputs(pair_files, ("pairs.rows_read", "pairs.rows_scored"))   # the progress line's totals
+    for plan in plans.values():
+        expect_inputs(plan.text_files, (f"{plan.side}_texts.rows_read",))
     started = run_started()
     pipeline = make_pipeline(beam_args)
     read = pipeline | "ReadPairs" >> ReadPairs(pair_files, columns, chunk_size=job.batch_size, kept=kept,
