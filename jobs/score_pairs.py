@@ -324,7 +324,8 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
 
     provenance = table_metadata(JOB_NAME, {"model": (student.fingerprint, job.model_dir or student.config.encoder)},
                                 score=score_meaning(job, student))
-    expect_inputs(pair_files, ("pairs.rows_read", "pairs.rows_scored"))   # the progress line's totals
+    # The progress line's totals (with --dedupe-pairs fewer pairs are scored than read).
+    expect_inputs(pair_files, ("pairs.rows_read",) + (() if job.dedupe_pairs else ("pairs.rows_scored",)))
     for plan in plans.values():
         expect_inputs(plan.text_files, (f"{plan.side}_texts.rows_read",))
     started = run_started()
