@@ -279,7 +279,8 @@ def test_bad_checkpoints_fail_before_the_pipeline(tmp_path, pairs_file, head_che
 
 @pytest.mark.parametrize("args, message", [
     (["--left-id-col", "q"], "--left-id-col and --right-id-col go together"),
-    (["--left-id-col", "q", "--right-id-col", "p"], "need --left-texts and --right-texts (id/text tables) or a --store"),
+    (["--left-id-col", "q", "--right-id-col", "p"],
+     "need --left-texts and --right-texts (id/text tables) or a --store"),
     (["--left-texts", "x.jsonl"], "are for pairs of ids"),
     (["--left-col", "question"], "question"),
     (["--keep-cols", "score"], "would overwrite output columns"),
@@ -292,7 +293,8 @@ def test_bad_arguments_are_named(tmp_path, pairs_file, args, message):
 def test_help_explains_every_flag():
     result = CliRunner().invoke(score_pairs.main, ["--help"])
     assert result.exit_code == 0
-    for flag in ("--pairs", "--left-col", "--right-col", "--left-id-col", "--left-texts", "--texts-id-col", "--left-texts-id-col", "--right-texts-text-col",
+    for flag in ("--pairs", "--left-col", "--right-col", "--left-id-col", "--left-texts", "--texts-id-col",
+                 "--left-texts-id-col", "--right-texts-text-col",
                  "--keep-cols", "--model", "--store", "--output", "--join", "--broadcast-limit-mb",
                  "--dedupe-pairs", "--batch-size", "--device", "--accelerator", "--runner"):
         assert flag in result.output
@@ -416,7 +418,8 @@ def test_each_side_reads_its_text_table_with_its_own_columns(tmp_path, head_chec
     left = tmp_path / "queries.csv"
     left.write_text("query_id,query_text,id\n" + "".join(f"{k},{v},x{k}\n" for k, v in queries.items()))
     right = tmp_path / "products.jsonl"
-    right.write_text("".join(json.dumps({"sku": k, "title": v, "text": "not this"}) + "\n" for k, v in products.items()))
+    right.write_text("".join(json.dumps({"sku": k, "title": v, "text": "not this"}) + "\n"
+                             for k, v in products.items()))
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps({"q": q, "p": p}) + "\n" for q in queries for p in products))
     output = tmp_path / "out"
