@@ -223,3 +223,20 @@ def test_parquet_inputs_give_their_rows_as_the_total(tmp_path):
         assert quiet.totals == {}                           # --quiet: nothing is read for it
     finally:
         progress.stop()
+
+
+def test_a_job_reading_parquet_shows_its_total_from_the_footers(tmp_path, tiny_checkpoint, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from click.testing import CliRunner
+
+    from jobs.cli import pairscore
+
+    source = tmp_path / "texts.parquet"
+    pq.write_table(pa.table({"text": [f"text number {i}" for i in range(40)]}), source)
+    monkeypatch.setenv(progress.ENV_INTERVAL, "0.05")
+    result = CliRunner().invoke(pairscore, ["encode-texts", "--input", str(source), "--model", tiny_checkpoint,
+                                            "--output", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    progress_lines = [line for line in result.output.splitlines() if line.startswith("encode_texts 0:")]
+    assert progress_lines and "rows read 40 of 40 (100%" in progress_lines[-1]
