@@ -27,7 +27,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -316,11 +316,13 @@ class CrossEncoder(nn.Module):
         return self.model(**batch).logits
 
     @torch.inference_mode()
-    def predict(self, pairs: Sequence[TokenizedPair], batch_size: int = 64) -> np.ndarray:
+    def predict(self, pairs: Sequence[TokenizedPair], batch_size: int = 64,
+                on_batch: Callable[[int], None] | None = None) -> np.ndarray:
         """Logits (P, C) float32 in input order.
 
         Pairs are sorted by token count before being cut into batches, so each batch pads only
-        to its own longest pair; on GPU the model runs in mixed precision.
+        to its own longest pair; on GPU the model runs in mixed precision. ``on_batch``: called
+        with each batch's pair count once it is done (progress).
         """
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r} is not allowed: give a positive integer")
@@ -333,6 +335,8 @@ class CrossEncoder(nn.Module):
                 batch = {k: v.to(device) for k, v in self.collate([pairs[i] for i in index]).items()}
                 with autocast(device):
                     logits[index] = self(batch).float().cpu().numpy()
+                if on_batch is not None:
+                    on_batch(len(index))
         finally:
             self.train(was_training)
         return logits

@@ -32,10 +32,12 @@ import click
 from jobs.common import (ARGV_KEY, DEFAULT_ENCODER, FORMATS, PLAIN_JOB_CONTEXT, abort_output_on_failure,
                          device_option, JobCommand, main_module, output_option, overwrite_option, preflight, run_job,
                          run_options, run_started)
+from jobs.text_tables import side_column_options, side_columns
 
 if TYPE_CHECKING:  # annotations only: the imports run inside the functions
     from encoders.checkpoint import Student
     from pipeline.summary import RunSummary
+    from pipeline.text_checks import TextColumns
 
 
 JOB_NAME = "build_candidates"
@@ -51,6 +53,10 @@ class BuildCandidatesJob:
     random_per_left: int = 1
     texts_text_col: str = "text"
     texts_id_col: str | None = None
+    left_texts_id_col: str | None = None      # None: texts_id_col (jobs/text_tables.py)
+    left_texts_text_col: str | None = None
+    right_texts_id_col: str | None = None
+    right_texts_text_col: str | None = None
     encoder: str = DEFAULT_ENCODER
     max_length: int = 128
     batch_size: int = 128
@@ -69,6 +75,13 @@ class BuildCandidatesJob:
             raise ValueError("--top-k 0 with --random-per-left 0 would mine nothing: give --top-k K >= 1 "
                              "and/or --random-per-left R >= 1")
 
+    def text_columns(self, side: str) -> TextColumns:
+        """The columns of ``side``'s pool (its own flags, else the shared ones)."""
+        from pipeline.text_checks import TextColumns
+
+        chosen = side_columns(vars(self), side)
+        return TextColumns(text=chosen["text"][0], id=chosen["id"][0])
+
 
 # --------------------------------------------------------------------------- texts
 
@@ -86,6 +99,7 @@ class BuildCandidatesJob:
 @click.option("--texts-text-col", default="text", show_default=True, help="Column holding the text.")
 @click.option("--texts-id-col", default=None,
               help="Column holding the text's id. Without it, a text's id is a stable hash of its content.")
+@side_column_options
 @click.option("--top-k", type=int, required=True, metavar="K",
               help="Nearest right texts per left text (exact cosine search), the text itself excluded.")
 @click.option("--random-per-left", type=int, default=1, show_default=True, metavar="R",
@@ -142,14 +156,13 @@ def run(job: BuildCandidatesJob, argv: list[str] | None = None) -> RunSummary:
     from pipeline.readers import check_columns, expand_inputs
     from pipeline.store import STORE_FILE_PREFIX, STORE_FILE_SUFFIX
     from pipeline.summary import RunSummary
-    from pipeline.text_checks import TextColumns
 
     job.check()
     device = pick_device(job.device)
-    columns = TextColumns(text=job.texts_text_col, id=job.texts_id_col)
+    columns = {name: job.text_columns(name) for name in ("left", "right")}
     files = {"left": expand_inputs(job.left_texts, job.format), "right": expand_inputs(job.right_texts, job.format)}
-    for side_files in files.values():
-        check_columns(side_files, [c for c in (columns.text, columns.id) if c])
+    for name, side_files in files.items():
+        check_columns(side_files, [c for c in (columns[name].text, columns[name].id) if c])
     student = encoder_for(job)
     side = student.encoder.left.to(device).eval()  # one shared encoder: both pools in one space
     out = open_output(job.output, job=JOB_NAME, overwrite=job.overwrite,
@@ -157,7 +170,7 @@ def run(job: BuildCandidatesJob, argv: list[str] | None = None) -> RunSummary:
                              "--encoder": [local_path_or_none(job.encoder)]})
 
     started = run_started()
-    pools = {name: read_text_pool(side_files, columns) for name, side_files in files.items()}
+    pools = {name: read_text_pool(side_files, columns[name]) for name, side_files in files.items()}
     left, right = pools["left"], pools["right"]
     seconds = {}
     embeddings = {}

@@ -89,7 +89,7 @@ def run(job: EncodeTextsJob, beam_args: list[str], argv: list[str] | None = None
     from pipeline.beam.runner import make_pipeline, run_to_end, validate_beam_args
     from pipeline.beam.writes import WriteDeadLetters, WriteStore
     from pipeline.outputs import open_output
-    from pipeline.readers import check_columns, expand_inputs, worker_path
+    from pipeline.readers import check_columns, expand_inputs, expect_inputs, worker_path
     from pipeline.store import count_rows, store_files, store_layout, write_manifest
     from pipeline.summary import RunSummary
     from pipeline.text_checks import TextColumns
@@ -109,6 +109,7 @@ def run(job: EncodeTextsJob, beam_args: list[str], argv: list[str] | None = None
                       reads={"--input": job.inputs, "--model": [job.model_dir]})
 
     provenance = table_metadata(JOB_NAME, {"model": (student.fingerprint, job.model_dir or student.config.encoder)})
+    expect_inputs(files, ("rows_read",))   # the progress line's totals
     started = run_started()
     pipeline = make_pipeline(beam_args)
     read = pipeline | "ReadRows" >> ReadRows(files)

@@ -161,7 +161,7 @@ def run(job: LabelPairsJob, beam_args: list[str], argv: list[str] | None = None)
     from pipeline.outputs import open_output
     from pipeline.paths import escape_glob
     from pipeline.pairs import TextPairColumns, kept_fields
-    from pipeline.readers import check_columns, expand_inputs, worker_path
+    from pipeline.readers import check_columns, expand_inputs, expect_inputs, worker_path
     from pipeline.store import MANIFEST_FILE, count_rows, store_files
     from pipeline.summary import RunSummary
     from pipeline.writers import write_json_file
@@ -195,6 +195,8 @@ def run(job: LabelPairsJob, beam_args: list[str], argv: list[str] | None = None)
                       reads={"--pairs": job.pairs, "--teacher": [job.teacher], "--previous": [job.previous]})
 
     provenance = table_metadata(JOB_NAME, {"teacher": (teacher.fingerprint, job.teacher)})
+    # The progress line's totals (with --previous, some pairs are skipped, not labeled).
+    expect_inputs(files, ("rows_read",) if job.previous else ("rows_read", "pairs_labeled"))
     started = run_started()
     pipeline = make_pipeline(beam_args)
     read = pipeline | "ReadRows" >> ReadRows(files)

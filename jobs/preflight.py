@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping, Sequence
 
+from jobs.text_tables import side_columns
 from pipeline.beam.option_names import check_beam_flags
 from pipeline.preflight import (PreflightError, check_columns, check_model_dir, check_output, check_store_dir,
                                 check_student_dir, check_teacher_dir, local_files)
@@ -34,6 +35,17 @@ def _id_columns(flags: Mapping[str, Any]) -> list[str | None] | None:
     return [left, right] if left is not None else []
 
 
+def _text_tables(flags: Mapping[str, Any], named_by: dict[str, dict[str, str]]):
+    """The left and right text tables with the columns each must have (jobs/text_tables.py)."""
+    reads = []
+    for side in ("left", "right"):
+        flag = f"--{side}-texts"
+        chosen = side_columns(flags, side)
+        named_by[flag] = {column: named for column, named in chosen.values() if column}
+        reads.append((flag, flags[f"{side}_texts"], [chosen["id"][0], chosen["text"][0]]))
+    return reads
+
+
 def check(job: str, flags: Mapping[str, Any], beam_args: Sequence[str] = (), own_flags: Iterable[str] = ()) -> None:
     """Run the pre-flight checks of ``job`` on its parsed ``flags`` (click's names) and its
     pass-through Beam options. Raises PreflightError (one line) on the first mistake found.
@@ -45,24 +57,22 @@ def check(job: str, flags: Mapping[str, Any], beam_args: Sequence[str] = (), own
         check_beam_flags(beam_args, own_flags)
     fmt = flags.get("format")
     reads: list[tuple[str, Sequence[str], list[str | None]]] = []
+    named_by: dict[str, dict[str, str]] = {}     # flag of the input -> {column: the flag that named it}
     if job == "encode_texts":
         reads.append(("--input", flags["inputs"], [flags["text_col"], flags["id_col"]]))
     elif job == "score_pairs":
         ids = _id_columns(flags)
-        if ids is not None and bool(ids) != bool(flags["left_texts"] and flags["right_texts"]):
-            ids = None     # ids without both text tables, or text tables without ids: the job says which
+        both_tables = bool(flags["left_texts"] and flags["right_texts"])
+        if (ids == [] and both_tables) or (ids and not (both_tables or flags.get("store"))):
+            ids = None     # text tables without ids, or ids without text tables or a store: the job says which
         pair_columns = [] if ids is None else ids or [flags["left_col"], flags["right_col"]]
         reads.append(("--pairs", flags["pairs"], pair_columns))
         if ids:
-            for side in ("left_texts", "right_texts"):
-                reads.append(("--" + side.replace("_", "-"), flags[side],
-                              [flags["texts_id_col"], flags["texts_text_col"]]))
+            reads += _text_tables(flags, named_by)
     elif job == "label_pairs":
         reads.append(("--pairs", flags["pairs"], _pair_inputs(flags, *(_id_columns(flags) or ()))))
     elif job == "build_candidates":
-        for side in ("left_texts", "right_texts"):
-            reads.append(("--" + side.replace("_", "-"), flags[side],
-                          [flags["texts_text_col"], flags.get("texts_id_col")]))
+        reads += _text_tables(flags, named_by)
     elif job in ("train_teacher", "evaluate"):
         main = "train" if job == "train_teacher" else "pairs"
         reads.append(("--" + main, flags[main], _pair_inputs(flags, flags.get("label_col"), flags.get("group_col"))))
@@ -72,7 +82,7 @@ def check(job: str, flags: Mapping[str, Any], beam_args: Sequence[str] = (), own
         reads.append(("--dev", flags["dev"], _pair_inputs(flags, flags.get("label_col"), flags.get("dev_group_col"))))
     for flag, patterns, required in reads:
         files = local_files(flag, patterns, fmt)
-        check_columns(files, required, fmt)
+        check_columns(files, required, fmt, named_by.get(flag))
     if job in ("encode_texts", "score_pairs"):
         check_student_dir(flags.get("model_dir"))
     if job == "score_pairs":

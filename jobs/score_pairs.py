@@ -17,6 +17,7 @@ import click
 from jobs.common import (ARGV_KEY, BEAM_EPILOG, BEAM_JOB_CONTEXT, DTYPES, FORMATS, abort_output_on_failure,
                          beam_args_for_run, device_option, JobCommand, main_module, output_option, overwrite_option,
                          preflight, run_job, run_options, run_started, split_list, stall_option)
+from jobs.text_tables import side_column_options, side_columns
 
 if TYPE_CHECKING:  # annotations only: the imports run inside the functions
     import pyarrow as pa
@@ -25,6 +26,7 @@ if TYPE_CHECKING:  # annotations only: the imports run inside the functions
     from pipeline.readers import InputFile
     from pipeline.store import PartPin, StoreLayout
     from pipeline.summary import RunSummary
+    from pipeline.text_checks import TextColumns
 
 
 JOB_NAME = "score_pairs"
@@ -48,6 +50,10 @@ class ScorePairsJob:
     right_texts: tuple[str, ...] = ()
     texts_id_col: str = "id"
     texts_text_col: str = "text"
+    left_texts_id_col: str | None = None      # None: texts_id_col (jobs/text_tables.py)
+    left_texts_text_col: str | None = None
+    right_texts_id_col: str | None = None
+    right_texts_text_col: str | None = None
     keep_cols: tuple[str, ...] = ()
     model_dir: str | None = None
     store: str | None = None
@@ -68,6 +74,13 @@ class ScorePairsJob:
 
         return PairColumns(self.left_col, self.right_col, self.left_id_col, self.right_id_col, self.keep_cols)
 
+    def text_columns(self, side: str) -> TextColumns:
+        """The id and text columns of ``side``'s text tables (its own flags, else the shared ones)."""
+        from pipeline.text_checks import TextColumns
+
+        chosen = side_columns(vars(self), side)
+        return TextColumns(text=chosen["text"][0], id=chosen["id"][0])
+
 
 @dataclass(frozen=True)
 class SidePlan:
@@ -85,8 +98,9 @@ def check_arguments(job: ScorePairsJob) -> None:
     if (job.left_id_col is None) != (job.right_id_col is None):
         raise ValueError("--left-id-col and --right-id-col go together: give both (pairs of ids) or neither "
                          "(pairs of texts)")
-    if job.left_id_col and not (job.left_texts and job.right_texts):
-        raise ValueError("pairs of ids need --left-texts and --right-texts (id/text tables) to find their texts")
+    if job.left_id_col and job.store is None and not (job.left_texts and job.right_texts):
+        raise ValueError("pairs of ids need --left-texts and --right-texts (id/text tables) or a --store holding "
+                         "their texts")
     if not job.left_id_col and (job.left_texts or job.right_texts):
         raise ValueError("--left-texts/--right-texts are for pairs of ids: also give --left-id-col and --right-id-col")
     if job.join not in JOINS:
@@ -160,6 +174,27 @@ def output_schema(job: ScorePairsJob, student: Student, files: list[InputFile],
     return pa.schema(fields)
 
 
+def text_row_counts(side: str, counts: dict[str, int], dead: dict[str, int]) -> dict[str, int]:
+    """The summary's counts of ``side``'s text-table rows (id mode), from its counters."""
+    return {f"{side}_text_rows_read": counts.get("rows_read", 0),
+            f"{side}_text_rows_kept": counts.get("rows_kept", 0),
+            f"{side}_text_rows_duplicate": counts.get("rows_duplicate", 0),
+            f"{side}_text_rows_unused": counts.get("rows_unused", 0),
+            f"{side}_text_rows_dead_lettered": sum(dead.values())}
+
+
+def reconcile_text_rows(side: str, counts: dict[str, int]) -> str:
+    """``left text rows read N = kept + duplicates + unused + dead-lettered``; RuntimeError when
+    a row is unaccounted for. Unused: no pair names its id (pipeline/beam/used_texts.py)."""
+    parts = [counts[f"{side}_text_rows_{name}"] for name in ("kept", "duplicate", "unused", "dead_lettered")]
+    read = counts[f"{side}_text_rows_read"]
+    line = (f"{side} text rows read {read:,} = kept {parts[0]:,} + duplicates {parts[1]:,} + unused {parts[2]:,} "
+            f"+ dead-lettered {parts[3]:,}")
+    if sum(parts) != read:
+        raise RuntimeError(f"text row accounting failed: {line}")
+    return line
+
+
 def shuffle_buckets(store_bytes: int, pair_rows: int) -> int:
     """Partitions of the shuffle join and of ``--dedupe-pairs``: enough that one bucket's store
     rows (about 256 MiB) and pairs (about 2M) fit a worker, and never fewer than 64 so that
@@ -176,12 +211,15 @@ def shuffle_buckets(store_bytes: int, pair_rows: int) -> int:
 @click.option("--format", type=click.Choice(FORMATS), default=None, help="Read the pair tables as this format.")
 @click.option("--left-col", default="left", show_default=True, help="Left text column (pairs of texts).")
 @click.option("--right-col", default="right", show_default=True, help="Right text column (pairs of texts).")
-@click.option("--left-id-col", default=None, help="Left id column (pairs of ids; needs --left-texts).")
-@click.option("--right-id-col", default=None, help="Right id column (pairs of ids; needs --right-texts).")
+@click.option("--left-id-col", default=None,
+              help="Left id column (pairs of ids; texts from --left-texts and/or --store).")
+@click.option("--right-id-col", default=None,
+              help="Right id column (pairs of ids; texts from --right-texts and/or --store).")
 @click.option("--left-texts", multiple=True, metavar="PATH", help="Id/text table of the left texts.")
 @click.option("--right-texts", multiple=True, metavar="PATH", help="Id/text table of the right texts.")
 @click.option("--texts-id-col", default="id", show_default=True, help="Id column of the text tables.")
 @click.option("--texts-text-col", default="text", show_default=True, help="Text column of the text tables.")
+@side_column_options
 @click.option("--keep-cols", callback=split_list, default=None, metavar="A,B",
               help="Pair columns copied to the output as they are.")
 @click.option("--model", "model_dir", default=None, metavar="DIR",
@@ -240,15 +278,15 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
     from pipeline.beam.runner import is_local_runner, make_pipeline, run_to_end, validate_beam_args, worker_processes
     from pipeline.beam.score import (CompleteStore, DistinctPairTexts, PAIRS, ReadPairs, ScorePairs, ScoreSettings,
                                      dedupe_pair_chunks, read_store_tables)
+    from pipeline.beam.used_texts import UsedTextRows
     from pipeline.beam.writes import WriteDeadLetters, WriteStore
     from pipeline.outputs import open_output
     from pipeline.pairs import kept_fields
-    from pipeline.readers import check_columns, count_input_rows, expand_inputs, worker_path
+    from pipeline.readers import check_columns, count_input_rows, expand_inputs, expect_inputs, worker_path
     from pipeline.scoring_core import torch_threads_for
     from pipeline.store import (COMPRESSION, STORE_FILE_PREFIX, STORE_FILE_SUFFIX, count_rows, store_files,
                                 store_layout, write_manifest)
     from pipeline.summary import RunSummary
-    from pipeline.text_checks import TextColumns
 
     check_arguments(job)
     validate_beam_args(beam_args)
@@ -262,8 +300,10 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
     text_files = {side: () for side in SIDES}
     if columns.id_mode:
         for side, patterns in (("left", job.left_texts), ("right", job.right_texts)):
+            if not patterns:
+                continue     # this side's texts come from --store alone
             text_files[side] = tuple(expand_inputs(patterns))
-            check_columns(text_files[side], [job.texts_id_col, job.texts_text_col])
+            check_columns(text_files[side], [job.text_columns(side).id, job.text_columns(side).text])
     # The model is pinned here (local or remote: every file's size and SHA-256): every worker loads
     # the bytes this process fingerprints, or stops the run (exit 3) naming the file that changed.
     job = replace(job, model_dir=pin_model_dir(job.model_dir))
@@ -285,6 +325,10 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
 
     provenance = table_metadata(JOB_NAME, {"model": (student.fingerprint, job.model_dir or student.config.encoder)},
                                 score=score_meaning(job, student))
+    # The progress line's totals (with --dedupe-pairs fewer pairs are scored than read).
+    expect_inputs(pair_files, ("pairs.rows_read",) + (() if job.dedupe_pairs else ("pairs.rows_scored",)))
+    for plan in plans.values():
+        expect_inputs(plan.text_files, (f"{plan.side}_texts.rows_read",))
     started = run_started()
     pipeline = make_pipeline(beam_args)
     read = pipeline | "ReadPairs" >> ReadPairs(pair_files, columns, chunk_size=job.batch_size, kept=kept,
@@ -294,10 +338,15 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
     side_tables = {}
     for side, plan in plans.items():
         label = side.capitalize()
-        if columns.id_mode:
+        if columns.id_mode and not plan.text_files:
+            unique = pipeline | f"No{label}Texts" >> beam.Create([])   # --store alone gives this side's texts
+        elif columns.id_mode:
             text_rows = pipeline | f"Read{label}Texts" >> ReadRows(plan.text_files, counter_prefix=f"{side}_texts.")
-            deduped = text_rows.rows | f"Dedupe{label}Texts" >> DedupeTexts(
-                TextColumns(job.texts_text_col, job.texts_id_col), counter_prefix=f"{side}_texts.")
+            # Only the rows whose id a pair names go on (pipeline/beam/used_texts.py).
+            used_rows = text_rows.rows | f"Used{label}Texts" >> UsedTextRows(
+                side, job.text_columns(side).id, pairs, counter_prefix=f"{side}_texts.")
+            deduped = used_rows | f"Dedupe{label}Texts" >> DedupeTexts(
+                job.text_columns(side), counter_prefix=f"{side}_texts.")
             unique = deduped["unique"]
             dead_letters += [text_rows[DEAD_LETTER_TAG], deduped[DEAD_LETTER_TAG]]
         else:
@@ -337,8 +386,7 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
     for side in SIDES:
         side_counts, side_dead = split_dead_letters(counters, f"{side}_texts.")
         if columns.id_mode:
-            counts[f"{side}_text_rows_read"] = side_counts.get("rows_read", 0)
-            counts[f"{side}_text_rows_dead_lettered"] = sum(side_dead.values())
+            counts.update(text_row_counts(side, side_counts, side_dead))
         encoded, _ = split_dead_letters(counters, f"{side}.")
         counts[f"{side}_texts_encoded"] = encoded.get("texts_encoded", 0)
         counts[f"{side}_texts_reused"] = encoded.get("texts_reused", 0)
@@ -349,6 +397,10 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
         raise RuntimeError(f"pair accounting failed: read {counts['pairs_read']}, scored {counts['pairs_scored']} + "
                            f"duplicates {counts['pairs_duplicate']} + dead-lettered {counts['pairs_dead_lettered']}; "
                            f"rows written {counts['rows_written']}")
+    reconciliation = (f"pairs read {counts['pairs_read']:,} = scored {counts['pairs_scored']:,} + duplicates "
+                      f"{counts['pairs_duplicate']:,} + dead-lettered {counts['pairs_dead_lettered']:,}")
+    if columns.id_mode:
+        reconciliation += "".join("; " + reconcile_text_rows(side, counts) for side in SIDES)
     notes = [f"join: {join} ({why})"]
     if job.model_dir is None:
         notes.append("no --model: scores are the zero-training baseline, the cosine of the packaged "
@@ -357,8 +409,7 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
         job=JOB_NAME, arguments=list(argv if argv is not None else sys.argv[1:]), output=job.output,
         model_fingerprints={"model": student.fingerprint}, wall_seconds=round(time.monotonic() - started, 3),
         counts=counts, dead_letters=dict(sorted(pair_dead.items())),
-        reconciliation=(f"pairs read {counts['pairs_read']:,} = scored {counts['pairs_scored']:,} + duplicates "
-                        f"{counts['pairs_duplicate']:,} + dead-lettered {counts['pairs_dead_lettered']:,}"),
+        reconciliation=reconciliation,
         notes=notes)
     # Manifests only now that the counts reconcile: a store with a manifest is a complete store.
     for side, plan in plans.items():

@@ -26,7 +26,7 @@ import glob
 import io
 import json
 import os
-from typing import IO, Sequence
+from typing import IO, Mapping, Sequence
 
 # Extension -> format, as pipeline.readers reads them (``.zst`` may follow a text format).
 _EXTENSIONS = {".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv"}
@@ -78,10 +78,12 @@ def local_files(flag: str, patterns: Sequence[str], override: str | None = None)
     return list(dict.fromkeys(files))
 
 
-def check_columns(files: Sequence[str], required: Sequence[str | None], override: str | None = None) -> None:
+def check_columns(files: Sequence[str], required: Sequence[str | None], override: str | None = None,
+                  named_by: Mapping[str, str] | None = None) -> None:
     """Each local file must have the ``required`` columns (None entries are skipped); the first
     file that does not is named with the columns it has. Files whose columns cannot be told cheaply
-    here are left to the job's own check."""
+    here are left to the job's own check. ``named_by``: column -> the flag that named it, said
+    with a missing column."""
     required = list(dict.fromkeys(c for c in required if c))
     if not required:
         return
@@ -97,8 +99,10 @@ def check_columns(files: Sequence[str], required: Sequence[str | None], override
             raise PreflightError(f"{path} is empty: it has no header line, so no column {_names(missing)} "
                                  f"(required: {_names(required)})")
         if missing:
-            raise PreflightError(f"{path} has no column {_names(missing)} (required: {_names(required)}); "
-                                 f"{where} has columns {_names(columns)}")
+            flags = sorted({named_by[name] for name in missing if named_by and name in named_by})
+            raise PreflightError(f"{path} has no column {_names(missing)} ("
+                                 + (f"{', '.join(flags)}; " if flags else "")
+                                 + f"required: {_names(required)}); {where} has columns {_names(columns)}")
 
 
 def _names(names: Sequence[str]) -> str:

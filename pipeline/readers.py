@@ -43,6 +43,7 @@ import zstandard
 from apache_beam.io.filesystem import BeamIOError, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline import progress
 from pipeline.dead_letters import (
     REASON_BAD_FIELD_COUNT,
     REASON_INVALID_JSON,
@@ -462,7 +463,7 @@ def parquet_file(raw: IO[bytes], path: str) -> pq.ParquetFile:
 # JSONL --------------------------------------------------------------------------------------
 
 def _read_jsonl(file: InputFile, columns: list[str] | None) -> Iterator[SourcedRow | DeadLetter]:
-    with _open_stream(file) as stream:
+    with _open_stream(file, counted=True) as stream:
         # Lines are split on b"\n" in binary, so one bad byte spoils one line, not the file.
         for number, line in enumerate(stream, start=1):
             if number == 1:
@@ -581,7 +582,7 @@ def _tsv_records(stream: IO[bytes]) -> Iterator[tuple[int, list[str]]]:
 
 def _read_delimited(file: InputFile,
                     columns: list[str] | None) -> Iterator[SourcedRow | DeadLetter]:
-    with _open_stream(file) as stream:
+    with _open_stream(file, counted=True) as stream:
         records = _records(stream, file.format, file.path)
         _, header = next(records, (0, None))
         if header is None:  # an empty file: no header, no rows
@@ -637,10 +638,13 @@ def open_raw(path: str) -> IO[bytes]:
 
 
 @contextlib.contextmanager
-def _open_stream(file: InputFile) -> Iterator[IO[bytes]]:
-    """A buffered binary stream of the file's (decompressed) content."""
+def _open_stream(file: InputFile, counted: bool = False) -> Iterator[IO[bytes]]:
+    """A buffered binary stream of the file's (decompressed) content. ``counted``: the bytes read
+    from storage (compressed, for .zst) count as progress (``input_bytes_read``)."""
     with contextlib.ExitStack() as stack:
         raw = stack.enter_context(open_raw(file.path))
+        if counted:
+            raw = io.BufferedReader(_CountedRaw(raw), buffer_size=_READ_BUFFER_BYTES)
         if not file.compressed:
             yield raw
             return
@@ -650,6 +654,46 @@ def _open_stream(file: InputFile) -> Iterator[IO[bytes]]:
         decompressed = stack.enter_context(zstandard.ZstdDecompressor().stream_reader(
             checked, read_size=_READ_BUFFER_BYTES, read_across_frames=True, closefd=False))
         yield io.BufferedReader(decompressed, buffer_size=_READ_BUFFER_BYTES)
+
+
+class _CountedRaw(io.RawIOBase):
+    """A file's stored bytes, each read adding to this process's progress tally: the share of
+    the input consumed, whose total (the files' sizes) is known before the run."""
+
+    def __init__(self, raw: IO[bytes]):
+        self._raw = raw
+        self._tally = progress.tally("input_bytes_read")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self._raw.read(len(buffer))
+        buffer[:len(data)] = data
+        self._tally[0] += len(data)
+        return len(data)
+
+
+def input_bytes(files: Sequence[InputFile]) -> int:
+    """Stored bytes of the JSONL/CSV/TSV files among ``files`` (what ``input_bytes_read`` counts)."""
+    paths = [escape_glob(f.path) for f in files if f.format != "parquet"]
+    return sum(m.metadata_list[0].size_in_bytes for m in FileSystems.match(paths)) if paths else 0
+
+
+def expect_inputs(files: Sequence[InputFile], row_counters: Sequence[str] = ()) -> None:
+    """Tell this process's progress line how big ``files`` are, before the run: their rows (from
+    the footers) as the total of each of ``row_counters`` when every file is Parquet, and the
+    JSONL/CSV/TSV files' stored bytes as the total of ``input_bytes_read``."""
+    from pipeline.store import count_rows   # here: the readers need the store for this alone
+
+    if not progress.active():
+        return      # --quiet: no footer is read for a line nobody sees
+    size = input_bytes(files)
+    totals = {"input_bytes_read": size} if size else {}
+    if files and all(f.format == "parquet" for f in files):
+        rows = count_rows([f.path for f in files])
+        totals.update({name: rows for name in row_counters})
+    progress.expect(totals)
 
 
 class _ZstdFrameChecker:

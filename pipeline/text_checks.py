@@ -105,17 +105,26 @@ def extract_text(row: SourcedRow, columns: TextColumns) -> TextRow | DeadLetter:
                                             f"{text!r:.80}")
     if columns.id is None:
         return TextRow(text_id(text), text, row)
-    raw_id = row.fields.get(columns.id)
+    id_ = row_id(row, columns.id)
+    if isinstance(id_, tuple):
+        return reject(*id_)
+    return TextRow(id_, text, row)
+
+
+def row_id(row: SourcedRow, column: str) -> str | tuple[str, str]:
+    """The id a row gives in ``column`` (integers in their decimal text, as pairs name them), or
+    (dead-letter reason, detail) when no pair could name it."""
+    raw_id = row.fields.get(column)
     if raw_id is None:
-        return reject(dl.REASON_NULL_ID, f"id column {columns.id!r} is null or absent")
+        return dl.REASON_NULL_ID, f"id column {column!r} is null or absent"
     if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
-        return reject(dl.REASON_INVALID_ID,
-                      f"id column {columns.id!r} holds a {type(raw_id).__name__}; ids are strings or integers")
+        return dl.REASON_INVALID_ID, (f"id column {column!r} holds a {type(raw_id).__name__}; ids are strings or "
+                                      "integers")
     if isinstance(raw_id, str) and is_blank(raw_id):
         # The same rule as for texts: in id mode a pair's ids are checked as texts, so a text
         # table must not keep an id that no pair could ever name.
-        return reject(dl.REASON_INVALID_ID, f"id column {columns.id!r} has no visible character: {raw_id!r:.80}")
-    return TextRow(str(raw_id), text, row)
+        return dl.REASON_INVALID_ID, f"id column {column!r} has no visible character: {raw_id!r:.80}"
+    return str(raw_id)
 
 
 def _starts_visibly(text: str) -> bool:

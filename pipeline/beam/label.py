@@ -210,10 +210,11 @@ class _LabelPairsDoFn(SortWindowDoFn):
         from encoders.teacher import soft_labels
 
         tokenized = self._teacher.tokenize([p.left for p in pairs], [p.right for p in pairs])
-        logits = self._teacher.predict(tokenized, self._settings.batch_size)        # (P, C) float32
+        # Counted batch by batch: a window of thousands of pairs takes the teacher minutes.
+        logits = self._teacher.predict(tokenized, self._settings.batch_size,
+                                       on_batch=self.labeled.inc)                    # (P, C) float32
         soft = soft_labels(logits, self._settings.temperature)                       # (P,) or (P, C)
         truncated = [t.truncated for t in tokenized]
-        self.labeled.inc(len(pairs))
         self.truncated.inc(sum(truncated))
         data: dict[str, Any] = {"left_id": [p.left_id for p in pairs], "right_id": [p.right_id for p in pairs],
                                 "left": [p.left for p in pairs], "right": [p.right for p in pairs]}

@@ -204,6 +204,22 @@ def test_bad_arguments_exit_2(tmp_path, extra, message):
 def test_help_explains_every_flag():
     result = CliRunner().invoke(build_candidates.main, ["--help"])
     assert result.exit_code == 0
-    for flag in ("--left-texts", "--right-texts", "--texts-text-col", "--texts-id-col", "--top-k",
-                 "--random-per-left", "--encoder", "--output", "--overwrite", "--device", "--seed"):
+    for flag in ("--left-texts", "--right-texts", "--texts-text-col", "--texts-id-col", "--left-texts-text-col",
+                 "--top-k", "--random-per-left", "--encoder", "--output", "--overwrite", "--device", "--seed"):
         assert flag in result.output
+
+
+def test_each_pool_is_read_with_its_own_columns(tmp_path, tiny_encoder_dir):
+    left = write_jsonl(tmp_path / "queries.jsonl", [{"query_id": "q1", "query": "how to bake bread"},
+                                                    {"query_id": "q2", "query": "fix a bike chain"}])
+    right = write_jsonl(tmp_path / "products.jsonl", [{"sku": 7, "title": "bread flour"},
+                                                      {"sku": 8, "title": "chain lube"}])
+    result = CliRunner().invoke(build_candidates.main, [
+        "--left-texts", str(left), "--right-texts", str(right), "--left-texts-id-col", "query_id",
+        "--left-texts-text-col", "query", "--right-texts-id-col", "sku", "--right-texts-text-col", "title",
+        "--top-k", "1", "--random-per-left", "0", "--encoder", tiny_encoder_dir, "--no-progress",
+        "--output", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    rows = candidates_of(tmp_path / "o")
+    assert {(r["left_id"], r["left"]) for r in rows} == {("q1", "how to bake bread"), ("q2", "fix a bike chain")}
+    assert {(r["right_id"], r["right"]) for r in rows} <= {("7", "bread flour"), ("8", "chain lube")}

@@ -268,3 +268,51 @@ def test_help_explains_every_flag():
                  "--left-id-col", "--right-id-col", "--keep-cols", "--device", "--batch-size", "--max-length",
                  "--overwrite", "--format", "--runner"):
         assert flag in result.output
+
+
+def test_pairs_labeled_moves_while_a_slow_teacher_is_still_labeling(tmp_path, tiny_teacher_dir, monkeypatch):
+    """The count moves batch by batch, against the total the Parquet footer gives: a stand-in
+    teacher holds its second batch until the test has seen the count move, so the count moved
+    before the labeling ended, whatever the machine's speed."""
+    import io
+    import threading
+
+    from pipeline import progress
+    from pipeline.beam import label
+
+    gate = threading.Event()
+    real_load = label.load_labeling_teacher
+
+    def slow_teacher(settings):
+        teacher = real_load(settings)
+        forward, calls = teacher.forward, [0]
+
+        def held(*args, **kwargs):
+            calls[0] += 1
+            if calls[0] > 1:
+                gate.wait(timeout=600)          # released by the test (the timeout: a hang guard only)
+            return forward(*args, **kwargs)
+        teacher.forward = held
+        return teacher
+
+    monkeypatch.setattr(label, "load_labeling_teacher", slow_teacher)
+    source = tmp_path / "pairs.parquet"
+    pq.write_table(pa.table({"left": [p["left"] for p in PAIRS], "right": [p["right"] for p in PAIRS]}), source)
+    reporter = progress.start("label_pairs", quiet=False, started=0.0, stream=io.StringIO())
+    done: dict = {}
+    job = LabelPairsJob(pairs=(str(source),), teacher=tiny_teacher_dir, output=str(tmp_path / "o"), batch_size=4)
+    worker = threading.Thread(target=lambda: done.update(summary=run(job, [], argv=[])))
+    worker.start()
+    try:
+        seen = 0
+        while not seen and worker.is_alive():
+            seen = reporter.counts().get("pairs labeled", 0)
+            gate.wait(0.05)
+        line = reporter.line()
+    finally:
+        gate.set()
+        worker.join()
+        progress.stop()
+    assert seen == 4, "the count did not move while the teacher was still labeling"
+    assert f"pairs labeled 4 of {len(PAIRS)} (33%" in line
+    assert done["summary"].counts["pairs_labeled"] == len(PAIRS)

@@ -73,6 +73,18 @@ MISTAKES = {
                                                      "--right-texts", "pairs.jsonl", "--output", "o"],
                                      "pairs.parquet has no column 'qid' (required: 'qid', 'right'); its "
                                      "schema has columns 'left', 'right'"),
+    "wrong per-side text column": ("score_pairs", ["--pairs", "pairs.jsonl", "--left-id-col", "left",
+                                                   "--right-id-col", "right", "--left-texts", "pairs.csv",
+                                                   "--right-texts", "pairs.tsv", "--texts-id-col", "left",
+                                                   "--texts-text-col", "right", "--right-texts-id-col", "sku",
+                                                   "--output", "o"],
+                                   "pairs.tsv has no column 'sku' (--right-texts-id-col; required: 'sku', 'right'); "
+                                   "its header line has columns 'left', 'right'"),
+    "wrong shared text column, mining": ("build_candidates", ["--left-texts", "pairs.csv", "--right-texts",
+                                                              "pairs.csv", "--left-texts-text-col", "left",
+                                                              "--top-k", "1", "--output", "o"],
+                                         "pairs.csv has no column 'text' (--texts-text-col; required: 'text'); "
+                                         "its header line has columns 'left', 'right'"),
     "wrong column, .zst": ("encode_texts", ["--input", "texts.jsonl.zst", "--id-col", "id", "--output", "o"],
                            "texts.jsonl.zst has no column 'id'"),
     "missing query column": ("evaluate", ["--pairs", "pairs.jsonl", "--label-col", "pid", "--group-col", "qid",

@@ -279,7 +279,8 @@ def test_bad_checkpoints_fail_before_the_pipeline(tmp_path, pairs_file, head_che
 
 @pytest.mark.parametrize("args, message", [
     (["--left-id-col", "q"], "--left-id-col and --right-id-col go together"),
-    (["--left-id-col", "q", "--right-id-col", "p"], "need --left-texts and --right-texts"),
+    (["--left-id-col", "q", "--right-id-col", "p"],
+     "need --left-texts and --right-texts (id/text tables) or a --store"),
     (["--left-texts", "x.jsonl"], "are for pairs of ids"),
     (["--left-col", "question"], "question"),
     (["--keep-cols", "score"], "would overwrite output columns"),
@@ -293,6 +294,7 @@ def test_help_explains_every_flag():
     result = CliRunner().invoke(score_pairs.main, ["--help"])
     assert result.exit_code == 0
     for flag in ("--pairs", "--left-col", "--right-col", "--left-id-col", "--left-texts", "--texts-id-col",
+                 "--left-texts-id-col", "--right-texts-text-col",
                  "--keep-cols", "--model", "--store", "--output", "--join", "--broadcast-limit-mb",
                  "--dedupe-pairs", "--batch-size", "--device", "--accelerator", "--runner"):
         assert flag in result.output
@@ -406,3 +408,90 @@ def test_shuffle_join_equals_broadcast_with_missing_ids_and_repeats(tmp_path, he
     else:
         assert letters == {"left_text_missing": missing, "right_text_missing": right_missing}
         assert counts["pairs_scored"] == 60 - missing - right_missing == len(rows)
+
+
+def test_each_side_reads_its_text_table_with_its_own_columns(tmp_path, head_checkpoints):
+    """A query table (query_id, query_text) and a product table (sku, title) are read as they are:
+    each id's store row holds the hash of that side's text, every pair scores."""
+    queries = {"q1": "how do I bake bread?", "q2": "what is a sourdough starter?"}
+    products = {"s1": "bread flour 1kg", "s2": "rye sourdough starter kit"}
+    left = tmp_path / "queries.csv"
+    left.write_text("query_id,query_text,id\n" + "".join(f"{k},{v},x{k}\n" for k, v in queries.items()))
+    right = tmp_path / "products.jsonl"
+    right.write_text("".join(json.dumps({"sku": k, "title": v, "text": "not this"}) + "\n"
+                             for k, v in products.items()))
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"q": q, "p": p}) + "\n" for q in queries for p in products))
+    output = tmp_path / "out"
+    result = CliRunner().invoke(score_pairs.main, [
+        "--pairs", str(pairs), "--left-id-col", "q", "--right-id-col", "p", "--left-texts", str(left),
+        "--right-texts", str(right), "--left-texts-id-col", "query_id", "--left-texts-text-col", "query_text",
+        "--right-texts-id-col", "sku", "--right-texts-text-col", "title", "--model", head_checkpoints["dipair"],
+        "--output", str(output), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert summary_of(output)["counts"]["pairs_scored"] == 4
+    for side, texts in (("left", queries), ("right", products)):
+        stored = pq.read_table(output / "store" / side).to_pylist()
+        assert {r["id"]: r["text_hash"] for r in stored} == {k: text_id(v) for k, v in texts.items()}
+
+
+@pytest.mark.parametrize("mode", ["in-process", "multi-process"])
+def test_only_the_ids_the_pairs_use_are_encoded(tmp_path, head_checkpoints, mode):
+    """Text tables larger than the night's pairs: only the ids some pair names are encoded (a
+    semi-join inside the pipeline); rows no pair uses are counted as unused, not dead-lettered,
+    even when their text is bad; ids no table gives stay ``{side}_text_missing``."""
+    left_rows = [{"id": f"q{i}", "text": f"question number {i}"} for i in range(30)]
+    left_rows += [{"id": "q5", "text": "question number 5"},   # a duplicate row of a used id
+                  {"id": "q40", "text": "   "},                 # bad text, but no pair uses q40
+                  {"id": None, "text": "no id"}]                # no pair could name it: dead letter
+    right_rows = [{"id": f"p{i}", "text": f"product number {i}"} for i in range(20)] + [{"id": "p30", "text": ""}]
+    left, right = tmp_path / "left.jsonl", tmp_path / "right.jsonl"
+    left.write_text("".join(json.dumps(r) + "\n" for r in left_rows))
+    right.write_text("".join(json.dumps(r) + "\n" for r in right_rows))
+    q = [f"q{i % 10}" for i in range(40)] + ["q99", "q99"]
+    p = [f"p{i % 5}" for i in range(40)] + ["p1", "p2"]
+    q, p = q + ["q3"], p + ["p30"]
+    pairs = tmp_path / "pairs.parquet"
+    pq.write_table(pa.table({"q": q, "p": p}), pairs)
+    output = tmp_path / "out"
+    summary = run(ScorePairsJob(pairs=(str(pairs),), output=str(output), left_id_col="q", right_id_col="p",
+                                left_texts=(str(left),), right_texts=(str(right),), join="shuffle",
+                                model_dir=head_checkpoints["dipair"]), MULTI_PROCESS if mode == "multi-process" else [],
+                  argv=[])
+    counts = summary.counts
+    used_left, used_right = {f"q{i}" for i in range(10)}, {f"p{i}" for i in range(5)}
+    assert (counts["left_texts_encoded"], counts["right_texts_encoded"]) == (len(used_left), len(used_right))
+    assert {r["id"] for r in pq.read_table(output / "store" / "left").to_pylist()} == used_left
+    assert {r["id"] for r in pq.read_table(output / "store" / "right").to_pylist()} == used_right
+    assert (counts["left_text_rows_read"], counts["left_text_rows_kept"], counts["left_text_rows_duplicate"],
+            counts["left_text_rows_unused"], counts["left_text_rows_dead_lettered"]) == (33, 10, 1, 21, 1)
+    assert (counts["right_text_rows_read"], counts["right_text_rows_kept"], counts["right_text_rows_unused"],
+            counts["right_text_rows_dead_lettered"]) == (21, 5, 15, 1)
+    assert summary.dead_letters == {"left_text_missing": 2, "right_text_missing": 1,
+                                    "left_texts:null_id": 1, "right_texts:empty_text": 1}
+    assert counts["pairs_scored"] == 40
+    assert "left text rows read 33 = kept 10 + duplicates 1 + unused 21 + dead-lettered 1" in summary.reconciliation
+
+
+def test_pairs_of_ids_score_from_the_store_alone(tmp_path, head_checkpoints):
+    """Last night's store holds the ids: tonight's pairs of ids need no text tables. Their scores
+    are last night's, nothing is encoded, and an id the store lacks is dead-lettered as missing."""
+    left, right = tmp_path / "left.jsonl", tmp_path / "right.jsonl"
+    left.write_text("".join(json.dumps({"id": f"q{i}", "text": f"question {i}"}) + "\n" for i in range(4)))
+    right.write_text("".join(json.dumps({"id": f"p{i}", "text": f"product {i}"}) + "\n" for i in range(3)))
+    q, p = [f"q{i % 4}" for i in range(12)], [f"p{i % 3}" for i in range(12)]
+    first = tmp_path / "night1"
+    pq.write_table(pa.table({"q": q, "p": p}), tmp_path / "night1.parquet")
+    run(ScorePairsJob(pairs=(str(tmp_path / "night1.parquet"),), output=str(first), left_id_col="q",
+                      right_id_col="p", left_texts=(str(left),), right_texts=(str(right),),
+                      model_dir=head_checkpoints["dipair"]), [], argv=[])
+    pq.write_table(pa.table({"q": q + ["q7"], "p": p + ["p0"]}), tmp_path / "night2.parquet")
+    second = tmp_path / "night2"
+    result = CliRunner().invoke(score_pairs.main, [
+        "--pairs", str(tmp_path / "night2.parquet"), "--left-id-col", "q", "--right-id-col", "p",
+        "--store", str(first / "store"), "--model", head_checkpoints["dipair"], "--output", str(second), "--quiet"])
+    assert result.exit_code == 0, result.output
+    summary = summary_of(second)
+    assert summary["counts"]["pairs_scored"] == 12 and summary["dead_letters"] == {"left_text_missing": 1}
+    assert summary["counts"]["left_texts_encoded"] == summary["counts"]["right_texts_encoded"] == 0
+    assert read_scores(second) == read_scores(first)

@@ -161,3 +161,82 @@ def test_lines_written_above_the_live_line_never_join_it():
     reporter.show()
     assert out.getvalue() == ("\rscore_pairs 0:00 | pairs read 3\x1b[K" "\r\x1b[K" "WARNING: something a worker said\n"
                               "and another line\n" "\rscore_pairs 0:00 | pairs read 3\x1b[K")
+
+
+def test_a_count_with_a_total_shows_its_percentage_and_the_time_left_at_its_rate():
+    line = format_line("label_pairs", 60, {"rows read": 48000, "pairs labeled": 1200, "input read": 30_000_000},
+                       {"pairs labeled": 35.0, "input read": 2_000_000.0},
+                       {"rows read": 48000, "pairs labeled": 48000, "input read": 120_000_000})
+    assert line == ("label_pairs 1:00 | rows read 48,000 of 48,000 (100%) | pairs labeled 1,200 of 48,000 "
+                    "(2%, 35/s, ETA 22:17) | input read 30.0 MB of 120.0 MB (25%, 2.0 MB/s, ETA 0:45)")
+
+
+def test_totals_of_counters_that_share_a_label_add_up_and_show_on_the_line():
+    clock = FakeClock()
+    reporter = progress.start("score_pairs", quiet=False, started=clock.now, stream=io.StringIO())
+    try:
+        progress.expect({"left_texts.rows_read": 300, "right_texts.rows_read": 100, "pairs.rows_read": 50})
+        reporter.add("text rows read", 100)
+        assert "text rows read 100 of 400 (25%)" in reporter.line()
+    finally:
+        progress.stop()
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_text_inputs_count_the_stored_bytes_they_consume_against_their_size(tmp_path, compressed):
+    """JSONL/CSV progress is the share of the file's stored (compressed, for .zst) bytes read."""
+    import zstandard
+
+    from pipeline.readers import expand_inputs, expect_inputs, read_rows
+
+    content = "".join(f'{{"text": "text number {i}"}}\n' for i in range(5000)).encode()
+    path = tmp_path / ("texts.jsonl.zst" if compressed else "texts.jsonl")
+    path.write_bytes(zstandard.ZstdCompressor().compress(content) if compressed else content)
+    reporter = progress.start("encode_texts", quiet=False, started=0.0, stream=io.StringIO())
+    try:
+        files = expand_inputs([str(path)])
+        expect_inputs(files, ("rows_read",))
+        assert reporter.totals == {"input read": path.stat().st_size}     # no rows total: not Parquet
+        rows = list(read_rows(files[0]))
+        assert len(rows) == 5000 and reporter.counts()["input read"] == path.stat().st_size
+    finally:
+        progress.stop()
+
+
+def test_parquet_inputs_give_their_rows_as_the_total(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.readers import expand_inputs, expect_inputs
+
+    for name, rows in (("a.parquet", 70), ("b.parquet", 30)):
+        pq.write_table(pa.table({"text": [f"t{i}" for i in range(rows)]}), tmp_path / name)
+    reporter = progress.start("label_pairs", quiet=False, started=0.0, stream=io.StringIO())
+    try:
+        expect_inputs(expand_inputs([str(tmp_path / "*.parquet")]), ("rows_read", "pairs_labeled"))
+        assert reporter.totals == {"rows read": 100, "pairs labeled": 100}
+    finally:
+        progress.stop()
+    quiet = progress.start("label_pairs", quiet=True, started=0.0, stream=io.StringIO())
+    try:
+        expect_inputs(expand_inputs([str(tmp_path / "*.parquet")]), ("rows_read",))
+        assert quiet.totals == {}                           # --quiet: nothing is read for it
+    finally:
+        progress.stop()
+
+
+def test_a_job_reading_parquet_shows_its_total_from_the_footers(tmp_path, tiny_checkpoint, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from click.testing import CliRunner
+
+    from jobs.cli import pairscore
+
+    source = tmp_path / "texts.parquet"
+    pq.write_table(pa.table({"text": [f"text number {i}" for i in range(40)]}), source)
+    monkeypatch.setenv(progress.ENV_INTERVAL, "0.05")
+    result = CliRunner().invoke(pairscore, ["encode-texts", "--input", str(source), "--model", tiny_checkpoint,
+                                            "--output", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    progress_lines = [line for line in result.output.splitlines() if line.startswith("encode_texts 0:")]
+    assert progress_lines and "rows read 40 of 40 (100%" in progress_lines[-1]
