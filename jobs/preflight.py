@@ -13,12 +13,17 @@ from __future__ import annotations
 from typing import Any, Iterable, Mapping, Sequence
 
 from pipeline.beam.option_names import check_beam_flags
-from pipeline.preflight import (PreflightError, check_columns, check_model_dir, check_output, check_student_dir,
-                                check_teacher_dir, local_files)
+from pipeline.preflight import (PreflightError, check_columns, check_keep_cols, check_model_dir, check_output,
+                                check_student_dir, check_teacher_dir, local_files)
 
 __all__ = ["PreflightError", "check"]
 
 BASELINE = "baseline"   # encoders.evaluation.BASELINE: evaluate's --model for the zero-training cosine
+# The columns a job writes itself, which a --keep-cols column may not be named like
+# (jobs.score_pairs.OUTPUT_COLUMNS, pipeline.datasets.BASE_COLUMNS; a test checks they agree).
+OUTPUT_COLUMNS = {"score_pairs": ("left_id", "right_id", "score", "probs"),
+                  "label_pairs": ("left_id", "right_id", "left", "right", "logit", "soft_label", "logits",
+                                  "soft_labels", "truncated")}
 
 
 def _pair_inputs(flags: Mapping[str, Any], *extra: str | None) -> list[str | None]:
@@ -38,11 +43,14 @@ def check(job: str, flags: Mapping[str, Any], beam_args: Sequence[str] = (), own
     """Run the pre-flight checks of ``job`` on its parsed ``flags`` (click's names) and its
     pass-through Beam options. Raises PreflightError (one line) on the first mistake found.
 
-    Columns checked are those the input must have whatever the other flags say; ``--keep-cols``
-    and half-given id columns are left to the job, whose flag checks come first and explain them
-    better (a kept column named like an output column, one id column without the other)."""
+    Columns checked are those the input must have whatever the other flags say, ``--keep-cols``
+    included (each once, none named like an output column); half-given id columns are left to the
+    job, whose flag checks come first and explain them better (one id column without the other)."""
     if beam_args:
         check_beam_flags(beam_args, own_flags)
+    keep = list(flags.get("keep_cols") or ())
+    if job in OUTPUT_COLUMNS:
+        check_keep_cols(keep, OUTPUT_COLUMNS[job])
     fmt = flags.get("format")
     reads: list[tuple[str, Sequence[str], list[str | None]]] = []
     if job == "encode_texts":
@@ -52,13 +60,13 @@ def check(job: str, flags: Mapping[str, Any], beam_args: Sequence[str] = (), own
         if ids is not None and bool(ids) != bool(flags["left_texts"] and flags["right_texts"]):
             ids = None     # ids without both text tables, or text tables without ids: the job says which
         pair_columns = [] if ids is None else ids or [flags["left_col"], flags["right_col"]]
-        reads.append(("--pairs", flags["pairs"], pair_columns))
+        reads.append(("--pairs", flags["pairs"], pair_columns + keep))
         if ids:
             for side in ("left_texts", "right_texts"):
                 reads.append(("--" + side.replace("_", "-"), flags[side],
                               [flags["texts_id_col"], flags["texts_text_col"]]))
     elif job == "label_pairs":
-        reads.append(("--pairs", flags["pairs"], _pair_inputs(flags, *(_id_columns(flags) or ()))))
+        reads.append(("--pairs", flags["pairs"], _pair_inputs(flags, *(_id_columns(flags) or ()), *keep)))
     elif job == "build_candidates":
         for side in ("left_texts", "right_texts"):
             reads.append(("--" + side.replace("_", "-"), flags[side],

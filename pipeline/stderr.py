@@ -26,22 +26,34 @@ from pipeline import progress
 
 def configure_logging(verbose: bool) -> None:
     """Beam's INFO and WARNING messages (runner, workers, file renames) only with --verbose; its
-    report of a full disk never (the job's one line names the file)."""
+    report of a full disk never (the job's one line names the file), nor, without --verbose, its
+    report of an error the job says in one line (a corrupt input, a refused commit)."""
     logging.getLogger().setLevel(logging.INFO if verbose else logging.WARNING)
     logging.getLogger("apache_beam").setLevel(logging.INFO if verbose else logging.ERROR)
     for handler in logging.getLogger().handlers:
-        if not any(isinstance(f, _DiskFullLogFilter) for f in handler.filters):
-            handler.addFilter(_DiskFullLogFilter())
+        found = next((f for f in handler.filters if isinstance(f, _OneLineErrorLogFilter)), None)
+        if found is None:
+            found = _OneLineErrorLogFilter()
+            handler.addFilter(found)
+        found.verbose = verbose
 
 
-class _DiskFullLogFilter(logging.Filter):
-    """Drops the log records (Beam logs a failed transform with its traceback before raising it
-    again) of a full disk, which the job reports in one line naming the file."""
+class _OneLineErrorLogFilter(logging.Filter):
+    """Drops the log records (Beam logs a failed transform with its traceback, ERROR and all,
+    before raising it again) of what the job reports in one line itself (jobs.common.run_job): a
+    full disk, always; a bad input or argument (ValueError) and a refused commit
+    (pipeline.errors.RefusedToCommit), unless --verbose."""
+    verbose = False
 
     def filter(self, record: logging.LogRecord) -> bool:
+        from pipeline.errors import RefusedToCommit
+
         error, seen = (record.exc_info[1] if record.exc_info else None), set()
         while error is not None and id(error) not in seen:
             if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+                return False
+            if (not self.verbose and record.name.startswith("apache_beam")
+                    and isinstance(error, (ValueError, RefusedToCommit))):
                 return False
             seen.add(id(error))
             error = error.__cause__ or error.__context__
