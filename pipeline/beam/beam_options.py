@@ -1,8 +1,8 @@
-"""Every pipeline option string of apache-beam 2.77.0 (all runners), for the pre-flight check of
+"""Every pipeline option string of apache-beam 2.78.0 (all runners), for the pre-flight check of
 pass-through flags (pipeline/beam/option_names.py). Generated:
 ``python -m pipeline.beam.option_names --write-beam-options``;
 tests/jobs/test_preflight.py regenerates it from the installed Beam and compares."""
-BEAM_VERSION = '2.77.0'
+BEAM_VERSION = '2.78.0'
 OPTIONS = frozenset({
     '--allow_non_deterministic_key_coders',
     '--allow_unsafe_triggers',
@@ -12,21 +12,35 @@ OPTIONS = frozenset({
     '--artifacts_dir',
     '--auto_unique_labels',
     '--autoscaling_algorithm',
+    '--aws_access_key_id',
+    '--aws_credentials_secret_manager',
+    '--aws_disable_ssl',
+    '--aws_endpoint_url',
+    '--aws_region_name',
+    '--aws_secret_access_key',
+    '--aws_session_token',
+    '--aws_verify',
     '--azure_connection_string',
     '--azure_managed_identity_client_id',
     '--beam_plugin',
     '--beam_plugins',
     '--beam_services',
+    '--big_query_endpoint',
+    '--big_query_quota_project_id',
+    '--bigquery_endpoint',
+    '--bigquery_quota_project_id',
     '--blob_service_endpoint',
     '--bootstrap_servers',
     '--cloud_build_machine_type',
     '--create_from_snapshot',
+    '--dataflow_container_base_repository',
     '--dataflow_endpoint',
     '--dataflow_job_file',
     '--dataflow_kms_key',
     '--dataflow_service_option',
     '--dataflow_service_options',
     '--default_sdk_harness_log_level',
+    '--desired_num_unbounded_source_splits',
     '--direct_embed_docker_python',
     '--direct_num_workers',
     '--direct_runner_bundle_repeat',
@@ -70,6 +84,8 @@ OPTIONS = frozenset({
     '--gcp_oauth_scopes',
     '--gcs_custom_audit_entries',
     '--gcs_custom_audit_entry',
+    '--gcs_read_buffer_size_bytes',
+    '--gcs_write_buffer_size_bytes',
     '--hdfs_full_urls',
     '--hdfs_host',
     '--hdfs_port',
