@@ -316,6 +316,7 @@ def run_job(job: Callable[[], str], *, name: str, quiet: bool = False, verbose: 
     global _run_started
     _run_started = PROCESS_STARTED if _from_process_start else time.time()
     stderr.configure_logging(verbose)
+    stderr.quiet_one_line_error_logs(verbose)
     with contextlib.ExitStack() as stack:
         # Multi-process workers write to this process's stderr: their progress records and
         # start-up logs go through a filter (the logs stay with --verbose).

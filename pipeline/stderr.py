@@ -26,34 +26,22 @@ from pipeline import progress
 
 def configure_logging(verbose: bool) -> None:
     """Beam's INFO and WARNING messages (runner, workers, file renames) only with --verbose; its
-    report of a full disk never (the job's one line names the file), nor, without --verbose, its
-    report of an error the job says in one line (a corrupt input, a refused commit)."""
+    report of a full disk never (the job's one line names the file)."""
     logging.getLogger().setLevel(logging.INFO if verbose else logging.WARNING)
     logging.getLogger("apache_beam").setLevel(logging.INFO if verbose else logging.ERROR)
     for handler in logging.getLogger().handlers:
-        found = next((f for f in handler.filters if isinstance(f, _OneLineErrorLogFilter)), None)
-        if found is None:
-            found = _OneLineErrorLogFilter()
-            handler.addFilter(found)
-        found.verbose = verbose
+        if not any(isinstance(f, _DiskFullLogFilter) for f in handler.filters):
+            handler.addFilter(_DiskFullLogFilter())
 
 
-class _OneLineErrorLogFilter(logging.Filter):
-    """Drops the log records (Beam logs a failed transform with its traceback, ERROR and all,
-    before raising it again) of what the job reports in one line itself (jobs.common.run_job): a
-    full disk, always; a bad input or argument (ValueError) and a refused commit
-    (pipeline.errors.RefusedToCommit), unless --verbose."""
-    verbose = False
+class _DiskFullLogFilter(logging.Filter):
+    """Drops the log records (Beam logs a failed transform with its traceback before raising it
+    again) of a full disk, which the job reports in one line naming the file."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from pipeline.errors import RefusedToCommit
-
         error, seen = (record.exc_info[1] if record.exc_info else None), set()
         while error is not None and id(error) not in seen:
             if isinstance(error, OSError) and error.errno == errno.ENOSPC:
-                return False
-            if (not self.verbose and record.name.startswith("apache_beam")
-                    and isinstance(error, (ValueError, RefusedToCommit))):
                 return False
             seen.add(id(error))
             error = error.__cause__ or error.__context__
@@ -125,3 +113,30 @@ def _interrupted() -> bool:
     """Whether a Ctrl-C or SIGTERM is ending the run (pipeline.outputs, once a job imported it)."""
     outputs = sys.modules.get("pipeline.outputs")
     return outputs is not None and outputs.interrupted()
+
+
+class _OneLineErrorLogFilter(logging.Filter):
+    """Drops Beam's log record (message, ERROR and traceback) of a step that raised an error the
+    job reports in one line itself: a bad input or argument (a ValueError: a Parquet row group that
+    will not decompress, a truncated .gz ...). Kept with --verbose."""
+    verbose = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error, seen = (record.exc_info[1] if record.exc_info else None), set()
+        while error is not None and id(error) not in seen and not self.verbose:
+            if isinstance(error, ValueError):
+                return False
+            seen.add(id(error))
+            error = error.__cause__ or error.__context__
+        return True
+
+
+def quiet_one_line_error_logs(verbose: bool) -> None:
+    """Keep Beam's DoFn runner, which logs a failed step with its traceback before raising it
+    again, from printing an error that ``jobs.common.run_job`` prints as one line (exit 2)."""
+    logger = logging.getLogger("apache_beam.runners.common")
+    found = next((f for f in logger.filters if isinstance(f, _OneLineErrorLogFilter)), None)
+    if found is None:
+        found = _OneLineErrorLogFilter()
+        logger.addFilter(found)
+    found.verbose = verbose

@@ -335,3 +335,25 @@ def test_one_file_given_twice_through_a_symlink_is_refused(tmp_path):
     with pytest.raises(InputError, match="are the same file: its rows would be read twice"):
         expand_inputs([str(tmp_path / "*.jsonl")])
     assert len(expand_inputs([str(pairs), str(pairs)])) == 1          # one path given twice: read once
+
+
+# --------------------------------------------------------------------------- Beam's own report of a bad file
+
+def test_a_corrupt_parquet_row_group_is_one_line_without_beams_error_log(tmp_path, tiny_checkpoint):
+    """The footer is whole (the pre-flight passes it); a row group in the middle is not, which only
+    reading finds. Beam's DoFn runner logged the failed step, ERROR and tracebacks, before the
+    job's one line."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    source = tmp_path / "texts.parquet"
+    pq.write_table(pa.table({"text": [f"text number {i} " * 5 for i in range(6000)]}), source,
+                   row_group_size=2000, compression="zstd")
+    data = bytearray(source.read_bytes())
+    data[len(data) // 2: len(data) // 2 + 2000] = b"\0" * 2000
+    source.write_bytes(bytes(data))
+    code, heavy, lines = run_module("jobs.encode_texts", ["--input", str(source), "--output", str(tmp_path / "o"),
+                                                          "--model", tiny_checkpoint, "--quiet"], tmp_path)
+    assert code == 2, lines
+    assert len(lines) == 1 and lines[0].startswith(f"error: {source} is corrupt: reading Parquet data after row"), lines
+    assert not (tmp_path / "o").exists()
