@@ -29,9 +29,9 @@ from typing import TYPE_CHECKING
 
 import click
 
-from jobs.common import (ARGV_KEY, DEFAULT_ENCODER, FORMATS, PLAIN_JOB_CONTEXT, abort_output_on_failure,
-                         device_option, JobCommand, main_module, output_option, overwrite_option, preflight, run_job,
-                         run_options, run_started, dead_letter_option, Number)
+from jobs.common import (ARGV_KEY, DEFAULT_ENCODER, FORMATS, PLAIN_JOB_CONTEXT, abort_output_on_failure, device_option,
+                         JobCommand, main_module, output_option, overwrite_option, preflight, run_job, run_options,
+                         run_started, dead_letter_option, Number, POSITIVE_INT, SEED)
 
 if TYPE_CHECKING:  # annotations only: the imports run inside the functions
     from encoders.checkpoint import Student
@@ -94,10 +94,11 @@ class BuildCandidatesJob:
 @click.option("--encoder", default=DEFAULT_ENCODER, show_default=True, metavar="MODEL",
               help="Sentence encoder (Hugging Face directory or hub id), mean pooled and normalised; the default "
                    "is the packaged all-MiniLM-L6-v2, no download.")
-@click.option("--max-length", type=Number(int, 2), default=128, show_default=True, help="Tokens per text for the encoder.")
-@click.option("--batch-size", type=Number(int, 1), default=128, show_default=True,
+@click.option("--max-length", type=Number(int, 2),
+              default=128, show_default=True, help="Tokens per text for the encoder.")
+@click.option("--batch-size", type=POSITIVE_INT, default=128, show_default=True,
               help="Texts per encoder batch (sorted by length first).")
-@click.option("--seed", type=Number(int, 0, 2 ** 32 - 1, allowed="give an integer in [0, 2**32 - 1]"), default=0, show_default=True, help="Seeds the random pairs.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seeds the random pairs.")
 @device_option("Where encoding and search run; auto = CUDA when present.")
 @output_option("Directory to create: part-00000-of-00001.parquet, _dead_letter/, _SUMMARY.json, _SUCCESS.")
 @overwrite_option

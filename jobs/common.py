@@ -126,6 +126,19 @@ class Number(click.ParamType):
         return self.name.upper()
 
 
+# The numbers several jobs take, each refused outside its range while the flags parse.
+POSITIVE_INT = Number(int, 1)
+SEED = Number(int, 0, 2 ** 32 - 1, allowed="give an integer in [0, 2**32 - 1]")       # what numpy seeds with
+LEARNING_RATE = Number(float, 0, low_open=True, allowed="give a learning rate > 0")
+WEIGHT_DECAY = Number(float, 0)
+MAX_GRAD_NORM = Number(float, 0, low_open=True)        # an infinite norm would clip nothing
+
+
+def warmup_type(of: str) -> Number:
+    """--warmup: the fraction of ``of`` (the steps it counts) spent warming up."""
+    return Number(float, 0, 1, high_open=True, allowed=f"give the fraction of {of} spent warming up, 0 <= WARMUP < 1")
+
+
 def dead_letter_option(command: Callable) -> Callable:
     """--max-dead-letter-fraction: the share of rows a run may dead-letter and still commit
     (pipeline.dead_letters.check_dead_letter_limit)."""
@@ -270,7 +283,8 @@ def count_from_process_start() -> None:
 def run_started() -> float:
     """``time.monotonic()`` at the start of this run: when a command line runs the job, when
     Python started running pairscore (``jobs.PROCESS_STARTED``: imports included, so a summary's
-    "done in" is the time the user waited on pairscore); otherwise when ``run_job`` began, or now outside ``run_job``."""
+    "done in" is the time the user waited on pairscore); otherwise when ``run_job`` began, or
+    now outside ``run_job``."""
     wall = _run_started if _run_started is not None else time.time()
     return time.monotonic() - (time.time() - wall)
 

@@ -13,8 +13,7 @@ import click
 
 from jobs.common import (ARGV_KEY, BEAM_EPILOG, BEAM_JOB_CONTEXT, DTYPES, FORMATS, abort_output_on_failure,
                          beam_args_for_run, device_option, JobCommand, main_module, output_option, overwrite_option,
-                         dead_letter_option, preflight, run_job, run_options, run_started,
-                         stall_option, Number)
+                         dead_letter_option, preflight, run_job, run_options, run_started, stall_option, POSITIVE_INT)
 
 if TYPE_CHECKING:  # annotations only: the imports run inside the functions
     from pipeline.summary import RunSummary
@@ -59,7 +58,7 @@ class EncodeTextsJob:
 @output_option("Store directory to create: part-*.parquet, _MANIFEST.json, _dead_letter/, _SUMMARY.json, _SUCCESS.",
                metavar="STORE_DIR")
 @overwrite_option
-@click.option("--batch-size", type=Number(int, 1), default=128, show_default=True,
+@click.option("--batch-size", type=POSITIVE_INT, default=128, show_default=True,
               help="Texts per encoder batch (texts are sorted by length first, so padding stays small).")
 @click.option("--dtype", type=click.Choice(DTYPES), default="float16", show_default=True,
               help="Embedding storage: float16, or int8 with a per-row scale (half the bytes).")

@@ -35,7 +35,7 @@ import click
 
 from jobs.common import (ARGV_KEY, FORMATS, PLAIN_JOB_CONTEXT, abort_output_on_failure, device_option, JobCommand,
                          main_module, output_option, overwrite_option, parse_label_range, preflight, run_job,
-                         run_options, run_started, dead_letter_option, Number)
+                         run_options, run_started, dead_letter_option, POSITIVE_INT)
 
 if TYPE_CHECKING:  # annotations only: the imports run inside the functions
     from encoders.evaluation import Scored
@@ -137,11 +137,13 @@ def parse_model_spec(spec: str) -> tuple[str, str]:
 @click.option("--compare", multiple=True, metavar="A,B",
               help="Report metric(A) - metric(B) for two --model names with a 95%% paired-bootstrap interval (over "
                    "queries for ranking metrics, over pairs otherwise); repeat for more.")
-@click.option("--batch-size", type=Number(int, 1), default=64, show_default=True, help="Pairs per teacher batch.")
-@click.option("--encode-batch-size", type=Number(int, 1), default=128, show_default=True, help="Texts per student encoder batch.")
-@click.option("--head-batch-size", type=Number(int, 1), default=8192, show_default=True, help="Pairs per student head batch.")
+@click.option("--batch-size", type=POSITIVE_INT, default=64, show_default=True, help="Pairs per teacher batch.")
+@click.option("--encode-batch-size", type=POSITIVE_INT,
+              default=128, show_default=True, help="Texts per student encoder batch.")
+@click.option("--head-batch-size", type=POSITIVE_INT,
+              default=8192, show_default=True, help="Pairs per student head batch.")
 @device_option("Where models run; auto = CUDA when present (mixed precision). Speeds are of this device.")
-@click.option("--limit", type=Number(int, 1), default=None, metavar="N",
+@click.option("--limit", type=POSITIVE_INT, default=None, metavar="N",
               help="Read at most N rows from each of --pairs and --dev (quick runs).")
 @output_option("Directory to create: report.md, *.png, metrics.json, scores.parquet, _dead_letter/, _SUMMARY.json, "
                "_SUCCESS.")

@@ -17,10 +17,9 @@ from typing import TYPE_CHECKING
 
 import click
 
-from jobs.common import (ARGV_KEY, BEAM_EPILOG, BEAM_JOB_CONTEXT, FORMATS, abort_output_on_failure,
-                         beam_args_for_run, device_option, JobCommand, main_module, output_option, overwrite_option,
-                         preflight, run_job, run_options, run_started, split_list, stall_option,
-                         dead_letter_option, Number)
+from jobs.common import (ARGV_KEY, BEAM_EPILOG, BEAM_JOB_CONTEXT, FORMATS, abort_output_on_failure, beam_args_for_run,
+                         device_option, JobCommand, main_module, output_option, overwrite_option, preflight, run_job,
+                         run_options, run_started, split_list, stall_option, dead_letter_option, Number, POSITIVE_INT)
 
 if TYPE_CHECKING:  # annotations only: the imports run inside the functions
     from pipeline.datasets import DistillationManifest
@@ -113,7 +112,9 @@ def _check_previous(job: LabelPairsJob, fingerprint: str, schema) -> tuple[Disti
 @click.option("--teacher", required=True, metavar="DIR",
               help="Teacher checkpoint: a train_teacher output, or any Hugging Face sequence-classification "
                    "cross-encoder (path or cached hub id) with its trained head.")
-@click.option("--temperature", type=Number(float, 0, low_open=True, allowed="give a number > 0 (1 = the teacher's own probabilities; > 1 softer labels)"), default=1.0, show_default=True,
+@click.option("--temperature", type=Number(float, 0, low_open=True, allowed="give a number > 0 (1 = the teacher's "
+                                                                          "own probabilities; > 1 softer labels)"),
+              default=1.0, show_default=True,
               help="T of the soft labels: sigmoid(logit / T), or softmax(logits / T) for k classes.")
 @click.option("--previous", default=None, metavar="DIR",
               help="A previous label_pairs output from the same teacher: pairs it holds (same left and right "
@@ -122,7 +123,7 @@ def _check_previous(job: LabelPairsJob, fingerprint: str, schema) -> tuple[Disti
 @output_option("Directory to create: part-*.parquet, _dead_letter/, _MANIFEST.json, _SUMMARY.json, _SUCCESS.")
 @overwrite_option
 @dead_letter_option
-@click.option("--batch-size", type=Number(int, 1), default=64, show_default=True,
+@click.option("--batch-size", type=POSITIVE_INT, default=64, show_default=True,
               help="Pairs per teacher batch (pairs are sorted by length first, so padding stays small).")
 @click.option("--max-length", type=Number(int, 4, allowed="give an integer of at least 4"), default=None,
               help="Tokens per pair; default: the teacher's own (teacher.json, else the tokenizer's, at most 512). "

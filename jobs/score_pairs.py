@@ -16,8 +16,8 @@ import click
 
 from jobs.common import (ARGV_KEY, BEAM_EPILOG, BEAM_JOB_CONTEXT, DTYPES, FORMATS, abort_output_on_failure,
                          beam_args_for_run, device_option, JobCommand, main_module, output_option, overwrite_option,
-                         preflight, run_job, run_options, run_started, split_list, stall_option,
-                         dead_letter_option, Number)
+                         preflight, run_job, run_options, run_started, split_list, stall_option, dead_letter_option,
+                         POSITIVE_INT)
 
 if TYPE_CHECKING:  # annotations only: the imports run inside the functions
     import pyarrow as pa
@@ -198,14 +198,14 @@ def shuffle_buckets(store_bytes: int, pair_rows: int) -> int:
 @click.option("--join", type=click.Choice(JOINS), default="auto", show_default=True,
               help="broadcast: stores held in each worker's memory; shuffle: CoGroupByKey, scales past memory; "
                    "auto: broadcast when the stores fit --broadcast-limit-mb.")
-@click.option("--broadcast-limit-mb", type=Number(int, 1), default=1024, show_default=True,
+@click.option("--broadcast-limit-mb", type=POSITIVE_INT, default=1024, show_default=True,
               help="Memory a worker may spend on both stores for the broadcast join.")
 @click.option("--dedupe-pairs", is_flag=True,
               help="Score each (left id, right id) once and count repeats as duplicates. Default: every "
                    "row is scored and written, so outputs line up one-to-one with inputs.")
-@click.option("--batch-size", type=Number(int, 1), default=8192, show_default=True,
+@click.option("--batch-size", type=POSITIVE_INT, default=8192, show_default=True,
               help="Pairs per head batch (and per chunk of pairs).")
-@click.option("--encode-batch-size", type=Number(int, 1), default=128, show_default=True,
+@click.option("--encode-batch-size", type=POSITIVE_INT, default=128, show_default=True,
               help="Texts per encoder batch for texts not yet in a store.")
 @click.option("--dtype", type=click.Choice(DTYPES), default="float16", show_default=True,
               help="Storage of newly encoded embeddings (an existing --store keeps its own).")

@@ -20,7 +20,8 @@ import click
 from jobs.common import (ARGV_KEY, DEFAULT_ENCODER, FORMATS, PLAIN_JOB_CONTEXT, TASKS, TEACHER_LOSSES,
                          abort_output_on_failure, device_option, JobCommand, main_module, output_option,
                          overwrite_option, parse_label_range, preflight, run_job, run_options, run_started,
-                         dead_letter_option, Number, refuse_non_finite)
+                         dead_letter_option, Number, refuse_non_finite, POSITIVE_INT, SEED, LEARNING_RATE, WEIGHT_DECAY,
+                         MAX_GRAD_NORM, warmup_type)
 
 if TYPE_CHECKING:  # annotations only: the imports run inside the functions
     import torch
@@ -126,7 +127,8 @@ def train_epoch(teacher: CrossEncoder, examples: list, targets: torch.Tensor, ba
                    "[0, 1] (BCE or MSE). classes: labels 0..K-1, softmax cross-entropy.")
 @click.option("--label-range", default=None, metavar="LOW,HIGH",
               help="graded only: the label range mapped to [0, 1], e.g. 0,5 for STS-B. Labels outside are skipped.")
-@click.option("--num-classes", type=Number(int, 2), default=None, metavar="K", help="classes only: the number of classes.")
+@click.option("--num-classes", type=Number(int, 2),
+              default=None, metavar="K", help="classes only: the number of classes.")
 @click.option("--loss", type=click.Choice(TEACHER_LOSSES), default=None,
               help="bce (binary, graded; the default), mse on the sigmoid (graded), ce (classes; the default).")
 @click.option("--base", default=DEFAULT_ENCODER, show_default=True, metavar="MODEL",
@@ -135,22 +137,23 @@ def train_epoch(teacher: CrossEncoder, examples: list, targets: torch.Tensor, ba
 @click.option("--swap", is_flag=True,
               help="Also train on every pair with left and right exchanged (symmetric tasks, e.g. duplicate "
                    "questions): doubles the training examples.")
-@click.option("--epochs", type=Number(int, 1), default=2, show_default=True, help="Passes over the training pairs.")
-@click.option("--lr", type=Number(float, 0, low_open=True, allowed="give a learning rate > 0"), default=3e-5, show_default=True, help="Peak AdamW learning rate.")
-@click.option("--batch-size", type=Number(int, 1), default=32, show_default=True,
+@click.option("--epochs", type=POSITIVE_INT, default=2, show_default=True, help="Passes over the training pairs.")
+@click.option("--lr", type=LEARNING_RATE, default=3e-5, show_default=True, help="Peak AdamW learning rate.")
+@click.option("--batch-size", type=POSITIVE_INT, default=32, show_default=True,
               help="Pairs per optimizer step (batches are grouped by length, so padding stays small).")
-@click.option("--max-length", type=Number(int, 4, allowed="give an integer of at least 4"), default=128, show_default=True,
+@click.option("--max-length", type=Number(int, 4, allowed="give an integer of at least 4"),
+              default=128, show_default=True,
               help="Tokens per pair, both texts and special tokens included; longer pairs lose tokens from the "
                    "longer text. Stored in the checkpoint; label_pairs uses it.")
-@click.option("--warmup", type=Number(float, 0, 1, high_open=True, allowed="give the fraction of all steps spent warming up, 0 <= WARMUP < 1"), default=0.1, show_default=True,
+@click.option("--warmup", type=warmup_type("all steps"), default=0.1, show_default=True,
               help="Fraction of all steps over which the learning rate rises linearly from 0; it then decays "
                    "linearly to 0.")
-@click.option("--weight-decay", type=Number(float, 0), default=0.01, show_default=True, help="AdamW weight decay.")
-@click.option("--max-grad-norm", type=Number(float, 0, low_open=True), default=1.0, show_default=True, help="Gradient clipping norm.")
-@click.option("--seed", type=Number(int, 0, 2 ** 32 - 1, allowed="give an integer in [0, 2**32 - 1]"), default=0, show_default=True,
+@click.option("--weight-decay", type=WEIGHT_DECAY, default=0.01, show_default=True, help="AdamW weight decay.")
+@click.option("--max-grad-norm", type=MAX_GRAD_NORM, default=1.0, show_default=True, help="Gradient clipping norm.")
+@click.option("--seed", type=SEED, default=0, show_default=True,
               help="Seeds the head initialisation, dropout and batch order.")
 @device_option("Where to train; auto = CUDA when present (with mixed precision).")
-@click.option("--limit", type=Number(int, 1), default=None, metavar="N",
+@click.option("--limit", type=POSITIVE_INT, default=None, metavar="N",
               help="Read at most N rows from each of --train and --dev (quick runs).")
 @output_option("Checkpoint directory to create: config.json, model.safetensors, tokenizer, teacher.json, "
                "_dead_letter/, _SUMMARY.json, _SUCCESS (the checkpoint is committed when training ends).")

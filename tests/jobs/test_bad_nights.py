@@ -124,7 +124,8 @@ def test_a_gzip_input_is_read_like_zst(tmp_path, tiny_checkpoint):
 
     source = tmp_path / "texts.jsonl.gz"
     # Two members, as `cat a.gz b.gz` writes.
-    source.write_bytes(gzip.compress(b"\n".join(good_rows(3)) + b"\n") + gzip.compress(b"\n".join(good_rows(5)[3:]) + b"\n"))
+    first, second = b"\n".join(good_rows(3)) + b"\n", b"\n".join(good_rows(5)[3:]) + b"\n"
+    source.write_bytes(gzip.compress(first) + gzip.compress(second))
     result = encode(source, tmp_path / "store", tiny_checkpoint)
     assert result.exit_code == 0, result.output
     counts = json.loads((tmp_path / "store" / "_SUMMARY.json").read_text())["counts"]
@@ -257,7 +258,8 @@ def test_keep_cols_mistakes_answer_at_pre_flight(tmp_path):
     pairs.write_text(json.dumps({"left": "a", "right": "b", "pair_id": 1}) + "\n")
     base = ["--pairs", str(pairs), "--output", str(tmp_path / "o")]
     for keep, expected in [
-            ("pair_id,pair_id", "error: --keep-cols pair_id,pair_id names pair_id more than once: give each column once"),
+            ("pair_id,pair_id",
+             "error: --keep-cols pair_id,pair_id names pair_id more than once: give each column once"),
             ("score", "error: --keep-cols score would overwrite output columns left_id, right_id, score, probs: "
                       "rename the column or leave it out"),
             ("pair_id,nope", f"error: {pairs} has no column 'nope' (required: 'left', 'right', 'pair_id', 'nope'); its "
