@@ -161,16 +161,16 @@ def _columns_of(path: str, fmt: str, compression: str | None) -> tuple[list[str]
         lines = [line for line in head.splitlines()[:_JSONL_PROBE_LINES]]
         if len(head) >= _HEAD_BYTES and lines:
             lines = lines[:-1]                  # the last line may be cut off at the megabyte
-        objects = 0
-        for line in lines:
+        objects = first = 0
+        for number, line in enumerate(lines, start=1):
             try:
                 parsed = json.loads(line.decode("utf-8").removeprefix("\ufeff")) if line.strip() else None
             except (UnicodeDecodeError, ValueError):
                 continue
             if isinstance(parsed, dict):
                 keys.update(dict.fromkeys(parsed))
-                objects += 1
-        return (list(keys), json_objects_seen(objects)) if objects else (None, "")
+                objects, first = objects + 1, first or number
+        return (list(keys), json_objects_seen(objects, first)) if objects else (None, "")
     text = head.decode("utf-8", errors="replace").removeprefix("\ufeff")
     first = next((line for line in text.splitlines() if line.strip()), None)
     if first is None:
@@ -182,9 +182,12 @@ def _columns_of(path: str, fmt: str, compression: str | None) -> tuple[list[str]
     return next(csv.reader(io.StringIO(first))), "its header line"
 
 
-def json_objects_seen(objects: int) -> str:
-    """Where the columns of a JSON Lines file were read, for messages (also pipeline.readers')."""
-    return "its first JSON object" if objects == 1 else f"the union of its first {objects} JSON objects"
+def json_objects_seen(objects: int, first_line: int) -> str:
+    """Where the columns of a JSON Lines file were read (``objects`` JSON objects, the first on
+    line ``first_line``), for messages (also pipeline.readers')."""
+    if objects == 1:
+        return f"its first JSON object (line {first_line})"
+    return f"the union of its first {objects} JSON objects (from line {first_line})"
 
 
 def _head(path: str, compression: str | None) -> bytes | None:

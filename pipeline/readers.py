@@ -379,7 +379,7 @@ def _first_json_object_keys(stream: IO[bytes]) -> tuple[list[str] | None, str]:
     dead letter, not the file's refusal: the same verdict whatever the rows' order), judged
     exactly as read_rows judges a line, so a line that will be a dead letter is skipped."""
     keys: dict[str, None] = {}
-    objects = 0
+    objects = first = 0
     for number, line in enumerate(stream, start=1):
         if number > _JSONL_PROBE_LINES:
             break
@@ -390,8 +390,8 @@ def _first_json_object_keys(stream: IO[bytes]) -> tuple[list[str] | None, str]:
         parsed = _parse_json_line(line, "", None)
         if isinstance(parsed, SourcedRow):
             keys.update(dict.fromkeys(parsed.fields))
-            objects += 1
-    return (list(keys), json_objects_seen(objects)) if objects else (None, "")
+            objects, first = objects + 1, first or number
+    return (list(keys), json_objects_seen(objects, first)) if objects else (None, "")
 
 
 # --------------------------------------------------------------------------------------------

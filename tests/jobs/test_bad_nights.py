@@ -263,7 +263,7 @@ def test_keep_cols_mistakes_answer_at_pre_flight(tmp_path):
             ("score", "error: --keep-cols score would overwrite output columns left_id, right_id, score, probs: "
                       "rename the column or leave it out"),
             ("pair_id,nope", f"error: {pairs} has no column 'nope' (required: 'left', 'right', 'pair_id', 'nope'); its "
-                             "first JSON object has columns 'left', 'right', 'pair_id'")]:
+                             "first JSON object (line 1) has columns 'left', 'right', 'pair_id'")]:
         code, heavy, lines = run_module("jobs.score_pairs", base + ["--keep-cols", keep], tmp_path)
         assert (code, heavy, lines) == (2, [], [expected])
 

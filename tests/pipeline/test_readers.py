@@ -356,7 +356,7 @@ def test_check_columns_jsonl_uses_every_object_near_the_top_or_skips(tmp_path):
     reordered = write_bytes(tmp_path / "r.jsonl", b'{"left": "b", "right": "c"}\n{"left": "a"}\n')
     check_columns([input_file(reordered)], ["left", "right"])
     misspelt = write_bytes(tmp_path / "m.jsonl", b'{"left": "a"}\n[1]\n{"left": "b", "rihgt": "c"}\n')
-    with pytest.raises(InputError, match=r"has no column 'right' .* the union of its first 2 JSON objects has columns "
+    with pytest.raises(InputError, match=r"has no column 'right' .* the union of its first 2 JSON objects \(from line 1\) has columns "
                                          r"'left', 'rihgt'"):
         check_columns([input_file(misspelt)], ["left", "right"])
 
