@@ -29,6 +29,7 @@ from transformers import AutoModel, AutoTokenizer
 from encoders.config import StudentConfig, baseline_config
 from encoders.dual_encoder import DualEncoder
 from encoders.file_fingerprint import RECORD_FILE, write_record
+from encoders.finite import check_finite_weights
 from encoders.fingerprint import hash_weights, tokenizer_identity
 from encoders.remote import atomic_directory, local_model_dir
 from encoders.sources import load_config, load_pretrained, refuse_checkpoint_code
@@ -160,7 +161,9 @@ def load_student(directory: str | os.PathLike) -> Student:
     _load_part(encoder.right.projection, tensors, "right_projection.", directory)
     if head is not None:
         _load_part(head, tensors, "head.", directory)
-    return Student(config, encoder, head).eval()
+    student = Student(config, encoder, head).eval()
+    check_finite_weights(student, f"checkpoint {str(directory)!r}")   # NaN weights score NaN, silently
+    return student
 
 
 def load_head(directory: str | os.PathLike | None) -> Student:

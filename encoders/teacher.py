@@ -39,6 +39,7 @@ from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTo
 from encoders.device import autocast
 from encoders.dual_encoder import cut_texts
 from encoders.file_fingerprint import write_record
+from encoders.finite import check_finite_weights
 from encoders.fingerprint import hash_weights, tokenizer_identity
 from encoders.inference import length_order
 from encoders.remote import atomic_directory, local_model_dir
@@ -500,6 +501,7 @@ def load_teacher(source: str | os.PathLike, attn_implementation: str | None = No
             raise ValueError(f"teacher task {str(task_path)!r} is invalid: {err}") from err
     else:
         task = _task_from_config(model, tokenizer)
+    check_finite_weights(model, f"teacher {source!r}")   # NaN weights label NaN, silently
     return CrossEncoder(model, tokenizer, task).eval()
 
 

@@ -3,6 +3,7 @@ batches, one optimizer step with mixed precision and clipping, and an epoch's lo
 progress bar. (Loss scaling is decided with the precision: ``encoders.device.grad_scaler``.)"""
 from __future__ import annotations
 
+import math
 import random
 import time
 from typing import Any, Iterable, Mapping, Sequence
@@ -40,13 +41,16 @@ def check_optimizer_settings(rates: Mapping[str, float], warmup: float, warmup_o
     value) > 0, the warmup a fraction 0 <= WARMUP < 1 of ``warmup_of`` (which steps it counts),
     weight decay >= 0 and the clipping norm > 0. ValueError naming the flag otherwise."""
     for flag, value in rates.items():
-        if not value > 0:
+        if not (math.isfinite(value) and value > 0):
             raise ValueError(f"{flag} {value!r} is not allowed: give a learning rate > 0")
     if not 0 <= warmup < 1:
         raise ValueError(f"--warmup {warmup!r} is not allowed: give the fraction of {warmup_of} spent warming up, "
                          "0 <= WARMUP < 1")
-    if weight_decay < 0 or not max_grad_norm > 0:
-        raise ValueError(f"--weight-decay {weight_decay!r} must be >= 0 and --max-grad-norm {max_grad_norm!r} > 0")
+    # NaN passes every comparison's negation, and an infinite norm clips nothing: both said here.
+    if not (math.isfinite(weight_decay) and weight_decay >= 0):
+        raise ValueError(f"--weight-decay {weight_decay!r} is not allowed: give a finite number >= 0")
+    if not (math.isfinite(max_grad_norm) and max_grad_norm > 0):
+        raise ValueError(f"--max-grad-norm {max_grad_norm!r} is not allowed: give a finite number > 0")
 
 
 def make_adamw(groups: Iterable[tuple[NamedParameters, float]], weight_decay: float) -> torch.optim.Optimizer:

@@ -9,27 +9,16 @@ run inside its functions. No job imports another job.
 Light on purpose (standard library only): every entry point imports this package first.
 """
 import logging
-import os
 import time
 
 
-def _process_start_time() -> float:
-    """Wall-clock time this process started, interpreter start-up included: from /proc on Linux,
-    else now (this package is the first of pairscore's modules any entry point imports)."""
-    now = time.time()
-    try:
-        with open("/proc/self/stat", encoding="ascii") as handle:
-            # Field 22, starttime in clock ticks after boot; the command name (field 2) may hold spaces.
-            start_ticks = int(handle.read().rsplit(")", 1)[1].split()[19])
-        with open("/proc/uptime", encoding="ascii") as handle:
-            uptime = float(handle.read().split()[0])
-        age = uptime - start_ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return now
-    return now - age if age >= 0 else now
-
-
-PROCESS_STARTED = _process_start_time()
+# When this Python process started running pairscore: the start of every command-line run's
+# "done in" and _SUMMARY.json's started_at (imports count: they are part of the wait). Taken when
+# this package is imported, which every entry point does first, so the interpreter's own start-up
+# (tens of milliseconds) is all that precedes it. Not the process's start in /proc: under a
+# scheduler's `bash -c 'sleep 8 && pairscore ...'` bash execs Python in its own process, whose
+# start was 8 s before Python's.
+PROCESS_STARTED = time.time()
 
 
 class _DropImportNoise(logging.Filter):

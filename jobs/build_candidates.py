@@ -29,9 +29,9 @@ from typing import TYPE_CHECKING
 
 import click
 
-from jobs.common import (ARGV_KEY, DEFAULT_ENCODER, FORMATS, PLAIN_JOB_CONTEXT, abort_output_on_failure,
-                         device_option, JobCommand, main_module, output_option, overwrite_option, preflight, run_job,
-                         run_options, run_started)
+from jobs.common import (ARGV_KEY, DEFAULT_ENCODER, FORMATS, PLAIN_JOB_CONTEXT, abort_output_on_failure, device_option,
+                         JobCommand, main_module, output_option, overwrite_option, preflight, run_job, run_options,
+                         run_started, dead_letter_option, Number, POSITIVE_INT, SEED)
 from jobs.text_tables import side_column_options, side_columns
 
 if TYPE_CHECKING:  # annotations only: the imports run inside the functions
@@ -65,6 +65,7 @@ class BuildCandidatesJob:
     format: str | None = None
     overwrite: bool = False
     progress: bool = True
+    max_dead_letter_fraction: float = 0.1
 
     def check(self) -> None:
         for flag, value, least in (("--top-k", self.top_k, 0), ("--random-per-left", self.random_per_left, 0),
@@ -100,20 +101,22 @@ class BuildCandidatesJob:
 @click.option("--texts-id-col", default=None,
               help="Column holding the text's id. Without it, a text's id is a stable hash of its content.")
 @side_column_options
-@click.option("--top-k", type=int, required=True, metavar="K",
+@click.option("--top-k", type=Number(int, 0), required=True, metavar="K",
               help="Nearest right texts per left text (exact cosine search), the text itself excluded.")
-@click.option("--random-per-left", type=int, default=1, show_default=True, metavar="R",
+@click.option("--random-per-left", type=Number(int, 0), default=1, show_default=True, metavar="R",
               help="Random right texts per left text, as easy negatives (never a neighbour or the text itself).")
 @click.option("--encoder", default=DEFAULT_ENCODER, show_default=True, metavar="MODEL",
               help="Sentence encoder (Hugging Face directory or hub id), mean pooled and normalised; the default "
                    "is the packaged all-MiniLM-L6-v2, no download.")
-@click.option("--max-length", type=int, default=128, show_default=True, help="Tokens per text for the encoder.")
-@click.option("--batch-size", type=int, default=128, show_default=True,
+@click.option("--max-length", type=Number(int, 2),
+              default=128, show_default=True, help="Tokens per text for the encoder.")
+@click.option("--batch-size", type=POSITIVE_INT, default=128, show_default=True,
               help="Texts per encoder batch (sorted by length first).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the random pairs.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seeds the random pairs.")
 @device_option("Where encoding and search run; auto = CUDA when present.")
 @output_option("Directory to create: part-00000-of-00001.parquet, _dead_letter/, _SUMMARY.json, _SUCCESS.")
 @overwrite_option
+@dead_letter_option
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show encoding progress bars.")
 @run_options
 @click.pass_context
@@ -151,6 +154,7 @@ def run(job: BuildCandidatesJob, argv: list[str] | None = None) -> RunSummary:
     from encoders.device import pick_device
     from encoders.neighbours import embed_texts, sample_random, top_k_neighbours
     from pipeline.datasets import read_text_pool, write_candidates
+    from pipeline.dead_letters import check_dead_letter_limit
     from pipeline.outputs import local_path_or_none, open_output, write_dead_letter_file
     from pipeline.progress import bar_options
     from pipeline.readers import check_columns, expand_inputs
@@ -172,6 +176,17 @@ def run(job: BuildCandidatesJob, argv: list[str] | None = None) -> RunSummary:
     started = run_started()
     pools = {name: read_text_pool(side_files, columns[name]) for name, side_files in files.items()}
     left, right = pools["left"], pools["right"]
+    dead_letters: dict[str, int] = {}
+    for name, pool in pools.items():
+        for letter in pool.dead:
+            key = f"{name}.{letter.reason}"
+            dead_letters[key] = dead_letters.get(key, 0) + 1
+    reconciliation = "; ".join(
+        f"{name} rows read {p.rows_read:,} = kept {p.rows_kept:,} + duplicates {p.rows_duplicate:,} + dead-lettered "
+        f"{len(p.dead):,}" for name, p in pools.items())
+    # Before the encoding, the long part: a bad input is known once it has been read.
+    check_dead_letter_limit(left.rows_read + right.rows_read, len(left.dead) + len(right.dead), dead_letters,
+                            job.max_dead_letter_fraction, reconciliation)
     seconds = {}
     embeddings = {}
     for name, pool in pools.items():
@@ -209,14 +224,6 @@ def run(job: BuildCandidatesJob, argv: list[str] | None = None) -> RunSummary:
     counts.update({"self_pairs_excluded": int((exclude >= 0).sum()), "pairs_knn": by_source["knn"]["pairs"],
                    "pairs_random": by_source["random"]["pairs"],
                    "pairs_written": by_source["knn"]["pairs"] + by_source["random"]["pairs"]})
-    dead_letters: dict[str, int] = {}
-    for name, pool in pools.items():
-        for letter in pool.dead:
-            key = f"{name}.{letter.reason}"
-            dead_letters[key] = dead_letters.get(key, 0) + 1
-    reconciliation = "; ".join(
-        f"{name} rows read {p.rows_read:,} = kept {p.rows_kept:,} + duplicates {p.rows_duplicate:,} + dead-lettered "
-        f"{len(p.dead):,}" for name, p in pools.items())
     reconciliation += (f"; pairs written {counts['pairs_written']:,} = knn {counts['pairs_knn']:,} + random "
                        f"{counts['pairs_random']:,}")
     notes = [f"exact search: {len(left.texts):,} x {len(right.texts):,} similarities of {side.transformer.config.hidden_size} "

@@ -11,6 +11,7 @@ import contextlib
 import functools
 import importlib
 import json
+import math
 import os
 import sys
 import time
@@ -76,9 +77,81 @@ def device_option(help: str = "Where models run; auto = CUDA when present (mixed
     return click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, help=help)
 
 
+class FlagValueError(click.ClickException):
+    """A flag value outside what it allows: one line (``error: --flag VALUE is not allowed: ...``),
+    exit 2, raised while the flags parse (before any pre-flight work or heavy import)."""
+    exit_code = 2
+
+    def show(self, file=None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+class Number(click.ParamType):
+    """A number in a range, NaN and infinity refused (click.FloatRange lets NaN through: every
+    comparison with NaN is false). ``kind`` float or int; ``low``/``high`` bounds, exclusive when
+    ``low_open``/``high_open``; ``allowed`` says what is allowed in the one-line error."""
+
+    def __init__(self, kind: type = float, low: float | None = None, high: float | None = None, *,
+                 low_open: bool = False, high_open: bool = False, allowed: str | None = None) -> None:
+        self.kind, self.low, self.high, self.low_open, self.high_open = kind, low, high, low_open, high_open
+        self.name = "integer" if kind is int else "float"
+        self.allowed = allowed or self._describe()
+
+    def _describe(self) -> str:
+        if self.kind is int and self.low == 1 and self.high is None and not self.low_open:
+            return "give a positive integer"
+        what = "an integer" if self.kind is int else "a finite number"
+        bounds = []
+        if self.low is not None:
+            bounds.append(f"{'>' if self.low_open else '>='} {self.low:g}")
+        if self.high is not None:
+            bounds.append(f"{'<' if self.high_open else '<='} {self.high:g}")
+        return f"give {what}" + (" " + " and ".join(bounds) if bounds else "")
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        flag = max(param.opts, key=len) if param is not None and param.opts else "value"
+        try:
+            number = self.kind(value)
+            if self.kind is int and isinstance(value, float) and value != number:
+                raise ValueError
+        except (TypeError, ValueError, OverflowError):
+            raise FlagValueError(f"{flag} {value!r} is not allowed: {self.allowed}") from None
+        if (self.kind is float and not math.isfinite(number)
+                or self.low is not None and (number <= self.low if self.low_open else number < self.low)
+                or self.high is not None and (number >= self.high if self.high_open else number > self.high)):
+            raise FlagValueError(f"{flag} {number!r} is not allowed: {self.allowed}")
+        return number
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return self.name.upper()
+
+
+# The numbers several jobs take, each refused outside its range while the flags parse.
+POSITIVE_INT = Number(int, 1)
+SEED = Number(int, 0, 2 ** 32 - 1, allowed="give an integer in [0, 2**32 - 1]")       # what numpy seeds with
+LEARNING_RATE = Number(float, 0, low_open=True, allowed="give a learning rate > 0")
+WEIGHT_DECAY = Number(float, 0)
+MAX_GRAD_NORM = Number(float, 0, low_open=True)        # an infinite norm would clip nothing
+
+
+def warmup_type(of: str) -> Number:
+    """--warmup: the fraction of ``of`` (the steps it counts) spent warming up."""
+    return Number(float, 0, 1, high_open=True, allowed=f"give the fraction of {of} spent warming up, 0 <= WARMUP < 1")
+
+
+def dead_letter_option(command: Callable) -> Callable:
+    """--max-dead-letter-fraction: the share of rows a run may dead-letter and still commit
+    (pipeline.dead_letters.check_dead_letter_limit)."""
+    return click.option("--max-dead-letter-fraction", type=Number(float, 0, 1, allowed="give a fraction in [0, 1]"),
+                        default=0.1, show_default=True, metavar="F",
+                        help="Refuse to commit (exit 3, nothing written, the previous output stays) when more than "
+                             "this fraction of the rows read is dead-lettered; a run whose every row is "
+                             "dead-lettered always fails.")(command)
+
+
 def stall_option(command: Callable) -> Callable:
     """--stall-timeout: how long a Beam job waits for workers that never start (pipeline/beam/watchdog.py)."""
-    return click.option("--stall-timeout", type=click.FloatRange(min=0), default=300.0, show_default=True,
+    return click.option("--stall-timeout", type=Number(float, 0), default=300.0, show_default=True,
                         metavar="SECONDS",
                         help="End the run (exit 3, one line saying what is missing) when Beam has asked for "
                              "workers, none has connected and nothing has progressed for this long; 0: wait "
@@ -181,10 +254,23 @@ def abort_output_on_failure(run: Callable) -> Callable:
     return wrapper
 
 
+def refuse_non_finite(model) -> None:
+    """A trained model with a NaN or infinite weight (a learning rate too high, a loss that
+    overflowed) is not committed: RefusedToCommit (exit 3), the previous output stays."""
+    from encoders.finite import describe_non_finite, non_finite_weights
+    from pipeline.errors import RefusedToCommit
+
+    bad = non_finite_weights(model)
+    if bad:
+        raise RefusedToCommit(f"training produced weights that are not finite numbers (NaN or infinity) in "
+                              f"{describe_non_finite(bad)}; nothing was committed (try a lower --lr or "
+                              "--max-grad-norm)")
+
+
 # --------------------------------------------------------------------------- running a job
 
 # Set by the entry points (main_module, jobs/cli.py) when this process is one command-line run, so that its
-# wall time counts from the process start; tests and library calls count from the job's start.
+# wall time counts from the start of Python (jobs.PROCESS_STARTED); tests and library calls count from the job's start.
 _from_process_start = False
 _run_started: float | None = None
 
@@ -195,9 +281,10 @@ def count_from_process_start() -> None:
 
 
 def run_started() -> float:
-    """``time.monotonic()`` at the start of this run: when a command line runs the job, the
-    process start (interpreter start-up and imports included, so a summary's "done in" is the
-    time the user waited); otherwise when ``run_job`` began, or now outside ``run_job``."""
+    """``time.monotonic()`` at the start of this run: when a command line runs the job, when
+    Python started running pairscore (``jobs.PROCESS_STARTED``: imports included, so a summary's
+    "done in" is the time the user waited on pairscore); otherwise when ``run_job`` began, or
+    now outside ``run_job``."""
     wall = _run_started if _run_started is not None else time.time()
     return time.monotonic() - (time.time() - wall)
 
@@ -243,6 +330,7 @@ def run_job(job: Callable[[], str], *, name: str, quiet: bool = False, verbose: 
     global _run_started
     _run_started = PROCESS_STARTED if _from_process_start else time.time()
     stderr.configure_logging(verbose)
+    stderr.quiet_one_line_error_logs(verbose)
     with contextlib.ExitStack() as stack:
         # Multi-process workers write to this process's stderr: their progress records and
         # start-up logs go through a filter (the logs stay with --verbose).

@@ -13,7 +13,7 @@ import click
 
 from jobs.common import (ARGV_KEY, BEAM_EPILOG, BEAM_JOB_CONTEXT, DTYPES, FORMATS, abort_output_on_failure,
                          beam_args_for_run, device_option, JobCommand, main_module, output_option, overwrite_option,
-                         preflight, run_job, run_options, run_started, stall_option)
+                         dead_letter_option, preflight, run_job, run_options, run_started, stall_option, POSITIVE_INT)
 
 if TYPE_CHECKING:  # annotations only: the imports run inside the functions
     from pipeline.summary import RunSummary
@@ -36,6 +36,7 @@ class EncodeTextsJob:
     batch_size: int = 128
     dtype: str = "float16"
     device: str = "auto"
+    max_dead_letter_fraction: float = 0.1
 
 
 # --------------------------------------------------------------------------- the command line
@@ -57,11 +58,12 @@ class EncodeTextsJob:
 @output_option("Store directory to create: part-*.parquet, _MANIFEST.json, _dead_letter/, _SUMMARY.json, _SUCCESS.",
                metavar="STORE_DIR")
 @overwrite_option
-@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True,
+@click.option("--batch-size", type=POSITIVE_INT, default=128, show_default=True,
               help="Texts per encoder batch (texts are sorted by length first, so padding stays small).")
 @click.option("--dtype", type=click.Choice(DTYPES), default="float16", show_default=True,
               help="Embedding storage: float16, or int8 with a per-row scale (half the bytes).")
 @device_option("Where the encoder runs; auto = CUDA when present (with mixed precision).")
+@dead_letter_option
 @stall_option
 @run_options
 @click.pass_context
@@ -88,6 +90,7 @@ def run(job: EncodeTextsJob, beam_args: list[str], argv: list[str] | None = None
     from pipeline.beam.encode import DEAD_LETTER_TAG, DedupeTexts, EncodeSettings, EncodeTexts, ReadRows
     from pipeline.beam.runner import make_pipeline, run_to_end, validate_beam_args
     from pipeline.beam.writes import WriteDeadLetters, WriteStore
+    from pipeline.dead_letters import check_dead_letter_limit
     from pipeline.outputs import open_output
     from pipeline.readers import check_columns, expand_inputs, expect_inputs, worker_path
     from pipeline.store import count_rows, store_files, store_layout, write_manifest
@@ -153,6 +156,8 @@ def run(job: EncodeTextsJob, beam_args: list[str], argv: list[str] | None = None
         reconciliation=(f"rows read {counts['rows_read']:,} = kept {counts['rows_kept']:,} + duplicates "
                         f"{counts['rows_duplicate']:,} + dead-lettered {counts['rows_dead_lettered']:,}"),
         notes=notes)
+    check_dead_letter_limit(counts["rows_read"], counts["rows_dead_lettered"], dead_letters,
+                            job.max_dead_letter_fraction, summary.reconciliation)
     write_manifest(out.staged(), model_fingerprint=student.fingerprint,
                    model_files_fingerprint=pinned_file_fingerprint(job.model_dir), encoder=student.config.encoder,
                    layout=layout, token_selection=student.config.token_selection,

@@ -35,7 +35,7 @@ import click
 
 from jobs.common import (ARGV_KEY, FORMATS, PLAIN_JOB_CONTEXT, abort_output_on_failure, device_option, JobCommand,
                          main_module, output_option, overwrite_option, parse_label_range, preflight, run_job,
-                         run_options, run_started)
+                         run_options, run_started, dead_letter_option, POSITIVE_INT)
 
 if TYPE_CHECKING:  # annotations only: the imports run inside the functions
     from encoders.evaluation import Scored
@@ -71,6 +71,7 @@ class EvaluateJob:
     overwrite: bool = False
     group_col: str | None = None
     compare: tuple[str, ...] = ()     # "A,B": metric(A) - metric(B) with a paired bootstrap interval
+    max_dead_letter_fraction: float = 0.1
 
     def check(self) -> None:
         from encoders.evaluation import parse_comparisons
@@ -136,15 +137,18 @@ def parse_model_spec(spec: str) -> tuple[str, str]:
 @click.option("--compare", multiple=True, metavar="A,B",
               help="Report metric(A) - metric(B) for two --model names with a 95%% paired-bootstrap interval (over "
                    "queries for ranking metrics, over pairs otherwise); repeat for more.")
-@click.option("--batch-size", type=int, default=64, show_default=True, help="Pairs per teacher batch.")
-@click.option("--encode-batch-size", type=int, default=128, show_default=True, help="Texts per student encoder batch.")
-@click.option("--head-batch-size", type=int, default=8192, show_default=True, help="Pairs per student head batch.")
+@click.option("--batch-size", type=POSITIVE_INT, default=64, show_default=True, help="Pairs per teacher batch.")
+@click.option("--encode-batch-size", type=POSITIVE_INT,
+              default=128, show_default=True, help="Texts per student encoder batch.")
+@click.option("--head-batch-size", type=POSITIVE_INT,
+              default=8192, show_default=True, help="Pairs per student head batch.")
 @device_option("Where models run; auto = CUDA when present (mixed precision). Speeds are of this device.")
-@click.option("--limit", type=int, default=None, metavar="N",
+@click.option("--limit", type=POSITIVE_INT, default=None, metavar="N",
               help="Read at most N rows from each of --pairs and --dev (quick runs).")
 @output_option("Directory to create: report.md, *.png, metrics.json, scores.parquet, _dead_letter/, _SUMMARY.json, "
                "_SUCCESS.")
 @overwrite_option
+@dead_letter_option
 @run_options
 @click.pass_context
 def main(ctx: click.Context, quiet: bool, verbose: bool, **flags) -> None:
@@ -177,7 +181,7 @@ def run(job: EvaluateJob, argv: list[str] | None = None) -> RunSummary:
                                      model_kind, parse_comparisons, quality, ranking, score_model, speed)
     from encoders.inference import Pairs
     from pipeline.datasets import read_labeled_pairs
-    from pipeline.dead_letters import count_reasons
+    from pipeline.dead_letters import check_dead_letter_limit, count_reasons
     from pipeline.outputs import local_path_or_none, open_output, write_dead_letter_file
     from pipeline.pairs import TextPairColumns
     from pipeline.readers import check_columns, expand_inputs
@@ -214,6 +218,12 @@ def run(job: EvaluateJob, argv: list[str] | None = None) -> RunSummary:
     splits = {name: read_labeled_pairs(files, columns, job.label_col, task, job.limit,
                                        job.group_col if name == "pairs" else None)
               for name, files in split_files.items()}
+    reconciliation = "; ".join(f"{name} rows read {s.rows_read:,} = used {len(s.targets):,} + skipped "
+                               f"{len(s.skipped):,}" for name, s in splits.items())
+    dead = [letter for labeled in splits.values() for letter in labeled.skipped]
+    # Before the models run, the long part: a bad input is known once it has been read.
+    check_dead_letter_limit(sum(s.rows_read for s in splits.values()), len(dead), count_reasons(dead),
+                            job.max_dead_letter_fraction, reconciliation)
     for name, labeled in splits.items():
         if not labeled.targets:
             raise ValueError(f"--{name} has no usable labeled pairs: {labeled.rows_read} rows read, all skipped")
@@ -279,7 +289,6 @@ def run(job: EvaluateJob, argv: list[str] | None = None) -> RunSummary:
         json.dump(_strict_json(metrics), handle, indent=2, allow_nan=False)
         handle.write("\n")
     write_report(out.staged(), metrics, {name: s.scores for name, s in scored.items()}, targets)
-    dead = [letter for labeled in splits.values() for letter in labeled.skipped]
     write_dead_letter_file(out.staged(), dead, provenance)
 
     counts = {"pairs_rows_read": evaluated.rows_read, "pairs_used": len(targets),
@@ -287,8 +296,6 @@ def run(job: EvaluateJob, argv: list[str] | None = None) -> RunSummary:
     if dev_targets is not None:
         counts.update({"dev_rows_read": splits["dev"].rows_read, "dev_pairs_used": len(dev_targets),
                        "dev_rows_skipped": len(splits["dev"].skipped)})
-    reconciliation = "; ".join(f"{name} rows read {s.rows_read:,} = used {len(s.targets):,} + skipped "
-                               f"{len(s.skipped):,}" for name, s in splits.items())
     notes = [f"report: {os.path.join(job.output, 'report.md')}"]
     if metrics["threshold_source"]:
         notes.append(f"accuracy and F1 at the best-accuracy threshold chosen on the {metrics['threshold_source']}")

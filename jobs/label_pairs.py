@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING
 
 import click
 
-from jobs.common import (ARGV_KEY, BEAM_EPILOG, BEAM_JOB_CONTEXT, FORMATS, abort_output_on_failure,
-                         beam_args_for_run, device_option, JobCommand, main_module, output_option, overwrite_option,
-                         preflight, run_job, run_options, run_started, split_list, stall_option)
+from jobs.common import (ARGV_KEY, BEAM_EPILOG, BEAM_JOB_CONTEXT, FORMATS, abort_output_on_failure, beam_args_for_run,
+                         device_option, JobCommand, main_module, output_option, overwrite_option, preflight, run_job,
+                         run_options, run_started, split_list, stall_option, dead_letter_option, Number, POSITIVE_INT)
 
 if TYPE_CHECKING:  # annotations only: the imports run inside the functions
     from pipeline.datasets import DistillationManifest
@@ -47,10 +47,12 @@ class LabelPairsJob:
     device: str = "auto"
     format: str | None = None
     overwrite: bool = False
+    max_dead_letter_fraction: float = 0.1
 
 
 def _check(job: LabelPairsJob) -> None:
     from pipeline.datasets import BASE_COLUMNS
+    from pipeline.preflight import check_keep_cols
 
     if not job.temperature > 0:
         raise ValueError(f"--temperature {job.temperature!r} is not allowed: give a number > 0 (1 = the teacher's "
@@ -59,12 +61,7 @@ def _check(job: LabelPairsJob) -> None:
         raise ValueError(f"--batch-size {job.batch_size!r} is not allowed: give a positive integer")
     if job.max_length is not None and job.max_length < 4:
         raise ValueError(f"--max-length {job.max_length!r} is not allowed: give an integer of at least 4")
-    clashes = [name for name in job.keep_cols if name in BASE_COLUMNS]
-    if clashes:
-        raise ValueError(f"--keep-cols {', '.join(clashes)}: the output already has a column of that name "
-                         f"(output columns: {', '.join(BASE_COLUMNS)})")
-    if len(set(job.keep_cols)) != len(job.keep_cols):
-        raise ValueError(f"--keep-cols {','.join(job.keep_cols)} names a column twice")
+    check_keep_cols(job.keep_cols, BASE_COLUMNS)        # also the pre-flight's: each once, no output column
     if job.previous is not None and _same_path(job.previous, job.output):
         raise ValueError(f"--previous {job.previous!r} is also --output: write the new set to a new directory "
                          "(the previous one is read while the new one is written)")
@@ -115,7 +112,9 @@ def _check_previous(job: LabelPairsJob, fingerprint: str, schema) -> tuple[Disti
 @click.option("--teacher", required=True, metavar="DIR",
               help="Teacher checkpoint: a train_teacher output, or any Hugging Face sequence-classification "
                    "cross-encoder (path or cached hub id) with its trained head.")
-@click.option("--temperature", type=float, default=1.0, show_default=True,
+@click.option("--temperature", type=Number(float, 0, low_open=True, allowed="give a number > 0 (1 = the teacher's "
+                                                                          "own probabilities; > 1 softer labels)"),
+              default=1.0, show_default=True,
               help="T of the soft labels: sigmoid(logit / T), or softmax(logits / T) for k classes.")
 @click.option("--previous", default=None, metavar="DIR",
               help="A previous label_pairs output from the same teacher: pairs it holds (same left and right "
@@ -123,9 +122,10 @@ def _check_previous(job: LabelPairsJob, fingerprint: str, schema) -> tuple[Disti
                    "complete distillation set.")
 @output_option("Directory to create: part-*.parquet, _dead_letter/, _MANIFEST.json, _SUMMARY.json, _SUCCESS.")
 @overwrite_option
-@click.option("--batch-size", type=int, default=64, show_default=True,
+@dead_letter_option
+@click.option("--batch-size", type=POSITIVE_INT, default=64, show_default=True,
               help="Pairs per teacher batch (pairs are sorted by length first, so padding stays small).")
-@click.option("--max-length", type=int, default=None,
+@click.option("--max-length", type=Number(int, 4, allowed="give an integer of at least 4"), default=None,
               help="Tokens per pair; default: the teacher's own (teacher.json, else the tokenizer's, at most 512). "
                    "Changing it changes the teacher fingerprint.")
 @device_option("Where the teacher runs; auto = CUDA when present (with mixed precision).")
@@ -151,6 +151,7 @@ def run(job: LabelPairsJob, beam_args: list[str], argv: list[str] | None = None)
     from apache_beam.io.filesystems import FileSystems
     from encoders.device import pick_device
     from encoders.teacher import load_teacher
+    from pipeline.dead_letters import check_dead_letter_limit
     from pipeline.beam.counters import read_counters, split_dead_letters
     from pipeline.beam.encode import DEAD_LETTER_TAG, ReadRows
     from pipeline.beam.label import (ExtractPairs, LabelPairs, LabelSettings, ReadPrevious, SkipLabeled,
@@ -253,6 +254,8 @@ def run(job: LabelPairsJob, beam_args: list[str], argv: list[str] | None = None)
                         f"{counts['pairs_skipped_labeled']:,} + dead-lettered {counts['pairs_dead_lettered']:,}; "
                         f"output rows {rows:,} = labeled + copied {counts['previous_rows_copied']:,}"),
         notes=notes, metrics={"temperature": job.temperature, "task": teacher.task.to_dict()})
+    check_dead_letter_limit(counts["pairs_read"], counts["pairs_dead_lettered"], dead_letters,
+                            job.max_dead_letter_fraction, summary.reconciliation)
     out.commit(summary)
     return summary
 

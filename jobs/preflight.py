@@ -14,12 +14,18 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from jobs.text_tables import side_columns
 from pipeline.beam.option_names import check_beam_flags
-from pipeline.preflight import (PreflightError, check_columns, check_model_dir, check_output, check_store_dir,
+from pipeline.preflight import (PreflightError, check_columns, check_keep_cols, check_model_dir, check_output,
+                                check_store_dir,
                                 check_student_dir, check_teacher_dir, local_files)
 
 __all__ = ["PreflightError", "check"]
 
 BASELINE = "baseline"   # encoders.evaluation.BASELINE: evaluate's --model for the zero-training cosine
+# The columns a job writes itself, which a --keep-cols column may not be named like
+# (jobs.score_pairs.OUTPUT_COLUMNS, pipeline.datasets.BASE_COLUMNS; a test checks they agree).
+OUTPUT_COLUMNS = {"score_pairs": ("left_id", "right_id", "score", "probs"),
+                  "label_pairs": ("left_id", "right_id", "left", "right", "logit", "soft_label", "logits",
+                                  "soft_labels", "truncated")}
 
 
 def _pair_inputs(flags: Mapping[str, Any], *extra: str | None) -> list[str | None]:
@@ -50,11 +56,14 @@ def check(job: str, flags: Mapping[str, Any], beam_args: Sequence[str] = (), own
     """Run the pre-flight checks of ``job`` on its parsed ``flags`` (click's names) and its
     pass-through Beam options. Raises PreflightError (one line) on the first mistake found.
 
-    Columns checked are those the input must have whatever the other flags say; ``--keep-cols``
-    and half-given id columns are left to the job, whose flag checks come first and explain them
-    better (a kept column named like an output column, one id column without the other)."""
+    Columns checked are those the input must have whatever the other flags say, ``--keep-cols``
+    included (each once, none named like an output column); half-given id columns are left to the
+    job, whose flag checks come first and explain them better (one id column without the other)."""
     if beam_args:
         check_beam_flags(beam_args, own_flags)
+    keep = list(flags.get("keep_cols") or ())
+    if job in OUTPUT_COLUMNS:
+        check_keep_cols(keep, OUTPUT_COLUMNS[job])
     fmt = flags.get("format")
     reads: list[tuple[str, Sequence[str], list[str | None]]] = []
     named_by: dict[str, dict[str, str]] = {}     # flag of the input -> {column: the flag that named it}
@@ -66,11 +75,11 @@ def check(job: str, flags: Mapping[str, Any], beam_args: Sequence[str] = (), own
         if (ids == [] and both_tables) or (ids and not (both_tables or flags.get("store"))):
             ids = None     # text tables without ids, or ids without text tables or a store: the job says which
         pair_columns = [] if ids is None else ids or [flags["left_col"], flags["right_col"]]
-        reads.append(("--pairs", flags["pairs"], pair_columns))
+        reads.append(("--pairs", flags["pairs"], pair_columns + keep))
         if ids:
             reads += _text_tables(flags, named_by)
     elif job == "label_pairs":
-        reads.append(("--pairs", flags["pairs"], _pair_inputs(flags, *(_id_columns(flags) or ()))))
+        reads.append(("--pairs", flags["pairs"], _pair_inputs(flags, *(_id_columns(flags) or ()), *keep)))
     elif job == "build_candidates":
         reads += _text_tables(flags, named_by)
     elif job in ("train_teacher", "evaluate"):

@@ -16,7 +16,8 @@ import click
 
 from jobs.common import (ARGV_KEY, BEAM_EPILOG, BEAM_JOB_CONTEXT, DTYPES, FORMATS, abort_output_on_failure,
                          beam_args_for_run, device_option, JobCommand, main_module, output_option, overwrite_option,
-                         preflight, run_job, run_options, run_started, split_list, stall_option)
+                         preflight, run_job, run_options, run_started, split_list, stall_option, dead_letter_option,
+                         POSITIVE_INT)
 from jobs.text_tables import side_column_options, side_columns
 
 if TYPE_CHECKING:  # annotations only: the imports run inside the functions
@@ -31,6 +32,7 @@ if TYPE_CHECKING:  # annotations only: the imports run inside the functions
 
 JOB_NAME = "score_pairs"
 JOINS = ("auto", "broadcast", "shuffle")
+OUTPUT_COLUMNS = ("left_id", "right_id", "score", "probs")   # what --keep-cols may not be named like
 SCORES_DIR = "scores"        # OUT/scores/: the scores table
 STORE_DIR = "store"          # OUT/store/{left,right}/: tomorrow's --store
 # Python overhead per row of a store held in memory (dict entry, id string, arrays' share).
@@ -67,6 +69,7 @@ class ScorePairsJob:
     dtype: str = "float16"
     device: str = "auto"
     accelerator: str | None = None
+    max_dead_letter_fraction: float = 0.1
 
     @property
     def columns(self) -> PairColumns:
@@ -95,6 +98,8 @@ class SidePlan:
 
 def check_arguments(job: ScorePairsJob) -> None:
     """Flag combinations that cannot work, named before anything is read."""
+    from pipeline.preflight import check_keep_cols
+
     if (job.left_id_col is None) != (job.right_id_col is None):
         raise ValueError("--left-id-col and --right-id-col go together: give both (pairs of ids) or neither "
                          "(pairs of texts)")
@@ -105,10 +110,7 @@ def check_arguments(job: ScorePairsJob) -> None:
         raise ValueError("--left-texts/--right-texts are for pairs of ids: also give --left-id-col and --right-id-col")
     if job.join not in JOINS:
         raise ValueError(f"--join {job.join!r} is not allowed: choose one of {', '.join(JOINS)}")
-    reserved = {"left_id", "right_id", "score", "probs"}
-    clashing = sorted(reserved & set(job.keep_cols))
-    if clashing:
-        raise ValueError(f"--keep-cols {','.join(clashing)} would overwrite output columns {sorted(reserved)}")
+    check_keep_cols(job.keep_cols, OUTPUT_COLUMNS)      # also the pre-flight's: each once, no output column
 
 
 def existing_store(job: ScorePairsJob, student: Student, side: str) -> tuple[tuple[PartPin, ...], int, str]:
@@ -234,14 +236,14 @@ def shuffle_buckets(store_bytes: int, pair_rows: int) -> int:
 @click.option("--join", type=click.Choice(JOINS), default="auto", show_default=True,
               help="broadcast: stores held in each worker's memory; shuffle: CoGroupByKey, scales past memory; "
                    "auto: broadcast when the stores fit --broadcast-limit-mb.")
-@click.option("--broadcast-limit-mb", type=click.IntRange(min=1), default=1024, show_default=True,
+@click.option("--broadcast-limit-mb", type=POSITIVE_INT, default=1024, show_default=True,
               help="Memory a worker may spend on both stores for the broadcast join.")
 @click.option("--dedupe-pairs", is_flag=True,
               help="Score each (left id, right id) once and count repeats as duplicates. Default: every "
                    "row is scored and written, so outputs line up one-to-one with inputs.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8192, show_default=True,
+@click.option("--batch-size", type=POSITIVE_INT, default=8192, show_default=True,
               help="Pairs per head batch (and per chunk of pairs).")
-@click.option("--encode-batch-size", type=click.IntRange(min=1), default=128, show_default=True,
+@click.option("--encode-batch-size", type=POSITIVE_INT, default=128, show_default=True,
               help="Texts per encoder batch for texts not yet in a store.")
 @click.option("--dtype", type=click.Choice(DTYPES), default="float16", show_default=True,
               help="Storage of newly encoded embeddings (an existing --store keeps its own).")
@@ -249,6 +251,7 @@ def shuffle_buckets(store_bytes: int, pair_rows: int) -> int:
 @click.option("--accelerator", default=None, metavar="HINT",
               help="Beam resource hint for the scoring step, e.g. "
                    "'type:nvidia-l4;count:1;install-nvidia-driver' (Dataflow); the join stays on CPU workers.")
+@dead_letter_option
 @stall_option
 @run_options
 @click.pass_context
@@ -280,6 +283,7 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
                                      dedupe_pair_chunks, read_store_tables)
     from pipeline.beam.used_texts import UsedTextRows
     from pipeline.beam.writes import WriteDeadLetters, WriteStore
+    from pipeline.dead_letters import check_dead_letter_limit
     from pipeline.outputs import open_output
     from pipeline.pairs import kept_fields
     from pipeline.readers import check_columns, count_input_rows, expand_inputs, expect_inputs, worker_path
@@ -411,6 +415,10 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
         counts=counts, dead_letters=dict(sorted(pair_dead.items())),
         reconciliation=reconciliation,
         notes=notes)
+    # Every row read (pairs, and the text tables in id mode) against every row dead-lettered.
+    rows_read = counts["pairs_read"] + sum(counts.get(f"{side}_text_rows_read", 0) for side in SIDES)
+    check_dead_letter_limit(rows_read, sum(pair_dead.values()), pair_dead, job.max_dead_letter_fraction,
+                            summary.reconciliation)
     # Manifests only now that the counts reconcile: a store with a manifest is a complete store.
     for side, plan in plans.items():
         write_manifest(out.staged(plan.output), model_fingerprint=student.fingerprint,

@@ -37,7 +37,8 @@ import click
 from jobs.common import (ARGV_KEY, DEFAULT_ENCODER, FORMATS, PLAIN_JOB_CONTEXT, STUDENT_HEADS, STUDENT_LOSSES, TASKS,
                          abort_output_on_failure, device_option, JobCommand, main_module, output_option,
                          overwrite_option, parse_head_options, parse_label_range, preflight, run_job, run_options,
-                         run_started)
+                         run_started, dead_letter_option, Number, refuse_non_finite, POSITIVE_INT, SEED, LEARNING_RATE,
+                         WEIGHT_DECAY, MAX_GRAD_NORM, warmup_type)
 
 if TYPE_CHECKING:  # annotations only: the imports run inside the functions
     from encoders.checkpoint import Student
@@ -108,6 +109,7 @@ class TrainStudentJob:
     format: str | None = None
     overwrite: bool = False
     progress: bool = True
+    max_dead_letter_fraction: float = 0.1
 
     def check(self) -> None:
         """Bad values fail here, before anything is read, naming the flag and what is allowed."""
@@ -203,19 +205,23 @@ def head_options_for(head: str, layers: int | None, options: dict[str, Any]) -> 
 @click.option("--human-label-col", default=None, metavar="COL",
               help="A column of the distillation set with human labels (e.g. label_pairs --keep-cols label). Pairs "
                    "with one learn from both; pairs without (mined pairs) from the teacher alone.")
-@click.option("--human-label-weight", type=float, default=0.5, show_default=True,
+@click.option("--human-label-weight", type=Number(float, 0, 1, allowed="give a number in [0, 1] (0 = soft labels only, "
+                                                                      "1 = human labels only where a pair has one)"),
+              default=0.5, show_default=True,
               help="Weight w of the human label where a pair has one: loss = (1 - w) * teacher loss + w * human loss.")
 @click.option("--head", type=click.Choice(STUDENT_HEADS), required=True,
               help="The head, from heads/: dipair (DiPair-TSF), dipair-ffnn, li (late interaction), de-ffnn, de-cos.")
 @click.option("--encoder", default=DEFAULT_ENCODER, show_default=True, metavar="MODEL",
               help="Pretrained encoder: a local Hugging Face directory or hub id (offline: from the local cache). "
                    "The default is the packaged all-MiniLM-L6-v2, no download.")
-@click.option("--layers", type=int, default=None, metavar="K",
+@click.option("--layers", type=POSITIVE_INT, default=None, metavar="K",
               help="Encoder layers kept (DiPair's K, 1-4 there). Default: all.")
-@click.option("--n", "n", type=int, default=4, show_default=True, metavar="N", help="Left token embeddings kept.")
-@click.option("--m", "m", type=int, default=12, show_default=True, metavar="M", help="Right token embeddings kept.")
-@click.option("--dim", type=int, default=128, show_default=True, metavar="D", help="Projected dimension.")
-@click.option("--head-layers", type=int, default=None, metavar="L",
+@click.option("--n", "n", type=POSITIVE_INT,
+              default=4, show_default=True, metavar="N", help="Left token embeddings kept.")
+@click.option("--m", "m", type=POSITIVE_INT,
+              default=12, show_default=True, metavar="M", help="Right token embeddings kept.")
+@click.option("--dim", type=POSITIVE_INT, default=128, show_default=True, metavar="D", help="Projected dimension.")
+@click.option("--head-layers", type=POSITIVE_INT, default=None, metavar="L",
               help="Head depth: transformer layers of dipair (default 2), or hidden layers of 128 units of the FFNN "
                    "heads dipair-ffnn, de-ffnn, li (default 2). de-cos has none.")
 @click.option("--head-options", default=None, metavar="JSON",
@@ -228,63 +234,67 @@ def head_options_for(head: str, layers: int | None, options: dict[str, Any]) -> 
                    "embedding. --no-cosine-skip: the plain DiPair head.")
 @click.option("--separate-encoders", is_flag=True,
               help="One encoder per side (default: one shared encoder; the projections are per side either way).")
-@click.option("--left-max-length", type=int, default=64, show_default=True,
+@click.option("--left-max-length", type=POSITIVE_INT, default=64, show_default=True,
               help="Left tokenizer max length, special tokens included.")
-@click.option("--right-max-length", type=int, default=128, show_default=True,
+@click.option("--right-max-length", type=POSITIVE_INT, default=128, show_default=True,
               help="Right tokenizer max length, special tokens included.")
 @click.option("--token-selection", type=click.Choice(["first", "last"]), default="first", show_default=True,
               help="Keep the first N / M output tokens ([CLS] first) or the last ones.")
-@click.option("--stages", type=click.IntRange(1, 2), default=2, show_default=True,
+@click.option("--stages", type=Number(int, 1, 2, allowed="give 1 or 2"), default=2, show_default=True,
               help="2: DiPair's schedule, stage 1 with the encoder frozen (early stop on dev), then stage 2 with "
                    "everything. 1: everything from the first step (the ablation).")
 @click.option("--loss", type=click.Choice(STUDENT_LOSSES), default="ce", show_default=True,
               help="ce: cross-entropy on the soft labels (DiPair eq. 1). mse: squared error on the teacher's logits.")
 @click.option("--swap", is_flag=True,
               help="Also train on every pair with left and right exchanged (symmetric tasks): doubles the examples.")
-@click.option("--stage1-epochs", type=int, default=10, show_default=True,
+@click.option("--stage1-epochs", type=POSITIVE_INT, default=10, show_default=True,
               help="Most epochs of stage 1 (it stops early after --patience epochs without dev improvement).")
-@click.option("--patience", type=int, default=2, show_default=True,
+@click.option("--patience", type=POSITIVE_INT, default=2, show_default=True,
               help="Stage 1 stops after this many epochs without a better dev score.")
-@click.option("--stage2-epochs", type=int, default=1, show_default=True,
+@click.option("--stage2-epochs",
+              type=Number(int, 0, allowed="give an integer >= 0 (0: stage 1 only, the encoder stays frozen)"),
+              default=1, show_default=True,
               help="Epochs of stage 2 (and of --stages 1). 0: stage 1 only, the encoder stays frozen (the "
                    "cheapest student; no --train-layers, --virt-weight or --stages 1 then).")
-@click.option("--stage1-max-pairs", type=int, default=None, metavar="P",
+@click.option("--stage1-max-pairs", type=POSITIVE_INT, default=None, metavar="P",
               help="At most P pairs per stage-1 epoch (a new random sample each epoch), for distillation sets "
                    "larger than an epoch needs to be: dev is then evaluated, and early stopping decided, every P "
                    "pairs.")
-@click.option("--stage2-max-pairs", type=int, default=None, metavar="P",
+@click.option("--stage2-max-pairs", type=POSITIVE_INT, default=None, metavar="P",
               help="At most P pairs per stage-2 epoch (a new random sample each epoch): stage 2 runs the encoder "
                    "and costs far more per pair than stage 1.")
-@click.option("--lr", type=float, default=5e-4, show_default=True,
+@click.option("--lr", type=LEARNING_RATE, default=5e-4, show_default=True,
               help="Peak learning rate of projection + head in stage 1 (and in --stages 1).")
-@click.option("--stage2-lr", type=float, default=1e-4, show_default=True,
+@click.option("--stage2-lr", type=LEARNING_RATE, default=1e-4, show_default=True,
               help="Peak learning rate of projection + head in stage 2.")
-@click.option("--encoder-lr", type=float, default=2e-5, show_default=True,
+@click.option("--encoder-lr", type=LEARNING_RATE, default=2e-5, show_default=True,
               help="Peak learning rate of the encoder when it trains (stage 2, --stages 1).")
-@click.option("--batch-size", type=int, default=32, show_default=True,
+@click.option("--batch-size", type=POSITIVE_INT, default=32, show_default=True,
               help="Pairs per step when the encoder trains (stage 2, --stages 1).")
-@click.option("--stage1-batch-size", type=int, default=128, show_default=True, help="Pairs per step in stage 1.")
-@click.option("--encode-batch-size", type=int, default=128, show_default=True,
+@click.option("--stage1-batch-size", type=POSITIVE_INT,
+              default=128, show_default=True, help="Pairs per step in stage 1.")
+@click.option("--encode-batch-size", type=POSITIVE_INT, default=128, show_default=True,
               help="Texts per batch when encoding without gradients (stage-1 cache, dev).")
-@click.option("--warmup", type=float, default=0.1, show_default=True,
+@click.option("--warmup", type=warmup_type("a stage's steps"), default=0.1, show_default=True,
               help="Fraction of each stage's steps over which its learning rates rise linearly from 0; they then "
                    "decay linearly to 0 at the stage's last epoch.")
-@click.option("--weight-decay", type=float, default=0.01, show_default=True, help="AdamW weight decay.")
-@click.option("--max-grad-norm", type=float, default=1.0, show_default=True, help="Gradient clipping norm.")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--weight-decay", type=WEIGHT_DECAY, default=0.01, show_default=True, help="AdamW weight decay.")
+@click.option("--max-grad-norm", type=MAX_GRAD_NORM, default=1.0, show_default=True, help="Gradient clipping norm.")
+@click.option("--seed", type=SEED, default=0, show_default=True,
               help="Seeds the projection and head initialisation, dropout and batch order.")
 @device_option("Where to train; auto = CUDA when present (with mixed precision).")
 @click.option("--cache-dir", default=None, metavar="DIR",
               help="Keep stage 1's frozen encoder states here (one safetensors file per encoder, length and text "
                    "set) and reuse them: runs that differ only in the head encode the texts once.")
-@click.option("--train-layers", type=int, default=None, metavar="K",
+@click.option("--train-layers", type=POSITIVE_INT, default=None, metavar="K",
               help="Stage 2 trains only the top K encoder layers (with projection and head), on the frozen lower "
                    "layers' outputs computed once per unique text (float16, in memory; kept in --cache-dir when "
                    "given). Default: the whole encoder trains, each batch encoded in full.")
 @click.option("--teacher", default=None, metavar="DIR",
               help="The cross-encoder teacher checkpoint (train_teacher's output) for --virt-weight; its tokenizer "
                    "must be the student encoder's. Unused while --virt-weight is 0.")
-@click.option("--virt-weight", type=float, default=0.0, show_default=True, metavar="ALPHA",
+@click.option("--virt-weight", type=Number(float, 0, allowed="give a number >= 0 (0: VIRT off)"),
+              default=0.0, show_default=True, metavar="ALPHA",
               help="VIRT (Li et al. 2022, eq. 5-7): add ALPHA x the L2 distance between the teacher's cross attention "
                    "maps (left->right, right->left, eager attention over each pair) and the student's virtual ones "
                    "(each trained layer's queries of one tower against its keys of the other). Acts in stage 2 "
@@ -297,11 +307,12 @@ def head_options_for(head: str, layers: int | None, options: dict[str, Any]) -> 
 @click.option("--select-metric", type=click.Choice(["auc", "spearman", "accuracy", "mrr@10", "map", "ndcg@10"]),
               default=None, help="The dev metric that picks the best epoch (default: auc for binary, spearman for "
                                  "graded, accuracy for classes); the ranking ones need --dev-group-col.")
-@click.option("--limit", type=int, default=None, metavar="N",
+@click.option("--limit", type=POSITIVE_INT, default=None, metavar="N",
               help="Read at most N rows from each of --distill and --dev (quick runs).")
 @output_option("Student checkpoint directory to create: config.json, student.safetensors, encoder/, "
                "_dead_letter/, _SUMMARY.json, _SUCCESS (the checkpoint is committed when training ends).")
 @overwrite_option
+@dead_letter_option
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Show a progress bar with the loss and pairs/s.")
 @run_options
@@ -349,7 +360,7 @@ def train(job: TrainStudentJob, argv: list[str] | None = None) -> tuple[RunSumma
     from heads import build_head
     from pipeline.datasets import (check_human_label_column, distillation_columns, distillation_task, first_width,
                                    read_distillation_set, read_labeled_pairs)
-    from pipeline.dead_letters import count_reasons, describe_reasons
+    from pipeline.dead_letters import check_dead_letter_limit, count_reasons, describe_reasons
     from pipeline.outputs import local_path_or_none, open_output, write_dead_letter_file
     from pipeline.pairs import TextPairColumns
     from pipeline.readers import check_columns, expand_inputs
@@ -386,14 +397,21 @@ def train(job: TrainStudentJob, argv: list[str] | None = None) -> tuple[RunSumma
     torch.manual_seed(job.seed)
     data = read_distillation_set(distill_files, columns, soft_col, logit_col, num_outputs, task,
                                  job.human_label_col, job.limit)
+    if job.dev_group_col:
+        check_columns(dev_files, [job.dev_group_col])
+    dev = read_labeled_pairs(dev_files, columns, job.label_col, task, job.limit, job.dev_group_col)
+    # Both inputs are read before the training, the long part: a bad input is known now.
+    skipped = [*data.skipped, *dev.skipped]
+    check_dead_letter_limit(data.rows_read + dev.rows_read, len(skipped), count_reasons(skipped),
+                            job.max_dead_letter_fraction,
+                            f"distill rows read {data.rows_read:,} = used {len(data.soft):,} + skipped "
+                            f"{len(data.skipped):,}; dev rows read {dev.rows_read:,} = used {len(dev.targets):,} + "
+                            f"skipped {len(dev.skipped):,}")
     if not data.soft:
         raise ValueError(f"--distill has no usable pairs: {data.rows_read} rows read, all skipped "
                          f"({describe_reasons(data.skipped) or 'no rows'})")
     if job.loss == "mse" and data.logits is None:
         raise ValueError(f"--loss mse needs the teacher's logits, but some rows of --distill have no {logit_col!r}")
-    if job.dev_group_col:
-        check_columns(dev_files, [job.dev_group_col])
-    dev = read_labeled_pairs(dev_files, columns, job.label_col, task, job.limit, job.dev_group_col)
     if not dev.targets:
         raise ValueError(f"--dev has no usable labeled pairs: {dev.rows_read} rows read, all skipped "
                          f"({describe_reasons(dev.skipped) or 'no rows'})")
@@ -425,6 +443,7 @@ def train(job: TrainStudentJob, argv: list[str] | None = None) -> tuple[RunSumma
     rng = random.Random(job.seed)
     per_stage = {stage.name: trainer.train_stage(stage, rng) for stage in stages}
     student.load_state_dict(trainer.best_state)   # in memory as on disk: the best epoch of the run
+    refuse_non_finite(student)
 
     # The fingerprint is taken from the saved files, which also proves they load.
     saved = load_student(out.checkpoint_dir)

@@ -19,7 +19,9 @@ import click
 
 from jobs.common import (ARGV_KEY, DEFAULT_ENCODER, FORMATS, PLAIN_JOB_CONTEXT, TASKS, TEACHER_LOSSES,
                          abort_output_on_failure, device_option, JobCommand, main_module, output_option,
-                         overwrite_option, parse_label_range, preflight, run_job, run_options, run_started)
+                         overwrite_option, parse_label_range, preflight, run_job, run_options, run_started,
+                         dead_letter_option, Number, refuse_non_finite, POSITIVE_INT, SEED, LEARNING_RATE, WEIGHT_DECAY,
+                         MAX_GRAD_NORM, warmup_type)
 
 if TYPE_CHECKING:  # annotations only: the imports run inside the functions
     import torch
@@ -58,6 +60,7 @@ class TrainTeacherJob:
     format: str | None = None
     overwrite: bool = False
     progress: bool = True
+    max_dead_letter_fraction: float = 0.1
 
     def teacher_task(self) -> TeacherTask:
         from encoders.teacher import TeacherTask
@@ -124,7 +127,8 @@ def train_epoch(teacher: CrossEncoder, examples: list, targets: torch.Tensor, ba
                    "[0, 1] (BCE or MSE). classes: labels 0..K-1, softmax cross-entropy.")
 @click.option("--label-range", default=None, metavar="LOW,HIGH",
               help="graded only: the label range mapped to [0, 1], e.g. 0,5 for STS-B. Labels outside are skipped.")
-@click.option("--num-classes", type=int, default=None, metavar="K", help="classes only: the number of classes.")
+@click.option("--num-classes", type=Number(int, 2),
+              default=None, metavar="K", help="classes only: the number of classes.")
 @click.option("--loss", type=click.Choice(TEACHER_LOSSES), default=None,
               help="bce (binary, graded; the default), mse on the sigmoid (graded), ce (classes; the default).")
 @click.option("--base", default=DEFAULT_ENCODER, show_default=True, metavar="MODEL",
@@ -133,26 +137,28 @@ def train_epoch(teacher: CrossEncoder, examples: list, targets: torch.Tensor, ba
 @click.option("--swap", is_flag=True,
               help="Also train on every pair with left and right exchanged (symmetric tasks, e.g. duplicate "
                    "questions): doubles the training examples.")
-@click.option("--epochs", type=int, default=2, show_default=True, help="Passes over the training pairs.")
-@click.option("--lr", type=float, default=3e-5, show_default=True, help="Peak AdamW learning rate.")
-@click.option("--batch-size", type=int, default=32, show_default=True,
+@click.option("--epochs", type=POSITIVE_INT, default=2, show_default=True, help="Passes over the training pairs.")
+@click.option("--lr", type=LEARNING_RATE, default=3e-5, show_default=True, help="Peak AdamW learning rate.")
+@click.option("--batch-size", type=POSITIVE_INT, default=32, show_default=True,
               help="Pairs per optimizer step (batches are grouped by length, so padding stays small).")
-@click.option("--max-length", type=int, default=128, show_default=True,
+@click.option("--max-length", type=Number(int, 4, allowed="give an integer of at least 4"),
+              default=128, show_default=True,
               help="Tokens per pair, both texts and special tokens included; longer pairs lose tokens from the "
                    "longer text. Stored in the checkpoint; label_pairs uses it.")
-@click.option("--warmup", type=float, default=0.1, show_default=True,
+@click.option("--warmup", type=warmup_type("all steps"), default=0.1, show_default=True,
               help="Fraction of all steps over which the learning rate rises linearly from 0; it then decays "
                    "linearly to 0.")
-@click.option("--weight-decay", type=float, default=0.01, show_default=True, help="AdamW weight decay.")
-@click.option("--max-grad-norm", type=float, default=1.0, show_default=True, help="Gradient clipping norm.")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--weight-decay", type=WEIGHT_DECAY, default=0.01, show_default=True, help="AdamW weight decay.")
+@click.option("--max-grad-norm", type=MAX_GRAD_NORM, default=1.0, show_default=True, help="Gradient clipping norm.")
+@click.option("--seed", type=SEED, default=0, show_default=True,
               help="Seeds the head initialisation, dropout and batch order.")
 @device_option("Where to train; auto = CUDA when present (with mixed precision).")
-@click.option("--limit", type=int, default=None, metavar="N",
+@click.option("--limit", type=POSITIVE_INT, default=None, metavar="N",
               help="Read at most N rows from each of --train and --dev (quick runs).")
 @output_option("Checkpoint directory to create: config.json, model.safetensors, tokenizer, teacher.json, "
                "_dead_letter/, _SUMMARY.json, _SUCCESS (the checkpoint is committed when training ends).")
 @overwrite_option
+@dead_letter_option
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Show a progress bar with the loss and pairs/s.")
 @run_options
@@ -184,7 +190,7 @@ def run(job: TrainTeacherJob, argv: list[str] | None = None) -> RunSummary:
     from encoders.teacher import build_teacher, load_teacher, save_teacher
     from encoders.training import length_grouped_batches
     from pipeline.datasets import read_labeled_pairs, training_examples
-    from pipeline.dead_letters import count_reasons
+    from pipeline.dead_letters import check_dead_letter_limit, count_reasons
     from pipeline.outputs import local_path_or_none, open_output, write_dead_letter_file
     from pipeline.pairs import TextPairColumns
     from pipeline.readers import check_columns, expand_inputs
@@ -209,6 +215,12 @@ def run(job: TrainTeacherJob, argv: list[str] | None = None) -> RunSummary:
     started = run_started()
     data = {name: read_labeled_pairs(files, columns, job.label_col, task, job.limit)
             for name, files in splits.items()}
+    # Before the training, the long part: a bad input is known once it has been read.
+    skipped = [letter for pairs in data.values() for letter in pairs.skipped]
+    check_dead_letter_limit(sum(pairs.rows_read for pairs in data.values()), len(skipped), count_reasons(skipped),
+                            job.max_dead_letter_fraction, "; ".join(
+                                f"{name} rows read {pairs.rows_read:,} = used {len(pairs.targets):,} + skipped "
+                                f"{len(pairs.skipped):,}" for name, pairs in data.items()))
     for name, pairs in data.items():
         if not pairs.targets:
             reasons = count_reasons(pairs.skipped)
@@ -240,6 +252,7 @@ def run(job: TrainTeacherJob, argv: list[str] | None = None) -> RunSummary:
         score = selection_score(task, record["dev"])
         if best is None or score > best_score:
             best, best_score = record, score
+            refuse_non_finite(teacher)                  # a NaN model is never saved, let alone committed
             save_teacher(teacher, out.checkpoint_dir)   # staged: committed as --output when training ends
         record["best_so_far"] = best is record
         epochs.append(record)

@@ -15,9 +15,11 @@ row       the original row's fields as a JSON object (invalid bytes shown as U+F
 from __future__ import annotations
 
 import json
-from typing import Any, NamedTuple
+from typing import Any, Mapping, NamedTuple
 
 import pyarrow as pa
+
+from pipeline.errors import DeadLetterLimit
 
 # Reading
 REASON_INVALID_UTF8 = "invalid_utf8"
@@ -71,6 +73,27 @@ def count_reasons(letters) -> dict[str, int]:
 def describe_reasons(letters) -> str:
     """Dead letters -> ``"reason: count, ..."``, for an error message."""
     return ", ".join(f"{reason}: {count}" for reason, count in count_reasons(letters).items())
+
+
+def check_dead_letter_limit(rows_read: int, rows_dead: int, reasons: Mapping[str, int], limit: float,
+                            accounting: str) -> None:
+    """Refuse to commit a run that dead-lettered more than ``limit`` (``--max-dead-letter-fraction``)
+    of the ``rows_read`` rows, or every one of them whatever the limit: raises DeadLetterLimit
+    (exit 3, nothing committed) with one line saying how many rows went where (``accounting``, the
+    summary's reconciliation) and the top reasons (``reasons``: {reason: count}). Called with the
+    reconciled counts, right before the commit."""
+    if rows_dead <= 0:
+        return
+    every = rows_dead >= rows_read
+    fraction = rows_dead / rows_read if rows_read else 1.0
+    if not every and fraction <= limit:
+        return
+    top = sorted(reasons.items(), key=lambda item: (-item[1], item[0]))[:3]
+    shown = ", ".join(f"{reason} {count:,}" for reason, count in top)
+    more = f" and {len(reasons) - len(top)} more" if len(reasons) > len(top) else ""
+    why = "every row" if every else f"{fraction:.1%} > --max-dead-letter-fraction {limit:g}"
+    raise DeadLetterLimit(f"{rows_dead:,} of {rows_read:,} rows dead-lettered ({why}): {accounting}; top reasons: "
+                          f"{shown}{more}. Nothing was committed")
 
 
 def _json_fallback(value: Any) -> str:

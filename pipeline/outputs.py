@@ -64,7 +64,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import sys
 import threading
 import time
@@ -77,6 +76,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from encoders.remote import atomic_directory  # noqa: F401  (the checkpoints' commit; lives below pipeline/)
 from pipeline.dead_letters import DEAD_LETTER_SCHEMA, DeadLetter
+from pipeline.lock import UNREADABLE_LOCK, LockHolder, in_use, parse_lock
 from pipeline.paths import escape_glob, has_glob
 from pipeline.provenance import stamped
 from pipeline.store import MANIFEST_FILE, STORE_FILE_PREFIX, STORE_FILE_SUFFIX
@@ -238,62 +238,19 @@ def check_literal_output(output: str) -> None:
 # --------------------------------------------------------------------------- the lock
 
 
-@dataclass(frozen=True)
-class LockHolder:
-    """What ``OUT/_LOCK`` holds: who runs on this output."""
-    pid: int
-    host: str
-    started: str
-    job: str
-    token: str
-    pid_start: str | None = None   # the process's start time (Linux), to tell a reused pid
-
-    def describe(self) -> str:
-        return f"{self.job} (pid {self.pid} on host {self.host}, started {self.started})"
-
-    def is_dead(self) -> bool:
-        """True only when provably gone: a process of this host that no longer exists (or whose
-        pid now belongs to a newer process). A holder on another host is never judged dead."""
-        if self.host != socket.gethostname():
-            return False
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            pass  # alive, another user's
-        start = _process_start(self.pid)
-        return bool(self.pid_start and start and start != self.pid_start)
-
-    @classmethod
-    def me(cls, job: str) -> "LockHolder":
-        return cls(pid=os.getpid(), host=socket.gethostname(), started=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                   job=job, token=uuid.uuid4().hex, pid_start=_process_start(os.getpid()))
-
-
-def _process_start(pid: int) -> str | None:
-    """Field 22 of /proc/PID/stat (start time in clock ticks since boot); None where unknown."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
 def read_lock(output: str) -> LockHolder | None:
     """The holder named in ``OUT/_LOCK``; None when there is no lock. An unreadable lock (being
     written, or not ours) is reported as a holder with pid 0 that is never judged dead."""
     path = FileSystems.join(output, LOCK_FILE)
     try:
         with FileSystems.open(path, compression_type="uncompressed") as handle:
-            data = json.loads(handle.read().decode("utf-8"))
-        return LockHolder(**data)
+            return parse_lock(handle.read())
     except FileNotFoundError:
         return None
     except Exception:  # noqa: BLE001 - any unreadable lock is a lock we must not take
         if not FileSystems.exists(path):
             return None
-        return LockHolder(pid=0, host="?", started="?", job="an unknown process (unreadable lock)", token="?")
+        return UNREADABLE_LOCK
 
 
 def acquire_lock(output: str, job: str) -> tuple[LockHolder, LockHolder | None]:
@@ -312,8 +269,7 @@ def acquire_lock(output: str, job: str) -> tuple[LockHolder, LockHolder | None]:
         if holder is None:
             continue  # released in between: try again
         if not holder.is_dead():
-            raise OutputError(f"--output {output!r} is in use by {holder.describe()}: wait for it to finish, or "
-                              f"choose another --output (remove {path} only if that run is gone)")
+            raise OutputError(in_use(output, holder, path))
         _take_over(path, holder, output)
         stale = holder
         print(f"note: {path} was left by {holder.describe()}, which is no longer running; taking it over",
@@ -487,14 +443,29 @@ def _is_leftover(path: str, top: str, entries: Sequence[str]) -> bool:
     """A top-level entry of ``path`` that an interrupted pairscore run left: its marked staging
     directory, or a lock it put aside while taking over another (of a holder provably dead)."""
     if top.startswith(STAGING_PREFIX):
-        return f"{top}/{STAGING_MARKER}" in entries
+        return f"{top}/{STAGING_MARKER}" in entries and _is_our_marker(path, top)
     if top.startswith(LOCK_FILE + ".stale-"):
         try:
             with FileSystems.open(FileSystems.join(path, top), compression_type="uncompressed") as handle:
-                return LockHolder(**json.loads(handle.read().decode("utf-8"))).is_dead()
+                return parse_lock(handle.read()).is_dead()
         except Exception:  # noqa: BLE001 - not a lock of ours
             return False
     return False
+
+
+def _is_our_marker(path: str, top: str) -> bool:
+    """Whether the staging directory ``top``'s marker is one :func:`open_output` wrote: a JSON
+    object naming the job, this directory's run id, and the run's pid, host and lock token. A
+    file of that name with anything else (an empty ``{}``, say) does not make a user's
+    ``_temporary-*`` folder pairscore's to delete."""
+    try:
+        with FileSystems.open(FileSystems.join(path, top, STAGING_MARKER), compression_type="uncompressed") as handle:
+            marker = json.loads(handle.read().decode("utf-8"))
+    except Exception:  # noqa: BLE001 - unreadable: not ours
+        return False
+    return (isinstance(marker, dict) and marker.get("run_id") == top[len(STAGING_PREFIX):]
+            and all(isinstance(marker.get(key), str) and marker[key] for key in ("job", "host", "token"))
+            and isinstance(marker.get("pid"), int) and not isinstance(marker.get("pid"), bool))
 
 
 def _survey(path: str, entries: Sequence[str]) -> _Contents:
@@ -739,8 +710,7 @@ def open_output(output: str, *, job: str, overwrite: bool,
                               "pairscore output with --overwrite)")
     holder = read_lock(output)
     if holder is not None and not holder.is_dead():
-        raise OutputError(f"--output {output!r} is in use by {holder.describe()}: wait for it to finish, or choose "
-                          f"another --output (remove {FileSystems.join(output, LOCK_FILE)} only if that run is gone)")
+        raise OutputError(in_use(output, holder, FileSystems.join(output, LOCK_FILE)))
     _check_contents(output, overwrite)
 
     created = not _exists(output)
@@ -908,7 +878,7 @@ def _interrupt_handlers() -> dict:
         _interrupted_by = signum
         # Beam logs an exception that ends a transform, traceback and all, before re-raising it.
         logging.getLogger("apache_beam").setLevel(logging.CRITICAL + 1)
-        _end_worker_processes()
+        end_worker_processes()
         raise Interrupted(signum, "interrupted")
 
     previous: dict = {"excepthook": threading.excepthook}
@@ -930,7 +900,7 @@ def interrupted() -> bool:
     return _interrupted_by is not None
 
 
-def _end_worker_processes() -> None:
+def end_worker_processes() -> None:
     """SIGTERM every process below this one. Beam's multi-process workers (``sh -c python -m
     ...sdk_worker_main``) wait to be told to stop while the runner, cleaning up after the
     interrupt, waits for them to exit: ending them lets the run clean up and exit. Linux only

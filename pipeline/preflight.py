@@ -3,8 +3,8 @@ the job imports Beam, torch and transformers:
 
 - local inputs that do not exist or that a glob does not match (:func:`local_files`);
 - required columns of local input files (:func:`check_columns`): the Parquet footer (a file that
-  is not Parquet fails here), the header line of CSV/TSV, the first JSON object of JSON Lines
-  (``.zst`` too);
+  is not Parquet fails here), the header line of CSV/TSV, the keys of the first JSON objects of JSON Lines
+  (``.zst`` and ``.gz`` too); a compressed Parquet file (``.parquet.gz``) is refused;
 - an ``--output`` that is a file, or a non-empty directory without ``--overwrite`` (:func:`check_output`);
 - a student (``--model``), teacher (``--teacher``) or evaluated model checkpoint directory that
   does not exist, has not committed, lacks its files or is of the other kind
@@ -28,10 +28,13 @@ import json
 import os
 from typing import IO, Mapping, Sequence
 
-# Extension -> format, as pipeline.readers reads them (``.zst`` may follow a text format).
+from pipeline.lock import LockHolder, in_use, parse_lock
+from pipeline.paths import gzip_problem, split_compression
+
+# Extension -> format, as pipeline.readers reads them (``.zst`` or ``.gz`` may follow a text format).
 _EXTENSIONS = {".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv"}
 _GLOB_CHARS = "*?["
-_JSONL_PROBE_LINES = 1000          # pipeline.readers looks this far for a first JSON object
+_JSONL_PROBE_LINES = 1000          # pipeline.readers looks this far for JSON objects' keys
 _MAX_FILES_CHECKED = 64            # more files: the job's own check (threads, after the imports) does the rest
 _HEAD_BYTES = 1 << 20              # what is read of a text file to find its header / first object
 
@@ -46,15 +49,12 @@ def _is_remote(path: str) -> bool:
     return "://" in path
 
 
-def _format_of(path: str, override: str | None) -> tuple[str | None, bool]:
-    """(format or None when the extension does not tell, compressed)."""
-    name = os.path.basename(path).lower()
-    compressed = name.endswith(".zst")
-    if compressed:
-        name = name[:-len(".zst")]
+def _format_of(path: str, override: str | None) -> tuple[str | None, str | None]:
+    """(format or None when the extension does not tell, compression: "zstd", "gzip" or None)."""
+    name, compression = split_compression(os.path.basename(path).lower())
     if override is not None:
-        return override, compressed
-    return _EXTENSIONS.get(os.path.splitext(name)[1]), compressed
+        return override, compression
+    return _EXTENSIONS.get(os.path.splitext(name)[1]), compression
 
 
 def local_files(flag: str, patterns: Sequence[str], override: str | None = None) -> list[str]:
@@ -75,7 +75,32 @@ def local_files(flag: str, patterns: Sequence[str], override: str | None = None)
             raise PreflightError(f"input {pattern!r} matched no files" + ("" if flag.startswith("--input")
                                                                           else f" ({flag})"))
         files += [m for m in matches if os.path.isfile(m)]
-    return list(dict.fromkeys(files))
+    for path in files:
+        fmt, compression = _format_of(path, override)
+        if fmt == "parquet" and compression:
+            raise PreflightError(f"{path}: {compression}-compressed Parquet files are not supported (Parquet must be "
+                                 "seekable to be read); write the Parquet file with compression='zstd' inside it "
+                                 f"instead ({flag})")
+    files = list(dict.fromkeys(files))
+    refuse_one_file_twice(files, f" ({flag})")
+    return files
+
+
+def refuse_one_file_twice(paths: Sequence[str], where: str = "") -> None:
+    """PreflightError when two of the local ``paths`` are one file (a symlink, a hard link, a
+    path through a linked directory): its rows would be read, scored and counted twice."""
+    seen: dict[tuple[int, int], str] = {}
+    for path in paths:
+        if _is_remote(path):
+            continue
+        try:
+            status = os.stat(path)
+        except OSError:
+            continue                              # the readers name a file that cannot be opened
+        first = seen.setdefault((status.st_dev, status.st_ino), path)
+        if first != path:
+            raise PreflightError(f"inputs {first} and {path} are the same file{where}: its rows would be read twice; "
+                                 "give it once")
 
 
 def check_columns(files: Sequence[str], required: Sequence[str | None], override: str | None = None,
@@ -88,10 +113,10 @@ def check_columns(files: Sequence[str], required: Sequence[str | None], override
     if not required:
         return
     for path in files[:_MAX_FILES_CHECKED]:
-        fmt, compressed = _format_of(path, override)
-        if fmt is None or (fmt == "parquet" and compressed):
+        fmt, compression = _format_of(path, override)
+        if fmt is None or (fmt == "parquet" and compression):
             continue                                   # the readers explain these
-        columns, where = _columns_of(path, fmt, compressed)
+        columns, where = _columns_of(path, fmt, compression)
         if columns is None:
             continue
         missing = [name for name in required if name not in columns]
@@ -105,11 +130,24 @@ def check_columns(files: Sequence[str], required: Sequence[str | None], override
                                  + f"required: {_names(required)}); {where} has columns {_names(columns)}")
 
 
+def check_keep_cols(keep: Sequence[str], output_columns: Sequence[str]) -> None:
+    """``--keep-cols``: each column once (a table with two columns of one name cannot be read by
+    pandas or pyarrow.dataset), and none named like a column the job writes itself."""
+    twice = sorted({name for name in keep if list(keep).count(name) > 1})
+    if twice:
+        raise PreflightError(f"--keep-cols {','.join(keep)} names {', '.join(twice)} more than once: give each "
+                             "column once")
+    clashing = [name for name in keep if name in output_columns]
+    if clashing:
+        raise PreflightError(f"--keep-cols {','.join(clashing)} would overwrite output columns "
+                             f"{', '.join(output_columns)}: rename the column or leave it out")
+
+
 def _names(names: Sequence[str]) -> str:
     return ", ".join(repr(name) for name in names)
 
 
-def _columns_of(path: str, fmt: str, compressed: bool) -> tuple[list[str] | None, str]:
+def _columns_of(path: str, fmt: str, compression: str | None) -> tuple[list[str] | None, str]:
     """(column names or None when they cannot be told here, where they were read)."""
     if fmt == "parquet":
         import pyarrow.parquet as pq   # the footer only
@@ -117,18 +155,26 @@ def _columns_of(path: str, fmt: str, compressed: bool) -> tuple[list[str] | None
             return pq.read_schema(path).names, "its schema"
         except Exception as err:  # noqa: BLE001 - pyarrow raises several kinds for a bad footer
             raise PreflightError(f"{path} is not a valid Parquet file: {err}") from None
-    head = _head(path, compressed)
+    head = _head(path, compression)
     if head is None:
         return None, ""
     if fmt == "jsonl":
-        for number, line in enumerate(head.splitlines()[:_JSONL_PROBE_LINES], start=1):
+        # Every key of the objects on the first lines, as pipeline.readers judges them: a column
+        # missing from some rows is their dead letter (null_text ...), not the file's refusal.
+        keys: dict[str, None] = {}
+        lines = [line for line in head.splitlines()[:_JSONL_PROBE_LINES]]
+        if len(head) >= _HEAD_BYTES and lines:
+            lines = lines[:-1]                  # the last line may be cut off at the megabyte
+        objects = first = 0
+        for number, line in enumerate(lines, start=1):
             try:
                 parsed = json.loads(line.decode("utf-8").removeprefix("\ufeff")) if line.strip() else None
             except (UnicodeDecodeError, ValueError):
                 continue
             if isinstance(parsed, dict):
-                return list(parsed), f"its first JSON object (line {number})"
-        return None, ""
+                keys.update(dict.fromkeys(parsed))
+                objects, first = objects + 1, first or number
+        return (list(keys), json_objects_seen(objects, first)) if objects else (None, "")
     text = head.decode("utf-8", errors="replace").removeprefix("\ufeff")
     first = next((line for line in text.splitlines() if line.strip()), None)
     if first is None:
@@ -140,12 +186,29 @@ def _columns_of(path: str, fmt: str, compressed: bool) -> tuple[list[str] | None
     return next(csv.reader(io.StringIO(first))), "its header line"
 
 
-def _head(path: str, compressed: bool) -> bytes | None:
+def json_objects_seen(objects: int, first_line: int) -> str:
+    """Where the columns of a JSON Lines file were read (``objects`` JSON objects, the first on
+    line ``first_line``), for messages (also pipeline.readers')."""
+    if objects == 1:
+        return f"its first JSON object (line {first_line})"
+    return f"the union of its first {objects} JSON objects (from line {first_line})"
+
+
+def _head(path: str, compression: str | None) -> bytes | None:
     """The first bytes of a text file (decompressed), or None when they cannot be read here."""
     try:
         with open(path, "rb") as raw:
-            if not compressed:
+            if compression is None:
                 return raw.read(_HEAD_BYTES)
+            if compression == "gzip":
+                import gzip
+                import zlib
+                try:
+                    with gzip.GzipFile(fileobj=raw, mode="rb") as stream:
+                        return _read_up_to(stream, _HEAD_BYTES)
+                except (EOFError, gzip.BadGzipFile, zlib.error) as err:
+                    # Damage in the first megabyte: the readers would refuse the file the same way.
+                    raise PreflightError(gzip_problem(path, err)) from None
             import zstandard
             try:
                 with zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True) as stream:
@@ -174,6 +237,9 @@ def check_output(output: str, overwrite: bool) -> None:
     if not os.path.isdir(output):
         raise PreflightError(f"--output {output!r} is an existing file: give a directory (new, empty, or a "
                              "pairscore output with --overwrite)")
+    holder = _live_holder(os.path.join(output, LOCK_FILE))
+    if holder is not None:      # said first: --overwrite would not help
+        raise PreflightError(in_use(output, holder, os.path.join(output, LOCK_FILE)))
     if overwrite:
         return                                   # which outputs may be replaced: open_output decides
     try:
@@ -184,6 +250,17 @@ def check_output(output: str, overwrite: bool) -> None:
         shown = ", ".join(entries[:5]) + (f", ... ({len(entries) - 5} more)" if len(entries) > 5 else "")
         raise PreflightError(f"--output {output!r} is not empty ({shown}): give a new or empty directory, or pass "
                              "--overwrite to replace an earlier pairscore output")
+
+
+def _live_holder(lock: str) -> LockHolder | None:
+    """The run holding ``lock`` when it is a lock pairscore wrote and its holder is not provably
+    gone; None otherwise (no lock, a stale one, or one the job's own check judges)."""
+    try:
+        with open(lock, "rb") as handle:
+            holder = parse_lock(handle.read())
+    except (OSError, ValueError, TypeError):
+        return None
+    return None if holder.is_dead() else holder
 
 
 # What pipeline.outputs commits beside a training job's checkpoint (SUMMARY_FILE, SUCCESS_FILE,

@@ -3,7 +3,8 @@
 Every job reads its tables (pairs, texts, training sets) through this module:
 
 * :func:`expand_inputs` turns the ``--input``-style paths, globs and directories into a sorted list
-  of :class:`InputFile` (format and zstd compression from the extension, or ``--format``);
+  of :class:`InputFile` (format from the extension, or ``--format``; zstd or gzip compression from a
+  ``.zst`` or ``.gz`` suffix);
 * :func:`check_columns` runs before the pipeline starts and fails fast, naming the file, when a
   file is unreadable or lacks a required column (a job that dies after an hour of encoding because
   file 37 has no ``right`` column is the failure this prevents);
@@ -14,12 +15,12 @@ The contract for problems is split in two on purpose:
 
 * a *record* that is malformed (invalid UTF-8, invalid JSON, a CSV row with the wrong number of
   fields) becomes a dead letter and the job goes on;
-* a *file* that is damaged (not Parquet, a corrupt or truncated zstd stream, a corrupt Parquet page)
+* a *file* that is damaged (not Parquet, a corrupt or truncated zstd or gzip stream, a corrupt Parquet page)
   raises :class:`InputError` naming the file, because rows after the damage are lost and a job that
   succeeds with silently missing rows is worse than one that fails.
 
-Memory stays bounded whatever the file size: Parquet is read in record batches, zstd through a
-streaming decompressor, text files line by line (a single line or CSV record must fit in memory).
+Memory stays bounded whatever the file size: Parquet is read in record batches, zstd and gzip
+through streaming decompressors, text files line by line (a single line or CSV record must fit in memory).
 
 Paths go through Beam's ``FileSystems``, so ``gs://`` and ``s3://`` work where Beam's extras are
 installed.
@@ -28,11 +29,13 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import gzip
 import io
 import json
 import os
 import posixpath
 import re
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO, Any, Iterator, NamedTuple, Sequence
@@ -51,11 +54,12 @@ from pipeline.dead_letters import (
     REASON_NOT_AN_OBJECT,
     DeadLetter,
 )
-from pipeline.paths import escape_glob, has_glob
+from pipeline.paths import UNREAD_COMPRESSIONS, escape_glob, gzip_problem, has_glob, split_compression
+from pipeline.preflight import PreflightError, json_objects_seen, refuse_one_file_twice
 
 FORMATS = ("parquet", "jsonl", "csv", "tsv")
 
-# Extension (lower case, without .zst) -> format.
+# Extension (lower case, without .zst or .gz) -> format.
 _EXTENSIONS = {
     ".parquet": "parquet",
     ".jsonl": "jsonl",
@@ -63,9 +67,10 @@ _EXTENSIONS = {
     ".csv": "csv",
     ".tsv": "tsv",
 }
-_ZSTD_SUFFIX = ".zst"
 _ALLOWED_EXTENSIONS = ("'.parquet', '.jsonl', '.ndjson', '.csv', '.tsv' "
-                       "(the text formats optionally followed by '.zst')")
+                       "(the text formats optionally followed by '.zst' or '.gz')")
+# What a gzip stream raises for a truncated file (EOFError) or damaged bytes.
+_GZIP_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
 # Lone surrogates: what invalid UTF-8 bytes become under errors="surrogateescape", and what
@@ -75,7 +80,7 @@ _UTF8_BOM = b"\xef\xbb\xbf"
 
 _READ_BUFFER_BYTES = 1 << 20
 _PARQUET_BATCH_ROWS = 4096
-# How many lines check_columns looks through for a first JSON object before giving up on the file.
+# How many lines check_columns looks through for JSON objects (their keys are the file's columns).
 _JSONL_PROBE_LINES = 1000
 JSONL_PROBE_LINES = _JSONL_PROBE_LINES  # also how far kept_fields looks for a kept column's JSON type
 # csv's default limit (131072 characters) would fail the job on one long text. The limit is also
@@ -97,9 +102,18 @@ class InputError(ValueError):
 @dataclass(frozen=True)
 class InputFile:
     """One matched input file."""
-    path: str         # full path as matched
-    format: str       # one of FORMATS
-    compressed: bool  # True for .zst
+    path: str                 # full path as matched
+    format: str               # one of FORMATS
+    compression: str | None   # "zstd" (.zst), "gzip" (.gz) or None
+
+    def __post_init__(self) -> None:
+        # True / False, as files were once described (zstd was the only compression), still read.
+        if isinstance(self.compression, bool):
+            object.__setattr__(self, "compression", "zstd" if self.compression else None)
+
+    @property
+    def compressed(self) -> bool:
+        return self.compression is not None
 
 
 class SourcedRow(NamedTuple):
@@ -112,22 +126,25 @@ class SourcedRow(NamedTuple):
 # Finding the files
 # --------------------------------------------------------------------------------------------
 
-def detect_format(path: str, override: str | None = None) -> tuple[str, bool]:
-    """Return ``(format, compressed)`` for ``path`` from its extension.
+def detect_format(path: str, override: str | None = None) -> tuple[str, str | None]:
+    """Return ``(format, compression)`` for ``path`` from its extension; compression is "zstd",
+    "gzip" or None.
 
     Extensions (case-insensitive): ``.parquet``, ``.jsonl`` / ``.ndjson``, ``.csv``, ``.tsv``; the
-    text formats may be followed by ``.zst``. ``override`` (one of :data:`FORMATS`) replaces the
-    format the extension gives, so files without a usable extension can be read; compression is
-    still taken from a ``.zst`` suffix.
+    text formats may be followed by ``.zst`` or ``.gz``. ``override`` (one of :data:`FORMATS`)
+    replaces the format the extension gives, so files without a usable extension can be read;
+    compression is still taken from a ``.zst`` or ``.gz`` suffix.
 
     Raises:
-        InputError: unknown extension without ``override``; an ``override`` that is not a format;
-            zstd-compressed Parquet (Parquet compresses its pages itself and must be seekable).
+        InputError: unknown extension without ``override``; a compression pairscore does not read
+            (.bz2, .xz, ...); an ``override`` that is not a format; compressed Parquet (Parquet
+            compresses its pages itself and must be seekable).
     """
-    name = posixpath.basename(path.replace("\\", "/")).lower()
-    compressed = name.endswith(_ZSTD_SUFFIX)
-    if compressed:
-        name = name[:-len(_ZSTD_SUFFIX)]
+    name, compression = split_compression(posixpath.basename(path.replace("\\", "/")).lower())
+    unread = UNREAD_COMPRESSIONS.get(posixpath.splitext(name)[1])
+    if unread is not None:
+        raise InputError(f"{path} is {unread}-compressed, which pairscore does not read: decompress it, or "
+                         "recompress it with zstd (.zst) or gzip (.gz)")
     if override is not None:
         fmt = override.lower()
         if fmt not in FORMATS:
@@ -139,12 +156,12 @@ def detect_format(path: str, override: str | None = None) -> tuple[str, bool]:
         if fmt is None:
             raise InputError(f"cannot tell the format of {path} from its extension; allowed "
                              f"extensions: {_ALLOWED_EXTENSIONS}, or give the format explicitly "
-                             f"(--format {'|'.join(FORMATS)})")
-    if fmt == "parquet" and compressed:
-        raise InputError(f"{path}: zstd-compressed Parquet files are not supported (Parquet must "
+                             f"(--format {'|'.join(FORMATS)}; a .zst or .gz suffix is still decompressed)")
+    if fmt == "parquet" and compression:
+        raise InputError(f"{path}: {compression}-compressed Parquet files are not supported (Parquet must "
                          "be seekable to be read); write the Parquet file with compression='zstd' "
                          "inside it instead")
-    return fmt, compressed
+    return fmt, compression
 
 
 def expand_inputs(patterns: Sequence[str], format: str | None = None) -> list[InputFile]:
@@ -168,7 +185,8 @@ def expand_inputs(patterns: Sequence[str], format: str | None = None) -> list[In
 
     Raises:
         InputError: no patterns; a pattern that matched no files (or a directory with no input
-            files); a filesystem that is not available; a file whose format cannot be told.
+            files); a filesystem that is not available; a file whose format cannot be told; one
+            local file reached by two paths (a symlink), whose rows would be read twice.
     """
     if isinstance(patterns, str):  # a lone string would otherwise be matched character by character
         patterns = [patterns]
@@ -181,6 +199,10 @@ def expand_inputs(patterns: Sequence[str], format: str | None = None) -> list[In
         for path in map(worker_path, _match_pattern(pattern, format)):
             if path not in found:
                 found[path] = InputFile(path, *detect_format(path, format))
+    try:
+        refuse_one_file_twice(list(found))
+    except PreflightError as err:
+        raise InputError(str(err)) from None
     return [found[path] for path in sorted(found)]
 
 
@@ -278,10 +300,10 @@ def check_columns(files: Sequence[InputFile], required: Sequence[str]) -> None:
     * Parquet: the footer is read (a corrupt or truncated file fails here) and its schema's
       top-level column names are used.
     * CSV/TSV: the header line (the first record).
-    * JSONL: the keys of the first line that parses as a JSON object (looking at most
-      1000 lines in); when none does, the file's columns are not checked (its rows will become
-      dead letters).
-    * ``.zst``: the first chunk must decompress.
+    * JSONL: every key of the JSON objects on the first 1000 lines (a column absent from some
+      rows makes those rows dead letters; one absent from all of them is a wrong name); when no
+      line is an object, the file's columns are not checked (its rows will become dead letters).
+    * ``.zst`` / ``.gz``: the first chunk must decompress.
 
     Files are opened a few at a time in threads, since on object stores each open is a round
     trip. All problems found are reported together, each naming its file.
@@ -313,6 +335,8 @@ def _column_problem(file: InputFile, required: list[str]) -> str | None:
         return str(err)
     except zstandard.ZstdError as err:
         return f"{file.path} is not valid zstd-compressed data: {err}"
+    except _GZIP_ERRORS as err:
+        return gzip_problem(file.path, err)
     if columns is None:  # a JSONL file with no JSON object near the top: nothing to check
         return None
     missing = [name for name in required if name not in columns]
@@ -352,6 +376,11 @@ def _columns_of(file: InputFile) -> tuple[list[str] | None, str]:
 
 
 def _first_json_object_keys(stream: IO[bytes]) -> tuple[list[str] | None, str]:
+    """Every key of the JSON objects on the first lines (a column missing from some rows is their
+    dead letter, not the file's refusal: the same verdict whatever the rows' order), judged
+    exactly as read_rows judges a line, so a line that will be a dead letter is skipped."""
+    keys: dict[str, None] = {}
+    objects = first = 0
     for number, line in enumerate(stream, start=1):
         if number > _JSONL_PROBE_LINES:
             break
@@ -359,11 +388,11 @@ def _first_json_object_keys(stream: IO[bytes]) -> tuple[list[str] | None, str]:
             line = line.removeprefix(_UTF8_BOM)
         if not line.strip():
             continue
-        # Judged exactly as read_rows judges it, so a line that will be a dead letter is skipped.
         parsed = _parse_json_line(line, "", None)
         if isinstance(parsed, SourcedRow):
-            return list(parsed.fields), f"its first JSON object (line {number})"
-    return None, ""
+            keys.update(dict.fromkeys(parsed.fields))
+            objects, first = objects + 1, first or number
+    return (list(keys), json_objects_seen(objects, first)) if objects else (None, "")
 
 
 # --------------------------------------------------------------------------------------------
@@ -417,6 +446,9 @@ def read_rows(file: InputFile,
     except zstandard.ZstdError as err:
         raise InputError(f"{file.path} is corrupt: zstd decompression failed while reading "
                          f"({err}); the rest of the file cannot be read") from err
+    except _GZIP_ERRORS as err:
+        raise InputError(gzip_problem(file.path, err)) from err
+
 
 
 def _project(fields: dict, columns: list[str] | None) -> dict:
@@ -645,8 +677,13 @@ def _open_stream(file: InputFile, counted: bool = False) -> Iterator[IO[bytes]]:
         raw = stack.enter_context(open_raw(file.path))
         if counted:
             raw = io.BufferedReader(_CountedRaw(raw), buffer_size=_READ_BUFFER_BYTES)
-        if not file.compressed:
+        if file.compression is None:
             yield raw
+            return
+        if file.compression == "gzip":
+            # GzipFile reads every member of a multi-member file (parts joined with `cat`, pigz
+            # output) and raises EOFError at a cut, where zstd needs _ZstdFrameChecker.
+            yield io.BufferedReader(gzip.GzipFile(fileobj=raw, mode="rb"), buffer_size=_READ_BUFFER_BYTES)
             return
         checked = _ZstdFrameChecker(raw, file.path)
         # read_across_frames: files made by concatenating .zst parts (as `cat` or parallel
@@ -844,9 +881,14 @@ def count_input_rows(files: Sequence[InputFile]) -> int:
 def _estimate_lines(file: InputFile, sample_bytes: int = 1 << 22) -> int:
     size = FileSystems.match([escape_glob(file.path)])[0].metadata_list[0].size_in_bytes
     with FileSystems.open(file.path, compression_type="uncompressed") as raw:
-        stream = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True) if file.compressed else raw
-        sample = stream.read(sample_bytes)
-        finished = len(sample) < sample_bytes or not stream.read(1)
+        stream = (raw if file.compression is None else gzip.GzipFile(fileobj=raw, mode="rb")
+                  if file.compression == "gzip" else
+                  zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True))
+        try:
+            sample = stream.read(sample_bytes)
+            finished = len(sample) < sample_bytes or not stream.read(1)
+        except _GZIP_ERRORS as err:
+            raise InputError(gzip_problem(file.path, err)) from err
         consumed = raw.tell() if file.compressed else len(sample)
     lines = sample.count(b"\n") + (1 if sample and not sample.endswith(b"\n") else 0)
     return lines if finished else int(lines * size / max(consumed, 1)) + 1

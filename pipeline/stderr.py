@@ -170,3 +170,30 @@ def _interrupted() -> bool:
     """Whether a Ctrl-C or SIGTERM is ending the run (pipeline.outputs, once a job imported it)."""
     outputs = sys.modules.get("pipeline.outputs")
     return outputs is not None and outputs.interrupted()
+
+
+class _OneLineErrorLogFilter(logging.Filter):
+    """Drops Beam's log record (message, ERROR and traceback) of a step that raised an error the
+    job reports in one line itself: a bad input or argument (a ValueError: a Parquet row group that
+    will not decompress, a truncated .gz ...). Kept with --verbose."""
+    verbose = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error, seen = (record.exc_info[1] if record.exc_info else None), set()
+        while error is not None and id(error) not in seen and not self.verbose:
+            if isinstance(error, ValueError):
+                return False
+            seen.add(id(error))
+            error = error.__cause__ or error.__context__
+        return True
+
+
+def quiet_one_line_error_logs(verbose: bool) -> None:
+    """Keep Beam's DoFn runner, which logs a failed step with its traceback before raising it
+    again, from printing an error that ``jobs.common.run_job`` prints as one line (exit 2)."""
+    logger = logging.getLogger("apache_beam.runners.common")
+    found = next((f for f in logger.filters if isinstance(f, _OneLineErrorLogFilter)), None)
+    if found is None:
+        found = _OneLineErrorLogFilter()
+        logger.addFilter(found)
+    found.verbose = verbose

@@ -65,7 +65,7 @@ class RunSummary:
     # (filled in by OutputDir.commit).
     files: list[str] = field(default_factory=list)
     # Provenance (CLI contract): pairscore's version, the run's UTC start and end (the start is
-    # ``wall_seconds`` before the end: the process start under the command line), and every path
+    # ``wall_seconds`` before the end: when Python started pairscore under the command line), and every path
     # argument made absolute. Filled in when the job builds its summary, at the end of the run.
     version: str = ""
     started_at: str = ""

@@ -19,6 +19,7 @@ only; Beam is touched only by :func:`instrument_beam_workers`, which the pipelin
 """
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 import time
@@ -124,9 +125,25 @@ def watch(seconds: float, progress: Callable[[], int], poll: float = 1.0) -> Cal
 
     def interrupt(signum, frame):
         if verdict:
+            # Beam's clean-up (a `finally` around the run) joins every worker it started, and a
+            # worker still starting (its interpreter importing Beam) exits only once it has
+            # connected and been told to stop: without this the run hung there for ever, Stalled
+            # never reaching the command line (--stall-timeout 2 on the multi-process runner).
+            # End them as an interrupt does, and keep Beam from logging the exception.
+            from pipeline.outputs import end_worker_processes
+
+            logging.getLogger("apache_beam").setLevel(logging.CRITICAL + 1)
+            end_worker_processes()
             raise Stalled(verdict[0])
 
     previous = signal.signal(signal.SIGUSR1, interrupt)
+    previous_hook = threading.excepthook
+
+    def quiet_once_stalled(args) -> None:
+        # Beam's threads fail as the ended workers go ("Worker subprocess exited"): the one line says it.
+        if not verdict:
+            previous_hook(args)
+    threading.excepthook = quiet_once_stalled
 
     def run() -> None:
         while not stop.wait(poll):
@@ -144,6 +161,8 @@ def watch(seconds: float, progress: Callable[[], int], poll: float = 1.0) -> Cal
         thread.join(timeout=5)
         signal.signal(signal.SIGUSR1, previous)
         _watching.clear()
+        if threading.excepthook is quiet_once_stalled:
+            threading.excepthook = previous_hook
     return end
 
 

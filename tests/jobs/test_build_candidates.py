@@ -159,7 +159,8 @@ def test_given_ids_are_used_and_shared_texts_appear_once(tmp_path, tiny_encoder_
     left = write_jsonl(tmp_path / "l.jsonl", [{"id": "b", "text": "same question"}, {"id": "a", "text": "same question"},
                                               {"id": "c", "text": "other question"}, {"id": None, "text": "x"}])
     right = write_jsonl(tmp_path / "r.jsonl", [{"id": 1, "text": "an answer"}, {"id": 2, "text": "a reply"}])
-    summary = run(BuildCandidatesJob(left_texts=(str(left),), right_texts=(str(right),), output=str(tmp_path / "o"),
+    summary = run(BuildCandidatesJob(max_dead_letter_fraction=1.0,
+                                     left_texts=(str(left),), right_texts=(str(right),), output=str(tmp_path / "o"),
                                      top_k=1, random_per_left=1, texts_id_col="id", encoder=tiny_encoder_dir,
                                      progress=False), argv=[])
     rows = candidates_of(tmp_path / "o")

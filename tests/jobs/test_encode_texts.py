@@ -60,7 +60,8 @@ def bad_input_run(tmp_path_factory, tiny_checkpoint):
     ]
     source = write_jsonl_lines(tmp / "texts.jsonl", lines)
     output = tmp / "store"
-    summary = run(EncodeTextsJob(inputs=(str(source),), output=str(output), model_dir=tiny_checkpoint,
+    summary = run(EncodeTextsJob(max_dead_letter_fraction=1.0,
+                                 inputs=(str(source),), output=str(output), model_dir=tiny_checkpoint,
                                  side="left"), [], argv=["test"])
     return output, summary
 
@@ -131,7 +132,8 @@ def test_conflicting_ids_and_shared_texts_from_parquet(tmp_path, tiny_checkpoint
                       "body": ["same", "same", "first", "second", "same", "other", None]})
     pq.write_table(table, tmp_path / "texts.parquet")
     output = tmp_path / "store"
-    run(EncodeTextsJob(inputs=(str(tmp_path / "*.parquet"),), output=str(output), text_col="body",
+    run(EncodeTextsJob(max_dead_letter_fraction=1.0,
+                       inputs=(str(tmp_path / "*.parquet"),), output=str(output), text_col="body",
                        id_col="id", model_dir=tiny_checkpoint, side="right"), [], argv=[])
     summary = summary_of(output)
     assert summary["counts"] == {"rows_read": 7, "rows_kept": 3, "rows_duplicate": 1, "rows_dead_lettered": 3,
@@ -149,7 +151,8 @@ def test_csv_with_invalid_utf8_and_zst_compression(tmp_path, tiny_checkpoint):
     raw = b"id,text\n1,hello there\n2,caf\xe9 au lait\n3,\n4,good bye\n"
     (tmp_path / "t.csv.zst").write_bytes(zstandard.ZstdCompressor().compress(raw))
     output = tmp_path / "store"
-    run(EncodeTextsJob(inputs=(str(tmp_path / "t.csv.zst"),), output=str(output), id_col="id",
+    run(EncodeTextsJob(max_dead_letter_fraction=1.0,
+                       inputs=(str(tmp_path / "t.csv.zst"),), output=str(output), id_col="id",
                        model_dir=tiny_checkpoint, dtype="int8"), [], argv=[])
     summary = summary_of(output)
     assert summary["counts"]["rows_read"] == 4 and summary["counts"]["rows_kept"] == 2

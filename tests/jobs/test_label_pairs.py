@@ -54,7 +54,8 @@ def bad_input_run(tmp_path_factory, tiny_teacher_dir):
         PAIRS[0],                                                  # a repeated pair is labeled again
     ])
     output = tmp / "distill"
-    summary = run(LabelPairsJob(pairs=(str(source),), teacher=tiny_teacher_dir, output=str(output),
+    summary = run(LabelPairsJob(max_dead_letter_fraction=1.0,
+                                pairs=(str(source),), teacher=tiny_teacher_dir, output=str(output),
                                 keep_cols=("pid",), temperature=2.0, batch_size=5), [], argv=["test"])
     return output, summary
 
@@ -122,7 +123,7 @@ def previous_run(tmp_path_factory, tiny_teacher_dir):
     night_two = tmp / "night-2"
     source = write_jsonl(tmp / "two.jsonl", PAIRS[4:] + [{"left": "", "right": "x", "pid": 1}])
     summary = run(LabelPairsJob(pairs=(str(source),), teacher=tiny_teacher_dir, output=str(night_two),
-                                previous=str(night_one), temperature=3.0), [], argv=[])
+                                previous=str(night_one), temperature=3.0, max_dead_letter_fraction=1.0), [], argv=[])
     return night_one, night_two, summary
 
 
@@ -193,7 +194,8 @@ def test_given_ids_and_typed_kept_columns_from_parquet(tmp_path, tiny_teacher_di
                       "grade": pa.array([3, 1, 2, 0], pa.int16()), "weight": [0.5, 1.0, 2.0, 1.5]})
     pq.write_table(table, tmp_path / "pairs.parquet")
     output = tmp_path / "out"
-    summary = run(LabelPairsJob(pairs=(str(tmp_path / "pairs.parquet"),), teacher=tiny_teacher_dir,
+    summary = run(LabelPairsJob(max_dead_letter_fraction=1.0,
+                                pairs=(str(tmp_path / "pairs.parquet"),), teacher=tiny_teacher_dir,
                                 output=str(output), left_col="q", right_col="d", left_id_col="qid",
                                 right_id_col="did", keep_cols=("grade", "weight")), [], argv=[])
     assert summary.counts["pairs_labeled"] == 3 and summary.dead_letters == {"left_null_id": 1}
@@ -249,7 +251,7 @@ def test_cli_errors_exit_2(tmp_path, tiny_encoder_dir, tiny_teacher_dir):
     cases = [
         (["--teacher", tiny_encoder_dir], "not a trained cross-encoder"),
         (["--teacher", tiny_teacher_dir, "--temperature", "0"], "--temperature 0.0 is not allowed"),
-        (["--teacher", tiny_teacher_dir, "--keep-cols", "logit"], "already has a column"),
+        (["--teacher", tiny_teacher_dir, "--keep-cols", "logit"], "would overwrite output columns"),
         (["--teacher", tiny_teacher_dir, "--keep-cols", "nope"], "no column 'nope'"),
         (["--teacher", tiny_teacher_dir, "--left-id-col", "pid"], "give both --left-id-col and --right-id-col"),
         (["--teacher", tiny_teacher_dir, "--no_such_flag=1"], "--no_such_flag=1"),

@@ -63,13 +63,17 @@ def runs(tmp_path_factory, tiny_checkpoint, tiny_teacher_dir, tiny_encoder_dir) 
     root = tmp_path_factory.mktemp("outputs")
     pairs = write_jsonl(root / "pairs.jsonl", PAIRS + [{"left": "", "right": "x", "pair_id": -1}])
     texts = write_jsonl(root / "texts.jsonl", [{"text": f"how do I learn {t}?"} for t in TOPICS] + [{"text": " "}])
-    run_score_pairs(ScorePairsJob(pairs=(str(pairs),), output=str(root / "runs" / "example-scores"),
+    run_score_pairs(ScorePairsJob(max_dead_letter_fraction=1.0,
+                                  pairs=(str(pairs),), output=str(root / "runs" / "example-scores"),
                                   model_dir=tiny_checkpoint, keep_cols=("pair_id",)), [], argv=[])
-    run_encode_texts(EncodeTextsJob(inputs=(str(texts),), output=str(root / "store"), model_dir=tiny_checkpoint),
+    run_encode_texts(EncodeTextsJob(max_dead_letter_fraction=1.0,
+                                    inputs=(str(texts),), output=str(root / "store"), model_dir=tiny_checkpoint),
                      [], argv=[])
-    run_label_pairs(LabelPairsJob(pairs=(str(pairs),), teacher=tiny_teacher_dir, output=str(root / "distill")),
+    run_label_pairs(LabelPairsJob(max_dead_letter_fraction=1.0,
+                                  pairs=(str(pairs),), teacher=tiny_teacher_dir, output=str(root / "distill")),
                     [], argv=[])
-    run_build_candidates(BuildCandidatesJob(left_texts=(str(texts),), right_texts=(str(texts),),
+    run_build_candidates(BuildCandidatesJob(max_dead_letter_fraction=1.0,
+                                            left_texts=(str(texts),), right_texts=(str(texts),),
                                             output=str(root / "candidates"), top_k=2, random_per_left=1,
                                             encoder=tiny_encoder_dir, progress=False), argv=[])
     return root

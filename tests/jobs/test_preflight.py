@@ -222,7 +222,7 @@ def test_what_the_job_accepts_passes(inputs, tiny_checkpoint, monkeypatch):
                right_texts=("gs://bucket/texts.parquet",), texts_id_col="text", texts_text_col="text"),
         _flags(pairs=("pairs.jsonl",), model_dir="gs://bucket/model", output="gs://bucket/out"),
         # left to the job, whose flag checks explain these first
-        _flags(pairs=("pairs.jsonl",), keep_cols=("score",)), _flags(pairs=("pairs.jsonl",), right_id_col="pid"),
+        _flags(pairs=("pairs.jsonl",), right_id_col="pid"),
         _flags(pairs=("pairs.jsonl",), left_id_col="q", right_id_col="p"),
         _flags(pairs=("pairs.jsonl",), left_texts=("pairs.jsonl",)),
     ]

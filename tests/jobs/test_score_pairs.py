@@ -165,7 +165,8 @@ def test_pairs_of_ids_with_text_tables_and_bad_rows(tmp_path, head_checkpoints):
         "p": ["p1", "p2", "p2", "p1", "p1", "p7", "p1", "p1", "p1"],
         "rank": [1, 2, 3, 4, 5, 6, 7, 8, 9]}), pairs)
     output = tmp_path / "out"
-    run(ScorePairsJob(pairs=(str(pairs),), output=str(output), left_id_col="q", right_id_col="p",
+    run(ScorePairsJob(max_dead_letter_fraction=1.0,
+                      pairs=(str(pairs),), output=str(output), left_id_col="q", right_id_col="p",
                       left_texts=(str(left),), right_texts=(str(right),), keep_cols=("rank",),
                       model_dir=head_checkpoints["dipair"]), [], argv=[])
     summary = summary_of(output)
@@ -248,8 +249,10 @@ def test_missing_sides_and_dedupe_flag(tmp_path, head_checkpoints):
     source = tmp_path / "pairs.jsonl"
     source.write_text("".join(json.dumps(r) + "\n" for r in rows))
     plain, deduped = tmp_path / "plain", tmp_path / "deduped"
-    run(ScorePairsJob(pairs=(str(source),), output=str(plain), model_dir=head_checkpoints["de-ffnn"]), [], argv=[])
-    run(ScorePairsJob(pairs=(str(source),), output=str(deduped), model_dir=head_checkpoints["de-ffnn"],
+    run(ScorePairsJob(max_dead_letter_fraction=1.0,
+                      pairs=(str(source),), output=str(plain), model_dir=head_checkpoints["de-ffnn"]), [], argv=[])
+    run(ScorePairsJob(max_dead_letter_fraction=1.0,
+                      pairs=(str(source),), output=str(deduped), model_dir=head_checkpoints["de-ffnn"],
                       dedupe_pairs=True), [], argv=[])
     assert summary_of(plain)["counts"]["pairs_scored"] == 2
     assert summary_of(deduped)["counts"]["pairs_scored"] == 1
@@ -348,7 +351,8 @@ def test_an_integer_beyond_2_53_in_a_float_kept_column_is_dead_lettered(tmp_path
     source = tmp_path / "pairs.jsonl"
     source.write_text("".join(json.dumps(r) + "\n" for r in rows))
     output = tmp_path / "out"
-    summary = run(ScorePairsJob(pairs=(str(source),), output=str(output), model_dir=head_checkpoints["de-cos"],
+    summary = run(ScorePairsJob(max_dead_letter_fraction=1.0,
+                                pairs=(str(source),), output=str(output), model_dir=head_checkpoints["de-cos"],
                                 keep_cols=("w",)), [], argv=[])
     assert summary.dead_letters == {"kept_column_type": 1} and summary.counts["pairs_scored"] == 4
     assert sorted(read_scores_table(output).column("w").to_pylist()) == [-1.25, 0.5, 3.0, float(2 ** 53)]
@@ -391,7 +395,8 @@ def test_shuffle_join_equals_broadcast_with_missing_ids_and_repeats(tmp_path, he
     results = {}
     for join in ("broadcast", "shuffle"):
         output = tmp_path / join
-        summary = run(ScorePairsJob(pairs=(str(pairs),), output=str(output), left_id_col="q", right_id_col="p",
+        summary = run(ScorePairsJob(max_dead_letter_fraction=1.0,
+                                    pairs=(str(pairs),), output=str(output), left_id_col="q", right_id_col="p",
                                     left_texts=(str(left),), right_texts=(str(right),), join=join,
                                     dedupe_pairs=dedupe, model_dir=head_checkpoints["dipair"], batch_size=8,
                                     keep_cols=() if dedupe else ("n",)), [], argv=[])

@@ -29,7 +29,8 @@ def test_encode_texts_reads_every_tsv_line_and_drops_invisible_texts(tmp_path, t
     source = tmp_path / "texts.tsv"
     source.write_text("\n".join(lines) + "\n", encoding="utf-8")
     output = tmp_path / "store"
-    summary = encode_texts(EncodeTextsJob(inputs=(str(source),), output=str(output), model_dir=tiny_checkpoint,
+    summary = encode_texts(EncodeTextsJob(max_dead_letter_fraction=1.0,
+                                          inputs=(str(source),), output=str(output), model_dir=tiny_checkpoint,
                                           side="left", id_col="id"), [], argv=[])
     assert summary.counts["rows_read"] == 6 + len(INVISIBLE)
     assert (summary.counts["rows_kept"], summary.counts["rows_dead_lettered"]) == (6, len(INVISIBLE))
@@ -45,7 +46,8 @@ def test_score_pairs_never_scores_two_invisible_texts(tmp_path, tiny_checkpoint)
     source = tmp_path / "pairs.jsonl"
     source.write_text("".join(json.dumps(p) + "\n" for p in pairs))
     output = tmp_path / "out"
-    summary = score_pairs(ScorePairsJob(pairs=(str(source),), output=str(output), model_dir=tiny_checkpoint),
+    summary = score_pairs(ScorePairsJob(max_dead_letter_fraction=1.0,
+                                        pairs=(str(source),), output=str(output), model_dir=tiny_checkpoint),
                           [], argv=[])
     assert summary.counts["pairs_scored"] == 1
     assert summary.dead_letters == {"left_empty_text": 2, "right_empty_text": 1}

@@ -298,7 +298,8 @@ def test_bad_rows_are_skipped_and_counted_exactly(tmp_path, tiny_encoder_dir):
     distill = write_distill(tmp_path / "d", good + bad)
     dev = write_jsonl(tmp_path / "dev.jsonl", dev_rows(good[:6]) + [{"left": "q", "right": "r", "label": 3}])
     output = tmp_path / "o"
-    summary = run(TrainStudentJob(distill=(str(distill),), dev=(str(dev),), output=str(output), head="de-ffnn",
+    summary = run(TrainStudentJob(max_dead_letter_fraction=1.0,
+                                  distill=(str(distill),), dev=(str(dev),), output=str(output), head="de-ffnn",
                                   encoder=tiny_encoder_dir, layers=1, n=2, m=2, dim=8, left_max_length=16,
                                   right_max_length=16, stage1_epochs=1, stage2_epochs=1, human_label_col="label",
                                   swap=True, progress=False), argv=[])
@@ -388,7 +389,7 @@ def test_command_line_end_to_end(tmp_path, toy, tiny_encoder_dir):
     (["--stage1-epochs", "0"], "--stage1-epochs 0 is not allowed"),
     (["--warmup", "1"], "--warmup 1.0 is not allowed: give the fraction of a stage's steps spent warming up"),
     (["--stage2-lr", "0"], "--stage2-lr 0.0 is not allowed: give a learning rate > 0"),
-    (["--max-grad-norm", "0"], "--max-grad-norm 0.0 > 0"),
+    (["--max-grad-norm", "0"], "--max-grad-norm 0.0 is not allowed: give a finite number > 0"),
     (["--human-label-weight", "2"], "--human-label-weight 2.0 is not allowed"),
     (["--human-label-col", "grade"], "--human-label-col 'grade': no --distill file has that column"),
     (["--label-col", "score"], "no column 'score'"),
@@ -573,3 +574,14 @@ def test_help_says_where_virt_acts():
     text = " ".join(result.output.split())
     assert "--virt-weight" in text and "--teacher" in text
     assert "Acts in stage 2 only" in text and "0: off, training exactly as without it" in text
+
+
+def test_a_run_that_trains_to_non_finite_weights_commits_nothing(tmp_path, toy, tiny_encoder_dir):
+    # A learning rate of 1e30 overflows the weights to infinity and NaN in the first steps.
+    from pipeline.errors import RefusedToCommit
+
+    with pytest.raises(RefusedToCommit, match=r"training produced weights that are not finite numbers \(NaN or "
+                                              r"infinity\) in \d+ tensors? \(.*\); nothing was committed"):
+        run(tiny_job(toy, tiny_encoder_dir, tmp_path / "o", lr=1e30, stage2_lr=1e30, stage1_epochs=1,
+                     max_dead_letter_fraction=1.0))
+    assert not (tmp_path / "o").exists()

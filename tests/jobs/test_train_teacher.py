@@ -16,6 +16,7 @@ from encoders.metrics import average_ranks, best_threshold_accuracy, roc_auc, sp
 from encoders.training import GROUP_BATCHES, length_grouped_batches
 from jobs.train_teacher import TrainTeacherJob, run
 from pipeline.datasets import LabeledPairs, training_examples
+from pipeline.errors import DeadLetterLimit
 
 
 def write_jsonl(path: Path, rows: list) -> Path:
@@ -51,7 +52,8 @@ def bad_rows_run(tmp_path_factory, tiny_encoder_dir):
     ])
     dev = write_jsonl(tmp / "dev.jsonl", GOOD[:6] + [{"left": "a", "right": "b", "label": 0.5}])
     output = tmp / "teacher"
-    summary = run(TrainTeacherJob(train=(str(train),), dev=(str(dev),), output=str(output), base=tiny_encoder_dir,
+    summary = run(TrainTeacherJob(max_dead_letter_fraction=1.0,
+                                  train=(str(train),), dev=(str(dev),), output=str(output), base=tiny_encoder_dir,
                                   epochs=2, batch_size=4, max_length=32, swap=True, progress=False), argv=["test"])
     return output, summary
 
@@ -178,7 +180,7 @@ def test_real_qqp_end_to_end_from_the_command_line(tmp_path, shared_data, tiny_e
     (["--epochs", "0"], "--epochs 0 is not allowed"),
     (["--warmup", "1.5"], "--warmup 1.5 is not allowed: give the fraction of all steps spent warming up"),
     (["--lr", "-1"], "--lr -1.0 is not allowed: give a learning rate > 0"),
-    (["--weight-decay", "-0.1"], "--weight-decay -0.1 must be >= 0"),
+    (["--weight-decay", "-0.1"], "--weight-decay -0.1 is not allowed: give a finite number >= 0"),
     (["--base", "./no/such/model"], "does not exist"),
 ])
 def test_bad_arguments_exit_2_before_training(tmp_path, tiny_encoder_dir, extra, message):
@@ -191,7 +193,9 @@ def test_bad_arguments_exit_2_before_training(tmp_path, tiny_encoder_dir, extra,
 
 def test_all_rows_bad_is_an_error(tmp_path, tiny_encoder_dir):
     data = write_jsonl(tmp_path / "d.jsonl", [{"left": "a", "right": "b", "label": 3}])
-    with pytest.raises(ValueError, match="--train has no usable labeled pairs: 1 rows read.*invalid_label: 1"):
+    # Every row dead-lettered: the run refuses to commit (exit 3), before any training.
+    with pytest.raises(DeadLetterLimit, match=r"2 of 2 rows dead-lettered \(every row\): train rows read 1 = used 0 "
+                                              r"\+ skipped 1; dev rows read 1 .*invalid_label 2"):
         run(TrainTeacherJob(train=(str(data),), dev=(str(data),), output=str(tmp_path / "o"), base=tiny_encoder_dir,
                             progress=False), argv=[])
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import json
 import random
@@ -25,6 +26,7 @@ from pipeline.readers import (
     InputFile,
     SourcedRow,
     check_columns,
+    count_input_rows,
     detect_format,
     expand_inputs,
     read_rows,
@@ -48,9 +50,10 @@ def zst(data: bytes) -> bytes:
 
 
 def write_bytes(path: Path, data: bytes) -> Path:
-    """Write ``data``, zstd-compressed when the name ends in .zst."""
+    """Write ``data``, zstd-compressed when the name ends in .zst, gzip-compressed for .gz."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(zst(data) if path.name.endswith(".zst") else data)
+    path.write_bytes(zst(data) if path.name.endswith(".zst") else
+                     gzip.compress(data) if path.name.endswith(".gz") else data)
     return path
 
 
@@ -101,24 +104,27 @@ def brief(letter: DeadLetter) -> tuple:
 # --------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("path, override, expected", [
-    ("pairs.parquet", None, ("parquet", False)),
-    ("pairs.jsonl", None, ("jsonl", False)),
-    ("PAIRS.NDJSON", None, ("jsonl", False)),
-    ("dir.v2/pairs.jsonl.zst", None, ("jsonl", True)),
-    ("pairs.csv", None, ("csv", False)),
-    ("pairs.csv.zst", None, ("csv", True)),
-    ("gs://bucket/x/pairs.tsv", None, ("tsv", False)),
-    ("pairs.tsv.zst", None, ("tsv", True)),
-    ("pairs.txt", "jsonl", ("jsonl", False)),
-    ("part-00000", "csv", ("csv", False)),
-    ("pairs.csv.zst", "tsv", ("tsv", True)),
-    ("pairs.csv", "PARQUET", ("parquet", False)),
+    ("pairs.parquet", None, ("parquet", None)),
+    ("pairs.jsonl", None, ("jsonl", None)),
+    ("PAIRS.NDJSON", None, ("jsonl", None)),
+    ("dir.v2/pairs.jsonl.zst", None, ("jsonl", "zstd")),
+    ("pairs.csv", None, ("csv", None)),
+    ("pairs.csv.zst", None, ("csv", "zstd")),
+    ("gs://bucket/x/pairs.tsv", None, ("tsv", None)),
+    ("pairs.tsv.zst", None, ("tsv", "zstd")),
+    ("pairs.txt", "jsonl", ("jsonl", None)),
+    ("part-00000", "csv", ("csv", None)),
+    ("pairs.csv.zst", "tsv", ("tsv", "zstd")),
+    ("pairs.csv", "PARQUET", ("parquet", None)),
+    ("pairs.jsonl.gz", None, ("jsonl", "gzip")),
+    ("Pairs.TSV.GZ", None, ("tsv", "gzip")),
+    ("pairs.json.gz", "jsonl", ("jsonl", "gzip")),
 ])
 def test_detect_format(path, override, expected):
     assert detect_format(path, override) == expected
 
 
-@pytest.mark.parametrize("path", ["data/pairs.json", "pairs", "pairs.zst", "pairs.csv.gz"])
+@pytest.mark.parametrize("path", ["data/pairs.json", "pairs", "pairs.zst", "pairs.gz", "pairs.json.gz"])
 def test_detect_format_unknown_extension_names_path_and_allowed(path):
     with pytest.raises(InputError) as err:
         detect_format(path)
@@ -131,6 +137,56 @@ def test_detect_format_rejects_unknown_override_and_zstd_parquet():
         detect_format("pairs.csv", "xlsx")
     with pytest.raises(InputError, match=r"pairs\.parquet\.zst.*compression='zstd'"):
         detect_format("pairs.parquet.zst")
+    with pytest.raises(InputError, match=r"pairs\.parquet\.gz: gzip-compressed Parquet files are not supported"):
+        detect_format("pairs.parquet.gz")
+
+
+def test_an_unread_compression_is_named_not_sent_to_format():
+    # Advice to pass --format would read bzip2 bytes as text: every row a dead letter.
+    with pytest.raises(InputError, match=r"pairs\.jsonl\.bz2 is bzip2-compressed, which pairscore does not read"):
+        detect_format("pairs.jsonl.bz2", "jsonl")
+
+
+# --------------------------------------------------------------------------------------------
+# gzip: multi-member, truncated, corrupt
+# --------------------------------------------------------------------------------------------
+
+def test_multi_member_gzip_reads_every_member(tmp_path):
+    # What `cat a.jsonl.gz b.jsonl.gz` and parallel compressors (pigz) write.
+    path = tmp_path / "joined.jsonl.gz"
+    path.write_bytes(gzip.compress(b'{"left": "a", "right": "b"}\n') + gzip.compress(b'{"left": "c", "right": "d"}\n'))
+    file, = expand_inputs([str(path)])
+    assert file == InputFile(str(path), "jsonl", "gzip")
+    check_columns([file], ["left", "right"])
+    assert [r.fields for r in read_rows(file)] == [{"left": "a", "right": "b"}, {"left": "c", "right": "d"}]
+    assert [r.source for r in read_rows(file)] == [f"{path}:1", f"{path}:2"]
+
+
+def test_truncated_gzip_is_an_error_naming_the_file(tmp_path):
+    path = tmp_path / "cut.csv.gz"
+    path.write_bytes(gzip.compress(big_csv(20_000))[:-100])
+    file, = expand_inputs([str(path)])
+    check_columns([file], ["left"])        # the header is whole
+    with pytest.raises(InputError, match=f"^{path} is truncated: its gzip data ends in the middle of a member"):
+        list(read_rows(file))
+    with pytest.raises(InputError, match=f"^{path} is truncated"):
+        count_input_rows([file])
+
+
+def test_corrupt_gzip_is_an_error_naming_the_file(tmp_path):
+    junk = tmp_path / "junk.jsonl.gz"
+    junk.write_bytes(b"this is not gzip at all\n" * 10)
+    file, = expand_inputs([str(junk)])
+    with pytest.raises(InputError, match=f"^{junk} is corrupt: gzip decompression failed"):
+        check_columns([file], ["left"])
+    with pytest.raises(InputError, match=f"^{junk} is corrupt: gzip decompression failed"):
+        list(read_rows(file))
+    data = bytearray(gzip.compress(big_csv(20_000)))
+    data[len(data) // 2: len(data) // 2 + 64] = b"\xff" * 64
+    middle = tmp_path / "middle.csv.gz"
+    middle.write_bytes(bytes(data))
+    with pytest.raises(InputError, match=f"^{middle} is (corrupt|truncated)"):
+        list(read_rows(expand_inputs([str(middle)])[0]))
     assert FORMATS == ("parquet", "jsonl", "csv", "tsv")
 
 
@@ -139,7 +195,7 @@ def test_detect_format_rejects_unknown_override_and_zstd_parquet():
 # --------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["p.parquet", "p.jsonl", "p.jsonl.zst", "p.ndjson",
-                                  "p.csv", "p.csv.zst", "p.tsv", "p.tsv.zst"])
+                                  "p.csv", "p.csv.zst", "p.tsv", "p.tsv.zst", "p.jsonl.gz", "p.csv.gz", "p.tsv.gz"])
 def test_each_format_round_trips(tmp_path, name):
     rows = TSV_ROWS if ".tsv" in name else ROWS
     path = write_table(tmp_path / name, rows)
@@ -291,11 +347,18 @@ def test_missing_column_names_file_column_and_present_columns(tmp_path, name):
     assert message.endswith("has columns 'left', 'text'")
 
 
-def test_check_columns_jsonl_uses_first_object_or_skips(tmp_path):
+def test_check_columns_jsonl_uses_every_object_near_the_top_or_skips(tmp_path):
+    # A column absent from the first object but present in the next: those rows are dead letters
+    # (null_text ...), not the file's refusal, in whatever order the rows come.
     first_object_later = write_bytes(
         tmp_path / "a.jsonl", b'\nnot json\n[1]\n{"left": "a"}\n{"left": "b", "right": "c"}\n')
-    with pytest.raises(InputError, match=r"first JSON object \(line 4\) has columns 'left'"):
-        check_columns([input_file(first_object_later)], ["left", "right"])
+    check_columns([input_file(first_object_later)], ["left", "right"])
+    reordered = write_bytes(tmp_path / "r.jsonl", b'{"left": "b", "right": "c"}\n{"left": "a"}\n')
+    check_columns([input_file(reordered)], ["left", "right"])
+    misspelt = write_bytes(tmp_path / "m.jsonl", b'{"left": "a"}\n[1]\n{"left": "b", "rihgt": "c"}\n')
+    with pytest.raises(InputError, match=r"has no column 'right' .* the union of its first 2 JSON objects \(from line 1\) has columns "
+                                         r"'left', 'rihgt'"):
+        check_columns([input_file(misspelt)], ["left", "right"])
 
     no_object = write_bytes(tmp_path / "b.jsonl", b"\n[1]\nnot json\n")
     check_columns([input_file(no_object)], ["left", "right"])  # nothing to check against

@@ -256,13 +256,16 @@ def test_a_remote_model_replaced_during_a_run_never_mixes_two_models(testfs, tmp
     output = tmp_path / "remote-model"
     if worker_cache == "empty":
         with pytest.raises(Exception, match=r"student\.safetensors changed after this run started"):
-            score(ScorePairsJob(pairs=(str(pairs),), output=str(output), model_dir=model, keep_cols=("pid",)), [], [])
+            score(ScorePairsJob(max_dead_letter_fraction=1.0,
+                                pairs=(str(pairs),), output=str(output), model_dir=model, keep_cols=("pid",)), [], [])
         assert not (output / "_SUCCESS").exists() and not (output / "scores").exists()
         return
-    score(ScorePairsJob(pairs=(str(pairs),), output=str(output), model_dir=model, keep_cols=("pid",)), [], [])
+    score(ScorePairsJob(max_dead_letter_fraction=1.0,
+                        pairs=(str(pairs),), output=str(output), model_dir=model, keep_cols=("pid",)), [], [])
     monkeypatch.setattr(job_module, "make_pipeline", make_pipeline)
     local = tmp_path / "local"
-    score(ScorePairsJob(pairs=(str(pairs),), output=str(local), model_dir=tiny_checkpoint, keep_cols=("pid",)), [], [])
+    score(ScorePairsJob(max_dead_letter_fraction=1.0,
+                        pairs=(str(pairs),), output=str(local), model_dir=tiny_checkpoint, keep_cols=("pid",)), [], [])
     np.testing.assert_array_equal(read_table(str(output), SCORES).column("score").to_numpy(),
                                   read_table(str(local), SCORES).column("score").to_numpy())
     fingerprint = load_student(tiny_checkpoint).fingerprint
@@ -332,9 +335,11 @@ def test_score_pairs_with_everything_on_a_remote_filesystem_equals_the_local_run
     model = upload(tiny_checkpoint, testfs, "models/student")
 
     local = tmp_path / "local"
-    score(ScorePairsJob(pairs=(str(pairs),), output=str(local), model_dir=tiny_checkpoint, keep_cols=("pid",)), [], [])
+    score(ScorePairsJob(max_dead_letter_fraction=1.0,
+                        pairs=(str(pairs),), output=str(local), model_dir=tiny_checkpoint, keep_cols=("pid",)), [], [])
     first = f"{SCHEME}://runs/first"
-    summary = score(ScorePairsJob(pairs=(f"{SCHEME}://in/",), output=first, model_dir=model, keep_cols=("pid",),
+    summary = score(ScorePairsJob(max_dead_letter_fraction=1.0,
+                                  pairs=(f"{SCHEME}://in/",), output=first, model_dir=model, keep_cols=("pid",),
                                   join="shuffle"), [], [])
     assert summary.counts["pairs_scored"] == 3 and summary.counts["pairs_dead_lettered"] == 1
     assert TempDirFileSystem.opened[f"{model}/student.safetensors"] == 1
@@ -348,7 +353,8 @@ def test_score_pairs_with_everything_on_a_remote_filesystem_equals_the_local_run
             read_table(str(local / "store" / side), PARTS)))
     assert FileSystems.exists(f"{first}/_SUMMARY.json") and FileSystems.exists(f"{first}/store/left/_MANIFEST.json")
 
-    again = score(ScorePairsJob(pairs=(f"{SCHEME}://in/pairs.jsonl",), output=f"{SCHEME}://runs/second",
+    again = score(ScorePairsJob(max_dead_letter_fraction=1.0,
+                                pairs=(f"{SCHEME}://in/pairs.jsonl",), output=f"{SCHEME}://runs/second",
                                 model_dir=model, store=f"{first}/store", keep_cols=("pid",)), [], [])
     assert again.counts["left_texts_encoded"] == again.counts["right_texts_encoded"] == 0
     assert again.counts["left_texts_reused"] == 2 and again.counts["right_texts_reused"] == 2
