@@ -17,6 +17,7 @@ import click
 from jobs.common import (ARGV_KEY, BEAM_EPILOG, BEAM_JOB_CONTEXT, DTYPES, FORMATS, abort_output_on_failure,
                          beam_args_for_run, device_option, JobCommand, main_module, output_option, overwrite_option,
                          preflight, run_job, run_options, run_started, split_list, stall_option)
+from jobs.engines import check_engine, engine_options
 
 if TYPE_CHECKING:  # annotations only: the imports run inside the functions
     import pyarrow as pa
@@ -61,6 +62,9 @@ class ScorePairsJob:
     dtype: str = "float16"
     device: str = "auto"
     accelerator: str | None = None
+    engine: str = "beam"                  # jobs/engines.py: beam | spark
+    spark_master: str | None = None
+    spark_conf: tuple[str, ...] = ()
 
     @property
     def columns(self) -> PairColumns:
@@ -212,13 +216,16 @@ def shuffle_buckets(store_bytes: int, pair_rows: int) -> int:
               help="Beam resource hint for the scoring step, e.g. "
                    "'type:nvidia-l4;count:1;install-nvidia-driver' (Dataflow); the join stays on CPU workers.")
 @stall_option
+@engine_options
 @run_options
 @click.pass_context
 def main(ctx: click.Context, quiet: bool, verbose: bool, stall_timeout: float, **flags) -> None:
     """Score pairs with a student (stage two), running stage one for texts not yet stored."""
     def go() -> str:
+        check_engine(flags, ctx.args, {"--accelerator": flags["accelerator"], "--dedupe-pairs": flags["dedupe_pairs"],
+                                       "--join shuffle": flags["join"] == "shuffle"})
         preflight(ctx, "score_pairs", flags)
-        for name in ("pairs", "left_texts", "right_texts"):
+        for name in ("pairs", "left_texts", "right_texts", "spark_conf"):
             flags[name] = tuple(flags[name])
         summary = run(ScorePairsJob(**flags), beam_args_for_run(ctx.args, verbose), ctx.meta[ARGV_KEY])
         return summary.table()
@@ -241,13 +248,10 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
     from pipeline.beam.score import (CompleteStore, DistinctPairTexts, PAIRS, ReadPairs, ScorePairs, ScoreSettings,
                                      dedupe_pair_chunks, read_store_tables)
     from pipeline.beam.writes import WriteDeadLetters, WriteStore
-    from pipeline.outputs import open_output
     from pipeline.pairs import kept_fields
     from pipeline.readers import check_columns, count_input_rows, expand_inputs, worker_path
     from pipeline.scoring_core import torch_threads_for
-    from pipeline.store import (COMPRESSION, STORE_FILE_PREFIX, STORE_FILE_SUFFIX, count_rows, store_files,
-                                store_layout, write_manifest)
-    from pipeline.summary import RunSummary
+    from pipeline.store import COMPRESSION, STORE_FILE_PREFIX, STORE_FILE_SUFFIX, count_rows, store_files, store_layout
     from pipeline.text_checks import TextColumns
 
     check_arguments(job)
@@ -278,9 +282,9 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
     join, why = choose_join(job, plans, 0 if columns.id_mode else pair_rows)
     buckets = shuffle_buckets(store_bytes_bound(plans, 0 if columns.id_mode else pair_rows), pair_rows)
     schema = output_schema(job, student, pair_files, kept)
-    out = open_output(job.output, job=JOB_NAME, overwrite=job.overwrite,
-                      reads={"--pairs": job.pairs, "--left-texts": job.left_texts, "--right-texts": job.right_texts,
-                             "--store": [job.store], "--model": [job.model_dir]})
+    if job.engine == "spark":
+        return run_on_spark(job, student, plans, pair_files, kept, schema, join, why, argv)
+    out = open_job_output(job)
 
     provenance = table_metadata(JOB_NAME, {"model": (student.fingerprint, job.model_dir or student.config.encoder)},
                                 score=score_meaning(job, student))
@@ -344,12 +348,30 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
         counts[f"{side}_texts_reused"] = encoded.get("texts_reused", 0)
         counts[f"{side}_texts_truncated"] = encoded.get("texts_truncated", 0)
         pair_dead.update({f"{side}_texts:{k}": v for k, v in side_dead.items()})
+    return finish(job, out, student, plans, counts, pair_dead, f"join: {join} ({why})", started, argv)
+
+
+def open_job_output(job: ScorePairsJob):
+    """``--output`` opened for this run (pipeline/outputs.py: checked, locked, staged)."""
+    from pipeline.outputs import open_output
+
+    return open_output(job.output, job=JOB_NAME, overwrite=job.overwrite,
+                       reads={"--pairs": job.pairs, "--left-texts": job.left_texts, "--right-texts": job.right_texts,
+                              "--store": [job.store], "--model": [job.model_dir]})
+
+
+def finish(job: ScorePairsJob, out, student: Student, plans: dict[str, SidePlan], counts: dict[str, int],
+           pair_dead: dict[str, int], join_note: str, started: float, argv: list[str] | None) -> RunSummary:
+    """Either engine's counts -> reconciled, then the stores' manifests, the summary and the commit."""
+    from pipeline.summary import RunSummary
+    from pipeline.store import write_manifest
+
     accounted = counts["pairs_scored"] + counts["pairs_duplicate"] + counts["pairs_dead_lettered"]
     if accounted != counts["pairs_read"] or counts["rows_written"] != counts["pairs_scored"]:
         raise RuntimeError(f"pair accounting failed: read {counts['pairs_read']}, scored {counts['pairs_scored']} + "
                            f"duplicates {counts['pairs_duplicate']} + dead-lettered {counts['pairs_dead_lettered']}; "
                            f"rows written {counts['rows_written']}")
-    notes = [f"join: {join} ({why})"]
+    notes = [join_note]
     if job.model_dir is None:
         notes.append("no --model: scores are the zero-training baseline, the cosine of the packaged "
                      "all-MiniLM-L6-v2's mean-pooled sentence embeddings (in [-1, 1], not a probability)")
@@ -367,6 +389,54 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
                        max_length=student.config.max_length(side))
     out.commit(summary)
     return summary
+
+
+def run_on_spark(job: ScorePairsJob, student: Student, plans: dict[str, SidePlan], pair_files: list[InputFile],
+                 kept: list[pa.Field], schema: pa.Schema, join: str, why: str, argv: list[str] | None) -> RunSummary:
+    """``--engine spark``: the same run on Spark (pipeline/spark/score.py), committed as Beam's is."""
+    from encoders.config import SIDES
+    from jobs.engines import parse_spark_conf
+    from pipeline.errors import UsageError
+    from pipeline.outputs import DEAD_LETTER_DIR
+    from pipeline.provenance import table_metadata
+    from pipeline.scoring_core import torch_threads_for
+    from pipeline.spark.score import SparkScoreSettings, SparkSide, execute_score
+    from pipeline.spark.session import spark_session, task_slots
+    from pipeline.text_checks import TextColumns
+
+    if join != "broadcast":
+        raise UsageError(f"--join {join} ({why}) is not available with --engine spark yet: the stores must fit "
+                         f"--broadcast-limit-mb; raise it or use --engine beam")
+    spark = spark_session(job.spark_master, parse_spark_conf(job.spark_conf))
+    local = spark.sparkContext.master.startswith("local")
+    threads = (torch_threads_for(task_slots(spark)) if local
+               else int(spark.sparkContext.getConf().get("spark.task.cpus", "1")))
+    out = open_job_output(job)
+    provenance = table_metadata(JOB_NAME, {"model": (student.fingerprint, job.model_dir or student.config.encoder)},
+                                score=score_meaning(job, student))
+    started = run_started()
+    settings = SparkScoreSettings(
+        pair_files=tuple(pair_files), columns=job.columns, kept=tuple(kept), schema=schema, provenance=provenance,
+        sides={side: SparkSide(plan.layout, plan.existing_files, plan.text_files, out.staged(plan.output))
+               for side, plan in plans.items()},
+        texts=TextColumns(job.texts_text_col, job.texts_id_col), scores_dir=out.staged(SCORES_DIR),
+        dead_letter_dir=out.staged(DEAD_LETTER_DIR), model_dir=job.model_dir, device=job.device,
+        batch_size=job.batch_size, encode_batch_size=job.encode_batch_size, threads=threads)
+    result = execute_score(spark, settings)
+    pair_dead = dict(result.dead_letters.get("pairs.", {}))
+    counts = {"pairs_read": result.counts["pairs_read"], "pairs_scored": result.counts["rows_written"],
+              "pairs_duplicate": 0, "pairs_dead_lettered": sum(pair_dead.values()),
+              "rows_written": result.counts["rows_written"]}
+    for side in SIDES:
+        side_dead = result.dead_letters.get(f"{side}_texts.", {})
+        if job.columns.id_mode:
+            counts[f"{side}_text_rows_read"] = result.counts.get(f"{side}_text_rows_read", 0)
+            counts[f"{side}_text_rows_dead_lettered"] = sum(side_dead.values())
+        for name in ("texts_encoded", "texts_reused", "texts_truncated"):
+            counts[f"{side}_{name}"] = result.counts.get(f"{side}_{name}", 0)
+        pair_dead.update({f"{side}_texts:{k}": v for k, v in side_dead.items()})
+    return finish(job, out, student, plans, counts, pair_dead,
+                  f"join: {join} ({why}); engine: spark ({spark.sparkContext.master})", started, argv)
 
 
 if __name__ == "__main__":  # python -m jobs.score_pairs
