@@ -423,12 +423,13 @@ def run_on_spark(job: ScorePairsJob, student: Student, plans: dict[str, SidePlan
         dead_letter_dir=out.staged(DEAD_LETTER_DIR), model_dir=job.model_dir, device=job.device,
         batch_size=job.batch_size, encode_batch_size=job.encode_batch_size, threads=threads)
     result = execute_score(spark, settings)
-    pair_dead = dict(result.dead_letters.get("pairs.", {}))
+    dead_letters = result.dead_letters()
+    pair_dead = dict(dead_letters.get("pairs.", {}))
     counts = {"pairs_read": result.counts["pairs_read"], "pairs_scored": result.counts["rows_written"],
               "pairs_duplicate": 0, "pairs_dead_lettered": sum(pair_dead.values()),
               "rows_written": result.counts["rows_written"]}
     for side in SIDES:
-        side_dead = result.dead_letters.get(f"{side}_texts.", {})
+        side_dead = dead_letters.get(f"{side}_texts.", {})
         if job.columns.id_mode:
             counts[f"{side}_text_rows_read"] = result.counts.get(f"{side}_text_rows_read", 0)
             counts[f"{side}_text_rows_dead_lettered"] = sum(side_dead.values())

@@ -197,3 +197,32 @@ def test_engine_flags_that_do_not_fit_are_refused_in_one_line(tmp_path, text_pai
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and message in lines[0]
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("id_col", ["id", None])
+def test_encode_texts_on_spark_writes_the_store_beam_writes(tmp_path, spark, student, id_col):
+    from jobs.encode_texts import EncodeTextsJob, run as encode
+
+    source = tmp_path / "texts.jsonl"
+    source.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in [
+        {"id": 1, "text": "bread flour"}, {"id": 1, "text": "bread flour"},          # a duplicate row
+        {"id": "ü-2", "text": "rye starter"}, {"id": 3, "text": "bread flour"},      # a text shared by two ids
+        {"id": 4, "text": "one"}, {"id": 4, "text": "two"},                          # conflicting id
+        {"id": 5, "text": "\u200b"}, {"id": None, "text": "no id"}]) + "[1, 2]\n", encoding="utf-8")
+    outputs = {}
+    for engine in ("beam", "spark"):
+        outputs[engine] = tmp_path / engine
+        encode(EncodeTextsJob(inputs=(str(source),), output=str(outputs[engine]), id_col=id_col, side="right",
+                              model_dir=student, engine=engine), [], argv=[])
+    beam, spark_out = outputs["beam"], outputs["spark"]
+    assert summary(spark_out)["counts"] == summary(beam)["counts"]
+    assert summary(spark_out)["dead_letters"] == summary(beam)["dead_letters"]
+    assert dead_letter_rows(spark_out) == dead_letter_rows(beam)
+    b_manifest, b_store = read_store(str(beam))
+    s_manifest, s_store = read_store(str(spark_out))
+    assert s_manifest.layout == b_manifest.layout and s_manifest.rows == b_manifest.rows
+    b_store, s_store = b_store.sort_by("id"), s_store.sort_by("id")
+    assert s_store.column("id").to_pylist() == b_store.column("id").to_pylist()
+    assert s_store.column("text_hash").to_pylist() == b_store.column("text_hash").to_pylist()
+    np.testing.assert_allclose(decode_tokens(s_store, s_manifest.layout), decode_tokens(b_store, b_manifest.layout),
+                               atol=2e-3)
