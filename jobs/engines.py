@@ -10,8 +10,6 @@ from typing import Any, Callable, Mapping, Sequence
 
 import click
 
-from pipeline.errors import UsageError
-
 ENGINES = ("beam", "spark")
 
 
@@ -33,6 +31,9 @@ def engine_options(command: Callable) -> Callable:
 
 def parse_spark_conf(values: Sequence[str]) -> dict[str, str]:
     """``("k=v", ...)`` -> {k: v}; UsageError naming a value without ``=``."""
+    # Imported here: `python -m jobs.<name>` puts pairscore before the current directory first (jobs/common.py).
+    from pipeline.errors import UsageError
+
     conf = {}
     for value in values:
         key, sep, setting = value.partition("=")
@@ -47,6 +48,8 @@ def check_engine(flags: Mapping[str, Any], beam_args: Sequence[str],
     """Refuse, in one line, flags that the chosen engine does not take: Beam's pass-through flags
     and ``beam_only`` flags (name -> value when given) with ``--engine spark``; ``--spark-*`` with
     ``--engine beam``."""
+    from pipeline.errors import UsageError
+
     if flags.get("engine", "beam") == "beam":
         if flags.get("spark_master") or flags.get("spark_conf"):
             raise UsageError("--spark-master/--spark-conf are for --engine spark: add --engine spark or drop them")
