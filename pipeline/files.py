@@ -45,7 +45,8 @@ def resolve(path: str) -> tuple[pafs.FileSystem, str]:
         return pafs.FileSystem.from_uri(uri)
     except Exception as err:  # pyarrow raises ArrowInvalid, ArrowNotImplementedError or OSError here
         need = CLIENTS.get(canonical, f"a pyarrow filesystem for {scheme}://")
-        raise FileSystemUnavailable(f"cannot open {path}: {scheme}:// needs {need} ({err})") from None
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]   # pyarrow's may run to many lines
+        raise FileSystemUnavailable(f"cannot open {path}: {scheme}:// needs {need} ({first})") from None
 
 
 def create(path: str) -> IO[bytes]:

@@ -226,3 +226,15 @@ def test_encode_texts_on_spark_writes_the_store_beam_writes(tmp_path, spark, stu
     assert s_store.column("text_hash").to_pylist() == b_store.column("text_hash").to_pylist()
     np.testing.assert_allclose(decode_tokens(s_store, s_manifest.layout), decode_tokens(b_store, b_manifest.layout),
                                atol=2e-3)
+
+
+def test_under_spark_submit_the_master_comes_from_spark_submit(monkeypatch):
+    """No pyspark session is started: the flag is refused before (spark-submit owns the master)."""
+    pyspark_sql = pytest.importorskip("pyspark.sql", reason="pyspark is not installed: pip install -e .[spark]")
+    from pipeline.errors import UsageError
+    from pipeline.spark.session import spark_session
+
+    monkeypatch.setattr(pyspark_sql.SparkSession, "getActiveSession", staticmethod(lambda: None))
+    monkeypatch.setenv("PYSPARK_GATEWAY_PORT", "1")
+    with pytest.raises(UsageError, match=r"--spark-master local\[2\] is not allowed under spark-submit"):
+        spark_session("local[2]", {})
