@@ -79,7 +79,18 @@ def _pin(paths: Sequence[str]) -> tuple:
     return tuple(pinned)
 
 
-def _attempt_name(step: str) -> str:
+def store_lookup(paths: Sequence[str], layout: StoreLayout) -> StoreLookup:
+    """A store's lookup from its part files, once per Python worker and version of the files."""
+    def build() -> StoreLookup:
+        tables = []
+        for path in paths:
+            with files.open_input(path) as handle:
+                tables.append(pq.read_table(handle))
+        return StoreLookup(tables, layout)
+    return loaded(("lookup", layout, _pin(paths)), build)
+
+
+def attempt_name(step: str) -> str:
     from pyspark import TaskContext
 
     ctx = TaskContext.get()
@@ -87,7 +98,7 @@ def _attempt_name(step: str) -> str:
     return f"part-{step}-{partition:05d}-{attempt}-{uuid.uuid4().hex[:8]}.parquet"
 
 
-def _results(rows: list[tuple[str, str, str, int, dict]]) -> pa.RecordBatch:
+def result_batch(rows: list[tuple[str, str, str, int, dict]]) -> pa.RecordBatch:
     kinds, sides, paths, counts, infos = zip(*rows) if rows else ((), (), (), (), ())
     return pa.RecordBatch.from_arrays(
         [pa.array(kinds, pa.string()), pa.array(sides, pa.string()), pa.array(paths, pa.string()),
@@ -103,7 +114,7 @@ def _items(batches: Iterator[pa.RecordBatch]) -> Iterator[int]:
 def write_dead_letters(directory: str, step: str, prefix: str, letters: Sequence[DeadLetter],
                        provenance: dict) -> tuple:
     """Dead letters -> one part file in ``directory``; its result row (counts by reason)."""
-    path = files.join(directory, _attempt_name(step))
+    path = files.join(directory, attempt_name(step))
     table = pa.Table.from_pylist([letter.to_record() for letter in letters], schema=DEAD_LETTER_SCHEMA)
     _write(path, stamped(DEAD_LETTER_SCHEMA, provenance), [table])
     return ("dead_letter", prefix, path, len(letters), count_reasons(letters))
@@ -236,13 +247,13 @@ class EncodeNew:
                 path, rows = self._encode(side, uniques, info)
                 results.append(("store", side, path, rows, {}))
             results.append(("counts", side, "", 0, info))
-        yield _results(results)
+        yield result_batch(results)
 
     def _encode(self, side: str, uniques: list[UniqueText], info: dict) -> tuple[str, int]:
         handler = EncoderHandler(self.model_dir, side, self.device)
         model = loaded(("encoder", handler.tag), handler.load_model)
         layout = self.layouts[side]
-        path = files.join(self.store_dirs[side], _attempt_name("new"))
+        path = files.join(self.store_dirs[side], attempt_name("new"))
         rows = 0
         with files.create(path) as handle, pq.ParquetWriter(handle, stamped(layout.schema(), self.provenance),
                                                               compression=COMPRESSION) as out:
@@ -282,10 +293,10 @@ class KeepOld:
             if new_ids:
                 table = table.filter(pc.invert(pc.is_in(table.column("id"), value_set=pa.array(sorted(new_ids)))))
             layout = self.layouts[side]
-            path = files.join(self.store_dirs[side], _attempt_name("kept"))
+            path = files.join(self.store_dirs[side], attempt_name("kept"))
             _write(path, stamped(layout.schema(), self.provenance), [table.cast(layout.schema())])
             results.append(("store", side, path, table.num_rows, {}))
-        yield _results(results)
+        yield result_batch(results)
 
 
 @dataclass(frozen=True)
@@ -301,7 +312,7 @@ class WriteTextDeadLetters:
             for row in batch.to_pylist():
                 letters[row["side"]].append(DeadLetter(row["reason"], row["detail"], row["source"],
                                                        json.loads(row["row"])))
-        yield _results([write_dead_letters(self.directory, "texts", f"{side}_texts.", found, self.provenance)
+        yield result_batch([write_dead_letters(self.directory, "texts", f"{side}_texts.", found, self.provenance)
                         for side, found in sorted(letters.items())])
 
 
@@ -328,27 +339,16 @@ class ScoreSlices:
     threads: int | None = None
     fail_once: str | None = field(default_factory=lambda: os.environ.get(FAIL_ONCE_ENV))
 
-    def _lookup(self, side: str) -> StoreLookup:
-        paths = self.store_files[side]
-
-        def build() -> StoreLookup:
-            tables = []
-            for path in paths:
-                with files.open_input(path) as handle:
-                    tables.append(pq.read_table(handle))
-            return StoreLookup(tables, self.layouts[side])
-        return loaded(("lookup", self.layouts[side], _pin(paths)), build)
-
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         handler = HeadHandler(self.model_dir, self.device, self.batch_size, self.threads)
         scorer = loaded(("head", handler.tag), handler.load_model)
-        left, right = self._lookup("left"), self._lookup("right")
+        left, right = (store_lookup(self.store_files[s], self.layouts[s]) for s in ("left", "right"))
         results = []
         for item in _items(batches):
             piece = self.slices[item]
             letters: list[DeadLetter] = []
             read = scored = 0
-            path = files.join(self.scores_dir, _attempt_name("scores"))
+            path = files.join(self.scores_dir, attempt_name("scores"))
             with files.create(path) as handle, pq.ParquetWriter(handle, stamped(self.schema, self.provenance),
                                                                   compression=COMPRESSION) as out:
                 for rows, prepared in read_prepared(piece, self.columns, self.kept,
@@ -368,7 +368,7 @@ class ScoreSlices:
             if letters:
                 results.append(write_dead_letters(self.dead_letter_dir, "pairs", "pairs.", letters, self.provenance))
             self._maybe_fail()
-        yield _results(results)
+        yield result_batch(results)
 
     def _maybe_fail(self) -> None:
         from pyspark import TaskContext

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
@@ -238,3 +239,44 @@ def test_under_spark_submit_the_master_comes_from_spark_submit(monkeypatch):
     monkeypatch.setenv("PYSPARK_GATEWAY_PORT", "1")
     with pytest.raises(UsageError, match=r"--spark-master local\[2\] is not allowed under spark-submit"):
         spark_session("local[2]", {})
+
+
+def test_the_python_api_scores_a_dataframe_lazily_and_commits_one_evaluation(tmp_path, spark, student, text_runs):
+    """A DataFrame of pairs of texts -> a lazy scored frame (dead letters as a reason column) -> a
+    committed output whose scores equal the job's, each input batch read exactly once."""
+    from pipeline.spark.api import score_pairs_frame, write_scores
+
+    beam, _ = text_runs
+    rows = [{"left": f"wie backe ich brot {i % 9}? 面包", "right": f"résumé of answer {i % 5} ✓", "rank": i}
+            for i in range(30)] + [{"left": "", "right": "x", "rank": 100},
+                                   {"left": "never stored", "right": "résumé of answer 1 ✓", "rank": 103}]
+    seen = tmp_path / "seen"
+    seen.mkdir()
+
+    def counted(batches):
+        """Passes batches on, leaving one file per batch: how often the input was evaluated."""
+        import uuid
+        for batch in batches:
+            (seen / uuid.uuid4().hex).write_text(str(batch.num_rows))
+            yield batch
+
+    pairs = spark.createDataFrame(rows, "left string, right string, rank long").repartition(2)
+    pairs = pairs.mapInArrow(counted, pairs.schema)
+    scored = score_pairs_frame(pairs, str(beam / "store"), student, keep=("rank",))
+    assert not list(seen.iterdir())                                   # lazy: nothing ran yet
+    letters = {r["reason"] for r in scored.frame.filter("reason is not null").collect()}
+    assert letters == {"left_empty_text", "left_text_missing"}
+    for stale in seen.iterdir():
+        stale.unlink()
+
+    output = tmp_path / "api-out"
+    summary = write_scores(scored, str(output))
+    assert sum(int(p.read_text()) for p in seen.iterdir()) == len(rows)     # one evaluation of the plan
+    assert summary.counts == {"pairs_read": 32, "pairs_scored": 30, "pairs_dead_lettered": 2, "rows_written": 30}
+    assert (output / "_SUCCESS").exists() and not list(output.glob("_temporary-*"))
+    ours, job = sorted_scores(output), sorted_scores(beam)
+    job = job.filter(pa.compute.less(job.column("rank"), 100))
+    assert ours.column("rank").to_pylist() == job.column("rank").to_pylist()
+    assert ours.schema.remove_metadata() == job.schema.remove_metadata()
+    np.testing.assert_allclose(ours.column("score").to_numpy(), job.column("score").to_numpy(), atol=1e-5)
+    assert sorted(r[0] for r in dead_letter_rows(output)) == ["left_empty_text", "left_text_missing"]
