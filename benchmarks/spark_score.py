@@ -137,6 +137,7 @@ def main() -> None:
             for size in sizes:
                 for engine in ENGINES:
                     runs[engine, size].append(timed(engine, size))
+                    print(f"  {engine} {sizes[size]:,} pairs: {runs[engine, size][-1]:.1f} s", flush=True)
         reference = scores_of(workdir / "core-large.parquet")
         rows, rates = [], {}
         for engine in ENGINES:

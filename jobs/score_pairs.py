@@ -222,8 +222,7 @@ def shuffle_buckets(store_bytes: int, pair_rows: int) -> int:
 def main(ctx: click.Context, quiet: bool, verbose: bool, stall_timeout: float, **flags) -> None:
     """Score pairs with a student (stage two), running stage one for texts not yet stored."""
     def go() -> str:
-        check_engine(flags, ctx.args, {"--accelerator": flags["accelerator"], "--dedupe-pairs": flags["dedupe_pairs"],
-                                       "--join shuffle": flags["join"] == "shuffle"})
+        check_engine(flags, ctx.args, {"--accelerator": flags["accelerator"], "--dedupe-pairs": flags["dedupe_pairs"]})
         preflight(ctx, "score_pairs", flags)
         for name in ("pairs", "left_texts", "right_texts", "spark_conf"):
             flags[name] = tuple(flags[name])
@@ -283,7 +282,7 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
     buckets = shuffle_buckets(store_bytes_bound(plans, 0 if columns.id_mode else pair_rows), pair_rows)
     schema = output_schema(job, student, pair_files, kept)
     if job.engine == "spark":
-        return run_on_spark(job, student, plans, pair_files, kept, schema, join, why, argv)
+        return run_on_spark(job, student, plans, pair_files, kept, schema, join, why, buckets, argv)
     out = open_job_output(job)
 
     provenance = table_metadata(JOB_NAME, {"model": (student.fingerprint, job.model_dir or student.config.encoder)},
@@ -392,11 +391,11 @@ def finish(job: ScorePairsJob, out, student: Student, plans: dict[str, SidePlan]
 
 
 def run_on_spark(job: ScorePairsJob, student: Student, plans: dict[str, SidePlan], pair_files: list[InputFile],
-                 kept: list[pa.Field], schema: pa.Schema, join: str, why: str, argv: list[str] | None) -> RunSummary:
+                 kept: list[pa.Field], schema: pa.Schema, join: str, why: str, buckets: int,
+                 argv: list[str] | None) -> RunSummary:
     """``--engine spark``: the same run on Spark (pipeline/spark/score.py), committed as Beam's is."""
     from encoders.config import SIDES
     from jobs.engines import parse_spark_conf
-    from pipeline.errors import UsageError
     from pipeline.outputs import DEAD_LETTER_DIR
     from pipeline.provenance import table_metadata
     from pipeline.scoring_core import torch_threads_for
@@ -404,9 +403,6 @@ def run_on_spark(job: ScorePairsJob, student: Student, plans: dict[str, SidePlan
     from pipeline.spark.session import spark_session, task_slots
     from pipeline.text_checks import TextColumns
 
-    if join != "broadcast":
-        raise UsageError(f"--join {join} ({why}) is not available with --engine spark yet: the stores must fit "
-                         f"--broadcast-limit-mb; raise it or use --engine beam")
     spark = spark_session(job.spark_master, parse_spark_conf(job.spark_conf))
     local = spark.sparkContext.master.startswith("local")
     threads = (torch_threads_for(task_slots(spark)) if local
@@ -421,7 +417,7 @@ def run_on_spark(job: ScorePairsJob, student: Student, plans: dict[str, SidePlan
                for side, plan in plans.items()},
         texts=TextColumns(job.texts_text_col, job.texts_id_col), scores_dir=out.staged(SCORES_DIR),
         dead_letter_dir=out.staged(DEAD_LETTER_DIR), model_dir=job.model_dir, device=job.device,
-        batch_size=job.batch_size, encode_batch_size=job.encode_batch_size, threads=threads)
+        batch_size=job.batch_size, encode_batch_size=job.encode_batch_size, threads=threads, join=join, buckets=buckets)
     result = execute_score(spark, settings)
     dead_letters = result.dead_letters()
     pair_dead = dict(dead_letters.get("pairs.", {}))

@@ -37,7 +37,7 @@ from pipeline.models import HeadHandler
 from pipeline.provenance import stamped
 from pipeline.scoring_core import PairColumns, StoreLookup, prepare_pairs, score_pairs
 from pipeline.spark import tasks
-from pipeline.spark.steps import SparkRun, collect
+from pipeline.spark.steps import SparkRun, collect, narrow
 from pipeline.store import StoreLayout
 from pipeline.writers import COMPRESSION
 
@@ -54,11 +54,6 @@ class ScoredFrame:
     model_fingerprint: str
     store: str
     model_dir: str | None
-
-
-def _narrow(kind: pa.DataType) -> pa.DataType:
-    """Spark hands strings and binaries as large types; pairscore's tables use the plain ones."""
-    return {pa.large_string(): pa.string(), pa.large_binary(): pa.binary()}.get(kind, kind)
 
 
 @dataclass(frozen=True)
@@ -85,7 +80,7 @@ class _ScoreBatches:
         first = 0
         for batch in batches:
             table = pa.Table.from_batches([batch])
-            table = table.cast(pa.schema([f.with_type(_narrow(f.type)) for f in table.schema]))
+            table = table.cast(pa.schema([f.with_type(narrow(f.type)) for f in table.schema]))
             positions = np.arange(first, first + table.num_rows, dtype=np.int64)
             first += table.num_rows
             prepared = prepare_pairs(table, self.columns, self.kept, 0, positions, path)
@@ -123,7 +118,7 @@ def score_pairs_frame(pairs, store: str, model_dir: str | None = None, *, left_c
     if missing:
         raise ValueError(f"the pairs DataFrame has no column {', '.join(map(repr, missing))}: it has "
                          f"{', '.join(pairs.columns)}")
-    kept = tuple(pa.field(name, _narrow(to_arrow_type(pairs.schema[name].dataType))) for name in keep)
+    kept = tuple(pa.field(name, narrow(to_arrow_type(pairs.schema[name].dataType))) for name in keep)
     student = load_or_build_student(model_dir, baseline_config())
     layouts, parts = {}, {}
     for side in SIDES:

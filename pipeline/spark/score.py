@@ -4,7 +4,8 @@
    keeps each distinct text once.
 2. **Stores** (``stores.py``): the texts not stored yet are encoded, the existing store's files
    rewritten without the ids re-encoded.
-3. **Scores**: one task per pair slice (a text file, or a run of Parquet row groups) reads it with
+3. **Scores** (broadcast join; the bucketed join for stores past a slot's memory is ``join.py``):
+   one task per pair slice (a text file, or a run of Parquet row groups) reads it with
    pairscore's readers, scores it through the core with both stores held in the worker (loaded
    from the part files of step 2 by their paths, once per Python worker: never collected to the
    driver nor broadcast), and writes a scores part file and its dead letters.
@@ -29,6 +30,7 @@ import pyarrow as pa
 from pipeline.readers import InputFile, read_slices
 from pipeline.scoring_core import PairColumns
 from pipeline.spark import tasks
+from pipeline.spark.join import score_bucketed
 from pipeline.spark.steps import SparkRun, collect, items
 from pipeline.spark.stores import SparkSide, encode_stores, text_table_texts
 from pipeline.text_checks import TextColumns
@@ -54,6 +56,8 @@ class SparkScoreSettings:
     encode_batch_size: int = 128
     threads: int | None = None
     slice_rows: int = 1 << 14
+    join: str = "broadcast"      # or "shuffle": the bucketed join (pipeline/spark/join.py)
+    buckets: int = 64            # of the bucketed join (jobs.score_pairs.shuffle_buckets)
 
 
 def execute_score(spark, settings: SparkScoreSettings) -> SparkRun:
@@ -71,12 +75,15 @@ def execute_score(spark, settings: SparkScoreSettings) -> SparkRun:
                   .dropDuplicates(["side", "id"]))
     encode_stores(spark, run, unique, settings.sides, settings.model_dir, settings.device, settings.provenance,
                   settings.encode_batch_size)
-    scored = run.add(collect(items(spark, len(slices)).mapInArrow(tasks.ScoreSlices(
-        slices, {f.path: i for i, f in enumerate(settings.pair_files)}, tuple(f.path for f in settings.pair_files),
-        settings.columns, settings.kept, settings.schema, {side: s.layout for side, s in settings.sides.items()},
-        {side: run.paths("store", side) for side in settings.sides}, settings.model_dir, settings.device,
-        settings.scores_dir, settings.dead_letter_dir, settings.provenance, settings.batch_size, settings.threads),
-        tasks.RESULT_DDL)))
+    stored = {side: run.paths("store", side) for side in settings.sides}
+    if settings.join == "shuffle":
+        scored = run.add(score_bucketed(spark, slices, settings, stored))
+    else:
+        scored = run.add(collect(items(spark, len(slices)).mapInArrow(tasks.ScoreSlices(
+            slices, {f.path: i for i, f in enumerate(settings.pair_files)}, tuple(f.path for f in settings.pair_files),
+            settings.columns, settings.kept, settings.schema, {side: s.layout for side, s in settings.sides.items()},
+            stored, settings.model_dir, settings.device, settings.scores_dir, settings.dead_letter_dir,
+            settings.provenance, settings.batch_size, settings.threads), tasks.RESULT_DDL)))
     run.counts["pairs_read"] = sum(r["info"]["rows_read"] for r in scored if r["kind"] == "scores")
     run.keep_only_results([settings.scores_dir, settings.dead_letter_dir,
                            *(s.staged_dir for s in settings.sides.values())])

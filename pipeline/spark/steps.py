@@ -8,6 +8,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Sequence
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import files
@@ -59,6 +60,11 @@ class SparkRun:
             with files.open_input(path) as handle:
                 total += pq.ParquetFile(handle).metadata.num_rows
         return total
+
+
+def narrow(kind: pa.DataType) -> pa.DataType:
+    """Spark hands strings and binaries as large types; pairscore's tables use the plain ones."""
+    return {pa.large_string(): pa.string(), pa.large_binary(): pa.binary()}.get(kind, kind)
 
 
 def items(spark, count: int):

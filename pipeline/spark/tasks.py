@@ -106,7 +106,7 @@ def result_batch(rows: list[tuple[str, str, str, int, dict]]) -> pa.RecordBatch:
         schema=RESULT_SCHEMA)
 
 
-def _items(batches: Iterator[pa.RecordBatch]) -> Iterator[int]:
+def items_of(batches: Iterator[pa.RecordBatch]) -> Iterator[int]:
     for batch in batches:
         yield from batch.column(0).to_pylist()
 
@@ -137,7 +137,7 @@ class PairTexts:
     batch_rows: int
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for item in _items(batches):
+        for item in items_of(batches):
             for _, prepared in read_prepared(self.slices[item], self.columns, self.kept, 0, self.batch_rows):
                 if isinstance(prepared, DeadLetter):
                     continue   # the score step reads the same rows again and writes their dead letters
@@ -166,7 +166,7 @@ class TextTableRows:
     batch_rows: int = 4096
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for item in _items(batches):
+        for item in items_of(batches):
             side, file = self.tables[item]
             rows = []
             for read in read_rows(file):
@@ -206,7 +206,7 @@ class KnownIds:
     stores: tuple[tuple[str, str], ...]
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for item in _items(batches):
+        for item in items_of(batches):
             side, path = self.stores[item]
             with files.open_input(path) as handle:
                 for batch in pq.ParquetFile(handle).iter_batches(columns=["id", "text_hash"]):
@@ -281,7 +281,7 @@ class KeepOld:
         import pyarrow.compute as pc
 
         results = []
-        for item in _items(batches):
+        for item in items_of(batches):
             side, source = self.stores[item]
             new_ids = set()
             for path in self.new_files.get(side, ()):
@@ -344,7 +344,7 @@ class ScoreSlices:
         scorer = loaded(("head", handler.tag), handler.load_model)
         left, right = (store_lookup(self.store_files[s], self.layouts[s]) for s in ("left", "right"))
         results = []
-        for item in _items(batches):
+        for item in items_of(batches):
             piece = self.slices[item]
             letters: list[DeadLetter] = []
             read = scored = 0

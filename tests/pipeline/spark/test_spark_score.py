@@ -132,6 +132,21 @@ def test_ids_mode_with_integer_and_unicode_ids_gives_what_beam_gives(tmp_path, s
                                       "left_texts:conflicting_id": 2, "left_texts:empty_text": 1}
     assert result["counts"]["left_texts_encoded"] == 2        # ids 1 and 5 share one text: encoded once
     assert sorted(sorted_scores(spark_out).column("left_id").to_pylist()) == ["1", "2", "5"]
+    # The bucketed join: each task loads only its buckets' store rows; the same output.
+    bucketed = tmp_path / "ids-spark-bucketed"
+    run(ScorePairsJob(output=str(bucketed), engine="spark", join="shuffle", pairs=(str(pairs),), model_dir=str(model),
+                      left_id_col="q", right_id_col="p", left_texts=(str(left),), right_texts=(str(right),),
+                      keep_cols=("w",)), [], argv=[])
+    assert_same_output(beam, bucketed)
+
+
+def test_the_bucketed_join_gives_what_the_broadcast_join_gives(tmp_path, spark, student, text_runs, text_pairs):
+    beam, _ = text_runs
+    bucketed = tmp_path / "bucketed"
+    summary_ = run(ScorePairsJob(pairs=(str(text_pairs),), output=str(bucketed), model_dir=student, keep_cols=("rank",),
+                                 engine="spark", join="shuffle"), [], argv=[])
+    assert summary_.notes[0].startswith("join: shuffle")
+    assert_same_output(beam, bucketed)
 
 
 def test_the_baseline_gives_what_beam_gives(tmp_path, spark):
