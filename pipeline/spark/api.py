@@ -35,7 +35,7 @@ from pipeline import files
 from pipeline.dead_letters import DEAD_LETTER_SCHEMA, DeadLetter
 from pipeline.models import HeadHandler
 from pipeline.provenance import stamped
-from pipeline.scoring_core import PairColumns, StoreLookup, prepare_pairs, score_pairs
+from pipeline.scoring_core import PairColumns, prepare_pairs, score_pairs
 from pipeline.spark import tasks
 from pipeline.spark.steps import SparkRun, collect, narrow
 from pipeline.store import StoreLayout
