@@ -16,9 +16,10 @@ on the packaged MiniLM, random weights (speed does not depend on them).
 * **spark**: the same with ``engine="spark"`` in a ``local[2]`` session started once (two Python
   workers, one torch thread each, ``pipeline.scoring_core.torch_threads_for``).
 
-Marginal rate = extra pairs / extra seconds, so fixed costs (session and job start-up, model and
-store loading, Spark's steps for the texts) cancel; they are reported apart as "fixed". The
-engines' scores are compared with the core's.
+Each engine runs once at ``--small`` before the timed runs (Spark's Python workers start and load
+the model and the stores once per session). Marginal rate = extra pairs / extra seconds, so fixed
+costs (job start-up, Spark's steps for the texts, the store rewrite) cancel; they are reported
+apart as "fixed". The engines' scores are compared with the core's.
 """
 from __future__ import annotations
 
@@ -132,6 +133,8 @@ def main() -> None:
                 assert summary.counts["pairs_scored"] == sizes[size] and summary.counts["left_texts_encoded"] == 0
             return time.perf_counter() - began
 
+        for engine in ENGINES:   # warm-up, not timed: Spark's Python workers start and load the model once
+            timed(engine, "small")
         runs = {(engine, size): [] for engine in ENGINES for size in sizes}
         for _ in range(args.repeats):   # interleaved, so a machine getting busier hits all alike
             for size in sizes:
