@@ -164,11 +164,11 @@ def output_schema(job: ScorePairsJob, student: Student, files: list[InputFile],
     return pa.schema(fields)
 
 
-def shuffle_buckets(store_bytes: int, pair_rows: int) -> int:
+def shuffle_buckets(store_bytes: int, pair_rows: int, minimum: int = 64) -> int:
     """Partitions of the shuffle join and of ``--dedupe-pairs``: enough that one bucket's store
-    rows (about 256 MiB) and pairs (about 2M) fit a worker, and never fewer than 64 so that
-    many workers share the work."""
-    return max(64, -(-store_bytes // (256 << 20)), -(-pair_rows // (2 << 20)))
+    rows (about 256 MiB) and pairs (about 2M) fit a worker, and never fewer than ``minimum`` so
+    that many workers share the work (Beam: 64; Spark: twice its task slots, each bucket a task)."""
+    return max(minimum, -(-store_bytes // (256 << 20)), -(-pair_rows // (2 << 20)))
 
 
 # --------------------------------------------------------------------------- the command line
@@ -279,10 +279,11 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
                                STORE_DIR + "/" + side)
     pair_rows = count_input_rows(pair_files) if (not columns.id_mode or job.dedupe_pairs) else 0
     join, why = choose_join(job, plans, 0 if columns.id_mode else pair_rows)
-    buckets = shuffle_buckets(store_bytes_bound(plans, 0 if columns.id_mode else pair_rows), pair_rows)
+    bound = store_bytes_bound(plans, 0 if columns.id_mode else pair_rows)
+    buckets = shuffle_buckets(bound, pair_rows)
     schema = output_schema(job, student, pair_files, kept)
     if job.engine == "spark":
-        return run_on_spark(job, student, plans, pair_files, kept, schema, join, why, buckets, argv)
+        return run_on_spark(job, student, plans, pair_files, kept, schema, join, why, (bound, pair_rows), argv)
     out = open_job_output(job)
 
     provenance = table_metadata(JOB_NAME, {"model": (student.fingerprint, job.model_dir or student.config.encoder)},
@@ -391,9 +392,10 @@ def finish(job: ScorePairsJob, out, student: Student, plans: dict[str, SidePlan]
 
 
 def run_on_spark(job: ScorePairsJob, student: Student, plans: dict[str, SidePlan], pair_files: list[InputFile],
-                 kept: list[pa.Field], schema: pa.Schema, join: str, why: str, buckets: int,
+                 kept: list[pa.Field], schema: pa.Schema, join: str, why: str, sizes: tuple[int, int],
                  argv: list[str] | None) -> RunSummary:
-    """``--engine spark``: the same run on Spark (pipeline/spark/score.py), committed as Beam's is."""
+    """``--engine spark``: the same run on Spark (pipeline/spark/score.py), committed as Beam's is.
+    ``sizes``: (stores' size bound, pair rows), which size the bucketed join's buckets."""
     from encoders.config import SIDES
     from jobs.engines import parse_spark_conf
     from pipeline.outputs import DEAD_LETTER_DIR
@@ -417,7 +419,8 @@ def run_on_spark(job: ScorePairsJob, student: Student, plans: dict[str, SidePlan
                for side, plan in plans.items()},
         texts=TextColumns(job.texts_text_col, job.texts_id_col), scores_dir=out.staged(SCORES_DIR),
         dead_letter_dir=out.staged(DEAD_LETTER_DIR), model_dir=job.model_dir, device=job.device,
-        batch_size=job.batch_size, encode_batch_size=job.encode_batch_size, threads=threads, join=join, buckets=buckets)
+        batch_size=job.batch_size, encode_batch_size=job.encode_batch_size, threads=threads, join=join,
+        buckets=shuffle_buckets(*sizes, minimum=2 * task_slots(spark)))
     result = execute_score(spark, settings)
     dead_letters = result.dead_letters()
     pair_dead = dict(dead_letters.get("pairs.", {}))
