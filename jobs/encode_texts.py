@@ -14,8 +14,12 @@ import click
 from jobs.common import (ARGV_KEY, BEAM_EPILOG, BEAM_JOB_CONTEXT, DTYPES, FORMATS, abort_output_on_failure,
                          beam_args_for_run, device_option, JobCommand, main_module, output_option, overwrite_option,
                          dead_letter_option, preflight, run_job, run_options, run_started, stall_option, POSITIVE_INT)
+from jobs.engines import check_engine, engine_options
 
 if TYPE_CHECKING:  # annotations only: the imports run inside the functions
+    from encoders.checkpoint import Student
+    from pipeline.outputs import OutputDir
+    from pipeline.store import StoreLayout
     from pipeline.summary import RunSummary
 
 
@@ -37,6 +41,9 @@ class EncodeTextsJob:
     dtype: str = "float16"
     device: str = "auto"
     max_dead_letter_fraction: float = 0.1
+    engine: str = "beam"                  # jobs/engines.py: beam | spark
+    spark_master: str | None = None
+    spark_conf: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------- the command line
@@ -65,12 +72,15 @@ class EncodeTextsJob:
 @device_option("Where the encoder runs; auto = CUDA when present (with mixed precision).")
 @dead_letter_option
 @stall_option
+@engine_options
 @run_options
 @click.pass_context
 def main(ctx: click.Context, quiet: bool, verbose: bool, stall_timeout: float, **flags) -> None:
     """Encode every unique text once and write an embedding store (stage one)."""
     def go() -> str:
+        check_engine(flags, ctx.args)
         preflight(ctx, "encode_texts", flags)
+        flags["spark_conf"] = tuple(flags["spark_conf"])
         job = EncodeTextsJob(inputs=tuple(flags.pop("inputs")), **flags)
         summary = run(job, beam_args_for_run(ctx.args, verbose), ctx.meta[ARGV_KEY])
         return summary.table()
@@ -80,7 +90,7 @@ def main(ctx: click.Context, quiet: bool, verbose: bool, stall_timeout: float, *
 @abort_output_on_failure
 def run(job: EncodeTextsJob, beam_args: list[str], argv: list[str] | None = None) -> RunSummary:
     """Check everything that can be checked, run the pipeline, write manifest and summary."""
-    from encoders.remote import pin_model_dir, pinned_file_fingerprint
+    from encoders.remote import pin_model_dir
     from pipeline.provenance import table_metadata
     import apache_beam as beam
     from encoders.checkpoint import load_or_build_student
@@ -90,11 +100,8 @@ def run(job: EncodeTextsJob, beam_args: list[str], argv: list[str] | None = None
     from pipeline.beam.encode import DEAD_LETTER_TAG, DedupeTexts, EncodeSettings, EncodeTexts, ReadRows
     from pipeline.beam.runner import make_pipeline, run_to_end, validate_beam_args
     from pipeline.beam.writes import WriteDeadLetters, WriteStore
-    from pipeline.dead_letters import check_dead_letter_limit
-    from pipeline.outputs import open_output
     from pipeline.readers import check_columns, expand_inputs, expect_inputs, worker_path
-    from pipeline.store import count_rows, store_files, store_layout, write_manifest
-    from pipeline.summary import RunSummary
+    from pipeline.store import count_rows, store_files, store_layout
     from pipeline.text_checks import TextColumns
 
     validate_beam_args(beam_args)
@@ -108,8 +115,9 @@ def run(job: EncodeTextsJob, beam_args: list[str], argv: list[str] | None = None
     job = replace(job, model_dir=pin_model_dir(job.model_dir))
     student = load_or_build_student(job.model_dir, baseline_config())
     layout = store_layout(student, job.side, job.dtype)
-    out = open_output(job.output, job=JOB_NAME, overwrite=job.overwrite,
-                      reads={"--input": job.inputs, "--model": [job.model_dir]})
+    if job.engine == "spark":
+        return run_on_spark(job, student, layout, files, columns, argv)
+    out = open_job_output(job)
 
     provenance = table_metadata(JOB_NAME, {"model": (student.fingerprint, job.model_dir or student.config.encoder)})
     expect_inputs(files, ("rows_read",))   # the progress line's totals
@@ -139,6 +147,27 @@ def run(job: EncodeTextsJob, beam_args: list[str], argv: list[str] | None = None
         "texts_truncated": counters.get("texts_truncated", 0),
         "store_rows": store_rows,
     }
+    return finish(job, out, student, layout, counts, dead_letters, started, argv)
+
+
+def open_job_output(job: EncodeTextsJob) -> OutputDir:
+    """``--output`` opened for this run (pipeline/outputs.py: checked, locked, staged)."""
+    from pipeline.outputs import open_output
+
+    return open_output(job.output, job=JOB_NAME, overwrite=job.overwrite,
+                       reads={"--input": job.inputs, "--model": [job.model_dir]})
+
+
+def finish(job: EncodeTextsJob, out: OutputDir, student: Student, layout: StoreLayout, counts: dict[str, int],
+           dead_letters: dict[str, int], started: float, argv: list[str] | None) -> RunSummary:
+    """Either engine's counts -> reconciled, then the dead-letter limit, the manifest, the summary
+    and the commit."""
+    from encoders.remote import pinned_file_fingerprint
+    from pipeline.dead_letters import check_dead_letter_limit
+    from pipeline.store import write_manifest
+    from pipeline.summary import RunSummary
+
+    store_rows = counts["store_rows"]
     accounted = counts["rows_kept"] + counts["rows_duplicate"] + counts["rows_dead_lettered"]
     if accounted != counts["rows_read"] or store_rows != counts["rows_kept"]:
         # A bundle that did not fail must be complete: never report a run that lost rows as done.
@@ -164,6 +193,38 @@ def run(job: EncodeTextsJob, beam_args: list[str], argv: list[str] | None = None
                    max_length=student.config.max_length(job.side))
     out.commit(summary)
     return summary
+
+
+def run_on_spark(job: EncodeTextsJob, student: Student, layout: StoreLayout, files: list, columns,
+                 argv: list[str] | None) -> RunSummary:
+    """``--engine spark``: the same run on Spark (pipeline/spark/stores.py), committed as Beam's is."""
+    from jobs.engines import parse_spark_conf
+    from pipeline.outputs import DEAD_LETTER_DIR
+    from pipeline.provenance import table_metadata
+    from pipeline.spark.session import spark_session
+    from pipeline.spark.steps import SparkRun
+    from pipeline.spark.stores import SparkSide, encode_stores, text_table_texts
+
+    spark = spark_session(job.spark_master, parse_spark_conf(job.spark_conf))
+    out = open_job_output(job)
+    provenance = table_metadata(JOB_NAME, {"model": (student.fingerprint, job.model_dir or student.config.encoder)})
+    started = run_started()
+    sides = {job.side: SparkSide(layout, (), tuple(files), out.staged())}
+    run = SparkRun()
+    unique = text_table_texts(spark, run, sides, columns, out.staged(DEAD_LETTER_DIR), provenance)
+    encode_stores(spark, run, unique, sides, job.model_dir, job.device, provenance, job.batch_size)
+    run.keep_only_results([out.staged()])
+    dead_letters = run.dead_letters().get(f"{job.side}_texts.", {})
+    counts = {
+        "rows_read": run.counts.get(f"{job.side}_text_rows_read", 0),
+        "rows_kept": run.counts.get(f"{job.side}_text_rows_kept", 0),
+        "rows_duplicate": run.counts.get(f"{job.side}_text_rows_duplicate", 0),
+        "rows_dead_lettered": sum(dead_letters.values()),
+        "texts_encoded": run.counts.get(f"{job.side}_texts_encoded", 0),
+        "texts_truncated": run.counts.get(f"{job.side}_texts_truncated", 0),
+        "store_rows": run.footer_rows("store", job.side),
+    }
+    return finish(job, out, student, layout, counts, dead_letters, started, argv)
 
 
 if __name__ == "__main__":  # python -m jobs.encode_texts

@@ -18,6 +18,7 @@ from jobs.common import (ARGV_KEY, BEAM_EPILOG, BEAM_JOB_CONTEXT, DTYPES, FORMAT
                          beam_args_for_run, device_option, JobCommand, main_module, output_option, overwrite_option,
                          preflight, run_job, run_options, run_started, split_list, stall_option, dead_letter_option,
                          POSITIVE_INT)
+from jobs.engines import check_engine, engine_options
 from jobs.text_tables import side_column_options, side_columns
 
 if TYPE_CHECKING:  # annotations only: the imports run inside the functions
@@ -70,6 +71,9 @@ class ScorePairsJob:
     device: str = "auto"
     accelerator: str | None = None
     max_dead_letter_fraction: float = 0.1
+    engine: str = "beam"                  # jobs/engines.py: beam | spark
+    spark_master: str | None = None
+    spark_conf: tuple[str, ...] = ()
 
     @property
     def columns(self) -> PairColumns:
@@ -111,6 +115,11 @@ def check_arguments(job: ScorePairsJob) -> None:
     if job.join not in JOINS:
         raise ValueError(f"--join {job.join!r} is not allowed: choose one of {', '.join(JOINS)}")
     check_keep_cols(job.keep_cols, OUTPUT_COLUMNS)      # also the pre-flight's: each once, no output column
+    if job.engine == "spark" and job.left_texts and job.right_texts \
+            and job.text_columns("left") != job.text_columns("right"):
+        raise ValueError("--engine spark reads both text tables with one pair of columns: give the same "
+                         "--left-texts-*-col and --right-texts-*-col (or the shared --texts-id-col/--texts-text-col), "
+                         "or use --engine beam")
 
 
 def existing_store(job: ScorePairsJob, student: Student, side: str) -> tuple[tuple[PartPin, ...], int, str]:
@@ -197,11 +206,11 @@ def reconcile_text_rows(side: str, counts: dict[str, int]) -> str:
     return line
 
 
-def shuffle_buckets(store_bytes: int, pair_rows: int) -> int:
+def shuffle_buckets(store_bytes: int, pair_rows: int, minimum: int = 64) -> int:
     """Partitions of the shuffle join and of ``--dedupe-pairs``: enough that one bucket's store
-    rows (about 256 MiB) and pairs (about 2M) fit a worker, and never fewer than 64 so that
-    many workers share the work."""
-    return max(64, -(-store_bytes // (256 << 20)), -(-pair_rows // (2 << 20)))
+    rows (about 256 MiB) and pairs (about 2M) fit a worker, and never fewer than ``minimum`` so
+    that many workers share the work (Beam: 64; Spark: twice its task slots, each bucket a task)."""
+    return max(minimum, -(-store_bytes // (256 << 20)), -(-pair_rows // (2 << 20)))
 
 
 # --------------------------------------------------------------------------- the command line
@@ -253,13 +262,15 @@ def shuffle_buckets(store_bytes: int, pair_rows: int) -> int:
                    "'type:nvidia-l4;count:1;install-nvidia-driver' (Dataflow); the join stays on CPU workers.")
 @dead_letter_option
 @stall_option
+@engine_options
 @run_options
 @click.pass_context
 def main(ctx: click.Context, quiet: bool, verbose: bool, stall_timeout: float, **flags) -> None:
     """Score pairs with a student (stage two), running stage one for texts not yet stored."""
     def go() -> str:
+        check_engine(flags, ctx.args, {"--accelerator": flags["accelerator"], "--dedupe-pairs": flags["dedupe_pairs"]})
         preflight(ctx, "score_pairs", flags)
-        for name in ("pairs", "left_texts", "right_texts"):
+        for name in ("pairs", "left_texts", "right_texts", "spark_conf"):
             flags[name] = tuple(flags[name])
         summary = run(ScorePairsJob(**flags), beam_args_for_run(ctx.args, verbose), ctx.meta[ARGV_KEY])
         return summary.table()
@@ -269,7 +280,7 @@ def main(ctx: click.Context, quiet: bool, verbose: bool, stall_timeout: float, *
 @abort_output_on_failure
 def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None) -> RunSummary:
     """Check everything that can be checked, run the pipeline, write manifests and summary."""
-    from encoders.remote import pin_model_dir, pinned_file_fingerprint
+    from encoders.remote import pin_model_dir
     from pipeline.provenance import stamped, table_metadata
     import apache_beam as beam
     from apache_beam.io.parquetio import WriteToParquetBatched
@@ -283,14 +294,10 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
                                      dedupe_pair_chunks, read_store_tables)
     from pipeline.beam.used_texts import UsedTextRows
     from pipeline.beam.writes import WriteDeadLetters, WriteStore
-    from pipeline.dead_letters import check_dead_letter_limit
-    from pipeline.outputs import open_output
     from pipeline.pairs import kept_fields
     from pipeline.readers import check_columns, count_input_rows, expand_inputs, expect_inputs, worker_path
     from pipeline.scoring_core import torch_threads_for
-    from pipeline.store import (COMPRESSION, STORE_FILE_PREFIX, STORE_FILE_SUFFIX, count_rows, store_files,
-                                store_layout, write_manifest)
-    from pipeline.summary import RunSummary
+    from pipeline.store import COMPRESSION, STORE_FILE_PREFIX, STORE_FILE_SUFFIX, count_rows, store_files, store_layout
 
     check_arguments(job)
     validate_beam_args(beam_args)
@@ -321,11 +328,12 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
                                STORE_DIR + "/" + side)
     pair_rows = count_input_rows(pair_files) if (not columns.id_mode or job.dedupe_pairs) else 0
     join, why = choose_join(job, plans, 0 if columns.id_mode else pair_rows)
-    buckets = shuffle_buckets(store_bytes_bound(plans, 0 if columns.id_mode else pair_rows), pair_rows)
+    bound = store_bytes_bound(plans, 0 if columns.id_mode else pair_rows)
+    buckets = shuffle_buckets(bound, pair_rows)
     schema = output_schema(job, student, pair_files, kept)
-    out = open_output(job.output, job=JOB_NAME, overwrite=job.overwrite,
-                      reads={"--pairs": job.pairs, "--left-texts": job.left_texts, "--right-texts": job.right_texts,
-                             "--store": [job.store], "--model": [job.model_dir]})
+    if job.engine == "spark":
+        return run_on_spark(job, student, plans, pair_files, kept, schema, join, why, (bound, pair_rows), argv)
+    out = open_job_output(job)
 
     provenance = table_metadata(JOB_NAME, {"model": (student.fingerprint, job.model_dir or student.config.encoder)},
                                 score=score_meaning(job, student))
@@ -396,6 +404,28 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
         counts[f"{side}_texts_reused"] = encoded.get("texts_reused", 0)
         counts[f"{side}_texts_truncated"] = encoded.get("texts_truncated", 0)
         pair_dead.update({f"{side}_texts:{k}": v for k, v in side_dead.items()})
+    return finish(job, out, student, plans, counts, pair_dead, f"join: {join} ({why})", started, argv)
+
+
+def open_job_output(job: ScorePairsJob):
+    """``--output`` opened for this run (pipeline/outputs.py: checked, locked, staged)."""
+    from pipeline.outputs import open_output
+
+    return open_output(job.output, job=JOB_NAME, overwrite=job.overwrite,
+                       reads={"--pairs": job.pairs, "--left-texts": job.left_texts, "--right-texts": job.right_texts,
+                              "--store": [job.store], "--model": [job.model_dir]})
+
+
+def finish(job: ScorePairsJob, out, student: Student, plans: dict[str, SidePlan], counts: dict[str, int],
+           pair_dead: dict[str, int], join_note: str, started: float, argv: list[str] | None) -> RunSummary:
+    """Either engine's counts -> reconciled, then the dead-letter limit, the stores' manifests, the
+    summary and the commit."""
+    from encoders.config import SIDES
+    from encoders.remote import pinned_file_fingerprint
+    from pipeline.dead_letters import check_dead_letter_limit
+    from pipeline.store import write_manifest
+    from pipeline.summary import RunSummary
+
     accounted = counts["pairs_scored"] + counts["pairs_duplicate"] + counts["pairs_dead_lettered"]
     if accounted != counts["pairs_read"] or counts["rows_written"] != counts["pairs_scored"]:
         raise RuntimeError(f"pair accounting failed: read {counts['pairs_read']}, scored {counts['pairs_scored']} + "
@@ -403,9 +433,9 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
                            f"rows written {counts['rows_written']}")
     reconciliation = (f"pairs read {counts['pairs_read']:,} = scored {counts['pairs_scored']:,} + duplicates "
                       f"{counts['pairs_duplicate']:,} + dead-lettered {counts['pairs_dead_lettered']:,}")
-    if columns.id_mode:
+    if job.columns.id_mode:
         reconciliation += "".join("; " + reconcile_text_rows(side, counts) for side in SIDES)
-    notes = [f"join: {join} ({why})"]
+    notes = [join_note]
     if job.model_dir is None:
         notes.append("no --model: scores are the zero-training baseline, the cosine of the packaged "
                      "all-MiniLM-L6-v2's mean-pooled sentence embeddings (in [-1, 1], not a probability)")
@@ -427,6 +457,60 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
                        max_length=student.config.max_length(side))
     out.commit(summary)
     return summary
+
+
+def run_on_spark(job: ScorePairsJob, student: Student, plans: dict[str, SidePlan], pair_files: list[InputFile],
+                 kept: list[pa.Field], schema: pa.Schema, join: str, why: str, sizes: tuple[int, int],
+                 argv: list[str] | None) -> RunSummary:
+    """``--engine spark``: the same run on Spark (pipeline/spark/score.py), committed as Beam's is.
+    ``sizes``: (stores' size bound, pair rows), which size the bucketed join's buckets."""
+    from encoders.config import SIDES
+    from jobs.engines import parse_spark_conf
+    from pipeline.outputs import DEAD_LETTER_DIR
+    from pipeline.provenance import table_metadata
+    from pipeline.scoring_core import torch_threads_for
+    from pipeline.spark.score import SparkScoreSettings, SparkSide, execute_score
+    from pipeline.spark.session import spark_session, task_slots
+    from pipeline.store import verify_part_pins
+
+    spark = spark_session(job.spark_master, parse_spark_conf(job.spark_conf))
+    local = spark.sparkContext.master.startswith("local")
+    threads = (torch_threads_for(task_slots(spark)) if local
+               else int(spark.sparkContext.getConf().get("spark.task.cpus", "1")))
+    out = open_job_output(job)
+    provenance = table_metadata(JOB_NAME, {"model": (student.fingerprint, job.model_dir or student.config.encoder)},
+                                score=score_meaning(job, student))
+    started = run_started()
+    settings = SparkScoreSettings(
+        pair_files=tuple(pair_files), columns=job.columns, kept=tuple(kept), schema=schema, provenance=provenance,
+        sides={side: SparkSide(plan.layout, tuple(part.path for part in plan.existing_parts), plan.text_files,
+                               out.staged(plan.output))
+               for side, plan in plans.items()},
+        texts=job.text_columns("left"), scores_dir=out.staged(SCORES_DIR),
+        dead_letter_dir=out.staged(DEAD_LETTER_DIR), model_dir=job.model_dir, device=job.device,
+        batch_size=job.batch_size, encode_batch_size=job.encode_batch_size, threads=threads, join=join,
+        buckets=shuffle_buckets(*sizes, minimum=2 * task_slots(spark)))
+    result = execute_score(spark, settings)
+    # Spark's tasks read the --store parts by path: the run commits only if every part is still the
+    # one pinned at its start (one rewritten meanwhile: InputChanged naming it, exit 3).
+    verify_part_pins(part for plan in plans.values() for part in plan.existing_parts)
+    dead_letters = result.dead_letters()
+    pair_dead = dict(dead_letters.get("pairs.", {}))
+    counts = {"pairs_read": result.counts["pairs_read"], "pairs_scored": result.counts["rows_written"],
+              "pairs_duplicate": 0, "pairs_dead_lettered": sum(pair_dead.values()),
+              "rows_written": result.counts["rows_written"]}
+    for side in SIDES:
+        side_dead = dead_letters.get(f"{side}_texts.", {})
+        if job.columns.id_mode:
+            for name in ("read", "kept", "duplicate"):
+                counts[f"{side}_text_rows_{name}"] = result.counts.get(f"{side}_text_rows_{name}", 0)
+            counts[f"{side}_text_rows_unused"] = 0      # Spark encodes every row of the text tables
+            counts[f"{side}_text_rows_dead_lettered"] = sum(side_dead.values())
+        for name in ("texts_encoded", "texts_reused", "texts_truncated"):
+            counts[f"{side}_{name}"] = result.counts.get(f"{side}_{name}", 0)
+        pair_dead.update({f"{side}_texts:{k}": v for k, v in side_dead.items()})
+    return finish(job, out, student, plans, counts, pair_dead,
+                  f"join: {join} ({why}); engine: spark ({spark.sparkContext.master})", started, argv)
 
 
 if __name__ == "__main__":  # python -m jobs.score_pairs

@@ -34,7 +34,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import IO, Iterator, Sequence
+from typing import IO, Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -317,6 +317,24 @@ class PartChanged(StoreError):
     steps that read a store turn it into ``pipeline.errors.InputChanged`` (exit 3)."""
 
 
+def _part_changed(pin: PartPin, size: int, sha: str) -> str:
+    return (f"store part {pin.path} changed after this run started (pinned: {pin.size} bytes, "
+            f"SHA-256 {pin.sha256[:16]}…; now: {size} bytes, SHA-256 {sha[:16]}…). The run reads "
+            "only the store it checked: stopped rather than take other embeddings for this "
+            "model's; start it again once the store stays put")
+
+
+def verify_part_pins(pins: Iterable[PartPin]) -> None:
+    """Every part still has its pinned size and SHA-256, else InputChanged naming the first that
+    does not (an engine whose workers read parts by path checks this before it commits)."""
+    from pipeline.errors import InputChanged
+
+    for pin in pins:
+        with open_part(pin.path) as (_, size, sha):
+            if (size, sha) != (pin.size, pin.sha256):
+                raise InputChanged(_part_changed(pin, size, sha))
+
+
 def read_pinned_part(pin: PartPin, columns: Sequence[str] | None = None,
                      batch_rows: int = 65536) -> Iterator[tuple[pa.Table, int]]:
     """(table of up to ``batch_rows`` rows, index of its first row in the part) for every batch of
@@ -324,10 +342,7 @@ def read_pinned_part(pin: PartPin, columns: Sequence[str] | None = None,
     (:func:`open_part`); PartChanged naming the file otherwise."""
     with open_part(pin.path) as (handle, size, sha):
         if (size, sha) != (pin.size, pin.sha256):
-            raise PartChanged(f"store part {pin.path} changed after this run started (pinned: {pin.size} bytes, "
-                              f"SHA-256 {pin.sha256[:16]}…; now: {size} bytes, SHA-256 {sha[:16]}…). The run reads "
-                              "only the store it checked: stopped rather than take other embeddings for this "
-                              "model's; start it again once the store stays put")
+            raise PartChanged(_part_changed(pin, size, sha))
         first = 0
         for batch in pq.ParquetFile(handle).iter_batches(batch_size=batch_rows, columns=columns):
             yield pa.Table.from_batches([batch]), first

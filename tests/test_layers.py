@@ -1,9 +1,10 @@
-"""The dependency rule, enforced: ``jobs -> pipeline/beam -> pipeline -> encoders -> heads``.
+"""The dependency rule, enforced: ``jobs -> pipeline/beam | pipeline/spark -> pipeline -> encoders -> heads``.
 
 Read from the source (every ``import`` statement, inside functions too, since a job imports its
 library where it runs): a module may import its own layer and the layers below it, never one
 above; no job imports another job (``jobs/cli.py`` gathers them; ``jobs/common.py``,
-``jobs/preflight.py`` and ``jobs/text_tables.py`` are shared helpers, which import no job);
+``jobs/preflight.py``, ``jobs/text_tables.py`` and ``jobs/engines.py`` are shared helpers, which import no job);
+the two engine adapters share a layer and neither imports the other; pyspark is imported in ``pipeline/spark`` only;
 Beam appears below ``pipeline/beam`` only as its FileSystems (in ``encoders/remote.py`` and in
 ``pipeline/``); package ``__init__`` files import nothing heavy; and no import circle exists.
 """
@@ -16,7 +17,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("heads", "encoders", "pipeline", "jobs")
-LAYERS = {"heads": 0, "encoders": 1, "pipeline": 2, "pipeline.beam": 3, "jobs": 4}
+LAYERS = {"heads": 0, "encoders": 1, "pipeline": 2, "pipeline.beam": 3, "pipeline.spark": 3, "jobs": 4}
+ADAPTERS = ("pipeline.beam", "pipeline.spark")
 BEAM_FILESYSTEMS = ("apache_beam.io.filesystems", "apache_beam.io.filesystem")
 HEAVY = ("torch", "transformers", "apache_beam", "safetensors")
 
@@ -27,8 +29,9 @@ def module_name(path: Path) -> str:
 
 
 def layer_of(module: str) -> str | None:
-    if module == "pipeline.beam" or module.startswith("pipeline.beam."):
-        return "pipeline.beam"
+    for adapter in ADAPTERS:
+        if module == adapter or module.startswith(adapter + "."):
+            return adapter
     top = module.split(".")[0]
     return top if top in LAYERS else None
 
@@ -76,7 +79,7 @@ def test_no_layer_imports_a_layer_above_it():
 
 
 # What every job shares: not jobs themselves, and they import no job.
-JOB_HELPERS = ("jobs", "jobs.common", "jobs.preflight", "jobs.text_tables")
+JOB_HELPERS = ("jobs", "jobs.common", "jobs.preflight", "jobs.text_tables", "jobs.engines")
 
 
 def test_no_job_imports_another_job():
@@ -109,7 +112,37 @@ def test_beam_below_pipeline_beam_is_only_its_filesystems():
     assert problems == []
 
 
-@pytest.mark.parametrize("package", ["encoders", "pipeline", "pipeline.beam", "jobs"])
+def adapter_problems() -> list[str]:
+    """An engine adapter importing the other one, or pyspark imported outside pipeline/spark."""
+    problems = []
+    for path in SOURCES:
+        importer = module_name(path)
+        for imported, line in imports_of(path):
+            if imported.split(".")[0] == "pyspark" and layer_of(importer) != "pipeline.spark":
+                problems.append(f"{importer}:{line} imports {imported} (pyspark belongs in pipeline/spark)")
+            target = layer_of(imported)
+            if target in ADAPTERS and layer_of(importer) in ADAPTERS and target != layer_of(importer):
+                problems.append(f"{importer}:{line} imports {imported} (engine adapters do not import each other)")
+    return problems
+
+
+def test_engine_adapters_stay_apart_and_pyspark_stays_in_its_adapter():
+    assert adapter_problems() == []
+
+
+def test_the_adapter_rule_catches_a_crossing_import(monkeypatch):
+    fake = ROOT / "pipeline" / "spark" / "score.py"
+    original = imports_of
+
+    def crossing(path, top_level_only=False):
+        found = original(path, top_level_only)
+        return found + [("pipeline.beam.score", 1)] if path == fake else found
+    monkeypatch.setitem(globals(), "imports_of", crossing)
+    assert adapter_problems() == ["pipeline.spark.score:1 imports pipeline.beam.score "
+                                  "(engine adapters do not import each other)"]
+
+
+@pytest.mark.parametrize("package", ["encoders", "pipeline", "pipeline.beam", "pipeline.spark", "jobs"])
 def test_package_inits_are_light(package):
     """heads/__init__.py is the head registry itself (torch), and stays as it is."""
     init = ROOT / Path(*package.split(".")) / "__init__.py"

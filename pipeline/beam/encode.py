@@ -19,7 +19,8 @@ from pipeline.beam.models import EncoderHandler, acquire
 from pipeline.beam.batching import SortWindowDoFn
 from pipeline.dead_letters import DeadLetter
 from pipeline.readers import InputFile, SourcedRow, read_rows
-from pipeline.store import StoreLayout, encode_token_block
+from pipeline.models import encode_unique_texts
+from pipeline.store import StoreLayout
 from pipeline.text_checks import TextColumns, UniqueText, extract_text, resolve_id
 from pipeline.text_ids import text_id
 
@@ -161,7 +162,6 @@ class _EncodeTextsDoFn(SortWindowDoFn):
         super().__init__(settings.sort_window)
         self._settings = settings
         self._layout = layout
-        self._schema = layout.schema()
         # The side's encoder, loaded once per worker process (pipeline/beam/models.py).
         self._handler = EncoderHandler(settings.model_dir, settings.side, settings.device)
         self._shared = shared.Shared()
@@ -169,37 +169,13 @@ class _EncodeTextsDoFn(SortWindowDoFn):
         self.truncated = counter("texts_truncated", prefix)
 
     def setup(self):
-        from encoders.inference import length_order
-
-        self._length_order = length_order
         self._model = acquire(self._shared, self._handler.load_model, self._handler.tag)
 
     def flush(self, texts: list[UniqueText]) -> pa.Table:
-        model, encoder = self._model, self._model.encoder
-        with model.lock:
-            tokenized = encoder.tokenize([t.text for t in texts])
-        columns: dict[str, list] = {name: [] for name in self._schema.names}
-        for batch_index in self._length_order(tokenized, self._settings.batch_size):
-            batch = encoder.collate([tokenized[i] for i in batch_index]).to(model.device)
-            encoded = self._handler.run_inference(batch, model)
-            token_bytes, scales = encode_token_block(encoded.tokens.float().cpu().numpy(), self._layout.dtype)
-            pooled = (encoded.pooled.float().cpu().numpy().astype("<f2") if encoded.pooled is not None else None)
-            for position, i in enumerate(batch_index):
-                unique, tok = texts[i], tokenized[i]
-                self.encoded.inc()
-                if tok.truncated:
-                    self.truncated.inc()
-                for id_ in unique.ids:  # ids sharing a text share its embedding
-                    columns["id"].append(id_)
-                    columns["text_hash"].append(text_id(unique.text))
-                    columns["num_tokens"].append(tok.num_tokens)
-                    columns["truncated"].append(tok.truncated)
-                    columns["tokens"].append(token_bytes[position])
-                    if scales is not None:
-                        columns["token_scale"].append(float(scales[position]))
-                    if pooled is not None:
-                        columns["pooled"].append(pooled[position].tobytes())
-        return pa.Table.from_pydict(columns, schema=self._schema)
+        result = encode_unique_texts(self._handler, self._model, texts, self._layout, self._settings.batch_size)
+        self.encoded.inc(result.encoded)
+        self.truncated.inc(result.truncated)
+        return result.table
 
 
 class EncodeTexts(beam.PTransform):

@@ -172,7 +172,7 @@ def load_labeling_teacher(settings: LabelSettings):
     """The teacher as the job runs it (``--max-length`` applied), checked against the fingerprint
     taken when the job started, so every worker labels with the very same model."""
     from encoders.teacher import load_teacher
-    from pipeline.beam.models import pinned_model_load
+    from pipeline.models import pinned_model_load
     from pipeline.errors import InputChanged
 
     with pinned_model_load():

@@ -36,10 +36,10 @@ from pipeline.dead_letters import DeadLetter
 from pipeline.beam.counters import counter, dead_letter_counter, worker_counter
 from pipeline.beam.encode import DEAD_LETTER_TAG, EncodeSettings, EncodeTexts
 from pipeline.beam.models import HeadHandler
-from pipeline.readers import InputFile, ReadSlice, read_parquet_slice, read_row_batches, read_slices
+from pipeline.pair_reading import read_prepared
+from pipeline.readers import InputFile, ReadSlice, read_slices
 from pipeline.scoring_core import (PairColumns, StoreLookup, id_hashes, missing_letters,
-                                   partition, prepare_pairs, score_pairs, score_table, store_columns,
-                                   table_from_rows)
+                                   partition, score_pairs, score_table, store_columns)
 from pipeline.errors import InputChanged
 from pipeline.stderr import quiet_refusal_logs
 from pipeline.store import PartChanged, PartPin, StoreLayout, check_finite, read_pinned_part
@@ -69,27 +69,15 @@ class _ReadPairBatchesDoFn(beam.DoFn):
         self._worker_read = worker_counter("read")
 
     def process(self, piece: ReadSlice) -> Iterator:
-        file = piece.file
-        index = self._file_index[file.path]
-        if file.format == "parquet":
-            for part in read_parquet_slice(piece, self._columns.needed(), self._batch_rows):
-                self.rows_read.inc(part.batch.num_rows)
-                self._worker_read.inc(part.batch.num_rows)
-                yield from self._emit(prepare_pairs(pa.Table.from_batches([part.batch]), self._columns, self._kept,
-                                                    index, part.positions, file.path, part.originals))
-            return
-        for item in read_row_batches(file, self._batch_rows):
+        index = self._file_index[piece.file.path]
+        for rows, item in read_prepared(piece, self._columns, self._kept, index, self._batch_rows):
+            self.rows_read.inc(rows)
             if isinstance(item, DeadLetter):
-                self.rows_read.inc()
                 dead_letter_counter(item.reason, PAIRS).inc()
                 yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, item)
                 continue
-            self.rows_read.inc(len(item.rows))
-            self._worker_read.inc(len(item.rows))
-            converted = table_from_rows(item.rows, self._columns, self._kept)
-            yield from self._emit(prepare_pairs(
-                converted.table, self._columns, self._kept, index, np.asarray(item.lines, np.int64), file.path,
-                lambda rows, item=item: [item.rows[r] for r in rows], converted.non_string, converted.misfit))
+            self._worker_read.inc(rows)
+            yield from self._emit(item)
 
     @staticmethod
     def _emit(prepared) -> Iterator:

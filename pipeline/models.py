@@ -1,0 +1,158 @@
+"""The student's model handlers, engine-free: how any worker (a Beam DoFn, a Spark task) loads the
+student once and runs it on a batch.
+
+Shaped like Beam's ``ModelHandler`` (``apache_beam/ml/inference/base.py``): a handler is a small
+picklable description of a model; ``load_model()`` builds what a worker needs and
+``run_inference(batch, model)`` runs it on one batch. Each engine keeps one loaded model per worker
+process (``pipeline/beam/models.py``: ``shared.Shared``; ``pipeline/spark/workers.py``: a
+process-wide cache).
+
+* :class:`EncoderHandler` -- stage one: one side's encoder (tokenizer, K layers, projection) of
+  the student checkpoint, or of the zero-training baseline; :func:`encode_unique_texts` turns a
+  window of texts into store rows with it.
+* :class:`HeadHandler` -- stage two: the head alone (``encoders.checkpoint.load_head``): a
+  scoring worker never reads the encoder's weights.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+from dataclasses import dataclass
+from typing import Any, Iterator, NamedTuple, Sequence
+
+import pyarrow as pa
+
+from encoders.file_fingerprint import ModelChanged
+from pipeline.errors import InputChanged
+from pipeline.stderr import quiet_refusal_logs
+from pipeline.store import StoreLayout, encode_token_block
+from pipeline.text_checks import UniqueText
+from pipeline.text_ids import text_id
+
+
+@contextlib.contextmanager
+def pinned_model_load() -> Iterator[None]:
+    """Around a worker's model load: a model directory that differs from the pin the launching
+    process took (``encoders.remote.pin_model_dir``; ModelChanged, naming the file) stops the run
+    as an input that changed mid-run (``InputChanged``: exit 3, nothing committed)."""
+    try:
+        yield
+    except ModelChanged as err:
+        quiet_refusal_logs(raising=True)   # the launcher prints the one line; the engine need not log it too
+        raise InputChanged(str(err)) from None
+
+
+class LoadedEncoder:
+    """A side encoder shared by the DoFn threads of a worker process. Its forward pass may run
+    in several threads at once; its (Rust) tokenizer may not, hence ``lock``."""
+
+    def __init__(self, encoder, device: str):
+        self.encoder = encoder
+        self.device = device
+        self.lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class EncoderHandler:
+    """Stage one's model: ``side``'s encoder of the student at ``model_dir`` (None: the baseline)."""
+    model_dir: str | None
+    side: str
+    device: str = "auto"
+
+    @property
+    def tag(self) -> str:
+        return f"encoder:{self.model_dir}:{self.side}:{self.device}"
+
+    def load_model(self) -> LoadedEncoder:
+        from encoders.checkpoint import load_or_build_student
+        from encoders.config import baseline_config
+        from encoders.device import pick_device
+
+        device = pick_device(self.device)
+        with pinned_model_load():
+            student = load_or_build_student(self.model_dir, baseline_config())
+        return LoadedEncoder(student.encoder.side(self.side).to(device).eval(), device)
+
+    def run_inference(self, batch, model: LoadedEncoder):
+        """A TokenizedBatch (on the model's device) -> EncodedSide: tokens (B, N, D), mask (B, N),
+        pooled (B, H) or None; in inference mode and, on GPU, the store's float16
+        (encoders/device.py: float16 stores lose nothing to it)."""
+        import torch
+        from encoders.device import autocast
+
+        with torch.inference_mode(), autocast(model.device, store=True):
+            return model.encoder(batch.input_ids, batch.attention_mask)
+
+
+@dataclass(frozen=True)
+class HeadHandler:
+    """Stage two's model: the head of the student at ``model_dir`` (None: the baseline's) as a
+    ``HeadScorer`` on ``device``, ``batch_size`` pairs per head call, ``threads`` torch threads."""
+    model_dir: str | None
+    device: str = "auto"
+    batch_size: int = 8192
+    threads: int | None = None
+
+    @property
+    def tag(self) -> str:
+        return f"head:{self.model_dir}:{self.device}:{self.batch_size}:{self.threads}"
+
+    def load_model(self):
+        import torch
+        from encoders.checkpoint import load_head
+        from encoders.device import pick_device
+        from pipeline.scoring_core import HeadScorer
+
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        device = pick_device(self.device)
+        with pinned_model_load():
+            head = load_head(self.model_dir)
+        return HeadScorer(head.to(device).eval(), device, self.batch_size)
+
+    def run_inference(self, batch: tuple[Any, Any], model) -> tuple[Any, Any]:
+        """(left SideArrays, right SideArrays) of B pairs -> (scores (B,), probs (B, K) or None)."""
+        return model.score(*batch)
+
+
+class EncodedTexts(NamedTuple):
+    """Store rows of a window of texts: ``table`` (one row per id, the store's schema),
+    ``encoded`` (texts run through the encoder), ``truncated`` (of those, cut at max length)."""
+    table: pa.Table
+    encoded: int
+    truncated: int
+
+
+def encode_unique_texts(handler: EncoderHandler, model: LoadedEncoder, texts: Sequence[UniqueText],
+                        layout: StoreLayout, batch_size: int) -> EncodedTexts:
+    """A window of texts -> their store rows. Texts are tokenized together, sorted by token count
+    and cut into batches of ``batch_size``, so each batch pads only to its own longest text (this
+    is where length batching pays); ids sharing a text share its embedding."""
+    from encoders.inference import length_order
+
+    encoder = model.encoder
+    schema = layout.schema()
+    with model.lock:
+        tokenized = encoder.tokenize([t.text for t in texts])
+    columns: dict[str, list] = {name: [] for name in schema.names}
+    encoded = truncated = 0
+    for batch_index in length_order(tokenized, batch_size):
+        batch = encoder.collate([tokenized[i] for i in batch_index]).to(model.device)
+        out = handler.run_inference(batch, model)
+        token_bytes, scales = encode_token_block(out.tokens.float().cpu().numpy(), layout.dtype)
+        pooled = out.pooled.float().cpu().numpy().astype("<f2") if out.pooled is not None else None
+        for position, i in enumerate(batch_index):
+            unique, tok = texts[i], tokenized[i]
+            encoded += 1
+            truncated += bool(tok.truncated)
+            for id_ in unique.ids:
+                columns["id"].append(id_)
+                columns["text_hash"].append(text_id(unique.text))
+                columns["num_tokens"].append(tok.num_tokens)
+                columns["truncated"].append(tok.truncated)
+                columns["tokens"].append(token_bytes[position])
+                if scales is not None:
+                    columns["token_scale"].append(float(scales[position]))
+                if pooled is not None:
+                    columns["pooled"].append(pooled[position].tobytes())
+    return EncodedTexts(pa.Table.from_pydict(columns, schema=schema), encoded, truncated)
