@@ -175,9 +175,12 @@ class _WriteScored:
         yield tasks.result_batch(results)
 
 
-def write_scores(scored: ScoredFrame, output: str, *, overwrite: bool = False):
+def write_scores(scored: ScoredFrame, output: str, *, overwrite: bool = False, max_dead_letter_fraction: float = 0.1):
     """Evaluate ``scored`` once and commit ``output`` as ``score_pairs`` does: ``scores/``,
-    ``_dead_letter/``, ``_SUMMARY.json`` with reconciled counts, ``_SUCCESS``. Returns the RunSummary."""
+    ``_dead_letter/``, ``_SUMMARY.json`` with reconciled counts, ``_SUCCESS``. Returns the RunSummary.
+    More dead letters than ``max_dead_letter_fraction`` of the pairs (or every pair dead): nothing
+    is committed (``pipeline.errors.DeadLetterLimit``), as with ``--max-dead-letter-fraction``."""
+    from pipeline.dead_letters import check_dead_letter_limit
     from pipeline.outputs import DEAD_LETTER_DIR, abort_output_on_failure, open_output
     from pipeline.summary import RunSummary
 
@@ -203,6 +206,8 @@ def write_scores(scored: ScoredFrame, output: str, *, overwrite: bool = False):
             reconciliation=(f"pairs read {counts['pairs_read']:,} = scored {counts['pairs_scored']:,} + "
                             f"dead-lettered {counts['pairs_dead_lettered']:,}"),
             notes=["written by pipeline.spark.api.write_scores from a DataFrame of pairs"])
+        check_dead_letter_limit(counts["pairs_read"], counts["pairs_dead_lettered"], dead, max_dead_letter_fraction,
+                                summary.reconciliation)
         out.commit(summary)
         return summary
     return write()

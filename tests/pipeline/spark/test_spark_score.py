@@ -68,8 +68,8 @@ def assert_same_output(beam: Path, spark: Path) -> None:
 
 def both(tmp: Path, name: str, spark, **flags) -> tuple[Path, Path]:
     outputs = (tmp / f"{name}-beam", tmp / f"{name}-spark")
-    run(ScorePairsJob(output=str(outputs[0]), **flags), [], argv=[])
-    run(ScorePairsJob(output=str(outputs[1]), engine="spark", **flags), [], argv=[])
+    run(ScorePairsJob(max_dead_letter_fraction=1.0, output=str(outputs[0]), **flags), [], argv=[])
+    run(ScorePairsJob(max_dead_letter_fraction=1.0, output=str(outputs[1]), engine="spark", **flags), [], argv=[])
     return outputs
 
 
@@ -134,7 +134,7 @@ def test_ids_mode_with_integer_and_unicode_ids_gives_what_beam_gives(tmp_path, s
     assert sorted(sorted_scores(spark_out).column("left_id").to_pylist()) == ["1", "2", "5"]
     # The bucketed join: each task loads only its buckets' store rows; the same output.
     bucketed = tmp_path / "ids-spark-bucketed"
-    run(ScorePairsJob(output=str(bucketed), engine="spark", join="shuffle", pairs=(str(pairs),), model_dir=str(model),
+    run(ScorePairsJob(max_dead_letter_fraction=1.0, output=str(bucketed), engine="spark", join="shuffle", pairs=(str(pairs),), model_dir=str(model),
                       left_id_col="q", right_id_col="p", left_texts=(str(left),), right_texts=(str(right),),
                       keep_cols=("w",)), [], argv=[])
     assert_same_output(beam, bucketed)
@@ -143,7 +143,7 @@ def test_ids_mode_with_integer_and_unicode_ids_gives_what_beam_gives(tmp_path, s
 def test_the_bucketed_join_gives_what_the_broadcast_join_gives(tmp_path, spark, student, text_runs, text_pairs):
     beam, _ = text_runs
     bucketed = tmp_path / "bucketed"
-    summary_ = run(ScorePairsJob(pairs=(str(text_pairs),), output=str(bucketed), model_dir=student, keep_cols=("rank",),
+    summary_ = run(ScorePairsJob(max_dead_letter_fraction=1.0, pairs=(str(text_pairs),), output=str(bucketed), model_dir=student, keep_cols=("rank",),
                                  engine="spark", join="shuffle"), [], argv=[])
     assert summary_.notes[0].startswith("join: shuffle")
     assert_same_output(beam, bucketed)
@@ -165,16 +165,16 @@ def test_a_store_written_by_beam_is_reused_by_spark_and_the_reverse(tmp_path, sp
                     encoding="utf-8")
     flags = dict(pairs=(str(more),), model_dir=student, keep_cols=("rank",))
     from_beam = tmp_path / "spark-from-beam-store"
-    run(ScorePairsJob(output=str(from_beam), store=str(beam / "store"), engine="spark", **flags), [], argv=[])
+    run(ScorePairsJob(max_dead_letter_fraction=1.0, output=str(from_beam), store=str(beam / "store"), engine="spark", **flags), [], argv=[])
     reference = tmp_path / "beam-from-beam-store"
-    run(ScorePairsJob(output=str(reference), store=str(beam / "store"), **flags), [], argv=[])
+    run(ScorePairsJob(max_dead_letter_fraction=1.0, output=str(reference), store=str(beam / "store"), **flags), [], argv=[])
     assert_same_output(reference, from_beam)
     counts = summary(from_beam)["counts"]
     assert (counts["left_texts_encoded"], counts["right_texts_encoded"]) == (1, 1)
     assert counts["left_texts_reused"] == summary(beam)["counts"]["left_texts_encoded"]
 
     from_spark = tmp_path / "beam-from-spark-store"
-    run(ScorePairsJob(output=str(from_spark), store=str(spark_out / "store"), **flags), [], argv=[])
+    run(ScorePairsJob(max_dead_letter_fraction=1.0, output=str(from_spark), store=str(spark_out / "store"), **flags), [], argv=[])
     assert summary(from_spark)["counts"]["left_texts_reused"] == summary(spark_out)["counts"]["left_texts_encoded"]
     assert_same_output(reference, from_spark)
 
@@ -188,11 +188,11 @@ def test_a_task_that_fails_once_is_retried_without_duplicates_or_gaps(tmp_path, 
     monkeypatch.setenv(FAIL_ONCE_ENV, str(marker))
     flags = dict(pairs=(str(first), str(second)), model_dir=student)
     retried = tmp_path / "retried"
-    run(ScorePairsJob(output=str(retried), engine="spark", **flags), [], argv=[])
+    run(ScorePairsJob(max_dead_letter_fraction=1.0, output=str(retried), engine="spark", **flags), [], argv=[])
     assert marker.exists()                              # the fault happened, after the attempt wrote its files
     monkeypatch.delenv(FAIL_ONCE_ENV)
     reference = tmp_path / "beam"
-    run(ScorePairsJob(output=str(reference), **flags), [], argv=[])
+    run(ScorePairsJob(max_dead_letter_fraction=1.0, output=str(reference), **flags), [], argv=[])
     assert_same_output(reference, retried)
     assert len(list((retried / "scores").glob("part-*.parquet"))) == 2   # the failed attempt's file is gone
     assert summary(retried)["counts"]["rows_written"] == 24
@@ -228,7 +228,7 @@ def test_encode_texts_on_spark_writes_the_store_beam_writes(tmp_path, spark, stu
     outputs = {}
     for engine in ("beam", "spark"):
         outputs[engine] = tmp_path / engine
-        encode(EncodeTextsJob(inputs=(str(source),), output=str(outputs[engine]), id_col=id_col, side="right",
+        encode(EncodeTextsJob(max_dead_letter_fraction=1.0, inputs=(str(source),), output=str(outputs[engine]), id_col=id_col, side="right",
                               model_dir=student, engine=engine), [], argv=[])
     beam, spark_out = outputs["beam"], outputs["spark"]
     assert summary(spark_out)["counts"] == summary(beam)["counts"]
