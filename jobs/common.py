@@ -76,6 +76,14 @@ def device_option(help: str = "Where models run; auto = CUDA when present (mixed
     return click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, help=help)
 
 
+def torch_threads_option(command: Callable) -> Callable:
+    """--torch-threads: torch threads per worker process, over the automatic sizing (encoders/threads.py)."""
+    return click.option("--torch-threads", type=click.IntRange(min=1), default=None, metavar="N",
+                        help="Torch threads per worker process. Default: the slot's CPUs where the engine "
+                             "says (Spark's task CPUs; 1 per Dataflow SDK process), else this process's share "
+                             "of the CPUs it may run on (taskset/cpuset) among the local worker processes.")(command)
+
+
 def stall_option(command: Callable) -> Callable:
     """--stall-timeout: how long a Beam job waits for workers that never start (pipeline/beam/watchdog.py)."""
     return click.option("--stall-timeout", type=click.FloatRange(min=0), default=300.0, show_default=True,
@@ -141,9 +149,20 @@ def main_module(name: str) -> None:
     """
     if sys.path and os.path.abspath(sys.path[0] or os.curdir) != PACKAGE_ROOT:
         sys.path.append(sys.path.pop(0))
+    quiet_idle_threads()
     shield_beam_workers()
     count_from_process_start()
     importlib.import_module(f"jobs.{name}").main.main(prog_name=f"python -m jobs.{name}")
+
+
+def quiet_idle_threads() -> None:
+    """Idle OpenMP threads sleep instead of spinning: ``OMP_WAIT_POLICY=PASSIVE`` unless the user
+    set a policy. OpenMP reads it once, when torch loads it, so this runs at the command-line entry
+    before anything imports torch; Beam's worker processes inherit it. With the default (active)
+    policy each thread spins for a while after every parallel region, which costs little on an
+    idle machine and a great deal where processes share cores (a teacher run crawled at 4 pairs/s
+    until this was set: docs/teacher.md)."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def shield_beam_workers() -> None:

@@ -13,7 +13,8 @@ import click
 
 from jobs.common import (ARGV_KEY, BEAM_EPILOG, BEAM_JOB_CONTEXT, DTYPES, FORMATS, abort_output_on_failure,
                          beam_args_for_run, device_option, JobCommand, main_module, output_option, overwrite_option,
-                         preflight, run_job, run_options, run_started, stall_option)
+                         preflight, run_job, run_options, run_started, stall_option,
+                         torch_threads_option)
 
 if TYPE_CHECKING:  # annotations only: the imports run inside the functions
     from pipeline.summary import RunSummary
@@ -36,6 +37,7 @@ class EncodeTextsJob:
     batch_size: int = 128
     dtype: str = "float16"
     device: str = "auto"
+    torch_threads: int | None = None
 
 
 # --------------------------------------------------------------------------- the command line
@@ -62,6 +64,7 @@ class EncodeTextsJob:
 @click.option("--dtype", type=click.Choice(DTYPES), default="float16", show_default=True,
               help="Embedding storage: float16, or int8 with a per-row scale (half the bytes).")
 @device_option("Where the encoder runs; auto = CUDA when present (with mixed precision).")
+@torch_threads_option
 @stall_option
 @run_options
 @click.pass_context
@@ -86,7 +89,7 @@ def run(job: EncodeTextsJob, beam_args: list[str], argv: list[str] | None = None
     from encoders.device import pick_device
     from pipeline.beam.counters import read_counters, split_dead_letters
     from pipeline.beam.encode import DEAD_LETTER_TAG, DedupeTexts, EncodeSettings, EncodeTexts, ReadRows
-    from pipeline.beam.runner import make_pipeline, validate_beam_args
+    from pipeline.beam.runner import make_pipeline, thread_plan, validate_beam_args
     from pipeline.beam.writes import WriteDeadLetters, WriteStore
     from pipeline.outputs import open_output
     from pipeline.readers import check_columns, expand_inputs, worker_path
@@ -113,7 +116,8 @@ def run(job: EncodeTextsJob, beam_args: list[str], argv: list[str] | None = None
     read = pipeline | "ReadRows" >> ReadRows(files)
     deduped = read.rows | "DedupeTexts" >> DedupeTexts(columns)
     settings = EncodeSettings(model_dir=job.model_dir, side=job.side, batch_size=job.batch_size,
-                              dtype=job.dtype, device=job.device)
+                              dtype=job.dtype, device=job.device,
+                              threads=thread_plan(beam_args, job.torch_threads))
     (deduped["unique"]
      | "EncodeTexts" >> EncodeTexts(settings, layout)
      | "WriteStore" >> WriteStore(out.staged(), layout, provenance))

@@ -16,7 +16,8 @@ import click
 
 from jobs.common import (ARGV_KEY, BEAM_EPILOG, BEAM_JOB_CONTEXT, DTYPES, FORMATS, abort_output_on_failure,
                          beam_args_for_run, device_option, JobCommand, main_module, output_option, overwrite_option,
-                         preflight, run_job, run_options, run_started, split_list, stall_option)
+                         preflight, run_job, run_options, run_started, split_list, stall_option,
+                         torch_threads_option)
 
 if TYPE_CHECKING:  # annotations only: the imports run inside the functions
     import pyarrow as pa
@@ -61,6 +62,7 @@ class ScorePairsJob:
     dtype: str = "float16"
     device: str = "auto"
     accelerator: str | None = None
+    torch_threads: int | None = None
 
     @property
     def columns(self) -> PairColumns:
@@ -211,6 +213,7 @@ def shuffle_buckets(store_bytes: int, pair_rows: int) -> int:
 @click.option("--accelerator", default=None, metavar="HINT",
               help="Beam resource hint for the scoring step, e.g. "
                    "'type:nvidia-l4;count:1;install-nvidia-driver' (Dataflow); the join stays on CPU workers.")
+@torch_threads_option
 @stall_option
 @run_options
 @click.pass_context
@@ -237,14 +240,13 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
     from encoders.device import pick_device
     from pipeline.beam.counters import read_counters, split_dead_letters
     from pipeline.beam.encode import DEAD_LETTER_TAG, DedupeTexts, EncodeSettings, ReadRows
-    from pipeline.beam.runner import is_local_runner, make_pipeline, validate_beam_args, worker_processes
+    from pipeline.beam.runner import is_local_runner, make_pipeline, thread_plan, validate_beam_args
     from pipeline.beam.score import (CompleteStore, DistinctPairTexts, PAIRS, ReadPairs, ScorePairs, ScoreSettings,
                                      dedupe_pair_chunks, read_store_tables)
     from pipeline.beam.writes import WriteDeadLetters, WriteStore
     from pipeline.outputs import open_output
     from pipeline.pairs import kept_fields
     from pipeline.readers import check_columns, count_input_rows, expand_inputs, worker_path
-    from pipeline.scoring_core import torch_threads_for
     from pipeline.store import (COMPRESSION, STORE_FILE_PREFIX, STORE_FILE_SUFFIX, count_rows, store_files,
                                 store_layout, write_manifest)
     from pipeline.summary import RunSummary
@@ -284,6 +286,7 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
 
     provenance = table_metadata(JOB_NAME, {"model": (student.fingerprint, job.model_dir or student.config.encoder)},
                                 score=score_meaning(job, student))
+    threads = thread_plan(beam_args, job.torch_threads)   # applied on each worker (encoders/threads.py)
     started = run_started()
     pipeline = make_pipeline(beam_args)
     read = pipeline | "ReadPairs" >> ReadPairs(pair_files, columns, chunk_size=job.batch_size, kept=kept,
@@ -304,7 +307,7 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
         old = (read_store_tables(pipeline, plan.existing_files, f"{label}Store") if plan.existing_files
                else pipeline | f"No{label}Store" >> beam.Create([]))
         settings = EncodeSettings(model_dir=job.model_dir, side=side, batch_size=job.encode_batch_size,
-                                  dtype=plan.layout.dtype, device=job.device)
+                                  dtype=plan.layout.dtype, device=job.device, threads=threads)
         side_tables[side] = unique | f"Complete{label}Store" >> CompleteStore(settings, plan.layout, old, f"{side}.")
         side_tables[side] | f"Write{label}Store" >> WriteStore(out.staged(plan.output), plan.layout, provenance)
 
@@ -312,8 +315,7 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
                                    right_layout=plans["right"].layout, output_schema=schema, keep=job.keep_cols,
                                    batch_size=job.batch_size, device=job.device, columns=columns,
                                    pair_paths=tuple(f.path for f in pair_files),
-                                   threads=(torch_threads_for(processes) if (processes := worker_processes(beam_args))
-                                            else None),
+                                   threads=threads,
                                    buckets=buckets)
     scored = pairs | "ScorePairs" >> ScorePairs(score_settings, join, side_tables["left"], side_tables["right"],
                                                   job.accelerator)

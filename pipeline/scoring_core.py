@@ -28,7 +28,6 @@ H pooled size, C head outputs.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -553,11 +552,6 @@ class HeadScorer:
             if probs is not None:
                 probs[part] = prob.float().cpu().numpy()
         return scores, probs
-
-
-def torch_threads_for(processes: int) -> int:
-    """The torch threads one of ``processes`` worker processes on this machine should use."""
-    return max(1, (os.cpu_count() or 1) // max(1, processes))
 
 
 # --------------------------------------------------------------------------- scoring

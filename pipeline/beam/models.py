@@ -24,6 +24,8 @@ from typing import Any, Callable
 
 from apache_beam.utils import shared
 
+from encoders.threads import ThreadPlan
+
 
 class LoadedEncoder:
     """A side encoder shared by the DoFn threads of a worker process. Its forward pass may run
@@ -41,16 +43,18 @@ class EncoderHandler:
     model_dir: str | None
     side: str
     device: str = "auto"
+    threads: ThreadPlan = ThreadPlan()
 
     @property
     def tag(self) -> str:
-        return f"encoder:{self.model_dir}:{self.side}:{self.device}"
+        return f"encoder:{self.model_dir}:{self.side}:{self.device}:{self.threads}"
 
     def load_model(self) -> LoadedEncoder:
         from encoders.checkpoint import load_or_build_student
         from encoders.config import baseline_config
         from encoders.device import pick_device
 
+        self.threads.apply()
         device = pick_device(self.device)
         student = load_or_build_student(self.model_dir, baseline_config())
         return LoadedEncoder(student.encoder.side(self.side).to(device).eval(), device)
@@ -69,24 +73,22 @@ class EncoderHandler:
 @dataclass(frozen=True)
 class HeadHandler:
     """Stage two's model: the head of the student at ``model_dir`` (None: the baseline's) as a
-    ``HeadScorer`` on ``device``, ``batch_size`` pairs per head call, ``threads`` torch threads."""
+    ``HeadScorer`` on ``device``, ``batch_size`` pairs per head call, torch threads by ``threads``."""
     model_dir: str | None
     device: str = "auto"
     batch_size: int = 8192
-    threads: int | None = None
+    threads: ThreadPlan = ThreadPlan()
 
     @property
     def tag(self) -> str:
         return f"head:{self.model_dir}:{self.device}:{self.batch_size}:{self.threads}"
 
     def load_model(self):
-        import torch
         from encoders.checkpoint import load_head
         from encoders.device import pick_device
         from pipeline.scoring_core import HeadScorer
 
-        if self.threads:
-            torch.set_num_threads(self.threads)
+        self.threads.apply()
         device = pick_device(self.device)
         return HeadScorer(load_head(self.model_dir).to(device).eval(), device, self.batch_size)
 

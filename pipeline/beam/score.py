@@ -34,8 +34,9 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.utils import shared
 
+from encoders.threads import ThreadPlan
 from pipeline.dead_letters import DeadLetter
-from pipeline.beam.counters import counter, dead_letter_counter, worker_counter
+from pipeline.beam.counters import counter, dead_letter_counter, report_threads, worker_counter
 from pipeline.beam.encode import DEAD_LETTER_TAG, EncodeSettings, EncodeTexts
 from pipeline.beam.models import HeadHandler
 from pipeline.readers import InputFile, ReadSlice, read_parquet_slice, read_row_batches, read_slices
@@ -290,7 +291,7 @@ class ScoreSettings:
     """How the head runs. ``model_dir`` None = the zero-training baseline.
 
     columns / pair_paths: what the pairs are and the files they came from (dead letters' sources);
-    threads: torch threads per worker process (None: torch's default); buckets: partitions of the
+    threads: how a worker process sizes its torch threads (encoders/threads.py); buckets: partitions of the
     shuffle join; run_token: tells this pipeline's per-process objects from another run's.
     """
     model_dir: str | None
@@ -302,7 +303,7 @@ class ScoreSettings:
     device: str = "auto"
     columns: PairColumns = PairColumns()
     pair_paths: tuple[str, ...] = ()
-    threads: int | None = None
+    threads: ThreadPlan = ThreadPlan()
     buckets: int = 64
     run_token: str = field(default_factory=lambda: uuid.uuid4().hex)
 
@@ -351,6 +352,7 @@ class _ScoreBroadcastDoFn(beam.DoFn):
         if scores.num_rows:
             self.scored.inc(scores.num_rows)
             self._worker_scored.inc(scores.num_rows)
+            report_threads("head")
             yield scores
 
 
@@ -418,6 +420,7 @@ class _ScoreJoinedDoFn(beam.DoFn):
                                                   side_arrays(pairs, settings.right_layout, "_right_"))
         self.scored.inc(pairs.num_rows)
         self._worker_scored.inc(pairs.num_rows)
+        report_threads("head")
         yield score_table(pairs, scores, probs, settings.output_schema)
 
 
