@@ -3,7 +3,7 @@
 Engine-agnostic on purpose: plain pyarrow, numpy and torch, no Beam. ``pipeline/beam/score.py`` wraps
 it in Beam transforms; another engine (Spark's ``mapInArrow``, Ray Data's ``map_batches``) can
 wrap the same functions. ``encoders/inference.py`` (and so ``jobs/evaluate``) runs the head
-through the same ``encoders.inference.run_head``, so there is one inference path.
+through the same ``encoders.device.run_head``, so there is one inference path.
 
 The path of one batch of P pairs, every step columnar (Python objects only for the rare bad rows):
 
@@ -497,7 +497,7 @@ class HeadScorer:
 
     def __init__(self, student, device: str = "cpu", batch_size: int = 8192):
         import torch
-        from encoders.inference import run_head  # torch: imported where a scorer is made, not with this module
+        from encoders.device import run_head  # torch: imported where a scorer is made, not with this module
         self.torch = torch
         self.run_head = run_head
         self.student = student
