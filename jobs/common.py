@@ -84,6 +84,19 @@ def torch_threads_option(command: Callable) -> Callable:
                              "of the CPUs it may run on (taskset/cpuset) among the local worker processes.")(command)
 
 
+HEAD_QUANTIZE = ("int8",)
+
+
+def head_speed_options(command: Callable) -> Callable:
+    """--compile and --head-quantize: opt-in speed-ups of the scoring head (pipeline/scoring_core.HeadScorer)."""
+    command = click.option("--head-quantize", type=click.Choice(HEAD_QUANTIZE), default=None,
+                           help="Run the head's linear layers in int8 (dynamic quantization; CPU only). "
+                                "Scores change by rounding: docs/benchmarks.md gives speed and differences.")(command)
+    return click.option("--compile", is_flag=True,
+                        help="Run the head through torch.compile (compiled once per worker process; "
+                             "pays off on long runs).")(command)
+
+
 def stall_option(command: Callable) -> Callable:
     """--stall-timeout: how long a Beam job waits for workers that never start (pipeline/beam/watchdog.py)."""
     return click.option("--stall-timeout", type=click.FloatRange(min=0), default=300.0, show_default=True,

@@ -17,7 +17,7 @@ import click
 from jobs.common import (ARGV_KEY, BEAM_EPILOG, BEAM_JOB_CONTEXT, DTYPES, FORMATS, abort_output_on_failure,
                          beam_args_for_run, device_option, JobCommand, main_module, output_option, overwrite_option,
                          preflight, run_job, run_options, run_started, split_list, stall_option,
-                         torch_threads_option)
+                         head_speed_options, torch_threads_option)
 
 if TYPE_CHECKING:  # annotations only: the imports run inside the functions
     import pyarrow as pa
@@ -63,6 +63,8 @@ class ScorePairsJob:
     device: str = "auto"
     accelerator: str | None = None
     torch_threads: int | None = None
+    compile: bool = False
+    head_quantize: str | None = None
 
     @property
     def columns(self) -> PairColumns:
@@ -213,6 +215,7 @@ def shuffle_buckets(store_bytes: int, pair_rows: int) -> int:
 @click.option("--accelerator", default=None, metavar="HINT",
               help="Beam resource hint for the scoring step, e.g. "
                    "'type:nvidia-l4;count:1;install-nvidia-driver' (Dataflow); the join stays on CPU workers.")
+@head_speed_options
 @torch_threads_option
 @stall_option
 @run_options
@@ -247,6 +250,7 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
     from pipeline.outputs import open_output
     from pipeline.pairs import kept_fields
     from pipeline.readers import check_columns, count_input_rows, expand_inputs, worker_path
+    from pipeline.scoring_core import head_option_refused
     from pipeline.store import (COMPRESSION, STORE_FILE_PREFIX, STORE_FILE_SUFFIX, count_rows, store_files,
                                 store_layout, write_manifest)
     from pipeline.summary import RunSummary
@@ -256,7 +260,9 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
     validate_beam_args(beam_args)
     job = replace(job, output=worker_path(job.output), model_dir=worker_path(job.model_dir),
                   store=worker_path(job.store))
-    pick_device(job.device)
+    refused = head_option_refused(pick_device(job.device), job.compile, job.head_quantize)
+    if refused:
+        raise ValueError(refused)
     columns = job.columns
     pair_files = expand_inputs(job.pairs, job.format)
     check_columns(pair_files, columns.required() + list(job.keep_cols))
@@ -315,7 +321,7 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
                                    right_layout=plans["right"].layout, output_schema=schema, keep=job.keep_cols,
                                    batch_size=job.batch_size, device=job.device, columns=columns,
                                    pair_paths=tuple(f.path for f in pair_files),
-                                   threads=threads,
+                                   threads=threads, compile=job.compile, quantize=job.head_quantize,
                                    buckets=buckets)
     scored = pairs | "ScorePairs" >> ScorePairs(score_settings, join, side_tables["left"], side_tables["right"],
                                                   job.accelerator)

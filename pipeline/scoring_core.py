@@ -493,9 +493,15 @@ class HeadScorer:
 
     On CUDA the gathered rows are copied from pinned host memory without blocking, in the
     stored dtype (half the bytes of float32), and converted on the device.
+
+    Opt-in speed-ups of the head (``score_pairs --compile``, ``--head-quantize int8``): ``compile``
+    runs it through ``torch.compile`` (the heads trace without a graph break); ``quantize="int8"``
+    replaces its linear layers by dynamically quantized int8 ones (CPU only). Both change scores
+    by rounding only (tests/heads/test_compile_quantize.py states the bounds).
     """
 
-    def __init__(self, student, device: str = "cpu", batch_size: int = 8192):
+    def __init__(self, student, device: str = "cpu", batch_size: int = 8192, *, compile: bool = False,
+                 quantize: str | None = None):
         import torch
         from encoders.device import run_head  # torch: imported where a scorer is made, not with this module
         self.torch = torch
@@ -507,6 +513,14 @@ class HeadScorer:
         # A head that never reads the token embeddings (the pooled-cos baseline) is given
         # placeholders of the right shape: its pairs cost no token gather, conversion or copy.
         self.reads_tokens = getattr(student.head, "reads_tokens", True)
+        refused = head_option_refused(device, compile, quantize)
+        if refused:
+            raise ValueError(refused)
+        if quantize == "int8":
+            from heads._common import quantize_int8
+            student.head = quantize_int8(student.head)
+        if compile:
+            student.head = torch.compile(student.head, dynamic=True)
 
     def _tensor(self, array: np.ndarray | None):
         if array is None:
@@ -552,6 +566,25 @@ class HeadScorer:
             if probs is not None:
                 probs[part] = prob.float().cpu().numpy()
         return scores, probs
+
+
+def head_option_refused(device: str, compile: bool, quantize: str | None) -> str | None:
+    """Why the head cannot run with these options on ``device`` ("cpu" or "cuda"), in one line,
+    or None. int8 dynamic quantization has CPU kernels only; torch.compile needs TorchDynamo's
+    support on this platform and Python."""
+    if quantize not in (None, "int8"):
+        return f"--head-quantize {quantize!r} is not allowed: choose int8"
+    if quantize == "int8" and device != "cpu":
+        return (f"--head-quantize int8 is not allowed on {device}: int8 dynamic quantization runs on the CPU only "
+                "(use --device cpu, or leave it out on a GPU)")
+    if compile and quantize:
+        return (f"--compile and --head-quantize {quantize} do not go together: torch.compile cannot trace "
+                "dynamically quantized layers; choose one")
+    if compile:
+        import torch._dynamo
+        if not torch._dynamo.is_dynamo_supported():
+            return "--compile is not allowed here: torch.compile does not support this platform or Python version"
+    return None
 
 
 # --------------------------------------------------------------------------- scoring

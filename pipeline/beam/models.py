@@ -78,10 +78,12 @@ class HeadHandler:
     device: str = "auto"
     batch_size: int = 8192
     threads: ThreadPlan = ThreadPlan()
+    compile: bool = False
+    quantize: str | None = None
 
     @property
     def tag(self) -> str:
-        return f"head:{self.model_dir}:{self.device}:{self.batch_size}:{self.threads}"
+        return f"head:{self.model_dir}:{self.device}:{self.batch_size}:{self.threads}:{self.compile}:{self.quantize}"
 
     def load_model(self):
         from encoders.checkpoint import load_head
@@ -90,7 +92,8 @@ class HeadHandler:
 
         self.threads.apply()
         device = pick_device(self.device)
-        return HeadScorer(load_head(self.model_dir).to(device).eval(), device, self.batch_size)
+        return HeadScorer(load_head(self.model_dir).to(device).eval(), device, self.batch_size,
+                          compile=self.compile, quantize=self.quantize)
 
     def run_inference(self, batch: tuple[Any, Any], model) -> tuple[Any, Any]:
         """(left SideArrays, right SideArrays) of B pairs -> (scores (B,), probs (B, K) or None)."""

@@ -291,7 +291,8 @@ class ScoreSettings:
     """How the head runs. ``model_dir`` None = the zero-training baseline.
 
     columns / pair_paths: what the pairs are and the files they came from (dead letters' sources);
-    threads: how a worker process sizes its torch threads (encoders/threads.py); buckets: partitions of the
+    threads: how a worker process sizes its torch threads (encoders/threads.py); compile / quantize:
+    the head's opt-in speed-ups (HeadScorer); buckets: partitions of the
     shuffle join; run_token: tells this pipeline's per-process objects from another run's.
     """
     model_dir: str | None
@@ -304,6 +305,8 @@ class ScoreSettings:
     columns: PairColumns = PairColumns()
     pair_paths: tuple[str, ...] = ()
     threads: ThreadPlan = ThreadPlan()
+    compile: bool = False
+    quantize: str | None = None
     buckets: int = 64
     run_token: str = field(default_factory=lambda: uuid.uuid4().hex)
 
@@ -315,7 +318,7 @@ class _Worker:
     def __init__(self, settings: ScoreSettings):
         # The head alone (pipeline/beam/models.py): a scoring worker never loads the encoder.
         self.scorer = HeadHandler(settings.model_dir, settings.device, settings.batch_size,
-                                  settings.threads).load_model()
+                                  settings.threads, settings.compile, settings.quantize).load_model()
         self._settings = settings
         self._lookups = None
         self._lock = threading.Lock()
