@@ -130,35 +130,45 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="4096,16384,65536", help="pairs per head call, comma-separated")
     parser.add_argument("--rows", type=int, default=100_000, help="rows of each store")
     parser.add_argument("--pairs", type=int, default=262_144, help="pairs of the end-to-end table")
+    parser.add_argument("--cpu", action="store_true",
+                        help="run the same measurements on the CPU (checks the script; not a GPU figure)")
     args = parser.parse_args()
     print(f"torch {torch.__version__}; dipair N={N} M={M} D={D} L=2 FFN 1024")
-    if not torch.cuda.is_available():
+    if args.cpu:
+        device = "cpu"
+    elif torch.cuda.is_available():
+        device = "cuda"
+        print(f"device: {torch.cuda.get_device_name(0)}")
+    else:
         print("GPU scoring: not measured (torch sees no CUDA device)")
         return
-    print(f"device: {torch.cuda.get_device_name(0)}")
+    from encoders.device import run_head
+
     sizes = [int(s) for s in args.batch_sizes.split(",")]
     table = pairs_table(args.pairs, args.rows)
     print(f"{'precision':<9} {'batch':>7} {'head':>12} {'e2e resident':>13} {'e2e host':>12} "
           f"{'resident/head':>14} {'host/head':>10}")
     for precision in ("fp32", "bf16"):
         mixed = precision == "bf16"
+        if mixed and device == "cpu":
+            continue   # autocast is CUDA's only (encoders/device.py)
         for size in sizes:
-            resident = build_core("cuda", size, args.rows, mixed_precision=mixed, resident=True)
-            host = build_core("cuda", size, args.rows, mixed_precision=mixed, resident=False)
-            from encoders.device import run_head
-            generator = torch.Generator(device="cuda").manual_seed(0)
-            left = (torch.randn(size, N, D, device="cuda", generator=generator),
-                    torch.ones(size, N, dtype=torch.bool, device="cuda"), None)
-            right = (torch.randn(size, M, D, device="cuda", generator=generator),
-                     torch.ones(size, M, dtype=torch.bool, device="cuda"), None)
-            head = rate(lambda: run_head(resident.student, left, right, "cuda", mixed_precision=mixed),
-                        size, args.seconds, "cuda")
-            on_device = rate(lambda: resident.score_batch(table), table.num_rows, args.seconds, "cuda")
-            copied = rate(lambda: host.score_batch(table), table.num_rows, args.seconds, "cuda")
+            resident = build_core(device, size, args.rows, mixed_precision=mixed, resident=True)
+            host = build_core(device, size, args.rows, mixed_precision=mixed, resident=False)
+            generator = torch.Generator(device=device).manual_seed(0)
+            left = (torch.randn(size, N, D, device=device, generator=generator),
+                    torch.ones(size, N, dtype=torch.bool, device=device), None)
+            right = (torch.randn(size, M, D, device=device, generator=generator),
+                     torch.ones(size, M, dtype=torch.bool, device=device), None)
+            head = rate(lambda: run_head(resident.student, left, right, device, mixed_precision=mixed),
+                        size, args.seconds, device)
+            on_device = rate(lambda: resident.score_batch(table), table.num_rows, args.seconds, device)
+            copied = rate(lambda: host.score_batch(table), table.num_rows, args.seconds, device)
             print(f"{precision:<9} {size:>7} {head:>12,.0f} {on_device:>13,.0f} {copied:>12,.0f} "
                   f"{on_device / head:>13.2f}x {copied / head:>9.2f}x", flush=True)
             del resident, host
-            torch.cuda.empty_cache()
+            if device == "cuda":
+                torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

@@ -60,10 +60,11 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def run_head(student, left: tuple, right: tuple, device: str) -> torch.Tensor:
+def run_head(student, left: tuple, right: tuple, device: str, mixed_precision: bool = True) -> torch.Tensor:
     """The one place the head runs: (tokens (B, N, D), mask (B, N), pooled (B, H) or None) per
     side, torch tensors on ``device`` -> logits (B, C), under inference mode and, on CUDA,
-    mixed precision. Here, next to the autocast it uses, so that scoring stored tokens imports
-    torch alone (no transformers: ``pipeline.scoring_core.HeadScorer``)."""
-    with torch.inference_mode(), autocast(device):
+    mixed precision (``mixed_precision=False``: float32 there too, for comparisons). Here, next
+    to the autocast it uses, so that scoring stored tokens imports torch alone (no transformers:
+    ``pipeline.head_feed.HeadScorer``)."""
+    with torch.inference_mode(), autocast(device) if mixed_precision else contextlib.nullcontext():
         return student.score_tokens(left[0], left[1], right[0], right[1], left[2], right[2])

@@ -4,7 +4,7 @@ encoded once (stage one), then the head runs over the pairs in large batches (st
 
 :func:`length_order` is the sorted-batch loop of every encode, embed and logits path (stage one's
 encoder, the teacher, the stage-one state cache, candidate mining, this module);
-:func:`run_head` is the head of every scoring path (``pipeline.scoring_core.HeadScorer`` and
+:func:`run_head` is the head of every scoring path (``pipeline.head_feed.HeadScorer`` and
 this module). Training evaluates dev with :func:`pair_logits` and ``jobs.evaluate`` times it.
 
 Shapes: P pairs, U unique texts of a side, N tokens kept, D projected size, H hidden size,
