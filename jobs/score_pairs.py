@@ -123,8 +123,8 @@ def store_bytes_bound(plans: dict[str, SidePlan], pair_rows: int) -> int:
     estimate = 0
     for plan in plans.values():
         new_rows = count_input_rows(plan.text_files) if plan.text_files else pair_rows
-        # Pooled embeddings are held as float32 (pipeline.scoring_core.StoreLookup).
-        row_bytes = plan.layout.token_bytes + 4 * (plan.layout.pooled_dim or 0) + LOOKUP_OVERHEAD_BYTES
+        # Pooled embeddings are held as stored, float16 (pipeline.scoring_core.StoreLookup).
+        row_bytes = plan.layout.token_bytes + 2 * (plan.layout.pooled_dim or 0) + LOOKUP_OVERHEAD_BYTES
         estimate += (plan.existing_rows + new_rows) * row_bytes
     return estimate
 

@@ -183,7 +183,9 @@ class HeadScorer:
                         if slot is None:
                             slot = self.buffers.next_slot()
                         out, _ = self.buffers.buffer(slot, f"{side_name}.{name}", len(picked), value)
-                        np.take(value, picked, axis=0, out=out)   # the one copy on the host: store -> buffer
+                        # The one copy on the host, store -> buffer. mode="clip": with the default
+                        # ("raise") numpy gathers into a temporary and copies that into ``out``.
+                        np.take(value, picked, axis=0, out=out, mode="clip")
                         fields[side_name][name] = out
                 return self._to_device(fields, slot)
         else:
