@@ -228,7 +228,9 @@ class HeadScorer:
             return tensors
         torch = self.torch
         compute = torch.cuda.current_stream(self.device)
-        self._copy_stream.wait_stream(compute)   # device memory the copies reuse is done with
+        # The copy stream does not wait for the head: batch k+1's copy overlaps batch k's head.
+        # Device memory stays safe through record_stream below (the allocator reuses a block
+        # only once the compute stream's work on it is done).
         with torch.cuda.stream(self._copy_stream):
             moved = [t.to(self.device, non_blocking=True) for t in tensors]
             event = torch.cuda.Event()
