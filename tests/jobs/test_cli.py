@@ -303,3 +303,17 @@ def test_the_console_script_sets_the_waiting_policy(monkeypatch):
     monkeypatch.setattr(cli, "pairscore", lambda prog_name: seen.setdefault("policy", os.environ.get("OMP_WAIT_POLICY")))
     cli.console_main()
     assert seen["policy"] == "PASSIVE"
+
+
+def test_head_options_that_cannot_run_are_refused_in_one_line(tmp_path):
+    """--compile with --head-quantize int8: exit 2, one line naming both, nothing written."""
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"left": "a", "right": "b"}\n')
+    result = CliRunner().invoke(cli.pairscore, ["score-pairs", "--pairs", str(pairs), "--output",
+                                                str(tmp_path / "out"), "--device", "cpu", "--compile",
+                                                "--head-quantize", "int8"])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert lines == ["error: --compile and --head-quantize int8 do not go together: torch.compile cannot trace "
+                     "dynamically quantized layers; choose one"], result.output
+    assert not (tmp_path / "out").exists()
