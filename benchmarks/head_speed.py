@@ -2,6 +2,7 @@
 against the machine's GEMM roofline.
 
     python benchmarks/head_speed.py [--batch-size 4096] [--seconds 4] [--no-baseline]
+    python benchmarks/head_speed.py --variants-only   # fp32 vs --compile vs --head-quantize int8
 
 Prints, for DiPair-TSF with N=4, M=12, D=128, L=2, 1 attention head, FFN 1024 (eval mode,
 ``torch.inference_mode``, batch 4096):
@@ -163,12 +164,50 @@ class TransformerEncoderBaseline(nn.Module):
         return self.classifier(self.encoder(x, src_key_padding_mask=~mask)[:, 0])
 
 
+def variants(batch_size: int, seconds: float, padding: float = 0.3) -> None:
+    """The dipair head in fp32 against its opt-in variants, interleaved (eager, int8, compiled,
+    eager again), and each variant's largest score difference against fp32 on the same batch."""
+    from heads._common import quantize_int8
+
+    n, m, dim = 4, 12, 128
+    torch.manual_seed(0)
+    head = build_head("dipair", dim=dim, left_tokens=n, right_tokens=m).eval()
+    generator = torch.Generator().manual_seed(1)
+    left, right = torch.randn(batch_size, n, dim, generator=generator), torch.randn(batch_size, m, dim, generator=generator)
+    left_mask = torch.rand(batch_size, n, generator=generator) >= padding
+    right_mask = torch.rand(batch_size, m, generator=generator) >= padding
+    left_mask[:, 0] = right_mask[:, 0] = True
+    heads = {"fp32": head, "int8": quantize_int8(head), "compiled": torch.compile(head, dynamic=True)}
+    with torch.inference_mode():
+        reference = torch.sigmoid(head(left, left_mask, right, right_mask))
+        started = time.perf_counter()
+        heads["compiled"](left, left_mask, right, right_mask)
+        compile_seconds = time.perf_counter() - started
+        rates = {name: [] for name in heads}
+        for _ in range(2):   # interleaved, so drift on a shared machine hits every variant alike
+            for name, variant in heads.items():
+                median, _ = _median_seconds(lambda: variant(left, left_mask, right, right_mask), seconds / 2)
+                rates[name].append(batch_size / median)
+        print(f"dipair N={n} M={m} D={dim}, batch {batch_size}, {padding:.0%} of positions 1.. padded, "
+              f"{torch.get_num_threads()} threads; compiling took {compile_seconds:.0f} s")
+        for name, variant in heads.items():
+            rate = statistics.mean(rates[name])
+            gap = (torch.sigmoid(variant(left, left_mask, right, right_mask)) - reference).abs().max().item()
+            print(f"  {name:9s} {rate:>9,.0f} pairs/s = {rate / statistics.mean(rates['fp32']):.2f}x fp32; "
+                  f"largest score difference {gap:.1e}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch-size", type=int, default=4096)
     parser.add_argument("--seconds", type=float, default=4.0, help="time spent per measurement")
     parser.add_argument("--no-baseline", action="store_true", help="skip the nn.TransformerEncoder baseline")
+    parser.add_argument("--variants-only", action="store_true",
+                        help="only fp32 against the opt-in variants (score_pairs --compile, --head-quantize int8)")
     args = parser.parse_args()
+    if args.variants_only:
+        variants(args.batch_size, args.seconds)
+        return
     n, m, dim, layers, heads, ffn = 4, 12, 128, 2, 1, 1024
 
     torch.manual_seed(0)

@@ -1,6 +1,9 @@
 """Inputs of the cost model in docs/scale.md: CPU-seconds per pair and per text, shuffle bytes.
 
-    python benchmarks/scale_cost.py [--seconds 3] [--texts 256]
+    python benchmarks/scale_cost.py [--seconds 3] [--texts 256] [--pairs 40000] [--write-doc]
+
+``--write-doc`` writes the measured table (and the CPU the scenarios need) into docs/scale.md
+between ``<!-- scale_cost:begin -->`` and ``<!-- scale_cost:end -->``.
 
 Measures, on one thread (``torch.set_num_threads(1)``, so the figures are per core and add up
 across the cores of a worker), with ``time.process_time`` (CPU time, which a busy shared machine
@@ -169,27 +172,117 @@ def shuffle_bytes() -> dict[str, int]:
     return sizes
 
 
+BEGIN, END = "<!-- scale_cost:begin -->", "<!-- scale_cost:end -->"
+DOC = REPO / "docs" / "scale.md"
+# The scenarios of docs/scale.md: (pairs, unique texts); 8-vCPU workers, all busy.
+SCENARIOS = {"10⁹ pairs": (1e9, 1.1e7), "10¹² pairs": (1e12, 2e8)}
+WORKER_VCPUS = 8
+
+
+def _hours(cpu_seconds: float) -> str:
+    vcpu = cpu_seconds / 3600
+    return f"{vcpu:,.0f} vCPU-hours = **{vcpu / WORKER_VCPUS:,.0f} worker-hours**"
+
+
+def cost_table(figures: dict) -> str:
+    """The block ``scale_cost.py --write-doc`` puts between the markers of docs/scale.md: the
+    figures as JSON (so the table can be re-rendered and checked), the measured table, and the
+    CPU the scenarios need. ``figures``: command, date, machine, head_us (list: one per run),
+    encode_ms, tokens, join_us (join -> µs), shuffle (element -> bytes)."""
+    head = figures["head_us"]
+    low, high = min(head), max(head)
+    head_text = f"{low:,.0f}" if round(low) == round(high) else f"{low:,.0f}–{high:,.0f}"
+    rate = (f"{1e6 / high:,.0f}" if round(low) == round(high) else f"{1e6 / high:,.0f}–{1e6 / low:,.0f}")
+    shuffle = figures["shuffle"]
+    lines = [BEGIN,
+             f"<!-- scale_cost:figures {json.dumps(figures, sort_keys=True, ensure_ascii=False)} -->",
+             f"Measured by `{figures['command']}`, {figures['date']}, {figures['machine']}.",
+             "",
+             "| what | figure |",
+             "|---|---|",
+             f"| stage two, head only: `dipair` N=4, M=12, D=128, L=2, fp32, batch 4096, no padding | "
+             f"**{head_text} CPU-µs per pair** ({rate} pairs per CPU-second) |"]
+    for join, label in (("shuffle", "stage two end to end, `score_pairs --join shuffle`: pairs of ids, stores "
+                                     "already written, in-process runner, marginal cost (start-up and model "
+                                     "loading cancel out)"),
+                        ("broadcast", "the same, `--join broadcast`")):
+        if join in figures.get("join_us", {}):
+            value = figures["join_us"][join]
+            lines.append(f"| {label} | **{value:,.0f} CPU-µs per pair** ({1e6 / value:,.0f} pairs per CPU-second) |")
+    lines.append(f"| stage one: packaged MiniLM, 6 layers, {figures['tokens']:.1f} tokens per text on average, "
+                 f"length-sorted batches of 128 | **{figures['encode_ms']:.1f} CPU-ms per text** "
+                 f"({1e3 / figures['encode_ms']:,.0f} texts per CPU-second) |")
+    if shuffle:
+        lines.append("| shuffle join, bytes of one element (Beam's default coder) | " + "; ".join(
+            f"{name.replace('_', ' ')}: **{size:,} B**" for name, size in sorted(shuffle.items())) + " |")
+    lines += ["", "CPU at scale (extrapolated: the figures above × the scenarios below, "
+                  f"{WORKER_VCPUS}-vCPU workers, all busy):", "",
+              "| | " + " | ".join(SCENARIOS) + " |", "|---|" + "---|" * len(SCENARIOS)]
+    for join in ("shuffle", "broadcast"):
+        if join in figures.get("join_us", {}):
+            value = figures["join_us"][join]
+            lines.append(f"| stage two CPU, {join} join ({value:,.0f} µs per pair) | " + " | ".join(
+                _hours(pairs * value / 1e6) for pairs, _ in SCENARIOS.values()) + " |")
+    lines.append(f"| stage one CPU ({figures['encode_ms']:.1f} ms per text) | " + " | ".join(
+        _hours(texts * figures["encode_ms"] / 1e3) for _, texts in SCENARIOS.values()) + " |")
+    lines.append(END)
+    return "\n".join(lines)
+
+
+def committed_block(text: str) -> str:
+    """The block between (and with) the markers of a document."""
+    start, end = text.index(BEGIN), text.index(END) + len(END)
+    return text[start:end]
+
+
+def figures_of(block: str) -> dict:
+    line = next(line for line in block.splitlines() if line.startswith("<!-- scale_cost:figures "))
+    return json.loads(line[len("<!-- scale_cost:figures "):-len(" -->")])
+
+
+def write_doc(path: Path, figures: dict) -> None:
+    """Replace the block between the markers of ``path`` by :func:`cost_table` of ``figures``."""
+    text = path.read_text(encoding="utf-8")
+    path.write_text(text.replace(committed_block(text), cost_table(figures)), encoding="utf-8")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=3.0, help="CPU time per measurement")
     parser.add_argument("--texts", type=int, default=256, help="texts for the stage-one measurement")
     parser.add_argument("--pairs", type=int, default=40_000, help="pairs of the larger end-to-end run (0: skip)")
+    parser.add_argument("--head-runs", type=int, default=3, help="head-only measurements (the table gives their range)")
+    parser.add_argument("--write-doc", action="store_true", help=f"write the table into {DOC.relative_to(REPO)}")
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, 1 thread")
-    head = head_cost(args.seconds)
+    head_runs = [head_cost(args.seconds) for _ in range(args.head_runs)]
+    head = float(np.median(head_runs))
     print(f"head only (dipair N=4 M=12 D=128 L=2, fp32, batch 4096): {head * 1e6:.1f} CPU-us/pair "
           f"= {1 / head:,.0f} pairs per CPU-second")
     per_text, tokens = encoder_cost(args.seconds, args.texts)
     print(f"stage one (packaged MiniLM, 6 layers, {tokens:.1f} tokens/text): {per_text * 1e3:.2f} CPU-ms/text "
           f"= {1 / per_text:,.0f} texts per CPU-second")
-    if args.pairs:
-        for join, per_pair in end_to_end_cost(args.pairs).items():
-            print(f"score_pairs end to end, --join {join} (marginal, {args.pairs // 4:,} -> {args.pairs:,} pairs): "
-                  f"{per_pair * 1e6:.1f} CPU-us/pair = {1 / per_pair:,.0f} pairs per CPU-second "
-                  f"= {head / per_pair:.2f} x head only")
-    for name, size in shuffle_bytes().items():
+    joins = end_to_end_cost(args.pairs) if args.pairs else {}
+    for join, per_pair in joins.items():
+        print(f"score_pairs end to end, --join {join} (marginal, {args.pairs // 4:,} -> {args.pairs:,} pairs): "
+              f"{per_pair * 1e6:.1f} CPU-us/pair = {1 / per_pair:,.0f} pairs per CPU-second "
+              f"= {head / per_pair:.2f} x head only")
+    shuffle = shuffle_bytes()
+    for name, size in shuffle.items():
         print(f"shuffle element {name}: {size:,} bytes")
+    if args.write_doc:
+        import datetime
+        import os
+        import platform
+
+        command = "python benchmarks/scale_cost.py " + " ".join(sys.argv[1:])
+        write_doc(DOC, {"command": command, "date": datetime.date.today().isoformat(),
+                        "machine": f"{os.cpu_count()} CPUs ({platform.machine()}), torch {torch.__version__}, one thread",
+                        "head_us": [round(h * 1e6, 1) for h in head_runs], "encode_ms": round(per_text * 1e3, 2),
+                        "tokens": round(tokens, 1), "join_us": {j: round(v * 1e6, 1) for j, v in joins.items()},
+                        "shuffle": shuffle})
+        print(f"wrote the table into {DOC}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ on the packaged MiniLM, random weights (speed does not depend on them).
   to Parquet: the floor the engines wrap, torch on 2 threads.
 * **beam**: ``jobs.score_pairs.run`` on Beam's in-process DirectRunner (the default engine).
 * **spark**: the same with ``engine="spark"`` in a ``local[2]`` session started once (two Python
-  workers, one torch thread each, ``pipeline.scoring_core.torch_threads_for``).
+  workers, one torch thread each, ``pipeline.spark.session.thread_plan``).
 
 Each engine runs once at ``--small`` before the timed runs (Spark's Python workers start and load
 the model and the stores once per session). Marginal rate = extra pairs / extra seconds, so fixed

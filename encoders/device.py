@@ -58,3 +58,13 @@ def synchronize(device: str) -> None:
     """Wait for queued GPU work, so a wall-clock time covers it."""
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
+
+
+def run_head(student, left: tuple, right: tuple, device: str, mixed_precision: bool = True) -> torch.Tensor:
+    """The one place the head runs: (tokens (B, N, D), mask (B, N), pooled (B, H) or None) per
+    side, torch tensors on ``device`` -> logits (B, C), under inference mode and, on CUDA,
+    mixed precision (``mixed_precision=False``: float32 there too, for comparisons). Here, next
+    to the autocast it uses, so that scoring stored tokens imports torch alone (no transformers:
+    ``pipeline.head_feed.HeadScorer``)."""
+    with torch.inference_mode(), autocast(device) if mixed_precision else contextlib.nullcontext():
+        return student.score_tokens(left[0], left[1], right[0], right[1], left[2], right[2])

@@ -4,7 +4,7 @@ encoded once (stage one), then the head runs over the pairs in large batches (st
 
 :func:`length_order` is the sorted-batch loop of every encode, embed and logits path (stage one's
 encoder, the teacher, the stage-one state cache, candidate mining, this module);
-:func:`run_head` is the head of every scoring path (``pipeline.scoring_core.HeadScorer`` and
+:func:`run_head` is the head of every scoring path (``pipeline.head_feed.HeadScorer`` and
 this module). Training evaluates dev with :func:`pair_logits` and ``jobs.evaluate`` times it.
 
 Shapes: P pairs, U unique texts of a side, N tokens kept, D projected size, H hidden size,
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from encoders.config import SIDES
-from encoders.device import autocast, synchronize
+from encoders.device import autocast, run_head, synchronize  # noqa: F401  (run_head: used here, and named here)
 from encoders.dual_encoder import EncodedSide, SideEncoder
 
 if TYPE_CHECKING:
@@ -65,14 +65,6 @@ def length_order(tokenized: Sequence, batch_size: int) -> Iterator[np.ndarray]:
     order = np.argsort([t.num_tokens for t in tokenized], kind="stable")
     for start in range(0, len(order), batch_size):
         yield order[start:start + batch_size]
-
-
-def run_head(student: "Student", left: tuple, right: tuple, device: str) -> torch.Tensor:
-    """The one place the head runs: (tokens (B, N, D), mask (B, N), pooled (B, H) or None) per
-    side, torch tensors on ``device`` -> logits (B, C), under inference mode and, on CUDA,
-    mixed precision (encoders/device.py)."""
-    with torch.inference_mode(), autocast(device):
-        return student.score_tokens(left[0], left[1], right[0], right[1], left[2], right[2])
 
 
 @torch.inference_mode()

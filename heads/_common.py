@@ -92,13 +92,47 @@ class PairHead(nn.Module):
             if mask.dtype != torch.bool:
                 raise ValueError(f"{side}_mask has dtype {mask.dtype}; it must be torch.bool "
                                  f"(True = real token), e.g. mask.bool()")
-            if batch and not bool(mask[:, 0].all()):
+            # A value check reads the data (a graph break under torch.compile): eager mode only.
+            if batch and not compiling() and not bool(mask[:, 0].all()):
                 raise ValueError(f"{side}_mask[:, 0] is False for some pairs; position 0 (the [CLS] "
                                  f"token) must be real for every pair")
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, left_tokens={self.left_tokens}, right_tokens={self.right_tokens}, "
                 f"num_outputs={self.num_outputs}, config={self.config}")
+
+
+def compiling() -> bool:
+    """True while ``torch.compile`` traces the head: code that reads tensor values to decide
+    (``bool(mask.all())``) would break the graph there, so the heads take a value-independent
+    path instead. ``torch.compiler.is_compiling`` from torch 2.3, ``torch._dynamo``'s before."""
+    check = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    if check is None:
+        from torch._dynamo import is_compiling as check
+    return bool(check())
+
+
+def linear_parameters(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(weight (out, in), bias (out,) or None) of a linear layer as float tensors: an ``nn.Linear``'s
+    own parameters, or a dynamically quantized one's int8 weight dequantized (:func:`quantize_int8`).
+    For the few products that use a layer's weights other than as ``layer(x)`` (DiPair's last
+    layer pulls the query back through W_k)."""
+    if isinstance(layer, nn.Linear):
+        return layer.weight, layer.bias
+    return layer.weight().dequantize(), layer.bias()
+
+
+def quantize_int8(head: nn.Module) -> nn.Module:
+    """The head with every ``nn.Linear`` replaced by a dynamically quantized int8 one (weights int8
+    per tensor, activations quantized per batch on the fly; CPU only). The result scores within
+    rounding of the float head (tests/heads/test_compile_quantize.py states the bound)."""
+    import warnings
+
+    if not any(isinstance(m, nn.Linear) for m in head.modules()):
+        raise ValueError(f"head {getattr(head, 'name', type(head).__name__)!r} has no linear layers to quantize")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # torch 2.10+ deprecates quantized tensors in favour of torchao
+        return torch.ao.quantization.quantize_dynamic(head, {nn.Linear}, dtype=torch.qint8)
 
 
 def zero_padding(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from heads._common import PairHead, check_positive_int, check_probability
+from heads._common import PairHead, check_positive_int, check_probability, compiling, linear_parameters, zero_padding
 
 ACTIVATIONS = ("gelu", "relu")
 
@@ -90,10 +90,12 @@ class TokenRows:
     directions are free reshapes.
     """
 
-    def __init__(self, mask: torch.Tensor):
-        """mask: (B, S) bool, True = real token."""
+    def __init__(self, mask: torch.Tensor, dense: bool = False):
+        """mask: (B, S) bool, True = real token. ``dense``: keep every position (T = B*S), as under
+        ``torch.compile``, where choosing by the mask's values would break the graph; the caller
+        then zeroes padded positions, whose outputs are never used."""
         self.batch, self.length = mask.shape
-        self.index = None if bool(mask.all()) else mask.flatten().nonzero().squeeze(1)   # (T,)
+        self.index = None if dense or bool(mask.all()) else mask.flatten().nonzero().squeeze(1)   # (T,)
 
     def gather(self, padded: torch.Tensor) -> torch.Tensor:
         """(B, S, F) -> (T, F), the real positions in batch-major order."""
@@ -160,8 +162,9 @@ class DiPairLayer(nn.Module):
         """
         batch, length, dim = x.shape
         heads, head_dim = self.heads, self.head_dim
-        w_q, w_k, w_v = self.qkv.weight.split(dim)       # each (D, D), output features x input
-        b_q, _, b_v = self.qkv.bias.split(dim)           # b_k shifts all scores of a query equally
+        weight, bias = linear_parameters(self.qkv)       # nn.Linear or int8 (heads._common.quantize_int8)
+        w_q, w_k, w_v = weight.split(dim)                # each (D, D), output features x input
+        b_q, _, b_v = bias.split(dim)                    # b_k shifts all scores of a query equally
         attention_in = self.attention_norm(x) if self.norm_first else x           # (B, S, D)
         query = F.linear(attention_in[:, 0], w_q, b_q) * (head_dim ** -0.5)                   # (B, D)
         # Per head h: q_h . (W_k,h x_j) = (W_k,h^T q_h) . x_j, one (B x Dh) @ (Dh x D) product per head.
@@ -244,12 +247,16 @@ class DiPairHead(PairHead):
                        right_mask: torch.Tensor) -> torch.Tensor:
         """The head on one chunk: same arguments and result as ``forward``."""
         mask = torch.cat([left_mask, right_mask], dim=1)                          # (B, S)
-        rows = TokenRows(mask)
+        dense = compiling()
+        rows = TokenRows(mask, dense)
         n = self.left_tokens
         # Position and segment embeddings are both per position: add them as one (S, D).
         position_segment = torch.cat([self.position[:n] + self.segment[0], self.position[n:] + self.segment[1]])
         # The gather drops padded positions, so whatever they hold never reaches a layer.
-        x = rows.gather(torch.cat([left, right], dim=1) + position_segment)        # (T, D)
+        tokens = torch.cat([left, right], dim=1)
+        if dense:   # padded positions are computed on (never used): zero, so no NaN or inf they hold spreads
+            tokens = zero_padding(tokens, mask)
+        x = rows.gather(tokens + position_segment)                                 # (T, D)
         if self.embedding_norm is not None:
             x = self.embedding_norm(x)
         x = F.dropout(x, self.config.dropout, self.training)

@@ -11,7 +11,7 @@ import click
 
 from jobs import build_candidates, encode_texts, evaluate, label_pairs, score_pairs, train_student, train_teacher
 from jobs.common import (DEFAULT_ENCODER, DTYPES, FORMATS, STUDENT_HEADS, STUDENT_LOSSES, TASKS, TEACHER_LOSSES,
-                         count_from_process_start, shield_beam_workers)
+                         count_from_process_start, quiet_idle_threads, shield_beam_workers)
 
 JOINS = score_pairs.JOINS
 # The choices the flags offer (defined once, in jobs/common.py and jobs/score_pairs.py), here too.
@@ -39,6 +39,7 @@ def pairscore() -> None:
 
 def console_main() -> None:
     """The ``pairscore`` console script (setup.py entry point)."""
+    quiet_idle_threads()
     shield_beam_workers()
     count_from_process_start()
     pairscore(prog_name="pairscore")

@@ -147,6 +147,25 @@ def dead_letter_option(command: Callable) -> Callable:
                         help="Refuse to commit (exit 3, nothing written, the previous output stays) when more than "
                              "this fraction of the rows read is dead-lettered; a run whose every row is "
                              "dead-lettered always fails.")(command)
+def torch_threads_option(command: Callable) -> Callable:
+    """--torch-threads: torch threads per worker process, over the automatic sizing (encoders/threads.py)."""
+    return click.option("--torch-threads", type=POSITIVE_INT, default=None, metavar="N",
+                        help="Torch threads per worker process. Default: the slot's CPUs where the engine "
+                             "says (Spark's task CPUs; 1 per Dataflow SDK process), else this process's share "
+                             "of the CPUs it may run on (taskset/cpuset) among the local worker processes.")(command)
+
+
+HEAD_QUANTIZE = ("int8",)
+
+
+def head_speed_options(command: Callable) -> Callable:
+    """--compile and --head-quantize: opt-in speed-ups of the scoring head (pipeline/scoring_core.HeadScorer)."""
+    command = click.option("--head-quantize", type=click.Choice(HEAD_QUANTIZE), default=None,
+                           help="Run the head's linear layers in int8 (dynamic quantization; CPU only). "
+                                "Scores change by rounding: docs/benchmarks.md gives speed and differences.")(command)
+    return click.option("--compile", is_flag=True,
+                        help="Run the head through torch.compile (compiled once per worker process; "
+                             "pays off on long runs).")(command)
 
 
 def stall_option(command: Callable) -> Callable:
@@ -214,9 +233,20 @@ def main_module(name: str) -> None:
     """
     if sys.path and os.path.abspath(sys.path[0] or os.curdir) != PACKAGE_ROOT:
         sys.path.append(sys.path.pop(0))
+    quiet_idle_threads()
     shield_beam_workers()
     count_from_process_start()
     importlib.import_module(f"jobs.{name}").main.main(prog_name=f"python -m jobs.{name}")
+
+
+def quiet_idle_threads() -> None:
+    """Idle OpenMP threads sleep instead of spinning: ``OMP_WAIT_POLICY=PASSIVE`` unless the user
+    set a policy. OpenMP reads it once, when torch loads it, so this runs at the command-line entry
+    before anything imports torch; Beam's worker processes inherit it. With the default (active)
+    policy each thread spins for a while after every parallel region, which costs little on an
+    idle machine and a great deal where processes share cores (a teacher run crawled at 4 pairs/s
+    until this was set: docs/teacher.md)."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def shield_beam_workers() -> None:

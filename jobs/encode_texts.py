@@ -13,7 +13,8 @@ import click
 
 from jobs.common import (ARGV_KEY, BEAM_EPILOG, BEAM_JOB_CONTEXT, DTYPES, FORMATS, abort_output_on_failure,
                          beam_args_for_run, device_option, JobCommand, main_module, output_option, overwrite_option,
-                         dead_letter_option, preflight, run_job, run_options, run_started, stall_option, POSITIVE_INT)
+                         dead_letter_option, preflight, run_job, run_options, run_started, stall_option, POSITIVE_INT,
+                         torch_threads_option)
 from jobs.engines import check_engine, engine_options
 
 if TYPE_CHECKING:  # annotations only: the imports run inside the functions
@@ -44,6 +45,7 @@ class EncodeTextsJob:
     engine: str = "beam"                  # jobs/engines.py: beam | spark
     spark_master: str | None = None
     spark_conf: tuple[str, ...] = ()
+    torch_threads: int | None = None
 
 
 # --------------------------------------------------------------------------- the command line
@@ -71,6 +73,7 @@ class EncodeTextsJob:
               help="Embedding storage: float16, or int8 with a per-row scale (half the bytes).")
 @device_option("Where the encoder runs; auto = CUDA when present (with mixed precision).")
 @dead_letter_option
+@torch_threads_option
 @stall_option
 @engine_options
 @run_options
@@ -98,7 +101,7 @@ def run(job: EncodeTextsJob, beam_args: list[str], argv: list[str] | None = None
     from encoders.device import pick_device
     from pipeline.beam.counters import read_counters, split_dead_letters
     from pipeline.beam.encode import DEAD_LETTER_TAG, DedupeTexts, EncodeSettings, EncodeTexts, ReadRows
-    from pipeline.beam.runner import make_pipeline, run_to_end, validate_beam_args
+    from pipeline.beam.runner import make_pipeline, run_to_end, thread_plan, validate_beam_args
     from pipeline.beam.writes import WriteDeadLetters, WriteStore
     from pipeline.readers import check_columns, expand_inputs, expect_inputs, worker_path
     from pipeline.store import count_rows, store_files, store_layout
@@ -126,7 +129,8 @@ def run(job: EncodeTextsJob, beam_args: list[str], argv: list[str] | None = None
     read = pipeline | "ReadRows" >> ReadRows(files)
     deduped = read.rows | "DedupeTexts" >> DedupeTexts(columns)
     settings = EncodeSettings(model_dir=job.model_dir, side=job.side, batch_size=job.batch_size,
-                              dtype=job.dtype, device=job.device)
+                              dtype=job.dtype, device=job.device,
+                              threads=thread_plan(beam_args, job.torch_threads))
     (deduped["unique"]
      | "EncodeTexts" >> EncodeTexts(settings, layout)
      | "WriteStore" >> WriteStore(out.staged(), layout, provenance))
@@ -201,7 +205,7 @@ def run_on_spark(job: EncodeTextsJob, student: Student, layout: StoreLayout, fil
     from jobs.engines import parse_spark_conf
     from pipeline.outputs import DEAD_LETTER_DIR
     from pipeline.provenance import table_metadata
-    from pipeline.spark.session import spark_session
+    from pipeline.spark.session import spark_session, thread_plan
     from pipeline.spark.steps import SparkRun
     from pipeline.spark.stores import SparkSide, encode_stores, text_table_texts
 
@@ -212,7 +216,8 @@ def run_on_spark(job: EncodeTextsJob, student: Student, layout: StoreLayout, fil
     sides = {job.side: SparkSide(layout, (), tuple(files), out.staged())}
     run = SparkRun()
     unique = text_table_texts(spark, run, sides, columns, out.staged(DEAD_LETTER_DIR), provenance)
-    encode_stores(spark, run, unique, sides, job.model_dir, job.device, provenance, job.batch_size)
+    encode_stores(spark, run, unique, sides, job.model_dir, job.device, provenance, job.batch_size,
+                  thread_plan(spark, job.torch_threads))
     run.keep_only_results([out.staged()])
     dead_letters = run.dead_letters().get(f"{job.side}_texts.", {})
     counts = {

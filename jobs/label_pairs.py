@@ -19,7 +19,8 @@ import click
 
 from jobs.common import (ARGV_KEY, BEAM_EPILOG, BEAM_JOB_CONTEXT, FORMATS, abort_output_on_failure, beam_args_for_run,
                          device_option, JobCommand, main_module, output_option, overwrite_option, preflight, run_job,
-                         run_options, run_started, split_list, stall_option, dead_letter_option, Number, POSITIVE_INT)
+                         run_options, run_started, split_list, stall_option, dead_letter_option, Number, POSITIVE_INT,
+                         torch_threads_option)
 
 if TYPE_CHECKING:  # annotations only: the imports run inside the functions
     from pipeline.datasets import DistillationManifest
@@ -45,6 +46,7 @@ class LabelPairsJob:
     batch_size: int = 64
     max_length: int | None = None
     device: str = "auto"
+    torch_threads: int | None = None
     format: str | None = None
     overwrite: bool = False
     max_dead_letter_fraction: float = 0.1
@@ -129,6 +131,7 @@ def _check_previous(job: LabelPairsJob, fingerprint: str, schema) -> tuple[Disti
               help="Tokens per pair; default: the teacher's own (teacher.json, else the tokenizer's, at most 512). "
                    "Changing it changes the teacher fingerprint.")
 @device_option("Where the teacher runs; auto = CUDA when present (with mixed precision).")
+@torch_threads_option
 @stall_option
 @run_options
 @click.pass_context
@@ -156,7 +159,7 @@ def run(job: LabelPairsJob, beam_args: list[str], argv: list[str] | None = None)
     from pipeline.beam.encode import DEAD_LETTER_TAG, ReadRows
     from pipeline.beam.label import (ExtractPairs, LabelPairs, LabelSettings, ReadPrevious, SkipLabeled,
                                      WriteDistillationSet)
-    from pipeline.beam.runner import make_pipeline, run_to_end, validate_beam_args
+    from pipeline.beam.runner import make_pipeline, run_to_end, thread_plan, validate_beam_args
     from pipeline.beam.writes import WriteDeadLetters
     from pipeline.datasets import DistillationManifest, distillation_schema, schema_columns
     from pipeline.outputs import open_output
@@ -190,7 +193,8 @@ def run(job: LabelPairsJob, beam_args: list[str], argv: list[str] | None = None)
     schema = distillation_schema(teacher.task.num_outputs, kept)
     settings = LabelSettings(teacher=job.teacher, fingerprint=teacher.fingerprint, schema=schema,
                              keep=columns.keep, temperature=job.temperature, batch_size=job.batch_size,
-                             device=job.device, max_length=job.max_length)
+                             device=job.device, max_length=job.max_length,
+                             threads=thread_plan(beam_args, job.torch_threads))
     previous_files = _check_previous(job, teacher.fingerprint, schema)[1] if job.previous else []
     out = open_output(job.output, job=JOB_NAME, overwrite=job.overwrite,
                       reads={"--pairs": job.pairs, "--teacher": [job.teacher], "--previous": [job.previous]})

@@ -17,7 +17,7 @@ import click
 from jobs.common import (ARGV_KEY, BEAM_EPILOG, BEAM_JOB_CONTEXT, DTYPES, FORMATS, abort_output_on_failure,
                          beam_args_for_run, device_option, JobCommand, main_module, output_option, overwrite_option,
                          preflight, run_job, run_options, run_started, split_list, stall_option, dead_letter_option,
-                         POSITIVE_INT)
+                         POSITIVE_INT, head_speed_options, torch_threads_option)
 from jobs.engines import check_engine, engine_options
 from jobs.text_tables import side_column_options, side_columns
 
@@ -74,6 +74,9 @@ class ScorePairsJob:
     engine: str = "beam"                  # jobs/engines.py: beam | spark
     spark_master: str | None = None
     spark_conf: tuple[str, ...] = ()
+    torch_threads: int | None = None
+    compile: bool = False
+    head_quantize: str | None = None
 
     @property
     def columns(self) -> PairColumns:
@@ -144,8 +147,8 @@ def store_bytes_bound(plans: dict[str, SidePlan], pair_rows: int) -> int:
     estimate = 0
     for plan in plans.values():
         new_rows = count_input_rows(plan.text_files) if plan.text_files else pair_rows
-        # Pooled embeddings are held as float32 (pipeline.scoring_core.StoreLookup).
-        row_bytes = plan.layout.token_bytes + 4 * (plan.layout.pooled_dim or 0) + LOOKUP_OVERHEAD_BYTES
+        # Pooled embeddings are held as stored, float16 (pipeline.scoring_core.StoreLookup).
+        row_bytes = plan.layout.token_bytes + 2 * (plan.layout.pooled_dim or 0) + LOOKUP_OVERHEAD_BYTES
         estimate += (plan.existing_rows + new_rows) * row_bytes
     return estimate
 
@@ -261,6 +264,8 @@ def shuffle_buckets(store_bytes: int, pair_rows: int, minimum: int = 64) -> int:
               help="Beam resource hint for the scoring step, e.g. "
                    "'type:nvidia-l4;count:1;install-nvidia-driver' (Dataflow); the join stays on CPU workers.")
 @dead_letter_option
+@head_speed_options
+@torch_threads_option
 @stall_option
 @engine_options
 @run_options
@@ -289,21 +294,23 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
     from encoders.device import pick_device
     from pipeline.beam.counters import read_counters, split_dead_letters
     from pipeline.beam.encode import DEAD_LETTER_TAG, DedupeTexts, EncodeSettings, ReadRows
-    from pipeline.beam.runner import is_local_runner, make_pipeline, run_to_end, validate_beam_args, worker_processes
+    from pipeline.beam.runner import is_local_runner, make_pipeline, run_to_end, thread_plan, validate_beam_args
     from pipeline.beam.score import (CompleteStore, DistinctPairTexts, PAIRS, ReadPairs, ScorePairs, ScoreSettings,
                                      dedupe_pair_chunks, read_store_tables)
     from pipeline.beam.used_texts import UsedTextRows
     from pipeline.beam.writes import WriteDeadLetters, WriteStore
     from pipeline.pairs import kept_fields
     from pipeline.readers import check_columns, count_input_rows, expand_inputs, expect_inputs, worker_path
-    from pipeline.scoring_core import torch_threads_for
+    from pipeline.scoring_core import head_option_refused
     from pipeline.store import COMPRESSION, STORE_FILE_PREFIX, STORE_FILE_SUFFIX, count_rows, store_files, store_layout
 
     check_arguments(job)
     validate_beam_args(beam_args)
     job = replace(job, output=worker_path(job.output), model_dir=worker_path(job.model_dir),
                   store=worker_path(job.store))
-    pick_device(job.device)
+    refused = head_option_refused(pick_device(job.device), job.compile, job.head_quantize)
+    if refused:
+        raise ValueError(refused)
     columns = job.columns
     pair_files = expand_inputs(job.pairs, job.format)
     check_columns(pair_files, columns.required() + list(job.keep_cols))
@@ -341,6 +348,7 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
     expect_inputs(pair_files, ("pairs.rows_read",) + (() if job.dedupe_pairs else ("pairs.rows_scored",)))
     for plan in plans.values():
         expect_inputs(plan.text_files, (f"{plan.side}_texts.rows_read",))
+    threads = thread_plan(beam_args, job.torch_threads)   # applied on each worker (encoders/threads.py)
     started = run_started()
     pipeline = make_pipeline(beam_args)
     read = pipeline | "ReadPairs" >> ReadPairs(pair_files, columns, chunk_size=job.batch_size, kept=kept,
@@ -366,7 +374,7 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
         old = (read_store_tables(pipeline, plan.existing_parts, f"{label}Store") if plan.existing_parts
                else pipeline | f"No{label}Store" >> beam.Create([]))
         settings = EncodeSettings(model_dir=job.model_dir, side=side, batch_size=job.encode_batch_size,
-                                  dtype=plan.layout.dtype, device=job.device)
+                                  dtype=plan.layout.dtype, device=job.device, threads=threads)
         side_tables[side] = unique | f"Complete{label}Store" >> CompleteStore(settings, plan.layout, old, f"{side}.")
         side_tables[side] | f"Write{label}Store" >> WriteStore(out.staged(plan.output), plan.layout, provenance)
 
@@ -374,8 +382,7 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
                                    right_layout=plans["right"].layout, output_schema=schema, keep=job.keep_cols,
                                    batch_size=job.batch_size, device=job.device, columns=columns,
                                    pair_paths=tuple(f.path for f in pair_files),
-                                   threads=(torch_threads_for(processes) if (processes := worker_processes(beam_args))
-                                            else None),
+                                   threads=threads, compile=job.compile, quantize=job.head_quantize,
                                    buckets=buckets)
     scored = pairs | "ScorePairs" >> ScorePairs(score_settings, join, side_tables["left"], side_tables["right"],
                                                   job.accelerator)
@@ -468,15 +475,12 @@ def run_on_spark(job: ScorePairsJob, student: Student, plans: dict[str, SidePlan
     from jobs.engines import parse_spark_conf
     from pipeline.outputs import DEAD_LETTER_DIR
     from pipeline.provenance import table_metadata
-    from pipeline.scoring_core import torch_threads_for
     from pipeline.spark.score import SparkScoreSettings, SparkSide, execute_score
-    from pipeline.spark.session import spark_session, task_slots
+    from pipeline.spark.session import spark_session, task_slots, thread_plan
     from pipeline.store import verify_part_pins
 
     spark = spark_session(job.spark_master, parse_spark_conf(job.spark_conf))
-    local = spark.sparkContext.master.startswith("local")
-    threads = (torch_threads_for(task_slots(spark)) if local
-               else int(spark.sparkContext.getConf().get("spark.task.cpus", "1")))
+    threads = thread_plan(spark, job.torch_threads)
     out = open_job_output(job)
     provenance = table_metadata(JOB_NAME, {"model": (student.fingerprint, job.model_dir or student.config.encoder)},
                                 score=score_meaning(job, student))

@@ -23,6 +23,7 @@ from typing import Any, Iterator, NamedTuple, Sequence
 import pyarrow as pa
 
 from encoders.file_fingerprint import ModelChanged
+from encoders.threads import ThreadPlan
 from pipeline.errors import InputChanged
 from pipeline.stderr import quiet_refusal_logs
 from pipeline.store import StoreLayout, encode_token_block
@@ -58,16 +59,18 @@ class EncoderHandler:
     model_dir: str | None
     side: str
     device: str = "auto"
+    threads: ThreadPlan = ThreadPlan()
 
     @property
     def tag(self) -> str:
-        return f"encoder:{self.model_dir}:{self.side}:{self.device}"
+        return f"encoder:{self.model_dir}:{self.side}:{self.device}:{self.threads}"
 
     def load_model(self) -> LoadedEncoder:
         from encoders.checkpoint import load_or_build_student
         from encoders.config import baseline_config
         from encoders.device import pick_device
 
+        self.threads.apply()
         device = pick_device(self.device)
         with pinned_model_load():
             student = load_or_build_student(self.model_dir, baseline_config())
@@ -87,28 +90,30 @@ class EncoderHandler:
 @dataclass(frozen=True)
 class HeadHandler:
     """Stage two's model: the head of the student at ``model_dir`` (None: the baseline's) as a
-    ``HeadScorer`` on ``device``, ``batch_size`` pairs per head call, ``threads`` torch threads."""
+    ``HeadScorer`` on ``device``, ``batch_size`` pairs per head call, torch threads by ``threads``,
+    the opt-in ``compile`` and ``quantize`` ("int8") of the head."""
     model_dir: str | None
     device: str = "auto"
     batch_size: int = 8192
-    threads: int | None = None
+    threads: ThreadPlan = ThreadPlan()
+    compile: bool = False
+    quantize: str | None = None
 
     @property
     def tag(self) -> str:
-        return f"head:{self.model_dir}:{self.device}:{self.batch_size}:{self.threads}"
+        return f"head:{self.model_dir}:{self.device}:{self.batch_size}:{self.threads}:{self.compile}:{self.quantize}"
 
     def load_model(self):
-        import torch
         from encoders.checkpoint import load_head
         from encoders.device import pick_device
-        from pipeline.scoring_core import HeadScorer
+        from pipeline.head_feed import HeadScorer
 
-        if self.threads:
-            torch.set_num_threads(self.threads)
+        self.threads.apply()
         device = pick_device(self.device)
         with pinned_model_load():
             head = load_head(self.model_dir)
-        return HeadScorer(head.to(device).eval(), device, self.batch_size)
+        return HeadScorer(head.to(device).eval(), device, self.batch_size, compile=self.compile,
+                          quantize=self.quantize)
 
     def run_inference(self, batch: tuple[Any, Any], model) -> tuple[Any, Any]:
         """(left SideArrays, right SideArrays) of B pairs -> (scores (B,), probs (B, K) or None)."""

@@ -3,7 +3,7 @@
 Engine-agnostic on purpose: plain pyarrow, numpy and torch, no Beam. ``pipeline/beam/score.py`` wraps
 it in Beam transforms; another engine (Spark's ``mapInArrow``, Ray Data's ``map_batches``) can
 wrap the same functions. ``encoders/inference.py`` (and so ``jobs/evaluate``) runs the head
-through the same ``encoders.inference.run_head``, so there is one inference path.
+through the same ``encoders.device.run_head``, so there is one inference path.
 
 The path of one batch of P pairs, every step columnar (Python objects only for the rare bad rows):
 
@@ -17,7 +17,8 @@ The path of one batch of P pairs, every step columnar (Python objects only for t
 4. :class:`StoreLookup`: ids -> store rows by binary search over fixed-width id keys (bytes and
    length, so distinct ids never meet), gathers
    with numpy ``take``.
-5. :class:`HeadScorer`: the student's head over the gathered tokens, in batches.
+5. :class:`pipeline.head_feed.HeadScorer`: gathers the rows (on the device when the stores are
+   resident there) and runs the student's head over them, in batches.
 6. :func:`score_table`: ids, ``score``, ``probs`` and kept columns as one Arrow table.
 
 :func:`prepare_pairs` runs 1-3 and :func:`score_pairs` 4-6; :func:`score_batch` runs all of them.
@@ -28,7 +29,6 @@ H pooled size, C head outputs.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -38,7 +38,8 @@ import pyarrow.compute as pc
 
 from encoders.config import SIDES
 from pipeline.dead_letters import DeadLetter
-from pipeline.store_codec import SideArrays, dequantize, side_arrays, token_mask
+from pipeline.head_feed import HeadScorer, head_option_refused  # noqa: F401  (the head's part of the core)
+from pipeline.store_codec import SideArrays, side_arrays
 from pipeline.text_checks import blank_mask
 from pipeline.text_ids import text_id
 
@@ -408,11 +409,10 @@ class StoreLookup:
         table = (pa.concat_tables([t.select(["id", *store_columns(layout)]) for t in tables]) if tables else
                  layout.schema().empty_table().select(["id", *store_columns(layout)]))
         self.table = table.drop_columns(["id"])   # the store columns, for joins that carry rows on
-        arrays = side_arrays(table, layout)
-        # Pooled embeddings are converted to float32 once per stored text rather than once per
-        # pair that gathers them (a store's text is gathered by many pairs); this costs H*2 more
-        # bytes a row, which the broadcast join's memory bound counts.
-        self.arrays = arrays if arrays.pooled is None else arrays._replace(pooled=arrays.pooled.astype(np.float32))
+        # Every column stays in its stored dtype (pooled float16, as the tokens): a batch gathers
+        # half the bytes of float32 and converts them where the head runs (pipeline/head_feed.py);
+        # measured faster on CPU than gathering rows converted once up front.
+        self.arrays = side_arrays(table, layout)
         ids = table.column("id").combine_chunks()
         self._dict = None
         if len(ids) and pc.max(pc.binary_length(ids)).as_py() > _MAX_KEY_BYTES:
@@ -433,7 +433,20 @@ class StoreLookup:
         return len(self._dict) if self._dict is not None else len(self._keys)
 
     def rows(self, ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
-        """(P,) ids -> (P,) int64 store rows, -1 where the store has no such id."""
+        """(P,) ids -> (P,) int64 store rows, -1 where the store has no such id.
+
+        Each distinct id of the batch is looked up once (pairs repeat their ids: a query meets
+        many candidates), after one hash pass (``dictionary_encode``) over the P ids."""
+        if isinstance(ids, pa.ChunkedArray):
+            ids = ids.combine_chunks()
+        if len(ids) > 1:
+            encoded = pc.dictionary_encode(ids)
+            if len(encoded.dictionary) < len(ids):
+                return self._unique_rows(encoded.dictionary)[encoded.indices.to_numpy(zero_copy_only=False)]
+        return self._unique_rows(ids)
+
+    def _unique_rows(self, ids: pa.Array) -> np.ndarray:
+        """(U,) ids -> (U,) int64 store rows, -1 where the store has no such id."""
         if self._dict is not None:
             get = self._dict.get
             values = ids.to_pylist()
@@ -487,79 +500,6 @@ def partition(table: pa.Table, hashes: np.ndarray, buckets: int):
         yield int(ordered[start]), table.take(pa.array(order[start:end]))
 
 
-# --------------------------------------------------------------------------- the head
-
-class HeadScorer:
-    """A student's head on one device, fed SideArrays in batches of ``batch_size`` pairs.
-
-    On CUDA the gathered rows are copied from pinned host memory without blocking, in the
-    stored dtype (half the bytes of float32), and converted on the device.
-    """
-
-    def __init__(self, student, device: str = "cpu", batch_size: int = 8192):
-        import torch
-        from encoders.inference import run_head  # torch: imported where a scorer is made, not with this module
-        self.torch = torch
-        self.run_head = run_head
-        self.student = student
-        self.device = device
-        self.batch_size = batch_size
-        self.num_outputs = student.config.num_outputs
-        # A head that never reads the token embeddings (the pooled-cos baseline) is given
-        # placeholders of the right shape: its pairs cost no token gather, conversion or copy.
-        self.reads_tokens = getattr(student.head, "reads_tokens", True)
-
-    def _tensor(self, array: np.ndarray | None):
-        if array is None:
-            return None
-        tensor = self.torch.from_numpy(np.ascontiguousarray(array))
-        if self.device == "cuda":
-            return tensor.pin_memory().to(self.device, non_blocking=True)
-        return tensor
-
-    def _side(self, side: SideArrays, name: str) -> tuple:
-        """SideArrays of B pairs -> (tokens (B, N, D) float32, mask (B, N) bool, pooled (B, H) float32 or None)."""
-        torch = self.torch
-        pooled = self._tensor(side.pooled)
-        pooled = None if pooled is None else pooled.float()
-        head = self.student.head
-        if side.tokens is None:
-            # Only heads that say reads_tokens = False get here; they are PairHeads, with these sizes.
-            tokens_kept = head.left_tokens if name == "left" else head.right_tokens
-            batch, shape = len(side.num_tokens), (tokens_kept, head.dim)
-            return (torch.zeros((1, *shape), device=self.device).expand(batch, *shape),
-                    torch.ones((1, tokens_kept), dtype=torch.bool, device=self.device).expand(batch, tokens_kept),
-                    pooled)
-        # The store's decoder (pipeline/store.py), on the device: int8 scales and the token mask.
-        tokens = dequantize(self._tensor(side.tokens).float(),
-                            None if side.scales is None else self._tensor(side.scales.astype(np.float32)))
-        mask = token_mask(self._tensor(side.num_tokens.astype(np.int64)), side.tokens.shape[1])
-        return tokens, mask, pooled
-
-    def score(self, left: SideArrays, right: SideArrays) -> tuple[np.ndarray, np.ndarray | None]:
-        """B pairs -> scores (B,) float32 and, for C > 1 classes, probs (B, C) float32."""
-        total = len(left.num_tokens)
-        scores = np.empty(total, np.float32)
-        probs = np.empty((total, self.num_outputs), np.float32) if self.num_outputs > 1 else None
-        for start in range(0, total, self.batch_size):
-            part = slice(start, start + self.batch_size)
-            one_batch = total <= self.batch_size
-            left_part = left if one_batch else left.take(np.arange(start, min(total, start + self.batch_size)))
-            right_part = right if one_batch else right.take(np.arange(start, min(total, start + self.batch_size)))
-            logits = self.run_head(self.student, self._side(left_part, "left"), self._side(right_part, "right"),
-                              self.device)
-            score, prob = self.student.scores_from_logits(logits)
-            scores[part] = score.float().cpu().numpy()
-            if probs is not None:
-                probs[part] = prob.float().cpu().numpy()
-        return scores, probs
-
-
-def torch_threads_for(processes: int) -> int:
-    """The torch threads one of ``processes`` worker processes on this machine should use."""
-    return max(1, (os.cpu_count() or 1) // max(1, processes))
-
-
 # --------------------------------------------------------------------------- scoring
 
 def score_table(pairs: pa.Table, scores: np.ndarray, probs: np.ndarray | None, schema: pa.Schema) -> pa.Table:
@@ -609,8 +549,9 @@ def score_pairs(pairs: pa.Table, left: StoreLookup, right: StoreLookup, scorer: 
     keep = np.flatnonzero(found)
     if letters:
         pairs = pairs.take(pa.array(keep))
-    scores, probs = scorer.score(left.gather(left_rows[keep], scorer.reads_tokens),
-                                 right.gather(right_rows[keep], scorer.reads_tokens))
+    # The scorer gathers the rows itself: on the device where the stores are resident, else
+    # straight into its reusable host buffers (pipeline/head_feed.py).
+    scores, probs = scorer.score_rows(left.arrays, left_rows[keep], right.arrays, right_rows[keep])
     return score_table(pairs, scores, probs, schema), letters
 
 

@@ -50,7 +50,7 @@ class SideArrays(NamedTuple):
     """One side of B pairs as gathered from a store, still in the stored dtype.
 
     tokens (B, N, D) float16 or int8; scales (B,) float32 (int8) or None; num_tokens (B,);
-    pooled (B, H) float16 (float32 from a StoreLookup) or None.
+    pooled (B, H) float16 or None.
     """
     tokens: np.ndarray
     scales: np.ndarray | None

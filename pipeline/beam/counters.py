@@ -79,3 +79,26 @@ WORKER_NAMESPACE = "pairscore.workers"
 def worker_counter(stage: str):
     """Rows of ``stage`` (read, scored) in this worker process: ``pairscore.workers/STAGE.HOST:PID``."""
     return Metrics.counter(WORKER_NAMESPACE, f"{stage}.{socket.gethostname()}:{os.getpid()}")
+
+
+def report_threads(stage: str) -> None:
+    """The torch threads this worker process runs ``stage`` with (``encode``, ``head``, ``teacher``):
+    a gauge ``pairscore.workers/torch_threads.STAGE.HOST:PID``, so a run shows how its workers
+    were sized (:func:`worker_threads` reads them back). Called where the work runs (Beam drops
+    metrics set in ``setup``, outside a bundle); one gauge update per batch."""
+    import torch
+
+    Metrics.gauge(WORKER_NAMESPACE, f"torch_threads.{stage}.{socket.gethostname()}:{os.getpid()}").set(
+        torch.get_num_threads())
+
+
+def worker_threads(result) -> dict[str, int]:
+    """``STAGE.HOST:PID`` -> torch threads, for each worker process of a finished pipeline."""
+    query = result.metrics().query(MetricsFilter().with_namespace(WORKER_NAMESPACE))
+    found = {}
+    for metric in query["gauges"]:
+        name = metric.key.metric.name
+        if name.startswith("torch_threads."):
+            value = metric.committed if metric.committed is not None else metric.attempted
+            found[name[len("torch_threads."):]] = int(value.value)
+    return found

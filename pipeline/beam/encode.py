@@ -14,7 +14,8 @@ import apache_beam as beam
 from apache_beam.utils import shared
 import pyarrow as pa
 
-from pipeline.beam.counters import counter, dead_letter_counter
+from encoders.threads import ThreadPlan
+from pipeline.beam.counters import counter, dead_letter_counter, report_threads
 from pipeline.beam.models import EncoderHandler, acquire
 from pipeline.beam.batching import SortWindowDoFn
 from pipeline.dead_letters import DeadLetter
@@ -145,6 +146,7 @@ class EncodeSettings:
     batch_size: int = 128
     dtype: str = "float16"
     device: str = "auto"
+    threads: ThreadPlan = ThreadPlan()   # torch threads per worker process (encoders/threads.py)
     # Texts tokenized and sorted by length together before being cut into batches; larger
     # windows pad less, at the cost of holding more texts in memory.
     sort_window: int = 4096
@@ -163,7 +165,7 @@ class _EncodeTextsDoFn(SortWindowDoFn):
         self._settings = settings
         self._layout = layout
         # The side's encoder, loaded once per worker process (pipeline/beam/models.py).
-        self._handler = EncoderHandler(settings.model_dir, settings.side, settings.device)
+        self._handler = EncoderHandler(settings.model_dir, settings.side, settings.device, settings.threads)
         self._shared = shared.Shared()
         self.encoded = counter("texts_encoded", prefix)
         self.truncated = counter("texts_truncated", prefix)
@@ -172,6 +174,7 @@ class _EncodeTextsDoFn(SortWindowDoFn):
         self._model = acquire(self._shared, self._handler.load_model, self._handler.tag)
 
     def flush(self, texts: list[UniqueText]) -> pa.Table:
+        report_threads("encode")
         result = encode_unique_texts(self._handler, self._model, texts, self._layout, self._settings.batch_size)
         self.encoded.inc(result.encoded)
         self.truncated.inc(result.truncated)

@@ -32,10 +32,11 @@ import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import ReadFromParquetBatched, WriteToParquetBatched
 
+from encoders.threads import ThreadPlan
 from pipeline.beam.batching import SortWindowDoFn
 from pipeline.datasets import pair_key
 from pipeline.dead_letters import DeadLetter
-from pipeline.beam.counters import counter, dead_letter_counter
+from pipeline.beam.counters import counter, dead_letter_counter, report_threads
 from pipeline.beam.encode import DEAD_LETTER_TAG
 from pipeline.pairs import TextPair, TextPairColumns, extract_text_pair, kept_column_values
 from pipeline.readers import SourcedRow
@@ -163,6 +164,7 @@ class LabelSettings:
     batch_size: int = 64
     device: str = "auto"
     max_length: int | None = None
+    threads: ThreadPlan = ThreadPlan()   # torch threads per worker process (encoders/threads.py)
     # Pairs tokenized and sorted by length together before being cut into batches; larger
     # windows pad less, at the cost of holding more pairs in memory.
     sort_window: int = 4096
@@ -201,6 +203,7 @@ class _LabelPairsDoFn(SortWindowDoFn):
         self.truncated = counter("pairs_truncated")
 
     def setup(self):
+        self._settings.threads.apply()
         teacher = load_labeling_teacher(self._settings)
         from encoders.device import pick_device
         self._teacher = teacher.to(pick_device(self._settings.device)).eval()
@@ -209,6 +212,7 @@ class _LabelPairsDoFn(SortWindowDoFn):
     def flush(self, pairs: list[TextPair]) -> pa.Table:
         from encoders.teacher import soft_labels
 
+        report_threads("teacher")
         tokenized = self._teacher.tokenize([p.left for p in pairs], [p.right for p in pairs])
         # Counted batch by batch: a window of thousands of pairs takes the teacher minutes.
         logits = self._teacher.predict(tokenized, self._settings.batch_size,

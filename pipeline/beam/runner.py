@@ -19,8 +19,11 @@ import importlib
 from typing import Sequence
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, PortableOptions, StandardOptions
+from apache_beam.options.pipeline_options import (DebugOptions, DirectOptions, PipelineOptions, PortableOptions,
+                                                  StandardOptions)
 from apache_beam.options.pipeline_options import _BeamArgumentParser  # the parser Beam's options classes fill
+
+from encoders.threads import ThreadPlan
 
 LOCAL_RUNNER_NAMES = {"directrunner", "direct", "switchingdirectrunner", "fnapirunner"}
 
@@ -111,12 +114,26 @@ def is_local_runner(beam_args: Sequence[str]) -> bool:
 
 def worker_processes(beam_args: Sequence[str]) -> int | None:
     """Scoring processes per machine, to share its cores between their torch threads: the
-    multi-process DirectRunner's ``--direct_num_workers``; 1 in process; None (torch's default)
-    for other runners, which size their own workers."""
+    multi-process DirectRunner's ``--direct_num_workers``; 1 in process; None for other runners,
+    which size their own workers."""
     if not is_local_runner(beam_args):
         return None
     direct = PipelineOptions(list(beam_args)).view_as(DirectOptions)
     return max(1, direct.direct_num_workers or 1) if direct.direct_running_mode == "multi_processing" else 1
+
+
+def thread_plan(beam_args: Sequence[str], explicit: int | None = None) -> ThreadPlan:
+    """How a Beam worker process of ``beam_args`` sizes its torch threads (``encoders/threads.py``):
+    ``explicit`` (``--torch-threads``) first; a Dataflow Python worker runs one SDK process per
+    vCPU (unless ``--experiments=no_use_multiple_sdk_containers``), so each is a 1-CPU slot; a
+    local runner's processes share this machine's CPUs; any other runner's process takes its
+    affinity. Applied on the worker, so a remote worker counts its own CPUs."""
+    options = PipelineOptions(list(beam_args))
+    runner = (options.view_as(StandardOptions).runner or "").lower()
+    if runner in ("dataflowrunner", "dataflow"):
+        experiments = options.view_as(DebugOptions).experiments or []
+        return ThreadPlan(explicit, slot_cpus=None if "no_use_multiple_sdk_containers" in experiments else 1)
+    return ThreadPlan(explicit, processes=worker_processes(beam_args) or 1)
 
 
 _WORKERS_IGNORE_SIGINT = "trap '' INT; "

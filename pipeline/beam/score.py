@@ -32,8 +32,9 @@ import numpy as np
 import pyarrow as pa
 from apache_beam.utils import shared
 
+from encoders.threads import ThreadPlan
 from pipeline.dead_letters import DeadLetter
-from pipeline.beam.counters import counter, dead_letter_counter, worker_counter
+from pipeline.beam.counters import counter, dead_letter_counter, report_threads, worker_counter
 from pipeline.beam.encode import DEAD_LETTER_TAG, EncodeSettings, EncodeTexts
 from pipeline.beam.models import HeadHandler
 from pipeline.pair_reading import read_prepared
@@ -279,7 +280,8 @@ class ScoreSettings:
     """How the head runs. ``model_dir`` None = the zero-training baseline.
 
     columns / pair_paths: what the pairs are and the files they came from (dead letters' sources);
-    threads: torch threads per worker process (None: torch's default); buckets: partitions of the
+    threads: how a worker process sizes its torch threads (encoders/threads.py); compile / quantize:
+    the head's opt-in speed-ups (HeadScorer); buckets: partitions of the
     shuffle join; run_token: tells this pipeline's per-process objects from another run's.
     """
     model_dir: str | None
@@ -291,7 +293,9 @@ class ScoreSettings:
     device: str = "auto"
     columns: PairColumns = PairColumns()
     pair_paths: tuple[str, ...] = ()
-    threads: int | None = None
+    threads: ThreadPlan = ThreadPlan()
+    compile: bool = False
+    quantize: str | None = None
     buckets: int = 64
     run_token: str = field(default_factory=lambda: uuid.uuid4().hex)
 
@@ -303,7 +307,7 @@ class _Worker:
     def __init__(self, settings: ScoreSettings):
         # The head alone (pipeline/beam/models.py): a scoring worker never loads the encoder.
         self.scorer = HeadHandler(settings.model_dir, settings.device, settings.batch_size,
-                                  settings.threads).load_model()
+                                  settings.threads, settings.compile, settings.quantize).load_model()
         self._settings = settings
         self._lookups = None
         self._lock = threading.Lock()
@@ -340,6 +344,7 @@ class _ScoreBroadcastDoFn(beam.DoFn):
         if scores.num_rows:
             self.scored.inc(scores.num_rows)
             self._worker_scored.inc(scores.num_rows)
+            report_threads("head")
             yield scores
 
 
@@ -407,6 +412,7 @@ class _ScoreJoinedDoFn(beam.DoFn):
                                                   side_arrays(pairs, settings.right_layout, "_right_"))
         self.scored.inc(pairs.num_rows)
         self._worker_scored.inc(pairs.num_rows)
+        report_threads("head")
         yield score_table(pairs, scores, probs, settings.output_schema)
 
 

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from encoders.threads import ThreadPlan
 from pipeline import files
 from pipeline.dead_letters import DEAD_LETTER_SCHEMA, DeadLetter
 from pipeline.models import HeadHandler
@@ -174,7 +175,7 @@ class ScoreBucketed:
     model_dir: str | None
     device: str
     batch_size: int
-    threads: int | None
+    threads: ThreadPlan
     scores_dir: str
     dead_letter_dir: str
     provenance: dict

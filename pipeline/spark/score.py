@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from encoders.threads import ThreadPlan
 from pipeline.readers import InputFile, read_slices
 from pipeline.scoring_core import PairColumns
 from pipeline.spark import tasks
@@ -54,7 +55,7 @@ class SparkScoreSettings:
     device: str = "cpu"
     batch_size: int = 8192
     encode_batch_size: int = 128
-    threads: int | None = None
+    threads: ThreadPlan = ThreadPlan()     # the workers' torch threads (pipeline/spark/session.thread_plan)
     slice_rows: int = 1 << 14
     join: str = "broadcast"      # or "shuffle": the bucketed join (pipeline/spark/join.py)
     buckets: int = 64            # of the bucketed join (jobs.score_pairs.shuffle_buckets)
@@ -74,7 +75,7 @@ def execute_score(spark, settings: SparkScoreSettings) -> SparkRun:
                               tasks.PAIR_TEXTS_DDL)
                   .dropDuplicates(["side", "id"]))
     encode_stores(spark, run, unique, settings.sides, settings.model_dir, settings.device, settings.provenance,
-                  settings.encode_batch_size)
+                  settings.encode_batch_size, settings.threads)
     stored = {side: run.paths("store", side) for side in settings.sides}
     if settings.join == "shuffle":
         scored = run.add(score_bucketed(spark, slices, settings, stored))

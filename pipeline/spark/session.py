@@ -53,3 +53,14 @@ def spark_session(master: str | None, conf: Mapping[str, str]):
 def task_slots(spark) -> int:
     """Task slots of the session (``spark.default.parallelism``): how many Python workers run at once."""
     return max(1, int(spark.sparkContext.defaultParallelism))
+
+
+def thread_plan(spark, explicit: int | None = None):
+    """The torch threads of this session's Python workers (encoders/threads.py): ``--torch-threads``
+    first; on a cluster each task slot's CPUs (``spark.task.cpus``); locally this machine's CPUs
+    shared among the session's task slots (each slot is its own Python worker)."""
+    from encoders.threads import ThreadPlan
+
+    if spark.sparkContext.master.startswith("local"):
+        return ThreadPlan(explicit=explicit, processes=task_slots(spark))
+    return ThreadPlan(explicit=explicit, slot_cpus=int(spark.sparkContext.getConf().get("spark.task.cpus", "1")))

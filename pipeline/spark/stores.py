@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from encoders.threads import ThreadPlan
 from pipeline.readers import InputFile
 from pipeline.spark import tasks
 from pipeline.spark.steps import SparkRun, collect, items
@@ -55,7 +56,7 @@ def text_table_texts(spark, run: SparkRun, sides: dict[str, SparkSide], columns:
 
 
 def encode_stores(spark, run: SparkRun, unique, sides: dict[str, SparkSide], model_dir: str | None, device: str,
-                  provenance: dict, batch_size: int) -> None:
+                  provenance: dict, batch_size: int, threads: ThreadPlan = ThreadPlan()) -> None:
     """(side, id, text) -> every side's store files in its staging directory (new and kept part
     files, as :data:`tasks.RESULT_SCHEMA` rows in ``run``). Counts ``<side>_texts_encoded``,
     ``<side>_texts_reused`` (ids), ``<side>_texts_truncated``."""
@@ -65,7 +66,8 @@ def encode_stores(spark, run: SparkRun, unique, sides: dict[str, SparkSide], mod
     known = items(spark, len(stores)).mapInArrow(tasks.KnownIds(stores), tasks.KNOWN_DDL)
     to_encode = unique.join(known, ["side", "id"], "left").repartition(max(2, task_slots(spark)), "side", "text")
     encoded = run.add(collect(to_encode.mapInArrow(
-        tasks.EncodeNew(model_dir, device, layouts, store_dirs, provenance, batch_size), tasks.RESULT_DDL)))
+        tasks.EncodeNew(model_dir, device, layouts, store_dirs, provenance, batch_size, threads=threads),
+        tasks.RESULT_DDL)))
     if stores:
         new_files = {side: run.paths("store", side) for side in sides}
         run.add(collect(items(spark, len(stores)).mapInArrow(

@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterator, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from encoders.threads import ThreadPlan
 from pipeline import files
 from pipeline.dead_letters import DEAD_LETTER_SCHEMA, DeadLetter, count_reasons
 from pipeline.models import EncoderHandler, HeadHandler, encode_unique_texts
@@ -229,6 +230,7 @@ class EncodeNew:
     provenance: dict
     batch_size: int = 128
     sort_window: int = 4096
+    threads: ThreadPlan = ThreadPlan()
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         texts: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
@@ -250,7 +252,7 @@ class EncodeNew:
         yield result_batch(results)
 
     def _encode(self, side: str, uniques: list[UniqueText], info: dict) -> tuple[str, int]:
-        handler = EncoderHandler(self.model_dir, side, self.device)
+        handler = EncoderHandler(self.model_dir, side, self.device, self.threads)
         model = loaded(("encoder", handler.tag), handler.load_model)
         layout = self.layouts[side]
         path = files.join(self.store_dirs[side], attempt_name("new"))
@@ -336,7 +338,7 @@ class ScoreSlices:
     dead_letter_dir: str
     provenance: dict
     batch_size: int = 8192
-    threads: int | None = None
+    threads: ThreadPlan = ThreadPlan()
     fail_once: str | None = field(default_factory=lambda: os.environ.get(FAIL_ONCE_ENV))
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:

@@ -273,3 +273,54 @@ def test_multi_process_run_beside_a_users_pipeline_py_is_quiet_and_unshadowed(tm
     assert "encode_texts: done in" in done.stdout and re.search(r"texts_encoded\s+12\b", done.stdout)
     noise = [line for line in done.stderr.splitlines() if not line.startswith("encode_texts ")]
     assert noise == [], done.stderr
+
+
+@pytest.mark.parametrize("user_policy", [None, "ACTIVE"])
+def test_the_entry_sets_the_waiting_policy_before_the_job_imports_torch(monkeypatch, user_policy):
+    """OpenMP reads OMP_WAIT_POLICY once, when torch loads it: ``python -m jobs.X`` sets PASSIVE
+    (idle threads sleep, not spin) before importing the job, and keeps a policy the user set."""
+    import importlib
+    from jobs import common
+
+    if user_policy is None:
+        monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    else:
+        monkeypatch.setenv("OMP_WAIT_POLICY", user_policy)
+    seen = {}
+
+    class Job:
+        class main:
+            @staticmethod
+            def main(prog_name):
+                seen["policy"] = os.environ.get("OMP_WAIT_POLICY")
+
+    monkeypatch.setattr(common, "shield_beam_workers", lambda: None)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setattr(importlib, "import_module", lambda name: Job)
+    common.main_module("score_pairs")
+    assert seen["policy"] == (user_policy or "PASSIVE")
+
+
+def test_the_console_script_sets_the_waiting_policy(monkeypatch):
+    from jobs import cli
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setattr(cli, "shield_beam_workers", lambda: None)
+    seen = {}
+    monkeypatch.setattr(cli, "pairscore", lambda prog_name: seen.setdefault("policy", os.environ.get("OMP_WAIT_POLICY")))
+    cli.console_main()
+    assert seen["policy"] == "PASSIVE"
+
+
+def test_head_options_that_cannot_run_are_refused_in_one_line(tmp_path):
+    """--compile with --head-quantize int8: exit 2, one line naming both, nothing written."""
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"left": "a", "right": "b"}\n')
+    result = CliRunner().invoke(cli.pairscore, ["score-pairs", "--pairs", str(pairs), "--output",
+                                                str(tmp_path / "out"), "--device", "cpu", "--compile",
+                                                "--head-quantize", "int8"])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert lines == ["error: --compile and --head-quantize int8 do not go together: torch.compile cannot trace "
+                     "dynamically quantized layers; choose one"], result.output
+    assert not (tmp_path / "out").exists()

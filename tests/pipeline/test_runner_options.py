@@ -148,3 +148,16 @@ def test_workers_start_with_sigint_ignored_and_a_renamed_beam_class_changes_noth
     monkeypatch.delattr(local_job_service, "SubprocessSdkWorker")
     runner.leave_ctrl_c_to_this_process()                # nothing to wrap: no error
     runner.make_pipeline(["--runner=DirectRunner"])
+
+
+@pytest.mark.parametrize("args, plan", [
+    ([], runner.ThreadPlan(processes=1)),
+    (["--direct_num_workers=2", "--direct_running_mode=multi_processing"], runner.ThreadPlan(processes=2)),
+    (["--direct_num_workers=4", "--direct_running_mode=multi_threading"], runner.ThreadPlan(processes=1)),
+    (DATAFLOW, runner.ThreadPlan(slot_cpus=1)),                      # one SDK process per vCPU
+    (DATAFLOW + ["--experiments=no_use_multiple_sdk_containers"], runner.ThreadPlan()),
+    (OTHER_RUNNERS[0], runner.ThreadPlan(processes=1)),               # Flink: the worker's own affinity
+], ids=["in-process", "multi-process", "multi-thread", "dataflow", "dataflow-one-sdk", "flink"])
+def test_each_runner_sizes_its_workers_threads(args, plan):
+    assert runner.thread_plan(args) == plan
+    assert runner.thread_plan(args, explicit=3).threads(cpus=range(64)) == 3   # the flag wins everywhere
