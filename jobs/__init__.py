@@ -8,7 +8,6 @@ run inside its functions. No job imports another job.
 
 Light on purpose (standard library only): every entry point imports this package first.
 """
-import logging
 import time
 
 
@@ -19,15 +18,3 @@ import time
 # scheduler's `bash -c 'sleep 8 && pairscore ...'` bash execs Python in its own process, whose
 # start was 8 s before Python's.
 PROCESS_STARTED = time.time()
-
-
-class _DropImportNoise(logging.Filter):
-    """Beam warns at import that optional Google Cloud clients are missing; irrelevant here."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "apitools not found" not in record.getMessage()
-
-
-logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-for _handler in logging.getLogger().handlers:
-    _handler.addFilter(_DropImportNoise())

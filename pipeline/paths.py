@@ -8,15 +8,9 @@ a path pairscore was given (an output, a store, a directory of inputs) goes thro
 from __future__ import annotations
 
 import re
-import warnings
 
 GLOB_CHARS = "*?["
 _GLOB_CHAR = re.compile(r"([*?\[])")
-
-# Beam turns the escaped ``[[]`` into the regular expression ``[[]``, which means exactly "[" but
-# makes Python's ``re`` warn that a nested set may be meant one day.
-warnings.filterwarnings("ignore", message="Possible nested set", category=FutureWarning,
-                        module=r"apache_beam\.io\.filesystem")
 
 
 def has_glob(path: str) -> bool:

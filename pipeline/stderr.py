@@ -25,14 +25,32 @@ from pipeline import progress
 from pipeline.errors import mentions_refusal, refusal_in
 
 
+class _DropImportNoise(logging.Filter):
+    """Beam warns at import that optional Google Cloud clients are missing; irrelevant here."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "apitools not found" not in record.getMessage()
+
+
 def configure_logging(verbose: bool) -> None:
-    """Beam's INFO and WARNING messages (runner, workers, file renames) only with --verbose; its
-    report of a full disk never (the job's one line names the file)."""
+    """The logging and warnings of a command-line run, set when the run starts (``run_job``) and
+    never at import, so that a program using pairscore as a library keeps its own: a root handler
+    (if the program has none), Beam's INFO and WARNING messages (runner, workers, file renames)
+    only with --verbose, its report of a full disk never (the job's one line names the file), and
+    neither its import-time note on missing Google Cloud clients nor the FutureWarning of
+    Beam's pattern matching on an escaped glob (pipeline/paths.py)."""
+    import warnings
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # Beam turns the escaped ``[[]`` into the regular expression ``[[]``, which means exactly "[" but
+    # makes Python's ``re`` warn that a nested set may be meant one day.
+    warnings.filterwarnings("ignore", message="Possible nested set", category=FutureWarning,
+                            module=r"apache_beam\.io\.filesystem")
     logging.getLogger().setLevel(logging.INFO if verbose else logging.WARNING)
     logging.getLogger("apache_beam").setLevel(logging.INFO if verbose else logging.ERROR)
     quiet_refusal_logs()
     for handler in logging.getLogger().handlers:
-        for kind in (_DiskFullLogFilter, _RefusalLogFilter):
+        for kind in (_DropImportNoise, _DiskFullLogFilter, _RefusalLogFilter):
             if not any(isinstance(f, kind) for f in handler.filters):
                 handler.addFilter(kind())
 

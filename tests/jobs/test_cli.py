@@ -324,3 +324,17 @@ def test_head_options_that_cannot_run_are_refused_in_one_line(tmp_path):
     assert lines == ["error: --compile and --head-quantize int8 do not go together: torch.compile cannot trace "
                      "dynamically quantized layers; choose one"], result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_importing_pairscore_leaves_logging_and_warnings_as_they_were():
+    """A program using pairscore as a library keeps its own logging and warnings filters: they are
+    set when a command-line run starts (pipeline/stderr.configure_logging), never at import. (The
+    modules here import no third-party library: Beam's own import adds filters and a handler.)"""
+    code = ("import logging, warnings\n"
+            "before = (list(logging.getLogger().handlers), logging.getLogger().level, list(warnings.filters))\n"
+            "import jobs, jobs.cli, jobs.score_pairs, jobs.preflight, pipeline.paths, pipeline.stderr\n"
+            "after = (list(logging.getLogger().handlers), logging.getLogger().level, list(warnings.filters))\n"
+            "print(before == after)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=300,
+                          cwd=REPO)
+    assert done.stdout.strip() == "True", done.stdout + done.stderr
