@@ -15,6 +15,7 @@ import math
 import os
 import sys
 import time
+import traceback
 from typing import Any, Callable, Sequence
 
 import click
@@ -355,7 +356,7 @@ def run_job(job: Callable[[], str], *, name: str, quiet: bool = False, verbose: 
     # may hold a user's own pipeline.py) behind pairscore's packages (main_module).
     from pipeline import progress, stderr
     from pipeline.beam import watchdog
-    from pipeline.errors import EXIT_REFUSED, EXIT_USAGE, refusal_in
+    from pipeline.errors import EXIT_BUG, EXIT_REFUSED, EXIT_USAGE, refusal_in
 
     global _run_started
     _run_started = PROCESS_STARTED if _from_process_start else time.time()
@@ -394,10 +395,16 @@ def run_job(job: Callable[[], str], *, name: str, quiet: bool = False, verbose: 
                 click.echo(f"refused to commit: {refused}", file=stream if stream is not None else sys.stderr)
                 sys.exit(EXIT_REFUSED)
             # Ctrl-C, SIGTERM and a full disk: one line (and 130 / 143 for the signals), no
-            # traceback; anything else keeps its traceback.
+            # traceback; anything else is a bug: its traceback, then a line saying so, exit 1.
             failure = _one_line_failure(err)
             if failure is None:
-                raise
+                if not isinstance(err, Exception):
+                    raise                     # SystemExit and the like: not ours to report
+                traceback.print_exception(err)
+                click.echo(f"error: {name} failed unexpectedly (exit 1): a bug in pairscore or a library it uses, "
+                           "not in your flags or inputs; please report it with the traceback above. Nothing was "
+                           "committed.", err=True)
+                sys.exit(EXIT_BUG)
             # Past the worker-log filter (which drops everything once a run is interrupted).
             click.echo(failure[0], file=stream if stream is not None else sys.stderr)
             sys.exit(failure[1])

@@ -338,3 +338,19 @@ def test_importing_pairscore_leaves_logging_and_warnings_as_they_were():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=300,
                           cwd=REPO)
     assert done.stdout.strip() == "True", done.stdout + done.stderr
+
+
+def test_an_unexpected_failure_keeps_its_traceback_and_says_it_is_a_bug(capsys):
+    """Exit 1 is a bug (pipeline/errors.py): the traceback stays, then one line saying so, so that an
+    operator paged at night tells it from a bad flag (exit 2) or a refused commit (exit 3)."""
+    from jobs.common import run_job
+
+    def job() -> str:
+        raise RuntimeError("an internal invariant broke")
+
+    with pytest.raises(SystemExit) as ended:
+        run_job(job, name="score_pairs", quiet=True)
+    assert ended.value.code == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "RuntimeError: an internal invariant broke" in err
+    assert err.rstrip().splitlines()[-1].startswith("error: score_pairs failed unexpectedly (exit 1): a bug")
