@@ -35,7 +35,8 @@ setup(
     # with its own directory first on sys.path, so a user's pipeline.py or jobs/ cannot shadow ours.
     entry_points={"console_scripts": ["pairscore = jobs.cli:console_main"]},
     extras_require={
-        "test": ["pytest>=8,<10", "pytest-timeout>=2,<3", "pandas>=2,<4", "duckdb>=1.0,<3", "scikit-learn>=1.3,<2"],
+        "test": ["pytest>=8,<10", "pytest-timeout>=2,<3", "pandas>=2,<4", "duckdb>=1.0,<3", "scikit-learn>=1.3,<2",
+                 "ruff>=0.17,<0.18"],
         # --engine spark (pipeline/spark): PySpark 4 needs Java 17 and pandas (its Arrow UDFs build on it).
         "spark": ["pyspark==4.3.0", "pandas>=2.2,<4"],
     },

@@ -166,7 +166,7 @@ def main() -> None:
             copied = rate(lambda: host.score_batch(table), table.num_rows, args.seconds, device)
             print(f"{precision:<9} {size:>7} {head:>12,.0f} {on_device:>13,.0f} {copied:>12,.0f} "
                   f"{on_device / head:>13.2f}x {copied / head:>9.2f}x", flush=True)
-            del resident, host
+            resident = host = None     # free both cores' device memory before the next size
             if device == "cuda":
                 torch.cuda.empty_cache()
 

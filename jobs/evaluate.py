@@ -177,7 +177,7 @@ def run(job: EvaluateJob, argv: list[str] | None = None) -> RunSummary:
     import numpy as np
     import torch
     from encoders.device import pick_device
-    from encoders.evaluation import (MAIN_METRICS, BatchSizes, Scored, agreement, compare_models, load_model,
+    from encoders.evaluation import (MAIN_METRICS, BatchSizes, agreement, compare_models, load_model,
                                      model_kind, parse_comparisons, quality, ranking, score_model, speed)
     from encoders.inference import Pairs
     from pipeline.datasets import read_labeled_pairs

@@ -2,7 +2,6 @@
 path gives what the full forward gives, and gradients reach only the top layers."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 

@@ -2,7 +2,6 @@
 process's share of its affinity; never the whole machine per process."""
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch

@@ -463,7 +463,7 @@ def test_train_layers_trains_only_the_top_layers_on_cached_states(tmp_path, toy,
     metrics = summary.metrics
     assert [r["stage"] for r in metrics["epochs"]] == ["stage1", "stage2", "stage2"]
     assert all({"mrr@10", "map", "ndcg@10", "auc"} <= set(r["dev"]) for r in metrics["epochs"])
-    assert metrics["select_metric"] == "mrr@10" and f"by dev mrr@10" in summary.notes[0]
+    assert metrics["select_metric"] == "mrr@10" and "by dev mrr@10" in summary.notes[0]
     lower = metrics["lower_cache"]
     texts = {*(r["left"] for r in distill_rows()), *(r["right"] for r in distill_rows())}
     # Left and right max lengths differ: one cache per side.

@@ -93,8 +93,8 @@ def test_scores_equal_the_head_run_directly(students, tiny_student_config, name,
         np.testing.assert_allclose(got.sum(axis=1), 1, atol=1e-5)
 
 
-def test_missing_ids_are_dead_letters_and_later_store_rows_win(students, tiny_student_config):
-    student, config = students["dipair"], tiny_student_config
+def test_missing_ids_are_dead_letters_and_later_store_rows_win(students):
+    student = students["dipair"]
     layouts = {side: store_layout(student, side, "float16") for side in ("left", "right")}
     first, _, _, _ = store_table(["a", "b"], layouts["left"], 1)
     again, _, _, _ = store_table(["b"], layouts["left"], 9)   # re-encoded "b": this row must win
