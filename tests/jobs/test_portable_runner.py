@@ -7,7 +7,8 @@
 * ``multi-process``: the DirectRunner's multi-process mode (``--direct_num_workers=2
   --direct_running_mode=multi_processing``).
 
-Each job's outputs (tables, dead letters, counts) equal the in-process run's.
+Each job's outputs (tables, dead letters, counts) equal the in-process run's. The inputs
+dead-letter rows on purpose, so every job here runs with ``max_dead_letter_fraction=1.0``.
 """
 from __future__ import annotations
 
@@ -120,11 +121,11 @@ def in_process(workdir, tiny_checkpoint, tiny_teacher_dir) -> dict:
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(workdir)
         return {
-            "encode": encode(EncodeTextsJob(inputs=("texts.jsonl",), output="in-process-encode",
+            "encode": encode(EncodeTextsJob(max_dead_letter_fraction=1.0, inputs=("texts.jsonl",), output="in-process-encode",
                                             model_dir=tiny_checkpoint), [], []).counts,
-            "score": score(ScorePairsJob(pairs=("pairs.jsonl",), output="in-process-score", model_dir=tiny_checkpoint,
+            "score": score(ScorePairsJob(max_dead_letter_fraction=1.0, pairs=("pairs.jsonl",), output="in-process-score", model_dir=tiny_checkpoint,
                                          keep_cols=("pid",)), [], []).counts,
-            "label": label(LabelPairsJob(pairs=("pairs.jsonl",), teacher=tiny_teacher_dir, output="in-process-label",
+            "label": label(LabelPairsJob(max_dead_letter_fraction=1.0, pairs=("pairs.jsonl",), teacher=tiny_teacher_dir, output="in-process-label",
                                          keep_cols=("pid",)), [], []).counts,
         }
 
@@ -158,7 +159,7 @@ def assert_same_outputs(got: str, expected: str, kinds: tuple[str, ...]) -> None
 
 def test_encode_texts(runner, in_process, tiny_checkpoint):
     name, args = runner
-    got = encode(EncodeTextsJob(inputs=("texts.jsonl",), output=f"{name}-encode", model_dir=tiny_checkpoint,
+    got = encode(EncodeTextsJob(max_dead_letter_fraction=1.0, inputs=("texts.jsonl",), output=f"{name}-encode", model_dir=tiny_checkpoint,
                                 batch_size=2), args, [])
     assert got.counts == in_process["encode"] and got.counts["store_rows"] == 4
     assert_same_outputs(f"{name}-encode", "in-process-encode", ("store", "dead_letter"))
@@ -167,19 +168,19 @@ def test_encode_texts(runner, in_process, tiny_checkpoint):
 def test_score_pairs(runner, in_process, tiny_checkpoint):
     name, args = runner
     flags = dict(pairs=("pairs.jsonl",), model_dir=tiny_checkpoint, keep_cols=("pid",), batch_size=2)
-    got = score(ScorePairsJob(output=f"{name}-score", join="shuffle", **flags), args, [])
+    got = score(ScorePairsJob(max_dead_letter_fraction=1.0, output=f"{name}-score", join="shuffle", **flags), args, [])
     assert got.counts == in_process["score"] and got.counts["pairs_scored"] == 4
     assert_same_outputs(f"{name}-score", "in-process-score", ("scores", "left_store", "right_store", "dead_letter"))
     if name == "external":
         # A store given by a relative path is read by the pool's workers: nothing is encoded again.
-        again = score(ScorePairsJob(output=f"{name}-again", store=f"{name}-score/store", **flags), args, [])
+        again = score(ScorePairsJob(max_dead_letter_fraction=1.0, output=f"{name}-again", store=f"{name}-score/store", **flags), args, [])
         assert again.counts["left_texts_encoded"] == again.counts["right_texts_encoded"] == 0
         assert_same_outputs(f"{name}-again", "in-process-score", ("scores",))
 
 
 def test_label_pairs(runner, in_process, tiny_teacher_dir):
     name, args = runner
-    got = label(LabelPairsJob(pairs=("pairs.jsonl",), teacher=tiny_teacher_dir, output=f"{name}-label",
+    got = label(LabelPairsJob(max_dead_letter_fraction=1.0, pairs=("pairs.jsonl",), teacher=tiny_teacher_dir, output=f"{name}-label",
                               keep_cols=("pid",), batch_size=2), args, [])
     assert got.counts == in_process["label"] and got.counts["pairs_labeled"] == 4
     assert_same_outputs(f"{name}-label", "in-process-label", ("distillation", "dead_letter"))
