@@ -901,10 +901,12 @@ def interrupted() -> bool:
 
 
 def end_worker_processes() -> None:
-    """SIGTERM every process below this one. Beam's multi-process workers (``sh -c python -m
-    ...sdk_worker_main``) wait to be told to stop while the runner, cleaning up after the
-    interrupt, waits for them to exit: ending them lets the run clean up and exit. Linux only
-    (/proc); elsewhere nothing is done."""
+    """SIGTERM every Beam worker process below this one. Beam's multi-process workers (``sh -c
+    python -m ...sdk_worker_main``) wait to be told to stop while the runner, cleaning up after the
+    interrupt, waits for them to exit: ending them lets the run clean up and exit. Only processes
+    whose command line names ``apache_beam`` are ended: a program calling a job as a library may
+    have children of its own (a Spark session's JVM, say) that must live on. Linux only (/proc);
+    elsewhere nothing is done."""
     children: dict[int, list[int]] = {}
     with contextlib.suppress(OSError):
         for entry in os.listdir("/proc"):
@@ -923,6 +925,9 @@ def end_worker_processes() -> None:
             pending.append(child)
     for pid in below:
         with contextlib.suppress(OSError):
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                if b"apache_beam" not in handle.read():
+                    continue
             os.kill(pid, signal.SIGTERM)
 
 

@@ -295,6 +295,9 @@ def test_the_entry_sets_the_waiting_policy_before_the_job_imports_torch(monkeypa
                 seen["policy"] = os.environ.get("OMP_WAIT_POLICY")
 
     monkeypatch.setattr(common, "shield_beam_workers", lambda: None)
+    # main_module marks this process as a command-line run (its runs' clocks start with Python):
+    # restored afterwards, or every later run in this test process would count from pytest's start.
+    monkeypatch.setattr(common, "_from_process_start", False)
     monkeypatch.setattr(sys, "path", list(sys.path))
     monkeypatch.setattr(importlib, "import_module", lambda name: Job)
     common.main_module("score_pairs")
@@ -302,10 +305,11 @@ def test_the_entry_sets_the_waiting_policy_before_the_job_imports_torch(monkeypa
 
 
 def test_the_console_script_sets_the_waiting_policy(monkeypatch):
-    from jobs import cli
+    from jobs import cli, common
 
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     monkeypatch.setattr(cli, "shield_beam_workers", lambda: None)
+    monkeypatch.setattr(common, "_from_process_start", False)     # restored afterwards (see above)
     seen = {}
     monkeypatch.setattr(cli, "pairscore", lambda prog_name: seen.setdefault("policy", os.environ.get("OMP_WAIT_POLICY")))
     cli.console_main()

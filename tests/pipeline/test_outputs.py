@@ -579,3 +579,20 @@ def test_a_failed_student_save_keeps_the_previous_checkpoint(tmp_path, tiny_stud
         save_student(build_student(tiny_student_config, seed=2), target)
     assert load_student(target).fingerprint == first.fingerprint
     assert sorted(p.name for p in tmp_path.iterdir()) == ["student"]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="ending workers reads /proc (Linux)")
+def test_ending_the_workers_ends_beams_workers_and_spares_other_children():
+    """An interrupt or a stall ends Beam's worker processes so that the run can clean up; a library
+    caller's own children (a Spark session's JVM, say) live on."""
+    sleep = "import time; time.sleep(600)"
+    bystander = subprocess.Popen([sys.executable, "-c", sleep, "spark-jvm"])
+    worker = subprocess.Popen([sys.executable, "-c", sleep, "-m", "apache_beam.runners.worker.sdk_worker_main"])
+    try:
+        outputs.end_worker_processes()
+        assert worker.wait(timeout=600) == -15          # SIGTERM (the timeout only guards a hang)
+        assert bystander.poll() is None
+    finally:
+        for process in (bystander, worker):
+            process.kill()
+            process.wait()

@@ -83,8 +83,10 @@ def test_every_table_of_a_score_pairs_run_carries_its_provenance(tmp_path, tiny_
     (tmp_path / "pairs.jsonl").write_text(
         "".join(json.dumps({"left": f"question {i}", "right": f"answer {i % 3}"}) + "\n" for i in range(6))
         + json.dumps({"left": " ", "right": "x"}) + "\n")                     # one dead letter
-    summary = run(ScorePairsJob(pairs=("pairs.jsonl",), output="out", model_dir=tiny_checkpoint), [],
-                  argv=["--pairs", "pairs.jsonl", "--model", tiny_checkpoint, "--output", "out"])
+    summary = run(ScorePairsJob(pairs=("pairs.jsonl",), output="out", model_dir=tiny_checkpoint,
+                                max_dead_letter_fraction=1.0),     # 1 of 7 dead, on purpose: past the 0.1 limit
+                  [], argv=["--pairs", "pairs.jsonl", "--model", tiny_checkpoint, "--output", "out",
+                            "--max-dead-letter-fraction", "1"])
     tables = _tables(tmp_path / "out")
     # the scores table, both stores, the dead letters: every one of them stamped, the same way
     assert {p.relative_to(tmp_path / "out").parts[0] for p in tables} == {"scores", "store", "_dead_letter"}
