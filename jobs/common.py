@@ -1,26 +1,24 @@
 """What every job's command line shares: click settings, the options and choices every job has,
-``python -m jobs.<name>``, and running a job with its progress and logging set up and its errors
-reported.
+and ``python -m jobs.<name>``. Running a job (its steps, the output, the errors) is
+jobs/runner.py's.
 
 Light on purpose (click and the standard library only): each job module imports it, and only it,
 before its flags have parsed; the job's library imports come after, inside its functions.
 """
 from __future__ import annotations
 
-import contextlib
-import functools
 import importlib
 import json
 import math
 import os
 import sys
-import time
-import traceback
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import click
 
-from jobs import PROCESS_STARTED
+# The runner's names that the job modules import from here too (jobs/runner.py defines them).
+from jobs.runner import (ARGV_KEY, abort_output_on_failure, count_from_process_start, preflight,  # noqa: F401
+                         run_job, run_started)
 
 # Options a Beam job does not declare are collected and handed to Beam as pipeline options.
 BEAM_JOB_CONTEXT = {"ignore_unknown_options": True, "allow_extra_args": True,
@@ -35,7 +33,6 @@ BEAM_EPILOG = ("Any other option is passed to Beam as a pipeline option, e.g. --
                "--direct_num_workers=2 --direct_running_mode=multi_processing, or Dataflow flags. "
                "Default runner: Beam's in-process runner (DirectRunner without the Prism download). " + PATHS_NOTE)
 
-ARGV_KEY = "pairscore.argv"
 DEVICES = ("auto", "cpu", "cuda")                         # encoders.device.DEVICES
 
 # Choices the flags offer, spelled here so that --help needs no heavy import. Each is defined in
@@ -265,26 +262,6 @@ def shield_beam_workers() -> None:
         os.environ["PYTHONPATH"] = os.pathsep.join([PACKAGE_ROOT] + paths)
 
 
-def preflight(ctx: click.Context, job: str, flags: dict) -> None:
-    """The job's pre-flight checks (jobs/preflight.py: inputs, columns, output, model, Beam flags;
-    the checks themselves are pipeline/preflight.py and pipeline/beam/option_names.py), before its
-    library and so Beam, torch and transformers are imported."""
-    from jobs import preflight as checks
-    own = [o for p in ctx.command.params for o in (*p.opts, *p.secondary_opts) if o.startswith("--")]
-    checks.check(job, flags, ctx.args, own)
-
-
-def abort_output_on_failure(run: Callable) -> Callable:
-    """``pipeline.outputs.abort_output_on_failure`` around a job's ``run``, imported only when the
-    job runs (a job module stays light at import): an output the run opened is aborted if it
-    raises, Ctrl-C and SIGTERM included."""
-    @functools.wraps(run)
-    def wrapper(*args, **kwargs):
-        from pipeline.outputs import abort_output_on_failure as guarded
-        return guarded(run)(*args, **kwargs)
-    return wrapper
-
-
 def refuse_non_finite(model) -> None:
     """A trained model with a NaN or infinite weight (a learning rate too high, a loss that
     overflowed) is not committed: RefusedToCommit (exit 3), the previous output stays."""
@@ -296,133 +273,3 @@ def refuse_non_finite(model) -> None:
         raise RefusedToCommit(f"training produced weights that are not finite numbers (NaN or infinity) in "
                               f"{describe_non_finite(bad)}; nothing was committed (try a lower --lr or "
                               "--max-grad-norm)")
-
-
-# --------------------------------------------------------------------------- running a job
-
-# Set by the entry points (main_module, jobs/cli.py) when this process is one command-line run, so that its
-# wall time counts from the start of Python (jobs.PROCESS_STARTED); tests and library calls count from the job's start.
-_from_process_start = False
-_run_started: float | None = None
-
-
-def count_from_process_start() -> None:
-    global _from_process_start
-    _from_process_start = True
-
-
-def run_started() -> float:
-    """``time.monotonic()`` at the start of this run: when a command line runs the job, when
-    Python started running pairscore (``jobs.PROCESS_STARTED``: imports included, so a summary's
-    "done in" is the time the user waited on pairscore); otherwise when ``run_job`` began, or
-    now outside ``run_job``."""
-    wall = _run_started if _run_started is not None else time.time()
-    return time.monotonic() - (time.time() - wall)
-
-
-def beam_args_for_run(beam_args: Sequence[str], verbose: bool) -> list[str]:
-    """The pass-through Beam options, plus quiet workers for a local runner unless --verbose or
-    the user set the workers' log level: multi-process workers log at INFO to the terminal.
-    Called once the job's modules are imported (Beam among them)."""
-    from pipeline.beam.runner import LOCAL_RUNNER_NAMES
-
-    args = list(beam_args)
-    runner = None
-    for i, arg in enumerate(args):
-        if arg == "--runner" and i + 1 < len(args):
-            runner = args[i + 1]
-        elif arg.startswith("--runner="):
-            runner = arg.split("=", 1)[1]
-    local = runner is None or runner.lower() in LOCAL_RUNNER_NAMES
-    if local and not verbose and not any(a.startswith("--default_sdk_harness_log_level") for a in args):
-        args.append("--default_sdk_harness_log_level=ERROR")
-    return args
-
-
-def _multi_process(beam_args: Sequence[str]) -> bool:
-    joined = " ".join(beam_args).replace("=", " ")
-    return "--direct_running_mode multi_processing" in joined
-
-
-def run_job(job: Callable[[], str], *, name: str, quiet: bool = False, verbose: bool = False,
-            beam_args: Sequence[str] = (), stall_seconds: float = 0.0) -> None:
-    """Run ``job`` with progress reporting (unless ``quiet``) and logging set for this run, then
-    print what it returns (the summary) below the progress; a bad argument or input becomes one
-    clear line and exit status 2. ``beam_args``: the pass-through Beam options; with multi-process
-    workers their start-up log lines are filtered out. ``stall_seconds``: the stall watchdog's
-    limit (pipeline/beam/watchdog.py; 0: none). Exit statuses: pipeline/errors.py (a stalled run,
-    or one that refuses to commit, prints one line and exits 3)."""
-    # Imported here, not above: `python -m jobs.<name>` first moves the current directory (which
-    # may hold a user's own pipeline.py) behind pairscore's packages (main_module).
-    from pipeline import progress, stderr
-    from pipeline.beam import watchdog
-    from pipeline.errors import EXIT_BUG, EXIT_REFUSED, EXIT_USAGE, refusal_in
-
-    global _run_started
-    _run_started = PROCESS_STARTED if _from_process_start else time.time()
-    stderr.configure_logging(verbose)
-    stderr.quiet_one_line_error_logs(verbose)
-    with contextlib.ExitStack() as stack:
-        # Multi-process workers write to this process's stderr: their progress records and
-        # start-up logs go through a filter (the logs stay with --verbose).
-        collect = _multi_process(beam_args)
-        stream, drain = (stack.enter_context(stderr.through_worker_filter(drop_logs=not verbose)) if collect
-                         else (None, lambda: None))
-        progress.start(name, quiet=quiet, started=_run_started, stream=stream, collect_workers=collect)
-        stop_watching = watchdog.watch(stall_seconds, progress.counted)
-        try:
-            report = job()
-        except ValueError as err:  # pipeline.readers.InputError too
-            progress.stop()
-            click.echo(f"error: {err}", err=True)
-            sys.exit(EXIT_USAGE)
-        except watchdog.Stalled as err:   # the output is already cleaned up (abort_output_on_failure)
-            stop_watching()
-            drain()            # this line must not wait in the worker filter: the exit below is abrupt
-            progress.stop()
-            click.echo(f"error: {err}", err=True)
-            sys.stdout.flush()
-            sys.stderr.flush()
-            # Beam's threads still wait for the missing worker and would keep the interpreter
-            # from exiting: leave at once.
-            os._exit(EXIT_REFUSED)
-        except BaseException as err:
-            progress.stop()
-            # A run that refused to commit (nothing was committed; the previous output stays), also
-            # when a worker refused and Beam wrapped its exception: one line, exit 3.
-            refused = refusal_in(err)
-            if refused is not None:
-                click.echo(f"refused to commit: {refused}", file=stream if stream is not None else sys.stderr)
-                sys.exit(EXIT_REFUSED)
-            # Ctrl-C, SIGTERM and a full disk: one line (and 130 / 143 for the signals), no
-            # traceback; anything else is a bug: its traceback, then a line saying so, exit 1.
-            failure = _one_line_failure(err)
-            if failure is None:
-                if not isinstance(err, Exception):
-                    raise                     # SystemExit and the like: not ours to report
-                traceback.print_exception(err)
-                click.echo(f"error: {name} failed unexpectedly (exit 1): a bug in pairscore or a library it uses, "
-                           "not in your flags or inputs; please report it with the traceback above. Nothing was "
-                           "committed.", err=True)
-                sys.exit(EXIT_BUG)
-            # Past the worker-log filter (which drops everything once a run is interrupted).
-            click.echo(failure[0], file=stream if stream is not None else sys.stderr)
-            sys.exit(failure[1])
-        finally:
-            stop_watching()
-            drain()            # the workers' last records are counted before the final line
-            progress.stop()
-            _run_started = None
-    click.echo(report)
-
-
-def _one_line_failure(err: BaseException) -> tuple[str, int] | None:
-    """(line, exit status) for an interrupt or a full disk (pipeline.outputs.one_line_failure);
-    None for an error that keeps its traceback. A Ctrl-C before the job had imported its
-    modules (so before it opened its output) has touched nothing."""
-    outputs = sys.modules.get("pipeline.outputs")
-    if outputs is not None:
-        return outputs.one_line_failure(err)
-    if isinstance(err, KeyboardInterrupt):
-        return "interrupted: nothing committed", 130
-    return None

@@ -5,34 +5,46 @@
 
 Writes ``DIR/part-*.parquet`` (see pipeline/beam/label.py for the columns), ``DIR/_dead_letter/``,
 ``DIR/_MANIFEST.json`` (teacher fingerprint, temperature, columns), ``DIR/_SUMMARY.json`` and
-``DIR/_SUCCESS``, committed at the end (pipeline/outputs.py).
+``DIR/_SUCCESS``, committed at the end (pipeline/outputs.py). The job's steps: jobs/runner.py.
 """
 from __future__ import annotations
 
 import os
-import sys
-import time
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import click
 
-from jobs.common import (ARGV_KEY, BEAM_EPILOG, BEAM_JOB_CONTEXT, FORMATS, abort_output_on_failure, beam_args_for_run,
-                         device_option, JobCommand, main_module, output_option, overwrite_option, preflight, run_job,
-                         run_options, run_started, split_list, stall_option, dead_letter_option, Number, POSITIVE_INT,
-                         torch_threads_option)
+from jobs.common import (BEAM_EPILOG, BEAM_JOB_CONTEXT, FORMATS, POSITIVE_INT, JobCommand, Number, dead_letter_option,
+                         device_option, main_module, output_option, overwrite_option, run_options, split_list,
+                         stall_option, torch_threads_option)
+from jobs.runner import Counted, Job, Plan, Report, run, run_command
 
 if TYPE_CHECKING:  # annotations only: the imports run inside the functions
-    from pipeline.datasets import DistillationManifest
-    from pipeline.summary import RunSummary
+    import pyarrow as pa
+    from encoders.teacher import Teacher
+    from pipeline.outputs import OutputDir
+    from pipeline.pairs import TextPairColumns
+    from pipeline.readers import InputFile
 
-
-JOB_NAME = "label_pairs"
+__all__ = ["LabelPairsJob", "main", "run"]   # run(LabelPairsJob(...), beam_args)
 
 
 @dataclass(frozen=True)
-class LabelPairsJob:
+class LabelPlan(Plan):
+    """What :meth:`LabelPairsJob.plan` decided, before anything is written."""
+    teacher: Teacher
+    columns: TextPairColumns
+    files: list[InputFile]
+    kept: list[pa.Field]             # --keep-cols, typed (pipeline.pairs.kept_fields)
+    schema: pa.Schema                # of the distillation set
+    previous_files: list[str]        # --previous's part files
+
+
+@dataclass(frozen=True)
+class LabelPairsJob(Job):
     """Everything one labeling run needs; built once from the command line."""
+    name: ClassVar[str] = "label_pairs"
     pairs: tuple[str, ...]
     teacher: str
     output: str
@@ -51,48 +63,93 @@ class LabelPairsJob:
     overwrite: bool = False
     max_dead_letter_fraction: float = 0.1
 
+    def check(self) -> None:
+        from pipeline.datasets import BASE_COLUMNS
+        from pipeline.preflight import check_keep_cols
 
-def _check(job: LabelPairsJob) -> None:
-    from pipeline.datasets import BASE_COLUMNS
-    from pipeline.preflight import check_keep_cols
+        if not self.temperature > 0:
+            raise ValueError(f"--temperature {self.temperature!r} is not allowed: give a number > 0 (1 = the "
+                             "teacher's own probabilities; > 1 softer labels)")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size {self.batch_size!r} is not allowed: give a positive integer")
+        if self.max_length is not None and self.max_length < 4:
+            raise ValueError(f"--max-length {self.max_length!r} is not allowed: give an integer of at least 4")
+        check_keep_cols(self.keep_cols, BASE_COLUMNS)        # also the pre-flight's: each once, no output column
+        if self.previous is not None and _same_path(self.previous, self.output):
+            raise ValueError(f"--previous {self.previous!r} is also --output: write the new set to a new directory "
+                             "(the previous one is read while the new one is written)")
 
-    if not job.temperature > 0:
-        raise ValueError(f"--temperature {job.temperature!r} is not allowed: give a number > 0 (1 = the teacher's "
-                         "own probabilities; > 1 softer labels)")
-    if job.batch_size < 1:
-        raise ValueError(f"--batch-size {job.batch_size!r} is not allowed: give a positive integer")
-    if job.max_length is not None and job.max_length < 4:
-        raise ValueError(f"--max-length {job.max_length!r} is not allowed: give an integer of at least 4")
-    check_keep_cols(job.keep_cols, BASE_COLUMNS)        # also the pre-flight's: each once, no output column
-    if job.previous is not None and _same_path(job.previous, job.output):
-        raise ValueError(f"--previous {job.previous!r} is also --output: write the new set to a new directory "
-                         "(the previous one is read while the new one is written)")
+    def reads(self) -> dict[str, tuple[str | None, ...]]:
+        return {"--pairs": self.pairs, "--teacher": (self.teacher,), "--previous": (self.previous,)}
 
+    def plan(self, beam_args: list[str]) -> LabelPlan:
+        """The pairs and their columns, the teacher (pinned when remote: every worker loads the
+        bytes this process fingerprints), the output schema, --previous checked against both."""
+        from encoders.device import pick_device
+        from encoders.remote import pin_model_dir
+        from encoders.teacher import load_teacher
+        from pipeline.datasets import distillation_schema, previous_set_files
+        from pipeline.pairs import TextPairColumns, kept_fields
+        from pipeline.provenance import table_metadata
+        from pipeline.readers import check_columns, expand_inputs, worker_path
 
-def _same_path(a: str, b: str) -> bool:
-    if "://" in a or "://" in b:
-        return a.rstrip("/") == b.rstrip("/")
-    return os.path.abspath(a) == os.path.abspath(b)
+        # A teacher that is not a local path may be a cached hub id: it stays as given.
+        job = replace(self, output=worker_path(self.output), previous=worker_path(self.previous),
+                      teacher=worker_path(self.teacher) if os.path.exists(self.teacher) else self.teacher)
+        pick_device(job.device)
+        columns = TextPairColumns(left=job.left_col, right=job.right_col, left_id=job.left_id_col,
+                                  right_id=job.right_id_col, keep=tuple(job.keep_cols))
+        files = expand_inputs(job.pairs, job.format)
+        check_columns(files, columns.required())
+        job = replace(job, teacher=pin_model_dir(job.teacher))
+        teacher = load_teacher(job.teacher)
+        if job.max_length is not None:
+            positions = getattr(teacher.model.config, "max_position_embeddings", None)
+            if positions is not None and job.max_length > positions:
+                raise ValueError(f"--max-length {job.max_length} is not allowed for teacher {job.teacher!r}: its "
+                                 f"position embeddings stop at {positions}")
+            teacher.task = teacher.task.replace(max_length=job.max_length)
+        kept = kept_fields(files, columns.keep)
+        schema = distillation_schema(teacher.task.num_outputs, kept)
+        previous_files = previous_set_files(job.previous, teacher.fingerprint, schema) if job.previous else []
+        provenance = table_metadata(self.name, {"teacher": (teacher.fingerprint, job.teacher)})
+        return LabelPlan(job, provenance, beam_args, teacher, columns, files, kept, schema, previous_files)
 
+    def execute(self, plan: LabelPlan, out: OutputDir) -> Counted:
+        return _execute_on_beam(plan, out)
 
-def _check_previous(job: LabelPairsJob, fingerprint: str, schema) -> tuple[DistillationManifest, list[str]]:
-    """The previous set must come from the same teacher and have the same columns."""
-    from pipeline.datasets import DistillationManifest, schema_columns
-    from pipeline.store import store_files
+    def summarise(self, plan: LabelPlan, counted: Counted) -> Report:
+        from pipeline.accounting import Balance
 
-    manifest = DistillationManifest.read(job.previous)
-    if manifest.teacher_fingerprint != fingerprint:
-        raise ValueError(f"--previous {job.previous!r} was labeled by another teacher (fingerprint "
-                         f"{manifest.teacher_fingerprint[:16]}, this one {fingerprint[:16]}): its labels cannot be "
-                         "reused; drop --previous to label every pair with this teacher")
-    if manifest.columns != schema_columns(schema):
-        raise ValueError(f"--previous {job.previous!r} has columns {manifest.columns} but this run writes "
-                         f"{schema_columns(schema)}: use the same --keep-cols (and input column types) as the "
-                         "previous run")
-    files = store_files(job.previous)
-    if not files:
-        raise ValueError(f"--previous {job.previous!r} holds no part-*.parquet files")
-    return manifest, files
+        c = counted.counts
+        balances = [Balance("pairs read", c["pairs_read"], (("labeled", c["pairs_labeled"]), ("already labeled",
+                            c["pairs_skipped_labeled"]), ("dead-lettered", c["pairs_dead_lettered"]))),
+                    Balance("output rows", c["output_rows"], (("labeled", c["pairs_labeled"]),
+                                                              ("copied", c["previous_rows_copied"])))]
+        return Report(c, counted.dead_letters, balances, {"teacher": plan.teacher.fingerprint},
+                      rows_read=c["pairs_read"], notes=self._notes(c),
+                      metrics={"temperature": self.temperature, "task": plan.teacher.task.to_dict()})
+
+    def finalise(self, plan: LabelPlan, out: OutputDir, counted: Counted) -> None:
+        """The distillation set's manifest (pipeline/datasets.py), which train_student reads."""
+        from apache_beam.io.filesystems import FileSystems
+        from pipeline.datasets import DistillationManifest, schema_columns
+        from pipeline.store import store_files
+
+        task = plan.teacher.task
+        DistillationManifest(
+            teacher_fingerprint=plan.teacher.fingerprint, teacher=self.teacher, task=task.to_dict(),
+            num_outputs=task.num_outputs, temperature=self.temperature, columns=schema_columns(plan.schema),
+            kept_columns=list(plan.columns.keep), rows=counted.counts["output_rows"],
+            files=[FileSystems.split(p)[1] for p in store_files(out.staged())], previous=self.previous,
+            notes=self._notes(counted.counts)).write(out.staged())
+
+    def _notes(self, counts: dict[str, int]) -> list[str]:
+        if not self.previous:
+            return []
+        return [f"--previous {self.previous}: {counts['pairs_skipped_labeled']:,} pairs already labeled there were "
+                f"skipped; all {counts['previous_rows_copied']:,} of its rows were copied through (soft labels "
+                f"recomputed at T={self.temperature:g}), so {self.output} is the complete set"]
 
 
 # --------------------------------------------------------------------------- the command line
@@ -135,133 +192,65 @@ def _check_previous(job: LabelPairsJob, fingerprint: str, schema) -> tuple[Disti
 @stall_option
 @run_options
 @click.pass_context
-def main(ctx: click.Context, quiet: bool, verbose: bool, stall_timeout: float, **flags) -> None:
+def main(ctx: click.Context, **flags) -> None:
     """Label pairs with a teacher cross-encoder and write the distillation set."""
-    def go() -> str:
-        preflight(ctx, "label_pairs", flags)
-        job = LabelPairsJob(pairs=tuple(flags.pop("pairs")), keep_cols=flags.pop("keep_cols"), **flags)
-        summary = run(job, beam_args_for_run(ctx.args, verbose), ctx.meta[ARGV_KEY])
-        return summary.table()
-    run_job(go, name="label_pairs", quiet=quiet, verbose=verbose, beam_args=ctx.args, stall_seconds=stall_timeout)
+    run_command(ctx, LabelPairsJob, flags)
 
 
-@abort_output_on_failure
-def run(job: LabelPairsJob, beam_args: list[str], argv: list[str] | None = None) -> RunSummary:
-    """Check everything that can be checked, run the pipeline, write manifest and summary."""
-    from encoders.remote import pin_model_dir
-    from pipeline.provenance import stamped, table_metadata
+def _execute_on_beam(plan: LabelPlan, out: OutputDir) -> Counted:
+    """Read the pairs, skip those --previous holds, label the rest, write them with --previous's
+    rows and the dead letters (pipeline/beam/label.py)."""
     import apache_beam as beam
     from apache_beam.io.filesystems import FileSystems
-    from encoders.device import pick_device
-    from encoders.teacher import load_teacher
-    from pipeline.dead_letters import check_dead_letter_limit
     from pipeline.beam.counters import read_counters, split_dead_letters
     from pipeline.beam.encode import DEAD_LETTER_TAG, ReadRows
     from pipeline.beam.label import (ExtractPairs, LabelPairs, LabelSettings, ReadPrevious, SkipLabeled,
                                      WriteDistillationSet)
-    from pipeline.beam.runner import make_pipeline, run_to_end, thread_plan, validate_beam_args
+    from pipeline.beam.runner import make_pipeline, run_to_end, thread_plan
     from pipeline.beam.writes import WriteDeadLetters
-    from pipeline.datasets import DistillationManifest, distillation_schema, schema_columns
-    from pipeline.outputs import open_output
     from pipeline.paths import escape_glob
-    from pipeline.pairs import TextPairColumns, kept_fields
-    from pipeline.readers import check_columns, expand_inputs, expect_inputs, worker_path
-    from pipeline.store import MANIFEST_FILE, count_rows, store_files
-    from pipeline.summary import RunSummary
-    from pipeline.writers import write_json_file
+    from pipeline.provenance import stamped
+    from pipeline.readers import expect_inputs
+    from pipeline.store import count_rows, store_files
 
-    validate_beam_args(beam_args)
-    # A teacher that is not a local path may be a cached hub id: it stays as given.
-    job = replace(job, output=worker_path(job.output), previous=worker_path(job.previous),
-                  teacher=worker_path(job.teacher) if os.path.exists(job.teacher) else job.teacher)
-    _check(job)
-    pick_device(job.device)
-    columns = TextPairColumns(left=job.left_col, right=job.right_col, left_id=job.left_id_col,
-                              right_id=job.right_id_col, keep=tuple(job.keep_cols))
-    files = expand_inputs(job.pairs, job.format)
-    check_columns(files, columns.required())
-    # A remote teacher is pinned here: every worker loads the bytes this process fingerprints.
-    job = replace(job, teacher=pin_model_dir(job.teacher))
-    teacher = load_teacher(job.teacher)
-    if job.max_length is not None:
-        positions = getattr(teacher.model.config, "max_position_embeddings", None)
-        if positions is not None and job.max_length > positions:
-            raise ValueError(f"--max-length {job.max_length} is not allowed for teacher {job.teacher!r}: its "
-                             f"position embeddings stop at {positions}")
-        teacher.task = teacher.task.replace(max_length=job.max_length)
-    kept = kept_fields(files, columns.keep)
-    schema = distillation_schema(teacher.task.num_outputs, kept)
-    settings = LabelSettings(teacher=job.teacher, fingerprint=teacher.fingerprint, schema=schema,
-                             keep=columns.keep, temperature=job.temperature, batch_size=job.batch_size,
+    job, teacher = plan.job, plan.teacher
+    settings = LabelSettings(teacher=job.teacher, fingerprint=teacher.fingerprint, schema=plan.schema,
+                             keep=plan.columns.keep, temperature=job.temperature, batch_size=job.batch_size,
                              device=job.device, max_length=job.max_length,
-                             threads=thread_plan(beam_args, job.torch_threads))
-    previous_files = _check_previous(job, teacher.fingerprint, schema)[1] if job.previous else []
-    out = open_output(job.output, job=JOB_NAME, overwrite=job.overwrite,
-                      reads={"--pairs": job.pairs, "--teacher": [job.teacher], "--previous": [job.previous]})
-
-    provenance = table_metadata(JOB_NAME, {"teacher": (teacher.fingerprint, job.teacher)})
+                             threads=thread_plan(plan.engine_args, job.torch_threads))
     # The progress line's totals (with --previous, some pairs are skipped, not labeled).
-    expect_inputs(files, ("rows_read",) if job.previous else ("rows_read", "pairs_labeled"))
-    started = run_started()
-    pipeline = make_pipeline(beam_args)
-    read = pipeline | "ReadRows" >> ReadRows(files)
-    extracted = read.rows | "ExtractPairs" >> ExtractPairs(columns, kept)
+    expect_inputs(plan.files, ("rows_read",) if job.previous else ("rows_read", "pairs_labeled"))
+    pipeline = make_pipeline(plan.engine_args)
+    read = pipeline | "ReadRows" >> ReadRows(plan.files)
+    extracted = read.rows | "ExtractPairs" >> ExtractPairs(plan.columns, plan.kept)
     pairs = extracted.pairs
     tables = []
-    if previous_files:
+    if plan.previous_files:
         previous = pipeline | "ReadPrevious" >> ReadPrevious(
-            FileSystems.join(escape_glob(job.previous), "part*.parquet"), schema, job.temperature)
+            FileSystems.join(escape_glob(job.previous), "part*.parquet"), plan.schema, job.temperature)
         pairs = pairs | "SkipLabeled" >> SkipLabeled(previous["keys"])
         tables.append(previous["rows"])
     tables.insert(0, pairs | "LabelPairs" >> LabelPairs(settings))
-    (tables | "AllRows" >> beam.Flatten() | "WriteDistillationSet" >> WriteDistillationSet(out.staged(), stamped(schema, provenance)))
+    (tables | "AllRows" >> beam.Flatten()
+     | "WriteDistillationSet" >> WriteDistillationSet(out.staged(), stamped(plan.schema, plan.provenance)))
     ((read[DEAD_LETTER_TAG], extracted[DEAD_LETTER_TAG])
      | "AllDeadLetters" >> beam.Flatten()
-     | "WriteDeadLetters" >> WriteDeadLetters(out.staged(), provenance))
-    result = run_to_end(pipeline)   # the commit below runs here, in the launching process
+     | "WriteDeadLetters" >> WriteDeadLetters(out.staged(), plan.provenance))
+    counters, dead_letters = split_dead_letters(read_counters(run_to_end(pipeline)))
+    counts = {"pairs_read": counters.get("rows_read", 0), "pairs_labeled": counters.get("pairs_labeled", 0),
+              "pairs_skipped_labeled": counters.get("pairs_skipped_labeled", 0),
+              "pairs_dead_lettered": sum(dead_letters.values()),
+              "pairs_truncated": counters.get("pairs_truncated", 0),
+              "previous_rows_copied": counters.get("previous_rows_copied", 0),
+              "output_rows": count_rows(store_files(out.staged()))}
+    return Counted(counts, dead_letters)
 
-    written = store_files(out.staged())
-    rows = count_rows(written)
-    counters, dead_letters = split_dead_letters(read_counters(result))
-    counts = {
-        "pairs_read": counters.get("rows_read", 0),
-        "pairs_labeled": counters.get("pairs_labeled", 0),
-        "pairs_skipped_labeled": counters.get("pairs_skipped_labeled", 0),
-        "pairs_dead_lettered": sum(dead_letters.values()),
-        "pairs_truncated": counters.get("pairs_truncated", 0),
-        "previous_rows_copied": counters.get("previous_rows_copied", 0),
-        "output_rows": rows,
-    }
-    accounted = counts["pairs_labeled"] + counts["pairs_skipped_labeled"] + counts["pairs_dead_lettered"]
-    if accounted != counts["pairs_read"] or rows != counts["pairs_labeled"] + counts["previous_rows_copied"]:
-        # A bundle that did not fail must be complete: never report a run that lost pairs as done.
-        raise RuntimeError(f"pair accounting failed: read {counts['pairs_read']}, labeled {counts['pairs_labeled']} + "
-                           f"skipped {counts['pairs_skipped_labeled']} + dead-lettered "
-                           f"{counts['pairs_dead_lettered']} = {accounted}; output rows {rows}, copied "
-                           f"{counts['previous_rows_copied']}")
-    notes = []
-    if job.previous:
-        notes.append(f"--previous {job.previous}: {counts['pairs_skipped_labeled']:,} pairs already labeled there "
-                     f"were skipped; all {counts['previous_rows_copied']:,} of its rows were copied through (soft "
-                     f"labels recomputed at T={job.temperature:g}), so {job.output} is the complete set")
-    manifest = DistillationManifest(
-        teacher_fingerprint=teacher.fingerprint, teacher=job.teacher, task=teacher.task.to_dict(),
-        num_outputs=teacher.task.num_outputs, temperature=job.temperature, columns=schema_columns(schema),
-        kept_columns=list(columns.keep), rows=rows, files=[FileSystems.split(p)[1] for p in written],
-        previous=job.previous, notes=notes)
-    write_json_file(out.staged(MANIFEST_FILE), manifest.to_json() + "\n")
-    summary = RunSummary(
-        job=JOB_NAME, arguments=list(argv if argv is not None else sys.argv[1:]), output=job.output,
-        model_fingerprints={"teacher": teacher.fingerprint}, wall_seconds=round(time.monotonic() - started, 3),
-        counts=counts, dead_letters=dead_letters,
-        reconciliation=(f"pairs read {counts['pairs_read']:,} = labeled {counts['pairs_labeled']:,} + already labeled "
-                        f"{counts['pairs_skipped_labeled']:,} + dead-lettered {counts['pairs_dead_lettered']:,}; "
-                        f"output rows {rows:,} = labeled + copied {counts['previous_rows_copied']:,}"),
-        notes=notes, metrics={"temperature": job.temperature, "task": teacher.task.to_dict()})
-    check_dead_letter_limit(counts["pairs_read"], counts["pairs_dead_lettered"], dead_letters,
-                            job.max_dead_letter_fraction, summary.reconciliation)
-    out.commit(summary)
-    return summary
+
+def _same_path(a: str, b: str) -> bool:
+    if "://" in a or "://" in b:
+        return a.rstrip("/") == b.rstrip("/")
+    return os.path.abspath(a) == os.path.abspath(b)
+
 
 
 if __name__ == "__main__":  # python -m jobs.label_pairs

@@ -27,7 +27,7 @@ from pipeline.readers import InputError, InputFile, check_columns, read_rows
 from pipeline.store import MANIFEST_FILE
 from pipeline.text_checks import TextColumns, TextRow, extract_text, resolve_id
 from pipeline.text_ids import text_id
-from pipeline.writers import write_parquet_file
+from pipeline.writers import write_json_file, write_parquet_file
 
 if TYPE_CHECKING:
     import torch
@@ -320,6 +320,9 @@ class DistillationManifest:
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
+    def write(self, directory: str) -> None:
+        write_json_file(FileSystems.join(directory, MANIFEST_FILE), self.to_json() + "\n")
+
     @classmethod
     def read(cls, directory: str) -> "DistillationManifest":
         path = FileSystems.join(directory, MANIFEST_FILE)
@@ -336,6 +339,26 @@ class DistillationManifest:
 
 def schema_columns(schema: pa.Schema) -> dict[str, str]:
     return {f.name: str(f.type) for f in schema}
+
+
+def previous_set_files(directory: str, fingerprint: str, schema: pa.Schema) -> list[str]:
+    """The part files of ``--previous`` ``directory``, a distillation set that the teacher of
+    ``fingerprint`` labeled with this run's columns (``schema``); ValueError naming what differs."""
+    from pipeline.store import store_files
+
+    manifest = DistillationManifest.read(directory)
+    if manifest.teacher_fingerprint != fingerprint:
+        raise ValueError(f"--previous {directory!r} was labeled by another teacher (fingerprint "
+                         f"{manifest.teacher_fingerprint[:16]}, this one {fingerprint[:16]}): its labels cannot be "
+                         "reused; drop --previous to label every pair with this teacher")
+    if manifest.columns != schema_columns(schema):
+        raise ValueError(f"--previous {directory!r} has columns {manifest.columns} but this run writes "
+                         f"{schema_columns(schema)}: use the same --keep-cols (and input column types) as the "
+                         "previous run")
+    files = store_files(directory)
+    if not files:
+        raise ValueError(f"--previous {directory!r} holds no part-*.parquet files")
+    return files
 
 
 @dataclass

@@ -543,6 +543,17 @@ def write_manifest(store_dir: str, *, model_fingerprint: str, encoder: str, layo
     return manifest
 
 
+def write_student_manifest(store_dir: str, student, model_dir: str | None, layout: StoreLayout) -> StoreManifest:
+    """:func:`write_manifest` for a store that ``student`` (an ``encoders.checkpoint.Student``)
+    encoded from checkpoint ``model_dir`` (pinned; None: the baseline, which has no files)."""
+    from encoders.remote import pinned_file_fingerprint
+
+    config = student.config
+    return write_manifest(store_dir, model_fingerprint=student.fingerprint, encoder=config.encoder, layout=layout,
+                          token_selection=config.token_selection, max_length=config.max_length(layout.side),
+                          model_files_fingerprint=pinned_file_fingerprint(model_dir))
+
+
 def store_files(store_dir: str) -> list[str]:
     pattern = FileSystems.join(escape_glob(store_dir), f"{STORE_FILE_PREFIX}*{STORE_FILE_SUFFIX}")
     return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from jobs import cli, common
+from jobs import cli, runner
 from pipeline import stderr
 
 REPO = Path(__file__).resolve().parents[2]
@@ -126,11 +126,11 @@ def test_a_bad_choice_is_one_line_with_what_is_allowed():
 
 def test_beam_workers_are_quieted_only_for_local_runners_without_verbose():
     quiet = "--default_sdk_harness_log_level=ERROR"
-    assert common.beam_args_for_run([], verbose=False) == [quiet]
-    assert common.beam_args_for_run(["--runner=DirectRunner"], verbose=False)[-1] == quiet
-    assert common.beam_args_for_run([], verbose=True) == []
-    assert common.beam_args_for_run(["--runner", "DataflowRunner"], verbose=False) == ["--runner", "DataflowRunner"]
-    assert common.beam_args_for_run(["--default_sdk_harness_log_level=DEBUG"], verbose=False) == [
+    assert runner.beam_args_for_run([], verbose=False) == [quiet]
+    assert runner.beam_args_for_run(["--runner=DirectRunner"], verbose=False)[-1] == quiet
+    assert runner.beam_args_for_run([], verbose=True) == []
+    assert runner.beam_args_for_run(["--runner", "DataflowRunner"], verbose=False) == ["--runner", "DataflowRunner"]
+    assert runner.beam_args_for_run(["--default_sdk_harness_log_level=DEBUG"], verbose=False) == [
         "--default_sdk_harness_log_level=DEBUG"]
 
 
@@ -202,15 +202,15 @@ def test_run_time_counts_from_the_process_start_under_the_command_line(monkeypat
     seen = []
 
     def job() -> str:
-        seen.append(time.monotonic() - common.run_started())
+        seen.append(time.monotonic() - runner.run_started())
         return "done"
 
     # A process started 1,000 s ago: the two counts differ by far more than any delay a loaded
     # machine adds between these lines.
-    monkeypatch.setattr(common, "PROCESS_STARTED", time.time() - 1000.0)
-    common.run_job(job, name="t", quiet=True)           # a library call or test: from run_job's start
-    monkeypatch.setattr(common, "_from_process_start", True)
-    common.run_job(job, name="t", quiet=True)           # the entry points: from the process start
+    monkeypatch.setattr(runner, "PROCESS_STARTED", time.time() - 1000.0)
+    runner.run_job(job, name="t", quiet=True)           # a library call or test: from run_job's start
+    monkeypatch.setattr(runner, "_from_process_start", True)
+    runner.run_job(job, name="t", quiet=True)           # the entry points: from the process start
     assert seen[0] < 500.0 and 1000.0 <= seen[1] < 1500.0
 
 
@@ -297,7 +297,7 @@ def test_the_entry_sets_the_waiting_policy_before_the_job_imports_torch(monkeypa
     monkeypatch.setattr(common, "shield_beam_workers", lambda: None)
     # main_module marks this process as a command-line run (its runs' clocks start with Python):
     # restored afterwards, or every later run in this test process would count from pytest's start.
-    monkeypatch.setattr(common, "_from_process_start", False)
+    monkeypatch.setattr(runner, "_from_process_start", False)
     monkeypatch.setattr(sys, "path", list(sys.path))
     monkeypatch.setattr(importlib, "import_module", lambda name: Job)
     common.main_module("score_pairs")
@@ -305,11 +305,11 @@ def test_the_entry_sets_the_waiting_policy_before_the_job_imports_torch(monkeypa
 
 
 def test_the_console_script_sets_the_waiting_policy(monkeypatch):
-    from jobs import cli, common
+    from jobs import cli, runner
 
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     monkeypatch.setattr(cli, "shield_beam_workers", lambda: None)
-    monkeypatch.setattr(common, "_from_process_start", False)     # restored afterwards (see above)
+    monkeypatch.setattr(runner, "_from_process_start", False)     # restored afterwards (see above)
     seen = {}
     monkeypatch.setattr(cli, "pairscore", lambda prog_name: seen.setdefault("policy", os.environ.get("OMP_WAIT_POLICY")))
     cli.console_main()
@@ -347,7 +347,7 @@ def test_importing_pairscore_leaves_logging_and_warnings_as_they_were():
 def test_an_unexpected_failure_keeps_its_traceback_and_says_it_is_a_bug(capsys):
     """Exit 1 is a bug (pipeline/errors.py): the traceback stays, then one line saying so, so that an
     operator paged at night tells it from a bad flag (exit 2) or a refused commit (exit 3)."""
-    from jobs.common import run_job
+    from jobs.runner import run_job
 
     def job() -> str:
         raise RuntimeError("an internal invariant broke")
