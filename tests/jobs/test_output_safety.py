@@ -567,6 +567,22 @@ def test_ctrl_c_at_a_terminal_says_one_line_in_every_running_mode(tmp_path, tiny
     assert snapshot(out) == before
 
 
+def test_ctrl_c_before_the_job_opened_its_output_is_one_line(capsys):
+    """A Ctrl-C while the job still imports its modules (before its guarded run took over the
+    signals) has touched nothing: one line and 130, not a traceback called a bug, also once the
+    output modules are imported (they were half-imported then: the run's one line came from them)."""
+    from jobs.common import run_job
+    from pipeline.output import commit  # noqa: F401 - imported, as a job that got that far has
+
+    def job() -> str:
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as ended:
+        run_job(job, name="encode_texts", quiet=True)
+    assert ended.value.code == 130
+    assert capsys.readouterr().err.strip().splitlines() == ["interrupted: nothing committed"]
+
+
 def test_a_full_disk_says_one_line_naming_the_file(tmp_path, tiny_checkpoint):
     """ENOSPC while Beam writes a part file (injected where the Parquet sink opens its file):
     one line naming that file, exit 1, and the earlier output left as it was."""

@@ -16,7 +16,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from encoders.remote import atomic_directory
 from pipeline.output.commit import OutputDir, open_output
-from pipeline.output.guard import abort_output_on_failure, end_worker_processes
+from pipeline.output.guard import abort_output_on_failure
 from pipeline.output.layout import (COMMIT_PLAN, LOCK_FILE, STAGING_MARKER, STAGING_PREFIX, SUCCESS_FILE, SUMMARY_FILE,
                                     OutputError)
 from pipeline.output.lock import read_lock
@@ -585,20 +585,3 @@ def test_a_failed_student_save_keeps_the_previous_checkpoint(tmp_path, tiny_stud
         save_student(build_student(tiny_student_config, seed=2), target)
     assert load_student(target).fingerprint == first.fingerprint
     assert sorted(p.name for p in tmp_path.iterdir()) == ["student"]
-
-
-@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="ending workers reads /proc (Linux)")
-def test_ending_the_workers_ends_beams_workers_and_spares_other_children():
-    """An interrupt or a stall ends Beam's worker processes so that the run can clean up; a library
-    caller's own children (a Spark session's JVM, say) live on."""
-    sleep = "import time; time.sleep(600)"
-    bystander = subprocess.Popen([sys.executable, "-c", sleep, "spark-jvm"])
-    worker = subprocess.Popen([sys.executable, "-c", sleep, "-m", "apache_beam.runners.worker.sdk_worker_main"])
-    try:
-        end_worker_processes()
-        assert worker.wait(timeout=600) == -15          # SIGTERM (the timeout only guards a hang)
-        assert bystander.poll() is None
-    finally:
-        for process in (bystander, worker):
-            process.kill()
-            process.wait()
