@@ -21,7 +21,7 @@ from jobs.runner import Counted, Job, Plan, Report, run, run_command
 
 if TYPE_CHECKING:  # annotations only: the imports run inside the functions
     from encoders.checkpoint import Student
-    from pipeline.outputs import OutputDir
+    from pipeline.output.commit import OutputDir
     from pipeline.readers import InputFile
     from pipeline.store import StoreLayout
     from pipeline.text_checks import TextColumns
@@ -183,7 +183,7 @@ def _execute_on_beam(plan: EncodePlan, out: OutputDir) -> Counted:
 def _execute_on_spark(plan: EncodePlan, out: OutputDir) -> Counted:
     """``--engine spark``: the same run on Spark (pipeline/spark/stores.py), committed as Beam's is."""
     from jobs.engines import parse_spark_conf
-    from pipeline.outputs import DEAD_LETTER_DIR
+    from pipeline.output.layout import DEAD_LETTER_DIR
     from pipeline.spark.session import spark_session, thread_plan
     from pipeline.spark.steps import SparkRun
     from pipeline.spark.stores import SparkSide, encode_stores, text_table_texts

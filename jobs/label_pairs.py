@@ -5,7 +5,7 @@
 
 Writes ``DIR/part-*.parquet`` (see pipeline/beam/label.py for the columns), ``DIR/_dead_letter/``,
 ``DIR/_MANIFEST.json`` (teacher fingerprint, temperature, columns), ``DIR/_SUMMARY.json`` and
-``DIR/_SUCCESS``, committed at the end (pipeline/outputs.py). The job's steps: jobs/runner.py.
+``DIR/_SUCCESS``, committed at the end (pipeline/output/). The job's steps: jobs/runner.py.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from jobs.runner import Counted, Job, Plan, Report, run, run_command
 if TYPE_CHECKING:  # annotations only: the imports run inside the functions
     import pyarrow as pa
     from encoders.teacher import Teacher
-    from pipeline.outputs import OutputDir
+    from pipeline.output.commit import OutputDir
     from pipeline.pairs import TextPairColumns
     from pipeline.readers import InputFile
 

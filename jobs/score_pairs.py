@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # annotations only: the imports run inside the functions
     import pyarrow as pa
     from encoders.checkpoint import Student
     from pipeline.beam.score import PairColumns
-    from pipeline.outputs import OutputDir
+    from pipeline.output.commit import OutputDir
     from pipeline.readers import InputFile
     from pipeline.score_plan import SidePlan
     from pipeline.text_checks import TextColumns
@@ -304,7 +304,7 @@ def _execute_on_beam(plan: ScorePlan, out: OutputDir) -> Counted:
 def _execute_on_spark(plan: ScorePlan, out: OutputDir) -> Counted:
     """``--engine spark``: the same run on Spark (pipeline/spark/score.py), committed as Beam's is."""
     from jobs.engines import parse_spark_conf
-    from pipeline.outputs import DEAD_LETTER_DIR
+    from pipeline.output.layout import DEAD_LETTER_DIR
     from pipeline.score_plan import score_counts, shuffle_buckets
     from pipeline.spark.score import SparkScoreSettings, SparkSide, execute_score
     from pipeline.spark.session import spark_session, task_slots, thread_plan

@@ -34,7 +34,7 @@ class BeamScoreRun:
     """Stage two's Beam pipeline, decided: ``score`` carries the pair columns, the scores table's
     schema, the batch size and the join's buckets; ``encode`` each side's encoder settings for
     texts not yet stored; ``staged(relative, prefix="")``: a path in the staged output
-    (pipeline.outputs.OutputDir.staged)."""
+    (pipeline.output.commit.OutputDir.staged)."""
     pair_files: Sequence[InputFile]
     kept: Sequence[pa.Field]
     sides: Mapping[str, SidePlan]
