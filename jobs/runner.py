@@ -82,10 +82,10 @@ class Plan:
 
 class Job:
     """The steps of a job (see the module docstring); a job's dataclass of flags derives from it.
-    ``name``: its summary's and progress line's name; ``engine_args``: whether it takes Beam's
-    pass-through options."""
+    ``name``: its summary's and progress line's name; ``beam_options``: whether it takes Beam's
+    pass-through options (a job without Beam: False)."""
     name: ClassVar[str]
-    engine_args: ClassVar[bool] = True
+    beam_options: ClassVar[bool] = True
     output: str
     overwrite: bool
     max_dead_letter_fraction: float
@@ -133,7 +133,7 @@ def run(job: Job, engine_args: Sequence[str] = (), argv: Sequence[str] | None = 
     from pipeline.summary import RunSummary
 
     job.check()
-    if job.engine_args:
+    if job.beam_options:
         from pipeline.beam.runner import validate_beam_args
         validate_beam_args(engine_args)    # Beam's pass-through options, before anything is read
     plan = job.plan(list(engine_args))
@@ -167,7 +167,7 @@ def run_command(ctx: click.Context, job_type: type[Job], flags: dict[str, Any],
     def go() -> str:
         before()
         preflight(ctx, job_type.name, flags)
-        engine_args = beam_args_for_run(ctx.args, verbose) if job_type.engine_args else []
+        engine_args = beam_args_for_run(ctx.args, verbose) if job_type.beam_options else []
         return run(job_type(**flags), engine_args, ctx.meta[ARGV_KEY]).table()
     run_job(go, name=job_type.name, quiet=quiet, verbose=verbose, beam_args=ctx.args, stall_seconds=stall_seconds)
 
