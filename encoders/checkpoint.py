@@ -15,10 +15,12 @@ needs the pretrained source again. Stage one, stage two and training read this s
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 from pathlib import Path
+from typing import Any, Iterator
 
 import torch
 from safetensors import safe_open
@@ -33,6 +35,7 @@ from encoders.finite import check_finite_weights
 from encoders.fingerprint import hash_weights, tokenizer_identity
 from encoders.remote import atomic_directory, local_model_dir
 from encoders.sources import load_config, load_pretrained, refuse_checkpoint_code
+from encoders.errors import ModelError
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "student.safetensors"
@@ -60,7 +63,7 @@ class Student(nn.Module):
         """The head on stored tokens: (B, N, D), (B, N), (B, M, D), (B, M) [, (B, H) x2]
         -> logits (B, num_outputs). Stage two calls exactly this."""
         if self.head is None:
-            raise ValueError(f"student has no head {self.config.head!r}: it cannot score pairs")
+            raise ModelError(f"student has no head {self.config.head!r}: it cannot score pairs")
         return self.head(left, left_mask, right, right_mask, left_pooled=left_pooled, right_pooled=right_pooled)
 
     @torch.inference_mode()
@@ -150,7 +153,7 @@ def load_student(directory: str | os.PathLike) -> Student:
     encoder_dirs = ([SHARED_ENCODER_DIR] if config.shared_encoder else list(SIDE_ENCODER_DIRS.values()))
     missing = [name for name in [WEIGHTS_FILE, *encoder_dirs] if not (directory / name).exists()]
     if missing:
-        raise ValueError(f"checkpoint {str(directory)!r} is incomplete: missing {', '.join(missing)} "
+        raise ModelError(f"checkpoint {str(directory)!r} is incomplete: missing {', '.join(missing)} "
                          f"(a checkpoint holds {CONFIG_FILE}, {WEIGHTS_FILE} and {' or '.join(encoder_dirs)}/)")
     transformers_and_tokenizers = [_load_transformer(directory / name) for name in encoder_dirs]
     left, right = transformers_and_tokenizers[0], transformers_and_tokenizers[-1]
@@ -178,7 +181,7 @@ def load_head(directory: str | os.PathLike | None) -> Student:
     directory = Path(local_model_dir(directory))
     config = read_config(directory)
     if not (directory / WEIGHTS_FILE).exists():
-        raise ValueError(f"checkpoint {str(directory)!r} is incomplete: missing {WEIGHTS_FILE}")
+        raise ModelError(f"checkpoint {str(directory)!r} is incomplete: missing {WEIGHTS_FILE}")
     dim = config.dim
     if dim is None:   # no projection: tokens keep the encoder's hidden size
         encoder_dir = SHARED_ENCODER_DIR if config.shared_encoder else SIDE_ENCODER_DIRS["left"]
@@ -194,15 +197,15 @@ def read_config(directory: str | os.PathLike) -> StudentConfig:
     """The StudentConfig of a checkpoint directory, with errors that name the directory."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise ValueError(f"model directory {str(directory)!r} does not exist")
+        raise ModelError(f"model directory {str(directory)!r} does not exist")
     path = directory / CONFIG_FILE
     if not path.is_file():
-        raise ValueError(f"checkpoint {str(directory)!r} is incomplete: missing {CONFIG_FILE}")
+        raise ModelError(f"checkpoint {str(directory)!r} is incomplete: missing {CONFIG_FILE}")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         config = StudentConfig.from_dict(data)
     except (json.JSONDecodeError, TypeError, ValueError) as err:
-        raise ValueError(f"checkpoint config {str(path)!r} is invalid: {err}") from err
+        raise ModelError(f"checkpoint config {str(path)!r} is invalid: {err}") from err
     _check_head_name(config, directory)
     refuse_checkpoint_code(directory, "checkpoint")
     return config
@@ -217,7 +220,7 @@ def load_or_build_student(model_dir: str | os.PathLike | None, default: StudentC
 def _check_head_name(config: StudentConfig, directory: Path) -> None:
     from heads import HEAD_NAMES  # heads are plain PyTorch; imported late to keep this module light
     if config.head not in HEAD_NAMES:
-        raise ValueError(f"checkpoint {str(directory)!r} names unknown head {config.head!r}; "
+        raise ModelError(f"checkpoint {str(directory)!r} names unknown head {config.head!r}; "
                          f"known heads: {', '.join(HEAD_NAMES)}")
 
 
@@ -225,11 +228,33 @@ def _build_head(config: StudentConfig, dim: int) -> nn.Module:
     """The head the config names, on ``dim``-sized token embeddings (the projected size, or the
     encoder's hidden size without a projection), wrapped in a CosineSkip when ``cosine_skip`` is
     on (its weights are then ``head.inner.*`` plus ``head.scale`` and ``head.bias``)."""
-    from heads import CosineSkip, build_head
+    from heads import CosineSkip
     head = build_head(config.head, dim=dim, left_tokens=config.left_tokens,
                       right_tokens=config.right_tokens, num_outputs=config.num_outputs,
                       **config.head_options)
-    return CosineSkip(head) if config.cosine_skip else head
+    with _head_options_are_the_users():
+        return CosineSkip(head) if config.cosine_skip else head
+
+
+def build_head(name: str, *, dim: int, left_tokens: int, right_tokens: int, num_outputs: int = 1,
+               **options: Any) -> nn.Module:
+    """``heads.build_head`` (same arguments) for a head the user configured, with flags or a
+    checkpoint's config: a refused name, option or size is a :class:`ModelError` (exit 2)."""
+    from heads import build_head as build  # heads are plain PyTorch; imported late to keep this module light
+    with _head_options_are_the_users():
+        return build(name, dim=dim, left_tokens=left_tokens, right_tokens=right_tokens, num_outputs=num_outputs,
+                     **options)
+
+
+@contextlib.contextmanager
+def _head_options_are_the_users() -> Iterator[None]:
+    """The heads, a plain-PyTorch library below the usage-error family's layer (encoders/errors.py),
+    refuse a bad argument with a ValueError as torch does; building one from the user's
+    configuration, that argument is the user's to fix: the same message, as a ModelError."""
+    try:
+        yield
+    except ValueError as err:
+        raise ModelError(str(err)) from err
 
 
 def _save_transformer(side, target: Path) -> None:
@@ -248,7 +273,7 @@ def _load_part(module: nn.Module, tensors: dict[str, torch.Tensor], prefix: str,
     part = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
     expected = set(module.state_dict())
     if set(part) != expected:
-        raise ValueError(f"checkpoint {str(directory)!r}: {WEIGHTS_FILE} does not match the config for "
+        raise ModelError(f"checkpoint {str(directory)!r}: {WEIGHTS_FILE} does not match the config for "
                          f"{prefix.rstrip('.')}: missing {sorted(expected - set(part))}, "
                          f"unexpected {sorted(set(part) - expected)}")
     module.load_state_dict(part, strict=True)

