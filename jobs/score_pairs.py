@@ -105,24 +105,25 @@ class SidePlan:
 
 def check_arguments(job: ScorePairsJob) -> None:
     """Flag combinations that cannot work, named before anything is read."""
+    from pipeline.errors import FlagError
     from pipeline.preflight import check_keep_cols
 
     if (job.left_id_col is None) != (job.right_id_col is None):
-        raise ValueError("--left-id-col and --right-id-col go together: give both (pairs of ids) or neither "
-                         "(pairs of texts)")
+        raise FlagError("--left-id-col and --right-id-col go together: give both (pairs of ids) or neither "
+                        "(pairs of texts)")
     if job.left_id_col and job.store is None and not (job.left_texts and job.right_texts):
-        raise ValueError("pairs of ids need --left-texts and --right-texts (id/text tables) or a --store holding "
-                         "their texts")
+        raise FlagError("pairs of ids need --left-texts and --right-texts (id/text tables) or a --store holding "
+                        "their texts")
     if not job.left_id_col and (job.left_texts or job.right_texts):
-        raise ValueError("--left-texts/--right-texts are for pairs of ids: also give --left-id-col and --right-id-col")
+        raise FlagError("--left-texts/--right-texts are for pairs of ids: also give --left-id-col and --right-id-col")
     if job.join not in JOINS:
-        raise ValueError(f"--join {job.join!r} is not allowed: choose one of {', '.join(JOINS)}")
+        raise FlagError(f"--join {job.join!r} is not allowed: choose one of {', '.join(JOINS)}")
     check_keep_cols(job.keep_cols, OUTPUT_COLUMNS)      # also the pre-flight's: each once, no output column
     if job.engine == "spark" and job.left_texts and job.right_texts \
             and job.text_columns("left") != job.text_columns("right"):
-        raise ValueError("--engine spark reads both text tables with one pair of columns: give the same "
-                         "--left-texts-*-col and --right-texts-*-col (or the shared --texts-id-col/--texts-text-col), "
-                         "or use --engine beam")
+        raise FlagError("--engine spark reads both text tables with one pair of columns: give the same "
+                        "--left-texts-*-col and --right-texts-*-col (or the shared --texts-id-col/--texts-text-col), "
+                        "or use --engine beam")
 
 
 def existing_store(job: ScorePairsJob, student: Student, side: str) -> tuple[tuple[PartPin, ...], int, str]:
@@ -285,6 +286,7 @@ def main(ctx: click.Context, quiet: bool, verbose: bool, stall_timeout: float, *
 @abort_output_on_failure
 def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None) -> RunSummary:
     """Check everything that can be checked, run the pipeline, write manifests and summary."""
+    from pipeline.errors import FlagError, ModelError
     from encoders.remote import pin_model_dir
     from pipeline.provenance import stamped, table_metadata
     import apache_beam as beam
@@ -310,7 +312,7 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
                   store=worker_path(job.store))
     refused = head_option_refused(pick_device(job.device), job.compile, job.head_quantize)
     if refused:
-        raise ValueError(refused)
+        raise FlagError(refused)
     columns = job.columns
     pair_files = expand_inputs(job.pairs, job.format)
     check_columns(pair_files, columns.required() + list(job.keep_cols))
@@ -327,7 +329,7 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
     job = replace(job, model_dir=pin_model_dir(job.model_dir))
     student = load_or_build_student(job.model_dir, baseline_config())
     if student.head is None:
-        raise ValueError(f"model {job.model_dir!r} has no head to score with")
+        raise ModelError(f"model {job.model_dir!r} has no head to score with")
     plans = {}
     for side in SIDES:
         parts, rows, dtype = existing_store(job, student, side)
