@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import importlib
 import re
+import sys
 
 from encoders.errors import FlagError, ModelError, UsageError
 
 __all__ = ["EXIT_OK", "EXIT_BUG", "EXIT_USAGE", "EXIT_REFUSED", "EXIT_SIGINT", "EXIT_SIGTERM", "UsageError",
            "FlagError", "ModelError", "RefusedToCommit", "DeadLetterLimit", "InputChanged", "usage_in",
-           "refusal_in", "mentions_refusal"]
+           "refusal_in", "mentions_refusal", "mentions_usage_error", "usage_class"]
 
 EXIT_OK = 0
 EXIT_BUG = 1
@@ -81,9 +82,26 @@ def refusal_in(err: BaseException) -> RefusedToCommit | None:
     return None
 
 
-# The last exception line of a traceback's text: "module.Class: message" (or "Class: message").
-_EXCEPTION_LINE = re.compile(r"^((?:[A-Za-z_]\w*\.)*)([A-Za-z_]\w*): (.*)$")
-_OUR_PACKAGES = ("encoders", "heads", "pipeline", "jobs")
+# An exception line of a traceback's text: "module.Class: message", the class one of pairscore's
+# (after a newline that may be escaped, a backslash and an n, as Beam forwards a worker's log).
+_OUR_EXCEPTION = re.compile(r"(?:(?<![\w.])|(?<=\\n))((?:encoders|heads|pipeline|jobs)(?:\.\w+)+)\.([A-Z]\w*): ")
+_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*: ")
+
+
+def usage_class(module: str, name: str, load: bool = True) -> type[UsageError] | None:
+    """The usage-error class ``module.name`` names (from a traceback's text), or None when it is
+    not one. ``load``: import the module if this process has not (a log filter does not)."""
+    try:
+        found = getattr(importlib.import_module(module) if load else sys.modules[module], name)
+    except (ImportError, KeyError, AttributeError):
+        return None
+    return found if isinstance(found, type) and issubclass(found, UsageError) else None
+
+
+def mentions_usage_error(text: str) -> bool:
+    """Whether ``text`` (a log message or a worker's printed traceback) reports a usage error
+    raised: an exception line naming a class of the family that this process has imported."""
+    return any(usage_class(*found.groups(), load=False) for found in _OUR_EXCEPTION.finditer(text))
 
 
 def usage_in(err: BaseException) -> UsageError | None:
@@ -91,23 +109,13 @@ def usage_in(err: BaseException) -> UsageError | None:
     restored (Beam's step names taken out); None when ``err`` is anything else. Unlike
     :func:`refusal_in` it does not look through ``__context__``: a bug raised while handling a
     usage error is a bug. From another process only the exception that ended the worker's
-    traceback counts (its last exception line), and only a class of pairscore's own packages."""
+    traceback counts (its last exception line)."""
     if isinstance(err, UsageError):
         text = _WHILE_RUNNING.sub("", str(err)).strip()
         return err if text == str(err) else type(err)(text)
     if type(err) is not RuntimeError:
         return None
-    lines = [line for line in str(err).splitlines() if line and not line[0].isspace()]
-    found = _EXCEPTION_LINE.match(lines[-1]) if lines else None
-    if found is None or not found.group(1):
-        return None
-    module = found.group(1).rstrip(".")
-    if module.split(".")[0] not in _OUR_PACKAGES:
-        return None
-    try:
-        cls = getattr(importlib.import_module(module), found.group(2))
-    except (ImportError, AttributeError):
-        return None
-    if not (isinstance(cls, type) and issubclass(cls, UsageError)):
-        return None
-    return cls(_WHILE_RUNNING.sub("", found.group(3)).strip())
+    last = [line for line in str(err).splitlines() if _EXCEPTION_LINE.match(line)][-1:]
+    found = _OUR_EXCEPTION.match(last[0]) if last else None
+    cls = usage_class(*found.groups()) if found else None
+    return cls(_WHILE_RUNNING.sub("", last[0][found.end():]).strip()) if cls else None
