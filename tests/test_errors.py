@@ -112,6 +112,24 @@ def test_the_family_is_one_tree_of_value_errors():
     assert UsageError is encoders.errors.UsageError     # re-exported, not a second class
 
 
+@pytest.mark.parametrize("options, message", [
+    ({"ffn": -1}, r"^ffn=-1 is not allowed: use a positive integer$"),
+    ({"width": 3}, r"^unknown option 'width' for head 'dipair'; allowed options: layers, heads"),
+    ({"heads": 5}, r"^heads=5 is not allowed: it must divide the token dimension dim=32$"),
+])
+def test_a_head_refused_for_the_users_options_is_a_model_error(options, message):
+    """heads/ raises ValueError (a plain-PyTorch library); built from the user's --head-options or a
+    checkpoint's config (encoders.checkpoint.build_head), the same message is a ModelError: exit 2."""
+    from encoders.checkpoint import build_head
+    from heads import build_head as build_plain_head
+
+    with pytest.raises(ValueError, match=message) as plain:
+        build_plain_head("dipair", dim=32, left_tokens=2, right_tokens=3, **options)
+    assert not isinstance(plain.value, UsageError)
+    with pytest.raises(ModelError, match=message):
+        build_head("dipair", dim=32, left_tokens=2, right_tokens=3, **options)
+
+
 # --------------------------------------------------------------------------- Beam's wrapping
 
 def test_a_usage_error_wrapped_by_beam_in_process_is_its_one_line():
