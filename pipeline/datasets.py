@@ -261,6 +261,19 @@ def _is_blank(value: Any) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
 
 
+def _read_manifest(path: str, flag: str) -> dict[str, Any]:
+    """A distillation set's manifest as a dict; InputError naming ``flag`` and the file when it is
+    not a JSON object (a damaged or foreign file is the user's to fix, not a bug)."""
+    try:
+        with FileSystems.open(path) as handle:
+            data = json.loads(handle.read().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"{flag}: {path} is not a readable {MANIFEST_FILE} ({err})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{flag}: {path} holds a JSON {type(data).__name__}, not the object a {MANIFEST_FILE} holds")
+    return data
+
+
 def distillation_task(paths: Sequence[str]) -> TeacherTask | None:
     """The teacher's task from ``_MANIFEST.json`` of the --distill directories (label_pairs writes
     it), so the dev labels and human labels are read as the teacher's were; None when no
@@ -270,8 +283,7 @@ def distillation_task(paths: Sequence[str]) -> TeacherTask | None:
         manifest = FileSystems.join(path.rstrip("/"), MANIFEST_FILE)
         if "*" in path or not FileSystems.exists(manifest):
             continue
-        with FileSystems.open(manifest) as handle:
-            data = json.loads(handle.read().decode("utf-8"))
+        data = _read_manifest(manifest, "--distill")
         if data.get("format") == DISTILLATION_FORMAT and isinstance(data.get("task"), dict):
             task = TeacherTask.from_dict(data["task"])
             # The teacher's max length does not change what a label means.
@@ -325,8 +337,7 @@ class DistillationManifest:
         path = FileSystems.join(directory, MANIFEST_FILE)
         if not FileSystems.exists(path):
             raise InputError(f"--previous {directory!r} is not a label_pairs output: it has no {MANIFEST_FILE}")
-        with FileSystems.open(path) as handle:
-            data = json.loads(handle.read().decode("utf-8"))
+        data = _read_manifest(path, "--previous")
         if data.get("format") != DISTILLATION_FORMAT or data.get("schema_version") != SCHEMA_VERSION:
             raise InputError(f"--previous {directory!r}: {MANIFEST_FILE} is not a distillation set of schema "
                              f"version {SCHEMA_VERSION} (format {data.get('format')!r}, version "

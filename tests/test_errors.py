@@ -252,3 +252,18 @@ def test_a_usage_error_exits_2_with_one_line_and_no_traceback(tmp_path):
         tmp_path, 'from pipeline.errors import FlagError; raise FlagError("--top-k -1 is not allowed: give K >= 0")')
     assert done.returncode == EXIT_USAGE, done.stderr
     assert done.stderr.strip().splitlines() == ["error: --top-k -1 is not allowed: give K >= 0"]
+
+
+@pytest.mark.parametrize("content", [b"{not json", b"\xff\xfe not UTF-8", b"[1, 2]"], ids=["json", "utf-8", "list"])
+def test_a_damaged_distillation_manifest_is_the_users_to_fix(tmp_path, content):
+    """A --previous or --distill directory whose manifest is not a JSON object: json's and the
+    decoder's own ValueErrors would read as a bug (exit 1); it is an input (exit 2) naming the flag."""
+    from pipeline.datasets import DistillationManifest, distillation_task
+    from pipeline.readers import InputError
+    from pipeline.store import MANIFEST_FILE
+
+    (tmp_path / MANIFEST_FILE).write_bytes(content)
+    with pytest.raises(InputError, match=rf"^--previous: {tmp_path / MANIFEST_FILE} "):
+        DistillationManifest.read(str(tmp_path))
+    with pytest.raises(InputError, match=rf"^--distill: {tmp_path / MANIFEST_FILE} "):
+        distillation_task([str(tmp_path)])
