@@ -271,6 +271,8 @@ def _save_transformer(side, target: Path) -> None:
 def _load_transformer(source: Path):
     from transformers import AutoModel, AutoTokenizer
 
+    import encoders.sources  # noqa: F401  (importing it quiets transformers' load reports and progress bars)
+
     model = AutoModel.from_pretrained(source, use_safetensors=True, trust_remote_code=False)
     if getattr(model, "pooler", None) is not None:
         model.pooler = None  # see encoders/sources.py: never used

@@ -148,3 +148,17 @@ def test_a_nan_head_weight_is_refused_before_the_pipeline_starts(tmp_path, night
     assert load_head(str(poisoned)).head is not None
     with pytest.raises(ValueError, match=r"has weights that are not finite numbers .* \(" + re.escape(name)):
         model_facts(pin_model_dir(str(poisoned)))
+
+
+def test_loading_a_student_stays_quiet(tiny_checkpoint):
+    """transformers is imported lazily now; its load reports ("BertModel LOAD REPORT", a table of
+    the pooler's missing weights) and progress bars must stay off all the same (encoders.sources
+    turns them off when imported)."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p))
+    done = subprocess.run([sys.executable, "-c", "import sys\nfrom encoders.checkpoint import load_student\n"
+                           "load_student(sys.argv[1])", tiny_checkpoint],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for noise in ("LOAD REPORT", "Loading weights", "MISSING"):
+        assert noise not in done.stdout + done.stderr
