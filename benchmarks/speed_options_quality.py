@@ -20,8 +20,9 @@ over questions (2,000 resamples: the same resampled questions score both sides, 
 that the hard questions cancel); the largest |score difference| from ``fp32``; the head's pairs/s
 (``HeadScorer.score_rows`` on the stored rows, in this process, after a warm-up call: compilation
 and quantization are not counted, the warm-up's seconds are reported) and the whole ``score_pairs``
-process's seconds, each the median of ``--repeats`` runs interleaved over the options (a busy
-moment of a shared machine spreads over all of them); and the stores' bytes on disk.
+process's seconds (``--run-repeats`` runs, default ``--repeats``), each the median of runs
+interleaved over the options (a busy moment of a shared machine spreads over all of them); and the
+stores' bytes on disk.
 
 Everything is written under ``--work`` (outside the repository: the data and models stay out of
 it) and reused when the script is run again: night-one runs (``night-float16``, ``night-int8``,
@@ -153,7 +154,9 @@ def main() -> None:
     parser.add_argument("--group-col", default="qid")
     parser.add_argument("--id-col", default="id", help="a column naming each pair uniquely (joins the runs' scores)")
     parser.add_argument("--limit", type=int, default=None, help="use the first N pairs only")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="timings of the head alone, per option")
+    parser.add_argument("--run-repeats", type=int, default=None,
+                        help="score_pairs runs per option (default: --repeats); the first gives the scores")
     parser.add_argument("--resamples", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=8192)
     parser.add_argument("--results", default=None, help="write the figures (no data) to this JSON file")
@@ -163,6 +166,7 @@ def main() -> None:
     if inside_repo(work, "the pairs, the stores and the scores"):
         raise SystemExit(2)
     work.mkdir(parents=True, exist_ok=True)
+    run_repeats = args.run_repeats or args.repeats
     os.environ.update(job_env())
     torch_threads = os.cpu_count()
 
@@ -181,7 +185,7 @@ def main() -> None:
 
     timings_file = work / "timings.json"
     timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}
-    for k in range(1, args.repeats + 1):
+    for k in range(1, run_repeats + 1):
         for option, flags in JOB_OPTIONS.items():
             name = f"{option.replace(' ', '-')}-{k}"
             if name in timings:
@@ -204,9 +208,9 @@ def main() -> None:
     for option in JOB_OPTIONS:
         got = read_scores(work / "runs" / f"{option.replace(' ', '-')}-1", args.id_col)
         scores[option] = np.array([got[i] for i in ids], dtype=np.float64)
-        again = read_scores(work / "runs" / f"{option.replace(' ', '-')}-{args.repeats}", args.id_col)
+        again = read_scores(work / "runs" / f"{option.replace(' ', '-')}-{run_repeats}", args.id_col)
         if not np.array_equal(np.array([again[i] for i in ids]), scores[option].astype(np.float32)):
-            print(f"note: {option}: run 1 and run {args.repeats} differ in their scores")
+            print(f"note: {option}: run 1 and run {run_repeats} differ in their scores")
     position = {p[args.id_col]: i for i, p in enumerate(pairs)}
     order = np.array([position[i] for i in ids])
     # The in-process fp32 head against the job's: the same scores, or the comparison below is off.
@@ -222,6 +226,7 @@ def main() -> None:
     ranked = {option: rank_queries(scores[option], labels, groups) for option in options}
     results = {"pairs": len(pairs), "questions": int(len(np.unique(groups))),
                "ranked_questions": int(len(ranked["fp32"].queries)), "repeats": args.repeats,
+               "run_repeats": run_repeats,
                "torch_threads": torch_threads, "cpus": os.cpu_count(), "in_process_fp32_gap": fp32_gap,
                "options": {}}
     for option in options:
@@ -229,7 +234,7 @@ def main() -> None:
         entry = {"metrics": metrics, "head_pairs_per_s": statistics.median(rates[option]),
                  "head_pairs_per_s_runs": rates[option], "head_warm_up_seconds": warm_up[option]}
         if option in JOB_OPTIONS:
-            runs = [timings[f"{option.replace(' ', '-')}-{k}"] for k in range(1, args.repeats + 1)]
+            runs = [timings[f"{option.replace(' ', '-')}-{k}"] for k in range(1, run_repeats + 1)]
             entry.update(run_seconds=statistics.median(r["seconds"] for r in runs), run_loads=[r["load"] for r in runs])
         if option != "fp32":
             entry["max_abs_score_difference"] = float(np.abs(scores[option] - scores["fp32"]).max())
@@ -272,8 +277,9 @@ def table(results: dict) -> str:
     lines.append("")
     lines.append(f"Stores on disk (both sides, Parquet zstd): float16 {sizes['float16']:,} bytes, int8 "
                  f"{sizes['int8']:,} bytes ({sizes['int8'] / sizes['float16']:.2f}×). {results['pairs']:,} pairs, "
-                 f"{results['ranked_questions']:,} of {results['questions']:,} questions ranked; medians of "
-                 f"{results['repeats']} interleaved runs; load averages (1 min) at the runs: "
+                 f"{results['ranked_questions']:,} of {results['questions']:,} questions ranked; head pairs/s: "
+                 f"medians of {results['repeats']} interleaved timings; score_pairs runs: medians of "
+                 f"{results['run_repeats']} interleaved runs; load averages (1 min) at the runs: "
                  + ", ".join(f"{o} {min(e['run_loads']):.1f}–{max(e['run_loads']):.1f}"
                              for o, e in results["options"].items() if "run_loads" in e)
                  + f"; at the end {results['load_at_end'][0]:.1f}.")
