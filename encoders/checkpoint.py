@@ -12,6 +12,11 @@ Layout of a checkpoint directory::
 
 The encoders are saved with only their K layers, so a checkpoint is self-contained: it never
 needs the pretrained source again. Stage one, stage two and training read this same format.
+
+transformers is imported only where an encoder is built or loaded: stage two's workers load the
+head alone (:func:`load_head`) and the launching process reads the config and sizes
+(:func:`read_config`, :func:`hidden_size`), neither of which needs it (importing transformers is
+seconds of start-up).
 """
 from __future__ import annotations
 
@@ -20,22 +25,23 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoModel, AutoTokenizer
 
 from encoders.config import StudentConfig, baseline_config
-from encoders.dual_encoder import DualEncoder
 from encoders.file_fingerprint import RECORD_FILE, write_record
 from encoders.finite import check_finite_weights
 from encoders.fingerprint import hash_weights, tokenizer_identity
-from encoders.remote import atomic_directory, local_model_dir
-from encoders.sources import load_config, load_pretrained, refuse_checkpoint_code
 from encoders.errors import ModelError
+from encoders.locations import encoder_hidden_size, refuse_checkpoint_code
+from encoders.remote import atomic_directory, local_model_dir
+
+if TYPE_CHECKING:  # the encoders import transformers: only where one is built or loaded
+    from encoders.dual_encoder import DualEncoder
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "student.safetensors"
@@ -102,6 +108,9 @@ class Student(nn.Module):
 def build_student(config: StudentConfig, seed: int = 0) -> Student:
     """A fresh student from the pretrained encoder named in ``config`` (projections and
     head randomly initialised with ``seed``)."""
+    from encoders.dual_encoder import DualEncoder
+    from encoders.sources import load_pretrained
+
     left_transformer, left_tokenizer = load_pretrained(config.encoder, config.encoder_layers)
     if config.shared_encoder:
         right_transformer, right_tokenizer = left_transformer, left_tokenizer
@@ -148,6 +157,8 @@ def load_student(directory: str | os.PathLike) -> Student:
     """Load a checkpoint written by :func:`save_student`. Raises ValueError naming what is
     missing or wrong before any weight is read; never unpickles. ``directory`` may be on any
     Beam filesystem (gs://, s3://, ...): it is then loaded from a local copy (encoders/remote.py)."""
+    from encoders.dual_encoder import DualEncoder
+
     directory = Path(local_model_dir(directory))
     config = read_config(directory)
     encoder_dirs = ([SHARED_ENCODER_DIR] if config.shared_encoder else list(SIDE_ENCODER_DIRS.values()))
@@ -176,17 +187,12 @@ def load_head(directory: str | os.PathLike | None) -> Student:
     the one :func:`load_student` gives, weight for weight."""
     if not directory:
         config = baseline_config()
-        dim = config.dim or load_config(config.encoder).hidden_size
-        return Student(config, None, _build_head(config, dim)).eval()
+        return Student(config, None, _build_head(config, head_input_dim(None, config))).eval()
     directory = Path(local_model_dir(directory))
     config = read_config(directory)
     if not (directory / WEIGHTS_FILE).exists():
         raise ModelError(f"checkpoint {str(directory)!r} is incomplete: missing {WEIGHTS_FILE}")
-    dim = config.dim
-    if dim is None:   # no projection: tokens keep the encoder's hidden size
-        encoder_dir = SHARED_ENCODER_DIR if config.shared_encoder else SIDE_ENCODER_DIRS["left"]
-        dim = json.loads((directory / encoder_dir / CONFIG_FILE).read_text(encoding="utf-8"))["hidden_size"]
-    head = _build_head(config, dim)
+    head = _build_head(config, head_input_dim(directory, config))
     with safe_open(str(directory / WEIGHTS_FILE), framework="pt") as weights:
         tensors = {key: weights.get_tensor(key) for key in weights.keys() if key.startswith("head.")}
     _load_part(head, tensors, "head.", directory)
@@ -209,6 +215,29 @@ def read_config(directory: str | os.PathLike) -> StudentConfig:
     _check_head_name(config, directory)
     refuse_checkpoint_code(directory, "checkpoint")
     return config
+
+
+def hidden_size(directory: str | os.PathLike | None, config: StudentConfig, side: str = "left") -> int:
+    """H, ``side``'s encoder's hidden size (the pooled embedding's size, and the tokens' size
+    without a projection), from JSON alone: the config.json of the checkpoint's encoder at the
+    local ``directory``, or of the baseline's encoder when ``directory`` is None."""
+    if not directory:
+        hidden = encoder_hidden_size(config.encoder)
+        if hidden is None:     # a hub id: its config through transformers
+            from encoders.sources import load_config
+            hidden = load_config(config.encoder).hidden_size
+        return hidden
+    path = Path(directory) / (SHARED_ENCODER_DIR if config.shared_encoder else SIDE_ENCODER_DIRS[side]) / CONFIG_FILE
+    try:
+        return int(json.loads(path.read_text(encoding="utf-8"))["hidden_size"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"checkpoint {str(directory)!r} is incomplete: {path} gives no hidden_size ({err})") from None
+
+
+def head_input_dim(directory: str | os.PathLike | None, config: StudentConfig) -> int:
+    """D, the size of the token embeddings the head reads: the projected size, or the encoder's
+    hidden size without a projection."""
+    return config.dim if config.dim is not None else hidden_size(directory, config)
 
 
 def load_or_build_student(model_dir: str | os.PathLike | None, default: StudentConfig) -> Student:
@@ -263,6 +292,10 @@ def _save_transformer(side, target: Path) -> None:
 
 
 def _load_transformer(source: Path):
+    from transformers import AutoModel, AutoTokenizer
+
+    import encoders.sources  # noqa: F401  (importing it quiets transformers' load reports and progress bars)
+
     model = AutoModel.from_pretrained(source, use_safetensors=True, trust_remote_code=False)
     if getattr(model, "pooler", None) is not None:
         model.pooler = None  # see encoders/sources.py: never used

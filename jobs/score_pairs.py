@@ -23,7 +23,7 @@ from jobs.text_tables import side_column_options, side_columns
 
 if TYPE_CHECKING:  # annotations only: the imports run inside the functions
     import pyarrow as pa
-    from encoders.checkpoint import Student
+    from pipeline.models import ModelFacts
     from pipeline.beam.score import PairColumns
     from pipeline.readers import InputFile
     from pipeline.store import PartPin, StoreLayout
@@ -126,13 +126,13 @@ def check_arguments(job: ScorePairsJob) -> None:
                         "or use --engine beam")
 
 
-def existing_store(job: ScorePairsJob, student: Student, side: str) -> tuple[tuple[PartPin, ...], int, str]:
+def existing_store(job: ScorePairsJob, student: ModelFacts, side: str) -> tuple[tuple[PartPin, ...], int, str]:
     """(part files pinned, rows, dtype) of ``--store``'s side, checked against the model; empty if none."""
-    from pipeline.store import StoreWanted, open_store_side, store_layout
+    from pipeline.store import StoreWanted, open_store_side
 
     if job.store is None:
         return (), 0, job.dtype
-    layout = store_layout(student, side, job.dtype)
+    layout = student.layout(side, job.dtype)
     store = open_store_side(job.store, side, StoreWanted(
         student.fingerprint, student.config.encoder, layout.tokens_kept, layout.dim, layout.pooled_dim,
         student.config.token_selection, student.config.max_length(side)))
@@ -165,7 +165,7 @@ def choose_join(job: ScorePairsJob, plans: dict[str, SidePlan], pair_rows: int) 
     return join, f"auto: stores bounded by {estimate / 2 ** 20:,.0f} MB vs --broadcast-limit-mb {job.broadcast_limit_mb}"
 
 
-def score_meaning(job: ScorePairsJob, student: Student) -> str:
+def score_meaning(job: ScorePairsJob, student: ModelFacts) -> str:
     """What the scores table's ``score`` means (its ``pairscore.score`` metadata)."""
     from pipeline.provenance import CLASS_PROBABILITY_SCORE, COSINE_SCORE, PROBABILITY_SCORE
 
@@ -174,7 +174,7 @@ def score_meaning(job: ScorePairsJob, student: Student) -> str:
     return CLASS_PROBABILITY_SCORE if student.config.num_outputs > 1 else PROBABILITY_SCORE
 
 
-def output_schema(job: ScorePairsJob, student: Student, files: list[InputFile],
+def output_schema(job: ScorePairsJob, student: ModelFacts, files: list[InputFile],
                   kept: list[pa.Field] | None = None) -> pa.Schema:
     """left_id, right_id, score (+ probs for k classes) and the kept columns, typed by
     :func:`pipeline.pairs.kept_fields` (Parquet keeps its types, JSONL JSON's, CSV/TSV strings;
@@ -291,8 +291,7 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
     from pipeline.provenance import stamped, table_metadata
     import apache_beam as beam
     from apache_beam.io.parquetio import WriteToParquetBatched
-    from encoders.checkpoint import load_or_build_student
-    from encoders.config import SIDES, baseline_config
+    from encoders.config import SIDES
     from encoders.device import pick_device
     from pipeline.beam.counters import read_counters, split_dead_letters
     from pipeline.beam.encode import DEAD_LETTER_TAG, DedupeTexts, EncodeSettings, ReadRows
@@ -304,7 +303,8 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
     from pipeline.pairs import kept_fields
     from pipeline.readers import check_columns, count_input_rows, expand_inputs, expect_inputs, worker_path
     from pipeline.scoring_core import head_option_refused
-    from pipeline.store import COMPRESSION, STORE_FILE_PREFIX, STORE_FILE_SUFFIX, count_rows, store_files, store_layout
+    from pipeline.models import model_facts
+    from pipeline.store import COMPRESSION, STORE_FILE_PREFIX, STORE_FILE_SUFFIX, count_rows, store_files
 
     check_arguments(job)
     validate_beam_args(beam_args)
@@ -327,13 +327,12 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
     # The model is pinned here (local or remote: every file's size and SHA-256): every worker loads
     # the bytes this process fingerprints, or stops the run (exit 3) naming the file that changed.
     job = replace(job, model_dir=pin_model_dir(job.model_dir))
-    student = load_or_build_student(job.model_dir, baseline_config())
-    if student.head is None:
-        raise ModelError(f"model {job.model_dir!r} has no head to score with")
+    # Config, fingerprint and head only: the encoder loads in the workers, if a text needs it.
+    student = model_facts(job.model_dir, job.store)
     plans = {}
     for side in SIDES:
         parts, rows, dtype = existing_store(job, student, side)
-        plans[side] = SidePlan(side, store_layout(student, side, dtype), parts, rows, text_files[side],
+        plans[side] = SidePlan(side, student.layout(side, dtype), parts, rows, text_files[side],
                                STORE_DIR + "/" + side)
     pair_rows = count_input_rows(pair_files) if (not columns.id_mode or job.dedupe_pairs) else 0
     join, why = choose_join(job, plans, 0 if columns.id_mode else pair_rows)
@@ -425,7 +424,7 @@ def open_job_output(job: ScorePairsJob):
                               "--store": [job.store], "--model": [job.model_dir]})
 
 
-def finish(job: ScorePairsJob, out, student: Student, plans: dict[str, SidePlan], counts: dict[str, int],
+def finish(job: ScorePairsJob, out, student: ModelFacts, plans: dict[str, SidePlan], counts: dict[str, int],
            pair_dead: dict[str, int], join_note: str, started: float, argv: list[str] | None) -> RunSummary:
     """Either engine's counts -> reconciled, then the dead-letter limit, the stores' manifests, the
     summary and the commit."""
@@ -468,7 +467,7 @@ def finish(job: ScorePairsJob, out, student: Student, plans: dict[str, SidePlan]
     return summary
 
 
-def run_on_spark(job: ScorePairsJob, student: Student, plans: dict[str, SidePlan], pair_files: list[InputFile],
+def run_on_spark(job: ScorePairsJob, student: ModelFacts, plans: dict[str, SidePlan], pair_files: list[InputFile],
                  kept: list[pa.Field], schema: pa.Schema, join: str, why: str, sizes: tuple[int, int],
                  argv: list[str] | None) -> RunSummary:
     """``--engine spark``: the same run on Spark (pipeline/spark/score.py), committed as Beam's is.
