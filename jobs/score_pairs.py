@@ -286,7 +286,7 @@ def main(ctx: click.Context, quiet: bool, verbose: bool, stall_timeout: float, *
 @abort_output_on_failure
 def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None) -> RunSummary:
     """Check everything that can be checked, run the pipeline, write manifests and summary."""
-    from pipeline.errors import FlagError, ModelError
+    from pipeline.errors import FlagError
     from encoders.remote import pin_model_dir
     from pipeline.provenance import stamped, table_metadata
     import apache_beam as beam
