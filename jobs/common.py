@@ -193,28 +193,32 @@ def split_list(ctx, param, value: str | None) -> tuple[str, ...]:
 # Parsed before the job's modules are imported, so that a bad value answers at once.
 
 def parse_label_range(text: str | None) -> tuple[float, float] | None:
-    """``"LOW,HIGH"`` -> (low, high); ValueError naming the value otherwise."""
+    """``"LOW,HIGH"`` -> (low, high); FlagError naming the value otherwise."""
+    from pipeline.errors import FlagError
+
     if text is None:
         return None
     parts = text.split(",")
     try:
         low, high = (float(p) for p in parts)
     except ValueError:
-        raise ValueError(f"--label-range {text!r} is not allowed: give two numbers LOW,HIGH, e.g. 0,5") from None
+        raise FlagError(f"--label-range {text!r} is not allowed: give two numbers LOW,HIGH, e.g. 0,5") from None
     return low, high
 
 
 def parse_head_options(text: str | None) -> dict[str, Any]:
-    """``--head-options '{"ffn": 512}'`` -> a dict; ValueError naming the value otherwise."""
+    """``--head-options '{"ffn": 512}'`` -> a dict; FlagError naming the value otherwise."""
+    from pipeline.errors import FlagError
+
     if not text:
         return {}
     try:
         options = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ValueError(f"--head-options {text!r} is not allowed: give a JSON object, e.g. "
-                         f"'{{\"ffn\": 512}}' ({err})") from None
+        raise FlagError(f"--head-options {text!r} is not allowed: give a JSON object, e.g. "
+                        f"'{{\"ffn\": 512}}' ({err})") from None
     if not isinstance(options, dict):
-        raise ValueError(f"--head-options {text!r} is not allowed: give a JSON object, e.g. '{{\"ffn\": 512}}'")
+        raise FlagError(f"--head-options {text!r} is not allowed: give a JSON object, e.g. '{{\"ffn\": 512}}'")
     return options
 
 

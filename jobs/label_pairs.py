@@ -65,19 +65,20 @@ class LabelPairsJob(Job):
 
     def check(self) -> None:
         from pipeline.datasets import BASE_COLUMNS
+        from pipeline.errors import FlagError
         from pipeline.preflight import check_keep_cols
 
         if not self.temperature > 0:
-            raise ValueError(f"--temperature {self.temperature!r} is not allowed: give a number > 0 (1 = the "
-                             "teacher's own probabilities; > 1 softer labels)")
+            raise FlagError(f"--temperature {self.temperature!r} is not allowed: give a number > 0 (1 = the "
+                            "teacher's own probabilities; > 1 softer labels)")
         if self.batch_size < 1:
-            raise ValueError(f"--batch-size {self.batch_size!r} is not allowed: give a positive integer")
+            raise FlagError(f"--batch-size {self.batch_size!r} is not allowed: give a positive integer")
         if self.max_length is not None and self.max_length < 4:
-            raise ValueError(f"--max-length {self.max_length!r} is not allowed: give an integer of at least 4")
+            raise FlagError(f"--max-length {self.max_length!r} is not allowed: give an integer of at least 4")
         check_keep_cols(self.keep_cols, BASE_COLUMNS)        # also the pre-flight's: each once, no output column
         if self.previous is not None and _same_path(self.previous, self.output):
-            raise ValueError(f"--previous {self.previous!r} is also --output: write the new set to a new directory "
-                             "(the previous one is read while the new one is written)")
+            raise FlagError(f"--previous {self.previous!r} is also --output: write the new set to a new directory "
+                            "(the previous one is read while the new one is written)")
 
     def reads(self) -> dict[str, tuple[str | None, ...]]:
         return {"--pairs": self.pairs, "--teacher": (self.teacher,), "--previous": (self.previous,)}
@@ -89,6 +90,7 @@ class LabelPairsJob(Job):
         from encoders.remote import pin_model_dir
         from encoders.teacher import load_teacher
         from pipeline.datasets import distillation_schema, previous_set_files
+        from pipeline.errors import FlagError
         from pipeline.pairs import TextPairColumns, kept_fields
         from pipeline.provenance import table_metadata
         from pipeline.readers import check_columns, expand_inputs, worker_path
@@ -106,8 +108,8 @@ class LabelPairsJob(Job):
         if job.max_length is not None:
             positions = getattr(teacher.model.config, "max_position_embeddings", None)
             if positions is not None and job.max_length > positions:
-                raise ValueError(f"--max-length {job.max_length} is not allowed for teacher {job.teacher!r}: its "
-                                 f"position embeddings stop at {positions}")
+                raise FlagError(f"--max-length {job.max_length} is not allowed for teacher {job.teacher!r}: its "
+                                f"position embeddings stop at {positions}")
             teacher.task = teacher.task.replace(max_length=job.max_length)
         kept = kept_fields(files, columns.keep)
         schema = distillation_schema(teacher.task.num_outputs, kept)

@@ -25,7 +25,7 @@ from jobs.text_tables import side_column_options, side_columns
 
 if TYPE_CHECKING:  # annotations only: the imports run inside the functions
     import pyarrow as pa
-    from encoders.checkpoint import Student
+    from pipeline.models import ModelFacts
     from pipeline.beam.score import PairColumns
     from pipeline.output.commit import OutputDir
     from pipeline.readers import InputFile
@@ -46,7 +46,7 @@ BASELINE_NOTE = ("no --model: scores are the zero-training baseline, the cosine 
 @dataclass(frozen=True)
 class ScorePlan(Plan):
     """What :meth:`ScorePairsJob.plan` decided, before anything is written."""
-    student: Student
+    student: ModelFacts              # config, fingerprint, layouts: the encoder loads in the workers, if a text needs it
     sides: dict[str, SidePlan]
     pair_files: list[InputFile]
     kept: list[pa.Field]            # --keep-cols, typed (pipeline.pairs.kept_fields)
@@ -111,25 +111,26 @@ class ScorePairsJob(Job):
 
     def check(self) -> None:
         """Flag combinations that cannot work, named before anything is read."""
+        from pipeline.errors import FlagError
         from pipeline.preflight import check_keep_cols
 
         if (self.left_id_col is None) != (self.right_id_col is None):
-            raise ValueError("--left-id-col and --right-id-col go together: give both (pairs of ids) or neither "
-                             "(pairs of texts)")
+            raise FlagError("--left-id-col and --right-id-col go together: give both (pairs of ids) or neither "
+                            "(pairs of texts)")
         if self.left_id_col and self.store is None and not (self.left_texts and self.right_texts):
-            raise ValueError("pairs of ids need --left-texts and --right-texts (id/text tables) or a --store holding "
-                             "their texts")
+            raise FlagError("pairs of ids need --left-texts and --right-texts (id/text tables) or a --store holding "
+                            "their texts")
         if not self.left_id_col and (self.left_texts or self.right_texts):
-            raise ValueError("--left-texts/--right-texts are for pairs of ids: also give --left-id-col and "
-                             "--right-id-col")
+            raise FlagError("--left-texts/--right-texts are for pairs of ids: also give --left-id-col and "
+                            "--right-id-col")
         if self.join not in JOINS:
-            raise ValueError(f"--join {self.join!r} is not allowed: choose one of {', '.join(JOINS)}")
+            raise FlagError(f"--join {self.join!r} is not allowed: choose one of {', '.join(JOINS)}")
         check_keep_cols(self.keep_cols, OUTPUT_COLUMNS)      # also the pre-flight's: each once, no output column
         if self.engine == "spark" and self.left_texts and self.right_texts \
                 and self.text_columns("left") != self.text_columns("right"):
-            raise ValueError("--engine spark reads both text tables with one pair of columns: give the same "
-                             "--left-texts-*-col and --right-texts-*-col (or the shared --texts-id-col/"
-                             "--texts-text-col), or use --engine beam")
+            raise FlagError("--engine spark reads both text tables with one pair of columns: give the same "
+                            "--left-texts-*-col and --right-texts-*-col (or the shared --texts-id-col/"
+                            "--texts-text-col), or use --engine beam")
 
     def reads(self) -> dict[str, tuple[str | None, ...]]:
         return {"--pairs": self.pairs, "--left-texts": self.left_texts, "--right-texts": self.right_texts,
@@ -138,23 +139,22 @@ class ScorePairsJob(Job):
     def plan(self, beam_args: list[str]) -> ScorePlan:
         """Inputs and their columns, the model (pinned: every worker loads the bytes this process
         fingerprints, or stops the run naming the file that changed), each side's store, the join."""
-        from encoders.checkpoint import load_or_build_student
-        from encoders.config import baseline_config
         from encoders.device import pick_device
         from encoders.remote import pin_model_dir
+        from pipeline.errors import FlagError
+        from pipeline.models import model_facts
         from pipeline.pairs import kept_fields
         from pipeline.provenance import table_metadata
         from pipeline.readers import check_columns, count_input_rows, expand_inputs, worker_path
         from pipeline.score_plan import (SidePlan, choose_join, existing_store, score_meaning, scores_schema,
                                          store_bytes_bound)
         from pipeline.scoring_core import head_option_refused
-        from pipeline.store import store_layout
 
         job = replace(self, output=worker_path(self.output), model_dir=worker_path(self.model_dir),
                       store=worker_path(self.store))
         refused = head_option_refused(pick_device(job.device), job.compile, job.head_quantize)
         if refused:
-            raise ValueError(refused)
+            raise FlagError(refused)
         columns = job.columns
         pair_files = expand_inputs(job.pairs, job.format)
         check_columns(pair_files, columns.required() + list(job.keep_cols))
@@ -165,13 +165,11 @@ class ScorePairsJob(Job):
                 text_files[side] = tuple(expand_inputs(patterns))
                 check_columns(text_files[side], [job.text_columns(side).id, job.text_columns(side).text])
         job = replace(job, model_dir=pin_model_dir(job.model_dir))
-        student = load_or_build_student(job.model_dir, baseline_config())
-        if student.head is None:
-            raise ValueError(f"model {job.model_dir!r} has no head to score with")
+        student = model_facts(job.model_dir, job.store)     # ModelError for a checkpoint that cannot score
         sides = {}
         for side in SIDES:
             parts, rows, dtype = existing_store(job.store, student, side, job.dtype)
-            sides[side] = SidePlan(side, store_layout(student, side, dtype), parts, rows, text_files[side],
+            sides[side] = SidePlan(side, student.layout(side, dtype), parts, rows, text_files[side],
                                    STORE_DIR + "/" + side)
         pair_rows = count_input_rows(pair_files) if (not columns.id_mode or job.dedupe_pairs) else 0
         bound = store_bytes_bound(sides, 0 if columns.id_mode else pair_rows)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 
 if TYPE_CHECKING:  # annotations only: the imports run inside the functions
     import pyarrow as pa
-    from encoders.checkpoint import Student
+    from pipeline.models import ModelFacts
     from pipeline.readers import InputFile
     from pipeline.store import PartPin, StoreLayout
 
@@ -29,15 +29,15 @@ class SidePlan:
     output: str   # relative to --output, e.g. store/left
 
 
-def existing_store(store: str | None, student: Student, side: str,
+def existing_store(store: str | None, student: ModelFacts, side: str,
                    dtype: str) -> tuple[tuple[PartPin, ...], int, str]:
     """(part files pinned, rows, dtype) of ``--store``'s ``side``, checked against the model;
     empty, with ``dtype`` (``--dtype``), without a store."""
-    from pipeline.store import StoreWanted, open_store_side, store_layout
+    from pipeline.store import StoreWanted, open_store_side
 
     if store is None:
         return (), 0, dtype
-    layout = store_layout(student, side, dtype)
+    layout = student.layout(side, dtype)
     opened = open_store_side(store, side, StoreWanted(
         student.fingerprint, student.config.encoder, layout.tokens_kept, layout.dim, layout.pooled_dim,
         student.config.token_selection, student.config.max_length(side)))
@@ -75,7 +75,7 @@ def shuffle_buckets(store_bytes: int, pair_rows: int, minimum: int = 64) -> int:
     return max(minimum, -(-store_bytes // (256 << 20)), -(-pair_rows // (2 << 20)))
 
 
-def score_meaning(model_dir: str | None, student: Student) -> str:
+def score_meaning(model_dir: str | None, student: ModelFacts) -> str:
     """What the scores table's ``score`` means (its ``pairscore.score`` metadata)."""
     from pipeline.provenance import CLASS_PROBABILITY_SCORE, COSINE_SCORE, PROBABILITY_SCORE
 
@@ -84,7 +84,7 @@ def score_meaning(model_dir: str | None, student: Student) -> str:
     return CLASS_PROBABILITY_SCORE if student.config.num_outputs > 1 else PROBABILITY_SCORE
 
 
-def scores_schema(student: Student, kept: Sequence[pa.Field]) -> pa.Schema:
+def scores_schema(student: ModelFacts, kept: Sequence[pa.Field]) -> pa.Schema:
     """left_id, right_id, score (+ probs for k classes) and the kept columns, typed by
     :func:`pipeline.pairs.kept_fields` (Parquet keeps its types, JSONL JSON's, CSV/TSV strings)."""
     import pyarrow as pa
