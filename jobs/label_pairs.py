@@ -164,7 +164,7 @@ def run(job: LabelPairsJob, beam_args: list[str], argv: list[str] | None = None)
     from pipeline.datasets import DistillationManifest, distillation_schema, schema_columns
     from pipeline.outputs import open_output
     from pipeline.paths import escape_glob
-    from pipeline.pairs import TextPairColumns, kept_fields
+    from pipeline.pairs import PairColumns, kept_fields
     from pipeline.readers import check_columns, expand_inputs, expect_inputs, worker_path
     from pipeline.store import MANIFEST_FILE, count_rows, store_files
     from pipeline.summary import RunSummary
@@ -176,10 +176,10 @@ def run(job: LabelPairsJob, beam_args: list[str], argv: list[str] | None = None)
                   teacher=worker_path(job.teacher) if os.path.exists(job.teacher) else job.teacher)
     _check(job)
     pick_device(job.device)
-    columns = TextPairColumns(left=job.left_col, right=job.right_col, left_id=job.left_id_col,
-                              right_id=job.right_id_col, keep=tuple(job.keep_cols))
+    columns = PairColumns(left=job.left_col, right=job.right_col, left_id=job.left_id_col,
+                          right_id=job.right_id_col, keep=tuple(job.keep_cols))
     files = expand_inputs(job.pairs, job.format)
-    check_columns(files, columns.required())
+    check_columns(files, columns.needed())
     # A remote teacher is pinned here: every worker loads the bytes this process fingerprints.
     job = replace(job, teacher=pin_model_dir(job.teacher))
     teacher = load_teacher(job.teacher)

@@ -82,7 +82,8 @@ class ScorePairsJob:
     def columns(self) -> PairColumns:
         from pipeline.beam.score import PairColumns
 
-        return PairColumns(self.left_col, self.right_col, self.left_id_col, self.right_id_col, self.keep_cols)
+        return PairColumns.for_scoring(self.left_col, self.right_col, self.left_id_col, self.right_id_col,
+                                       self.keep_cols)
 
     def text_columns(self, side: str) -> TextColumns:
         """The id and text columns of ``side``'s text tables (its own flags, else the shared ones)."""
@@ -353,8 +354,8 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
     pipeline = make_pipeline(beam_args)
     read = pipeline | "ReadPairs" >> ReadPairs(pair_files, columns, chunk_size=job.batch_size, kept=kept,
                                                     spread_batches=not is_local_runner(beam_args))
-    pairs = dedupe_pair_chunks(read["pairs"], job.batch_size, buckets) if job.dedupe_pairs else read["pairs"]
-    dead_letters = [read[DEAD_LETTER_TAG]]
+    pairs = dedupe_pair_chunks(read.pairs, job.batch_size, buckets) if job.dedupe_pairs else read.pairs
+    dead_letters = [read.dead_letters]
     side_tables = {}
     for side, plan in plans.items():
         label = side.capitalize()
@@ -370,7 +371,7 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
             unique = deduped["unique"]
             dead_letters += [text_rows[DEAD_LETTER_TAG], deduped[DEAD_LETTER_TAG]]
         else:
-            unique = read[f"{side}_texts"] | f"Distinct{label}Texts" >> DistinctPairTexts()
+            unique = read.texts(side) | f"Distinct{label}Texts" >> DistinctPairTexts()
         old = (read_store_tables(pipeline, plan.existing_parts, f"{label}Store") if plan.existing_parts
                else pipeline | f"No{label}Store" >> beam.Create([]))
         settings = EncodeSettings(model_dir=job.model_dir, side=side, batch_size=job.encode_batch_size,
@@ -386,9 +387,9 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
                                    buckets=buckets)
     scored = pairs | "ScorePairs" >> ScorePairs(score_settings, join, side_tables["left"], side_tables["right"],
                                                   job.accelerator)
-    scored["scores"] | "WriteScores" >> WriteToParquetBatched(
+    scored.scores | "WriteScores" >> WriteToParquetBatched(
         out.staged(SCORES_DIR, STORE_FILE_PREFIX), schema=stamped(schema, provenance), codec=COMPRESSION, file_name_suffix=STORE_FILE_SUFFIX)
-    dead_letters.append(scored[DEAD_LETTER_TAG])
+    dead_letters.append(scored.dead_letters)
     tuple(dead_letters) | "AllDeadLetters" >> beam.Flatten() | "WriteDeadLetters" >> WriteDeadLetters(out.staged(), provenance)
     result = run_to_end(pipeline)   # the commit below runs here, in the launching process
 

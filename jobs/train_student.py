@@ -362,13 +362,13 @@ def train(job: TrainStudentJob, argv: list[str] | None = None) -> tuple[RunSumma
                                    read_distillation_set, read_labeled_pairs)
     from pipeline.dead_letters import check_dead_letter_limit, count_reasons, describe_reasons
     from pipeline.outputs import local_path_or_none, open_output, write_dead_letter_file
-    from pipeline.pairs import TextPairColumns
+    from pipeline.pairs import PairColumns
     from pipeline.readers import check_columns, expand_inputs
     from pipeline.summary import RunSummary
 
     job.check()
     device = pick_device(job.device)
-    columns = TextPairColumns(left=job.left_col, right=job.right_col)
+    columns = PairColumns(left=job.left_col, right=job.right_col)
     distill_files = expand_inputs(job.distill, job.format)
     dev_files = expand_inputs(job.dev, job.format)
     soft_col, logit_col = distillation_columns(distill_files, columns, need_logits=job.loss == "mse")

@@ -38,39 +38,45 @@ from pipeline.datasets import pair_key
 from pipeline.dead_letters import DeadLetter
 from pipeline.beam.counters import counter, dead_letter_counter, report_threads
 from pipeline.beam.encode import DEAD_LETTER_TAG
-from pipeline.pairs import TextPair, TextPairColumns, extract_text_pair, kept_column_values
+from pipeline.pair_checks import check_pair_rows
+from pipeline.pairs import PairColumns, TextPair, kept_column_values
 from pipeline.readers import SourcedRow
 from pipeline.store import COMPRESSION, STORE_FILE_PREFIX, STORE_FILE_SUFFIX
 
 # --------------------------------------------------------------------------- pairs
 
-class _ExtractPairsDoFn(beam.DoFn):
-    """SourcedRow -> TextPair; rows with an unusable side to ``dead_letter``."""
+class _CheckPairsDoFn(beam.DoFn):
+    """A batch of SourcedRows -> a TextPair per usable row; the others to ``dead_letter``, with the
+    pair contract's reasons (checked as one columnar batch: :func:`pipeline.pair_checks.check_pair_rows`)."""
 
-    def __init__(self, columns: TextPairColumns, kept: Sequence[pa.Field] = ()):
+    def __init__(self, columns: PairColumns, kept: Sequence[pa.Field] = ()):
         self._columns = columns
         self._kept = list(kept)
 
-    def process(self, row: SourcedRow) -> Iterator:
-        result = extract_text_pair(row, self._columns, self._kept)
-        if isinstance(result, DeadLetter):
-            dead_letter_counter(result.reason).inc()
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, result)
-        else:
-            yield result
+    def process(self, rows: list[SourcedRow]) -> Iterator:
+        for result in check_pair_rows(rows, self._columns, self._kept):
+            if isinstance(result, DeadLetter):
+                dead_letter_counter(result.reason).inc()
+                yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, result)
+            else:
+                yield result
 
 
 class ExtractPairs(beam.PTransform):
-    """SourcedRow -> TextPair. Outputs: main (``pairs``), ``dead_letter``."""
+    """SourcedRow -> TextPair. Outputs: main (``pairs``), ``dead_letter``. Rows are checked in
+    batches of up to ``batch_rows``."""
 
-    def __init__(self, columns: TextPairColumns, kept: Sequence[pa.Field] = ()):
+    def __init__(self, columns: PairColumns, kept: Sequence[pa.Field] = (), batch_rows: int = 4096):
         super().__init__()
         self._columns = columns
         self._kept = kept
+        self._batch_rows = batch_rows
 
     def expand(self, rows):
-        return rows | "CheckPairs" >> beam.ParDo(_ExtractPairsDoFn(self._columns, self._kept)).with_outputs(
-            DEAD_LETTER_TAG, main="pairs")
+        return (rows
+                | "BatchRows" >> beam.BatchElements(min_batch_size=1, max_batch_size=self._batch_rows)
+                | "CheckPairs" >> beam.ParDo(_CheckPairsDoFn(self._columns, self._kept)).with_outputs(
+                    DEAD_LETTER_TAG, main="pairs"))
 
 
 class _DropLabeledDoFn(beam.DoFn):

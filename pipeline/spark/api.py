@@ -113,7 +113,7 @@ def score_pairs_frame(pairs, store: str, model_dir: str | None = None, *, left_c
     from pipeline.provenance import CLASS_PROBABILITY_SCORE, COSINE_SCORE, PROBABILITY_SCORE, table_metadata
     from pipeline.store import StoreWanted, open_store_side
 
-    columns = PairColumns(left_col, right_col, left_id_col, right_id_col, tuple(keep))
+    columns = PairColumns.for_scoring(left_col, right_col, left_id_col, right_id_col, tuple(keep))
     missing = [c for c in columns.required() + list(keep) if c not in pairs.columns]
     if missing:
         raise ValueError(f"the pairs DataFrame has no column {', '.join(map(repr, missing))}: it has "
