@@ -16,7 +16,13 @@ per batch and the head sees big batches:
 - **shuffle join**: pairs and store rows are partitioned by a hash of the id into buckets and
   co-grouped per bucket, first by left id and then by right id; within a bucket the join is the
   core's lookup over Arrow tables. Only ids, kept columns and tokens move, never input rows.
+- **scoring**: one DoFn (``_ScoreDoFn``) for both joins, driven by the model handler: the worker
+  process's ``HeadHandler`` loads the head once and its ``run_inference`` scores each batch's
+  ``HeadBatch``. The joins differ only in how a batch gets its store rows
+  (``_StoreRowsFromSideInputs``: looked up in the side-input stores; ``_StoreRowsCarried``:
+  attached by the shuffle join as columns).
 
+The transforms give typed outputs (:class:`ReadPairsOutputs`, :class:`ScoreOutputs`), not dicts.
 Every pair read ends as a scored row, a duplicate (``--dedupe-pairs``) or a dead letter,
 counted under ``pairs.``.
 """

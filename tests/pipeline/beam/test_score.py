@@ -148,3 +148,31 @@ def test_every_bad_pair_is_one_dead_letter_with_its_reason_and_counted(runs, set
     counts, by_reason = split_dead_letters(counters, PAIRS)
     assert counts["rows_read"] == len(GOOD) + len(BAD) and counts["rows_scored"] == len(GOOD)
     assert by_reason == {reason: 1 for reason in BAD.values()}
+
+
+def test_text_mode_reads_each_batchs_distinct_texts_under_their_content_ids(tmp_path):
+    """ReadPairs in text mode hands stage one each side's texts as (id, text), and
+    DistinctPairTexts makes them one UniqueText per text across batches."""
+    from pipeline.beam.score import DistinctPairTexts
+    from pipeline.text_ids import text_id
+
+    rows = [{"left": f"query {i % 3}", "right": f"doc {i % 2}"} for i in range(7)] + [{"left": "", "right": "x"}]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    pipeline = TestPipeline(runner=RUNNER)
+    read = pipeline | "ReadPairs" >> ReadPairs([InputFile(str(path), "jsonl", None)], PairColumns(), chunk_size=3,
+                                               spread_batches=False)
+    for side in ("left", "right"):
+        (read.texts(side)
+         | f"Distinct{side}" >> DistinctPairTexts()
+         | f"Json{side}" >> beam.Map(lambda unique: json.dumps([unique.text, list(unique.ids)]))
+         | f"Write{side}" >> beam.io.WriteToText(str(tmp_path / side)))
+    (read.dead_letters | "Reasons" >> beam.Map(lambda letter: letter.reason)
+     | "WriteDead" >> beam.io.WriteToText(str(tmp_path / "dead")))
+    pipeline.run().wait_until_finish()
+
+    def lines(prefix: str) -> list:
+        return sorted(line for p in tmp_path.glob(prefix + "-*") for line in p.read_text().splitlines())
+    assert lines("left") == sorted(json.dumps([f"query {i}", [text_id(f"query {i}")]]) for i in range(3))
+    assert lines("right") == sorted(json.dumps([f"doc {i}", [text_id(f"doc {i}")]]) for i in range(2))
+    assert lines("dead") == ["left_empty_text"]
