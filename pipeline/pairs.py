@@ -42,7 +42,7 @@ import pyarrow as pa
 
 from encoders.config import SIDES
 from pipeline import dead_letters as dl
-from pipeline.errors import UsageError
+from pipeline.errors import FlagError
 from pipeline.readers import JSONL_PROBE_LINES, InputError, InputFile, SourcedRow, open_raw, parquet_file, read_rows
 
 TEXTS, IDS, TEXTS_AND_IDS = "texts", "ids", "texts_and_ids"
@@ -70,15 +70,15 @@ class PairColumns:
 
     def __post_init__(self) -> None:
         if (self.left_id is None) != (self.right_id is None):
-            raise UsageError("give both --left-id-col and --right-id-col, or neither "
+            raise FlagError("give both --left-id-col and --right-id-col, or neither "
                              f"(got left {self.left_id!r}, right {self.right_id!r})")
         if (self.left is None) != (self.right is None):
-            raise UsageError(f"give both --left-col and --right-col (got left {self.left!r}, right {self.right!r})")
+            raise FlagError(f"give both --left-col and --right-col (got left {self.left!r}, right {self.right!r})")
         if self.left is None and self.left_id is None:
             object.__setattr__(self, "left", "left")
             object.__setattr__(self, "right", "right")
         if self.left is not None and self.left == self.right:
-            raise UsageError(f"--left-col and --right-col are both {self.left!r}: give two different columns")
+            raise FlagError(f"--left-col and --right-col are both {self.left!r}: give two different columns")
         object.__setattr__(self, "keep", tuple(self.keep))
 
     @classmethod

@@ -11,6 +11,7 @@ from typing import NamedTuple, Sequence
 from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline.errors import UsageError
 from pipeline.paths import UNREAD_COMPRESSIONS, escape_glob, has_glob, split_compression
 from pipeline.preflight import PreflightError, refuse_one_file_twice
 
@@ -30,7 +31,7 @@ _ALLOWED_EXTENSIONS = ("'.parquet', '.jsonl', '.ndjson', '.csv', '.tsv' "
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
 
-class InputError(ValueError):
+class InputError(UsageError):
     """A problem with the inputs found before or while reading.
 
     The message names the file (or pattern), what is wrong with it, and what is allowed.

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 
 from pair_oracle import extract_pair
-from pipeline.errors import UsageError
+from pipeline.errors import FlagError
 from pipeline.pair_checks import check_pair_rows, check_read_items, prepare_pairs, table_from_rows
 from pipeline.pairs import IDS, TEXTS, TEXTS_AND_IDS, PairColumns
 from pipeline.readers import SourcedRow
@@ -54,7 +54,7 @@ def test_modes_follow_from_the_columns_given():
 @pytest.mark.parametrize("kwargs, flag", [({"left_id": "q"}, "--left-id-col"), ({"left": "a"}, "--left-col"),
                                           ({"left": "a", "right": "a"}, "--right-col")])
 def test_columns_that_cannot_make_a_pair_are_usage_errors(kwargs, flag):
-    with pytest.raises(UsageError, match=flag):
+    with pytest.raises(FlagError, match=flag):
         PairColumns(**kwargs)
 
 
