@@ -21,7 +21,8 @@ from the kept files' footers, dead letters from the kept dead-letter files.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 import pyarrow as pa
@@ -154,6 +155,7 @@ class LabelAndWrite:
     directory: str
     dead_letter_dir: str
     provenance: dict
+    fail_once: str | None = field(default_factory=lambda: os.environ.get(tasks.FAIL_ONCE_ENV))
 
     def _teacher(self):
         from encoders.device import pick_device
@@ -206,6 +208,7 @@ class LabelAndWrite:
         results = [("labels", "", path, counts["pairs_labeled"], counts)]
         if letters:
             results.append(tasks.write_dead_letters(self.dead_letter_dir, "pairs", "", letters, self.provenance))
+        tasks.maybe_fail_once(self.fail_once)
         yield tasks.result_batch(results)
 
 

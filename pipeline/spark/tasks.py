@@ -56,7 +56,7 @@ TEXT_ROWS_SCHEMA = pa.schema([(name, pa.string()) for name in
                               ("side", "id", "text", "source", "row", "reason", "detail")])
 PAIR_TEXTS_DDL = "side string, id string, text string"
 KNOWN_DDL = "side string, id string, known_hash string"
-# Test hook: a task of partition 0 of the score step fails once, after writing its files, when
+# Test hook: a task of partition 0 of the score or label step fails once, after writing its files, when
 # this names a file that does not exist yet (the file is created, so the retry succeeds).
 FAIL_ONCE_ENV = "PAIRSCORE_SPARK_FAIL_ONCE"
 
@@ -90,6 +90,18 @@ def store_lookup(paths: Sequence[str], layout: StoreLayout) -> StoreLookup:
                 tables.append(pq.read_table(handle))
         return StoreLookup(tables, layout)
     return loaded(("lookup", layout, _pin(paths)), build)
+
+
+def maybe_fail_once(marker: str | None) -> None:
+    """The test hook (:data:`FAIL_ONCE_ENV`): partition 0's task fails, after writing its files,
+    when ``marker`` names a file that does not exist yet; the file is created, so the retry succeeds."""
+    from pyspark import TaskContext
+
+    ctx = TaskContext.get()
+    if marker and ctx is not None and ctx.partitionId() == 0 and not os.path.exists(marker):
+        with open(marker, "w"):
+            pass
+        raise RuntimeError(f"injected fault ({FAIL_ONCE_ENV}): this attempt's files are left behind")
 
 
 def attempt_name(step: str) -> str:
@@ -377,14 +389,5 @@ class ScoreSlices:
             results.append(("scores", "", path, scored, {"rows_read": read}))
             if letters:
                 results.append(write_dead_letters(self.dead_letter_dir, "pairs", "pairs.", letters, self.provenance))
-            self._maybe_fail()
+            maybe_fail_once(self.fail_once)
         yield result_batch(results)
-
-    def _maybe_fail(self) -> None:
-        from pyspark import TaskContext
-
-        ctx = TaskContext.get()
-        if self.fail_once and ctx is not None and ctx.partitionId() == 0 and not os.path.exists(self.fail_once):
-            with open(self.fail_once, "w"):
-                pass
-            raise RuntimeError(f"injected fault ({FAIL_ONCE_ENV}): this attempt's files are left behind")

@@ -97,6 +97,20 @@ def test_label_pairs_on_spark_writes_what_beam_writes(label_runs):
                                       "right_null_text": 1}
 
 
+def test_a_labeling_task_that_fails_once_is_retried_without_duplicates_or_gaps(tmp_path, spark, tiny_teacher_dir,
+                                                                             label_runs, pairs_file, monkeypatch):
+    from pipeline.spark.tasks import FAIL_ONCE_ENV
+
+    beam, _ = label_runs
+    marker = tmp_path / "failed-once"
+    monkeypatch.setenv(FAIL_ONCE_ENV, str(marker))
+    retried = tmp_path / "retried"
+    run(LabelPairsJob(max_dead_letter_fraction=1.0, output=str(retried), engine="spark", pairs=(str(pairs_file),),
+                      teacher=tiny_teacher_dir, keep_cols=("pid",), temperature=2.0, batch_size=4), [], argv=[])
+    assert marker.exists()                      # the fault happened, after the attempt wrote its files
+    assert_same_set(beam, retried)              # the failed attempt's part files were not committed
+
+
 def test_previous_pairs_are_skipped_and_copied_on_spark_as_on_beam(tmp_path, spark, tiny_teacher_dir, label_runs,
                                                                   pairs_file):
     """The same --previous set (Beam's) on both engines: the same skipped pairs, copied rows (soft
