@@ -124,6 +124,7 @@ def main() -> None:
 
     from encoders.checkpoint import build_student, save_student
     from encoders.config import StudentConfig
+    from encoders.threads import ThreadPlan
     from jobs.encode_texts import EncodeTextsJob, run as encode
     from jobs.score_pairs import ScorePairsJob, run as score
     from pipeline.models import HeadHandler
@@ -155,7 +156,7 @@ def main() -> None:
                                   model_dir=model_dir), [], argv=[])
         lookups = {side: StoreLookup([read_store(str(store / side))[1]], read_store(str(store / side))[0].layout)
                    for side in ("left", "right")}
-        scorer = HeadHandler(model_dir, "cpu", args.batch_size, 2).load_model()
+        scorer = HeadHandler(model_dir, "cpu", args.batch_size, ThreadPlan(explicit=2)).load_model()
         schema = pa.schema([("left_id", pa.string()), ("right_id", pa.string()), ("score", pa.float32())])
 
         def timed(engine: str, size: str) -> float:
