@@ -46,9 +46,16 @@ TEXTS = ("key", "left_id", "right_id", "left", "right")
 LABELED = "_labeled"   # true on a pair the previous set holds (step 2)
 
 
+def kept_name(position: int) -> str:
+    """The kept column at ``position`` between the steps (by position: a kept column may be named
+    like any of the steps' own columns, ``source`` or ``key``)."""
+    return f"_kept{position}"
+
+
 def read_schema(kept: Sequence[pa.Field]) -> pa.Schema:
     """Step 1's rows: pairs and dead letters in one schema (``source`` set on both)."""
-    return pa.schema([*(pa.field(name, pa.string()) for name in TEXTS), *kept,
+    return pa.schema([*(pa.field(name, pa.string()) for name in TEXTS),
+                      *(f.with_name(kept_name(i)) for i, f in enumerate(kept)),
                       *(pa.field(name, pa.string()) for name in LETTERS)])
 
 
@@ -84,9 +91,9 @@ class ReadPairs:
     batch_bytes: int = DEFAULT_BATCH_BYTES
 
     def _batch(self, rows: list[dict]) -> pa.RecordBatch:
-        kept = {f.name: f for f in self.kept}
+        kept = {kept_name(i): f for i, f in enumerate(self.kept)}
         return pa.RecordBatch.from_arrays(
-            [pa.array(kept_column_values([r.get(f.name) for r in rows], f), f.type) if f.name in kept
+            [pa.array(kept_column_values([r.get(f.name) for r in rows], kept[f.name]), f.type) if f.name in kept
              else pa.array([r.get(f.name) for r in rows], pa.string()) for f in read_schema(self.kept)],
             schema=read_schema(self.kept))
 
@@ -100,7 +107,7 @@ class ReadPairs:
                 else:
                     row = {"key": pair_key(result.left, result.right), "left_id": result.left_id,
                            "right_id": result.right_id, "left": result.left, "right": result.right,
-                           "source": result.source, **dict(zip(self.columns.keep, result.kept))}
+                           "source": result.source, **{kept_name(i): value for i, value in enumerate(result.kept)}}
                 rows.append(row)
                 # The texts (or a dead letter's whole row) dominate a row's size.
                 size += sum(len(v) for v in row.values() if isinstance(v, str))
@@ -196,7 +203,7 @@ class LabelAndWrite:
                     done = pc.fill_null(pairs.column(LABELED), False)
                     counts["pairs_skipped_labeled"] += pc.sum(done.cast(pa.int64())).as_py() or 0
                     pairs = pairs.filter(pc.invert(done))
-                kept = [pairs.column(name).to_pylist() for name in s.keep]
+                kept = [pairs.column(kept_name(i)).to_pylist() for i in range(len(s.keep))]
                 for i, (left_id, right_id, left, right, source) in enumerate(zip(
                         *(pairs.column(name).to_pylist() for name in ("left_id", "right_id", "left", "right",
                                                                       "source")))):

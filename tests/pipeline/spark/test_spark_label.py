@@ -128,13 +128,15 @@ def test_previous_pairs_are_skipped_and_copied_on_spark_as_on_beam(tmp_path, spa
 
 
 def test_typed_parquet_kept_columns_and_given_ids_on_spark(tmp_path, spark, tiny_teacher_dir):
+    """Kept columns keep their Parquet types, one of them named like a column of Spark's own steps."""
     source = tmp_path / "pairs.parquet"
     pq.write_table(pa.table({"qid": pa.array([7, 8, 9, 10], pa.int64()), "pid": ["a", "b", "c", None],
                              "q": ["first question", "second question", "third", "fourth"],
                              "p": ["answer one", "answer two", "", "answer four"],
-                             "score": pa.array([0.5, 1.5, 2.5, 3.5], pa.float64())}), source, row_group_size=2)
+                             "score": pa.array([0.5, 1.5, 2.5, 3.5], pa.float64()),
+                             "source": ["web", "app", "web", "app"]}), source, row_group_size=2)
     beam, spark_out = both(tmp_path, "typed", pairs=(str(source),), teacher=tiny_teacher_dir, left_col="q",
-                           right_col="p", left_id_col="qid", right_id_col="pid", keep_cols=("score",))
+                           right_col="p", left_id_col="qid", right_id_col="pid", keep_cols=("score", "source"))
     assert_same_set(beam, spark_out)
     assert json_of(spark_out, "_SUMMARY.json")["dead_letters"] == {"right_empty_text": 1, "right_null_id": 1}
 
