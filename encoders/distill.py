@@ -45,6 +45,7 @@ from encoders.training import (EpochProgress, check_optimizer_settings, length_g
                                optimizer_step)
 from encoders.virt import Virt, gather_rows
 from heads import HEAD_NAMES
+from encoders.errors import FlagError, ModelError, UsageError
 
 LOSSES = ("ce", "mse")
 # The heads a student can be trained with; pooled-cos has no parameters (it is the zero-training
@@ -96,34 +97,34 @@ class DistillConfig:
         """What these settings allow (ValueError naming the flag); ``ranked_dev``:
         dev has a query column (``--dev-group-col``)."""
         if self.stages not in (1, 2):
-            raise ValueError(f"--stages {self.stages!r} is not allowed: 2 (encoder frozen first, DiPair's "
-                             "schedule) or 1 (everything trains from the start)")
+            raise FlagError(f"--stages {self.stages!r} is not allowed: 2 (encoder frozen first, DiPair's "
+                            "schedule) or 1 (everything trains from the start)")
         if self.loss not in LOSSES:
-            raise ValueError(f"--loss {self.loss!r} is not allowed: ce (cross-entropy on the soft labels, DiPair "
-                             "eq. 1) or mse (on the logits)")
+            raise FlagError(f"--loss {self.loss!r} is not allowed: ce (cross-entropy on the soft labels, DiPair "
+                            "eq. 1) or mse (on the logits)")
         check_optimizer_settings({"--lr": self.lr, "--stage2-lr": self.stage2_lr, "--encoder-lr": self.encoder_lr},
                                  self.warmup, "a stage's steps", self.weight_decay, self.max_grad_norm)
         if not 0 <= self.human_label_weight <= 1:
-            raise ValueError(f"--human-label-weight {self.human_label_weight!r} is not allowed: give a number in "
-                             "[0, 1] (0 = soft labels only, 1 = human labels only where a pair has one)")
+            raise FlagError(f"--human-label-weight {self.human_label_weight!r} is not allowed: give a number in "
+                            "[0, 1] (0 = soft labels only, 1 = human labels only where a pair has one)")
         if self.stage2_epochs == 0:
             given = [flag for flag, on in (("--stages 1", self.stages == 1), ("--train-layers", self.train_layers),
                                            ("--virt-weight", self.virt_weight)) if on]
             if given:
-                raise ValueError(f"--stage2-epochs 0 (stage 1 only, the encoder frozen) is not allowed with "
-                                 f"{', '.join(given)}: those train the encoder, which then never trains")
+                raise FlagError(f"--stage2-epochs 0 (stage 1 only, the encoder frozen) is not allowed with "
+                                f"{', '.join(given)}: those train the encoder, which then never trains")
         if self.train_layers is not None and self.stages != 2:
-            raise ValueError("--train-layers needs --stages 2: it trains the top layers in stage 2, on the lower "
-                             "layers' cached outputs")
+            raise FlagError("--train-layers needs --stages 2: it trains the top layers in stage 2, on the lower "
+                            "layers' cached outputs")
         if not (np.isfinite(self.virt_weight) and self.virt_weight >= 0):
-            raise ValueError(f"--virt-weight {self.virt_weight!r} is not allowed: give a number >= 0 (0: VIRT off)")
+            raise FlagError(f"--virt-weight {self.virt_weight!r} is not allowed: give a number >= 0 (0: VIRT off)")
         allowed = sorted({*MAIN_METRIC.values(), *RANKING_METRICS})
         if self.select_metric is not None and self.select_metric not in allowed:
-            raise ValueError(f"--select-metric {self.select_metric!r} is not allowed: choose one of "
-                             f"{', '.join(allowed)}")
+            raise FlagError(f"--select-metric {self.select_metric!r} is not allowed: choose one of "
+                            f"{', '.join(allowed)}")
         if self.select_metric in RANKING_METRICS and not ranked_dev:
-            raise ValueError(f"--select-metric {self.select_metric} ranks dev's candidates per query: give "
-                             "--dev-group-col (e.g. qid)")
+            raise FlagError(f"--select-metric {self.select_metric} ranks dev's candidates per query: give "
+                            "--dev-group-col (e.g. qid)")
 
 
 @dataclass
@@ -173,7 +174,7 @@ def distillation_loss(logits: torch.Tensor, soft: torch.Tensor, teacher_logits: 
         distill = _cross_entropy(logits, soft.float())
     elif loss == "mse":
         if teacher_logits is None:
-            raise ValueError("--loss mse needs the teacher's logits; this distillation set has none")
+            raise FlagError("--loss mse needs the teacher's logits; this distillation set has none")
         distill = ((logits - teacher_logits.float()) ** 2).mean(dim=1)
     else:
         raise ValueError(f"loss {loss!r} is not allowed: choose one of {', '.join(LOSSES)}")
@@ -597,7 +598,7 @@ def resolve_task(name: str | None, label_range: tuple[float, float] | None, num_
     else:
         task = (TeacherTask("binary") if num_outputs == 1 else TeacherTask("classes", num_classes=num_outputs))
     if task.num_outputs != num_outputs:
-        raise ValueError(f"task {task.task!r} needs {task.num_outputs} output(s) but the distillation set has "
+        raise UsageError(f"task {task.task!r} needs {task.num_outputs} output(s) but the distillation set has "
                          f"{num_outputs} soft label(s) per pair")
     return task
 
@@ -607,9 +608,9 @@ def check_encoder(config: StudentConfig) -> None:
     try:
         encoder_config = load_config(config.encoder)
     except OSError as err:
-        raise ValueError(f"--encoder {config.encoder!r} cannot be loaded (a local Hugging Face directory or a "
+        raise ModelError(f"--encoder {config.encoder!r} cannot be loaded (a local Hugging Face directory or a "
                          f"cached hub id): {err}") from err
     available = encoder_config.num_hidden_layers
     if config.encoder_layers is not None and config.encoder_layers > available:
-        raise ValueError(f"--layers {config.encoder_layers} is not allowed for {config.encoder!r}: it has "
-                         f"{available} layers, choose 1..{available}")
+        raise FlagError(f"--layers {config.encoder_layers} is not allowed for {config.encoder!r}: it has "
+                        f"{available} layers, choose 1..{available}")

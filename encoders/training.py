@@ -11,6 +11,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from encoders.errors import FlagError
+
 NamedParameters = Sequence[tuple[str, torch.nn.Parameter]]
 # Length grouping: examples are sorted by length within windows of this many batches, so a batch
 # pads little while batch order stays random (sorting the whole set would put every long pair
@@ -42,15 +44,15 @@ def check_optimizer_settings(rates: Mapping[str, float], warmup: float, warmup_o
     weight decay >= 0 and the clipping norm > 0. ValueError naming the flag otherwise."""
     for flag, value in rates.items():
         if not (math.isfinite(value) and value > 0):
-            raise ValueError(f"{flag} {value!r} is not allowed: give a learning rate > 0")
+            raise FlagError(f"{flag} {value!r} is not allowed: give a learning rate > 0")
     if not 0 <= warmup < 1:
-        raise ValueError(f"--warmup {warmup!r} is not allowed: give the fraction of {warmup_of} spent warming up, "
-                         "0 <= WARMUP < 1")
+        raise FlagError(f"--warmup {warmup!r} is not allowed: give the fraction of {warmup_of} spent warming up, "
+                        "0 <= WARMUP < 1")
     # NaN passes every comparison's negation, and an infinite norm clips nothing: both said here.
     if not (math.isfinite(weight_decay) and weight_decay >= 0):
-        raise ValueError(f"--weight-decay {weight_decay!r} is not allowed: give a finite number >= 0")
+        raise FlagError(f"--weight-decay {weight_decay!r} is not allowed: give a finite number >= 0")
     if not (math.isfinite(max_grad_norm) and max_grad_norm > 0):
-        raise ValueError(f"--max-grad-norm {max_grad_norm!r} is not allowed: give a finite number > 0")
+        raise FlagError(f"--max-grad-norm {max_grad_norm!r} is not allowed: give a finite number > 0")
 
 
 def make_adamw(groups: Iterable[tuple[NamedParameters, float]], weight_decay: float) -> torch.optim.Optimizer:

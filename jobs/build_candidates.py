@@ -68,13 +68,15 @@ class BuildCandidatesJob:
     max_dead_letter_fraction: float = 0.1
 
     def check(self) -> None:
+        from pipeline.errors import FlagError
+
         for flag, value, least in (("--top-k", self.top_k, 0), ("--random-per-left", self.random_per_left, 0),
                                    ("--batch-size", self.batch_size, 1), ("--max-length", self.max_length, 2)):
             if not isinstance(value, int) or value < least:
-                raise ValueError(f"{flag} {value!r} is not allowed: give an integer >= {least}")
+                raise FlagError(f"{flag} {value!r} is not allowed: give an integer >= {least}")
         if self.top_k + self.random_per_left < 1:
-            raise ValueError("--top-k 0 with --random-per-left 0 would mine nothing: give --top-k K >= 1 "
-                             "and/or --random-per-left R >= 1")
+            raise FlagError("--top-k 0 with --random-per-left 0 would mine nothing: give --top-k K >= 1 "
+                            "and/or --random-per-left R >= 1")
 
     def text_columns(self, side: str) -> TextColumns:
         """The columns of ``side``'s pool (its own flags, else the shared ones)."""
@@ -155,7 +157,8 @@ def run(job: BuildCandidatesJob, argv: list[str] | None = None) -> RunSummary:
     from encoders.neighbours import embed_texts, sample_random, top_k_neighbours
     from pipeline.datasets import read_text_pool, write_candidates
     from pipeline.dead_letters import check_dead_letter_limit
-    from pipeline.outputs import local_path_or_none, open_output, write_dead_letter_file
+    from pipeline.output.commit import open_output, write_dead_letter_file
+    from pipeline.output.paths import local_path_or_none
     from pipeline.progress import bar_options
     from pipeline.readers import check_columns, expand_inputs
     from pipeline.store import STORE_FILE_PREFIX, STORE_FILE_SUFFIX

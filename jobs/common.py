@@ -196,28 +196,32 @@ def split_list(ctx, param, value: str | None) -> tuple[str, ...]:
 # Parsed before the job's modules are imported, so that a bad value answers at once.
 
 def parse_label_range(text: str | None) -> tuple[float, float] | None:
-    """``"LOW,HIGH"`` -> (low, high); ValueError naming the value otherwise."""
+    """``"LOW,HIGH"`` -> (low, high); FlagError naming the value otherwise."""
+    from pipeline.errors import FlagError
+
     if text is None:
         return None
     parts = text.split(",")
     try:
         low, high = (float(p) for p in parts)
     except ValueError:
-        raise ValueError(f"--label-range {text!r} is not allowed: give two numbers LOW,HIGH, e.g. 0,5") from None
+        raise FlagError(f"--label-range {text!r} is not allowed: give two numbers LOW,HIGH, e.g. 0,5") from None
     return low, high
 
 
 def parse_head_options(text: str | None) -> dict[str, Any]:
-    """``--head-options '{"ffn": 512}'`` -> a dict; ValueError naming the value otherwise."""
+    """``--head-options '{"ffn": 512}'`` -> a dict; FlagError naming the value otherwise."""
+    from pipeline.errors import FlagError
+
     if not text:
         return {}
     try:
         options = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ValueError(f"--head-options {text!r} is not allowed: give a JSON object, e.g. "
-                         f"'{{\"ffn\": 512}}' ({err})") from None
+        raise FlagError(f"--head-options {text!r} is not allowed: give a JSON object, e.g. "
+                        f"'{{\"ffn\": 512}}' ({err})") from None
     if not isinstance(options, dict):
-        raise ValueError(f"--head-options {text!r} is not allowed: give a JSON object, e.g. '{{\"ffn\": 512}}'")
+        raise FlagError(f"--head-options {text!r} is not allowed: give a JSON object, e.g. '{{\"ffn\": 512}}'")
     return options
 
 
@@ -275,12 +279,12 @@ def preflight(ctx: click.Context, job: str, flags: dict) -> None:
 
 
 def abort_output_on_failure(run: Callable) -> Callable:
-    """``pipeline.outputs.abort_output_on_failure`` around a job's ``run``, imported only when the
+    """``pipeline.output.guard.abort_output_on_failure`` around a job's ``run``, imported only when the
     job runs (a job module stays light at import): an output the run opened is aborted if it
     raises, Ctrl-C and SIGTERM included."""
     @functools.wraps(run)
     def wrapper(*args, **kwargs):
-        from pipeline.outputs import abort_output_on_failure as guarded
+        from pipeline.output.guard import abort_output_on_failure as guarded
         return guarded(run)(*args, **kwargs)
     return wrapper
 
@@ -347,35 +351,38 @@ def _multi_process(beam_args: Sequence[str]) -> bool:
 def run_job(job: Callable[[], str], *, name: str, quiet: bool = False, verbose: bool = False,
             beam_args: Sequence[str] = (), stall_seconds: float = 0.0) -> None:
     """Run ``job`` with progress reporting (unless ``quiet``) and logging set for this run, then
-    print what it returns (the summary) below the progress; a bad argument or input becomes one
-    clear line and exit status 2. ``beam_args``: the pass-through Beam options; with multi-process
-    workers their start-up log lines are filtered out. ``stall_seconds``: the stall watchdog's
+    print what it returns (the summary) below the progress; a mistake the user can fix (the
+    UsageError family: a flag, input, output, model or store) becomes one clear line and exit
+    status 2, any other exception (a plain ValueError too) keeps its traceback and exits 1.
+    ``beam_args``: the pass-through Beam options; with multi-process workers their start-up log
+    lines are filtered out. ``stall_seconds``: the stall watchdog's
     limit (pipeline/beam/watchdog.py; 0: none). Exit statuses: pipeline/errors.py (a stalled run,
     or one that refuses to commit, prints one line and exits 3)."""
     # Imported here, not above: `python -m jobs.<name>` first moves the current directory (which
     # may hold a user's own pipeline.py) behind pairscore's packages (main_module).
     from pipeline import progress, stderr
     from pipeline.beam import watchdog
-    from pipeline.errors import EXIT_BUG, EXIT_REFUSED, EXIT_USAGE, refusal_in
+    from pipeline.errors import EXIT_BUG, EXIT_REFUSED, EXIT_USAGE, refusal_in, usage_in
+    from pipeline.output.guard import RunGuard
 
     global _run_started
     _run_started = PROCESS_STARTED if _from_process_start else time.time()
     stderr.configure_logging(verbose)
     stderr.quiet_one_line_error_logs(verbose)
+    # This run's outputs and interrupts: the job's guarded ``run`` records them in it.
+    guard = RunGuard()
     with contextlib.ExitStack() as stack:
+        stack.enter_context(guard.current())
         # Multi-process workers write to this process's stderr: their progress records and
         # start-up logs go through a filter (the logs stay with --verbose).
         collect = _multi_process(beam_args)
-        stream, drain = (stack.enter_context(stderr.through_worker_filter(drop_logs=not verbose)) if collect
-                         else (None, lambda: None))
+        stream, drain = (stack.enter_context(stderr.through_worker_filter(drop_logs=not verbose,
+                                                                          interrupted=guard.interrupted))
+                         if collect else (None, lambda: None))
         progress.start(name, quiet=quiet, started=_run_started, stream=stream, collect_workers=collect)
         stop_watching = watchdog.watch(stall_seconds, progress.counted)
         try:
             report = job()
-        except ValueError as err:  # pipeline.readers.InputError too
-            progress.stop()
-            click.echo(f"error: {err}", err=True)
-            sys.exit(EXIT_USAGE)
         except watchdog.Stalled as err:   # the output is already cleaned up (abort_output_on_failure)
             stop_watching()
             drain()            # this line must not wait in the worker filter: the exit below is abrupt
@@ -388,6 +395,12 @@ def run_job(job: Callable[[], str], *, name: str, quiet: bool = False, verbose: 
             os._exit(EXIT_REFUSED)
         except BaseException as err:
             progress.stop()
+            # A flag, input, output, model or store the user can fix (the UsageError family,
+            # encoders/errors.py), also when a worker raised it and Beam wrapped it: one line, exit 2.
+            usage = usage_in(err)
+            if usage is not None:
+                click.echo(f"error: {usage}", err=True)
+                sys.exit(EXIT_USAGE)
             # A run that refused to commit (nothing was committed; the previous output stays), also
             # when a worker refused and Beam wrapped its exception: one line, exit 3.
             refused = refusal_in(err)
@@ -396,7 +409,7 @@ def run_job(job: Callable[[], str], *, name: str, quiet: bool = False, verbose: 
                 sys.exit(EXIT_REFUSED)
             # Ctrl-C, SIGTERM and a full disk: one line (and 130 / 143 for the signals), no
             # traceback; anything else is a bug: its traceback, then a line saying so, exit 1.
-            failure = _one_line_failure(err)
+            failure = guard.one_line_failure(err)
             if failure is None:
                 if not isinstance(err, Exception):
                     raise                     # SystemExit and the like: not ours to report
@@ -414,15 +427,3 @@ def run_job(job: Callable[[], str], *, name: str, quiet: bool = False, verbose: 
             progress.stop()
             _run_started = None
     click.echo(report)
-
-
-def _one_line_failure(err: BaseException) -> tuple[str, int] | None:
-    """(line, exit status) for an interrupt or a full disk (pipeline.outputs.one_line_failure);
-    None for an error that keeps its traceback. A Ctrl-C before the job had imported its
-    modules (so before it opened its output) has touched nothing."""
-    outputs = sys.modules.get("pipeline.outputs")
-    if outputs is not None:
-        return outputs.one_line_failure(err)
-    if isinstance(err, KeyboardInterrupt):
-        return "interrupted: nothing committed", 130
-    return None

@@ -57,20 +57,21 @@ class LabelPairsJob:
 
 
 def _check(job: LabelPairsJob) -> None:
+    from pipeline.errors import FlagError
     from pipeline.datasets import BASE_COLUMNS
     from pipeline.preflight import check_keep_cols
 
     if not job.temperature > 0:
-        raise ValueError(f"--temperature {job.temperature!r} is not allowed: give a number > 0 (1 = the teacher's "
-                         "own probabilities; > 1 softer labels)")
+        raise FlagError(f"--temperature {job.temperature!r} is not allowed: give a number > 0 (1 = the teacher's "
+                        "own probabilities; > 1 softer labels)")
     if job.batch_size < 1:
-        raise ValueError(f"--batch-size {job.batch_size!r} is not allowed: give a positive integer")
+        raise FlagError(f"--batch-size {job.batch_size!r} is not allowed: give a positive integer")
     if job.max_length is not None and job.max_length < 4:
-        raise ValueError(f"--max-length {job.max_length!r} is not allowed: give an integer of at least 4")
+        raise FlagError(f"--max-length {job.max_length!r} is not allowed: give an integer of at least 4")
     check_keep_cols(job.keep_cols, BASE_COLUMNS)        # also the pre-flight's: each once, no output column
     if job.previous is not None and _same_path(job.previous, job.output):
-        raise ValueError(f"--previous {job.previous!r} is also --output: write the new set to a new directory "
-                         "(the previous one is read while the new one is written)")
+        raise FlagError(f"--previous {job.previous!r} is also --output: write the new set to a new directory "
+                        "(the previous one is read while the new one is written)")
 
 
 def _same_path(a: str, b: str) -> bool:
@@ -81,21 +82,22 @@ def _same_path(a: str, b: str) -> bool:
 
 def _check_previous(job: LabelPairsJob, fingerprint: str, schema) -> tuple[DistillationManifest, list[str]]:
     """The previous set must come from the same teacher and have the same columns."""
+    from pipeline.readers import InputError
     from pipeline.datasets import DistillationManifest, schema_columns
     from pipeline.store import store_files
 
     manifest = DistillationManifest.read(job.previous)
     if manifest.teacher_fingerprint != fingerprint:
-        raise ValueError(f"--previous {job.previous!r} was labeled by another teacher (fingerprint "
+        raise InputError(f"--previous {job.previous!r} was labeled by another teacher (fingerprint "
                          f"{manifest.teacher_fingerprint[:16]}, this one {fingerprint[:16]}): its labels cannot be "
                          "reused; drop --previous to label every pair with this teacher")
     if manifest.columns != schema_columns(schema):
-        raise ValueError(f"--previous {job.previous!r} has columns {manifest.columns} but this run writes "
+        raise InputError(f"--previous {job.previous!r} has columns {manifest.columns} but this run writes "
                          f"{schema_columns(schema)}: use the same --keep-cols (and input column types) as the "
                          "previous run")
     files = store_files(job.previous)
     if not files:
-        raise ValueError(f"--previous {job.previous!r} holds no part-*.parquet files")
+        raise InputError(f"--previous {job.previous!r} holds no part-*.parquet files")
     return manifest, files
 
 
@@ -155,6 +157,7 @@ def main(ctx: click.Context, quiet: bool, verbose: bool, stall_timeout: float, *
 @abort_output_on_failure
 def run(job: LabelPairsJob, beam_args: list[str], argv: list[str] | None = None) -> RunSummary:
     """Check everything that can be checked, run the pipeline, write manifest and summary."""
+    from pipeline.errors import FlagError
     from encoders.remote import pin_model_dir
     from pipeline.provenance import table_metadata
     from apache_beam.io.filesystems import FileSystems
@@ -164,7 +167,7 @@ def run(job: LabelPairsJob, beam_args: list[str], argv: list[str] | None = None)
     from pipeline.beam.label import LabelSettings
     from pipeline.beam.runner import thread_plan, validate_beam_args
     from pipeline.datasets import DistillationManifest, distillation_schema, schema_columns
-    from pipeline.outputs import open_output
+    from pipeline.output.commit import open_output
     from pipeline.pairs import TextPairColumns, kept_fields
     from pipeline.readers import check_columns, expand_inputs, expect_inputs, worker_path
     from pipeline.store import MANIFEST_FILE, count_rows, store_files
@@ -187,8 +190,8 @@ def run(job: LabelPairsJob, beam_args: list[str], argv: list[str] | None = None)
     if job.max_length is not None:
         positions = getattr(teacher.model.config, "max_position_embeddings", None)
         if positions is not None and job.max_length > positions:
-            raise ValueError(f"--max-length {job.max_length} is not allowed for teacher {job.teacher!r}: its "
-                             f"position embeddings stop at {positions}")
+            raise FlagError(f"--max-length {job.max_length} is not allowed for teacher {job.teacher!r}: its "
+                            f"position embeddings stop at {positions}")
         teacher.task = teacher.task.replace(max_length=job.max_length)
     kept = kept_fields(files, columns.keep)
     schema = distillation_schema(teacher.task.num_outputs, kept)
@@ -290,7 +293,7 @@ def run_on_spark(job: LabelPairsJob, settings, files, columns, kept, previous_fi
     """``--engine spark``: the same labeling on Spark (pipeline/spark/label.py), staged as Beam's
     is -> (counts but ``output_rows``, dead letters by reason)."""
     from jobs.engines import parse_spark_conf
-    from pipeline.outputs import DEAD_LETTER_DIR
+    from pipeline.output.layout import DEAD_LETTER_DIR
     from pipeline.spark.label import SparkLabelSettings, execute_label
     from pipeline.spark.session import spark_session, thread_plan
 

@@ -113,10 +113,12 @@ class TrainStudentJob:
 
     def check(self) -> None:
         """Bad values fail here, before anything is read, naming the flag and what is allowed."""
+        from pipeline.errors import FlagError
+
         if self.head not in TRAINABLE_HEADS:
             extra = (" (pooled-cos has no parameters: it is the zero-training baseline, `--model baseline` "
                      "in jobs.evaluate)") if self.head == "pooled-cos" else ""
-            raise ValueError(f"--head {self.head!r} is not allowed: choose one of {', '.join(TRAINABLE_HEADS)}{extra}")
+            raise FlagError(f"--head {self.head!r} is not allowed: choose one of {', '.join(TRAINABLE_HEADS)}{extra}")
         positive = {"--n": self.n, "--m": self.m, "--dim": self.dim, "--stage1-epochs": self.stage1_epochs,
                     "--batch-size": self.batch_size,
                     "--stage1-batch-size": self.stage1_batch_size, "--encode-batch-size": self.encode_batch_size,
@@ -128,16 +130,16 @@ class TrainStudentJob:
                 positive[flag] = value
         for flag, value in positive.items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{flag} {value!r} is not allowed: give a positive integer")
+                raise FlagError(f"{flag} {value!r} is not allowed: give a positive integer")
         if not isinstance(self.stage2_epochs, int) or isinstance(self.stage2_epochs, bool) or self.stage2_epochs < 0:
-            raise ValueError(f"--stage2-epochs {self.stage2_epochs!r} is not allowed: give an integer >= 0 "
-                             "(0: stage 1 only, the encoder stays frozen)")
+            raise FlagError(f"--stage2-epochs {self.stage2_epochs!r} is not allowed: give an integer >= 0 "
+                            "(0: stage 1 only, the encoder stays frozen)")
         if self.task is not None and self.task not in TASKS:
-            raise ValueError(f"--task {self.task!r} is not allowed: choose one of {', '.join(TASKS)}")
+            raise FlagError(f"--task {self.task!r} is not allowed: choose one of {', '.join(TASKS)}")
         self.distill_config().check(ranked_dev=bool(self.dev_group_col))   # stages, loss, rates, stage 2, selection
         if self.virt_weight and self.teacher is None:
-            raise ValueError(f"--virt-weight {self.virt_weight} needs --teacher DIR: the cross-encoder whose attention "
-                             "maps the student learns (VIRT)")
+            raise FlagError(f"--virt-weight {self.virt_weight} needs --teacher DIR: the cross-encoder whose attention "
+                            "maps the student learns (VIRT)")
 
     def student_config(self, num_outputs: int = 1) -> StudentConfig:
         """The StudentConfig these flags describe (ValueError naming a bad size)."""
@@ -169,6 +171,8 @@ class TrainStudentJob:
 def head_options_for(head: str, layers: int | None, options: dict[str, Any]) -> dict[str, Any]:
     """``--head-options`` plus what ``--head-layers L`` means for ``head``: the transformer layers of
     dipair, or L hidden layers of 128 units for the FFNN heads (dipair-ffnn, de-ffnn, li)."""
+    from pipeline.errors import FlagError
+
     options = dict(options)
     if layers is None:
         return options
@@ -176,9 +180,9 @@ def head_options_for(head: str, layers: int | None, options: dict[str, Any]) -> 
                   "de-ffnn": ("hidden", [FFNN_WIDTH] * layers), "li": ("hidden", [FFNN_WIDTH] * layers)
                   }.get(head, (None, None))
     if key is None:
-        raise ValueError(f"--head-layers {layers} is not allowed for head {head!r}: it has no layers")
+        raise FlagError(f"--head-layers {layers} is not allowed for head {head!r}: it has no layers")
     if key in options:
-        raise ValueError(f"--head-layers {layers} and --head-options {key!r} both set {key!r}: give one of them")
+        raise FlagError(f"--head-layers {layers} and --head-options {key!r} both set {key!r}: give one of them")
     options[key] = value
     return options
 
@@ -347,23 +351,24 @@ def run(job: TrainStudentJob, argv: list[str] | None = None) -> RunSummary:
 @abort_output_on_failure
 def train(job: TrainStudentJob, argv: list[str] | None = None) -> tuple[RunSummary, Student]:
     """``run``, also returning the trained student in memory (the best epoch's weights, as saved)."""
+    from pipeline.errors import ModelError
     from pipeline.provenance import table_metadata
     import numpy as np
     import torch
-    from encoders.checkpoint import build_student, load_student
+    from encoders.checkpoint import build_head, build_student, load_student
     from encoders.config import SIDES
     from encoders.device import pick_device
     from encoders.distill import Examples, Trainer, check_encoder, loss_floor, plan_stages, resolve_task
     from encoders.frozen_states import FrozenStates
     from encoders.inference import Pairs
     from encoders.metrics import MAIN_METRIC
-    from heads import build_head
     from pipeline.datasets import (check_human_label_column, distillation_columns, distillation_task, first_width,
                                    read_distillation_set, read_labeled_pairs)
     from pipeline.dead_letters import check_dead_letter_limit, count_reasons, describe_reasons
-    from pipeline.outputs import local_path_or_none, open_output, write_dead_letter_file
+    from pipeline.output.commit import open_output, write_dead_letter_file
+    from pipeline.output.paths import local_path_or_none
     from pipeline.pairs import TextPairColumns
-    from pipeline.readers import check_columns, expand_inputs
+    from pipeline.readers import InputError, check_columns, expand_inputs
     from pipeline.summary import RunSummary
 
     job.check()
@@ -408,18 +413,18 @@ def train(job: TrainStudentJob, argv: list[str] | None = None) -> tuple[RunSumma
                             f"{len(data.skipped):,}; dev rows read {dev.rows_read:,} = used {len(dev.targets):,} + "
                             f"skipped {len(dev.skipped):,}")
     if not data.soft:
-        raise ValueError(f"--distill has no usable pairs: {data.rows_read} rows read, all skipped "
+        raise InputError(f"--distill has no usable pairs: {data.rows_read} rows read, all skipped "
                          f"({describe_reasons(data.skipped) or 'no rows'})")
     if job.loss == "mse" and data.logits is None:
-        raise ValueError(f"--loss mse needs the teacher's logits, but some rows of --distill have no {logit_col!r}")
+        raise InputError(f"--loss mse needs the teacher's logits, but some rows of --distill have no {logit_col!r}")
     if not dev.targets:
-        raise ValueError(f"--dev has no usable labeled pairs: {dev.rows_read} rows read, all skipped "
+        raise InputError(f"--dev has no usable labeled pairs: {dev.rows_read} rows read, all skipped "
                          f"({describe_reasons(dev.skipped) or 'no rows'})")
 
     try:
         student = build_student(config, seed=job.seed).to(device)
     except OSError as err:
-        raise ValueError(f"cannot load encoder {job.encoder!r} (a local Hugging Face directory or a cached hub "
+        raise ModelError(f"cannot load encoder {job.encoder!r} (a local Hugging Face directory or a cached hub "
                          f"id, safetensors weights): {err}") from err
     examples = Examples.of(data, job.swap)
     dev_pairs = Pairs.of(dev.lefts, dev.rights)

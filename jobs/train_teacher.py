@@ -70,12 +70,14 @@ class TrainTeacherJob:
 
     def check(self) -> None:
         """Bad numbers fail here, before anything is read, naming the flag and what is allowed."""
+        from pipeline.errors import FlagError
+
         positive_ints = {"--epochs": self.epochs, "--batch-size": self.batch_size}
         if self.limit is not None:
             positive_ints["--limit"] = self.limit
         for flag, value in positive_ints.items():
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{flag} {value!r} is not allowed: give a positive integer")
+                raise FlagError(f"{flag} {value!r} is not allowed: give a positive integer")
         from encoders.training import check_optimizer_settings
         check_optimizer_settings({"--lr": self.lr}, self.warmup, "all steps", self.weight_decay, self.max_grad_norm)
 
@@ -191,9 +193,10 @@ def run(job: TrainTeacherJob, argv: list[str] | None = None) -> RunSummary:
     from encoders.training import length_grouped_batches
     from pipeline.datasets import read_labeled_pairs, training_examples
     from pipeline.dead_letters import check_dead_letter_limit, count_reasons
-    from pipeline.outputs import local_path_or_none, open_output, write_dead_letter_file
+    from pipeline.output.commit import open_output, write_dead_letter_file
+    from pipeline.output.paths import local_path_or_none
     from pipeline.pairs import TextPairColumns
-    from pipeline.readers import check_columns, expand_inputs
+    from pipeline.readers import InputError, check_columns, expand_inputs
     from pipeline.summary import RunSummary
     from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
@@ -224,7 +227,7 @@ def run(job: TrainTeacherJob, argv: list[str] | None = None) -> RunSummary:
     for name, pairs in data.items():
         if not pairs.targets:
             reasons = count_reasons(pairs.skipped)
-            raise ValueError(f"--{name} has no usable labeled pairs: {pairs.rows_read} rows read, all skipped "
+            raise InputError(f"--{name} has no usable labeled pairs: {pairs.rows_read} rows read, all skipped "
                              f"({', '.join(f'{k}: {v}' for k, v in reasons.items()) or 'no rows'})")
     lefts, rights, train_targets = training_examples(data["train"], job.swap)
     examples = teacher.tokenize(lefts, rights)

@@ -150,7 +150,7 @@ def distillation_columns(files: Sequence[InputFile], columns: TextPairColumns, n
             return soft, logit
         except InputError as err:
             problems.append(str(err))
-    raise ValueError(f"--distill is not a distillation set (a label_pairs output with soft_label and logit, or "
+    raise InputError(f"--distill is not a distillation set (a label_pairs output with soft_label and logit, or "
                      f"soft_labels and logits, columns{' -- --loss mse needs the logits' if need_logits else ''}): "
                      f"{problems[0]}")
 
@@ -161,7 +161,7 @@ def first_width(files: Sequence[InputFile], soft_col: str) -> int:
         for item in read_rows(file, [soft_col]):
             if not isinstance(item, DeadLetter) and isinstance(item.fields.get(soft_col), (list, tuple)):
                 return len(item.fields[soft_col])
-    raise ValueError(f"--distill has no row with a {soft_col!r} list: no soft labels to learn from")
+    raise InputError(f"--distill has no row with a {soft_col!r} list: no soft labels to learn from")
 
 
 def _numbers(value: Any, column: str, width: int) -> list[float]:
@@ -261,6 +261,19 @@ def _is_blank(value: Any) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
 
 
+def _read_manifest(path: str, flag: str) -> dict[str, Any]:
+    """A distillation set's manifest as a dict; InputError naming ``flag`` and the file when it is
+    not a JSON object (a damaged or foreign file is the user's to fix, not a bug)."""
+    try:
+        with FileSystems.open(path) as handle:
+            data = json.loads(handle.read().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"{flag}: {path} is not a readable {MANIFEST_FILE} ({err})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{flag}: {path} holds a JSON {type(data).__name__}, not the object a {MANIFEST_FILE} holds")
+    return data
+
+
 def distillation_task(paths: Sequence[str]) -> TeacherTask | None:
     """The teacher's task from ``_MANIFEST.json`` of the --distill directories (label_pairs writes
     it), so the dev labels and human labels are read as the teacher's were; None when no
@@ -270,15 +283,14 @@ def distillation_task(paths: Sequence[str]) -> TeacherTask | None:
         manifest = FileSystems.join(path.rstrip("/"), MANIFEST_FILE)
         if "*" in path or not FileSystems.exists(manifest):
             continue
-        with FileSystems.open(manifest) as handle:
-            data = json.loads(handle.read().decode("utf-8"))
+        data = _read_manifest(manifest, "--distill")
         if data.get("format") == DISTILLATION_FORMAT and isinstance(data.get("task"), dict):
             task = TeacherTask.from_dict(data["task"])
             # The teacher's max length does not change what a label means.
             meaning = {k: v for k, v in task.to_dict().items() if k != "max_length"}
             tasks[json.dumps(meaning, sort_keys=True)] = (task, path)
     if len(tasks) > 1:
-        raise ValueError(f"--distill sets were labeled for different tasks ({', '.join(p for _, p in tasks.values())}); "
+        raise InputError(f"--distill sets were labeled for different tasks ({', '.join(p for _, p in tasks.values())}); "
                          "give --task to say how the dev labels are read")
     return next(iter(tasks.values()))[0] if tasks else None
 
@@ -324,11 +336,10 @@ class DistillationManifest:
     def read(cls, directory: str) -> "DistillationManifest":
         path = FileSystems.join(directory, MANIFEST_FILE)
         if not FileSystems.exists(path):
-            raise ValueError(f"--previous {directory!r} is not a label_pairs output: it has no {MANIFEST_FILE}")
-        with FileSystems.open(path) as handle:
-            data = json.loads(handle.read().decode("utf-8"))
+            raise InputError(f"--previous {directory!r} is not a label_pairs output: it has no {MANIFEST_FILE}")
+        data = _read_manifest(path, "--previous")
         if data.get("format") != DISTILLATION_FORMAT or data.get("schema_version") != SCHEMA_VERSION:
-            raise ValueError(f"--previous {directory!r}: {MANIFEST_FILE} is not a distillation set of schema "
+            raise InputError(f"--previous {directory!r}: {MANIFEST_FILE} is not a distillation set of schema "
                              f"version {SCHEMA_VERSION} (format {data.get('format')!r}, version "
                              f"{data.get('schema_version')!r})")
         return cls(**data)
@@ -419,5 +430,5 @@ def check_human_label_column(files: Sequence[InputFile], column: str) -> None:
     """The human label column may be absent from some files (mined pairs have no human label) but
     must be in at least one: a misspelt name would otherwise silently train on soft labels alone."""
     if not any(present_columns(file, [column]) for file in files):
-        raise ValueError(f"--human-label-col {column!r}: no --distill file has that column (label_pairs keeps "
+        raise InputError(f"--human-label-col {column!r}: no --distill file has that column (label_pairs keeps "
                          f"it with --keep-cols {column})")

@@ -18,6 +18,7 @@ from pipeline.dead_letters import DeadLetter
 from pipeline.readers import JSONL_PROBE_LINES, InputError, InputFile, SourcedRow, open_raw, parquet_file, read_rows
 from pipeline.scoring_core import REASON_KEPT_COLUMN_TYPE, PairColumns, canonical_id, kept_values
 from pipeline.text_checks import TextColumns, extract_text
+from pipeline.errors import FlagError
 
 
 @dataclass(frozen=True)
@@ -32,10 +33,10 @@ class TextPairColumns:
 
     def __post_init__(self) -> None:
         if (self.left_id is None) != (self.right_id is None):
-            raise ValueError("give both --left-id-col and --right-id-col, or neither "
-                             f"(got left {self.left_id!r}, right {self.right_id!r})")
+            raise FlagError("give both --left-id-col and --right-id-col, or neither "
+                            f"(got left {self.left_id!r}, right {self.right_id!r})")
         if self.left == self.right:
-            raise ValueError(f"--left-col and --right-col are both {self.left!r}: give two different columns")
+            raise FlagError(f"--left-col and --right-col are both {self.left!r}: give two different columns")
 
     def required(self) -> list[str]:
         """Columns every input file must have."""

@@ -56,6 +56,7 @@ from pipeline.dead_letters import (
 )
 from pipeline.paths import UNREAD_COMPRESSIONS, escape_glob, gzip_problem, has_glob, split_compression
 from pipeline.preflight import PreflightError, json_objects_seen, refuse_one_file_twice
+from pipeline.errors import UsageError
 
 FORMATS = ("parquet", "jsonl", "csv", "tsv")
 
@@ -92,7 +93,7 @@ _CSV_FIELD_LIMIT_CHARS = 16 << 20
 _CHECK_THREADS = 16
 
 
-class InputError(ValueError):
+class InputError(UsageError):
     """A problem with the inputs found before or while reading.
 
     The message names the file (or pattern), what is wrong with it, and what is allowed.

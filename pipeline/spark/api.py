@@ -41,6 +41,7 @@ from pipeline.spark.batches import DEFAULT_BATCH_BYTES, arrow_batch_bytes, byte_
 from pipeline.spark.steps import SparkRun, collect, narrow
 from pipeline.store import StoreLayout
 from pipeline.writers import COMPRESSION
+from pipeline.errors import UsageError
 
 JOB_NAME = "score_pairs"
 LETTER_COLUMNS = tuple(DEAD_LETTER_SCHEMA.names)   # reason, detail, source, row
@@ -125,7 +126,7 @@ def score_pairs_frame(pairs, store: str, model_dir: str | None = None, *, left_c
     columns = PairColumns(left_col, right_col, left_id_col, right_id_col, tuple(keep))
     missing = [c for c in columns.required() + list(keep) if c not in pairs.columns]
     if missing:
-        raise ValueError(f"the pairs DataFrame has no column {', '.join(map(repr, missing))}: it has "
+        raise UsageError(f"the pairs DataFrame has no column {', '.join(map(repr, missing))}: it has "
                          f"{', '.join(pairs.columns)}")
     kept = tuple(pa.field(name, narrow(to_arrow_type(pairs.schema[name].dataType))) for name in keep)
     student = load_or_build_student(model_dir, baseline_config())
@@ -191,7 +192,9 @@ def write_scores(scored: ScoredFrame, output: str, *, overwrite: bool = False, m
     More dead letters than ``max_dead_letter_fraction`` of the pairs (or every pair dead): nothing
     is committed (``pipeline.errors.DeadLetterLimit``), as with ``--max-dead-letter-fraction``."""
     from pipeline.dead_letters import check_dead_letter_limit
-    from pipeline.outputs import DEAD_LETTER_DIR, abort_output_on_failure, open_output
+    from pipeline.output.commit import open_output
+    from pipeline.output.guard import abort_output_on_failure
+    from pipeline.output.layout import DEAD_LETTER_DIR
     from pipeline.summary import RunSummary
 
     @abort_output_on_failure

@@ -13,7 +13,7 @@
 Every step's tasks write into the run's staging directory under attempt-unique names and return a
 row per file (``tasks.RESULT_SCHEMA``); the driver keeps the files of the rows it received (the
 successful attempts) and deletes every other part file a step left in staging, so the commit
-(``pipeline/outputs.py``, by the job) moves exactly one copy of every row. Rows written and dead
+(``pipeline/output/commit.py``, by the job) moves exactly one copy of every row. Rows written and dead
 letters are counted from the kept files (footers, reason columns); rows read, texts encoded and
 reused from the successful attempts' result rows, never from accumulators, which a retried task
 counts twice.
