@@ -21,6 +21,7 @@ from jobs.common import (ARGV_KEY, BEAM_EPILOG, BEAM_JOB_CONTEXT, FORMATS, abort
                          device_option, JobCommand, main_module, output_option, overwrite_option, preflight, run_job,
                          run_options, run_started, split_list, stall_option, dead_letter_option, Number, POSITIVE_INT,
                          torch_threads_option)
+from jobs.engines import check_engine, engine_options
 
 if TYPE_CHECKING:  # annotations only: the imports run inside the functions
     from pipeline.datasets import DistillationManifest
@@ -50,6 +51,9 @@ class LabelPairsJob:
     format: str | None = None
     overwrite: bool = False
     max_dead_letter_fraction: float = 0.1
+    engine: str = "beam"                  # jobs/engines.py: beam | spark
+    spark_master: str | None = None
+    spark_conf: tuple[str, ...] = ()
 
 
 def _check(job: LabelPairsJob) -> None:
@@ -135,12 +139,15 @@ def _check_previous(job: LabelPairsJob, fingerprint: str, schema) -> tuple[Disti
 @device_option("Where the teacher runs; auto = CUDA when present (with mixed precision).")
 @torch_threads_option
 @stall_option
+@engine_options
 @run_options
 @click.pass_context
 def main(ctx: click.Context, quiet: bool, verbose: bool, stall_timeout: float, **flags) -> None:
     """Label pairs with a teacher cross-encoder and write the distillation set."""
     def go() -> str:
+        check_engine(flags, ctx.args)
         preflight(ctx, "label_pairs", flags)
+        flags["spark_conf"] = tuple(flags["spark_conf"])
         job = LabelPairsJob(pairs=tuple(flags.pop("pairs")), keep_cols=flags.pop("keep_cols"), **flags)
         summary = run(job, beam_args_for_run(ctx.args, verbose), ctx.meta[ARGV_KEY])
         return summary.table()
@@ -152,21 +159,15 @@ def run(job: LabelPairsJob, beam_args: list[str], argv: list[str] | None = None)
     """Check everything that can be checked, run the pipeline, write manifest and summary."""
     from pipeline.errors import FlagError
     from encoders.remote import pin_model_dir
-    from pipeline.provenance import stamped, table_metadata
-    import apache_beam as beam
+    from pipeline.provenance import table_metadata
     from apache_beam.io.filesystems import FileSystems
     from encoders.device import pick_device
     from encoders.teacher import load_teacher
     from pipeline.dead_letters import check_dead_letter_limit
-    from pipeline.beam.counters import read_counters, split_dead_letters
-    from pipeline.beam.encode import DEAD_LETTER_TAG, ReadRows
-    from pipeline.beam.label import (ExtractPairs, LabelPairs, LabelSettings, ReadPrevious, SkipLabeled,
-                                     WriteDistillationSet)
-    from pipeline.beam.runner import make_pipeline, run_to_end, thread_plan, validate_beam_args
-    from pipeline.beam.writes import WriteDeadLetters
+    from pipeline.beam.label import LabelSettings
+    from pipeline.beam.runner import thread_plan, validate_beam_args
     from pipeline.datasets import DistillationManifest, distillation_schema, schema_columns
     from pipeline.output.commit import open_output
-    from pipeline.paths import escape_glob
     from pipeline.pairs import PairColumns, kept_fields
     from pipeline.readers import check_columns, expand_inputs, expect_inputs, worker_path
     from pipeline.store import MANIFEST_FILE, count_rows, store_files
@@ -206,35 +207,13 @@ def run(job: LabelPairsJob, beam_args: list[str], argv: list[str] | None = None)
     # The progress line's totals (with --previous, some pairs are skipped, not labeled).
     expect_inputs(files, ("rows_read",) if job.previous else ("rows_read", "pairs_labeled"))
     started = run_started()
-    pipeline = make_pipeline(beam_args)
-    read = pipeline | "ReadRows" >> ReadRows(files)
-    extracted = read.rows | "ExtractPairs" >> ExtractPairs(columns, kept)
-    pairs = extracted.pairs
-    tables = []
-    if previous_files:
-        previous = pipeline | "ReadPrevious" >> ReadPrevious(
-            FileSystems.join(escape_glob(job.previous), "part*.parquet"), schema, job.temperature)
-        pairs = pairs | "SkipLabeled" >> SkipLabeled(previous["keys"])
-        tables.append(previous["rows"])
-    tables.insert(0, pairs | "LabelPairs" >> LabelPairs(settings))
-    (tables | "AllRows" >> beam.Flatten() | "WriteDistillationSet" >> WriteDistillationSet(out.staged(), stamped(schema, provenance)))
-    ((read[DEAD_LETTER_TAG], extracted[DEAD_LETTER_TAG])
-     | "AllDeadLetters" >> beam.Flatten()
-     | "WriteDeadLetters" >> WriteDeadLetters(out.staged(), provenance))
-    result = run_to_end(pipeline)   # the commit below runs here, in the launching process
-
+    if job.engine == "spark":
+        counts, dead_letters = run_on_spark(job, settings, files, columns, kept, previous_files, out, provenance)
+    else:
+        counts, dead_letters = run_on_beam(job, beam_args, settings, files, columns, kept, previous_files, out,
+                                           provenance)
     written = store_files(out.staged())
-    rows = count_rows(written)
-    counters, dead_letters = split_dead_letters(read_counters(result))
-    counts = {
-        "pairs_read": counters.get("rows_read", 0),
-        "pairs_labeled": counters.get("pairs_labeled", 0),
-        "pairs_skipped_labeled": counters.get("pairs_skipped_labeled", 0),
-        "pairs_dead_lettered": sum(dead_letters.values()),
-        "pairs_truncated": counters.get("pairs_truncated", 0),
-        "previous_rows_copied": counters.get("previous_rows_copied", 0),
-        "output_rows": rows,
-    }
+    rows = counts["output_rows"] = count_rows(written)
     accounted = counts["pairs_labeled"] + counts["pairs_skipped_labeled"] + counts["pairs_dead_lettered"]
     if accounted != counts["pairs_read"] or rows != counts["pairs_labeled"] + counts["previous_rows_copied"]:
         # A bundle that did not fail must be complete: never report a run that lost pairs as done.
@@ -265,6 +244,69 @@ def run(job: LabelPairsJob, beam_args: list[str], argv: list[str] | None = None)
                             job.max_dead_letter_fraction, summary.reconciliation)
     out.commit(summary)
     return summary
+
+
+def run_on_beam(job: LabelPairsJob, beam_args: list[str], settings, files, columns, kept, previous_files, out,
+                provenance) -> tuple[dict[str, int], dict[str, int]]:
+    """The labeling pipeline on Beam -> (counts but ``output_rows``, dead letters by reason)."""
+    import apache_beam as beam
+    from apache_beam.io.filesystems import FileSystems
+    from pipeline.beam.counters import read_counters, split_dead_letters
+    from pipeline.beam.encode import DEAD_LETTER_TAG, ReadRows
+    from pipeline.beam.label import ExtractPairs, LabelPairs, ReadPrevious, SkipLabeled, WriteDistillationSet
+    from pipeline.beam.runner import make_pipeline, run_to_end
+    from pipeline.beam.writes import WriteDeadLetters
+    from pipeline.paths import escape_glob
+    from pipeline.provenance import stamped
+
+    schema = settings.schema
+    pipeline = make_pipeline(beam_args)
+    read = pipeline | "ReadRows" >> ReadRows(files)
+    extracted = read.rows | "ExtractPairs" >> ExtractPairs(columns, kept)
+    pairs = extracted.pairs
+    tables = []
+    if previous_files:
+        previous = pipeline | "ReadPrevious" >> ReadPrevious(
+            FileSystems.join(escape_glob(job.previous), "part*.parquet"), schema, job.temperature)
+        pairs = pairs | "SkipLabeled" >> SkipLabeled(previous["keys"])
+        tables.append(previous["rows"])
+    tables.insert(0, pairs | "LabelPairs" >> LabelPairs(settings))
+    (tables | "AllRows" >> beam.Flatten() | "WriteDistillationSet" >> WriteDistillationSet(out.staged(), stamped(schema, provenance)))
+    ((read[DEAD_LETTER_TAG], extracted[DEAD_LETTER_TAG])
+     | "AllDeadLetters" >> beam.Flatten()
+     | "WriteDeadLetters" >> WriteDeadLetters(out.staged(), provenance))
+    result = run_to_end(pipeline)   # the commit runs after this, in the launching process
+
+    counters, dead_letters = split_dead_letters(read_counters(result))
+    return {
+        "pairs_read": counters.get("rows_read", 0),
+        "pairs_labeled": counters.get("pairs_labeled", 0),
+        "pairs_skipped_labeled": counters.get("pairs_skipped_labeled", 0),
+        "pairs_dead_lettered": sum(dead_letters.values()),
+        "pairs_truncated": counters.get("pairs_truncated", 0),
+        "previous_rows_copied": counters.get("previous_rows_copied", 0),
+    }, dead_letters
+
+
+def run_on_spark(job: LabelPairsJob, settings, files, columns, kept, previous_files, out,
+                 provenance) -> tuple[dict[str, int], dict[str, int]]:
+    """``--engine spark``: the same labeling on Spark (pipeline/spark/label.py), staged as Beam's
+    is -> (counts but ``output_rows``, dead letters by reason)."""
+    from jobs.engines import parse_spark_conf
+    from pipeline.output.layout import DEAD_LETTER_DIR
+    from pipeline.spark.label import SparkLabelSettings, execute_label
+    from pipeline.spark.session import spark_session, thread_plan
+
+    spark = spark_session(job.spark_master, parse_spark_conf(job.spark_conf))
+    result = execute_label(spark, SparkLabelSettings(
+        pair_files=tuple(files), columns=columns, kept=tuple(kept),
+        label=replace(settings, threads=thread_plan(spark, job.torch_threads)), provenance=provenance,
+        directory=out.staged(), dead_letter_dir=out.staged(DEAD_LETTER_DIR), previous_files=tuple(previous_files)))
+    dead_letters = result.dead_letters().get("", {})
+    counts = {name: result.counts[name] for name in ("pairs_read", "pairs_labeled", "pairs_skipped_labeled")}
+    counts["pairs_dead_lettered"] = sum(dead_letters.values())
+    counts.update({name: result.counts[name] for name in ("pairs_truncated", "previous_rows_copied")})
+    return counts, dead_letters
 
 
 if __name__ == "__main__":  # python -m jobs.label_pairs

@@ -120,11 +120,6 @@ def check_arguments(job: ScorePairsJob) -> None:
     if job.join not in JOINS:
         raise FlagError(f"--join {job.join!r} is not allowed: choose one of {', '.join(JOINS)}")
     check_keep_cols(job.keep_cols, OUTPUT_COLUMNS)      # also the pre-flight's: each once, no output column
-    if job.engine == "spark" and job.left_texts and job.right_texts \
-            and job.text_columns("left") != job.text_columns("right"):
-        raise FlagError("--engine spark reads both text tables with one pair of columns: give the same "
-                        "--left-texts-*-col and --right-texts-*-col (or the shared --texts-id-col/--texts-text-col), "
-                        "or use --engine beam")
 
 
 def existing_store(job: ScorePairsJob, student: ModelFacts, side: str) -> tuple[tuple[PartPin, ...], int, str]:
@@ -492,7 +487,7 @@ def run_on_spark(job: ScorePairsJob, student: ModelFacts, plans: dict[str, SideP
         sides={side: SparkSide(plan.layout, tuple(part.path for part in plan.existing_parts), plan.text_files,
                                out.staged(plan.output))
                for side, plan in plans.items()},
-        texts=job.text_columns("left"), scores_dir=out.staged(SCORES_DIR),
+        texts={side: job.text_columns(side) for side in SIDES}, scores_dir=out.staged(SCORES_DIR),
         dead_letter_dir=out.staged(DEAD_LETTER_DIR), model_dir=job.model_dir, device=job.device,
         batch_size=job.batch_size, encode_batch_size=job.encode_batch_size, threads=threads, join=join,
         buckets=shuffle_buckets(*sizes, minimum=2 * task_slots(spark)))
