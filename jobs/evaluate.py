@@ -187,7 +187,7 @@ def run(job: EvaluateJob, argv: list[str] | None = None) -> RunSummary:
     from pipeline.dead_letters import check_dead_letter_limit, count_reasons
     from pipeline.output.commit import open_output, write_dead_letter_file
     from pipeline.output.paths import local_path_or_none
-    from pipeline.pairs import TextPairColumns
+    from pipeline.pairs import PairColumns
     from pipeline.readers import InputError, check_columns, expand_inputs
     from pipeline.report import write_report
     from pipeline.summary import RunSummary
@@ -201,7 +201,7 @@ def run(job: EvaluateJob, argv: list[str] | None = None) -> RunSummary:
         raise FlagError(f"--model names {', '.join(clashes)} more than once: name them apart with NAME=DIR")
     for _, source in specs:
         model_kind(source)   # a wrong directory fails now, not after the first model has run
-    columns = TextPairColumns(left=job.left_col, right=job.right_col)
+    columns = PairColumns(left=job.left_col, right=job.right_col)
     task = job.label_task()
     split_files = {"pairs": expand_inputs(job.pairs, job.format)}
     if job.dev:

@@ -18,13 +18,15 @@ import click
 from jobs.common import (BEAM_EPILOG, BEAM_JOB_CONTEXT, FORMATS, POSITIVE_INT, JobCommand, Number, dead_letter_option,
                          device_option, main_module, output_option, overwrite_option, run_options, split_list,
                          stall_option, torch_threads_option)
+from jobs.engines import check_engine, engine_options
 from jobs.runner import Counted, Job, Plan, Report, run, run_command
 
 if TYPE_CHECKING:  # annotations only: the imports run inside the functions
     import pyarrow as pa
     from encoders.teacher import Teacher
     from pipeline.output.commit import OutputDir
-    from pipeline.pairs import TextPairColumns
+    from pipeline.labeling import LabelSettings
+    from pipeline.pairs import PairColumns
     from pipeline.readers import InputFile
 
 __all__ = ["LabelPairsJob", "main", "run"]   # run(LabelPairsJob(...), beam_args)
@@ -34,11 +36,12 @@ __all__ = ["LabelPairsJob", "main", "run"]   # run(LabelPairsJob(...), beam_args
 class LabelPlan(Plan):
     """What :meth:`LabelPairsJob.plan` decided, before anything is written."""
     teacher: Teacher
-    columns: TextPairColumns
+    columns: PairColumns
     files: list[InputFile]
     kept: list[pa.Field]             # --keep-cols, typed (pipeline.pairs.kept_fields)
     schema: pa.Schema                # of the distillation set
     previous_files: list[str]        # --previous's part files
+    settings: LabelSettings          # how the teacher runs (each engine sets its workers' threads)
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,9 @@ class LabelPairsJob(Job):
     format: str | None = None
     overwrite: bool = False
     max_dead_letter_fraction: float = 0.1
+    engine: str = "beam"                  # jobs/engines.py: beam | spark
+    spark_master: str | None = None
+    spark_conf: tuple[str, ...] = ()
 
     def check(self) -> None:
         from pipeline.datasets import BASE_COLUMNS
@@ -91,7 +97,8 @@ class LabelPairsJob(Job):
         from encoders.teacher import load_teacher
         from pipeline.datasets import distillation_schema, previous_set_files
         from pipeline.errors import FlagError
-        from pipeline.pairs import TextPairColumns, kept_fields
+        from pipeline.labeling import LabelSettings
+        from pipeline.pairs import PairColumns, kept_fields
         from pipeline.provenance import table_metadata
         from pipeline.readers import check_columns, expand_inputs, worker_path
 
@@ -99,10 +106,10 @@ class LabelPairsJob(Job):
         job = replace(self, output=worker_path(self.output), previous=worker_path(self.previous),
                       teacher=worker_path(self.teacher) if os.path.exists(self.teacher) else self.teacher)
         pick_device(job.device)
-        columns = TextPairColumns(left=job.left_col, right=job.right_col, left_id=job.left_id_col,
-                                  right_id=job.right_id_col, keep=tuple(job.keep_cols))
+        columns = PairColumns(left=job.left_col, right=job.right_col, left_id=job.left_id_col,
+                              right_id=job.right_id_col, keep=tuple(job.keep_cols))
         files = expand_inputs(job.pairs, job.format)
-        check_columns(files, columns.required())
+        check_columns(files, columns.needed())
         job = replace(job, teacher=pin_model_dir(job.teacher))
         teacher = load_teacher(job.teacher)
         if job.max_length is not None:
@@ -115,10 +122,20 @@ class LabelPairsJob(Job):
         schema = distillation_schema(teacher.task.num_outputs, kept)
         previous_files = previous_set_files(job.previous, teacher.fingerprint, schema) if job.previous else []
         provenance = table_metadata(self.name, {"teacher": (teacher.fingerprint, job.teacher)})
-        return LabelPlan(job, provenance, beam_args, teacher, columns, files, kept, schema, previous_files)
+        settings = LabelSettings(teacher=job.teacher, fingerprint=teacher.fingerprint, schema=schema,
+                                 keep=columns.keep, temperature=job.temperature, batch_size=job.batch_size,
+                                 device=job.device, max_length=job.max_length)
+        return LabelPlan(job, provenance, beam_args, teacher, columns, files, kept, schema, previous_files, settings)
 
     def execute(self, plan: LabelPlan, out: OutputDir) -> Counted:
-        return _execute_on_beam(plan, out)
+        from pipeline.readers import expect_inputs
+        from pipeline.store import count_rows, store_files
+
+        # The progress line's totals (with --previous, some pairs are skipped, not labeled).
+        expect_inputs(plan.files, ("rows_read",) if self.previous else ("rows_read", "pairs_labeled"))
+        counted = (_execute_on_spark if self.engine == "spark" else _execute_on_beam)(plan, out)
+        counted.counts["output_rows"] = count_rows(store_files(out.staged()))
+        return counted
 
     def summarise(self, plan: LabelPlan, counted: Counted) -> Report:
         from pipeline.accounting import Balance
@@ -192,11 +209,20 @@ class LabelPairsJob(Job):
 @device_option("Where the teacher runs; auto = CUDA when present (with mixed precision).")
 @torch_threads_option
 @stall_option
+@engine_options
 @run_options
 @click.pass_context
 def main(ctx: click.Context, **flags) -> None:
     """Label pairs with a teacher cross-encoder and write the distillation set."""
-    run_command(ctx, LabelPairsJob, flags)
+    run_command(ctx, LabelPairsJob, flags, before=lambda: check_engine(flags, ctx.args))
+
+
+def _counts(counted: dict[str, int], dead_letters: dict[str, int]) -> dict[str, int]:
+    """The summary's counts (but ``output_rows``) from either engine's."""
+    return {"pairs_read": counted.get("pairs_read", 0), "pairs_labeled": counted.get("pairs_labeled", 0),
+            "pairs_skipped_labeled": counted.get("pairs_skipped_labeled", 0),
+            "pairs_dead_lettered": sum(dead_letters.values()), "pairs_truncated": counted.get("pairs_truncated", 0),
+            "previous_rows_copied": counted.get("previous_rows_copied", 0)}
 
 
 def _execute_on_beam(plan: LabelPlan, out: OutputDir) -> Counted:
@@ -206,22 +232,14 @@ def _execute_on_beam(plan: LabelPlan, out: OutputDir) -> Counted:
     from apache_beam.io.filesystems import FileSystems
     from pipeline.beam.counters import read_counters, split_dead_letters
     from pipeline.beam.encode import DEAD_LETTER_TAG, ReadRows
-    from pipeline.beam.label import (ExtractPairs, LabelPairs, LabelSettings, ReadPrevious, SkipLabeled,
-                                     WriteDistillationSet)
+    from pipeline.beam.label import ExtractPairs, LabelPairs, ReadPrevious, SkipLabeled, WriteDistillationSet
     from pipeline.beam.runner import make_pipeline, run_to_end, thread_plan
     from pipeline.beam.writes import WriteDeadLetters
     from pipeline.paths import escape_glob
     from pipeline.provenance import stamped
-    from pipeline.readers import expect_inputs
-    from pipeline.store import count_rows, store_files
 
-    job, teacher = plan.job, plan.teacher
-    settings = LabelSettings(teacher=job.teacher, fingerprint=teacher.fingerprint, schema=plan.schema,
-                             keep=plan.columns.keep, temperature=job.temperature, batch_size=job.batch_size,
-                             device=job.device, max_length=job.max_length,
-                             threads=thread_plan(plan.engine_args, job.torch_threads))
-    # The progress line's totals (with --previous, some pairs are skipped, not labeled).
-    expect_inputs(plan.files, ("rows_read",) if job.previous else ("rows_read", "pairs_labeled"))
+    job = plan.job
+    settings = replace(plan.settings, threads=thread_plan(plan.engine_args, job.torch_threads))
     pipeline = make_pipeline(plan.engine_args)
     read = pipeline | "ReadRows" >> ReadRows(plan.files)
     extracted = read.rows | "ExtractPairs" >> ExtractPairs(plan.columns, plan.kept)
@@ -239,13 +257,25 @@ def _execute_on_beam(plan: LabelPlan, out: OutputDir) -> Counted:
      | "AllDeadLetters" >> beam.Flatten()
      | "WriteDeadLetters" >> WriteDeadLetters(out.staged(), plan.provenance))
     counters, dead_letters = split_dead_letters(read_counters(run_to_end(pipeline)))
-    counts = {"pairs_read": counters.get("rows_read", 0), "pairs_labeled": counters.get("pairs_labeled", 0),
-              "pairs_skipped_labeled": counters.get("pairs_skipped_labeled", 0),
-              "pairs_dead_lettered": sum(dead_letters.values()),
-              "pairs_truncated": counters.get("pairs_truncated", 0),
-              "previous_rows_copied": counters.get("previous_rows_copied", 0),
-              "output_rows": count_rows(store_files(out.staged()))}
-    return Counted(counts, dead_letters)
+    counters["pairs_read"] = counters.get("rows_read", 0)
+    return Counted(_counts(counters, dead_letters), dead_letters)
+
+
+def _execute_on_spark(plan: LabelPlan, out: OutputDir) -> Counted:
+    """``--engine spark``: the same labeling on Spark (pipeline/spark/label.py), staged as Beam's is."""
+    from jobs.engines import parse_spark_conf
+    from pipeline.output.layout import DEAD_LETTER_DIR
+    from pipeline.spark.label import SparkLabelSettings, execute_label
+    from pipeline.spark.session import spark_session, thread_plan
+
+    job = plan.job
+    spark = spark_session(job.spark_master, parse_spark_conf(job.spark_conf))
+    result = execute_label(spark, SparkLabelSettings(
+        pair_files=tuple(plan.files), columns=plan.columns, kept=tuple(plan.kept),
+        label=replace(plan.settings, threads=thread_plan(spark, job.torch_threads)), provenance=plan.provenance,
+        directory=out.staged(), dead_letter_dir=out.staged(DEAD_LETTER_DIR), previous_files=tuple(plan.previous_files)))
+    dead_letters = result.dead_letters().get("", {})
+    return Counted(_counts(result.counts, dead_letters), dead_letters)
 
 
 def _same_path(a: str, b: str) -> bool:

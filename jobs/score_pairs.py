@@ -100,7 +100,8 @@ class ScorePairsJob(Job):
     def columns(self) -> PairColumns:
         from pipeline.beam.score import PairColumns
 
-        return PairColumns(self.left_col, self.right_col, self.left_id_col, self.right_id_col, self.keep_cols)
+        return PairColumns.for_scoring(self.left_col, self.right_col, self.left_id_col, self.right_id_col,
+                                       self.keep_cols)
 
     def text_columns(self, side: str) -> TextColumns:
         """The id and text columns of ``side``'s text tables (its own flags, else the shared ones)."""
@@ -126,11 +127,6 @@ class ScorePairsJob(Job):
         if self.join not in JOINS:
             raise FlagError(f"--join {self.join!r} is not allowed: choose one of {', '.join(JOINS)}")
         check_keep_cols(self.keep_cols, OUTPUT_COLUMNS)      # also the pre-flight's: each once, no output column
-        if self.engine == "spark" and self.left_texts and self.right_texts \
-                and self.text_columns("left") != self.text_columns("right"):
-            raise FlagError("--engine spark reads both text tables with one pair of columns: give the same "
-                            "--left-texts-*-col and --right-texts-*-col (or the shared --texts-id-col/"
-                            "--texts-text-col), or use --engine beam")
 
     def reads(self) -> dict[str, tuple[str | None, ...]]:
         return {"--pairs": self.pairs, "--left-texts": self.left_texts, "--right-texts": self.right_texts,
@@ -316,7 +312,7 @@ def _execute_on_spark(plan: ScorePlan, out: OutputDir) -> Counted:
         sides={side: SparkSide(store.layout, tuple(part.path for part in store.existing_parts), store.text_files,
                                out.staged(store.output))
                for side, store in plan.sides.items()},
-        texts=job.text_columns("left"), scores_dir=out.staged(SCORES_DIR),
+        texts={side: job.text_columns(side) for side in SIDES}, scores_dir=out.staged(SCORES_DIR),
         dead_letter_dir=out.staged(DEAD_LETTER_DIR), model_dir=job.model_dir, device=job.device,
         batch_size=job.batch_size, encode_batch_size=job.encode_batch_size,
         threads=thread_plan(spark, job.torch_threads), join=plan.join,

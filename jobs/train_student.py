@@ -367,13 +367,13 @@ def train(job: TrainStudentJob, argv: list[str] | None = None) -> tuple[RunSumma
     from pipeline.dead_letters import check_dead_letter_limit, count_reasons, describe_reasons
     from pipeline.output.commit import open_output, write_dead_letter_file
     from pipeline.output.paths import local_path_or_none
-    from pipeline.pairs import TextPairColumns
+    from pipeline.pairs import PairColumns
     from pipeline.readers import InputError, check_columns, expand_inputs
     from pipeline.summary import RunSummary
 
     job.check()
     device = pick_device(job.device)
-    columns = TextPairColumns(left=job.left_col, right=job.right_col)
+    columns = PairColumns(left=job.left_col, right=job.right_col)
     distill_files = expand_inputs(job.distill, job.format)
     dev_files = expand_inputs(job.dev, job.format)
     soft_col, logit_col = distillation_columns(distill_files, columns, need_logits=job.loss == "mse")

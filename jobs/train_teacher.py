@@ -195,7 +195,7 @@ def run(job: TrainTeacherJob, argv: list[str] | None = None) -> RunSummary:
     from pipeline.dead_letters import check_dead_letter_limit, count_reasons
     from pipeline.output.commit import open_output, write_dead_letter_file
     from pipeline.output.paths import local_path_or_none
-    from pipeline.pairs import TextPairColumns
+    from pipeline.pairs import PairColumns
     from pipeline.readers import InputError, check_columns, expand_inputs
     from pipeline.summary import RunSummary
     from tqdm.auto import tqdm
@@ -204,7 +204,7 @@ def run(job: TrainTeacherJob, argv: list[str] | None = None) -> RunSummary:
     job.check()
     task = job.teacher_task()
     device = pick_device(job.device)
-    columns = TextPairColumns(left=job.left_col, right=job.right_col)
+    columns = PairColumns(left=job.left_col, right=job.right_col)
     splits = {"train": expand_inputs(job.train, job.format), "dev": expand_inputs(job.dev, job.format)}
     for files in splits.values():
         check_columns(files, [*columns.required(), job.label_col])

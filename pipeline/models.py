@@ -209,9 +209,21 @@ class HeadHandler:
         return HeadScorer(head.to(device).eval(), device, self.batch_size, compile=self.compile,
                           quantize=self.quantize)
 
-    def run_inference(self, batch: tuple[Any, Any], model) -> tuple[Any, Any]:
-        """(left SideArrays, right SideArrays) of B pairs -> (scores (B,), probs (B, K) or None)."""
-        return model.score(*batch)
+    def run_inference(self, batch: HeadBatch, model) -> tuple[Any, Any]:
+        """A :class:`HeadBatch` of B pairs -> (scores (B,), probs (B, K) or None)."""
+        if batch.left_rows is None:
+            return model.score(batch.left, batch.right)
+        # Whole stores and the pairs' rows in them: the scorer gathers (on the device when resident).
+        return model.score_rows(batch.left, batch.left_rows, batch.right, batch.right_rows)
+
+
+class HeadBatch(NamedTuple):
+    """B pairs as the head reads them: each side's SideArrays and, when those are a whole store
+    (R rows), the (B,) store rows of the pairs; rows None: the arrays are the B pairs' own rows."""
+    left: Any
+    left_rows: Any
+    right: Any
+    right_rows: Any
 
 
 class EncodedTexts(NamedTuple):

@@ -59,8 +59,8 @@ def run_score_pipeline(beam_args: Sequence[str], run: BeamScoreRun) -> dict[str,
     pipeline = make_pipeline(beam_args)
     read = pipeline | "ReadPairs" >> ReadPairs(run.pair_files, columns, chunk_size=batch_size, kept=run.kept,
                                                spread_batches=not is_local_runner(beam_args))
-    pairs = dedupe_pair_chunks(read["pairs"], batch_size, run.score.buckets) if run.dedupe_pairs else read["pairs"]
-    dead_letters = [read[DEAD_LETTER_TAG]]
+    pairs = dedupe_pair_chunks(read.pairs, batch_size, run.score.buckets) if run.dedupe_pairs else read.pairs
+    dead_letters = [read.dead_letters]
     tables = {}
     for side, store in run.sides.items():
         label = side.capitalize()
@@ -76,17 +76,17 @@ def run_score_pipeline(beam_args: Sequence[str], run: BeamScoreRun) -> dict[str,
             unique = deduped["unique"]
             dead_letters += [text_rows[DEAD_LETTER_TAG], deduped[DEAD_LETTER_TAG]]
         else:
-            unique = read[f"{side}_texts"] | f"Distinct{label}Texts" >> DistinctPairTexts()
+            unique = read.texts(side) | f"Distinct{label}Texts" >> DistinctPairTexts()
         old = (read_store_tables(pipeline, store.existing_parts, f"{label}Store") if store.existing_parts
                else pipeline | f"No{label}Store" >> beam.Create([]))
         tables[side] = unique | f"Complete{label}Store" >> CompleteStore(run.encode[side], store.layout, old, f"{side}.")
         tables[side] | f"Write{label}Store" >> WriteStore(run.staged(store.output), store.layout, run.provenance)
 
     scored = pairs | "ScorePairs" >> ScorePairs(run.score, run.join, tables["left"], tables["right"], run.accelerator)
-    scored["scores"] | "WriteScores" >> WriteToParquetBatched(
+    scored.scores | "WriteScores" >> WriteToParquetBatched(
         run.staged(run.scores_dir, STORE_FILE_PREFIX), schema=stamped(run.score.output_schema, run.provenance),
         codec=COMPRESSION, file_name_suffix=STORE_FILE_SUFFIX)
-    dead_letters.append(scored[DEAD_LETTER_TAG])
+    dead_letters.append(scored.dead_letters)
     (tuple(dead_letters) | "AllDeadLetters" >> beam.Flatten()
      | "WriteDeadLetters" >> WriteDeadLetters(run.staged(), run.provenance))
     return read_counters(run_to_end(pipeline))
