@@ -21,7 +21,8 @@ import contextlib
 
 import torch
 
-DEVICES = ("auto", "cpu", "cuda")
+from encoders.choices import DEVICES  # noqa: F401  (re-exported: encoders.device.DEVICES)
+
 # Stage one's autocast dtype on CUDA: what its stores hold (see the module docstring).
 STORE_DTYPE = torch.float16
 

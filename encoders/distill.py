@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from encoders.checkpoint import Student, save_student
+from encoders.choices import STUDENT_LOSSES, TRAINABLE_HEADS  # noqa: F401  (TRAINABLE_HEADS re-exported)
 from encoders.config import SIDES, StudentConfig
 from encoders.device import autocast, grad_scaler
 from encoders.frozen_states import FrozenStates
@@ -44,12 +45,8 @@ from encoders.teacher import TeacherTask
 from encoders.training import (EpochProgress, check_optimizer_settings, length_grouped_batches, make_adamw,
                                optimizer_step)
 from encoders.virt import Virt, gather_rows
-from heads import HEAD_NAMES
 
-LOSSES = ("ce", "mse")
-# The heads a student can be trained with; pooled-cos has no parameters (it is the zero-training
-# baseline).
-TRAINABLE_HEADS = tuple(name for name in HEAD_NAMES if name != "pooled-cos")
+LOSSES = STUDENT_LOSSES
 # Training pairs whose cosines calibrate the cosine skip when no stage-1 cache has them all.
 COSINE_FIT_PAIRS = 8192
 

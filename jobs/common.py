@@ -20,7 +20,12 @@ from typing import Any, Callable, Sequence
 
 import click
 
+# The choices the flags offer: defined once, in the library's standard-library-only modules.
+from encoders.choices import DEVICES, STUDENT_LOSSES, TASKS, TEACHER_LOSSES  # noqa: F401
+from encoders.choices import TRAINABLE_HEADS as STUDENT_HEADS  # noqa: F401
+from encoders.config import DEFAULT_ENCODER  # noqa: F401
 from jobs import PROCESS_STARTED
+from pipeline.choices import DTYPES, FORMATS  # noqa: F401
 
 # Options a Beam job does not declare are collected and handed to Beam as pipeline options.
 BEAM_JOB_CONTEXT = {"ignore_unknown_options": True, "allow_extra_args": True,
@@ -36,17 +41,6 @@ BEAM_EPILOG = ("Any other option is passed to Beam as a pipeline option, e.g. --
                "Default runner: Beam's in-process runner (DirectRunner without the Prism download). " + PATHS_NOTE)
 
 ARGV_KEY = "pairscore.argv"
-DEVICES = ("auto", "cpu", "cuda")                         # encoders.device.DEVICES
-
-# Choices the flags offer, spelled here so that --help needs no heavy import. Each is defined in
-# the library (named in the comment); tests/jobs/test_cli.py checks that the two agree.
-FORMATS = ("parquet", "jsonl", "csv", "tsv")              # pipeline.readers.FORMATS
-DTYPES = ("float16", "int8")                              # pipeline.store.DTYPES
-TASKS = ("binary", "graded", "classes")                   # encoders.teacher.TASKS
-TEACHER_LOSSES = ("bce", "ce", "mse")                     # every loss of encoders.teacher.LOSSES
-STUDENT_LOSSES = ("ce", "mse")                            # encoders.distill.LOSSES
-STUDENT_HEADS = ("dipair", "dipair-ffnn", "li", "de-ffnn", "de-cos")  # encoders.distill.TRAINABLE_HEADS
-DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"  # encoders.config.DEFAULT_ENCODER
 
 # The directory holding pairscore's packages (jobs/, pipeline/, encoders/, heads/).
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -47,6 +47,7 @@ from apache_beam.io.filesystem import BeamIOError, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline import progress
+from pipeline.choices import FORMATS
 from pipeline.dead_letters import (
     REASON_BAD_FIELD_COUNT,
     REASON_INVALID_JSON,
@@ -57,7 +58,6 @@ from pipeline.dead_letters import (
 from pipeline.paths import UNREAD_COMPRESSIONS, escape_glob, gzip_problem, has_glob, split_compression
 from pipeline.preflight import PreflightError, json_objects_seen, refuse_one_file_twice
 
-FORMATS = ("parquet", "jsonl", "csv", "tsv")
 
 # Extension (lower case, without .zst or .gz) -> format.
 _EXTENSIONS = {
