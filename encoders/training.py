@@ -35,6 +35,16 @@ def length_grouped_batches(lengths: Sequence[int], batch_size: int, rng: random.
     return batches
 
 
+def seed_everything(seed: int) -> None:
+    """Python's, numpy's and torch's global generators from one seed: a training run's
+    initialisation, dropout and batch order repeat."""
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
 def make_adamw(groups: Iterable[tuple[NamedParameters, float]], weight_decay: float) -> torch.optim.Optimizer:
     """AdamW as in BERT (DiPair 4.4): eps 1e-6, no weight decay on biases and LayerNorm weights
     (parameters of fewer than 2 dimensions); one learning rate per group of (name, parameter)s.

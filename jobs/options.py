@@ -90,7 +90,9 @@ def click_option(field: dataclasses.Field, flag: Flag) -> Callable:
     if flag.parse is not None:       # the text is parsed into the value (None: the field's default)
         return click.option(name, field.name, default=None, callback=_parsed(flag.parse), **kwargs)
     kind = click.Choice(flag.choices) if flag.choices else Number(flag.range) if flag.range else None
-    return click.option(name, field.name, type=kind, default=() if flag.multiple else default,
+    if not flag.required:    # click counts any default given, even None, as the flag given
+        kwargs["default"] = () if flag.multiple else default
+    return click.option(name, field.name, type=kind,
                         show_default=flag.show_default and default is not None and not flag.multiple, **kwargs)
 
 

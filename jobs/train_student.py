@@ -141,6 +141,7 @@ def train(job: TrainStudentJob, argv: list[str] | None = None) -> tuple[RunSumma
     from encoders.device import pick_device
     from encoders.distill import Examples, Trainer, check_encoder, loss_floor, plan_stages, resolve_task
     from encoders.frozen_states import FrozenStates
+    from encoders.training import seed_everything
     from encoders.inference import Pairs
     from encoders.metrics import MAIN_METRIC
     from heads import build_head
@@ -178,9 +179,7 @@ def train(job: TrainStudentJob, argv: list[str] | None = None) -> tuple[RunSumma
                              "--cache-dir": [job.cache_dir]})
 
     started = run_started()
-    random.seed(job.seed)
-    np.random.seed(job.seed)
-    torch.manual_seed(job.seed)
+    seed_everything(job.seed)
     data = read_distillation_set(distill_files, columns, soft_col, logit_col, num_outputs, task,
                                  job.human_label_col, job.limit)
     if job.dev_group_col:

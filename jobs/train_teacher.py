@@ -11,7 +11,6 @@ training (``encoders/teacher_config.py``), the output and the run (``pipeline/se
 """
 from __future__ import annotations
 
-import random
 import sys
 import time
 from dataclasses import dataclass
@@ -98,6 +97,7 @@ def run(job: TrainTeacherJob, argv: list[str] | None = None) -> RunSummary:
     from encoders.metrics import MAIN_METRIC
     from encoders.teacher import build_teacher, load_teacher, save_teacher
     from encoders.teacher_training import fit_teacher
+    from encoders.training import seed_everything
     from pipeline.datasets import read_labeled_pairs, training_examples
     from pipeline.dead_letters import check_dead_letter_limit, count_reasons
     from pipeline.outputs import local_path_or_none, open_output, write_dead_letter_file
@@ -112,9 +112,7 @@ def run(job: TrainTeacherJob, argv: list[str] | None = None) -> RunSummary:
     splits = {"train": expand_inputs(job.train, job.format), "dev": expand_inputs(job.dev, job.format)}
     for files in splits.values():
         check_columns(files, [*columns.required(), job.label_col])
-    random.seed(job.seed)
-    np.random.seed(job.seed)
-    torch.manual_seed(job.seed)
+    seed_everything(job.seed)
     teacher = build_teacher(job.base, task, seed=job.seed).to(device)
     out = open_output(job.output, job=JOB_NAME, overwrite=job.overwrite,
                       reads={"--train": job.train, "--dev": job.dev, "--base": [local_path_or_none(job.base)]})

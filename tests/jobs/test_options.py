@@ -57,3 +57,27 @@ def test_the_command_line_and_the_library_refuse_a_value_with_the_same_line(flag
         check_settings(TrainStudentJob(**REQUIRED, **{field: kind(float(value))}))
     assert line == f"error: {refused.value}"
     assert flag_name(TrainStudentJob.__dataclass_fields__[field]) == flag
+
+
+def test_progress_reaches_the_trainer_as_a_callback_and_quiet_or_no_progress_draws_nothing(capsys):
+    """--progress is the run's concern, not the distillation's: the job hands the library a bar
+    factory (encoders/progress.py), or None."""
+    from encoders.progress import open_bar
+
+    assert "progress" not in {f.name for f in dataclasses.fields(DistillConfig)}
+    assert TrainStudentJob(**REQUIRED, quiet=True).bars() is None
+    assert TrainStudentJob(**REQUIRED, progress=False).bars() is None
+    open_bar(None, 10, "silent", "pair").update(10)
+    bar = open_bar(TrainStudentJob(**REQUIRED).bars(), 10, "stage 1", "pair")
+    bar.update(10)
+    bar.close()
+    err = capsys.readouterr().err
+    assert "stage 1" in err and "10/10" in err and "silent" not in err
+
+
+@pytest.mark.parametrize("missing", ["--distill", "--dev", "--output", "--head"])
+def test_a_required_flag_left_out_is_named_before_anything_runs(missing):
+    given = {"--distill": "d", "--dev": "v", "--output": "o", "--head": "dipair"}
+    args = [a for flag, value in given.items() if flag != missing for a in (flag, value)]
+    result = CliRunner().invoke(train_student.main, args)
+    assert result.exit_code == 2 and f"Missing option '{missing}'" in result.output
