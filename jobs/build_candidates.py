@@ -130,7 +130,8 @@ def run(job: BuildCandidatesJob, argv: list[str] | None = None) -> RunSummary:
     from encoders.neighbours import embed_texts, sample_random, top_k_neighbours
     from pipeline.datasets import read_text_pool, write_candidates
     from pipeline.dead_letters import check_dead_letter_limit
-    from pipeline.outputs import local_path_or_none, open_output, write_dead_letter_file
+    from pipeline.output.commit import open_output, write_dead_letter_file
+    from pipeline.output.paths import local_path_or_none
     from pipeline.readers import check_columns, expand_inputs
     from pipeline.store import STORE_FILE_PREFIX, STORE_FILE_SUFFIX
     from pipeline.summary import RunSummary

@@ -139,12 +139,12 @@ def preflight(ctx: click.Context, job: str, flags: dict) -> None:
 
 
 def abort_output_on_failure(run: Callable) -> Callable:
-    """``pipeline.outputs.abort_output_on_failure`` around a job's ``run``, imported only when the
+    """``pipeline.output.guard.abort_output_on_failure`` around a job's ``run``, imported only when the
     job runs (a job module stays light at import): an output the run opened is aborted if it
     raises, Ctrl-C and SIGTERM included."""
     @functools.wraps(run)
     def wrapper(*args, **kwargs):
-        from pipeline.outputs import abort_output_on_failure as guarded
+        from pipeline.output.guard import abort_output_on_failure as guarded
         return guarded(run)(*args, **kwargs)
     return wrapper
 
@@ -221,17 +221,22 @@ def run_job(job: Callable[[], str], *, name: str, quiet: bool = False, verbose: 
     from pipeline import progress, stderr
     from pipeline.beam import watchdog
     from pipeline.errors import EXIT_BUG, EXIT_REFUSED, EXIT_USAGE, refusal_in
+    from pipeline.output.guard import RunGuard
 
     global _run_started
     _run_started = PROCESS_STARTED if _from_process_start else time.time()
     stderr.configure_logging(verbose)
     stderr.quiet_one_line_error_logs(verbose)
+    # This run's outputs and interrupts: the job's guarded ``run`` records them in it.
+    guard = RunGuard()
     with contextlib.ExitStack() as stack:
+        stack.enter_context(guard.current())
         # Multi-process workers write to this process's stderr: their progress records and
         # start-up logs go through a filter (the logs stay with --verbose).
         collect = _multi_process(beam_args)
-        stream, drain = (stack.enter_context(stderr.through_worker_filter(drop_logs=not verbose)) if collect
-                         else (None, lambda: None))
+        stream, drain = (stack.enter_context(stderr.through_worker_filter(drop_logs=not verbose,
+                                                                          interrupted=guard.interrupted))
+                         if collect else (None, lambda: None))
         progress.start(name, quiet=quiet, started=_run_started, stream=stream, collect_workers=collect)
         stop_watching = watchdog.watch(stall_seconds, progress.counted)
         try:
@@ -260,7 +265,7 @@ def run_job(job: Callable[[], str], *, name: str, quiet: bool = False, verbose: 
                 sys.exit(EXIT_REFUSED)
             # Ctrl-C, SIGTERM and a full disk: one line (and 130 / 143 for the signals), no
             # traceback; anything else is a bug: its traceback, then a line saying so, exit 1.
-            failure = _one_line_failure(err)
+            failure = guard.one_line_failure(err)
             if failure is None:
                 if not isinstance(err, Exception):
                     raise                     # SystemExit and the like: not ours to report
@@ -278,15 +283,3 @@ def run_job(job: Callable[[], str], *, name: str, quiet: bool = False, verbose: 
             progress.stop()
             _run_started = None
     click.echo(report)
-
-
-def _one_line_failure(err: BaseException) -> tuple[str, int] | None:
-    """(line, exit status) for an interrupt or a full disk (pipeline.outputs.one_line_failure);
-    None for an error that keeps its traceback. A Ctrl-C before the job had imported its
-    modules (so before it opened its output) has touched nothing."""
-    outputs = sys.modules.get("pipeline.outputs")
-    if outputs is not None:
-        return outputs.one_line_failure(err)
-    if isinstance(err, KeyboardInterrupt):
-        return "interrupted: nothing committed", 130
-    return None

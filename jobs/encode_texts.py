@@ -19,7 +19,7 @@ from jobs.engines import check_engine, engine_options
 
 if TYPE_CHECKING:  # annotations only: the imports run inside the functions
     from encoders.checkpoint import Student
-    from pipeline.outputs import OutputDir
+    from pipeline.output.commit import OutputDir
     from pipeline.store import StoreLayout
     from pipeline.summary import RunSummary
 
@@ -156,7 +156,7 @@ def run(job: EncodeTextsJob, beam_args: list[str], argv: list[str] | None = None
 
 def open_job_output(job: EncodeTextsJob) -> OutputDir:
     """``--output`` opened for this run (pipeline/outputs.py: checked, locked, staged)."""
-    from pipeline.outputs import open_output
+    from pipeline.output.commit import open_output
 
     return open_output(job.output, job=JOB_NAME, overwrite=job.overwrite,
                        reads={"--input": job.inputs, "--model": [job.model_dir]})
@@ -203,7 +203,7 @@ def run_on_spark(job: EncodeTextsJob, student: Student, layout: StoreLayout, fil
                  argv: list[str] | None) -> RunSummary:
     """``--engine spark``: the same run on Spark (pipeline/spark/stores.py), committed as Beam's is."""
     from jobs.engines import parse_spark_conf
-    from pipeline.outputs import DEAD_LETTER_DIR
+    from pipeline.output.layout import DEAD_LETTER_DIR
     from pipeline.provenance import table_metadata
     from pipeline.spark.session import spark_session, thread_plan
     from pipeline.spark.steps import SparkRun

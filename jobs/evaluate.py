@@ -11,7 +11,7 @@ the models, and its pairs/s on this machine. ``--group-col qid`` also ranks each
 metric(A) - metric(B) with a 95% paired-bootstrap interval (``encoders/evaluation.py``).
 Writes ``DIR/report.md`` with PNG plots (``report.py``), ``DIR/metrics.json``,
 ``DIR/scores.parquet`` (every model's score per pair, and its query with ``--group-col``),
-``DIR/_dead_letter/``, ``DIR/_SUMMARY.json`` and ``DIR/_SUCCESS``, committed at the end (pipeline/outputs.py).
+``DIR/_dead_letter/``, ``DIR/_SUMMARY.json`` and ``DIR/_SUCCESS``, committed at the end (pipeline/output/).
 
 Speed, and its regime: a teacher reads every pair whole, so its cost is per pair. A student
 encodes each unique text once and runs its head per pair, so its pairs/s depends on how many
@@ -147,7 +147,8 @@ def run(job: EvaluateJob, argv: list[str] | None = None) -> RunSummary:
     from encoders.inference import Pairs
     from pipeline.datasets import read_labeled_pairs
     from pipeline.dead_letters import check_dead_letter_limit, count_reasons
-    from pipeline.outputs import local_path_or_none, open_output, write_dead_letter_file
+    from pipeline.output.commit import open_output, write_dead_letter_file
+    from pipeline.output.paths import local_path_or_none
     from pipeline.pairs import TextPairColumns
     from pipeline.readers import check_columns, expand_inputs
     from pipeline.report import EVALUATED_SCORES, write_metrics, write_report, write_scores

@@ -162,7 +162,7 @@ def run(job: LabelPairsJob, beam_args: list[str], argv: list[str] | None = None)
     from pipeline.beam.runner import make_pipeline, run_to_end, thread_plan, validate_beam_args
     from pipeline.beam.writes import WriteDeadLetters
     from pipeline.datasets import DistillationManifest, distillation_schema, schema_columns
-    from pipeline.outputs import open_output
+    from pipeline.output.commit import open_output
     from pipeline.paths import escape_glob
     from pipeline.pairs import TextPairColumns, kept_fields
     from pipeline.readers import check_columns, expand_inputs, expect_inputs, worker_path

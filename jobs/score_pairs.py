@@ -416,7 +416,7 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
 
 def open_job_output(job: ScorePairsJob):
     """``--output`` opened for this run (pipeline/outputs.py: checked, locked, staged)."""
-    from pipeline.outputs import open_output
+    from pipeline.output.commit import open_output
 
     return open_output(job.output, job=JOB_NAME, overwrite=job.overwrite,
                        reads={"--pairs": job.pairs, "--left-texts": job.left_texts, "--right-texts": job.right_texts,
@@ -473,7 +473,7 @@ def run_on_spark(job: ScorePairsJob, student: Student, plans: dict[str, SidePlan
     ``sizes``: (stores' size bound, pair rows), which size the bucketed join's buckets."""
     from encoders.config import SIDES
     from jobs.engines import parse_spark_conf
-    from pipeline.outputs import DEAD_LETTER_DIR
+    from pipeline.output.layout import DEAD_LETTER_DIR
     from pipeline.provenance import table_metadata
     from pipeline.spark.score import SparkScoreSettings, SparkSide, execute_score
     from pipeline.spark.session import spark_session, task_slots, thread_plan

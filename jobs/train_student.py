@@ -148,7 +148,8 @@ def train(job: TrainStudentJob, argv: list[str] | None = None) -> tuple[RunSumma
     from pipeline.datasets import (check_human_label_column, distillation_columns, distillation_task, first_width,
                                    read_distillation_set, read_labeled_pairs)
     from pipeline.dead_letters import check_dead_letter_limit, count_reasons, describe_reasons
-    from pipeline.outputs import local_path_or_none, open_output, write_dead_letter_file
+    from pipeline.output.commit import open_output, write_dead_letter_file
+    from pipeline.output.paths import local_path_or_none
     from pipeline.pairs import TextPairColumns
     from pipeline.readers import check_columns, expand_inputs
     from pipeline.summary import RunSummary

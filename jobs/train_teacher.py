@@ -100,7 +100,8 @@ def run(job: TrainTeacherJob, argv: list[str] | None = None) -> RunSummary:
     from encoders.training import seed_everything
     from pipeline.datasets import read_labeled_pairs, training_examples
     from pipeline.dead_letters import check_dead_letter_limit, count_reasons
-    from pipeline.outputs import local_path_or_none, open_output, write_dead_letter_file
+    from pipeline.output.commit import open_output, write_dead_letter_file
+    from pipeline.output.paths import local_path_or_none
     from pipeline.pairs import TextPairColumns
     from pipeline.readers import check_columns, expand_inputs
     from pipeline.summary import RunSummary

@@ -6,6 +6,11 @@ The same code runs on CPU and on CUDA; what differs is only where the bytes go:
   are made **resident** on the device once when they fit (:class:`DeviceRows`, in the stored
   dtype: float16 or int8, half or a quarter of float32); then only the pairs' row indices cross
   the bus and the gather runs on the device.
+* On the CPU (the host *is* the device) such a store is instead **decoded once** to float32
+  (:class:`DecodedRows`) when the decoded rows fit :data:`DECODED_LIMIT_BYTES`: a batch is then
+  one gather of float32 rows and no conversion. Converting every pair's rows from float16 (or
+  int8) per batch was a third of stage two's CPU time with a cheap head (docs/benchmarks.md), and
+  a pair's rows are read many times when pairs outnumber texts, as they do in a broadcast join.
 * Otherwise rows are gathered on the host into a **pool of reusable buffers**
   (:class:`HostBuffers`; page-locked on CUDA so the copy is asynchronous), never a new (pinned)
   allocation per batch, and copied in the stored dtype.
@@ -30,6 +35,10 @@ from pipeline.store_codec import SideArrays, dequantize, token_mask
 # A store is made resident only while it takes at most this share of the device's free memory:
 # the rest is for the head's activations at the batch size asked for.
 RESIDENT_SHARE = 0.5
+# On the CPU, both stores' rows decoded to float32 (twice a float16 store's bytes, four times an
+# int8 one's) are kept only up to this size per scorer (one per worker process); beyond it every
+# batch decodes the rows it gathered, as on the plain path.
+DECODED_LIMIT_BYTES = 1 << 30
 _FIELDS = ("tokens", "scales", "num_tokens", "pooled")
 
 
@@ -90,18 +99,64 @@ class DeviceRows:
     tokens (R, N, D) float16/int8, scales (R,) float32 or None, num_tokens (R,), pooled (R, H) or None.
     """
 
-    def __init__(self, torch, arrays: SideArrays, device: str):
+    def __init__(self, torch, arrays: SideArrays, device: str, reads_tokens: bool = True):
         self.arrays = arrays   # kept, so that the id this is cached under stays theirs
+        fields = arrays if reads_tokens else arrays._replace(tokens=None)
         self.tensors = {name: None if value is None else _as_tensor(torch, np.ascontiguousarray(value)).to(device)
-                        for name, value in zip(_FIELDS, arrays)}
+                        for name, value in zip(_FIELDS, fields)}
 
     def take(self, rows) -> dict:
         """(B,) int64 row indices on the device -> field -> (B, ...) tensors on the device."""
         return {name: None if value is None else value.index_select(0, rows) for name, value in self.tensors.items()}
 
 
-def resident_bytes(arrays: SideArrays) -> int:
-    return sum(value.nbytes for value in arrays if value is not None)
+def resident_bytes(arrays: SideArrays, reads_tokens: bool = True) -> int:
+    """Bytes of a store's arrays held resident (without its tokens for a head that reads none)."""
+    fields = arrays if reads_tokens else arrays._replace(tokens=None)
+    return sum(value.nbytes for value in fields if value is not None)
+
+
+def decoded_bytes(arrays: SideArrays, reads_tokens: bool) -> int:
+    """Bytes of a store's rows decoded for the head: tokens (R, N, D) float32 and mask (R, N) bool
+    when the head reads tokens, pooled (R, H) float32 when kept."""
+    rows = len(arrays.num_tokens)
+    tokens = 0
+    if reads_tokens and arrays.tokens is not None:
+        kept, dim = arrays.tokens.shape[1:]
+        tokens = rows * kept * (4 * dim + 1)
+    pooled = 0 if arrays.pooled is None else rows * arrays.pooled.shape[1] * 4
+    return tokens + pooled
+
+
+class DecodedRows:
+    """A store's rows decoded once on the CPU, gathered per batch into reusable buffers.
+
+    decoded: tokens (R, N, D) float32, mask (R, N) bool, pooled (R, H) float32 or None (CPU
+    tensors); for a head that reads no tokens, tokens and mask are placeholders expanded from one
+    row (no memory), handed on expanded to the batch.
+    """
+
+    def __init__(self, arrays: SideArrays, decoded: tuple, placeholder: bool):
+        self.arrays = arrays   # kept, so that the id this is cached under stays theirs
+        self.decoded = decoded
+        self.placeholder = placeholder
+
+    def take(self, rows: np.ndarray, buffers: HostBuffers, slot: int, side_name: str) -> tuple:
+        """(B,) row indices -> (tokens (B, N, D) float32, mask (B, N) bool, pooled (B, H) float32 or None)."""
+        out = []
+        for name, value in zip(("tokens", "mask", "pooled"), self.decoded):
+            if value is None:
+                out.append(None)
+            elif self.placeholder and name != "pooled":
+                out.append(value[:1].expand(len(rows), *value.shape[1:]))
+            else:
+                source = value.numpy()
+                target, tensor = buffers.buffer(slot, f"{side_name}.{name}", len(rows), source)
+                # numpy's take into ``out`` (mode="clip": no temporary) measured faster than
+                # torch.index_select here.
+                np.take(source, rows, axis=0, out=target, mode="clip")
+                out.append(tensor)
+        return tuple(out)
 
 
 class HeadScorer:
@@ -113,7 +168,8 @@ class HeadScorer:
 
     Options: ``resident`` (None: on CUDA when both stores take at most :data:`RESIDENT_SHARE` of
     the free memory; never on CPU, where the host *is* the device and the pool's gather is the
-    one copy); ``pin`` (None: on CUDA); ``mixed_precision`` (bf16 autocast on CUDA, as
+    one copy); ``decode_once`` (None: on CPU when both stores' decoded rows take at most
+    :data:`DECODED_LIMIT_BYTES`; :class:`DecodedRows`); ``pin`` (None: on CUDA); ``mixed_precision`` (bf16 autocast on CUDA, as
     ``encoders/device.py`` decides; False: fp32). Opt-in speed-ups of the head itself
     (``score_pairs --compile``, ``--head-quantize int8``): ``compile`` runs it through
     ``torch.compile`` (the heads trace without a graph break); ``quantize="int8"`` replaces its
@@ -123,7 +179,7 @@ class HeadScorer:
 
     def __init__(self, student, device: str = "cpu", batch_size: int = 8192, *, compile: bool = False,
                  quantize: str | None = None, mixed_precision: bool = True, resident: bool | None = None,
-                 pin: bool | None = None):
+                 pin: bool | None = None, decode_once: bool | None = None):
         import torch
         from encoders.device import run_head  # torch: imported where a scorer is made, not with this module
 
@@ -149,6 +205,8 @@ class HeadScorer:
         self.buffers = HostBuffers(torch, pin=cuda if pin is None else pin)
         self.resident = resident
         self._resident_stores: dict[int, DeviceRows] = {}
+        self.decode_once = decode_once
+        self._decoded_stores: dict[int, DecodedRows] = {}
         self._copy_stream = torch.cuda.Stream(device) if cuda else None
 
     # ----------------------------------------------------------------- entry points
@@ -166,9 +224,16 @@ class HeadScorer:
     def score_rows(self, left: SideArrays, left_rows: np.ndarray, right: SideArrays,
                    right_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Stores' arrays (R rows each) and the B pairs' rows in them -> as :meth:`score`."""
+        decoded = self._decoded_pair(left, right)
+        if decoded is not None:
+            def feed(start: int, stop: int):
+                slot = self.buffers.next_slot()
+                return {side_name: store.take(rows[start:stop], self.buffers, slot, side_name)
+                        for side_name, store, rows in (("left", decoded[0], left_rows), ("right", decoded[1], right_rows))}
+            return self._run(len(left_rows), feed)
+        stores = self._resident_pair(left, right)
         if not self.reads_tokens:
             left, right = left._replace(tokens=None), right._replace(tokens=None)
-        stores = self._resident_pair(left, right)
         if stores is None:
             def feed(start: int, stop: int):
                 fields = {}
@@ -202,6 +267,29 @@ class HeadScorer:
 
     # ----------------------------------------------------------------- the parts
 
+    def _decoded_pair(self, left: SideArrays, right: SideArrays) -> tuple[DecodedRows, DecodedRows] | None:
+        """Both stores decoded on the CPU, on first use; None on CUDA or when they do not fit."""
+        if self._copy_stream is not None or self.torch.device(self.device).type != "cpu":
+            return None
+        decode = self.decode_once
+        if decode is None:
+            needed = decoded_bytes(left, self.reads_tokens) + decoded_bytes(right, self.reads_tokens)
+            decode = needed <= DECODED_LIMIT_BYTES
+        if not decode:
+            return None
+        pair = []
+        for side_name, arrays in (("left", left), ("right", right)):
+            key = id(arrays)
+            held = self._decoded_stores.get(key)
+            if held is None or held.arrays is not arrays:
+                fields = arrays if self.reads_tokens else arrays._replace(tokens=None)
+                values = {name: None if value is None else _as_tensor(self.torch, np.ascontiguousarray(value))
+                          for name, value in zip(_FIELDS, fields)}
+                held = self._decoded_stores[key] = DecodedRows(arrays, self._decode(values, side_name),
+                                                               placeholder=not self.reads_tokens)
+            pair.append(held)
+        return pair[0], pair[1]
+
     def _resident_pair(self, left: SideArrays, right: SideArrays) -> tuple[DeviceRows, DeviceRows] | None:
         """Both stores on the device, uploaded on first use; None when they stay on the host."""
         resident = self.resident
@@ -209,14 +297,15 @@ class HeadScorer:
             if self._copy_stream is None:
                 return None
             free, _ = self.torch.cuda.mem_get_info(self.device)
-            resident = resident_bytes(left) + resident_bytes(right) <= RESIDENT_SHARE * free
+            needed = resident_bytes(left, self.reads_tokens) + resident_bytes(right, self.reads_tokens)
+            resident = needed <= RESIDENT_SHARE * free
         if not resident:
             return None
         pair = []
         for arrays in (left, right):
             key = id(arrays)
             if key not in self._resident_stores or self._resident_stores[key].arrays is not arrays:
-                self._resident_stores[key] = DeviceRows(self.torch, arrays, self.device)
+                self._resident_stores[key] = DeviceRows(self.torch, arrays, self.device, self.reads_tokens)
             pair.append(self._resident_stores[key])
         return pair[0], pair[1]
 

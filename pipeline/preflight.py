@@ -28,7 +28,8 @@ import json
 import os
 from typing import IO, Mapping, Sequence
 
-from pipeline.lock import LockHolder, in_use, parse_lock
+from pipeline.output.layout import LOCK_FILE, STAGING_PREFIX, SUCCESS_FILE, SUMMARY_FILE
+from pipeline.output.lock import LockHolder, in_use, parse_lock
 from pipeline.paths import gzip_problem, split_compression
 
 # Extension -> format, as pipeline.readers reads them (``.zst`` or ``.gz`` may follow a text format).
@@ -231,7 +232,7 @@ def _read_up_to(stream: IO[bytes], size: int) -> bytes:
 
 def check_output(output: str, overwrite: bool) -> None:
     """A local ``--output`` that is a file, or that holds anything (a stale ``_LOCK`` aside)
-    without ``--overwrite``, is refused as ``pipeline.outputs.open_output`` refuses it."""
+    without ``--overwrite``, is refused as ``pipeline.output.commit.open_output`` refuses it."""
     if _is_remote(output) or not os.path.exists(output):
         return
     if not os.path.isdir(output):
@@ -263,9 +264,6 @@ def _live_holder(lock: str) -> LockHolder | None:
     return None if holder.is_dead() else holder
 
 
-# What pipeline.outputs commits beside a training job's checkpoint (SUMMARY_FILE, SUCCESS_FILE,
-# STAGING_PREFIX, LOCK_FILE; spelled here because that module imports Beam; a test checks they agree).
-SUMMARY_FILE, SUCCESS_FILE, STAGING_PREFIX, LOCK_FILE = "_SUMMARY.json", "_SUCCESS", "_temporary-", "_LOCK"
 # What a teacher checkpoint must hold to load (encoders.teacher.load_teacher: safetensors weights only, a
 # tokenizer), and the files any one of which gives a tokenizer.
 _TEACHER_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")

@@ -48,7 +48,7 @@ class PairData:
 
 @dataclass(frozen=True, kw_only=True)
 class Output:
-    """Where a job commits (pipeline/outputs.py): a literal directory, replaced only with
+    """Where a job commits (pipeline/output/): a literal directory, replaced only with
     --overwrite, refused when too many rows were dead-lettered."""
     output: str = setting(help="Directory to create." + LITERAL_OUTPUT, metavar="DIR", required=True)
     overwrite: bool = setting(False, OVERWRITE_HELP, switch=True)

@@ -130,13 +130,17 @@ _RECORD_PREFIX = progress.RECORD_PREFIX.encode("utf-8")
 
 
 @contextlib.contextmanager
-def through_worker_filter(drop_logs: bool = True) -> Iterator[tuple[TextIO, Callable[[], None]]]:
+def through_worker_filter(drop_logs: bool = True, interrupted: Callable[[], bool] = lambda: False
+                          ) -> Iterator[tuple[TextIO, Callable[[], None]]]:
     """Route file descriptor 2 (inherited by Beam's worker processes) through a thread that takes
     the workers' progress records (pipeline/progress.py adds them to this process's line), drops
     the workers' start-up log lines unless ``drop_logs`` is False (--verbose), and passes every
     other line on, above the live progress line. Yields a stream on the real stderr for the
     progress line (which redraws in place, so it bypasses the line filter) and ``drain()``, which
-    ends the filtering once everything written so far (the workers' last records) is through."""
+    ends the filtering once everything written so far (the workers' last records) is through.
+    ``interrupted``: whether a Ctrl-C or SIGTERM is ending the run (the run guard's, from the
+    runner: ``pipeline.output.guard.RunGuard.interrupted``); the workers then die of it, and
+    whatever they print is dropped, the job's one line says it."""
     sys.stderr.flush()
     try:
         real = os.dup(2)
@@ -152,7 +156,7 @@ def through_worker_filter(drop_logs: bool = True) -> Iterator[tuple[TextIO, Call
         with os.fdopen(read_end, "rb", buffering=0) as source:
             while chunk := source.read(65536):
                 *lines, pending = (pending + chunk).split(b"\n")
-                if _interrupted():   # workers dying of the same Ctrl-C: the job's one line says it
+                if interrupted():   # workers dying of the same Ctrl-C: the job's one line says it
                     continue
                 kept = b"".join(line + b"\n" for line in lines if keep(line))
                 if kept:
@@ -182,12 +186,6 @@ def through_worker_filter(drop_logs: bool = True) -> Iterator[tuple[TextIO, Call
         drain()
         stream.close()
         os.close(real)
-
-
-def _interrupted() -> bool:
-    """Whether a Ctrl-C or SIGTERM is ending the run (pipeline.outputs, once a job imported it)."""
-    outputs = sys.modules.get("pipeline.outputs")
-    return outputs is not None and outputs.interrupted()
 
 
 class _OneLineErrorLogFilter(logging.Filter):

@@ -526,7 +526,7 @@ def write_manifest(store_dir: str, *, model_fingerprint: str, encoder: str, layo
     weight fingerprint and file fingerprint (None for a model without files: the baseline).
 
     Jobs call it on their staging directory only after the run's counts reconcile; the commit
-    (pipeline/outputs.py) moves it into place after the part files, so a store with a manifest
+    (pipeline/output/commit.py) moves it into place after the part files, so a store with a manifest
     is always complete."""
     files = store_files(store_dir)
     proofs = []

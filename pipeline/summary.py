@@ -2,7 +2,7 @@
 counters, ``pipeline.beam.counters.read_counters``).
 
 A job builds a :class:`RunSummary` once its counts reconcile and hands it to
-``OutputDir.commit`` (pipeline/outputs.py), which fills in ``files`` and writes
+``OutputDir.commit`` (pipeline/output/commit.py), which fills in ``files`` and writes
 ``_SUMMARY.json`` as part of the commit; nothing else writes it."""
 from __future__ import annotations
 

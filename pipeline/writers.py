@@ -5,7 +5,7 @@ installed (the Beam jobs' clients and credentials) and through pyarrow's filesys
 
 Beam pipelines write their Parquet with ``pipeline/beam/writes.py``; everything else (Spark's part
 files, dead letters of the jobs without Beam, candidates, evaluation scores, store and
-distillation manifests) comes here. ``pipeline/outputs.py`` then commits the staging directory.
+distillation manifests) comes here. ``pipeline/output/`` then commits the staging directory.
 """
 from __future__ import annotations
 

@@ -142,7 +142,8 @@ def test_the_adapter_rule_catches_a_crossing_import(monkeypatch):
                                   "(engine adapters do not import each other)"]
 
 
-@pytest.mark.parametrize("package", ["encoders", "pipeline", "pipeline.beam", "pipeline.spark", "jobs"])
+@pytest.mark.parametrize("package", ["encoders", "pipeline", "pipeline.beam", "pipeline.spark", "pipeline.output",
+                                     "jobs"])
 def test_package_inits_are_light(package):
     """heads/__init__.py is the head registry itself (torch), and stays as it is."""
     init = ROOT / Path(*package.split(".")) / "__init__.py"
@@ -194,6 +195,6 @@ def test_the_rule_test_catches_an_upward_import(tmp_path, monkeypatch):
 
     def with_upward(path, top_level_only=False):
         found = original(path, top_level_only)
-        return found + [("pipeline.outputs", 1)] if path == fake else found
+        return found + [("pipeline.output.commit", 1)] if path == fake else found
     monkeypatch.setitem(globals(), "imports_of", with_upward)
-    assert upward_imports() == ["encoders.checkpoint:1 imports pipeline.outputs (pipeline is above encoders)"]
+    assert upward_imports() == ["encoders.checkpoint:1 imports pipeline.output.commit (pipeline is above encoders)"]

@@ -146,7 +146,7 @@ def leave_ctrl_c_to_this_process() -> None:
     A Ctrl-C at a terminal goes to every process of the foreground process group, Beam's workers
     included: each died of it with its own KeyboardInterrupt traceback, often before this
     process had even seen the signal. Ignored, it reaches only this process, which ends the
-    workers itself (``pipeline.outputs``: SIGTERM to every process below it) and prints its one
+    workers itself (``pipeline.output.guard``: SIGTERM to every process below it) and prints its one
     line. The workers stay in this process group, so a signal a scheduler sends to the whole
     group (SIGTERM, SIGKILL) still reaches them. Beam starts each worker as ``sh -c COMMAND``
     (``local_job_service.SubprocessSdkWorker``); the shell's ``trap '' INT`` ignores SIGINT for

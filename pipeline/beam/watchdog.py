@@ -130,7 +130,7 @@ def watch(seconds: float, progress: Callable[[], int], poll: float = 1.0) -> Cal
             # connected and been told to stop: without this the run hung there for ever, Stalled
             # never reaching the command line (--stall-timeout 2 on the multi-process runner).
             # End them as an interrupt does, and keep Beam from logging the exception.
-            from pipeline.outputs import end_worker_processes
+            from pipeline.output.guard import end_worker_processes
 
             logging.getLogger("apache_beam").setLevel(logging.CRITICAL + 1)
             end_worker_processes()

@@ -1,5 +1,5 @@
 """The Beam sinks: a store's part files and a run's dead letters, written as zstd Parquet into
-the staging directory of an output (``pipeline/outputs.py`` commits them), each file's footer
+the staging directory of an output (``pipeline/output/`` commits them), each file's footer
 carrying the run's provenance (``pipeline/provenance.py``)."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import WriteToParquet, WriteToParquetBatched
 
 from pipeline.dead_letters import DEAD_LETTER_SCHEMA, DeadLetter
-from pipeline.outputs import DEAD_LETTER_DIR
+from pipeline.output.layout import DEAD_LETTER_DIR
 from pipeline.provenance import stamped
 from pipeline.store import COMPRESSION, STORE_FILE_PREFIX, STORE_FILE_SUFFIX, StoreLayout
 

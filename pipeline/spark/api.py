@@ -181,7 +181,9 @@ def write_scores(scored: ScoredFrame, output: str, *, overwrite: bool = False, m
     More dead letters than ``max_dead_letter_fraction`` of the pairs (or every pair dead): nothing
     is committed (``pipeline.errors.DeadLetterLimit``), as with ``--max-dead-letter-fraction``."""
     from pipeline.dead_letters import check_dead_letter_limit
-    from pipeline.outputs import DEAD_LETTER_DIR, abort_output_on_failure, open_output
+    from pipeline.output.commit import open_output
+    from pipeline.output.guard import abort_output_on_failure
+    from pipeline.output.layout import DEAD_LETTER_DIR
     from pipeline.summary import RunSummary
 
     @abort_output_on_failure

@@ -285,7 +285,8 @@ def lock_of(pid, **changes) -> str:
 
 
 def test_a_lock_whose_pid_is_not_a_number_is_one_line_not_a_traceback(tmp_path):
-    from pipeline.outputs import OutputError, open_output
+    from pipeline.output.commit import open_output
+    from pipeline.output.layout import OutputError
 
     target = tmp_path / "out"
     target.mkdir()
@@ -296,7 +297,8 @@ def test_a_lock_whose_pid_is_not_a_number_is_one_line_not_a_traceback(tmp_path):
 
 
 def test_an_empty_staging_marker_does_not_make_a_users_folder_pairscores(tmp_path):
-    from pipeline.outputs import OutputError, open_output
+    from pipeline.output.commit import open_output
+    from pipeline.output.layout import OutputError
 
     target = tmp_path / "out"
     mine = target / "_temporary-mine"

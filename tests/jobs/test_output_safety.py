@@ -28,7 +28,8 @@ from jobs.encode_texts import EncodeTextsJob, run as run_encode_texts
 from jobs.label_pairs import LabelPairsJob, run as run_label_pairs
 from jobs.score_pairs import ScorePairsJob, run as run_score_pairs
 from jobs.train_teacher import TrainTeacherJob, run as run_train_teacher
-from pipeline import outputs, store
+from pipeline import store
+from pipeline.output import commit
 from pipeline.summary import RunSummary
 
 REPO = Path(__file__).resolve().parents[2]
@@ -190,7 +191,7 @@ def test_a_failed_training_run_leaves_no_model(tmp_path, tiny_encoder_dir, monke
 
     def fail(*args, **kwargs):
         raise OSError(5, "Input/output error")
-    monkeypatch.setattr(outputs, "write_dead_letter_file", fail)   # after the best epoch was saved
+    monkeypatch.setattr(commit, "write_dead_letter_file", fail)   # after the best epoch was saved
     with pytest.raises(OSError):
         run_train_teacher(TrainTeacherJob(train=(str(data),), dev=(str(data),), output=str(tmp_path / "t"),
                                           base=tiny_encoder_dir, epochs=1, batch_size=4, max_length=16,
@@ -323,7 +324,7 @@ def test_output_that_is_a_file_or_read_only_exits_2_in_one_line(tmp_path, tiny_c
 def test_second_run_on_a_locked_output_is_refused_naming_the_holder(tmp_path, tiny_checkpoint):
     texts = write_jsonl(tmp_path / "t.jsonl", [{"text": "a"}])
     out = tmp_path / "out"
-    code = ("import time\nfrom pipeline.outputs import open_output\n"
+    code = ("import time\nfrom pipeline.output.commit import open_output\n"
             f"open_output({str(out)!r}, job='score_pairs', overwrite=False)\nprint('locked', flush=True)\n"
             "time.sleep(3600)\n")
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
@@ -564,6 +565,22 @@ def test_ctrl_c_at_a_terminal_says_one_line_in_every_running_mode(tmp_path, tiny
     assert process.returncode == 130, stderr
     assert stderr == f"interrupted: nothing committed, {out} left as it was\n"
     assert snapshot(out) == before
+
+
+def test_ctrl_c_before_the_job_opened_its_output_is_one_line(capsys):
+    """A Ctrl-C while the job still imports its modules (before its guarded run took over the
+    signals) has touched nothing: one line and 130, not a traceback called a bug, also once the
+    output modules are imported (they were half-imported then: the run's one line came from them)."""
+    from jobs.common import run_job
+    from pipeline.output import commit  # noqa: F401 - imported, as a job that got that far has
+
+    def job() -> str:
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as ended:
+        run_job(job, name="encode_texts", quiet=True)
+    assert ended.value.code == 130
+    assert capsys.readouterr().err.strip().splitlines() == ["interrupted: nothing committed"]
 
 
 def test_a_full_disk_says_one_line_naming_the_file(tmp_path, tiny_checkpoint):

@@ -1,4 +1,4 @@
-"""The commit protocol of pipeline/outputs.py on its own (no models, no Beam pipeline): which
+"""The commit protocol of pipeline/output/ on its own (no models, no Beam pipeline): which
 ``--output`` is refused, the lock, the order of the commit, what a failure leaves behind, and
 atomic checkpoint directories."""
 from __future__ import annotations
@@ -12,9 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import outputs
-from pipeline.outputs import (LOCK_FILE, STAGING_PREFIX, SUCCESS_FILE, SUMMARY_FILE, OutputError,
-                              abort_output_on_failure, atomic_directory, check_no_overlap, open_output, read_lock)
+from apache_beam.io.filesystems import FileSystems
+
+from encoders.remote import atomic_directory
+from pipeline.output.commit import OutputDir, open_output
+from pipeline.output.guard import abort_output_on_failure
+from pipeline.output.layout import (COMMIT_PLAN, LOCK_FILE, STAGING_MARKER, STAGING_PREFIX, SUCCESS_FILE, SUMMARY_FILE,
+                                    OutputError)
+from pipeline.output.lock import read_lock
+from pipeline.output.paths import check_no_overlap
 from pipeline.store import MANIFEST_FILE
 from pipeline.summary import RunSummary
 
@@ -135,12 +141,12 @@ def test_a_new_output_is_staged_locked_and_committed_in_order(tmp_path, monkeypa
     assert Path(out.staging).is_dir() and Path(out.staging).name.startswith(STAGING_PREFIX)
     stage_a_store(out)
     moved = []
-    real_rename = outputs.FileSystems.rename
+    real_rename = FileSystems.rename
 
     def recording_rename(sources, targets):
         moved.extend(Path(t).relative_to(target).as_posix() for t in targets)
         return real_rename(sources, targets)
-    monkeypatch.setattr(outputs.FileSystems, "rename", recording_rename)
+    monkeypatch.setattr(FileSystems, "rename", recording_rename)
     summary = summary_for(target)
     out.commit(summary)
     # Data first, then the manifest, then the summary, then _SUCCESS: whatever a reader sees
@@ -321,7 +327,7 @@ def test_read_only_output_is_refused_in_one_line(read_only_dir):
 
 def hold_lock(target: Path) -> subprocess.Popen:
     """A real second process holding the lock on ``target`` (it waits until killed)."""
-    code = ("import sys, time\nfrom pipeline.outputs import open_output\n"
+    code = ("import sys, time\nfrom pipeline.output.commit import open_output\n"
             f"open_output({str(target)!r}, job='holder', overwrite=False)\n"
             "print('locked', flush=True)\ntime.sleep(3600)\n")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -347,7 +353,7 @@ def test_a_live_holder_blocks_and_a_dead_one_is_taken_over(tmp_path):
     assert read_lock(str(target)).pid == os.getpid()
     assert any(f"pid {holder.pid}" in note and "no longer running" in note for note in out.notes)
     staging = Path(out.staging).name
-    assert everything(target) == sorted([LOCK_FILE, staging, f"{staging}/{outputs.STAGING_MARKER}"])
+    assert everything(target) == sorted([LOCK_FILE, staging, f"{staging}/{STAGING_MARKER}"])
     out.abort()
 
 
@@ -371,17 +377,17 @@ def interrupt_commit(monkeypatch, step, when) -> None:
     """A signal at ``step`` of the commit: before that rename, or right after it (the rename
     done, nothing recorded yet). ``step`` "plan": while the commit plan is written."""
     if step == "plan":
-        real_write = outputs.OutputDir._write_staged
+        real_write = OutputDir._write_staged
 
         def write(self, rel, content):
-            if rel == outputs.COMMIT_PLAN:
+            if rel == COMMIT_PLAN:
                 if when == "after":
                     real_write(self, rel, content)
                 raise KeyboardInterrupt
             return real_write(self, rel, content)
-        monkeypatch.setattr(outputs.OutputDir, "_write_staged", write)
+        monkeypatch.setattr(OutputDir, "_write_staged", write)
         return
-    real_rename = outputs.FileSystems.rename
+    real_rename = FileSystems.rename
     calls = []
 
     def rename(sources, targets):
@@ -391,7 +397,7 @@ def interrupt_commit(monkeypatch, step, when) -> None:
         real_rename(sources, targets)
         if len(calls) - 1 == step and when == "after":
             raise KeyboardInterrupt
-    monkeypatch.setattr(outputs.FileSystems, "rename", rename)
+    monkeypatch.setattr(FileSystems, "rename", rename)
 
 
 def assert_old_or_new(target: Path, old: dict, committed: bool) -> None:
@@ -521,7 +527,7 @@ def test_summary_that_cannot_be_written_commits_nothing(tmp_path, monkeypatch):
 
 def test_a_commit_that_fails_half_way_is_undone(tmp_path, monkeypatch):
     target = tmp_path / "out"
-    real_rename = outputs.FileSystems.rename
+    real_rename = FileSystems.rename
     calls = []
 
     def rename_then_fail(sources, targets):
@@ -529,7 +535,7 @@ def test_a_commit_that_fails_half_way_is_undone(tmp_path, monkeypatch):
         if len(calls) == 3:
             raise OSError(5, "Input/output error")
         return real_rename(sources, targets)
-    monkeypatch.setattr(outputs.FileSystems, "rename", rename_then_fail)
+    monkeypatch.setattr(FileSystems, "rename", rename_then_fail)
 
     @abort_output_on_failure
     def run():
@@ -579,20 +585,3 @@ def test_a_failed_student_save_keeps_the_previous_checkpoint(tmp_path, tiny_stud
         save_student(build_student(tiny_student_config, seed=2), target)
     assert load_student(target).fingerprint == first.fingerprint
     assert sorted(p.name for p in tmp_path.iterdir()) == ["student"]
-
-
-@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="ending workers reads /proc (Linux)")
-def test_ending_the_workers_ends_beams_workers_and_spares_other_children():
-    """An interrupt or a stall ends Beam's worker processes so that the run can clean up; a library
-    caller's own children (a Spark session's JVM, say) live on."""
-    sleep = "import time; time.sleep(600)"
-    bystander = subprocess.Popen([sys.executable, "-c", sleep, "spark-jvm"])
-    worker = subprocess.Popen([sys.executable, "-c", sleep, "-m", "apache_beam.runners.worker.sdk_worker_main"])
-    try:
-        outputs.end_worker_processes()
-        assert worker.wait(timeout=600) == -15          # SIGTERM (the timeout only guards a hang)
-        assert bystander.poll() is None
-    finally:
-        for process in (bystander, worker):
-            process.kill()
-            process.wait()
