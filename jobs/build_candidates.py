@@ -30,8 +30,7 @@ from typing import TYPE_CHECKING
 from encoders.choices import DEVICES
 from encoders.config import DEFAULT_ENCODER
 from encoders.settings import NON_NEGATIVE_INT, POSITIVE_INT, SEED, Range, check_settings, setting
-from jobs.common import abort_output_on_failure, main_module, run_started
-from jobs.options import job_command
+from jobs.common import abort_output_on_failure, job_command, main_module, run_started
 from jobs.text_tables import side_column_options, side_columns
 from pipeline.choices import FORMATS
 from pipeline.settings import LITERAL_OUTPUT, Output, TrainingRun

@@ -14,20 +14,20 @@ import os
 import sys
 import time
 import traceback
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import click
 
 # The choices the flags offer: defined once, in the library's standard-library-only modules.
 from encoders.choices import DEVICES, STUDENT_LOSSES, TASKS, TEACHER_LOSSES  # noqa: F401
 from encoders.choices import TRAINABLE_HEADS as STUDENT_HEADS  # noqa: F401
+from encoders import settings as ranges
 from encoders.config import DEFAULT_ENCODER  # noqa: F401
 from jobs import PROCESS_STARTED
-from encoders import settings as ranges
 from jobs.options import (ARGV_KEY, BEAM_JOB_CONTEXT, PLAIN_JOB_CONTEXT, FlagValueError, JobCommand,  # noqa: F401
-                          Number, option_of)
-from pipeline.settings import LITERAL_OUTPUT, Engine, Output, Run
+                          Number, option_of, options)
 from pipeline.choices import DTYPES, FORMATS  # noqa: F401
+from pipeline.settings import LITERAL_OUTPUT, Engine, Output, Run
 
 
 # How paths are read (the CLI contract, "paths are literal"), said in every job's --help.
@@ -283,3 +283,27 @@ def run_job(job: Callable[[], str], *, name: str, quiet: bool = False, verbose: 
             progress.stop()
             _run_started = None
     click.echo(report)
+
+
+# --------------------------------------------------------------------------- a job's command
+
+def job_command(name: str, settings: type, report: Callable[[Any, list[str]], str], help: str,
+                extra: Callable | None = None) -> click.Command:
+    """A job's command: ``pairscore <name>`` with an option per declared field of ``settings``
+    (``extra``: a decorator adding undeclared ones). Running it builds ``settings`` from the flags
+    and, under the runner (``jobs.common.run_job``: progress, logging, one-line errors and exit
+    statuses), runs the pre-flight, then ``report(job, argv)``, and prints the summary it returns."""
+    def main(ctx: click.Context, **flags: Any) -> None:
+        job = settings(**flags)
+        run_job(functools.partial(_checked, ctx, job, report), name=ctx.command.name.replace("-", "_"),
+                quiet=job.quiet, verbose=job.verbose)
+
+    main.__doc__ = help
+    command = options(settings)((extra or (lambda f: f))(click.pass_context(main)))
+    return click.command(name, cls=JobCommand, context_settings=PLAIN_JOB_CONTEXT, help=help)(command)
+
+
+def _checked(ctx: click.Context, job: Any, report: Callable[[Any, list[str]], str]) -> str:
+    """The pre-flight (before the job's heavy imports), then the job's report."""
+    preflight(ctx, ctx.command.name.replace("-", "_"), vars(job))
+    return report(job, ctx.meta[ARGV_KEY])

@@ -33,8 +33,7 @@ import click
 
 from encoders.choices import DEVICES
 from encoders.settings import POSITIVE_INT, check_settings, setting
-from jobs.common import abort_output_on_failure, main_module, run_started
-from jobs.options import job_command
+from jobs.common import abort_output_on_failure, job_command, main_module, run_started
 from pipeline.settings import LITERAL_OUTPUT, Output, PairData, Run, parse_label_range
 
 if TYPE_CHECKING:  # annotations only: the imports run inside the functions

@@ -2,8 +2,9 @@
 
 A job's settings class inherits one dataclass per concern (``pipeline/settings.py``: data,
 output, run; ``encoders/config.py``: the student; ``encoders/distill_config.py``: distillation)
-and adds its own fields; :func:`job_command` turns every declared field into its click option,
-in the class's field order, so a flag is declared in one place::
+and adds its own fields; :func:`options` turns every declared field into its click option, in
+the class's field order (``jobs.common.job_command``: the whole command), so a flag is declared in
+one place::
 
     lr: float = setting(5e-4, "Peak learning rate of projection + head in stage 1.", range=LEARNING_RATE)
 
@@ -14,7 +15,6 @@ Click and the standard library only.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Callable
 
 import click
@@ -110,29 +110,3 @@ def options(settings: type) -> Callable:
             command = click_option(field, flag)(command)
         return command
     return decorate
-
-
-def job_command(name: str, settings: type, report: Callable[[Any, list[str]], str], help: str,
-                extra: Callable | None = None) -> click.Command:
-    """A job's command: ``pairscore <name>`` with an option per declared field of ``settings``
-    (``extra``: a decorator adding undeclared ones). Running it builds ``settings`` from the flags
-    and, under the runner (``jobs.common.run_job``: progress, logging, one-line errors and exit
-    statuses), runs the pre-flight, then ``report(job, argv)``, and prints the summary it returns."""
-    def main(ctx: click.Context, **flags: Any) -> None:
-        from jobs.common import run_job   # the runner; jobs/common.py imports this module
-
-        job = settings(**flags)
-        run_job(functools.partial(_checked, ctx, job, report), name=ctx.command.name.replace("-", "_"),
-                quiet=job.quiet, verbose=job.verbose)
-
-    main.__doc__ = help
-    command = options(settings)((extra or (lambda f: f))(click.pass_context(main)))
-    return click.command(name, cls=JobCommand, context_settings=PLAIN_JOB_CONTEXT, help=help)(command)
-
-
-def _checked(ctx: click.Context, job: Any, report: Callable[[Any, list[str]], str]) -> str:
-    """The pre-flight (before the job's heavy imports), then the job's report."""
-    from jobs.common import preflight
-
-    preflight(ctx, ctx.command.name.replace("-", "_"), vars(job))
-    return report(job, ctx.meta[ARGV_KEY])

@@ -39,8 +39,7 @@ from encoders.choices import DEVICES, TASKS, TRAINABLE_HEADS
 from encoders.config import StudentSettings
 from encoders.distill_config import DistillConfig
 from encoders.settings import POSITIVE_INT, check_settings, section, setting
-from jobs.common import abort_output_on_failure, main_module, refuse_non_finite, run_started
-from jobs.options import job_command
+from jobs.common import abort_output_on_failure, job_command, main_module, refuse_non_finite, run_started
 from pipeline.settings import LITERAL_OUTPUT, Output, PairData, TrainingRun, parse_label_range
 
 if TYPE_CHECKING:  # annotations only: the imports run inside the functions

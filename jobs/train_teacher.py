@@ -19,8 +19,7 @@ from typing import TYPE_CHECKING
 from encoders.choices import DEVICES, TASKS, TEACHER_LOSSES
 from encoders.settings import POSITIVE_INT, Range, check_settings, section, setting
 from encoders.teacher_config import TeacherTraining
-from jobs.common import abort_output_on_failure, main_module, refuse_non_finite, run_started
-from jobs.options import job_command
+from jobs.common import abort_output_on_failure, job_command, main_module, refuse_non_finite, run_started
 from pipeline.settings import LITERAL_OUTPUT, Output, PairData, TrainingRun, parse_label_range
 
 if TYPE_CHECKING:  # annotations only: the imports run inside the functions

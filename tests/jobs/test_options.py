@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from encoders.distill_config import DistillConfig
 from encoders.settings import Range, check_settings, declared_fields, flag_name, section, setting
 from jobs import train_student
-from jobs.options import job_command
+from jobs.common import job_command
 from jobs.train_student import TrainStudentJob
 from pipeline.settings import Run
 
