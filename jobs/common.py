@@ -23,7 +23,7 @@ from encoders.choices import DEVICES, STUDENT_LOSSES, TASKS, TEACHER_LOSSES  # n
 from encoders.choices import TRAINABLE_HEADS as STUDENT_HEADS  # noqa: F401
 from encoders import settings as ranges
 from encoders.config import DEFAULT_ENCODER  # noqa: F401
-from jobs import PROCESS_STARTED
+from jobs import PACKAGE_ROOT, PROCESS_STARTED, shield_from_current_directory  # noqa: F401
 from jobs.options import (ARGV_KEY, BEAM_JOB_CONTEXT, PLAIN_JOB_CONTEXT, FlagValueError, JobCommand,  # noqa: F401
                           Number, option_of, options)
 from pipeline.choices import DTYPES, FORMATS  # noqa: F401
@@ -37,9 +37,6 @@ BEAM_EPILOG = ("Any other option is passed to Beam as a pipeline option, e.g. --
                "--direct_num_workers=2 --direct_running_mode=multi_processing, or Dataflow flags. "
                "Default runner: Beam's in-process runner (DirectRunner without the Prism download). " + PATHS_NOTE)
 
-
-# The directory holding pairscore's packages (jobs/, pipeline/, encoders/, heads/).
-PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # --------------------------------------------------------------------------- shared options
@@ -90,14 +87,12 @@ def split_list(ctx, param, value: str | None) -> tuple[str, ...]:
 def main_module(name: str) -> None:
     """``python -m jobs.<name>``: run the job's command, then exit.
 
-    ``python -m`` puts the current directory first on ``sys.path``, so a user's ``pipeline.py``
-    (or ``heads.py`` ...) there would shadow pairscore's package of that name once the job
-    imports it; the current directory moves to the end unless it is where pairscore lives. The
-    job module (light: its own imports run inside its functions) is then imported by its name,
-    so that what Beam pickles refers to ``jobs.<name>``, not ``__main__``.
+    The current directory moves behind pairscore's packages (:func:`shield_from_current_directory`,
+    already done when this module was imported under ``python -m``). The job module (light: its own
+    imports run inside its functions) is then imported by its name, so that what Beam pickles
+    refers to ``jobs.<name>``, not ``__main__``.
     """
-    if sys.path and os.path.abspath(sys.path[0] or os.curdir) != PACKAGE_ROOT:
-        sys.path.append(sys.path.pop(0))
+    shield_from_current_directory()
     quiet_idle_threads()
     shield_beam_workers()
     count_from_process_start()
