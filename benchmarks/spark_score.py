@@ -3,6 +3,7 @@ pairs/s side by side in one process, marginal (the same work at ``--small`` and 
 
     python benchmarks/spark_score.py                                   # 50k vs 200k pairs, 1 repeat
     python benchmarks/spark_score.py --small 100000 --large 400000 --repeats 3
+    python benchmarks/spark_score.py --profile     # also: one Spark task's body under cProfile
 
 The pairs are ids over ``--unique`` QQP questions (half left, half right) in one Parquet file of
 ``--row-group`` rows per row group; the stores are written first (stage one, not timed), so every
@@ -60,6 +61,44 @@ def core_run(pairs: Path, output: Path, left, right, scorer, schema, batch_size:
             out.write_table(scores)
 
 
+def profile_one_task(pairs: Path, store: Path, model_dir: str, schema: pa.Schema, batch_size: int, row_group: int,
+                     workdir: Path, top: int = 18) -> None:
+    """One Spark score task's body (``pipeline.spark.tasks.ScoreSlices``) on the first slice of
+    ``pairs``, run in this process under cProfile as a ``local[2]`` worker runs it (one torch
+    thread), after an untimed call that loads the head and the stores: where a task's time goes,
+    apart from Spark's own scheduling and its Arrow hand-over."""
+    import cProfile
+    import pstats
+
+    from encoders.threads import ThreadPlan
+    from pipeline.readers import expand_inputs, read_slices
+    from pipeline.scoring_core import PairColumns
+    from pipeline.spark import tasks
+    from pipeline.store import read_manifest, store_files
+
+    file = expand_inputs([str(pairs)])[0]
+    first = read_slices(file, row_group)[:1]
+    sides = ("left", "right")
+    body = tasks.ScoreSlices(
+        first, {file.path: 0}, (file.path,), PairColumns(left_id="q", right_id="p"), (), schema,
+        {side: read_manifest(str(store / side)).layout for side in sides},
+        {side: tuple(store_files(str(store / side))) for side in sides}, model_dir, "cpu",
+        str(workdir / "profile" / "scores"), str(workdir / "profile" / "_dead_letter"), {}, batch_size,
+        ThreadPlan(processes=2))
+    item = pa.RecordBatch.from_arrays([pa.array([0], pa.int32())], names=["item"])
+    list(body([item]))                      # loads the head and both stores' lookups (once per worker)
+    profiler = cProfile.Profile()
+    began = time.perf_counter()
+    profiler.enable()
+    rows = list(body([item]))
+    profiler.disable()
+    seconds = time.perf_counter() - began
+    scored = sum(r["rows"] for r in pa.Table.from_batches(rows).to_pylist() if r["kind"] == "scores")
+    print(f"\none task, {scored:,} pairs (one slice), {seconds:.2f} s = {scored / seconds:,.0f} pairs/s "
+          f"with {torch.get_num_threads()} torch thread(s); cumulative time by function:")
+    pstats.Stats(profiler).sort_stats("cumulative").print_stats(top)
+
+
 def scores_of(path: Path) -> np.ndarray:
     files = [path] if path.is_file() else sorted((path / "scores").glob("part-*.parquet"))
     table = pa.concat_tables([pq.read_table(f, columns=["left_id", "right_id", "score"]) for f in files])
@@ -76,6 +115,8 @@ def main() -> None:
     parser.add_argument("--row-group", type=int, default=1 << 14, help="rows per Parquet row group (a Spark task each)")
     parser.add_argument("--batch-size", type=int, default=8192, help="pairs per head batch")
     parser.add_argument("--master", default="local[2]", help="Spark master")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile one Spark score task's body in this process (cProfile)")
     args = parser.parse_args()
     if not SHARED_DATA.is_dir():
         sys.exit(f"shared data not found at {SHARED_DATA}")
@@ -83,6 +124,7 @@ def main() -> None:
 
     from encoders.checkpoint import build_student, save_student
     from encoders.config import StudentConfig
+    from encoders.threads import ThreadPlan
     from jobs.encode_texts import EncodeTextsJob, run as encode
     from jobs.score_pairs import ScorePairsJob, run as score
     from pipeline.models import HeadHandler
@@ -114,7 +156,7 @@ def main() -> None:
                                   model_dir=model_dir), [], argv=[])
         lookups = {side: StoreLookup([read_store(str(store / side))[1]], read_store(str(store / side))[0].layout)
                    for side in ("left", "right")}
-        scorer = HeadHandler(model_dir, "cpu", args.batch_size, 2).load_model()
+        scorer = HeadHandler(model_dir, "cpu", args.batch_size, ThreadPlan(explicit=2)).load_model()
         schema = pa.schema([("left_id", pa.string()), ("right_id", pa.string()), ("score", pa.float32())])
 
         def timed(engine: str, size: str) -> float:
@@ -154,6 +196,8 @@ def main() -> None:
         for engine, small, large, rate, fixed, gap in rows:
             print(f"| {engine} | {small:.1f} s | {large:.1f} s | {rate:,.0f} | {fixed:.1f} | "
                   f"{rate / rates['core']:.2f}x | {gap:.1e} |")
+        if args.profile:
+            profile_one_task(paths["large"], store, model_dir, schema, args.batch_size, args.row_group, workdir)
     spark.stop()
 
 

@@ -12,27 +12,36 @@ Layout of a checkpoint directory::
 
 The encoders are saved with only their K layers, so a checkpoint is self-contained: it never
 needs the pretrained source again. Stage one, stage two and training read this same format.
+
+transformers is imported only where an encoder is built or loaded: stage two's workers load the
+head alone (:func:`load_head`) and the launching process reads the config and sizes
+(:func:`read_config`, :func:`hidden_size`), neither of which needs it (importing transformers is
+seconds of start-up).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoModel, AutoTokenizer
 
 from encoders.config import StudentConfig, baseline_config
-from encoders.dual_encoder import DualEncoder
 from encoders.file_fingerprint import RECORD_FILE, write_record
 from encoders.finite import check_finite_weights
 from encoders.fingerprint import hash_weights, tokenizer_identity
+from encoders.errors import ModelError
+from encoders.locations import encoder_hidden_size, refuse_checkpoint_code
 from encoders.remote import atomic_directory, local_model_dir
-from encoders.sources import load_config, load_pretrained, refuse_checkpoint_code
+
+if TYPE_CHECKING:  # the encoders import transformers: only where one is built or loaded
+    from encoders.dual_encoder import DualEncoder
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "student.safetensors"
@@ -60,7 +69,7 @@ class Student(nn.Module):
         """The head on stored tokens: (B, N, D), (B, N), (B, M, D), (B, M) [, (B, H) x2]
         -> logits (B, num_outputs). Stage two calls exactly this."""
         if self.head is None:
-            raise ValueError(f"student has no head {self.config.head!r}: it cannot score pairs")
+            raise ModelError(f"student has no head {self.config.head!r}: it cannot score pairs")
         return self.head(left, left_mask, right, right_mask, left_pooled=left_pooled, right_pooled=right_pooled)
 
     @torch.inference_mode()
@@ -99,6 +108,9 @@ class Student(nn.Module):
 def build_student(config: StudentConfig, seed: int = 0) -> Student:
     """A fresh student from the pretrained encoder named in ``config`` (projections and
     head randomly initialised with ``seed``)."""
+    from encoders.dual_encoder import DualEncoder
+    from encoders.sources import load_pretrained
+
     left_transformer, left_tokenizer = load_pretrained(config.encoder, config.encoder_layers)
     if config.shared_encoder:
         right_transformer, right_tokenizer = left_transformer, left_tokenizer
@@ -145,12 +157,14 @@ def load_student(directory: str | os.PathLike) -> Student:
     """Load a checkpoint written by :func:`save_student`. Raises ValueError naming what is
     missing or wrong before any weight is read; never unpickles. ``directory`` may be on any
     Beam filesystem (gs://, s3://, ...): it is then loaded from a local copy (encoders/remote.py)."""
+    from encoders.dual_encoder import DualEncoder
+
     directory = Path(local_model_dir(directory))
     config = read_config(directory)
     encoder_dirs = ([SHARED_ENCODER_DIR] if config.shared_encoder else list(SIDE_ENCODER_DIRS.values()))
     missing = [name for name in [WEIGHTS_FILE, *encoder_dirs] if not (directory / name).exists()]
     if missing:
-        raise ValueError(f"checkpoint {str(directory)!r} is incomplete: missing {', '.join(missing)} "
+        raise ModelError(f"checkpoint {str(directory)!r} is incomplete: missing {', '.join(missing)} "
                          f"(a checkpoint holds {CONFIG_FILE}, {WEIGHTS_FILE} and {' or '.join(encoder_dirs)}/)")
     transformers_and_tokenizers = [_load_transformer(directory / name) for name in encoder_dirs]
     left, right = transformers_and_tokenizers[0], transformers_and_tokenizers[-1]
@@ -173,17 +187,12 @@ def load_head(directory: str | os.PathLike | None) -> Student:
     the one :func:`load_student` gives, weight for weight."""
     if not directory:
         config = baseline_config()
-        dim = config.dim or load_config(config.encoder).hidden_size
-        return Student(config, None, _build_head(config, dim)).eval()
+        return Student(config, None, _build_head(config, head_input_dim(None, config))).eval()
     directory = Path(local_model_dir(directory))
     config = read_config(directory)
     if not (directory / WEIGHTS_FILE).exists():
-        raise ValueError(f"checkpoint {str(directory)!r} is incomplete: missing {WEIGHTS_FILE}")
-    dim = config.dim
-    if dim is None:   # no projection: tokens keep the encoder's hidden size
-        encoder_dir = SHARED_ENCODER_DIR if config.shared_encoder else SIDE_ENCODER_DIRS["left"]
-        dim = json.loads((directory / encoder_dir / CONFIG_FILE).read_text(encoding="utf-8"))["hidden_size"]
-    head = _build_head(config, dim)
+        raise ModelError(f"checkpoint {str(directory)!r} is incomplete: missing {WEIGHTS_FILE}")
+    head = _build_head(config, head_input_dim(directory, config))
     with safe_open(str(directory / WEIGHTS_FILE), framework="pt") as weights:
         tensors = {key: weights.get_tensor(key) for key in weights.keys() if key.startswith("head.")}
     _load_part(head, tensors, "head.", directory)
@@ -194,18 +203,41 @@ def read_config(directory: str | os.PathLike) -> StudentConfig:
     """The StudentConfig of a checkpoint directory, with errors that name the directory."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise ValueError(f"model directory {str(directory)!r} does not exist")
+        raise ModelError(f"model directory {str(directory)!r} does not exist")
     path = directory / CONFIG_FILE
     if not path.is_file():
-        raise ValueError(f"checkpoint {str(directory)!r} is incomplete: missing {CONFIG_FILE}")
+        raise ModelError(f"checkpoint {str(directory)!r} is incomplete: missing {CONFIG_FILE}")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         config = StudentConfig.from_dict(data)
     except (json.JSONDecodeError, TypeError, ValueError) as err:
-        raise ValueError(f"checkpoint config {str(path)!r} is invalid: {err}") from err
+        raise ModelError(f"checkpoint config {str(path)!r} is invalid: {err}") from err
     _check_head_name(config, directory)
     refuse_checkpoint_code(directory, "checkpoint")
     return config
+
+
+def hidden_size(directory: str | os.PathLike | None, config: StudentConfig, side: str = "left") -> int:
+    """H, ``side``'s encoder's hidden size (the pooled embedding's size, and the tokens' size
+    without a projection), from JSON alone: the config.json of the checkpoint's encoder at the
+    local ``directory``, or of the baseline's encoder when ``directory`` is None."""
+    if not directory:
+        hidden = encoder_hidden_size(config.encoder)
+        if hidden is None:     # a hub id: its config through transformers
+            from encoders.sources import load_config
+            hidden = load_config(config.encoder).hidden_size
+        return hidden
+    path = Path(directory) / (SHARED_ENCODER_DIR if config.shared_encoder else SIDE_ENCODER_DIRS[side]) / CONFIG_FILE
+    try:
+        return int(json.loads(path.read_text(encoding="utf-8"))["hidden_size"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"checkpoint {str(directory)!r} is incomplete: {path} gives no hidden_size ({err})") from None
+
+
+def head_input_dim(directory: str | os.PathLike | None, config: StudentConfig) -> int:
+    """D, the size of the token embeddings the head reads: the projected size, or the encoder's
+    hidden size without a projection."""
+    return config.dim if config.dim is not None else hidden_size(directory, config)
 
 
 def load_or_build_student(model_dir: str | os.PathLike | None, default: StudentConfig) -> Student:
@@ -217,7 +249,7 @@ def load_or_build_student(model_dir: str | os.PathLike | None, default: StudentC
 def _check_head_name(config: StudentConfig, directory: Path) -> None:
     from heads import HEAD_NAMES  # heads are plain PyTorch; imported late to keep this module light
     if config.head not in HEAD_NAMES:
-        raise ValueError(f"checkpoint {str(directory)!r} names unknown head {config.head!r}; "
+        raise ModelError(f"checkpoint {str(directory)!r} names unknown head {config.head!r}; "
                          f"known heads: {', '.join(HEAD_NAMES)}")
 
 
@@ -225,11 +257,33 @@ def _build_head(config: StudentConfig, dim: int) -> nn.Module:
     """The head the config names, on ``dim``-sized token embeddings (the projected size, or the
     encoder's hidden size without a projection), wrapped in a CosineSkip when ``cosine_skip`` is
     on (its weights are then ``head.inner.*`` plus ``head.scale`` and ``head.bias``)."""
-    from heads import CosineSkip, build_head
+    from heads import CosineSkip
     head = build_head(config.head, dim=dim, left_tokens=config.left_tokens,
                       right_tokens=config.right_tokens, num_outputs=config.num_outputs,
                       **config.head_options)
-    return CosineSkip(head) if config.cosine_skip else head
+    with _head_options_are_the_users():
+        return CosineSkip(head) if config.cosine_skip else head
+
+
+def build_head(name: str, *, dim: int, left_tokens: int, right_tokens: int, num_outputs: int = 1,
+               **options: Any) -> nn.Module:
+    """``heads.build_head`` (same arguments) for a head the user configured, with flags or a
+    checkpoint's config: a refused name, option or size is a :class:`ModelError` (exit 2)."""
+    from heads import build_head as build  # heads are plain PyTorch; imported late to keep this module light
+    with _head_options_are_the_users():
+        return build(name, dim=dim, left_tokens=left_tokens, right_tokens=right_tokens, num_outputs=num_outputs,
+                     **options)
+
+
+@contextlib.contextmanager
+def _head_options_are_the_users() -> Iterator[None]:
+    """The heads, a plain-PyTorch library below the usage-error family's layer (encoders/errors.py),
+    refuse a bad argument with a ValueError as torch does; building one from the user's
+    configuration, that argument is the user's to fix: the same message, as a ModelError."""
+    try:
+        yield
+    except ValueError as err:
+        raise ModelError(str(err)) from err
 
 
 def _save_transformer(side, target: Path) -> None:
@@ -238,6 +292,10 @@ def _save_transformer(side, target: Path) -> None:
 
 
 def _load_transformer(source: Path):
+    from transformers import AutoModel, AutoTokenizer
+
+    import encoders.sources  # noqa: F401  (importing it quiets transformers' load reports and progress bars)
+
     model = AutoModel.from_pretrained(source, use_safetensors=True, trust_remote_code=False)
     if getattr(model, "pooler", None) is not None:
         model.pooler = None  # see encoders/sources.py: never used
@@ -248,7 +306,7 @@ def _load_part(module: nn.Module, tensors: dict[str, torch.Tensor], prefix: str,
     part = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
     expected = set(module.state_dict())
     if set(part) != expected:
-        raise ValueError(f"checkpoint {str(directory)!r}: {WEIGHTS_FILE} does not match the config for "
+        raise ModelError(f"checkpoint {str(directory)!r}: {WEIGHTS_FILE} does not match the config for "
                          f"{prefix.rstrip('.')}: missing {sorted(expected - set(part))}, "
                          f"unexpected {sorted(set(part) - expected)}")
     module.load_state_dict(part, strict=True)

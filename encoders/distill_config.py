@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from encoders.choices import RANKING_METRICS, SELECT_METRICS, STUDENT_LOSSES
+from encoders.errors import FlagError
 from encoders.settings import (LEARNING_RATE, MAX_GRAD_NORM, POSITIVE_INT, SEED, WEIGHT_DECAY, Range, check_settings,
                                setting, warmup_range)
 
@@ -88,11 +89,11 @@ class DistillConfig:
             given = [flag for flag, on in (("--stages 1", self.stages == 1), ("--train-layers", self.train_layers),
                                            ("--virt-weight", self.virt_weight)) if on]
             if given:
-                raise ValueError(f"--stage2-epochs 0 (stage 1 only, the encoder frozen) is not allowed with "
+                raise FlagError(f"--stage2-epochs 0 (stage 1 only, the encoder frozen) is not allowed with "
                                  f"{', '.join(given)}: those train the encoder, which then never trains")
         if self.train_layers is not None and self.stages != 2:
-            raise ValueError("--train-layers needs --stages 2: it trains the top layers in stage 2, on the lower "
+            raise FlagError("--train-layers needs --stages 2: it trains the top layers in stage 2, on the lower "
                              "layers' cached outputs")
         if self.select_metric in RANKING_METRICS and not ranked_dev:
-            raise ValueError(f"--select-metric {self.select_metric} ranks dev's candidates per query: give "
+            raise FlagError(f"--select-metric {self.select_metric} ranks dev's candidates per query: give "
                              "--dev-group-col (e.g. qid)")

@@ -24,6 +24,7 @@ from encoders.inference import Pairs, encode_pairs, head_logits
 from encoders.metrics import best_threshold_accuracy, f1_at_threshold, pearson, roc_auc, spearman
 from encoders.ranking_metrics import pair_difference, query_difference, rank_queries
 from encoders.teacher import CrossEncoder, load_teacher, soft_labels
+from encoders.errors import FlagError, ModelError
 
 BASELINE = "baseline"
 KINDS = ("teacher", "student", "baseline")
@@ -61,12 +62,12 @@ def model_kind(source: str) -> str:
         return "baseline"
     config = os.path.join(source, CONFIG_FILE)
     if not os.path.isfile(config):
-        raise ValueError(f"--model {source!r} is not a model directory (no {CONFIG_FILE}); give a teacher or "
+        raise ModelError(f"--model {source!r} is not a model directory (no {CONFIG_FILE}); give a teacher or "
                          f"student checkpoint directory, or `{BASELINE}`")
     try:
         data = json.loads(open(config, encoding="utf-8").read())
     except json.JSONDecodeError as err:
-        raise ValueError(f"--model {source!r}: {CONFIG_FILE} is not JSON ({err})") from None
+        raise ModelError(f"--model {source!r}: {CONFIG_FILE} is not JSON ({err})") from None
     return "student" if data.get("format") == CONFIG_FORMAT else "teacher"
 
 
@@ -192,7 +193,7 @@ def parse_comparisons(specs: Sequence[str]) -> list[tuple[str, str]]:
     for spec in specs:
         parts = [part.strip() for part in spec.split(",")]
         if len(parts) != 2 or not all(parts) or parts[0] == parts[1]:
-            raise ValueError(f"--compare {spec!r} is not allowed: give two different model names, A,B")
+            raise FlagError(f"--compare {spec!r} is not allowed: give two different model names, A,B")
         pairs.append((parts[0], parts[1]))
     return pairs
 

@@ -36,6 +36,8 @@ import json
 import os
 from typing import Iterable, Sequence
 
+from encoders.errors import ModelError
+
 RECORD_FILE = "fingerprint.json"
 RECORD_FORMAT = "pairscore-checkpoint-files"
 # What a model directory may hold that is read (and copied from a remote store): data formats
@@ -48,10 +50,10 @@ _CHUNK_BYTES = 8 << 20
 FileEntry = tuple[str, int, str]
 
 
-class ModelChanged(ValueError):
+class ModelChanged(ModelError):
     """A model file differs from what was pinned or recorded; the message names the file.
 
-    A ValueError (a bad model, exit 2) where it is found before the run starts; the pipeline's
+    A usage error (a bad model, exit 2) where it is found before the run starts; the pipeline's
     model handlers turn it into ``pipeline.errors.InputChanged`` (exit 3) when a worker finds it."""
 
 

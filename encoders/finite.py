@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from encoders.errors import ModelError
+
 
 def non_finite_weights(module: nn.Module) -> list[str]:
     """Names of the parameters and buffers of ``module`` holding a NaN or an infinity (floating
@@ -28,6 +30,6 @@ def check_finite_weights(module: nn.Module, what: str) -> None:
     """ValueError (one line naming ``what``) when a weight of ``module`` is NaN or infinite."""
     bad = non_finite_weights(module)
     if bad:
-        raise ValueError(f"{what} has weights that are not finite numbers (NaN or infinity) in "
+        raise ModelError(f"{what} has weights that are not finite numbers (NaN or infinity) in "
                          f"{describe_non_finite(bad)}: it cannot score; retrain it (a lower --lr, "
                          "--max-grad-norm) or use another checkpoint")

@@ -30,6 +30,7 @@ from transformers.masking_utils import create_bidirectional_mask
 
 from encoders.fingerprint import tokenizer_identity
 from encoders.dual_encoder import EncodedSide, SideEncoder
+from encoders.errors import FlagError, ModelError
 
 CACHE_FORMAT = "pairscore-lower-states-v1"
 
@@ -38,7 +39,7 @@ def encoder_layers(side: SideEncoder) -> torch.nn.ModuleList:
     """The side's transformer layers (BERT-style models only), ValueError otherwise."""
     layers = getattr(getattr(side.transformer, "encoder", None), "layer", None)
     if not isinstance(layers, torch.nn.ModuleList) or not hasattr(side.transformer, "embeddings"):
-        raise ValueError(f"{type(side.transformer).__name__} is not a BERT-style encoder (embeddings + encoder.layer): "
+        raise ModelError(f"{type(side.transformer).__name__} is not a BERT-style encoder (embeddings + encoder.layer): "
                          "training only its upper layers on cached states is not supported for it")
     return layers
 
@@ -62,8 +63,8 @@ def upper_parameters(side: SideEncoder, train_layers: int) -> list[tuple[str, to
     """The named parameters of the top ``train_layers`` layers of the side's transformer."""
     layers = encoder_layers(side)
     if not 1 <= train_layers <= len(layers):
-        raise ValueError(f"--train-layers {train_layers} is not allowed: the encoder has {len(layers)} layers, "
-                         f"choose 1..{len(layers)}")
+        raise FlagError(f"--train-layers {train_layers} is not allowed: the encoder has {len(layers)} layers, "
+                        f"choose 1..{len(layers)}")
     first = len(layers) - train_layers
     return [(f"encoder.layer.{first + i}.{name}", p) for i, layer in enumerate(layers[first:])
             for name, p in layer.named_parameters()]

@@ -60,6 +60,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from encoders.file_fingerprint import (MODEL_FILE_SUFFIXES, ModelChanged, file_entries, file_sha256, files_digest,
                                        verify_entries)
+from encoders.errors import ModelError, UsageError
 
 CACHE_ENV = "PAIRSCORE_MODEL_CACHE"
 # What a model directory may hold that is copied: data formats that cannot execute code.
@@ -139,11 +140,11 @@ def _private_cache_root() -> str:
         return root
     where = f"model cache {root}" + (f" (${CACHE_ENV})" if os.environ.get(CACHE_ENV) else "")
     if not ours and info.st_uid != 0:
-        raise ValueError(f"{where} belongs to {_user_name(info.st_uid)}, not to this user "
+        raise UsageError(f"{where} belongs to {_user_name(info.st_uid)}, not to this user "
                          f"({_user_name(os.getuid())}): models copied there could be replaced by its owner; "
                          f"set {CACHE_ENV} to a directory of your own")
     if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not info.st_mode & stat.S_ISVTX:
-        raise ValueError(f"{where} may be written by other users (mode {stat.S_IMODE(info.st_mode):o}, no sticky "
+        raise UsageError(f"{where} may be written by other users (mode {stat.S_IMODE(info.st_mode):o}, no sticky "
                          f"bit): models copied there could be replaced; make it private (chmod 700) or set "
                          f"{CACHE_ENV} to a directory of your own")
     return root
@@ -240,13 +241,13 @@ def _list_model_files(remote: str) -> tuple[dict, list[str]]:
     for metadata in _list_recursively(base):
         relative = posixpath.normpath(metadata.path[len(base):].lstrip("/"))
         if relative.startswith("..") or posixpath.isabs(relative):
-            raise ValueError(f"model directory {remote!r}: file {metadata.path!r} lies outside it")
+            raise ModelError(f"model directory {remote!r}: file {metadata.path!r} lies outside it")
         if relative.endswith(COPIED_SUFFIXES):
             files[relative] = metadata
         else:
             skipped.append(relative)
     if not files:
-        raise ValueError(f"model directory {remote!r} does not exist (no model files under it: expected "
+        raise ModelError(f"model directory {remote!r} does not exist (no model files under it: expected "
                          f"config.json and *.safetensors)")
     return files, skipped
 
@@ -353,7 +354,7 @@ def _verify(local: str, pin: ModelPin, remote: str) -> None:
         elif file_sha256(full) != sha:
             problem = f"{full} does not hold the bytes copied (SHA-256 differs)"
     if problem:
-        raise ValueError(f"the cached copy of model {remote} was changed after it was made: {problem}. It is not "
+        raise ModelError(f"the cached copy of model {remote} was changed after it was made: {problem}. It is not "
                          f"loaded; delete {local} (pairscore copies the model again)")
 
 
@@ -375,7 +376,7 @@ def atomic_directory(directory: str | os.PathLike, allowed: Callable[[str], bool
     if directory.exists():
         foreign = sorted(n for n in os.listdir(directory) if allowed is not None and not allowed(n))
         if foreign:
-            raise ValueError(f"{str(directory)!r} holds {', '.join(foreign[:5])}, which a save would delete: "
+            raise UsageError(f"{str(directory)!r} holds {', '.join(foreign[:5])}, which a save would delete: "
                              "save a checkpoint to a new or empty directory")
     temporary = Path(tempfile.mkdtemp(prefix=f".{directory.name}.saving-", dir=directory.parent))
     try:

@@ -20,6 +20,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
+from encoders.errors import FlagError
+
 T = TypeVar("T")
 FLAG_KEY = "pairscore.flag"
 
@@ -55,11 +57,11 @@ class Range:
             if self.kind is int and isinstance(value, float) and value != number:
                 raise ValueError
         except (TypeError, ValueError, OverflowError):
-            raise ValueError(f"{flag} {value!r} is not allowed: {self.describe()}") from None
+            raise FlagError(f"{flag} {value!r} is not allowed: {self.describe()}") from None
         if (self.kind is float and not math.isfinite(number)
                 or self.low is not None and (number <= self.low if self.low_open else number < self.low)
                 or self.high is not None and (number >= self.high if self.high_open else number > self.high)):
-            raise ValueError(f"{flag} {number!r} is not allowed: {self.describe()}")
+            raise FlagError(f"{flag} {number!r} is not allowed: {self.describe()}")
         return number
 
 
@@ -133,7 +135,7 @@ def check_settings(settings: Any) -> None:
         if value is None or flag.multiple or flag.parse is not None:
             continue
         if flag.choices is not None and value not in flag.choices:
-            raise ValueError(f"{flag_name(field)} {value!r} is not allowed: choose one of {', '.join(flag.choices)}")
+            raise FlagError(f"{flag_name(field)} {value!r} is not allowed: choose one of {', '.join(flag.choices)}")
         if flag.range is not None:
             flag.range.convert(flag_name(field), value)
 

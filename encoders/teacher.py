@@ -45,6 +45,7 @@ from encoders.fingerprint import hash_weights, tokenizer_identity
 from encoders.inference import length_order
 from encoders.remote import atomic_directory, local_model_dir
 from encoders.sources import refuse_checkpoint_code, resolve_encoder
+from encoders.errors import ModelError
 
 TEACHER_FILE = "teacher.json"
 TASK_FORMAT = "pairscore-teacher"
@@ -81,31 +82,31 @@ class TeacherTask:
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
-            raise ValueError(f"task={self.task!r} is not allowed: choose one of {', '.join(TASKS)}")
+            raise ModelError(f"task={self.task!r} is not allowed: choose one of {', '.join(TASKS)}")
         loss = LOSSES[self.task][0] if self.loss is None else self.loss
         if loss not in LOSSES[self.task]:
-            raise ValueError(f"loss={loss!r} is not allowed for task {self.task!r}: "
+            raise ModelError(f"loss={loss!r} is not allowed for task {self.task!r}: "
                              f"choose {' or '.join(LOSSES[self.task])}")
         object.__setattr__(self, "loss", loss)
         if self.task == "graded":
             if self.label_range is None:
-                raise ValueError("task 'graded' needs label_range (--label-range LOW,HIGH, e.g. 0,5 for "
+                raise ModelError("task 'graded' needs label_range (--label-range LOW,HIGH, e.g. 0,5 for "
                                  "STS-B): it maps the labels to [0, 1]")
             low, high = (float(v) for v in self.label_range)
             if not (math.isfinite(low) and math.isfinite(high) and low < high):
-                raise ValueError(f"label_range={self.label_range!r} is not allowed: give two finite "
+                raise ModelError(f"label_range={self.label_range!r} is not allowed: give two finite "
                                  "numbers LOW,HIGH with LOW < HIGH")
             object.__setattr__(self, "label_range", (low, high))
         elif self.label_range is not None:
-            raise ValueError(f"label_range={self.label_range!r} is only for task 'graded', not {self.task!r}")
+            raise ModelError(f"label_range={self.label_range!r} is only for task 'graded', not {self.task!r}")
         if self.task == "classes":
             if not _is_int(self.num_classes) or self.num_classes < 2:
-                raise ValueError(f"num_classes={self.num_classes!r} is not allowed for task 'classes': "
+                raise ModelError(f"num_classes={self.num_classes!r} is not allowed for task 'classes': "
                                  "give an integer of at least 2 (--num-classes K)")
         elif self.num_classes is not None:
-            raise ValueError(f"num_classes={self.num_classes!r} is only for task 'classes', not {self.task!r}")
+            raise ModelError(f"num_classes={self.num_classes!r} is only for task 'classes', not {self.task!r}")
         if not _is_int(self.max_length) or self.max_length < 4:
-            raise ValueError(f"max_length={self.max_length!r} is not allowed: give an integer of at least 4 "
+            raise ModelError(f"max_length={self.max_length!r} is not allowed: give an integer of at least 4 "
                              "(room for both texts and three special tokens)")
 
     @property
@@ -171,16 +172,16 @@ class TeacherTask:
         data = dict(data)
         fmt, version = data.pop("format", None), data.pop("version", None)
         if fmt != TASK_FORMAT:
-            raise ValueError(f"format {fmt!r} is not a pairscore teacher task ({TASK_FORMAT!r})")
+            raise ModelError(f"format {fmt!r} is not a pairscore teacher task ({TASK_FORMAT!r})")
         if version != TASK_VERSION:
-            raise ValueError(f"teacher task version {version!r} is not supported (this pairscore reads "
+            raise ModelError(f"teacher task version {version!r} is not supported (this pairscore reads "
                              f"{TASK_VERSION})")
         for derived in ("num_outputs", "label_mapping"):  # written for people, recomputed on load
             data.pop(derived, None)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown teacher task keys {unknown}; allowed: {sorted(known)}")
+            raise ModelError(f"unknown teacher task keys {unknown}; allowed: {sorted(known)}")
         if data.get("label_range") is not None:
             data["label_range"] = tuple(data["label_range"])
         return cls(**data)
@@ -256,7 +257,7 @@ class CrossEncoder(nn.Module):
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: TeacherTask):
         super().__init__()
         if model.config.num_labels != task.num_outputs:
-            raise ValueError(f"the model has {model.config.num_labels} outputs but task {task.task!r} "
+            raise ModelError(f"the model has {model.config.num_labels} outputs but task {task.task!r} "
                              f"needs {task.num_outputs}")
         self.model = model
         self.tokenizer = tokenizer
@@ -427,10 +428,10 @@ def build_teacher(base: str, task: TeacherTask, seed: int = 0) -> CrossEncoder:
         config = AutoConfig.from_pretrained(location, num_labels=task.num_outputs, id2label=labels,
                                             label2id={v: k for k, v in labels.items()}, trust_remote_code=False)
     except (OSError, ValueError) as err:
-        raise ValueError(f"cannot load base model {base!r}: {err}") from err
+        raise ModelError(f"cannot load base model {base!r}: {err}") from err
     positions = getattr(config, "max_position_embeddings", None)
     if positions is not None and task.max_length > positions:
-        raise ValueError(f"max_length={task.max_length} is not allowed for base {base!r}: its position "
+        raise ModelError(f"max_length={task.max_length} is not allowed for base {base!r}: its position "
                          f"embeddings stop at {positions}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -438,7 +439,7 @@ def build_teacher(base: str, task: TeacherTask, seed: int = 0) -> CrossEncoder:
             model = AutoModelForSequenceClassification.from_pretrained(
                 location, config=config, use_safetensors=True, ignore_mismatched_sizes=True, trust_remote_code=False)
         except (OSError, ValueError) as err:
-            raise ValueError(f"cannot load base model {base!r} as a cross-encoder (safetensors weights "
+            raise ModelError(f"cannot load base model {base!r} as a cross-encoder (safetensors weights "
                              f"are required): {err}") from err
     tokenizer = AutoTokenizer.from_pretrained(location, use_fast=True, trust_remote_code=False)
     return CrossEncoder(model, tokenizer, task)
@@ -475,18 +476,18 @@ def load_teacher(source: str | os.PathLike, attn_implementation: str | None = No
     source = str(source)
     local = Path(location)
     if local.is_dir() and not (local / "config.json").is_file():
-        raise ValueError(f"teacher {source!r} is not a model directory: it has no config.json")
+        raise ModelError(f"teacher {source!r} is not a model directory: it has no config.json")
     refuse_checkpoint_code(location, "teacher")
     try:
         model, info = AutoModelForSequenceClassification.from_pretrained(
             location, use_safetensors=True, output_loading_info=True, trust_remote_code=False,
             **({"attn_implementation": attn_implementation} if attn_implementation else {}))
     except (OSError, ValueError) as err:
-        raise ValueError(f"cannot load teacher {source!r} (safetensors weights are required): {err}") from err
+        raise ModelError(f"cannot load teacher {source!r} (safetensors weights are required): {err}") from err
     if info["missing_keys"]:
         # A plain encoder loads with a freshly random head: its "labels" would be noise and its
         # fingerprint would change on every load.
-        raise ValueError(f"teacher {source!r} is not a trained cross-encoder: weights "
+        raise ModelError(f"teacher {source!r} is not a trained cross-encoder: weights "
                          f"{', '.join(sorted(info['missing_keys'])[:4])} are missing, so its classification "
                          "head would be random; train one with python -m jobs.train_teacher --base ...")
     tokenizer = AutoTokenizer.from_pretrained(location, use_fast=True, trust_remote_code=False)
@@ -495,7 +496,7 @@ def load_teacher(source: str | os.PathLike, attn_implementation: str | None = No
         try:
             task = TeacherTask.from_dict(json.loads(task_path.read_text(encoding="utf-8")))
         except (json.JSONDecodeError, TypeError, ValueError) as err:
-            raise ValueError(f"teacher task {str(task_path)!r} is invalid: {err}") from err
+            raise ModelError(f"teacher task {str(task_path)!r} is invalid: {err}") from err
     else:
         task = _task_from_config(model, tokenizer)
     check_finite_weights(model, f"teacher {source!r}")   # NaN weights label NaN, silently

@@ -11,6 +11,7 @@ import torch
 
 from encoders.progress import Bars, open_bar
 
+
 NamedParameters = Sequence[tuple[str, torch.nn.Parameter]]
 # Length grouping: examples are sorted by length within windows of this many batches, so a batch
 # pads little while batch order stays random (sorting the whole set would put every long pair

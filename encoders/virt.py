@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from encoders.teacher import CrossEncoder, load_teacher
+from encoders.errors import FlagError, ModelError
 
 
 def teacher_layer_for(student_layer: int, student_layers: int, teacher_layers: int) -> int:
@@ -258,24 +259,24 @@ def load_virt_teacher(path: str | None, weight: float, student_tokenizer) -> Cro
     if not weight:
         return None
     if path is None:
-        raise ValueError(f"--virt-weight {weight} needs --teacher DIR: the cross-encoder whose attention maps "
-                         "the student learns")
+        raise FlagError(f"--virt-weight {weight} needs --teacher DIR: the cross-encoder whose attention maps "
+                        "the student learns")
     try:
         teacher = load_teacher(path, attn_implementation="eager")
     except ValueError as err:
-        raise ValueError(f"--teacher {path!r} is not a cross-encoder teacher checkpoint (--virt-weight {weight}): "
+        raise ModelError(f"--teacher {path!r} is not a cross-encoder teacher checkpoint (--virt-weight {weight}): "
                          f"{str(err).splitlines()[0]}") from err
     if not getattr(teacher.tokenizer, "is_fast", False):
-        raise ValueError(f"--teacher {path!r} has no fast tokenizer: VIRT aligns its tokens with the towers' by the "
+        raise ModelError(f"--teacher {path!r} has no fast tokenizer: VIRT aligns its tokens with the towers' by the "
                          "fast tokenizer's sequence ids")
     ours, theirs = student_tokenizer.get_vocab(), teacher.tokenizer.get_vocab()
     if ours != theirs:
-        raise ValueError(f"--teacher {path!r} has another tokenizer than the student's encoder ({len(theirs):,} vs "
+        raise ModelError(f"--teacher {path!r} has another tokenizer than the student's encoder ({len(theirs):,} vs "
                          f"{len(ours):,} vocabulary entries, or different ids): --virt-weight {weight} compares "
                          "word piece by word piece, so both must tokenize alike")
     layers = getattr(getattr(getattr(teacher.model, "base_model", None), "encoder", None), "layer", None)
     if not isinstance(layers, torch.nn.ModuleList) or not hasattr(layers[0], "attention"):
-        raise ValueError(f"--teacher {path!r} is a {type(teacher.model).__name__}, not a BERT-style cross-encoder: "
+        raise ModelError(f"--teacher {path!r} is a {type(teacher.model).__name__}, not a BERT-style cross-encoder: "
                          "VIRT reads its per-layer attention maps")
     return teacher
 

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from encoders.choices import DEVICES
 from encoders.config import DEFAULT_ENCODER
+from encoders.errors import FlagError
 from encoders.settings import NON_NEGATIVE_INT, POSITIVE_INT, SEED, Range, check_settings, setting
 from jobs.common import abort_output_on_failure, job_command, main_module, run_started
 from jobs.text_tables import side_column_options, side_columns
@@ -84,8 +85,8 @@ class BuildCandidatesJob(TrainingRun, Output, Mining):
     def check(self) -> None:
         check_settings(self)
         if self.top_k + self.random_per_left < 1:
-            raise ValueError("--top-k 0 with --random-per-left 0 would mine nothing: give --top-k K >= 1 "
-                             "and/or --random-per-left R >= 1")
+            raise FlagError("--top-k 0 with --random-per-left 0 would mine nothing: give --top-k K >= 1 "
+                            "and/or --random-per-left R >= 1")
 
     def text_columns(self, side: str) -> TextColumns:
         """The columns of ``side``'s pool (its own flags, else the shared ones)."""

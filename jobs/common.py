@@ -206,16 +206,18 @@ def _multi_process(beam_args: Sequence[str]) -> bool:
 def run_job(job: Callable[[], str], *, name: str, quiet: bool = False, verbose: bool = False,
             beam_args: Sequence[str] = (), stall_seconds: float = 0.0) -> None:
     """Run ``job`` with progress reporting (unless ``quiet``) and logging set for this run, then
-    print what it returns (the summary) below the progress; a bad argument or input becomes one
-    clear line and exit status 2. ``beam_args``: the pass-through Beam options; with multi-process
-    workers their start-up log lines are filtered out. ``stall_seconds``: the stall watchdog's
+    print what it returns (the summary) below the progress; a mistake the user can fix (the
+    UsageError family: a flag, input, output, model or store) becomes one clear line and exit
+    status 2, any other exception (a plain ValueError too) keeps its traceback and exits 1.
+    ``beam_args``: the pass-through Beam options; with multi-process workers their start-up log
+    lines are filtered out. ``stall_seconds``: the stall watchdog's
     limit (pipeline/beam/watchdog.py; 0: none). Exit statuses: pipeline/errors.py (a stalled run,
     or one that refuses to commit, prints one line and exits 3)."""
     # Imported here, not above: `python -m jobs.<name>` first moves the current directory (which
     # may hold a user's own pipeline.py) behind pairscore's packages (main_module).
     from pipeline import progress, stderr
     from pipeline.beam import watchdog
-    from pipeline.errors import EXIT_BUG, EXIT_REFUSED, EXIT_USAGE, refusal_in
+    from pipeline.errors import EXIT_BUG, EXIT_REFUSED, EXIT_USAGE, refusal_in, usage_in
     from pipeline.output.guard import RunGuard
 
     global _run_started
@@ -236,10 +238,6 @@ def run_job(job: Callable[[], str], *, name: str, quiet: bool = False, verbose: 
         stop_watching = watchdog.watch(stall_seconds, progress.counted)
         try:
             report = job()
-        except ValueError as err:  # pipeline.readers.InputError too
-            progress.stop()
-            click.echo(f"error: {err}", err=True)
-            sys.exit(EXIT_USAGE)
         except watchdog.Stalled as err:   # the output is already cleaned up (abort_output_on_failure)
             stop_watching()
             drain()            # this line must not wait in the worker filter: the exit below is abrupt
@@ -252,6 +250,12 @@ def run_job(job: Callable[[], str], *, name: str, quiet: bool = False, verbose: 
             os._exit(EXIT_REFUSED)
         except BaseException as err:
             progress.stop()
+            # A flag, input, output, model or store the user can fix (the UsageError family,
+            # encoders/errors.py), also when a worker raised it and Beam wrapped it: one line, exit 2.
+            usage = usage_in(err)
+            if usage is not None:
+                click.echo(f"error: {usage}", err=True)
+                sys.exit(EXIT_USAGE)
             # A run that refused to commit (nothing was committed; the previous output stays), also
             # when a worker refused and Beam wrapped its exception: one line, exit 3.
             refused = refusal_in(err)

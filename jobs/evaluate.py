@@ -85,17 +85,18 @@ class EvaluateJob(Run, Output, PairData, EvaluationData):
                                   "device.", choices=DEVICES)
 
     def check(self) -> None:
+        from pipeline.errors import FlagError
         from encoders.evaluation import parse_comparisons
 
         parse_comparisons(self.compare)
         if not self.models:
-            raise ValueError("no --model given: name teacher or student checkpoint directories, or `baseline`")
+            raise FlagError("no --model given: name teacher or student checkpoint directories, or `baseline`")
         if self.task not in ("binary", "graded"):
-            raise ValueError(f"--task {self.task!r} is not allowed: binary (labels 0/1) or graded (numbers in "
+            raise FlagError(f"--task {self.task!r} is not allowed: binary (labels 0/1) or graded (numbers in "
                              "--label-range)")
         check_settings(self)
         if self.task == "graded" and self.label_range is None:
-            raise ValueError("--task graded needs --label-range LOW,HIGH (e.g. 0,5 for STS-B)")
+            raise FlagError("--task graded needs --label-range LOW,HIGH (e.g. 0,5 for STS-B)")
 
     def label_task(self) -> TeacherTask:
         from encoders.teacher import TeacherTask
@@ -106,13 +107,14 @@ class EvaluateJob(Run, Output, PairData, EvaluationData):
 def parse_model_spec(spec: str) -> tuple[str, str]:
     """``baseline``, ``DIR`` or ``NAME=DIR`` -> (name, source). The name defaults to the
     directory's base name."""
+    from pipeline.errors import FlagError
     from encoders.evaluation import BASELINE
 
     name, sep, source = spec.partition("=")
     if not sep:
         name, source = (BASELINE if spec == BASELINE else os.path.basename(os.path.normpath(spec))), spec
     if not name or not source:
-        raise ValueError(f"--model {spec!r} is not allowed: give a checkpoint directory, NAME=DIR, or `baseline`")
+        raise FlagError(f"--model {spec!r} is not allowed: give a checkpoint directory, NAME=DIR, or `baseline`")
     return name, source
 
 
@@ -137,6 +139,7 @@ main = job_command("evaluate", EvaluateJob, report,
 @abort_output_on_failure
 def run(job: EvaluateJob, argv: list[str] | None = None) -> RunSummary:
     """Check, load every model, score, measure, write the report."""
+    from pipeline.errors import FlagError
     from pipeline.provenance import table_metadata
     import numpy as np
     import torch
@@ -148,8 +151,8 @@ def run(job: EvaluateJob, argv: list[str] | None = None) -> RunSummary:
     from pipeline.dead_letters import check_dead_letter_limit, count_reasons
     from pipeline.output.commit import open_output, write_dead_letter_file
     from pipeline.output.paths import local_path_or_none
-    from pipeline.pairs import TextPairColumns
-    from pipeline.readers import check_columns, expand_inputs
+    from pipeline.pairs import PairColumns
+    from pipeline.readers import InputError, check_columns, expand_inputs
     from pipeline.report import EVALUATED_SCORES, write_metrics, write_report, write_scores
     from pipeline.summary import RunSummary
 
@@ -159,10 +162,10 @@ def run(job: EvaluateJob, argv: list[str] | None = None) -> RunSummary:
     names = [name for name, _ in specs]
     clashes = sorted({name for name in names if names.count(name) > 1})
     if clashes:
-        raise ValueError(f"--model names {', '.join(clashes)} more than once: name them apart with NAME=DIR")
+        raise FlagError(f"--model names {', '.join(clashes)} more than once: name them apart with NAME=DIR")
     for _, source in specs:
         model_kind(source)   # a wrong directory fails now, not after the first model has run
-    columns = TextPairColumns(left=job.left_col, right=job.right_col)
+    columns = PairColumns(left=job.left_col, right=job.right_col)
     task = job.label_task()
     split_files = {"pairs": expand_inputs(job.pairs, job.format)}
     if job.dev:
@@ -173,7 +176,7 @@ def run(job: EvaluateJob, argv: list[str] | None = None) -> RunSummary:
         check_columns(split_files["pairs"], [job.group_col])
     unknown = sorted({name for pair in parse_comparisons(job.compare) for name in pair} - set(names))
     if unknown:
-        raise ValueError(f"--compare names {', '.join(unknown)}, not among the models ({', '.join(names)})")
+        raise FlagError(f"--compare names {', '.join(unknown)}, not among the models ({', '.join(names)})")
     models = [load_model(name, source, device) for name, source in specs]
     out = open_output(job.output, job=JOB_NAME, overwrite=job.overwrite,
                       reads={"--pairs": job.pairs, "--dev": job.dev,
@@ -191,9 +194,9 @@ def run(job: EvaluateJob, argv: list[str] | None = None) -> RunSummary:
                             job.max_dead_letter_fraction, reconciliation)
     for name, labeled in splits.items():
         if not labeled.targets:
-            raise ValueError(f"--{name} has no usable labeled pairs: {labeled.rows_read} rows read, all skipped")
+            raise InputError(f"--{name} has no usable labeled pairs: {labeled.rows_read} rows read, all skipped")
         if task.task == "binary" and len(set(labeled.targets)) < 2:
-            raise ValueError(f"--{name} has only one class ({labeled.targets[0]:g}): AUC and thresholds need both")
+            raise InputError(f"--{name} has only one class ({labeled.targets[0]:g}): AUC and thresholds need both")
     evaluated = splits["pairs"]
     pairs = Pairs.of(evaluated.lefts, evaluated.rights)
     targets = np.array(evaluated.targets)

@@ -23,7 +23,7 @@ from jobs.text_tables import side_column_options, side_columns
 
 if TYPE_CHECKING:  # annotations only: the imports run inside the functions
     import pyarrow as pa
-    from encoders.checkpoint import Student
+    from pipeline.models import ModelFacts
     from pipeline.beam.score import PairColumns
     from pipeline.readers import InputFile
     from pipeline.store import PartPin, StoreLayout
@@ -82,7 +82,8 @@ class ScorePairsJob:
     def columns(self) -> PairColumns:
         from pipeline.beam.score import PairColumns
 
-        return PairColumns(self.left_col, self.right_col, self.left_id_col, self.right_id_col, self.keep_cols)
+        return PairColumns.for_scoring(self.left_col, self.right_col, self.left_id_col, self.right_id_col,
+                                       self.keep_cols)
 
     def text_columns(self, side: str) -> TextColumns:
         """The id and text columns of ``side``'s text tables (its own flags, else the shared ones)."""
@@ -105,33 +106,29 @@ class SidePlan:
 
 def check_arguments(job: ScorePairsJob) -> None:
     """Flag combinations that cannot work, named before anything is read."""
+    from pipeline.errors import FlagError
     from pipeline.preflight import check_keep_cols
 
     if (job.left_id_col is None) != (job.right_id_col is None):
-        raise ValueError("--left-id-col and --right-id-col go together: give both (pairs of ids) or neither "
-                         "(pairs of texts)")
+        raise FlagError("--left-id-col and --right-id-col go together: give both (pairs of ids) or neither "
+                        "(pairs of texts)")
     if job.left_id_col and job.store is None and not (job.left_texts and job.right_texts):
-        raise ValueError("pairs of ids need --left-texts and --right-texts (id/text tables) or a --store holding "
-                         "their texts")
+        raise FlagError("pairs of ids need --left-texts and --right-texts (id/text tables) or a --store holding "
+                        "their texts")
     if not job.left_id_col and (job.left_texts or job.right_texts):
-        raise ValueError("--left-texts/--right-texts are for pairs of ids: also give --left-id-col and --right-id-col")
+        raise FlagError("--left-texts/--right-texts are for pairs of ids: also give --left-id-col and --right-id-col")
     if job.join not in JOINS:
-        raise ValueError(f"--join {job.join!r} is not allowed: choose one of {', '.join(JOINS)}")
+        raise FlagError(f"--join {job.join!r} is not allowed: choose one of {', '.join(JOINS)}")
     check_keep_cols(job.keep_cols, OUTPUT_COLUMNS)      # also the pre-flight's: each once, no output column
-    if job.engine == "spark" and job.left_texts and job.right_texts \
-            and job.text_columns("left") != job.text_columns("right"):
-        raise ValueError("--engine spark reads both text tables with one pair of columns: give the same "
-                         "--left-texts-*-col and --right-texts-*-col (or the shared --texts-id-col/--texts-text-col), "
-                         "or use --engine beam")
 
 
-def existing_store(job: ScorePairsJob, student: Student, side: str) -> tuple[tuple[PartPin, ...], int, str]:
+def existing_store(job: ScorePairsJob, student: ModelFacts, side: str) -> tuple[tuple[PartPin, ...], int, str]:
     """(part files pinned, rows, dtype) of ``--store``'s side, checked against the model; empty if none."""
-    from pipeline.store import StoreWanted, open_store_side, store_layout
+    from pipeline.store import StoreWanted, open_store_side
 
     if job.store is None:
         return (), 0, job.dtype
-    layout = store_layout(student, side, job.dtype)
+    layout = student.layout(side, job.dtype)
     store = open_store_side(job.store, side, StoreWanted(
         student.fingerprint, student.config.encoder, layout.tokens_kept, layout.dim, layout.pooled_dim,
         student.config.token_selection, student.config.max_length(side)))
@@ -164,7 +161,7 @@ def choose_join(job: ScorePairsJob, plans: dict[str, SidePlan], pair_rows: int) 
     return join, f"auto: stores bounded by {estimate / 2 ** 20:,.0f} MB vs --broadcast-limit-mb {job.broadcast_limit_mb}"
 
 
-def score_meaning(job: ScorePairsJob, student: Student) -> str:
+def score_meaning(job: ScorePairsJob, student: ModelFacts) -> str:
     """What the scores table's ``score`` means (its ``pairscore.score`` metadata)."""
     from pipeline.provenance import CLASS_PROBABILITY_SCORE, COSINE_SCORE, PROBABILITY_SCORE
 
@@ -173,7 +170,7 @@ def score_meaning(job: ScorePairsJob, student: Student) -> str:
     return CLASS_PROBABILITY_SCORE if student.config.num_outputs > 1 else PROBABILITY_SCORE
 
 
-def output_schema(job: ScorePairsJob, student: Student, files: list[InputFile],
+def output_schema(job: ScorePairsJob, student: ModelFacts, files: list[InputFile],
                   kept: list[pa.Field] | None = None) -> pa.Schema:
     """left_id, right_id, score (+ probs for k classes) and the kept columns, typed by
     :func:`pipeline.pairs.kept_fields` (Parquet keeps its types, JSONL JSON's, CSV/TSV strings;
@@ -285,12 +282,12 @@ def main(ctx: click.Context, quiet: bool, verbose: bool, stall_timeout: float, *
 @abort_output_on_failure
 def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None) -> RunSummary:
     """Check everything that can be checked, run the pipeline, write manifests and summary."""
+    from pipeline.errors import FlagError
     from encoders.remote import pin_model_dir
     from pipeline.provenance import stamped, table_metadata
     import apache_beam as beam
     from apache_beam.io.parquetio import WriteToParquetBatched
-    from encoders.checkpoint import load_or_build_student
-    from encoders.config import SIDES, baseline_config
+    from encoders.config import SIDES
     from encoders.device import pick_device
     from pipeline.beam.counters import read_counters, split_dead_letters
     from pipeline.beam.encode import DEAD_LETTER_TAG, DedupeTexts, EncodeSettings, ReadRows
@@ -302,7 +299,8 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
     from pipeline.pairs import kept_fields
     from pipeline.readers import check_columns, count_input_rows, expand_inputs, expect_inputs, worker_path
     from pipeline.scoring_core import head_option_refused
-    from pipeline.store import COMPRESSION, STORE_FILE_PREFIX, STORE_FILE_SUFFIX, count_rows, store_files, store_layout
+    from pipeline.models import model_facts
+    from pipeline.store import COMPRESSION, STORE_FILE_PREFIX, STORE_FILE_SUFFIX, count_rows, store_files
 
     check_arguments(job)
     validate_beam_args(beam_args)
@@ -310,7 +308,7 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
                   store=worker_path(job.store))
     refused = head_option_refused(pick_device(job.device), job.compile, job.head_quantize)
     if refused:
-        raise ValueError(refused)
+        raise FlagError(refused)
     columns = job.columns
     pair_files = expand_inputs(job.pairs, job.format)
     check_columns(pair_files, columns.required() + list(job.keep_cols))
@@ -325,13 +323,12 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
     # The model is pinned here (local or remote: every file's size and SHA-256): every worker loads
     # the bytes this process fingerprints, or stops the run (exit 3) naming the file that changed.
     job = replace(job, model_dir=pin_model_dir(job.model_dir))
-    student = load_or_build_student(job.model_dir, baseline_config())
-    if student.head is None:
-        raise ValueError(f"model {job.model_dir!r} has no head to score with")
+    # Config, fingerprint and head only: the encoder loads in the workers, if a text needs it.
+    student = model_facts(job.model_dir, job.store)
     plans = {}
     for side in SIDES:
         parts, rows, dtype = existing_store(job, student, side)
-        plans[side] = SidePlan(side, store_layout(student, side, dtype), parts, rows, text_files[side],
+        plans[side] = SidePlan(side, student.layout(side, dtype), parts, rows, text_files[side],
                                STORE_DIR + "/" + side)
     pair_rows = count_input_rows(pair_files) if (not columns.id_mode or job.dedupe_pairs) else 0
     join, why = choose_join(job, plans, 0 if columns.id_mode else pair_rows)
@@ -353,8 +350,8 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
     pipeline = make_pipeline(beam_args)
     read = pipeline | "ReadPairs" >> ReadPairs(pair_files, columns, chunk_size=job.batch_size, kept=kept,
                                                     spread_batches=not is_local_runner(beam_args))
-    pairs = dedupe_pair_chunks(read["pairs"], job.batch_size, buckets) if job.dedupe_pairs else read["pairs"]
-    dead_letters = [read[DEAD_LETTER_TAG]]
+    pairs = dedupe_pair_chunks(read.pairs, job.batch_size, buckets) if job.dedupe_pairs else read.pairs
+    dead_letters = [read.dead_letters]
     side_tables = {}
     for side, plan in plans.items():
         label = side.capitalize()
@@ -370,7 +367,7 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
             unique = deduped["unique"]
             dead_letters += [text_rows[DEAD_LETTER_TAG], deduped[DEAD_LETTER_TAG]]
         else:
-            unique = read[f"{side}_texts"] | f"Distinct{label}Texts" >> DistinctPairTexts()
+            unique = read.texts(side) | f"Distinct{label}Texts" >> DistinctPairTexts()
         old = (read_store_tables(pipeline, plan.existing_parts, f"{label}Store") if plan.existing_parts
                else pipeline | f"No{label}Store" >> beam.Create([]))
         settings = EncodeSettings(model_dir=job.model_dir, side=side, batch_size=job.encode_batch_size,
@@ -386,9 +383,9 @@ def run(job: ScorePairsJob, beam_args: list[str], argv: list[str] | None = None)
                                    buckets=buckets)
     scored = pairs | "ScorePairs" >> ScorePairs(score_settings, join, side_tables["left"], side_tables["right"],
                                                   job.accelerator)
-    scored["scores"] | "WriteScores" >> WriteToParquetBatched(
+    scored.scores | "WriteScores" >> WriteToParquetBatched(
         out.staged(SCORES_DIR, STORE_FILE_PREFIX), schema=stamped(schema, provenance), codec=COMPRESSION, file_name_suffix=STORE_FILE_SUFFIX)
-    dead_letters.append(scored[DEAD_LETTER_TAG])
+    dead_letters.append(scored.dead_letters)
     tuple(dead_letters) | "AllDeadLetters" >> beam.Flatten() | "WriteDeadLetters" >> WriteDeadLetters(out.staged(), provenance)
     result = run_to_end(pipeline)   # the commit below runs here, in the launching process
 
@@ -423,7 +420,7 @@ def open_job_output(job: ScorePairsJob):
                               "--store": [job.store], "--model": [job.model_dir]})
 
 
-def finish(job: ScorePairsJob, out, student: Student, plans: dict[str, SidePlan], counts: dict[str, int],
+def finish(job: ScorePairsJob, out, student: ModelFacts, plans: dict[str, SidePlan], counts: dict[str, int],
            pair_dead: dict[str, int], join_note: str, started: float, argv: list[str] | None) -> RunSummary:
     """Either engine's counts -> reconciled, then the dead-letter limit, the stores' manifests, the
     summary and the commit."""
@@ -466,7 +463,7 @@ def finish(job: ScorePairsJob, out, student: Student, plans: dict[str, SidePlan]
     return summary
 
 
-def run_on_spark(job: ScorePairsJob, student: Student, plans: dict[str, SidePlan], pair_files: list[InputFile],
+def run_on_spark(job: ScorePairsJob, student: ModelFacts, plans: dict[str, SidePlan], pair_files: list[InputFile],
                  kept: list[pa.Field], schema: pa.Schema, join: str, why: str, sizes: tuple[int, int],
                  argv: list[str] | None) -> RunSummary:
     """``--engine spark``: the same run on Spark (pipeline/spark/score.py), committed as Beam's is.
@@ -490,7 +487,7 @@ def run_on_spark(job: ScorePairsJob, student: Student, plans: dict[str, SidePlan
         sides={side: SparkSide(plan.layout, tuple(part.path for part in plan.existing_parts), plan.text_files,
                                out.staged(plan.output))
                for side, plan in plans.items()},
-        texts=job.text_columns("left"), scores_dir=out.staged(SCORES_DIR),
+        texts={side: job.text_columns(side) for side in SIDES}, scores_dir=out.staged(SCORES_DIR),
         dead_letter_dir=out.staged(DEAD_LETTER_DIR), model_dir=job.model_dir, device=job.device,
         batch_size=job.batch_size, encode_batch_size=job.encode_batch_size, threads=threads, join=join,
         buckets=shuffle_buckets(*sizes, minimum=2 * task_slots(spark)))

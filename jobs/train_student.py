@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 from encoders.choices import DEVICES, TASKS, TRAINABLE_HEADS
 from encoders.config import StudentSettings
 from encoders.distill_config import DistillConfig
+from encoders.errors import FlagError
 from encoders.settings import POSITIVE_INT, check_settings, section, setting
 from jobs.common import abort_output_on_failure, job_command, main_module, refuse_non_finite, run_started
 from pipeline.settings import LITERAL_OUTPUT, Output, PairData, TrainingRun, parse_label_range
@@ -97,14 +98,14 @@ class TrainStudentJob(TrainingRun, Output, DistillConfig, StudentSettings, PairD
     def check(self) -> None:
         """Bad values fail here, before anything is read, naming the flag and what is allowed."""
         if self.head == "pooled-cos":
-            raise ValueError(f"--head pooled-cos is not allowed: choose one of {', '.join(TRAINABLE_HEADS)} "
+            raise FlagError(f"--head pooled-cos is not allowed: choose one of {', '.join(TRAINABLE_HEADS)} "
                              "(pooled-cos has no parameters: it is the zero-training baseline, `--model baseline` "
                              "in jobs.evaluate)")
         check_settings(self)
         self.distill_config().check(ranked_dev=bool(self.dev_group_col))
         if self.virt_weight and self.teacher is None:
-            raise ValueError(f"--virt-weight {self.virt_weight} needs --teacher DIR: the cross-encoder whose attention "
-                             "maps the student learns (VIRT)")
+            raise FlagError(f"--virt-weight {self.virt_weight} needs --teacher DIR: the cross-encoder whose attention "
+                            "maps the student learns (VIRT)")
 
     def distill_config(self) -> DistillConfig:
         """How these flags distil the student (encoders.distill reads this, never the job)."""
@@ -132,10 +133,11 @@ def run(job: TrainStudentJob, argv: list[str] | None = None) -> RunSummary:
 @abort_output_on_failure
 def train(job: TrainStudentJob, argv: list[str] | None = None) -> tuple[RunSummary, Student]:
     """``run``, also returning the trained student in memory (the best epoch's weights, as saved)."""
+    from pipeline.errors import ModelError
     from pipeline.provenance import table_metadata
     import numpy as np
     import torch
-    from encoders.checkpoint import build_student, load_student
+    from encoders.checkpoint import build_head, build_student, load_student
     from encoders.config import SIDES
     from encoders.device import pick_device
     from encoders.distill import Examples, Trainer, check_encoder, loss_floor, plan_stages, resolve_task
@@ -143,19 +145,18 @@ def train(job: TrainStudentJob, argv: list[str] | None = None) -> tuple[RunSumma
     from encoders.training import seed_everything
     from encoders.inference import Pairs
     from encoders.metrics import MAIN_METRIC
-    from heads import build_head
     from pipeline.datasets import (check_human_label_column, distillation_columns, distillation_task, first_width,
                                    read_distillation_set, read_labeled_pairs)
     from pipeline.dead_letters import check_dead_letter_limit, count_reasons, describe_reasons
     from pipeline.output.commit import open_output, write_dead_letter_file
     from pipeline.output.paths import local_path_or_none
-    from pipeline.pairs import TextPairColumns
-    from pipeline.readers import check_columns, expand_inputs
+    from pipeline.pairs import PairColumns
+    from pipeline.readers import InputError, check_columns, expand_inputs
     from pipeline.summary import RunSummary
 
     job.check()
     device = pick_device(job.device)
-    columns = TextPairColumns(left=job.left_col, right=job.right_col)
+    columns = PairColumns(left=job.left_col, right=job.right_col)
     distill_files = expand_inputs(job.distill, job.format)
     dev_files = expand_inputs(job.dev, job.format)
     soft_col, logit_col = distillation_columns(distill_files, columns, need_logits=job.loss == "mse")
@@ -193,18 +194,18 @@ def train(job: TrainStudentJob, argv: list[str] | None = None) -> tuple[RunSumma
                             f"{len(data.skipped):,}; dev rows read {dev.rows_read:,} = used {len(dev.targets):,} + "
                             f"skipped {len(dev.skipped):,}")
     if not data.soft:
-        raise ValueError(f"--distill has no usable pairs: {data.rows_read} rows read, all skipped "
+        raise InputError(f"--distill has no usable pairs: {data.rows_read} rows read, all skipped "
                          f"({describe_reasons(data.skipped) or 'no rows'})")
     if job.loss == "mse" and data.logits is None:
-        raise ValueError(f"--loss mse needs the teacher's logits, but some rows of --distill have no {logit_col!r}")
+        raise InputError(f"--loss mse needs the teacher's logits, but some rows of --distill have no {logit_col!r}")
     if not dev.targets:
-        raise ValueError(f"--dev has no usable labeled pairs: {dev.rows_read} rows read, all skipped "
+        raise InputError(f"--dev has no usable labeled pairs: {dev.rows_read} rows read, all skipped "
                          f"({describe_reasons(dev.skipped) or 'no rows'})")
 
     try:
         student = build_student(config, seed=job.seed).to(device)
     except OSError as err:
-        raise ValueError(f"cannot load encoder {job.encoder!r} (a local Hugging Face directory or a cached hub "
+        raise ModelError(f"cannot load encoder {job.encoder!r} (a local Hugging Face directory or a cached hub "
                          f"id, safetensors weights): {err}") from err
     examples = Examples.of(data, job.swap)
     dev_pairs = Pairs.of(dev.lefts, dev.rights)

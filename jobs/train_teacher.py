@@ -101,14 +101,14 @@ def run(job: TrainTeacherJob, argv: list[str] | None = None) -> RunSummary:
     from pipeline.dead_letters import check_dead_letter_limit, count_reasons
     from pipeline.output.commit import open_output, write_dead_letter_file
     from pipeline.output.paths import local_path_or_none
-    from pipeline.pairs import TextPairColumns
-    from pipeline.readers import check_columns, expand_inputs
+    from pipeline.pairs import PairColumns
+    from pipeline.readers import InputError, check_columns, expand_inputs
     from pipeline.summary import RunSummary
 
     job.check()
     task = job.teacher_task()
     device = pick_device(job.device)
-    columns = TextPairColumns(left=job.left_col, right=job.right_col)
+    columns = PairColumns(left=job.left_col, right=job.right_col)
     splits = {"train": expand_inputs(job.train, job.format), "dev": expand_inputs(job.dev, job.format)}
     for files in splits.values():
         check_columns(files, [*columns.required(), job.label_col])
@@ -129,7 +129,7 @@ def run(job: TrainTeacherJob, argv: list[str] | None = None) -> RunSummary:
     for name, pairs in data.items():
         if not pairs.targets:
             reasons = count_reasons(pairs.skipped)
-            raise ValueError(f"--{name} has no usable labeled pairs: {pairs.rows_read} rows read, all skipped "
+            raise InputError(f"--{name} has no usable labeled pairs: {pairs.rows_read} rows read, all skipped "
                              f"({', '.join(f'{k}: {v}' for k, v in reasons.items()) or 'no rows'})")
     lefts, rights, train_targets = training_examples(data["train"], job.swap)
     examples = teacher.tokenize(lefts, rights)

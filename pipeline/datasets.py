@@ -4,15 +4,16 @@ the distillation set's format: its schema, its manifest and what makes two pairs
 text pools ``build_candidates`` mines and the candidates table it writes (:func:`write_candidates`).
 
 Rows that cannot be used are kept as dead letters with a reason (the readers' and
-``pipeline.pairs.extract_text_pair``'s rules, plus ``null_label`` and ``invalid_label``); the
+pair contract's, ``pipeline/pairs.py``, checked by ``pipeline.pair_checks``, plus ``null_label`` and ``invalid_label``); the
 jobs write them and count them in their summaries.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -21,9 +22,10 @@ from apache_beam.io.filesystems import FileSystems
 from encoders.teacher import TeacherTask
 from pipeline import dead_letters as dl
 from pipeline.dead_letters import DeadLetter
-from pipeline.pairs import TextPairColumns, extract_text_pair
+from pipeline.pair_checks import check_read_items
+from pipeline.pairs import PairColumns, TextPair
 from pipeline.provenance import stamped
-from pipeline.readers import InputError, InputFile, check_columns, read_rows
+from pipeline.readers import InputError, InputFile, SourcedRow, check_columns, read_rows
 from pipeline.store import MANIFEST_FILE
 from pipeline.text_checks import TextColumns, TextRow, extract_text, resolve_id
 from pipeline.text_ids import text_id
@@ -62,7 +64,21 @@ class LabeledPairs:
     skipped: list[DeadLetter] = field(default_factory=list)
 
 
-def read_labeled_pairs(files: Sequence[InputFile], columns: TextPairColumns, label_col: str,
+def _usable_pairs(items: Iterable[SourcedRow | DeadLetter], columns: PairColumns,
+                  into: LabeledPairs | DistillationSet) -> Iterator[tuple[SourcedRow, TextPair]]:
+    """What read_rows yields -> (row, its pair) for the rows whose pair is usable (checked in
+    columnar batches: :func:`pipeline.pair_checks.check_read_items`); every item is counted in
+    ``into.rows_read`` and every dead letter, the reader's or the pair's, kept in ``into.skipped``."""
+    for item, pair in check_read_items(items, columns):
+        into.rows_read += 1
+        letter = item if isinstance(item, DeadLetter) else pair if isinstance(pair, DeadLetter) else None
+        if letter is not None:
+            into.skipped.append(letter)
+            continue
+        yield item, pair
+
+
+def read_labeled_pairs(files: Sequence[InputFile], columns: PairColumns, label_col: str,
                        task: TeacherTask, limit: int | None = None, group_col: str | None = None) -> LabeledPairs:
     """Read labeled pairs; rows with an unusable side or label are skipped as dead letters.
 
@@ -74,40 +90,30 @@ def read_labeled_pairs(files: Sequence[InputFile], columns: TextPairColumns, lab
     (not a number the task allows: see ``TeacherTask.target``). ``limit`` stops after that many rows.
     """
     pairs = LabeledPairs()
-    for file in files:
-        for item in read_rows(file):
-            if limit is not None and pairs.rows_read >= limit:
-                return pairs
-            pairs.rows_read += 1
-            if isinstance(item, DeadLetter):
-                pairs.skipped.append(item)
+    items = itertools.islice((item for file in files for item in read_rows(file)), limit)
+    for item, pair in _usable_pairs(items, columns, pairs):
+        label = item.fields.get(label_col)
+        if label is None or (isinstance(label, str) and not label.strip()):
+            state = "absent from this row" if label_col not in item.fields else "null or empty"
+            pairs.skipped.append(DeadLetter(dl.REASON_NULL_LABEL, f"label column {label_col!r} is {state}",
+                                            item.source, item.fields))
+            continue
+        try:
+            target = task.target(label)
+        except ValueError as err:
+            pairs.skipped.append(DeadLetter(dl.REASON_INVALID_LABEL, f"label column {label_col!r}: {err}",
+                                            item.source, item.fields))
+            continue
+        if group_col is not None:
+            group = item.fields.get(group_col)
+            if group is None or (isinstance(group, str) and not group.strip()) or isinstance(group, (dict, list)):
+                pairs.skipped.append(DeadLetter(dl.REASON_NULL_ID, f"group column {group_col!r} is null, empty "
+                                                "or not a scalar", item.source, item.fields))
                 continue
-            pair = extract_text_pair(item, columns)
-            if isinstance(pair, DeadLetter):
-                pairs.skipped.append(pair)
-                continue
-            label = item.fields.get(label_col)
-            if label is None or (isinstance(label, str) and not label.strip()):
-                state = "absent from this row" if label_col not in item.fields else "null or empty"
-                pairs.skipped.append(DeadLetter(dl.REASON_NULL_LABEL, f"label column {label_col!r} is {state}",
-                                                item.source, item.fields))
-                continue
-            try:
-                target = task.target(label)
-            except ValueError as err:
-                pairs.skipped.append(DeadLetter(dl.REASON_INVALID_LABEL, f"label column {label_col!r}: {err}",
-                                                item.source, item.fields))
-                continue
-            if group_col is not None:
-                group = item.fields.get(group_col)
-                if group is None or (isinstance(group, str) and not group.strip()) or isinstance(group, (dict, list)):
-                    pairs.skipped.append(DeadLetter(dl.REASON_NULL_ID, f"group column {group_col!r} is null, empty "
-                                                    "or not a scalar", item.source, item.fields))
-                    continue
-                pairs.groups.append(str(group))
-            pairs.lefts.append(pair.left)
-            pairs.rights.append(pair.right)
-            pairs.targets.append(target)
+            pairs.groups.append(str(group))
+        pairs.lefts.append(pair.left)
+        pairs.rights.append(pair.right)
+        pairs.targets.append(target)
     return pairs
 
 
@@ -138,7 +144,7 @@ class DistillationSet:
     skipped: list[DeadLetter] = field(default_factory=list)
 
 
-def distillation_columns(files: Sequence[InputFile], columns: TextPairColumns, need_logits: bool) -> tuple[str, str]:
+def distillation_columns(files: Sequence[InputFile], columns: PairColumns, need_logits: bool) -> tuple[str, str]:
     """(soft label column, logit column) of a distillation set: ``soft_label`` / ``logit`` for
     one-output teachers, ``soft_labels`` / ``logits`` for k classes (pipeline/beam/label.py). Checked
     in every file before anything is read."""
@@ -150,7 +156,7 @@ def distillation_columns(files: Sequence[InputFile], columns: TextPairColumns, n
             return soft, logit
         except InputError as err:
             problems.append(str(err))
-    raise ValueError(f"--distill is not a distillation set (a label_pairs output with soft_label and logit, or "
+    raise InputError(f"--distill is not a distillation set (a label_pairs output with soft_label and logit, or "
                      f"soft_labels and logits, columns{' -- --loss mse needs the logits' if need_logits else ''}): "
                      f"{problems[0]}")
 
@@ -161,7 +167,7 @@ def first_width(files: Sequence[InputFile], soft_col: str) -> int:
         for item in read_rows(file, [soft_col]):
             if not isinstance(item, DeadLetter) and isinstance(item.fields.get(soft_col), (list, tuple)):
                 return len(item.fields[soft_col])
-    raise ValueError(f"--distill has no row with a {soft_col!r} list: no soft labels to learn from")
+    raise InputError(f"--distill has no row with a {soft_col!r} list: no soft labels to learn from")
 
 
 def _numbers(value: Any, column: str, width: int) -> list[float]:
@@ -182,7 +188,7 @@ def _numbers(value: Any, column: str, width: int) -> list[float]:
     return out
 
 
-def read_distillation_set(files: Sequence[InputFile], columns: TextPairColumns, soft_col: str, logit_col: str,
+def read_distillation_set(files: Sequence[InputFile], columns: PairColumns, soft_col: str, logit_col: str,
                           width: int, task: TeacherTask, human_col: str | None = None, limit: int | None = None
                           ) -> DistillationSet:
     """Read a distillation set; rows that cannot be trained on are skipped as dead letters.
@@ -194,48 +200,41 @@ def read_distillation_set(files: Sequence[InputFile], columns: TextPairColumns, 
     teacher alone. ``width``: C, soft labels per pair; ``task`` reads the human labels.
     """
     data = DistillationSet()
-    for file in files:
+
+    def wanted(file: InputFile) -> list[str]:
         # The logit and human label columns may be absent from a file (mined pairs have no human
         # label); read only what it has, and absent values count as null.
-        wanted = [*columns.required(), soft_col, *present_columns(file, [logit_col] + ([human_col] if human_col else []))]
-        for item in read_rows(file, wanted):
-            if limit is not None and data.rows_read >= limit:
-                return _without_empty_logits(data)
-            data.rows_read += 1
-            if isinstance(item, DeadLetter):
-                data.skipped.append(item)
-                continue
-            pair = extract_text_pair(item, columns)
-            if isinstance(pair, DeadLetter):
-                data.skipped.append(pair)
-                continue
-            fields = item.fields
-            if fields.get(soft_col) is None:
-                data.skipped.append(DeadLetter(dl.REASON_NULL_LABEL, f"soft label column {soft_col!r} is null or "
-                                               "absent", item.source, fields))
-                continue
-            try:
-                soft = _numbers(fields[soft_col], soft_col, width)
-                if not all(0.0 <= p <= 1.0 for p in soft):
-                    raise ValueError(f"{soft_col} {fields[soft_col]!r:.60} is outside [0, 1]")
-                if len(soft) > 1 and abs(sum(soft) - 1.0) > SOFT_LABEL_SUM_TOLERANCE:
-                    raise ValueError(f"{soft_col} {fields[soft_col]!r:.60} does not sum to 1")
-                logit = None if fields.get(logit_col) is None else _numbers(fields[logit_col], logit_col, len(soft))
-                human = math.nan
-                if human_col and not _is_blank(fields.get(human_col)):
-                    human = task.target(fields[human_col])
-            except ValueError as err:
-                data.skipped.append(DeadLetter(dl.REASON_INVALID_LABEL, str(err), item.source, fields))
-                continue
-            data.lefts.append(pair.left)
-            data.rights.append(pair.right)
-            data.soft.append(soft)
-            if data.logits is not None:
-                if logit is None:
-                    data.logits = None  # some row has no logit: the set has none to train on
-                else:
-                    data.logits.append(logit)
-            data.human.append(human)
+        return [*columns.required(), soft_col, *present_columns(file, [logit_col] + ([human_col] if human_col else []))]
+
+    items = itertools.islice((item for file in files for item in read_rows(file, wanted(file))), limit)
+    for item, pair in _usable_pairs(items, columns, data):
+        fields = item.fields
+        if fields.get(soft_col) is None:
+            data.skipped.append(DeadLetter(dl.REASON_NULL_LABEL, f"soft label column {soft_col!r} is null or "
+                                           "absent", item.source, fields))
+            continue
+        try:
+            soft = _numbers(fields[soft_col], soft_col, width)
+            if not all(0.0 <= p <= 1.0 for p in soft):
+                raise ValueError(f"{soft_col} {fields[soft_col]!r:.60} is outside [0, 1]")
+            if len(soft) > 1 and abs(sum(soft) - 1.0) > SOFT_LABEL_SUM_TOLERANCE:
+                raise ValueError(f"{soft_col} {fields[soft_col]!r:.60} does not sum to 1")
+            logit = None if fields.get(logit_col) is None else _numbers(fields[logit_col], logit_col, len(soft))
+            human = math.nan
+            if human_col and not _is_blank(fields.get(human_col)):
+                human = task.target(fields[human_col])
+        except ValueError as err:
+            data.skipped.append(DeadLetter(dl.REASON_INVALID_LABEL, str(err), item.source, fields))
+            continue
+        data.lefts.append(pair.left)
+        data.rights.append(pair.right)
+        data.soft.append(soft)
+        if data.logits is not None:
+            if logit is None:
+                data.logits = None  # some row has no logit: the set has none to train on
+            else:
+                data.logits.append(logit)
+        data.human.append(human)
     return _without_empty_logits(data)
 
 
@@ -261,6 +260,19 @@ def _is_blank(value: Any) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
 
 
+def _read_manifest(path: str, flag: str) -> dict[str, Any]:
+    """A distillation set's manifest as a dict; InputError naming ``flag`` and the file when it is
+    not a JSON object (a damaged or foreign file is the user's to fix, not a bug)."""
+    try:
+        with FileSystems.open(path) as handle:
+            data = json.loads(handle.read().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"{flag}: {path} is not a readable {MANIFEST_FILE} ({err})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{flag}: {path} holds a JSON {type(data).__name__}, not the object a {MANIFEST_FILE} holds")
+    return data
+
+
 def distillation_task(paths: Sequence[str]) -> TeacherTask | None:
     """The teacher's task from ``_MANIFEST.json`` of the --distill directories (label_pairs writes
     it), so the dev labels and human labels are read as the teacher's were; None when no
@@ -270,15 +282,14 @@ def distillation_task(paths: Sequence[str]) -> TeacherTask | None:
         manifest = FileSystems.join(path.rstrip("/"), MANIFEST_FILE)
         if "*" in path or not FileSystems.exists(manifest):
             continue
-        with FileSystems.open(manifest) as handle:
-            data = json.loads(handle.read().decode("utf-8"))
+        data = _read_manifest(manifest, "--distill")
         if data.get("format") == DISTILLATION_FORMAT and isinstance(data.get("task"), dict):
             task = TeacherTask.from_dict(data["task"])
             # The teacher's max length does not change what a label means.
             meaning = {k: v for k, v in task.to_dict().items() if k != "max_length"}
             tasks[json.dumps(meaning, sort_keys=True)] = (task, path)
     if len(tasks) > 1:
-        raise ValueError(f"--distill sets were labeled for different tasks ({', '.join(p for _, p in tasks.values())}); "
+        raise InputError(f"--distill sets were labeled for different tasks ({', '.join(p for _, p in tasks.values())}); "
                          "give --task to say how the dev labels are read")
     return next(iter(tasks.values()))[0] if tasks else None
 
@@ -324,11 +335,10 @@ class DistillationManifest:
     def read(cls, directory: str) -> "DistillationManifest":
         path = FileSystems.join(directory, MANIFEST_FILE)
         if not FileSystems.exists(path):
-            raise ValueError(f"--previous {directory!r} is not a label_pairs output: it has no {MANIFEST_FILE}")
-        with FileSystems.open(path) as handle:
-            data = json.loads(handle.read().decode("utf-8"))
+            raise InputError(f"--previous {directory!r} is not a label_pairs output: it has no {MANIFEST_FILE}")
+        data = _read_manifest(path, "--previous")
         if data.get("format") != DISTILLATION_FORMAT or data.get("schema_version") != SCHEMA_VERSION:
-            raise ValueError(f"--previous {directory!r}: {MANIFEST_FILE} is not a distillation set of schema "
+            raise InputError(f"--previous {directory!r}: {MANIFEST_FILE} is not a distillation set of schema "
                              f"version {SCHEMA_VERSION} (format {data.get('format')!r}, version "
                              f"{data.get('schema_version')!r})")
         return cls(**data)
@@ -419,5 +429,5 @@ def check_human_label_column(files: Sequence[InputFile], column: str) -> None:
     """The human label column may be absent from some files (mined pairs have no human label) but
     must be in at least one: a misspelt name would otherwise silently train on soft labels alone."""
     if not any(present_columns(file, [column]) for file in files):
-        raise ValueError(f"--human-label-col {column!r}: no --distill file has that column (label_pairs keeps "
+        raise InputError(f"--human-label-col {column!r}: no --distill file has that column (label_pairs keeps "
                          f"it with --keep-cols {column})")

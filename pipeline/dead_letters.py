@@ -33,6 +33,12 @@ REASON_NON_STRING_TEXT = "non_string_text"
 REASON_NULL_ID = "null_id"
 REASON_INVALID_ID = "invalid_id"
 REASON_CONFLICTING_ID = "conflicting_id"
+# Pairs: a side's text or id reason with the side in front (``left_null_text``, ``right_invalid_id``;
+# :data:`pipeline.pairs.SIDE_CHECKS` says which each kind of pair column gets), and these:
+REASON_NON_STRING_ID = "non_string_id"       # a pair's id (id mode): neither a string nor an integer
+REASON_EMPTY_ID = "empty_id"                 # a pair's id (id mode): no visible character
+REASON_TEXT_MISSING = "text_missing"         # a pair's id (id mode) that no text table holds
+REASON_KEPT_COLUMN_TYPE = "kept_column_type"  # a kept value that does not fit the column's decided type
 # Labels (training sets)
 REASON_NULL_LABEL = "null_label"
 REASON_INVALID_LABEL = "invalid_label"

@@ -14,6 +14,8 @@ from typing import IO
 
 import pyarrow.fs as pafs
 
+from pipeline.errors import UsageError
+
 # Scheme -> what its pyarrow filesystem needs, said when it is missing.
 CLIENTS = {
     "hdfs": "a Hadoop client: libhdfs and HADOOP_HOME / CLASSPATH set (pyarrow.fs.HadoopFileSystem)",
@@ -24,7 +26,7 @@ CLIENTS = {
 _ALIASES = {"s3a": "s3", "s3n": "s3", "gcs": "gs", "abfss": "abfs"}
 
 
-class FileSystemUnavailable(ValueError):
+class FileSystemUnavailable(UsageError):
     """A path whose scheme has no usable client here (one line, exit 2)."""
 
 

@@ -31,6 +31,7 @@ from typing import Callable
 import numpy as np
 
 from pipeline.store_codec import SideArrays, dequantize, token_mask
+from pipeline.errors import FlagError
 
 # A store is made resident only while it takes at most this share of the device's free memory:
 # the rest is for the head's activations at the batch size asked for.
@@ -185,7 +186,7 @@ class HeadScorer:
 
         refused = head_option_refused(device, compile, quantize)
         if refused:
-            raise ValueError(refused)
+            raise FlagError(refused)
         self.torch = torch
         self.run_head = run_head
         self.student = student
@@ -198,7 +199,10 @@ class HeadScorer:
         self.reads_tokens = getattr(student.head, "reads_tokens", True)
         if quantize == "int8":
             from heads._common import quantize_int8
-            student.head = quantize_int8(student.head)
+            try:
+                student.head = quantize_int8(student.head)
+            except ValueError as err:     # a head with nothing to quantize (the pooled-cos baseline)
+                raise FlagError(f"--head-quantize int8 is not allowed for this model: {err}") from err
         if compile:
             student.head = torch.compile(student.head, dynamic=True)
         cuda = torch.device(device).type == "cuda"

@@ -12,6 +12,9 @@ process-wide cache).
   window of texts into store rows with it.
 * :class:`HeadHandler` -- stage two: the head alone (``encoders.checkpoint.load_head``): a
   scoring worker never reads the encoder's weights.
+* :class:`ModelFacts` (:func:`model_facts`) -- what the launching process needs to know of the
+  student (config, weight fingerprint, store layouts) without loading its encoder, so that a run
+  whose texts are all in ``--store`` never imports transformers (seconds of start-up).
 """
 from __future__ import annotations
 
@@ -22,11 +25,12 @@ from typing import Any, Iterator, NamedTuple, Sequence
 
 import pyarrow as pa
 
-from encoders.file_fingerprint import ModelChanged
+from encoders.config import SIDES, StudentConfig
+from encoders.file_fingerprint import ModelChanged, read_record
 from encoders.threads import ThreadPlan
-from pipeline.errors import InputChanged
+from pipeline.errors import InputChanged, ModelError
 from pipeline.stderr import quiet_refusal_logs
-from pipeline.store import StoreLayout, encode_token_block
+from pipeline.store import StoreError, StoreLayout, encode_token_block, read_manifest
 from pipeline.text_checks import UniqueText
 from pipeline.text_ids import text_id
 
@@ -41,6 +45,96 @@ def pinned_model_load() -> Iterator[None]:
     except ModelChanged as err:
         quiet_refusal_logs(raising=True)   # the launcher prints the one line; the engine need not log it too
         raise InputChanged(str(err)) from None
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the launching process of a scoring run needs to know of its student: its ``config``,
+    its weight ``fingerprint`` (what stores, outputs and summaries record) and the encoders'
+    hidden sizes (``hidden``: {side: H}), from which each side's store layout follows. Built by
+    :func:`model_facts` without the encoder's weights when the checkpoint's files prove its
+    fingerprint."""
+    model_dir: str | None
+    config: StudentConfig
+    fingerprint: str
+    hidden: dict[str, int]
+
+    def layout(self, side: str, dtype: str) -> StoreLayout:
+        """``side``'s store layout in ``dtype``: what ``pipeline.store.store_layout`` gives for the
+        loaded student."""
+        pooled = self.hidden[side] if self.config.pooled else None
+        return StoreLayout(side=side, tokens_kept=self.config.tokens(side),
+                           dim=self.config.dim if self.config.dim is not None else self.hidden[side],
+                           dtype=dtype, pooled_dim=pooled)
+
+
+def proven_fingerprint(model_dir: str | None, store: str | None = None) -> str | None:
+    """The weight fingerprint of the pinned checkpoint ``model_dir`` (``encoders.remote.pin_model_dir``),
+    proven from its files alone, or None when they prove none (then the student must be loaded).
+
+    Two proofs, each a file-level fingerprint (encoders/file_fingerprint.py) equal to the pin's:
+    the checkpoint's own record (``fingerprint.json``: its file list equals the pinned files, name,
+    size and SHA-256) and, for a checkpoint without one, a ``--store`` side whose manifest's
+    ``model_files_fingerprint`` equals the pin's (the store was written from these very files, and
+    its ``model_fingerprint`` is theirs). The baseline (None) and unpinned hub ids prove none."""
+    pin = getattr(model_dir, "pin", None)
+    if pin is None:
+        return None
+    record = read_record(_local_copy(model_dir))
+    if record is not None and record.get("weight_fingerprint") \
+            and sorted(tuple(entry) for entry in record["files"]) == sorted(pin.files):
+        return record["weight_fingerprint"]
+    if store is not None:
+        from apache_beam.io.filesystems import FileSystems
+
+        for side in SIDES:
+            try:
+                manifest = read_manifest(FileSystems.join(store, side))
+            except StoreError:
+                continue     # open_store_side names what is wrong with it, later
+            if manifest.model_files_fingerprint == pin.fingerprint:
+                return manifest.model_fingerprint
+    return None
+
+
+def _local_copy(model_dir: str) -> str:
+    """A local directory holding the pinned ``model_dir``: itself when local (its files were
+    hashed by the pin a moment ago: not again), else the verified copy in the cache."""
+    from encoders.remote import is_remote, local_model_dir
+
+    return local_model_dir(model_dir) if is_remote(str(model_dir)) else str(model_dir)
+
+
+def model_facts(model_dir: str | None, store: str | None = None) -> ModelFacts:
+    """The :class:`ModelFacts` of the student at ``model_dir`` (pinned by
+    ``encoders.remote.pin_model_dir``; None: the zero-training baseline), ``store`` the run's
+    ``--store`` root if any.
+
+    When the files prove the weight fingerprint (:func:`proven_fingerprint`), only the config,
+    the encoders' config.json and the head are read, and transformers is never imported; the head
+    is loaded here to check, before the pipeline starts, that its weights match the config and
+    are finite numbers. Otherwise the whole student is loaded (and checked) as before.
+
+    Raises:
+        ModelError: a checkpoint that is incomplete, names an unknown head, does not match its
+            config or holds a weight that is NaN or infinite (one line, naming the checkpoint).
+    """
+    from encoders.checkpoint import hidden_size, load_head, load_or_build_student, read_config
+    from encoders.config import baseline_config
+    from encoders.finite import check_finite_weights
+
+    fingerprint = proven_fingerprint(model_dir, store)
+    if fingerprint is None:
+        student = load_or_build_student(model_dir, baseline_config())
+        if student.head is None:
+            raise ModelError(f"model {model_dir!r} has no head to score with")
+        hidden = {side: student.encoder.side(side).transformer.config.hidden_size for side in SIDES}
+        return ModelFacts(model_dir, student.config, student.fingerprint, hidden)
+    local = _local_copy(model_dir)
+    config = read_config(local)
+    # The head only (kilobytes): a mismatch or a NaN stops the run here, with the checkpoint named.
+    check_finite_weights(load_head(local), f"checkpoint {str(model_dir)!r}")
+    return ModelFacts(model_dir, config, fingerprint, {side: hidden_size(local, config, side) for side in SIDES})
 
 
 class LoadedEncoder:
@@ -115,9 +209,21 @@ class HeadHandler:
         return HeadScorer(head.to(device).eval(), device, self.batch_size, compile=self.compile,
                           quantize=self.quantize)
 
-    def run_inference(self, batch: tuple[Any, Any], model) -> tuple[Any, Any]:
-        """(left SideArrays, right SideArrays) of B pairs -> (scores (B,), probs (B, K) or None)."""
-        return model.score(*batch)
+    def run_inference(self, batch: HeadBatch, model) -> tuple[Any, Any]:
+        """A :class:`HeadBatch` of B pairs -> (scores (B,), probs (B, K) or None)."""
+        if batch.left_rows is None:
+            return model.score(batch.left, batch.right)
+        # Whole stores and the pairs' rows in them: the scorer gathers (on the device when resident).
+        return model.score_rows(batch.left, batch.left_rows, batch.right, batch.right_rows)
+
+
+class HeadBatch(NamedTuple):
+    """B pairs as the head reads them: each side's SideArrays and, when those are a whole store
+    (R rows), the (B,) store rows of the pairs; rows None: the arrays are the B pairs' own rows."""
+    left: Any
+    left_rows: Any
+    right: Any
+    right_rows: Any
 
 
 class EncodedTexts(NamedTuple):

@@ -12,7 +12,8 @@ import pyarrow as pa
 
 from pipeline.dead_letters import DeadLetter
 from pipeline.readers import ReadSlice, read_parquet_slice, read_row_batches
-from pipeline.scoring_core import PairColumns, PreparedPairs, prepare_pairs, table_from_rows
+from pipeline.pair_checks import PreparedPairs, prepare_pairs, table_from_rows
+from pipeline.pairs import PairColumns
 
 
 def read_prepared(piece: ReadSlice, columns: PairColumns, kept: Sequence[pa.Field], file_index: int,

@@ -1,9 +1,35 @@
-"""Pairs of texts as the teacher jobs read them: two text columns, optional id columns, and
-columns passed through to the output.
+"""The pair contract: which columns a pair is read from, what makes a pair unusable and why, and
+what type each kept column has. Every job that reads pairs uses it (``score_pairs`` on Beam and
+Spark, ``label_pairs``, ``train_teacher``, ``train_student``, ``evaluate``); the columnar
+validator that applies it to a batch is :mod:`pipeline.pair_checks`.
 
-Each side is checked with stage one's own rules (:func:`pipeline.beam.encode.extract_text`), so a pair
-is refused for exactly the reasons a text is, with the side in front of the reason
-(``left_empty_text``, ``right_null_text``, ``left_invalid_id``), as stage two names them.
+A pair is read in one of three modes (:class:`PairColumns`):
+
+============== ============================== ============================================ =======================
+mode           columns                        ids                                          used by
+============== ============================== ============================================ =======================
+texts          ``left``, ``right`` texts      each text's content hash (``text_id``)       score_pairs, teachers
+ids            ``left_id``, ``right_id``      as given; the texts are in text tables       score_pairs
+texts_and_ids  both texts and ids             as given, beside their texts                 label_pairs
+============== ============================== ============================================ =======================
+
+Each side is checked column by column, the checks of a column in the order below, and the first
+problem of the row (left side before right, then kept columns) is its dead-letter reason, with the
+side in front (``left_empty_text``, ``right_null_id``; the reasons are ``pipeline.dead_letters``'
+``REASON_*``):
+
+* a **text** column: ``null_text`` (null or absent), ``non_string_text``, ``empty_text`` (no visible
+  character: :func:`pipeline.text_checks.is_blank`), as stage one checks a text;
+* an **id** column in ids mode, checked as the text it stands for: ``null_id``, ``non_string_id``
+  (integers are ids, in their decimal text: :func:`canonical_id`), ``empty_id``;
+* an **id** column beside its text (texts_and_ids), checked as a text table checks its ids
+  (:func:`pipeline.text_checks.row_id`): ``null_id``, ``invalid_id`` (not a string or integer, or
+  no visible character);
+* a **kept** column (``--keep-cols``): ``kept_column_type`` when its value does not fit the type
+  :func:`kept_fields` decided before the run.
+
+Stage two adds ``left_text_missing`` / ``right_text_missing`` for an id no store holds
+(:func:`pipeline.scoring_core.missing_letters`).
 """
 from __future__ import annotations
 
@@ -11,37 +37,122 @@ import json
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Sequence
 
+import numpy as np
 import pyarrow as pa
 
 from encoders.config import SIDES
-from pipeline.dead_letters import DeadLetter
+from pipeline import dead_letters as dl
+from pipeline.errors import FlagError
 from pipeline.readers import JSONL_PROBE_LINES, InputError, InputFile, SourcedRow, open_raw, parquet_file, read_rows
-from pipeline.scoring_core import REASON_KEPT_COLUMN_TYPE, PairColumns, canonical_id, kept_values
-from pipeline.text_checks import TextColumns, extract_text
+
+TEXTS, IDS, TEXTS_AND_IDS = "texts", "ids", "texts_and_ids"
+
+# The checks of each kind of side column, in the order they are applied (see the module docstring).
+TEXT, ID, GIVEN_ID = "text", "id", "given_id"
+SIDE_CHECKS = {
+    TEXT: (dl.REASON_NULL_TEXT, dl.REASON_NON_STRING_TEXT, dl.REASON_EMPTY_TEXT),
+    ID: (dl.REASON_NULL_ID, dl.REASON_NON_STRING_ID, dl.REASON_EMPTY_ID),
+    GIVEN_ID: (dl.REASON_NULL_ID, dl.REASON_INVALID_ID),
+}
 
 
 @dataclass(frozen=True)
-class TextPairColumns:
-    """Which fields of a row hold the two texts, their ids (optional: without them an id is the
-    text's content hash, :func:`pipeline.text_ids.text_id`) and the columns to keep."""
-    left: str = "left"
-    right: str = "right"
+class PairColumns:
+    """Where a pair's two sides are (the mode follows from which columns are given; see the
+    module docstring): text columns ``left``/``right``, id columns ``left_id``/``right_id``, or
+    both; with neither, the texts are in ``left`` and ``right``. ``keep``: columns passed through
+    to the output."""
+    left: str | None = None
+    right: str | None = None
     left_id: str | None = None
     right_id: str | None = None
     keep: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if (self.left_id is None) != (self.right_id is None):
-            raise ValueError("give both --left-id-col and --right-id-col, or neither "
+            raise FlagError("give both --left-id-col and --right-id-col, or neither "
                              f"(got left {self.left_id!r}, right {self.right_id!r})")
-        if self.left == self.right:
-            raise ValueError(f"--left-col and --right-col are both {self.left!r}: give two different columns")
+        if (self.left is None) != (self.right is None):
+            raise FlagError(f"give both --left-col and --right-col (got left {self.left!r}, right {self.right!r})")
+        if self.left is None and self.left_id is None:
+            object.__setattr__(self, "left", "left")
+            object.__setattr__(self, "right", "right")
+        if self.left is not None and self.left == self.right:
+            raise FlagError(f"--left-col and --right-col are both {self.left!r}: give two different columns")
+        object.__setattr__(self, "keep", tuple(self.keep))
+
+    @classmethod
+    def for_scoring(cls, left: str, right: str, left_id: str | None, right_id: str | None,
+                    keep: Sequence[str] = ()) -> PairColumns:
+        """score_pairs' flags -> its columns: ids mode when id columns are given (the text columns'
+        flags then do not apply: the texts come from text tables), texts mode otherwise."""
+        if left_id is not None or right_id is not None:
+            return cls(None, None, left_id, right_id, tuple(keep))
+        return cls(left, right, None, None, tuple(keep))
+
+    @property
+    def mode(self) -> str:
+        if self.left_id is None:
+            return TEXTS
+        return IDS if self.left is None else TEXTS_AND_IDS
+
+    @property
+    def id_mode(self) -> bool:
+        """Ids mode: the pairs name ids whose texts come from text tables."""
+        return self.mode == IDS
+
+    @property
+    def has_texts(self) -> bool:
+        return self.left is not None
+
+    def side_columns(self, side: str) -> list[tuple[str, str]]:
+        """(kind, column) checked for ``side``, in order: its text column (TEXT), its id column
+        (ID in ids mode, GIVEN_ID beside a text)."""
+        text, id_ = (self.left, self.left_id) if side == "left" else (self.right, self.right_id)
+        if text is None:
+            return [(ID, id_)]
+        return [(TEXT, text)] + ([(GIVEN_ID, id_)] if id_ is not None else [])
+
+    def id_columns(self) -> set[str]:
+        """Columns read as ids (integers accepted in their decimal text), not as texts."""
+        texts = {self.left, self.right}
+        return {c for side in SIDES for kind, c in self.side_columns(side) if kind != TEXT and c not in texts}
 
     def required(self) -> list[str]:
-        """Columns every input file must have."""
-        names = [self.left, self.right, self.left_id, self.right_id, *self.keep]
-        return list(dict.fromkeys(n for n in names if n is not None))
+        """The side columns every pair file must have (texts and/or ids), each once."""
+        return list(dict.fromkeys(c for c in (self.left, self.right, self.left_id, self.right_id) if c is not None))
 
+    def needed(self) -> list[str]:
+        """Every column the job reads from a pair file, each once: the side columns and ``keep``."""
+        return list(dict.fromkeys([*self.required(), *self.keep]))
+
+
+# --------------------------------------------------------------------------- reasons as codes
+
+# Reason codes of a columnar check: 0 is a good row, then kept_column_type, then each side's checks.
+_CODES: list[tuple[str, str, str] | None] = [None, ("", "", dl.REASON_KEPT_COLUMN_TYPE)] + [
+    (side, kind, check) for side in SIDES for kind, checks in SIDE_CHECKS.items() for check in checks]
+KEPT_COLUMN_TYPE_CODE = 1
+
+
+def reason_code(side: str, kind: str, check: str) -> int:
+    return _CODES.index((side, kind, check))
+
+
+def reason_name(code: int) -> str:
+    """The dead-letter reason of a code (``left_null_text``, ``kept_column_type``; "" for a good row)."""
+    if code == 0:
+        return ""
+    side, _, check = _CODES[code]
+    return f"{side}_{check}" if side else check
+
+
+def code_check(code: int) -> tuple[str, str, str]:
+    """(side, kind of column, check) of a nonzero code; side and kind are "" for a kept column."""
+    return _CODES[code]
+
+
+# --------------------------------------------------------------------------- good pairs
 
 class TextPair(NamedTuple):
     """A pair whose two texts are usable, with their ids, the kept values and where it came from."""
@@ -53,28 +164,20 @@ class TextPair(NamedTuple):
     source: str
 
 
-def extract_text_pair(row: SourcedRow, columns: TextPairColumns,
-                      kept: Sequence[pa.Field] = ()) -> TextPair | DeadLetter:
-    """Validate one row's two texts (and ids) -> the TextPair, or the first side's reason it is
-    unusable; with ``kept`` (:func:`kept_fields`), a kept value that does not fit its decided
-    type is refused too (``kept_column_type``), as the scoring core refuses it."""
-    sides = []
-    for side, text_col, id_col in (("left", columns.left, columns.left_id),
-                                   ("right", columns.right, columns.right_id)):
-        result = extract_text(row, TextColumns(text=text_col, id=id_col))
-        if isinstance(result, DeadLetter):
-            return DeadLetter(f"{side}_{result.reason}", f"{side} side: {result.detail}", row.source, row.fields)
-        sides.append(result)
-    for field in kept:
-        value = row.fields.get(field.name)
-        if kept_values([value], field)[1] is not None:
-            return DeadLetter(REASON_KEPT_COLUMN_TYPE,
-                              f"kept column {field.name!r} holds a {type(value).__name__} ({value!r:.80}) but is "
-                              f"{field.type} in the output, as decided from the inputs' first rows before the run",
-                              row.source, row.fields)
-    kept = tuple(row.fields.get(name) for name in columns.keep)
-    return TextPair(sides[0].id, sides[1].id, sides[0].text, sides[1].text, kept, row.source)
+def canonical_id(value: Any) -> str | None:
+    """An id value -> the one string form every table compares it in, or None when it is no id.
 
+    Strings are ids as they are; integers (not bools) are their decimal text, as a text table's
+    integer ids become (:func:`pipeline.text_checks.row_id`), so ``42`` in a JSONL or Parquet
+    pair table meets ``42`` or ``"42"`` in a text table."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+# --------------------------------------------------------------------------- kept columns
 
 def kept_fields(files: Sequence[InputFile], names: Sequence[str]) -> list[pa.Field]:
     """The output fields of the ``--keep-cols``, decided once, before the pipeline starts.
@@ -142,10 +245,53 @@ def _jsonl_types(file: InputFile, names: Sequence[str]) -> dict[str, pa.DataType
     return decided
 
 
+def _fits(value: Any, kind: pa.DataType) -> bool:
+    """Whether a JSON value fits a kept column's decided type without being changed."""
+    if value is None:
+        return True
+    if pa.types.is_boolean(kind):
+        return isinstance(value, bool)
+    if pa.types.is_integer(kind):
+        return isinstance(value, int) and not isinstance(value, bool) and -2 ** 63 <= value < 2 ** 63
+    if pa.types.is_floating(kind):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        # An integer fits only where the float holds it exactly (|value| <= 2**53 for a double):
+        # beyond, it would be rounded (and Arrow refuses the whole batch).
+        exact = 2 ** _FLOAT_MANTISSA_BITS.get(kind.bit_width, 53)
+        return isinstance(value, float) or -exact <= value <= exact
+    return True
+
+
+# Significand bits (with the implicit one) of float16/32/64: the integers each holds exactly.
+_FLOAT_MANTISSA_BITS = {16: 11, 32: 24, 64: 53}
+
+
+def kept_values(values: list, field: pa.Field) -> tuple[pa.Array, np.ndarray | None]:
+    """Values of one kept column from a text format -> (array of ``field.type``, misfit mask or None).
+
+    A string column holds JSON values that are not strings as their JSON text (the documented
+    fallback for objects, lists and mixed columns); a number or bool column refuses a value of
+    another JSON type (misfit: null here, dead-lettered as ``kept_column_type`` by
+    :func:`pipeline.pair_checks.validate_pairs`) rather than change it.
+    """
+    kind = field.type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        try:
+            return pa.array(values, kind), None
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            return pa.array([v if v is None or isinstance(v, str) else json.dumps(v, ensure_ascii=False)
+                             for v in values], kind), None
+    fits = np.fromiter((_fits(v, kind) for v in values), bool, len(values))
+    if fits.all():
+        return pa.array(values, kind), None
+    return pa.array([v if ok else None for v, ok in zip(values, fits)], kind), ~fits
+
+
 def kept_column_values(values: list[Any], field: pa.Field) -> list[Any]:
-    """Values of one kept column, made to fit its field: JSON values in a string column become
-    their JSON text. A value that does not fit a number or bool column raises InputError (the
-    scoring core dead-letters such rows instead: :func:`pipeline.scoring_core.kept_values`)."""
+    """Values of one kept column of validated pairs, made to fit its field: JSON values in a string
+    column become their JSON text. A value that does not fit a number or bool column raises
+    InputError (the validator dead-letters such rows before they get here)."""
     if pa.types.is_string(field.type) or pa.types.is_large_string(field.type):
         return [v if v is None or isinstance(v, str) else json.dumps(v, ensure_ascii=False) for v in values]
     _, misfit = kept_values(values, field)
@@ -154,41 +300,3 @@ def kept_column_values(values: list[Any], field: pa.Field) -> list[Any]:
         raise InputError(f"kept column {field.name!r} holds a {type(bad).__name__} ({bad!r:.80}) but is "
                          f"{field.type} in the output, as decided from the inputs' first rows")
     return values
-
-
-class Pair(NamedTuple):
-    """One pair, validated one row at a time (the reference the columnar core must agree with)."""
-    left_id: str
-    right_id: str
-    kept: tuple
-    row: SourcedRow
-
-
-def extract_pair(row: SourcedRow, columns: PairColumns) -> tuple[Pair, str | None, str | None] | DeadLetter:
-    """Validate one pair row -> (Pair, left text, right text) (texts None in id mode), or why not.
-
-    Reasons are the stage-one ones with the side in front (``left_empty_text``, ``right_null_id``).
-    The pipeline validates whole batches with :func:`pipeline.scoring_core.validate_pairs`, which
-    gives the same reasons; this per-row form is the reference its tests compare against.
-    """
-    ids, texts = [], []
-    for side in SIDES:
-        if columns.id_mode:
-            id_col = columns.left_id if side == "left" else columns.right_id
-            value = row.fields.get(id_col)
-            if not isinstance(value, str) and canonical_id(value) is not None:
-                # An integer id: its canonical text, as text tables give it.
-                ids.append(canonical_id(value))
-                texts.append(None)
-                continue
-            # Reuse stage one's id rules; the id column doubles as a dummy text column.
-            result = extract_text(row, TextColumns(text=id_col, id=id_col))
-        else:
-            result = extract_text(row, TextColumns(text=columns.left if side == "left" else columns.right))
-        if isinstance(result, DeadLetter):
-            reason = result.reason.replace("_text", "_id") if columns.id_mode else result.reason
-            return DeadLetter(f"{side}_{reason}", f"{side} side: {result.detail}", row.source, row.fields)
-        ids.append(result.id)
-        texts.append(None if columns.id_mode else result.text)
-    kept = tuple(row.fields.get(name) for name in columns.keep)
-    return Pair(ids[0], ids[1], kept, row), texts[0], texts[1]

@@ -28,6 +28,7 @@ import json
 import os
 from typing import IO, Mapping, Sequence
 
+from pipeline.errors import UsageError
 from pipeline.output.layout import LOCK_FILE, STAGING_PREFIX, SUCCESS_FILE, SUMMARY_FILE
 from pipeline.output.lock import LockHolder, in_use, parse_lock
 from pipeline.paths import gzip_problem, split_compression
@@ -40,7 +41,7 @@ _MAX_FILES_CHECKED = 64            # more files: the job's own check (threads, a
 _HEAD_BYTES = 1 << 20              # what is read of a text file to find its header / first object
 
 
-class PreflightError(ValueError):
+class PreflightError(UsageError):
     """A mistake found before the imports: one line, exit status 2 (jobs.common.run_job)."""
 
 

@@ -43,7 +43,7 @@ LABELS = {
     "right.texts_encoded": "texts encoded",
     "pairs.rows_scored": "pairs scored",         # score_pairs
     "pairs_labeled": "pairs labeled",            # label_pairs
-    "input_bytes_read": "input read",            # every job's JSONL/CSV/TSV inputs (pipeline/readers.py)
+    "input_bytes_read": "input read",            # every job's JSONL/CSV/TSV inputs (pipeline/readers/streams.py)
 }
 # Labels counting bytes: shown in MB.
 BYTE_LABELS = frozenset({"input read"})

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from encoders.choices import DEVICES
+from encoders.errors import FlagError
 from encoders.settings import FRACTION, POSITIVE_INT, Range, setting
 from pipeline.choices import FORMATS
 
@@ -31,7 +32,7 @@ def parse_label_range(text: str | tuple[float, float] | None) -> tuple[float, fl
     try:
         low, high = (float(p) for p in text.split(","))
     except ValueError:
-        raise ValueError(f"--label-range {text!r} is not allowed: give two numbers LOW,HIGH, e.g. 0,5") from None
+        raise FlagError(f"--label-range {text!r} is not allowed: give two numbers LOW,HIGH, e.g. 0,5") from None
     return low, high
 
 

@@ -4,8 +4,9 @@ filter in front of Beam's multi-process workers, which write to this process's s
 - :func:`configure_logging`: Beam's messages only with ``--verbose``; a full disk never (the job
   says it in one line).
 - :func:`through_worker_filter`: the workers' progress records go to ``pipeline/progress.py``
-  (one line for the whole run), their start-up log lines are dropped unless ``--verbose``, and
-  every other line (errors) is written above the live progress line.
+  (one line for the whole run), their start-up log lines and their records of a usage error
+  (which the job reports in one line) are dropped unless ``--verbose``, and every other line
+  (errors) is written above the live progress line.
 
 Used by the command line (``jobs.common.run_job``). Stdlib only, so it is imported before Beam
 and torch.
@@ -22,7 +23,7 @@ import threading
 from typing import Callable, Iterator, TextIO
 
 from pipeline import progress
-from pipeline.errors import mentions_refusal, refusal_in
+from pipeline.errors import UsageError, mentions_refusal, mentions_usage_error, refusal_in
 
 
 class _DropImportNoise(logging.Filter):
@@ -134,8 +135,9 @@ def through_worker_filter(drop_logs: bool = True, interrupted: Callable[[], bool
                           ) -> Iterator[tuple[TextIO, Callable[[], None]]]:
     """Route file descriptor 2 (inherited by Beam's worker processes) through a thread that takes
     the workers' progress records (pipeline/progress.py adds them to this process's line), drops
-    the workers' start-up log lines unless ``drop_logs`` is False (--verbose), and passes every
-    other line on, above the live progress line. Yields a stream on the real stderr for the
+    the workers' start-up log lines and their records of a usage error (the job's one line says
+    it) unless ``drop_logs`` is False (--verbose), and passes every other line on, above the live
+    progress line. Yields a stream on the real stderr for the
     progress line (which redraws in place, so it bypasses the line filter) and ``drain()``, which
     ends the filtering once everything written so far (the workers' last records) is through.
     ``interrupted``: whether a Ctrl-C or SIGTERM is ending the run (the run guard's, from the
@@ -158,11 +160,19 @@ def through_worker_filter(drop_logs: bool = True, interrupted: Callable[[], bool
                 *lines, pending = (pending + chunk).split(b"\n")
                 if interrupted():   # workers dying of the same Ctrl-C: the job's one line says it
                     continue
-                kept = b"".join(line + b"\n" for line in lines if keep(line))
+                kept = b"".join(out + b"\n" for line in lines if keep(line) for out in errors(line))
                 if kept:
                     progress.write_above(lambda: os.write(real, kept))
+        rest = b"".join(out + b"\n" for out in (usage_errors.flush() if drop_logs else []))
         if pending and keep(pending):
-            progress.write_above(lambda: os.write(real, pending))
+            rest += pending
+        if rest:
+            progress.write_above(lambda: os.write(real, rest))
+
+    usage_errors = _WorkerUsageErrors()
+
+    def errors(line: bytes) -> list[bytes]:
+        return usage_errors.feed(line) if drop_logs else [line]
 
     def keep(line: bytes) -> bool:
         if line.startswith(_RECORD_PREFIX) and progress.receive_record(line.decode("utf-8", "replace")):
@@ -190,26 +200,62 @@ def through_worker_filter(drop_logs: bool = True, interrupted: Callable[[], bool
 
 class _OneLineErrorLogFilter(logging.Filter):
     """Drops Beam's log record (message, ERROR and traceback) of a step that raised an error the
-    job reports in one line itself: a bad input or argument (a ValueError: a Parquet row group that
-    will not decompress, a truncated .gz ...). Kept with --verbose."""
+    job reports in one line itself: a bad input or argument (the UsageError family: a Parquet row
+    group that will not decompress, a truncated .gz ...). Kept with --verbose, and for any other
+    error (a bug: its traceback is what the user reports)."""
     verbose = False
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if self.verbose:
+            return True
         error, seen = (record.exc_info[1] if record.exc_info else None), set()
-        while error is not None and id(error) not in seen and not self.verbose:
-            if isinstance(error, ValueError):
+        while error is not None and id(error) not in seen:
+            if isinstance(error, UsageError):
                 return False
             seen.add(id(error))
             error = error.__cause__ or error.__context__
-        return True
+        return not mentions_usage_error(record.getMessage())   # forwarded from a worker: its text
 
 
 def quiet_one_line_error_logs(verbose: bool) -> None:
     """Keep Beam's DoFn runner, which logs a failed step with its traceback before raising it
-    again, from printing an error that ``jobs.common.run_job`` prints as one line (exit 2)."""
-    logger = logging.getLogger("apache_beam.runners.common")
-    found = next((f for f in logger.filters if isinstance(f, _OneLineErrorLogFilter)), None)
-    if found is None:
-        found = _OneLineErrorLogFilter()
-        logger.addFilter(found)
-    found.verbose = verbose
+    again, and the job service, which logs what a worker process reported, from printing an error
+    that ``jobs.common.run_job`` prints as one line (exit 2)."""
+    for name in _BEAM_FAILURE_LOGGERS:
+        logger = logging.getLogger(name)
+        found = next((f for f in logger.filters if isinstance(f, _OneLineErrorLogFilter)), None)
+        if found is None:
+            found = _OneLineErrorLogFilter()
+            logger.addFilter(found)
+        found.verbose = verbose
+
+
+# A Beam worker process's own record of a failed step or bundle, as its default log handler prints
+# it to the stderr this process filters, and the lines of the traceback that follow it.
+_WORKER_ERROR_LINE = re.compile(rb"^(ERROR|CRITICAL):(root|__main__|apache_beam[\w.]*):")
+_TRACEBACK_LINE = re.compile(rb"^(\s|$|Traceback \(most recent call last\):|The above exception|"
+                             rb"During handling of the above exception|(?:[a-z_]\w*\.)*[A-Z]\w*: )")
+
+
+class _WorkerUsageErrors:
+    """Holds a worker's error record back until its traceback ends, then drops it when it reports
+    a usage error (the job says that in one line, exit 2) and passes it on otherwise."""
+
+    def __init__(self) -> None:
+        self._held: list[bytes] = []
+
+    def feed(self, line: bytes) -> list[bytes]:
+        """The lines to write now, ``line`` included or held."""
+        if self._held and _TRACEBACK_LINE.match(line):
+            self._held.append(line)
+            return []
+        out = self.flush()
+        if _WORKER_ERROR_LINE.match(line):
+            self._held = [line]
+        else:
+            out.append(line)
+        return out
+
+    def flush(self) -> list[bytes]:
+        held, self._held = self._held, []
+        return [] if held and mentions_usage_error(b"\n".join(held).decode("utf-8", "replace")) else held

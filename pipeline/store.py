@@ -49,6 +49,7 @@ from pipeline.store_codec import (SideArrays, binary_values, decode_pooled, deco
 from pipeline.choices import DTYPES
 from pipeline.writers import COMPRESSION, write_json_file  # noqa: F401
 from pipeline.paths import escape_glob
+from pipeline.errors import UsageError
 from pipeline.store_paths import MANIFEST_FILE, is_two_side_store, not_a_store_message, other_side, side_of  # noqa: F401
 
 SCHEMA_VERSION = 2
@@ -62,7 +63,7 @@ STORE_FILE_SUFFIX = ".parquet"
 _CHECK_THREADS = 16
 
 
-class StoreError(ValueError):
+class StoreError(UsageError):
     """A ``--store`` (or a store read back) that cannot be used; the message names the file."""
 
 
@@ -77,7 +78,7 @@ class StoreLayout:
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
-            raise ValueError(f"store dtype {self.dtype!r} is not allowed: choose one of {', '.join(DTYPES)}")
+            raise StoreError(f"store dtype {self.dtype!r} is not allowed: choose one of {', '.join(DTYPES)}")
 
     @property
     def token_bytes(self) -> int:

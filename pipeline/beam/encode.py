@@ -155,7 +155,9 @@ class EncodeSettings:
 class _EncodeTextsDoFn(SortWindowDoFn):
     """UniqueText -> pyarrow Tables of store rows, one per sort window.
 
-    The model loads once per worker in ``setup``. Texts are buffered, tokenized together,
+    The model loads once per worker process, when its first window of texts is flushed: a run
+    whose texts are all in ``--store`` never loads the encoder (nor imports transformers). Texts
+    are buffered, tokenized together,
     sorted by token count and cut into batches, so each batch pads only to its own longest
     text; this is where length batching pays.
     """
@@ -171,10 +173,12 @@ class _EncodeTextsDoFn(SortWindowDoFn):
         self.truncated = counter("texts_truncated", prefix)
 
     def setup(self):
-        self._model = acquire(self._shared, self._handler.load_model, self._handler.tag)
+        self._model = None
 
     def flush(self, texts: list[UniqueText]) -> pa.Table:
         report_threads("encode")
+        if self._model is None:   # held here: shared.Shared keeps only a weak reference
+            self._model = acquire(self._shared, self._handler.load_model, self._handler.tag)
         result = encode_unique_texts(self._handler, self._model, texts, self._layout, self._settings.batch_size)
         self.encoded.inc(result.encoded)
         self.truncated.inc(result.truncated)

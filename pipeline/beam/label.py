@@ -23,54 +23,59 @@ truncated       bool           the pair was longer than the teacher's max length
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import apache_beam as beam
-import numpy as np
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import ReadFromParquetBatched, WriteToParquetBatched
 
-from encoders.threads import ThreadPlan
 from pipeline.beam.batching import SortWindowDoFn
 from pipeline.datasets import pair_key
 from pipeline.dead_letters import DeadLetter
 from pipeline.beam.counters import counter, dead_letter_counter, report_threads
 from pipeline.beam.encode import DEAD_LETTER_TAG
-from pipeline.pairs import TextPair, TextPairColumns, extract_text_pair, kept_column_values
+from pipeline.pair_checks import check_pair_rows
+from pipeline.pairs import PairColumns, TextPair
+# LabelSettings and load_labeling_teacher: re-exported for the job (and tests that stand in a teacher).
+from pipeline.labeling import LabelSettings, label_window, load_labeling_teacher, relabel  # noqa: F401
 from pipeline.readers import SourcedRow
 from pipeline.store import COMPRESSION, STORE_FILE_PREFIX, STORE_FILE_SUFFIX
 
 # --------------------------------------------------------------------------- pairs
 
-class _ExtractPairsDoFn(beam.DoFn):
-    """SourcedRow -> TextPair; rows with an unusable side to ``dead_letter``."""
+class _CheckPairsDoFn(beam.DoFn):
+    """A batch of SourcedRows -> a TextPair per usable row; the others to ``dead_letter``, with the
+    pair contract's reasons (checked as one columnar batch: :func:`pipeline.pair_checks.check_pair_rows`)."""
 
-    def __init__(self, columns: TextPairColumns, kept: Sequence[pa.Field] = ()):
+    def __init__(self, columns: PairColumns, kept: Sequence[pa.Field] = ()):
         self._columns = columns
         self._kept = list(kept)
 
-    def process(self, row: SourcedRow) -> Iterator:
-        result = extract_text_pair(row, self._columns, self._kept)
-        if isinstance(result, DeadLetter):
-            dead_letter_counter(result.reason).inc()
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, result)
-        else:
-            yield result
+    def process(self, rows: list[SourcedRow]) -> Iterator:
+        for result in check_pair_rows(rows, self._columns, self._kept):
+            if isinstance(result, DeadLetter):
+                dead_letter_counter(result.reason).inc()
+                yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, result)
+            else:
+                yield result
 
 
 class ExtractPairs(beam.PTransform):
-    """SourcedRow -> TextPair. Outputs: main (``pairs``), ``dead_letter``."""
+    """SourcedRow -> TextPair. Outputs: main (``pairs``), ``dead_letter``. Rows are checked in
+    batches of up to ``batch_rows``."""
 
-    def __init__(self, columns: TextPairColumns, kept: Sequence[pa.Field] = ()):
+    def __init__(self, columns: PairColumns, kept: Sequence[pa.Field] = (), batch_rows: int = 4096):
         super().__init__()
         self._columns = columns
         self._kept = kept
+        self._batch_rows = batch_rows
 
     def expand(self, rows):
-        return rows | "CheckPairs" >> beam.ParDo(_ExtractPairsDoFn(self._columns, self._kept)).with_outputs(
-            DEAD_LETTER_TAG, main="pairs")
+        return (rows
+                | "BatchRows" >> beam.BatchElements(min_batch_size=1, max_batch_size=self._batch_rows)
+                | "CheckPairs" >> beam.ParDo(_CheckPairsDoFn(self._columns, self._kept)).with_outputs(
+                    DEAD_LETTER_TAG, main="pairs"))
 
 
 class _DropLabeledDoFn(beam.DoFn):
@@ -107,23 +112,6 @@ class SkipLabeled(beam.PTransform):
 
 # --------------------------------------------------------------------------- previous set
 
-def relabel(table: pa.Table, schema: pa.Schema, temperature: float) -> pa.Table:
-    """Previous distillation rows -> rows of ``schema``, soft labels recomputed from their stored
-    logits at ``temperature`` (the previous run may have used another T)."""
-    from encoders.teacher import soft_labels
-
-    if table.num_rows == 0:
-        return schema.empty_table()
-    columns = {name: table.column(name) for name in schema.names if name in table.column_names}
-    if "logit" in schema.names:
-        logits = table.column("logit").to_numpy(zero_copy_only=False).astype(np.float32)[:, None]
-        columns["soft_label"] = pa.array(soft_labels(logits, temperature), pa.float32())
-    else:
-        logits = np.array(table.column("logits").to_pylist(), dtype=np.float32).reshape(table.num_rows, -1)
-        columns["soft_labels"] = pa.array(list(soft_labels(logits, temperature)), pa.list_(pa.float32()))
-    return pa.Table.from_pydict({name: columns[name] for name in schema.names}, schema=schema)
-
-
 class ReadPrevious(beam.PTransform):
     """A previous distillation set -> outputs ``keys`` (pair_key of each row) and ``rows`` (its tables
     with soft labels at this run's temperature, to be copied through)."""
@@ -153,41 +141,6 @@ class ReadPrevious(beam.PTransform):
 
 # --------------------------------------------------------------------------- labeling
 
-@dataclass(frozen=True)
-class LabelSettings:
-    """How the teacher runs on workers."""
-    teacher: str
-    fingerprint: str
-    schema: pa.Schema
-    keep: tuple[str, ...] = ()
-    temperature: float = 1.0
-    batch_size: int = 64
-    device: str = "auto"
-    max_length: int | None = None
-    threads: ThreadPlan = ThreadPlan()   # torch threads per worker process (encoders/threads.py)
-    # Pairs tokenized and sorted by length together before being cut into batches; larger
-    # windows pad less, at the cost of holding more pairs in memory.
-    sort_window: int = 4096
-
-
-def load_labeling_teacher(settings: LabelSettings):
-    """The teacher as the job runs it (``--max-length`` applied), checked against the fingerprint
-    taken when the job started, so every worker labels with the very same model."""
-    from encoders.teacher import load_teacher
-    from pipeline.models import pinned_model_load
-    from pipeline.errors import InputChanged
-
-    with pinned_model_load():
-        teacher = load_teacher(settings.teacher)
-    if settings.max_length is not None:
-        teacher.task = teacher.task.replace(max_length=settings.max_length)
-    if teacher.fingerprint != settings.fingerprint:
-        raise InputChanged(f"teacher {settings.teacher!r} changed while the job ran (fingerprint "
-                           f"{teacher.fingerprint[:16]} on this worker, {settings.fingerprint[:16]} at the start); "
-                           "rerun the job once the teacher stays put")
-    return teacher
-
-
 class _LabelPairsDoFn(SortWindowDoFn):
     """TextPair -> pyarrow Tables of distillation rows, one per sort window.
 
@@ -207,29 +160,12 @@ class _LabelPairsDoFn(SortWindowDoFn):
         teacher = load_labeling_teacher(self._settings)
         from encoders.device import pick_device
         self._teacher = teacher.to(pick_device(self._settings.device)).eval()
-        self._fields = {f.name: f for f in self._settings.schema}
 
     def flush(self, pairs: list[TextPair]) -> pa.Table:
-        from encoders.teacher import soft_labels
-
         report_threads("teacher")
-        tokenized = self._teacher.tokenize([p.left for p in pairs], [p.right for p in pairs])
-        # Counted batch by batch: a window of thousands of pairs takes the teacher minutes.
-        logits = self._teacher.predict(tokenized, self._settings.batch_size,
-                                       on_batch=self.labeled.inc)                    # (P, C) float32
-        soft = soft_labels(logits, self._settings.temperature)                       # (P,) or (P, C)
-        truncated = [t.truncated for t in tokenized]
-        self.truncated.inc(sum(truncated))
-        data: dict[str, Any] = {"left_id": [p.left_id for p in pairs], "right_id": [p.right_id for p in pairs],
-                                "left": [p.left for p in pairs], "right": [p.right for p in pairs]}
-        if logits.shape[1] == 1:
-            data["logit"], data["soft_label"] = logits[:, 0], soft
-        else:
-            data["logits"], data["soft_labels"] = list(logits), list(soft)
-        data["truncated"] = truncated
-        for position, name in enumerate(self._settings.keep):
-            data[name] = kept_column_values([p.kept[position] for p in pairs], self._fields[name])
-        return pa.Table.from_pydict(data, schema=self._settings.schema)
+        table, truncated = label_window(self._teacher, pairs, self._settings, on_batch=self.labeled.inc)
+        self.truncated.inc(truncated)
+        return table
 
 
 class LabelPairs(beam.PTransform):

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from apache_beam.utils import shared
 
-from pipeline.models import EncoderHandler, HeadHandler, LoadedEncoder  # noqa: F401  (engine-free, re-exported)
+from pipeline.models import EncoderHandler, HeadBatch, HeadHandler, LoadedEncoder  # noqa: F401  (engine-free, re-exported)
 
 
 def acquire(handle: shared.Shared, load: Callable[[], Any], tag: str) -> Any:

@@ -24,6 +24,7 @@ from apache_beam.options.pipeline_options import (DebugOptions, DirectOptions, P
 from apache_beam.options.pipeline_options import _BeamArgumentParser  # the parser Beam's options classes fill
 
 from encoders.threads import ThreadPlan
+from pipeline.errors import FlagError
 
 LOCAL_RUNNER_NAMES = {"directrunner", "direct", "switchingdirectrunner", "fnapirunner"}
 
@@ -48,7 +49,7 @@ class _RefusingParser(_BeamArgumentParser):
     """Beam's argument parser, raising ValueError where argparse would exit the process."""
 
     def error(self, message):
-        raise ValueError(f"Beam option: {message}")
+        raise FlagError(f"Beam option: {message}")
 
 
 def beam_option_parser() -> _BeamArgumentParser:
@@ -83,26 +84,26 @@ def validate_beam_args(beam_args: Sequence[str]) -> None:
         hint = ""
         if any(flag.lstrip("-").startswith("dask_") for flag in flags):
             hint = " (DaskRunner options need dask and distributed installed)"
-        raise ValueError(f"unknown option(s) {', '.join(flags)}: not a flag of this job (see --help) nor a "
-                         f"pipeline option of any Beam runner{hint}")
+        raise FlagError(f"unknown option(s) {', '.join(flags)}: not a flag of this job (see --help) nor a "
+                        f"pipeline option of any Beam runner{hint}")
     if unknown:
-        raise ValueError(f"unexpected argument(s) {' '.join(unknown)}: give options as --name=value")
+        raise FlagError(f"unexpected argument(s) {' '.join(unknown)}: give options as --name=value")
     for dest, why in NOT_WAITED_FOR.items():
         if getattr(namespace, dest, None):
-            raise ValueError(f"--{dest} is not allowed: {why}")
+            raise FlagError(f"--{dest} is not allowed: {why}")
     runner = namespace.runner
     if runner is not None and runner.lower() in ("portablerunner", "portable") and not namespace.job_endpoint:
-        raise ValueError("--runner=PortableRunner needs --job_endpoint: embed (a job service in this process) or "
-                         "HOST:PORT of a running job service")
+        raise FlagError("--runner=PortableRunner needs --job_endpoint: embed (a job service in this process) or "
+                        "HOST:PORT of a running job service")
     if (namespace.environment_type or "").upper() == "EXTERNAL" and not namespace.environment_config:
-        raise ValueError("--environment_type=EXTERNAL needs --environment_config=HOST:PORT of a worker pool "
-                         "(python -m apache_beam.runners.worker.worker_pool_main --service_port=PORT)")
+        raise FlagError("--environment_type=EXTERNAL needs --environment_config=HOST:PORT of a worker pool "
+                        "(python -m apache_beam.runners.worker.worker_pool_main --service_port=PORT)")
     if runner is not None and runner.lower() not in LOCAL_RUNNER_NAMES:
         from apache_beam.runners.runner import create_runner
         try:
             create_runner(runner)
         except (ImportError, ValueError) as err:
-            raise ValueError(f"--runner {runner} cannot be used here: {err}") from err
+            raise FlagError(f"--runner {runner} cannot be used here: {err}") from err
 
 
 def is_local_runner(beam_args: Sequence[str]) -> bool:

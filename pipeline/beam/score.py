@@ -16,7 +16,13 @@ per batch and the head sees big batches:
 - **shuffle join**: pairs and store rows are partitioned by a hash of the id into buckets and
   co-grouped per bucket, first by left id and then by right id; within a bucket the join is the
   core's lookup over Arrow tables. Only ids, kept columns and tokens move, never input rows.
+- **scoring**: one DoFn (``_ScoreDoFn``) for both joins, driven by the model handler: the worker
+  process's ``HeadHandler`` loads the head once and its ``run_inference`` scores each batch's
+  ``HeadBatch``. The joins differ only in how a batch gets its store rows
+  (``_StoreRowsFromSideInputs``: looked up in the side-input stores; ``_StoreRowsCarried``:
+  attached by the shuffle join as columns).
 
+The transforms give typed outputs (:class:`ReadPairsOutputs`, :class:`ScoreOutputs`), not dicts.
 Every pair read ends as a scored row, a duplicate (``--dedupe-pairs``) or a dead letter,
 counted under ``pairs.``.
 """
@@ -25,7 +31,7 @@ from __future__ import annotations
 import threading
 import uuid
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 import apache_beam as beam
 import numpy as np
@@ -36,11 +42,11 @@ from encoders.threads import ThreadPlan
 from pipeline.dead_letters import DeadLetter
 from pipeline.beam.counters import counter, dead_letter_counter, report_threads, worker_counter
 from pipeline.beam.encode import DEAD_LETTER_TAG, EncodeSettings, EncodeTexts
-from pipeline.beam.models import HeadHandler
+from pipeline.beam.models import HeadBatch, HeadHandler
 from pipeline.pair_reading import read_prepared
 from pipeline.readers import InputFile, ReadSlice, read_slices
-from pipeline.scoring_core import (PairColumns, StoreLookup, id_hashes, missing_letters,
-                                   partition, score_pairs, score_table, store_columns)
+from pipeline.scoring_core import (PairColumns, StoreLookup, find_pairs, id_hashes, missing_letters, partition,
+                                   score_table, store_columns)
 from pipeline.errors import InputChanged
 from pipeline.stderr import quiet_refusal_logs
 from pipeline.store import PartChanged, PartPin, StoreLayout, check_finite, read_pinned_part
@@ -48,7 +54,10 @@ from pipeline.store_codec import side_arrays
 from pipeline.text_checks import UniqueText
 from pipeline.text_ids import text_id
 
-PAIRS = "pairs."
+PAIRS = "pairs."   # the counters' prefix
+# Beam output tags (internal to the transforms; what they give callers is a NamedTuple).
+PAIRS_TAG, SCORES_TAG = "pairs", "scores"
+TEXTS_TAGS = {"left": "left_texts", "right": "right_texts"}
 
 
 # --------------------------------------------------------------------------- pairs
@@ -87,15 +96,27 @@ class _ReadPairBatchesDoFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, letter)
         for side, (ids, texts) in prepared.texts.items():
             for id_, text in zip(ids.to_pylist(), texts.to_pylist()):
-                yield beam.pvalue.TaggedOutput(f"{side}_texts", (id_, text))
+                yield beam.pvalue.TaggedOutput(TEXTS_TAGS[side], (id_, text))
         if prepared.pairs.num_rows:
             yield prepared.pairs
 
 
+class ReadPairsOutputs(NamedTuple):
+    """What :class:`ReadPairs` gives: ``pairs`` (prepared Arrow tables: ``left_id``, ``right_id``,
+    kept columns, where each row came from; spread over workers), ``dead_letters``
+    (:class:`DeadLetter`), ``left_texts`` and ``right_texts`` ((id, text), distinct within a batch;
+    empty in id mode)."""
+    pairs: beam.PCollection
+    dead_letters: beam.PCollection
+    left_texts: beam.PCollection
+    right_texts: beam.PCollection
+
+    def texts(self, side: str) -> beam.PCollection:
+        return self.left_texts if side == "left" else self.right_texts
+
+
 class ReadPairs(beam.PTransform):
-    """Pair files -> a dict of PCollections: ``pairs`` (prepared Arrow tables: ``left_id``,
-    ``right_id``, kept columns, where each row came from; spread over workers), ``dead_letter``,
-    ``left_texts`` and ``right_texts`` ((id, text), distinct within a batch; empty in id mode).
+    """Pair files -> :class:`ReadPairsOutputs`.
 
     ``kept``: the output fields of the kept columns (:func:`pipeline.pairs.kept_fields`).
     ``spread_batches``: reshuffle the read batches before scoring (distributed runners; see the
@@ -122,11 +143,11 @@ class ReadPairs(beam.PTransform):
                 | "SpreadSlices" >> beam.Reshuffle()
                 | "ReadPairBatches" >> beam.ParDo(_ReadPairBatchesDoFn(
                     self._columns, self._kept, [f.path for f in self._files], self._chunk_size)).with_outputs(
-                    DEAD_LETTER_TAG, "left_texts", "right_texts", main="pairs"))
+                    DEAD_LETTER_TAG, *TEXTS_TAGS.values(), main=PAIRS_TAG))
         # Reading and scoring parallelise independently: a file read by one worker is scored by many.
-        pairs = (read.pairs | "SpreadPairBatches" >> beam.Reshuffle()) if self._spread_batches else read.pairs
-        return {"pairs": pairs, DEAD_LETTER_TAG: read[DEAD_LETTER_TAG],
-                "left_texts": read.left_texts, "right_texts": read.right_texts}
+        pairs = read[PAIRS_TAG]
+        pairs = (pairs | "SpreadPairBatches" >> beam.Reshuffle()) if self._spread_batches else pairs
+        return ReadPairsOutputs(pairs, read[DEAD_LETTER_TAG], read[TEXTS_TAGS["left"]], read[TEXTS_TAGS["right"]])
 
 
 def _first_text(element) -> UniqueText:
@@ -301,13 +322,14 @@ class ScoreSettings:
 
 
 class _Worker:
-    """What one worker process holds for scoring: the student's head and, for the broadcast
-    join, both stores' lookups; built once per process and shared by its DoFn threads."""
+    """What one worker process holds for scoring: the head's model handler and its loaded model
+    (``HeadHandler.load_model``: the head alone, a scoring worker never loads the encoder) and, for
+    the broadcast join, both stores' lookups; built once per process and shared by its DoFn threads."""
 
     def __init__(self, settings: ScoreSettings):
-        # The head alone (pipeline/beam/models.py): a scoring worker never loads the encoder.
-        self.scorer = HeadHandler(settings.model_dir, settings.device, settings.batch_size,
-                                  settings.threads, settings.compile, settings.quantize).load_model()
+        self.handler = HeadHandler(settings.model_dir, settings.device, settings.batch_size,
+                                   settings.threads, settings.compile, settings.quantize)
+        self.model = self.handler.load_model()
         self._settings = settings
         self._lookups = None
         self._lock = threading.Lock()
@@ -320,12 +342,43 @@ class _Worker:
             return self._lookups
 
 
-class _ScoreBroadcastDoFn(beam.DoFn):
-    """Prepared pair table + both stores as side inputs -> a pyarrow Table of scores."""
+class _StoreRowsFromSideInputs:
+    """Broadcast join: a batch finds its store rows in both stores, side inputs held once per
+    worker process (:meth:`_Worker.lookups`); pairs whose id is not stored are dead letters."""
 
-    def __init__(self, settings: ScoreSettings, handle: shared.Shared):
+    def side_inputs(self, left_tables, right_tables) -> tuple:
+        return beam.pvalue.AsList(left_tables), beam.pvalue.AsList(right_tables)
+
+    def head_batch(self, worker: _Worker, settings: ScoreSettings, pairs: pa.Table, left_tables=(),
+                   right_tables=()) -> tuple[pa.Table, list[DeadLetter], HeadBatch]:
+        left, right = worker.lookups(left_tables, right_tables)
+        found = find_pairs(pairs, left, right, settings.columns, settings.pair_paths)
+        return found.pairs, found.dead_letters, HeadBatch(left.arrays, found.left_rows, right.arrays, found.right_rows)
+
+
+class _StoreRowsCarried:
+    """Shuffle join: a batch's pairs carry their store rows as ``_left_*`` / ``_right_*`` columns
+    (attached by :class:`_AttachSideDoFn`, which dead-lettered the pairs it could not find)."""
+
+    def side_inputs(self, left_tables, right_tables) -> tuple:
+        return ()
+
+    def head_batch(self, worker: _Worker, settings: ScoreSettings,
+                   pairs: pa.Table) -> tuple[pa.Table, list[DeadLetter], HeadBatch]:
+        return pairs, [], HeadBatch(side_arrays(pairs, settings.left_layout, "_left_"), None,
+                                    side_arrays(pairs, settings.right_layout, "_right_"), None)
+
+
+class _ScoreDoFn(beam.DoFn):
+    """Prepared pair table -> a pyarrow Table of scores (main) and dead letters, the one scoring
+    DoFn of both joins: ``store_rows`` says how a batch gets its store rows; the worker's model
+    handler runs the head on them (``HeadHandler.run_inference``)."""
+
+    def __init__(self, settings: ScoreSettings, handle: shared.Shared,
+                 store_rows: _StoreRowsFromSideInputs | _StoreRowsCarried):
         self._settings = settings
         self._handle = handle
+        self._store_rows = store_rows
         self.scored = counter("rows_scored", PAIRS)
 
     def setup(self):
@@ -333,19 +386,18 @@ class _ScoreBroadcastDoFn(beam.DoFn):
         self._worker = self._handle.acquire(lambda: _Worker(settings), tag=settings.run_token)
         self._worker_scored = worker_counter("scored")
 
-    def process(self, pairs: pa.Table, left_tables, right_tables) -> Iterator:
-        left, right = self._worker.lookups(left_tables, right_tables)
-        settings = self._settings
-        scores, letters = score_pairs(pairs, left, right, self._worker.scorer, settings.output_schema,
-                                      settings.columns, settings.pair_paths)
+    def process(self, pairs: pa.Table, *side_inputs) -> Iterator:
+        worker, settings = self._worker, self._settings
+        pairs, letters, batch = self._store_rows.head_batch(worker, settings, pairs, *side_inputs)
         for letter in letters:
             dead_letter_counter(letter.reason, PAIRS).inc()
             yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, letter)
-        if scores.num_rows:
-            self.scored.inc(scores.num_rows)
-            self._worker_scored.inc(scores.num_rows)
+        if pairs.num_rows:
+            scores, probs = worker.handler.run_inference(batch, worker.model)
+            self.scored.inc(pairs.num_rows)
+            self._worker_scored.inc(pairs.num_rows)
             report_threads("head")
-            yield scores
+            yield score_table(pairs, scores, probs, settings.output_schema)
 
 
 class _AttachSideDoFn(beam.DoFn):
@@ -393,29 +445,6 @@ class _AttachSideDoFn(beam.DoFn):
         yield from drain()
 
 
-class _ScoreJoinedDoFn(beam.DoFn):
-    """Pairs carrying both sides' store columns -> a pyarrow Table of scores."""
-
-    def __init__(self, settings: ScoreSettings, handle: shared.Shared):
-        self._settings = settings
-        self._handle = handle
-        self.scored = counter("rows_scored", PAIRS)
-
-    def setup(self):
-        settings = self._settings
-        self._worker = self._handle.acquire(lambda: _Worker(settings), tag=settings.run_token)
-        self._worker_scored = worker_counter("scored")
-
-    def process(self, pairs: pa.Table) -> Iterator[pa.Table]:
-        settings = self._settings
-        scores, probs = self._worker.scorer.score(side_arrays(pairs, settings.left_layout, "_left_"),
-                                                  side_arrays(pairs, settings.right_layout, "_right_"))
-        self.scored.inc(pairs.num_rows)
-        self._worker_scored.inc(pairs.num_rows)
-        report_threads("head")
-        yield score_table(pairs, scores, probs, settings.output_schema)
-
-
 def _store_partitions(layout: StoreLayout, buckets: int):
     columns = ["id", *store_columns(layout)]
 
@@ -431,9 +460,16 @@ def _pair_partitions(side: str, buckets: int):
     return split
 
 
+class ScoreOutputs(NamedTuple):
+    """What :class:`ScorePairs` gives: ``scores`` (pyarrow Tables of the output schema) and
+    ``dead_letters`` (pairs whose text is missing from a store)."""
+    scores: beam.PCollection
+    dead_letters: beam.PCollection
+
+
 class ScorePairs(beam.PTransform):
-    """Prepared pair tables + left/right store tables -> Tables of scores; ``dead_letter`` for
-    pairs whose text is missing. ``join``: broadcast or shuffle (see module docstring)."""
+    """Prepared pair tables + left/right store tables -> :class:`ScoreOutputs`. ``join``:
+    broadcast or shuffle (see module docstring); both score with the same :class:`_ScoreDoFn`."""
 
     def __init__(self, settings: ScoreSettings, join: str, left_tables, right_tables, accelerator: str | None):
         super().__init__()
@@ -443,20 +479,20 @@ class ScorePairs(beam.PTransform):
         self._right_tables = right_tables
         self._accelerator = accelerator
 
-    def _hinted(self, pardo):
+    def _score(self, pairs, store_rows, label: str):
+        pardo = beam.ParDo(_ScoreDoFn(self._settings, shared.Shared(), store_rows),
+                           *store_rows.side_inputs(self._left_tables, self._right_tables))
         # Dataflow runs a step with an accelerator hint on GPU workers; the join stays on CPU ones.
-        return pardo.with_resource_hints(accelerator=self._accelerator) if self._accelerator else pardo
+        if self._accelerator:
+            pardo = pardo.with_resource_hints(accelerator=self._accelerator)
+        return pairs | label >> pardo.with_outputs(DEAD_LETTER_TAG, main=SCORES_TAG)
 
     def expand(self, pairs):
-        settings = self._settings
-        handle = shared.Shared()
         if self._join == "broadcast":
-            scored = pairs | "ScoreBatches" >> self._hinted(beam.ParDo(
-                _ScoreBroadcastDoFn(settings, handle),
-                beam.pvalue.AsList(self._left_tables), beam.pvalue.AsList(self._right_tables)
-            ).with_outputs(DEAD_LETTER_TAG, main="scores"))
-            return {"scores": scored.scores, DEAD_LETTER_TAG: scored[DEAD_LETTER_TAG]}
+            scored = self._score(pairs, _StoreRowsFromSideInputs(), "ScoreBatches")
+            return ScoreOutputs(scored[SCORES_TAG], scored[DEAD_LETTER_TAG])
 
+        settings = self._settings
         buckets = settings.buckets
         joined, dead = pairs, []
         for side, tables, layout in (("left", self._left_tables, settings.left_layout),
@@ -470,5 +506,6 @@ class ScorePairs(beam.PTransform):
                             DEAD_LETTER_TAG, main="joined"))
             joined = attached.joined
             dead.append(attached[DEAD_LETTER_TAG])
-        scores = joined | "ScoreJoined" >> self._hinted(beam.ParDo(_ScoreJoinedDoFn(settings, handle)))
-        return {"scores": scores, DEAD_LETTER_TAG: tuple(dead) | "JoinDeadLetters" >> beam.Flatten()}
+        scored = self._score(joined, _StoreRowsCarried(), "ScoreJoined")
+        dead.append(scored[DEAD_LETTER_TAG])
+        return ScoreOutputs(scored[SCORES_TAG], tuple(dead) | "JoinDeadLetters" >> beam.Flatten())

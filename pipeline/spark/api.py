@@ -37,9 +37,11 @@ from pipeline.models import HeadHandler
 from pipeline.provenance import stamped
 from pipeline.scoring_core import PairColumns, prepare_pairs, score_pairs
 from pipeline.spark import tasks
+from pipeline.spark.batches import DEFAULT_BATCH_BYTES, arrow_batch_bytes, byte_slices, scored_rows
 from pipeline.spark.steps import SparkRun, collect, narrow
 from pipeline.store import StoreLayout
 from pipeline.writers import COMPRESSION
+from pipeline.errors import UsageError
 
 JOB_NAME = "score_pairs"
 LETTER_COLUMNS = tuple(DEAD_LETTER_SCHEMA.names)   # reason, detail, source, row
@@ -68,6 +70,7 @@ class _ScoreBatches:
     model_dir: str | None
     device: str
     batch_size: int
+    batch_bytes: int = DEFAULT_BATCH_BYTES
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from pyspark import TaskContext
@@ -78,9 +81,8 @@ class _ScoreBatches:
         ctx = TaskContext.get()
         path = f"dataframe[partition {ctx.partitionId() if ctx else 0}]"
         first = 0
-        for batch in batches:
-            table = pa.Table.from_batches([batch])
-            table = table.cast(pa.schema([f.with_type(narrow(f.type)) for f in table.schema]))
+        rows_per_batch = scored_rows(self.layouts, self.batch_size, self.batch_bytes)
+        for table in self._tables(batches, rows_per_batch):
             positions = np.arange(first, first + table.num_rows, dtype=np.int64)
             first += table.num_rows
             prepared = prepare_pairs(table, self.columns, self.kept, 0, positions, path)
@@ -98,6 +100,14 @@ class _ScoreBatches:
                 yield pa.RecordBatch.from_arrays(arrays, schema=self.out_schema)
 
 
+    def _tables(self, batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.Table]:
+        """Spark's batches, cut to at most ``rows`` pairs and ``batch_bytes`` bytes each."""
+        for batch in batches:
+            table = pa.Table.from_batches([batch])
+            yield from byte_slices(table.cast(pa.schema([f.with_type(narrow(f.type)) for f in table.schema])),
+                                   rows, self.batch_bytes)
+
+
 def score_pairs_frame(pairs, store: str, model_dir: str | None = None, *, left_col: str = "left",
                       right_col: str = "right", left_id_col: str | None = None, right_id_col: str | None = None,
                       keep: Sequence[str] = (), device: str = "cpu", batch_size: int = 8192) -> ScoredFrame:
@@ -113,10 +123,10 @@ def score_pairs_frame(pairs, store: str, model_dir: str | None = None, *, left_c
     from pipeline.provenance import CLASS_PROBABILITY_SCORE, COSINE_SCORE, PROBABILITY_SCORE, table_metadata
     from pipeline.store import StoreWanted, open_store_side
 
-    columns = PairColumns(left_col, right_col, left_id_col, right_id_col, tuple(keep))
+    columns = PairColumns.for_scoring(left_col, right_col, left_id_col, right_id_col, tuple(keep))
     missing = [c for c in columns.required() + list(keep) if c not in pairs.columns]
     if missing:
-        raise ValueError(f"the pairs DataFrame has no column {', '.join(map(repr, missing))}: it has "
+        raise UsageError(f"the pairs DataFrame has no column {', '.join(map(repr, missing))}: it has "
                          f"{', '.join(pairs.columns)}")
     kept = tuple(pa.field(name, narrow(to_arrow_type(pairs.schema[name].dataType))) for name in keep)
     student = load_or_build_student(model_dir, baseline_config())
@@ -138,7 +148,8 @@ def score_pairs_frame(pairs, store: str, model_dir: str | None = None, *, left_c
     provenance = table_metadata(JOB_NAME, {"model": (student.fingerprint, model_dir or student.config.encoder)},
                                 score=meaning)
     frame = pairs.select(*columns.needed()).mapInArrow(
-        _ScoreBatches(columns, kept, schema, out_schema, layouts, parts, model_dir, device, batch_size),
+        _ScoreBatches(columns, kept, schema, out_schema, layouts, parts, model_dir, device, batch_size,
+                      arrow_batch_bytes(pairs.sparkSession)),
         from_arrow_schema(out_schema))
     return ScoredFrame(frame, schema, provenance, student.fingerprint, store, model_dir)
 

@@ -34,6 +34,7 @@ from pipeline.readers import ReadSlice
 from pipeline.scoring_core import (FILE_COLUMN, POSITION_COLUMN, PairColumns, StoreLookup, id_hashes,
                                    missing_letters, score_table, store_columns)
 from pipeline.spark import tasks
+from pipeline.spark.batches import DEFAULT_BATCH_BYTES, byte_slices, scored_rows
 from pipeline.spark.steps import narrow
 from pipeline.store import StoreLayout
 from pipeline.store_codec import side_arrays
@@ -59,6 +60,13 @@ def _with_nulls(table: pa.Table, schema: pa.Schema) -> pa.Table:
     arrays = [table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
               for f in schema]
     return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _batches(table: pa.Table, max_rows: int, max_bytes: int) -> Iterator[pa.RecordBatch]:
+    """``table`` as record batches of at most ``max_rows`` rows and ``max_bytes`` bytes: what a
+    task hands Spark (a batch of pairs with their store columns can be large)."""
+    for piece in byte_slices(table, max_rows, max_bytes):
+        yield from piece.combine_chunks().to_batches()
 
 
 def _letters_of(table: pa.Table) -> list[DeadLetter]:
@@ -97,6 +105,7 @@ class ReadBucketed:
     kept: tuple[pa.Field, ...]
     batch_rows: int
     buckets: int
+    batch_bytes: int = DEFAULT_BATCH_BYTES
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         schema = read_schema(self.kept)
@@ -106,13 +115,13 @@ class ReadBucketed:
                                              self.batch_rows):
                 letters = [prepared] if isinstance(prepared, DeadLetter) else prepared.dead_letters
                 if letters:
-                    yield from _letter_rows(letters, schema).to_batches()
+                    yield from _batches(_letter_rows(letters, schema), self.batch_rows, self.batch_bytes)
                 if isinstance(prepared, DeadLetter) or not prepared.pairs.num_rows:
                     continue
                 pairs = prepared.pairs
                 pairs = pairs.append_column("_left_bucket", _bucket(pairs.column("left_id"), self.buckets))
                 pairs = pairs.append_column("_right_bucket", _bucket(pairs.column("right_id"), self.buckets))
-                yield from _with_nulls(pairs, schema).to_batches()
+                yield from _batches(_with_nulls(pairs, schema), self.batch_rows, self.batch_bytes)
 
 
 @dataclass(frozen=True)
@@ -125,6 +134,8 @@ class AttachBucketed:
     columns: PairColumns
     paths: tuple[str, ...]
     out_schema: pa.Schema
+    batch_rows: int = 8192
+    batch_bytes: int = DEFAULT_BATCH_BYTES
 
     def _store_rows(self, wanted: np.ndarray) -> StoreLookup:
         """Only the store rows whose id is in one of the ``wanted`` buckets, file by file."""
@@ -145,7 +156,7 @@ class AttachBucketed:
             return
         letter = pc.is_valid(table.column("reason"))
         if pc.any(letter).as_py():
-            yield from _with_nulls(table.filter(letter), self.out_schema).to_batches()
+            yield from _batches(_with_nulls(table.filter(letter), self.out_schema), self.batch_rows, self.batch_bytes)
         pairs = table.filter(pc.invert(letter))
         if not pairs.num_rows:
             return
@@ -156,14 +167,14 @@ class AttachBucketed:
         if len(missing):
             # The letter's row holds what the pair carries: ids and kept columns (as on Beam).
             carried = pairs.drop_columns(list(LETTERS))
-            yield from _letter_rows(missing_letters(carried, missing, side, self.columns, self.paths),
-                                    self.out_schema).to_batches()
+            yield from _batches(_letter_rows(missing_letters(carried, missing, side, self.columns, self.paths),
+                                             self.out_schema), self.batch_rows, self.batch_bytes)
             found = np.flatnonzero(rows >= 0)
             pairs, rows = pairs.take(pa.array(found)), rows[found]
         stored = lookup.table.take(pa.array(rows))
         for name in store_columns(self.layout):
             pairs = pairs.append_column(f"_{side}_{name}", stored.column(name))
-        yield from _with_nulls(pairs, self.out_schema).to_batches()
+        yield from _batches(_with_nulls(pairs, self.out_schema), self.batch_rows, self.batch_bytes)
 
 
 @dataclass(frozen=True)
@@ -179,6 +190,7 @@ class ScoreBucketed:
     scores_dir: str
     dead_letter_dir: str
     provenance: dict
+    batch_bytes: int = DEFAULT_BATCH_BYTES
 
     def _fixed(self, pairs: pa.Table) -> pa.Table:
         """Tokens and pooled columns back to the store's fixed-width binary (side_arrays views them)."""
@@ -193,6 +205,7 @@ class ScoreBucketed:
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         handler = HeadHandler(self.model_dir, self.device, self.batch_size, self.threads)
         scorer = tasks.loaded(("head", handler.tag), handler.load_model)
+        rows_per_batch = scored_rows(self.layouts, self.batch_size, self.batch_bytes)
         path = files.join(self.scores_dir, tasks.attempt_name("scores"))
         letters: list[DeadLetter] = []
         seen = scored = 0
@@ -204,14 +217,13 @@ class ScoreBucketed:
                 seen += table.num_rows
                 letter = pc.is_valid(table.column("reason"))
                 letters += _letters_of(table.filter(letter))
-                pairs = table.filter(pc.invert(letter))
-                if not pairs.num_rows:
-                    continue
-                pairs = self._fixed(pairs)
-                scores, probs = scorer.score(side_arrays(pairs, self.layouts["left"], "_left_"),
-                                             side_arrays(pairs, self.layouts["right"], "_right_"))
-                out.write_table(score_table(pairs, scores, probs, self.schema))
-                scored += pairs.num_rows
+                # Spark's batches are cut by its own conf; the head's input by pairscore's budget.
+                for pairs in byte_slices(table.filter(pc.invert(letter)), rows_per_batch, self.batch_bytes):
+                    pairs = self._fixed(pairs)
+                    scores, probs = scorer.score(side_arrays(pairs, self.layouts["left"], "_left_"),
+                                                 side_arrays(pairs, self.layouts["right"], "_right_"))
+                    out.write_table(score_table(pairs, scores, probs, self.schema))
+                    scored += pairs.num_rows
         results = [("scores", "", path, scored, {"rows_read": seen})]
         if letters:
             results.append(tasks.write_dead_letters(self.dead_letter_dir, "pairs", "pairs.", letters, self.provenance))
@@ -229,13 +241,14 @@ def score_bucketed(spark, slices: tuple[ReadSlice, ...], settings, store_files: 
     schema = read_schema(settings.kept)
     frame = items(spark, len(slices)).mapInArrow(ReadBucketed(
         slices, {f.path: i for i, f in enumerate(settings.pair_files)}, settings.columns, settings.kept,
-        settings.batch_size, settings.buckets), from_arrow_schema(schema))
+        settings.batch_size, settings.buckets, settings.batch_bytes), from_arrow_schema(schema))
     for side in ("left", "right"):
         out_schema = attached_schema(schema, side, layouts[side])
         frame = frame.repartition(settings.buckets, f"_{side}_bucket").mapInArrow(AttachBucketed(
             side, layouts[side], store_files[side], settings.buckets, settings.columns,
-            tuple(f.path for f in settings.pair_files), out_schema), from_arrow_schema(out_schema))
+            tuple(f.path for f in settings.pair_files), out_schema, settings.batch_size, settings.batch_bytes),
+            from_arrow_schema(out_schema))
         schema = out_schema
     return collect(frame.mapInArrow(ScoreBucketed(
         layouts, settings.schema, settings.model_dir, settings.device, settings.batch_size, settings.threads,
-        settings.scores_dir, settings.dead_letter_dir, settings.provenance), tasks.RESULT_DDL))
+        settings.scores_dir, settings.dead_letter_dir, settings.provenance, settings.batch_bytes), tasks.RESULT_DDL))

@@ -13,7 +13,7 @@
 Every step's tasks write into the run's staging directory under attempt-unique names and return a
 row per file (``tasks.RESULT_SCHEMA``); the driver keeps the files of the rows it received (the
 successful attempts) and deletes every other part file a step left in staging, so the commit
-(``pipeline/outputs.py``, by the job) moves exactly one copy of every row. Rows written and dead
+(``pipeline/output/commit.py``, by the job) moves exactly one copy of every row. Rows written and dead
 letters are counted from the kept files (footers, reason columns); rows read, texts encoded and
 reused from the successful attempts' result rows, never from accumulators, which a retried task
 counts twice.
@@ -23,7 +23,7 @@ Spark does not run speculative copies in ``local`` mode; on a cluster with
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pyarrow as pa
 
@@ -31,6 +31,7 @@ from encoders.threads import ThreadPlan
 from pipeline.readers import InputFile, read_slices
 from pipeline.scoring_core import PairColumns
 from pipeline.spark import tasks
+from pipeline.spark.batches import arrow_batch_bytes
 from pipeline.spark.join import score_bucketed
 from pipeline.spark.steps import SparkRun, collect, items
 from pipeline.spark.stores import SparkSide, encode_stores, text_table_texts
@@ -48,7 +49,7 @@ class SparkScoreSettings:
     schema: pa.Schema
     provenance: dict
     sides: dict[str, SparkSide]
-    texts: TextColumns
+    texts: TextColumns | dict[str, TextColumns]   # the text tables' columns, by side (or one pair for both)
     scores_dir: str
     dead_letter_dir: str
     model_dir: str | None = None
@@ -59,19 +60,23 @@ class SparkScoreSettings:
     slice_rows: int = 1 << 14
     join: str = "broadcast"      # or "shuffle": the bucketed join (pipeline/spark/join.py)
     buckets: int = 64            # of the bucketed join (jobs.score_pairs.shuffle_buckets)
+    batch_bytes: int | None = None   # of an Arrow batch; None: the session's (pipeline/spark/batches.py)
 
 
 def execute_score(spark, settings: SparkScoreSettings) -> SparkRun:
     """Run steps 1-3 (module docstring); staging then holds only the successful attempts' files.
     Counts: ``pairs_read``, ``rows_written`` and those of :mod:`pipeline.spark.stores`."""
+    if settings.batch_bytes is None:
+        settings = replace(settings, batch_bytes=arrow_batch_bytes(spark))
     run = SparkRun()
     slices = tuple(piece for file in settings.pair_files for piece in read_slices(file, settings.slice_rows))
     if settings.columns.id_mode:
         unique = text_table_texts(spark, run, settings.sides, settings.texts, settings.dead_letter_dir,
-                                  settings.provenance)
+                                  settings.provenance, settings.batch_bytes)
     else:
         unique = (items(spark, len(slices))
-                  .mapInArrow(tasks.PairTexts(slices, settings.columns, settings.kept, settings.batch_size),
+                  .mapInArrow(tasks.PairTexts(slices, settings.columns, settings.kept, settings.batch_size,
+                                              settings.batch_bytes),
                               tasks.PAIR_TEXTS_DDL)
                   .dropDuplicates(["side", "id"]))
     encode_stores(spark, run, unique, settings.sides, settings.model_dir, settings.device, settings.provenance,
@@ -84,7 +89,7 @@ def execute_score(spark, settings: SparkScoreSettings) -> SparkRun:
             slices, {f.path: i for i, f in enumerate(settings.pair_files)}, tuple(f.path for f in settings.pair_files),
             settings.columns, settings.kept, settings.schema, {side: s.layout for side, s in settings.sides.items()},
             stored, settings.model_dir, settings.device, settings.scores_dir, settings.dead_letter_dir,
-            settings.provenance, settings.batch_size, settings.threads), tasks.RESULT_DDL)))
+            settings.provenance, settings.batch_size, settings.threads, settings.batch_bytes), tasks.RESULT_DDL)))
     run.counts["pairs_read"] = sum(r["info"]["rows_read"] for r in scored if r["kind"] == "scores")
     run.keep_only_results([settings.scores_dir, settings.dead_letter_dir,
                            *(s.staged_dir for s in settings.sides.values())])

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from encoders.threads import ThreadPlan
 from pipeline.readers import InputFile
 from pipeline.spark import tasks
+from pipeline.spark.batches import DEFAULT_BATCH_BYTES
 from pipeline.spark.steps import SparkRun, collect, items
 from pipeline.spark.session import task_slots
 from pipeline.store import StoreLayout
@@ -32,13 +33,17 @@ class SparkSide:
     staged_dir: str
 
 
-def text_table_texts(spark, run: SparkRun, sides: dict[str, SparkSide], columns: TextColumns, dead_letter_dir: str,
-                     provenance: dict):
+def text_table_texts(spark, run: SparkRun, sides: dict[str, SparkSide], columns: TextColumns | dict[str, TextColumns],
+                     dead_letter_dir: str, provenance: dict, batch_bytes: int = DEFAULT_BATCH_BYTES):
     """Every side's text tables -> a DataFrame (side, id, text) of the usable ids, one row each.
+    ``columns``: the tables' id and text columns, by side (``--left-texts-id-col`` ...) or one
+    pair for every side.
     Counts ``<side>_text_rows_read``, ``<side>_text_rows_kept``, ``<side>_text_rows_duplicate``;
     the dead letters are written (prefix ``<side>_texts.``)."""
     tables = tuple((side, f) for side, s in sides.items() for f in s.text_files)
-    rows = items(spark, len(tables)).mapInArrow(tasks.TextTableRows(tables, columns), tasks.TEXT_ROWS_DDL).persist()
+    by_side = columns if isinstance(columns, dict) else dict.fromkeys(sides, columns)
+    rows = items(spark, len(tables)).mapInArrow(tasks.TextTableRows(tables, by_side, batch_bytes=batch_bytes),
+                                                tasks.TEXT_ROWS_DDL).persist()
     good = rows.filter("reason is null")
     resolved = (good.repartition(max(2, task_slots(spark)), "side", "id")
                 .mapInArrow(tasks.resolve_text_ids, tasks.TEXT_ROWS_DDL).persist())

@@ -37,6 +37,7 @@ from pipeline.pair_reading import read_prepared
 from pipeline.provenance import stamped
 from pipeline.readers import InputFile, ReadSlice, SourcedRow, read_rows
 from pipeline.scoring_core import PairColumns, StoreLookup, score_pairs
+from pipeline.spark.batches import DEFAULT_BATCH_BYTES, byte_slices, scored_rows
 from pipeline.store import StoreLayout, check_finite
 from pipeline.text_checks import TextColumns, TextRow, UniqueText, extract_text, resolve_id
 from pipeline.text_ids import text_id
@@ -55,7 +56,7 @@ TEXT_ROWS_SCHEMA = pa.schema([(name, pa.string()) for name in
                               ("side", "id", "text", "source", "row", "reason", "detail")])
 PAIR_TEXTS_DDL = "side string, id string, text string"
 KNOWN_DDL = "side string, id string, known_hash string"
-# Test hook: a task of partition 0 of the score step fails once, after writing its files, when
+# Test hook: a task of partition 0 of the score or label step fails once, after writing its files, when
 # this names a file that does not exist yet (the file is created, so the retry succeeds).
 FAIL_ONCE_ENV = "PAIRSCORE_SPARK_FAIL_ONCE"
 
@@ -91,6 +92,18 @@ def store_lookup(paths: Sequence[str], layout: StoreLayout) -> StoreLookup:
     return loaded(("lookup", layout, _pin(paths)), build)
 
 
+def maybe_fail_once(marker: str | None) -> None:
+    """The test hook (:data:`FAIL_ONCE_ENV`): partition 0's task fails, after writing its files,
+    when ``marker`` names a file that does not exist yet; the file is created, so the retry succeeds."""
+    from pyspark import TaskContext
+
+    ctx = TaskContext.get()
+    if marker and ctx is not None and ctx.partitionId() == 0 and not os.path.exists(marker):
+        with open(marker, "w"):
+            pass
+        raise RuntimeError(f"injected fault ({FAIL_ONCE_ENV}): this attempt's files are left behind")
+
+
 def attempt_name(step: str) -> str:
     from pyspark import TaskContext
 
@@ -117,11 +130,12 @@ def write_dead_letters(directory: str, step: str, prefix: str, letters: Sequence
     """Dead letters -> one part file in ``directory``; its result row (counts by reason)."""
     path = files.join(directory, attempt_name(step))
     table = pa.Table.from_pylist([letter.to_record() for letter in letters], schema=DEAD_LETTER_SCHEMA)
-    _write(path, stamped(DEAD_LETTER_SCHEMA, provenance), [table])
+    write_table(path, stamped(DEAD_LETTER_SCHEMA, provenance), [table])
     return ("dead_letter", prefix, path, len(letters), count_reasons(letters))
 
 
-def _write(path: str, schema: pa.Schema, tables: Sequence[pa.Table]) -> None:
+def write_table(path: str, schema: pa.Schema, tables: Sequence[pa.Table]) -> None:
+    """``tables`` -> one zstd Parquet part file at ``path`` (written even when there are none)."""
     from pipeline.writers import write_parquet_file
 
     write_parquet_file(path, schema, tables)
@@ -136,6 +150,7 @@ class PairTexts:
     columns: PairColumns
     kept: tuple[pa.Field, ...]
     batch_rows: int
+    batch_bytes: int = DEFAULT_BATCH_BYTES
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for item in items_of(batches):
@@ -143,9 +158,10 @@ class PairTexts:
                 if isinstance(prepared, DeadLetter):
                     continue   # the score step reads the same rows again and writes their dead letters
                 for side, (ids, texts) in prepared.texts.items():
-                    yield pa.RecordBatch.from_arrays(
-                        [pa.array([side] * len(ids), pa.string()), ids.cast(pa.string()), texts.cast(pa.string())],
-                        names=["side", "id", "text"])
+                    table = pa.table([pa.array([side] * len(ids), pa.string()), ids.cast(pa.string()),
+                                      texts.cast(pa.string())], names=["side", "id", "text"])
+                    for piece in byte_slices(table, self.batch_rows, self.batch_bytes):
+                        yield from piece.to_batches()
 
 
 def _json_row(fields: dict) -> str:
@@ -163,23 +179,25 @@ class TextTableRows:
     for a row that cannot be used, (side, source, row, reason, detail): dead letters travel as a
     reason column in the same rows."""
     tables: tuple[tuple[str, InputFile], ...]
-    text_columns: TextColumns
+    text_columns: dict[str, TextColumns]     # by side
     batch_rows: int = 4096
+    batch_bytes: int = DEFAULT_BATCH_BYTES   # of texts (and dead letters' rows) per batch
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for item in items_of(batches):
             side, file = self.tables[item]
-            rows = []
+            rows, size = [], 0
             for read in read_rows(file):
-                result = read if isinstance(read, DeadLetter) else extract_text(read, self.text_columns)
+                result = read if isinstance(read, DeadLetter) else extract_text(read, self.text_columns[side])
                 if isinstance(result, DeadLetter):
                     rows.append((side, None, None, result.source, _json_row(result.row), result.reason, result.detail))
                 else:
                     rows.append((side, result.id, result.text, result.row.source, _json_row(result.row.fields),
                                  None, None))
-                if len(rows) >= self.batch_rows:
+                size += sum(len(v) for v in rows[-1] if v is not None)
+                if len(rows) >= self.batch_rows or size >= self.batch_bytes:
                     yield _text_rows(rows)
-                    rows = []
+                    rows, size = [], 0
             if rows:
                 yield _text_rows(rows)
 
@@ -296,7 +314,7 @@ class KeepOld:
                 table = table.filter(pc.invert(pc.is_in(table.column("id"), value_set=pa.array(sorted(new_ids)))))
             layout = self.layouts[side]
             path = files.join(self.store_dirs[side], attempt_name("kept"))
-            _write(path, stamped(layout.schema(), self.provenance), [table.cast(layout.schema())])
+            write_table(path, stamped(layout.schema(), self.provenance), [table.cast(layout.schema())])
             results.append(("store", side, path, table.num_rows, {}))
         yield result_batch(results)
 
@@ -339,12 +357,14 @@ class ScoreSlices:
     provenance: dict
     batch_size: int = 8192
     threads: ThreadPlan = ThreadPlan()
+    batch_bytes: int = DEFAULT_BATCH_BYTES   # of the head's input per batch (batches.scored_rows)
     fail_once: str | None = field(default_factory=lambda: os.environ.get(FAIL_ONCE_ENV))
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         handler = HeadHandler(self.model_dir, self.device, self.batch_size, self.threads)
         scorer = loaded(("head", handler.tag), handler.load_model)
         left, right = (store_lookup(self.store_files[s], self.layouts[s]) for s in ("left", "right"))
+        rows_per_batch = scored_rows(self.layouts, self.batch_size, self.batch_bytes)
         results = []
         for item in items_of(batches):
             piece = self.slices[item]
@@ -354,7 +374,7 @@ class ScoreSlices:
             with files.create(path) as handle, pq.ParquetWriter(handle, stamped(self.schema, self.provenance),
                                                                   compression=COMPRESSION) as out:
                 for rows, prepared in read_prepared(piece, self.columns, self.kept,
-                                                    self.file_index[piece.file.path], self.batch_size):
+                                                    self.file_index[piece.file.path], rows_per_batch):
                     read += rows
                     if isinstance(prepared, DeadLetter):
                         letters.append(prepared)
@@ -369,14 +389,5 @@ class ScoreSlices:
             results.append(("scores", "", path, scored, {"rows_read": read}))
             if letters:
                 results.append(write_dead_letters(self.dead_letter_dir, "pairs", "pairs.", letters, self.provenance))
-            self._maybe_fail()
+            maybe_fail_once(self.fail_once)
         yield result_batch(results)
-
-    def _maybe_fail(self) -> None:
-        from pyspark import TaskContext
-
-        ctx = TaskContext.get()
-        if self.fail_once and ctx is not None and ctx.partitionId() == 0 and not os.path.exists(self.fail_once):
-            with open(self.fail_once, "w"):
-                pass
-            raise RuntimeError(f"injected fault ({FAIL_ONCE_ENV}): this attempt's files are left behind")

@@ -10,6 +10,7 @@ from torch import nn
 
 from heads import HEAD_NAMES, build_head
 from heads._common import quantize_int8
+from pipeline.errors import FlagError
 from pipeline.scoring_core import HeadScorer, head_option_refused
 from pipeline.store_codec import SideArrays
 
@@ -88,6 +89,10 @@ def test_int8_heads_stay_close_to_fp32(name):
 def test_a_head_without_linear_layers_is_refused():
     with pytest.raises(ValueError, match="no linear layers"):
         quantize_int8(head_of("pooled-cos"))
+    # Asked for with --head-quantize (the pooled-cos baseline scores when no --model is given): the
+    # user's to fix, one line and exit 2, not a bug's traceback.
+    with pytest.raises(FlagError, match=r"^--head-quantize int8 is not allowed for this model: head 'pooled-cos' has"):
+        HeadScorer(_Student(head_of("pooled-cos")), "cpu", 16, quantize="int8")
 
 
 class _Student(nn.Module):

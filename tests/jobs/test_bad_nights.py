@@ -343,10 +343,14 @@ def test_one_file_given_twice_through_a_symlink_is_refused(tmp_path):
 
 # --------------------------------------------------------------------------- Beam's own report of a bad file
 
-def test_a_corrupt_parquet_row_group_is_one_line_without_beams_error_log(tmp_path, tiny_checkpoint):
+@pytest.mark.parametrize("workers", [[], ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]],
+                         ids=["in-process", "multi-process"])
+def test_a_corrupt_parquet_row_group_is_one_line_without_beams_error_log(tmp_path, tiny_checkpoint, workers):
     """The footer is whole (the pre-flight passes it); a row group in the middle is not, which only
-    reading finds. Beam's DoFn runner logged the failed step, ERROR and tracebacks, before the
-    job's one line."""
+    reading finds, in a Beam worker: an InputError (the usage-error family), which Beam hands back
+    as the same class with its step's name appended (in process) or as a RuntimeError holding the
+    worker's traceback (multi-process). Beam's DoFn runner, the worker processes and the job
+    service logged the failed step, ERROR and tracebacks, before the job's one line."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -357,7 +361,8 @@ def test_a_corrupt_parquet_row_group_is_one_line_without_beams_error_log(tmp_pat
     data[len(data) // 2: len(data) // 2 + 2000] = b"\0" * 2000
     source.write_bytes(bytes(data))
     code, heavy, lines = run_module("jobs.encode_texts", ["--input", str(source), "--output", str(tmp_path / "o"),
-                                                          "--model", tiny_checkpoint, "--quiet"], tmp_path)
+                                                          "--model", tiny_checkpoint, "--quiet", *workers], tmp_path)
     assert code == 2, lines
     assert len(lines) == 1 and lines[0].startswith(f"error: {source} is corrupt: reading Parquet data after row"), lines
+    assert lines[0].endswith("the rest of the file cannot be read"), lines       # no " [while running 'STEP']"
     assert not (tmp_path / "o").exists()

@@ -169,3 +169,24 @@ def test_stores_whose_decoded_rows_do_not_fit_are_converted_per_batch(monkeypatc
     scores, _ = scorer.score_rows(left, rows, right, rows)
     assert scorer._decoded_stores == {}
     np.testing.assert_allclose(scores, plain_scores(student, left, rows, right, rows)[0], atol=1e-5, rtol=0)
+
+
+def test_the_compiled_scorer_equals_the_plain_path():
+    """``--compile`` as a run uses it: HeadScorer(compile=True) compiles the head with torch.compile's
+    default backend (inductor, generated C++ on CPU) and dynamic shapes, and its scores equal the
+    plain path within 1e-5 over batches of two sizes (16 and the last 2 of 50 pairs). Skipped where
+    torch.compile is not supported (the scorer refuses it in one line there)."""
+    from pipeline.head_feed import head_option_refused
+
+    if head_option_refused("cpu", True, None):
+        pytest.skip(head_option_refused("cpu", True, None))
+    torch._dynamo.reset()
+    left, right = store(20, N, "float16", 1), store(30, M, "float16", 2)
+    generator = np.random.default_rng(3)
+    left_rows, right_rows = generator.integers(0, 20, 50), generator.integers(0, 30, 50)
+    expected, _ = plain_scores(_Student(1), left, left_rows, right, right_rows)
+    scorer = HeadScorer(_Student(1), "cpu", 16, compile=True)
+    with torch.inference_mode():
+        scores, _ = scorer.score_rows(left, left_rows, right, right_rows)
+    assert type(scorer.student.head).__name__ == "OptimizedModule"    # it really ran compiled
+    np.testing.assert_allclose(scores, expected, atol=1e-5, rtol=0)

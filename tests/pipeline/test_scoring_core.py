@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from encoders.checkpoint import build_student
-from pipeline.pairs import kept_fields
+from pair_oracle import extract_pair
+from pipeline.pair_checks import check_pair_rows, prepare_pairs, table_from_rows, validate_pairs
+from pipeline.pairs import PairColumns, kept_fields, kept_values, reason_name
 from pipeline.readers import InputError, InputFile, SourcedRow, read_parquet_slice, read_slices
-from pipeline.pairs import extract_pair
-from pipeline.scoring_core import (HeadScorer, PairColumns, StoreLookup, id_hashes, partition, prepare_pairs,
-                                   kept_values, score_batch, table_from_rows, validate_pairs, reason_name)
+from pipeline.scoring_core import HeadScorer, StoreLookup, id_hashes, partition, score_batch
 from pipeline.store import StoreLayout, encode_token_block, store_layout
 from pipeline.text_ids import text_id
 
@@ -191,7 +191,7 @@ def test_id_mode_reasons_name_ids_and_parquet_types_are_checked():
     # Integer id columns are ids (test_integer_ids_...); a float column is not.
     table = pa.table({"q": ["a", None, "", " ", "b", "c"], "p": pa.array([1, 2, 3, 4, None, 6], pa.float64())})
     codes = validate_pairs(table, ID_MODE)
-    assert [reason_name(int(c), True) for c in codes] == [
+    assert [reason_name(int(c)) for c in codes] == [
         "right_non_string_id", "left_null_id", "left_empty_id", "left_empty_id", "right_null_id",
         "right_non_string_id"]
     rows = table.to_pylist()
@@ -215,7 +215,7 @@ def test_integer_ids_in_pair_tables_are_their_decimal_text():
     for line, row in enumerate(rows, start=1):
         reference = extract_pair(SourcedRow(f"ids.jsonl:{line}", row), ID_MODE)
         if line <= 3:
-            pair = reference[0]
+            pair = reference
             assert (pair.left_id, pair.right_id) == tuple(prepared.pairs.slice(line - 1, 1).select(
                 ["left_id", "right_id"]).to_pylist()[0].values())
         else:
@@ -227,8 +227,8 @@ def test_integer_ids_in_pair_tables_are_their_decimal_text():
         assert prepared.pairs.column("right_id").to_pylist() == ["0", "127"], kind
         assert [l.reason for l in prepared.dead_letters] == ["left_null_id"]
     # Text mode: a number is still not a text.
-    assert reason_name(int(validate_pairs(pa.table({"left": pa.array([1]), "right": ["x"]}), PairColumns())[0]),
-                       False) == "left_non_string_text"
+    codes = validate_pairs(pa.table({"left": pa.array([1]), "right": ["x"]}), PairColumns())
+    assert reason_name(int(codes[0])) == "left_non_string_text"
 
 
 @pytest.mark.parametrize("blank", ["\u200b", "\u200b\u200d\ufeff", "\x00\x01", " \u00a0\u3000", "\u0301",
@@ -236,11 +236,11 @@ def test_integer_ids_in_pair_tables_are_their_decimal_text():
 def test_blank_texts_are_empty_text(blank):
     table = pa.table({"left": ["visible \u200b", blank, "x"], "right": ["y", "y", blank]})
     codes = validate_pairs(table, PairColumns())
-    assert [reason_name(int(c), False) for c in codes] == ["", "left_empty_text", "right_empty_text"]
+    assert [reason_name(int(c)) for c in codes] == ["", "left_empty_text", "right_empty_text"]
 
 
 def test_text_ids_hash_each_unique_text_once(monkeypatch):
-    import pipeline.scoring_core as core
+    import pipeline.pair_checks as core
     hashed = []
     monkeypatch.setattr(core, "text_id", lambda text: hashed.append(text) or text_id(text))
     table = pa.table({"left": ["a", "b", "a", "a"], "right": ["c", "c", "c", "d"]})
@@ -304,11 +304,11 @@ def test_id_hashes_are_stable_and_partitions_cover_every_row():
 
 
 def test_label_pairs_refuses_a_kept_value_of_another_type_the_same_way():
-    from pipeline.pairs import TextPairColumns, extract_text_pair
-    columns = TextPairColumns(keep=("k",))
+    columns = PairColumns(keep=("k",))
     kept = [pa.field("k", pa.float64())]
-    assert extract_text_pair(SourcedRow("a:1", {"left": "x", "right": "y", "k": 3}), columns, kept).kept == (3,)
-    letter = extract_text_pair(SourcedRow("a:2", {"left": "x", "right": "y", "k": "3"}), columns, kept)
+    pair, letter = check_pair_rows([SourcedRow("a:1", {"left": "x", "right": "y", "k": 3}),
+                                    SourcedRow("a:2", {"left": "x", "right": "y", "k": "3"})], columns, kept)
+    assert pair.kept == (3,)
     assert letter.reason == "kept_column_type" and "double" in letter.detail and letter.source == "a:2"
 
 
@@ -327,8 +327,7 @@ def test_an_integer_a_float_column_cannot_hold_exactly_is_a_misfit(big):
     assert prepared.pairs.column("w").to_pylist() == [0.5, 3.0]
     assert [(l.reason, l.source) for l in prepared.dead_letters] == [("kept_column_type", "p.jsonl:2")]
     assert "'w'" in prepared.dead_letters[0].detail and "double" in prepared.dead_letters[0].detail
-    from pipeline.pairs import TextPairColumns, extract_text_pair
-    letter = extract_text_pair(SourcedRow("a:9", {"left": "x", "right": "y", "w": big}), TextPairColumns(keep=("w",)),
+    [letter] = check_pair_rows([SourcedRow("a:9", {"left": "x", "right": "y", "w": big})], PairColumns(keep=("w",)),
                                [field])
     assert letter.reason == "kept_column_type" and letter.source == "a:9"
 

@@ -1,5 +1,5 @@
 """What counts as an empty text: ``is_blank`` and ``blank_mask`` agree on every code point, and
-every text check in the jobs (``extract_text``, ``extract_text_pair``) dead-letters such texts."""
+every text check in the jobs (``extract_text``, the pair validator ``check_pair_rows``) dead-letters such texts."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +8,8 @@ import pytest
 
 from pipeline import dead_letters as dl
 from pipeline.text_checks import TextColumns, extract_text
-from pipeline.pairs import TextPairColumns, extract_text_pair
+from pipeline.pair_checks import check_pair_rows
+from pipeline.pairs import PairColumns
 from pipeline.readers import SourcedRow
 from pipeline.text_checks import blank_mask, is_blank
 
@@ -60,7 +61,7 @@ def test_invisible_texts_are_empty_text(name):
     assert result.reason == dl.REASON_EMPTY_TEXT
     assert "no visible character" in result.detail
     # Pairs (teacher, labeling, training) use the same check, with the side in front.
-    pair = extract_text_pair(SourcedRow("f.jsonl:1", {"left": "a real text", "right": text}), TextPairColumns())
+    [pair] = check_pair_rows([SourcedRow("f.jsonl:1", {"left": "a real text", "right": text})], PairColumns())
     assert pair.reason == "right_empty_text"
 
 

@@ -295,3 +295,77 @@ def test_the_python_api_scores_a_dataframe_lazily_and_commits_one_evaluation(tmp
     assert ours.schema.remove_metadata() == job.schema.remove_metadata()
     np.testing.assert_allclose(ours.column("score").to_numpy(), job.column("score").to_numpy(), atol=1e-5)
     assert sorted(r[0] for r in dead_letter_rows(output)) == ["left_empty_text", "left_text_missing"]
+
+
+@pytest.mark.parametrize("head", ["dipair", "dipair-ffnn", "li", "de-ffnn", "de-cos"])
+def test_every_head_gives_beams_scores_on_spark(tmp_path, spark, tiny_student_config, text_pairs, head):
+    """Each head on a tiny random student: Spark scores against the store Beam wrote (every text
+    reused) as Beam scores, within 1e-5."""
+    model = tmp_path / f"student-{head}"
+    save_student(build_student(tiny_student_config.replace(head=head), seed=11), model)
+    flags = dict(pairs=(str(text_pairs),), model_dir=str(model), keep_cols=("rank",))
+    beam = tmp_path / "beam"
+    run(ScorePairsJob(max_dead_letter_fraction=1.0, output=str(beam), **flags), [], argv=[])
+    on_spark = tmp_path / "spark"
+    run(ScorePairsJob(max_dead_letter_fraction=1.0, output=str(on_spark), store=str(beam / "store"), engine="spark",
+                      **flags), [], argv=[])
+    b, s = sorted_scores(beam), sorted_scores(on_spark)
+    assert s.column("left_id").to_pylist() == b.column("left_id").to_pylist() and s.num_rows == 30
+    np.testing.assert_allclose(s.column("score").to_numpy(), b.column("score").to_numpy(), atol=1e-5)
+    assert summary(on_spark)["counts"]["left_texts_reused"] == summary(beam)["counts"]["left_texts_encoded"]
+
+
+def test_text_tables_with_their_own_columns_per_side_on_spark(tmp_path, spark, student):
+    """--left-texts-id-col/--right-texts-text-col ...: each side's table read with its own columns."""
+    left = tmp_path / "queries.jsonl"
+    left.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"query_id": "q1", "query": "how do I bake bread?"}, {"query_id": "q2", "query": ""}]))
+    right = tmp_path / "products.csv"
+    right.write_text("sku,title\ns1,bread flour 1kg\ns2,rye sourdough starter kit\n")
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"q": q, "p": p}) + "\n" for q, p in
+                             [("q1", "s1"), ("q1", "s2"), ("q2", "s1")]))
+    beam, on_spark = both(tmp_path, "per-side", spark, pairs=(str(pairs),), model_dir=student, left_id_col="q",
+                          right_id_col="p", left_texts=(str(left),), right_texts=(str(right),),
+                          left_texts_id_col="query_id", left_texts_text_col="query", right_texts_id_col="sku",
+                          right_texts_text_col="title")
+    assert_same_output(beam, on_spark)
+    assert summary(on_spark)["dead_letters"] == {"left_text_missing": 1, "left_texts:empty_text": 1}
+    assert sorted_scores(on_spark).column("right_id").to_pylist() == ["s1", "s2"]
+
+
+def test_a_tiny_arrow_byte_budget_gives_the_same_scores(tmp_path, spark, student, text_runs, text_pairs):
+    """spark.sql.execution.arrow.maxBytesPerBatch of 300 bytes: every batch Spark hands a task and
+    every batch pairscore builds, scores and carries (the bucketed join's store columns) holds a
+    row or two, and the output is the same."""
+    from pipeline.spark.batches import BYTES_CONF
+
+    beam, _ = text_runs
+    before = spark.conf.get(BYTES_CONF, None)
+    spark.conf.set(BYTES_CONF, "300")
+    try:
+        for join in ("broadcast", "shuffle"):
+            output = tmp_path / join
+            run(ScorePairsJob(max_dead_letter_fraction=1.0, pairs=(str(text_pairs),), output=str(output),
+                              model_dir=student, keep_cols=("rank",), engine="spark", join=join), [], argv=[])
+            assert_same_output(beam, output)
+    finally:
+        spark.conf.set(BYTES_CONF, before) if before is not None else spark.conf.unset(BYTES_CONF)
+
+
+def test_byte_slices_cut_by_bytes_and_rows_in_order():
+    from pipeline.spark.batches import byte_slices, parse_bytes, row_bytes, scored_rows
+    from pipeline.store import StoreLayout
+
+    table = pa.table({"id": [f"id-{i}" for i in range(10)], "tokens": pa.array([b"x" * 96] * 10, pa.binary(96)),
+                      "text": ["short"] * 5 + ["long " * 100] * 5})
+    sizes = row_bytes(table)
+    assert sizes[0] == 8 + 96 + 9 and sizes[9] == 8 + 96 + 504
+    pieces = list(byte_slices(table, max_rows=4, max_bytes=600))
+    assert pa.concat_tables(pieces).equals(table)                       # nothing lost, reordered or repeated
+    assert [p.num_rows for p in pieces] == [4, 1, 1, 1, 1, 1, 1]          # rows cap first, then bytes
+    assert all(row_bytes(p).sum() <= 600 or p.num_rows == 1 for p in pieces)
+    assert [p.num_rows for p in byte_slices(table, 100, 1)] == [1] * 10  # a row over budget goes alone
+    layouts = {"left": StoreLayout("left", 4, 8, "float16", None), "right": StoreLayout("right", 6, 8, "float16", 32)}
+    assert scored_rows(layouts, 8192, 4 * (4 * 8 + 6 * 8 + 32) * 10) == 10
+    assert (parse_bytes("64m"), parse_bytes("300"), parse_bytes("2k")) == (64 << 20, 300, 2048)
