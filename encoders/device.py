@@ -21,9 +21,9 @@ import contextlib
 
 import torch
 
+from encoders.choices import DEVICES  # noqa: F401  (re-exported: encoders.device.DEVICES)
 from encoders.errors import FlagError
 
-DEVICES = ("auto", "cpu", "cuda")
 # Stage one's autocast dtype on CUDA: what its stores hold (see the module docstring).
 STORE_DTYPE = torch.float16
 

@@ -1,6 +1,7 @@
 """Distilling a teacher into a DiPair student, in plain PyTorch: the loss, the stage plan and the
-trainer (DiPair §3.7, §4.3-4.4). ``jobs.train_student`` reads the data, builds a
-:class:`DistillConfig` from its flags and runs a :class:`Trainer`; nothing here reads a job.
+trainer (DiPair §3.7, §4.3-4.4). ``jobs.train_student`` reads the data and runs a :class:`Trainer`
+on its settings' distillation concern (:class:`DistillConfig`, ``encoders/distill_config.py``:
+every field a flag, declared once); nothing here reads a job.
 
 * Stage 1 -- encoder frozen: projection + head train on the stage-one state cache
   (``encoders/frozen_states.py``), early stop on dev.
@@ -23,7 +24,7 @@ import random
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -32,99 +33,25 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from encoders.checkpoint import Student, save_student
+from encoders.choices import STUDENT_LOSSES, TRAINABLE_HEADS  # noqa: F401  (TRAINABLE_HEADS re-exported)
 from encoders.config import SIDES, StudentConfig
+from encoders.distill_config import DistillConfig  # noqa: F401  (re-exported: encoders.distill.DistillConfig)
 from encoders.device import autocast, grad_scaler
 from encoders.frozen_states import FrozenStates
 from encoders.inference import Pairs, encode_pool, pair_logits
 from encoders.layer_cache import LowerStates, encoder_layers, upper_forward, upper_parameters
-from encoders.metrics import MAIN_METRIC, selection_score, task_metrics
-from encoders.ranking_metrics import RANKING_METRICS, rank_queries
+from encoders.metrics import selection_score, task_metrics
+from encoders.ranking_metrics import rank_queries
 from encoders.sources import load_config
 from encoders.teacher import TeacherTask
-from encoders.training import (EpochProgress, check_optimizer_settings, length_grouped_batches, make_adamw,
-                               optimizer_step)
+from encoders.progress import Bars
+from encoders.training import EpochProgress, length_grouped_batches, make_adamw, optimizer_step
 from encoders.virt import Virt, gather_rows
-from heads import HEAD_NAMES
 from encoders.errors import FlagError, ModelError, UsageError
 
-LOSSES = ("ce", "mse")
-# The heads a student can be trained with; pooled-cos has no parameters (it is the zero-training
-# baseline).
-TRAINABLE_HEADS = tuple(name for name in HEAD_NAMES if name != "pooled-cos")
+LOSSES = STUDENT_LOSSES
 # Training pairs whose cosines calibrate the cosine skip when no stage-1 cache has them all.
 COSINE_FIT_PAIRS = 8192
-
-
-@dataclass(frozen=True)
-class DistillConfig:
-    """How a student is distilled; ``jobs.train_student`` builds it from its flags (the names
-    match them: ``stage1_epochs`` is ``--stage1-epochs``).
-
-    stages:  2 (encoder frozen first, DiPair's schedule) or 1 (everything trains from the start).
-    loss:    ``ce`` (cross-entropy on the soft labels, DiPair eq. 1) or ``mse`` (on the logits).
-    human_label_weight: w in [0, 1], the share of the human label's loss where a pair has one.
-    lr / stage2_lr / encoder_lr: projection + head in stage 1 / in stage 2 / the encoder.
-    train_layers: k, stage 2 trains only the top k encoder layers on cached lower states (None: all).
-    select_metric: the dev metric that picks the best epoch (None: the task's main metric).
-    virt_weight: alpha, the weight of the VIRT attention-map loss where the encoder trains
-                 (``encoders/virt.py``); 0: off, training exactly as without it.
-    bar_options: tqdm options for the progress bars (the job's); None: no bars.
-    """
-    stages: int = 2
-    loss: str = "ce"
-    human_label_weight: float = 0.5
-    stage1_epochs: int = 10
-    patience: int = 2
-    stage2_epochs: int = 1
-    stage1_max_pairs: int | None = None
-    stage2_max_pairs: int | None = None
-    lr: float = 5e-4
-    stage2_lr: float = 1e-4
-    encoder_lr: float = 2e-5
-    batch_size: int = 32
-    stage1_batch_size: int = 128
-    encode_batch_size: int = 128
-    warmup: float = 0.1
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
-    seed: int = 0
-    train_layers: int | None = None
-    select_metric: str | None = None
-    virt_weight: float = 0.0
-    bar_options: Mapping[str, Any] | None = None
-
-    def check(self, ranked_dev: bool) -> None:
-        """What these settings allow (ValueError naming the flag); ``ranked_dev``:
-        dev has a query column (``--dev-group-col``)."""
-        if self.stages not in (1, 2):
-            raise FlagError(f"--stages {self.stages!r} is not allowed: 2 (encoder frozen first, DiPair's "
-                            "schedule) or 1 (everything trains from the start)")
-        if self.loss not in LOSSES:
-            raise FlagError(f"--loss {self.loss!r} is not allowed: ce (cross-entropy on the soft labels, DiPair "
-                            "eq. 1) or mse (on the logits)")
-        check_optimizer_settings({"--lr": self.lr, "--stage2-lr": self.stage2_lr, "--encoder-lr": self.encoder_lr},
-                                 self.warmup, "a stage's steps", self.weight_decay, self.max_grad_norm)
-        if not 0 <= self.human_label_weight <= 1:
-            raise FlagError(f"--human-label-weight {self.human_label_weight!r} is not allowed: give a number in "
-                            "[0, 1] (0 = soft labels only, 1 = human labels only where a pair has one)")
-        if self.stage2_epochs == 0:
-            given = [flag for flag, on in (("--stages 1", self.stages == 1), ("--train-layers", self.train_layers),
-                                           ("--virt-weight", self.virt_weight)) if on]
-            if given:
-                raise FlagError(f"--stage2-epochs 0 (stage 1 only, the encoder frozen) is not allowed with "
-                                f"{', '.join(given)}: those train the encoder, which then never trains")
-        if self.train_layers is not None and self.stages != 2:
-            raise FlagError("--train-layers needs --stages 2: it trains the top layers in stage 2, on the lower "
-                            "layers' cached outputs")
-        if not (np.isfinite(self.virt_weight) and self.virt_weight >= 0):
-            raise FlagError(f"--virt-weight {self.virt_weight!r} is not allowed: give a number >= 0 (0: VIRT off)")
-        allowed = sorted({*MAIN_METRIC.values(), *RANKING_METRICS})
-        if self.select_metric is not None and self.select_metric not in allowed:
-            raise FlagError(f"--select-metric {self.select_metric!r} is not allowed: choose one of "
-                            f"{', '.join(allowed)}")
-        if self.select_metric in RANKING_METRICS and not ranked_dev:
-            raise FlagError(f"--select-metric {self.select_metric} ranks dev's candidates per query: give "
-                            "--dev-group-col (e.g. qid)")
 
 
 @dataclass
@@ -299,6 +226,7 @@ class Trainer:
     best_state: dict[str, torch.Tensor] | None = None
     records: list[dict[str, Any]] = field(default_factory=list)
     checkpoint_dir: str | None = None   # where the best epoch is saved (staged; committed at the end)
+    bars: Bars = None                     # the job's progress callback (encoders/progress.py); None: no bars
 
     def train_stage(self, stage: Stage, rng: random.Random) -> list[dict[str, Any]]:
         """Run one stage; returns its epoch records. Ends with the stage's best weights loaded."""
@@ -478,7 +406,7 @@ class Trainer:
         and virt_loss with VIRT}. ``forward``: pair indices -> logits (B, C), or (logits, VIRT loss)."""
         self.student.train()
         examples, config, device = self.examples, self.config, self.device
-        progress = EpochProgress(sum(len(b) for b in batches), description, config.bar_options)
+        progress = EpochProgress(sum(len(b) for b in batches), description, self.bars)
         virt_total, virt_pairs = 0.0, 0
         for batch in batches:
             index = np.asarray(batch)

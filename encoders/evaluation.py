@@ -219,3 +219,41 @@ def compare_models(a: str, b: str, task: str, scored: dict[str, Scored], targets
         for metric in ranked[a].values:
             differences[metric] = query_difference(ranked[a].values[metric], ranked[b].values[metric]).to_dict()
     return {"a": a, "b": b, "differences": differences}
+
+
+def evaluate_models(models: Sequence[Model], task: str, lefts: Sequence[str], rights: Sequence[str],
+                    targets: np.ndarray, dev: tuple[Sequence[str], Sequence[str], np.ndarray] | None,
+                    groups: np.ndarray | None, batches: BatchSizes, device: str, say=print
+                    ) -> tuple[dict[str, Scored], dict[str, dict[str, Any]], str | None]:
+    """Score every model on the evaluated pairs (P) and on dev ((lefts, rights, targets), whose
+    scores choose the binary threshold); its quality, speed, ranking (``groups``: (P,) queries),
+    and against the first single-output teacher among them (the reference) its agreement,
+    relative quality and speed-up. Returns (scored per model, results per model, the reference)."""
+    pairs = Pairs.of(lefts, rights)
+    scored: dict[str, Scored] = {}
+    results: dict[str, dict[str, Any]] = {}
+    for model in models:
+        say(f"scoring {len(pairs):,} pairs with {model.name} ({model.kind})")
+        scored[model.name] = score_model(model, lefts, rights, batches, device, time_it=True)
+        dev_scores = score_model(model, dev[0], dev[1], batches, device, time_it=False).scores if dev else None
+        results[model.name] = {
+            "kind": model.kind, "source": model.source, "fingerprint": model.fingerprint,
+            "description": model.description,
+            "quality": quality(task, scored[model.name].scores, targets, (dev_scores, dev[2]) if dev else None),
+            "speed": speed(model, scored[model.name], pairs)}
+        if groups is not None:
+            results[model.name]["ranking"] = ranking(scored[model.name].scores, targets, groups)
+    teachers = [m for m in models if m.kind == "teacher" and scored[m.name].logits.shape[1] == 1]
+    reference = teachers[0].name if teachers else None
+    if reference is not None:
+        teacher_speed = results[reference]["speed"]["pairs_per_second"]
+        main = MAIN_METRICS[task]
+        for model in models:
+            result = results[model.name]
+            if model.name != reference:
+                result["agreement"] = agreement(scored[model.name], scored[reference])
+            result["relative_quality"] = result["quality"][main] / results[reference]["quality"][main]
+            result["speedup"] = result["speed"]["pairs_per_second"] / teacher_speed
+            if "head_pairs_per_second" in result["speed"]:
+                result["speedup_head"] = result["speed"]["head_pairs_per_second"] / teacher_speed
+    return scored, results, reference

@@ -15,12 +15,11 @@ import hashlib
 import json
 import os
 import time
-from typing import Any, Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
 from encoders.checkpoint import Student
 from encoders.config import SIDES
@@ -28,6 +27,7 @@ from encoders.device import autocast
 from encoders.dual_encoder import SideEncoder, mean_pool, select_tokens
 from encoders.fingerprint import hash_weights, tokenizer_identity
 from encoders.inference import Pairs, length_order
+from encoders.progress import Bars, open_bar
 
 CACHE_FORMAT = "pairscore-frozen-states-v2"   # v2: also the pooled sentence embeddings
 
@@ -53,7 +53,7 @@ class FrozenStates:
     """
 
     def __init__(self, student: Student, texts: dict[str, Sequence[str]], batch_size: int, device: str,
-                 cache_dir: str | None = None, progress: Mapping[str, Any] | None = None):
+                 cache_dir: str | None = None, bars: Bars = None):
         config = student.config
         shared = (config.shared_encoder and config.left_max_length == config.right_max_length
                   and config.token_selection == "first")
@@ -78,7 +78,7 @@ class FrozenStates:
             else:
                 states, mask, pooled = frozen_token_states(
                     encoder, pool, count, batch_size, device,
-                    f"stage 1: encode {len(pool):,} texts once" if progress is not None else None, progress)
+                    f"stage 1: encode {len(pool):,} texts once", bars)
                 if cached:
                     os.makedirs(os.path.dirname(cached), exist_ok=True)
                     save_file({"states": states, "mask": mask.to(torch.uint8), "pooled": pooled}, cached,
@@ -120,12 +120,12 @@ class FrozenStates:
 
 @torch.inference_mode()
 def frozen_token_states(side: SideEncoder, texts: Sequence[str], count: int, batch_size: int, device: str,
-                        progress: str | None = None, bar_options: Mapping[str, Any] | None = None
+                        description: str = "", bars: Bars = None
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Texts -> (U, count, H) float32 kept token states (before projection, on CPU), (U, count)
     bool mask and (U, H) float32 pooled embeddings, in input order: ``SideEncoder.forward`` up to
-    the projection, keeping ``count`` tokens. ``progress``: a bar's title (None: no bar), drawn
-    with the tqdm ``bar_options`` the job gives."""
+    the projection, keeping ``count`` tokens. ``description``: the title of the bar drawn with
+    ``bars``, the job's progress callback (None: no bar)."""
     tokenized = side.tokenize(texts)
     hidden = side.transformer.config.hidden_size
     states = torch.zeros(len(texts), count, hidden)
@@ -133,7 +133,7 @@ def frozen_token_states(side: SideEncoder, texts: Sequence[str], count: int, bat
     pooled = torch.zeros(len(texts), hidden)
     was_training = side.training
     side.eval()
-    bar = tqdm(total=len(texts), desc=progress, unit="text", disable=progress is None, **(bar_options or {}))
+    bar = open_bar(bars, len(texts), description, "text")
     try:
         for index in length_order(tokenized, batch_size):
             batch = side.collate([tokenized[i] for i in index]).to(device)

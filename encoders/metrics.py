@@ -9,11 +9,11 @@ import math
 
 import numpy as np
 
+from encoders.choices import MAIN_METRIC
 from encoders.teacher import TeacherTask, soft_labels
 
-# The dev metric that picks the best epoch, per task (higher is better), and the one that breaks
-# its ties (lower is better): AUC and accuracy saturate on easy dev sets while the loss still improves.
-MAIN_METRIC = {"binary": "auc", "graded": "spearman", "classes": "accuracy"}
+# The dev metric that picks the best epoch per task (higher is better) is encoders.choices.MAIN_METRIC;
+# the one that breaks its ties (lower is better): AUC and accuracy saturate on easy dev sets while the loss still improves.
 TIE_BREAK_METRIC = {"binary": "log_loss", "graded": "mse", "classes": "log_loss"}
 
 

@@ -6,15 +6,15 @@ Shapes: NL left texts, NR right texts, H the encoder's hidden size, k neighbours
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from encoders.device import autocast
 from encoders.dual_encoder import SideEncoder
 from encoders.inference import length_order
+from encoders.progress import Bars, open_bar
 
 # Memory for one block of similarities (block rows x NR float32): bounds the search's working set
 # whatever the pool sizes.
@@ -22,18 +22,18 @@ SIMILARITY_BLOCK_BYTES = 256 << 20
 
 
 @torch.inference_mode()
-def embed_texts(side: SideEncoder, texts: Sequence[str], batch_size: int, progress: str | None = None,
-                bar_options: Mapping[str, Any] | None = None) -> torch.Tensor:
+def embed_texts(side: SideEncoder, texts: Sequence[str], batch_size: int, description: str = "",
+                bars: Bars = None) -> torch.Tensor:
     """Texts -> (P, H) float32 L2-normalised mean-pooled embeddings, in input order.
 
     Texts are sorted by token count before being cut into batches (:func:`encoders.inference.length_order`),
-    so each batch pads only to its own longest text. ``progress``: a bar's title (None: no bar),
-    drawn with the job's tqdm ``bar_options``.
+    so each batch pads only to its own longest text. ``description``: the title of the bar drawn
+    with ``bars``, the job's progress callback (None: no bar).
     """
     device = next(side.parameters()).device
     tokenized = side.tokenize(texts)
     out = torch.empty(len(texts), side.transformer.config.hidden_size)
-    bar = tqdm(total=len(texts), desc=progress, unit="text", disable=progress is None, **(bar_options or {}))
+    bar = open_bar(bars, len(texts), description, "text")
     for index in length_order(tokenized, batch_size):
         batch = side.collate([tokenized[i] for i in index]).to(device)
         with autocast(device):

@@ -26,7 +26,8 @@ from typing import Callable
 
 import numpy as np
 
-RANKING_METRICS = ("mrr@10", "map", "ndcg@10")
+from encoders.choices import RANKING_METRICS  # noqa: F401  (re-exported)
+
 CUTOFF = 10
 
 

@@ -36,6 +36,7 @@ from torch.nn import functional as F
 from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel,
                           PreTrainedTokenizerBase)
 
+from encoders.choices import TASKS, TEACHER_LOSSES_BY_TASK
 from encoders.device import autocast
 from encoders.dual_encoder import cut_texts
 from encoders.file_fingerprint import write_record
@@ -49,11 +50,7 @@ from encoders.errors import ModelError
 TEACHER_FILE = "teacher.json"
 TASK_FORMAT = "pairscore-teacher"
 TASK_VERSION = 1
-TASKS = ("binary", "graded", "classes")
-# The first loss of each task is its default. DiPair's equation (1), BCE on sigmoid(logit),
-# serves binary and graded targets alike; MSE on the probability is the usual alternative
-# for graded scores.
-LOSSES = {"binary": ("bce",), "graded": ("bce", "mse"), "classes": ("ce",)}
+LOSSES = TEACHER_LOSSES_BY_TASK    # the first loss of each task is its default
 # Without teacher.json and with a tokenizer that does not say, pairs are cut here: BERT-style
 # position embeddings stop at 512.
 _FALLBACK_MAX_LENGTH = 512

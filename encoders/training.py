@@ -3,15 +3,14 @@ batches, one optimizer step with mixed precision and clipping, and an epoch's lo
 progress bar. (Loss scaling is decided with the precision: ``encoders.device.grad_scaler``.)"""
 from __future__ import annotations
 
-import math
 import random
 import time
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Iterable, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
-from encoders.errors import FlagError
+from encoders.progress import Bars, open_bar
+
 
 NamedParameters = Sequence[tuple[str, torch.nn.Parameter]]
 # Length grouping: examples are sorted by length within windows of this many batches, so a batch
@@ -37,22 +36,14 @@ def length_grouped_batches(lengths: Sequence[int], batch_size: int, rng: random.
     return batches
 
 
-def check_optimizer_settings(rates: Mapping[str, float], warmup: float, warmup_of: str, weight_decay: float,
-                             max_grad_norm: float) -> None:
-    """The optimizer numbers both training jobs take: each learning rate (``rates``: flag ->
-    value) > 0, the warmup a fraction 0 <= WARMUP < 1 of ``warmup_of`` (which steps it counts),
-    weight decay >= 0 and the clipping norm > 0. ValueError naming the flag otherwise."""
-    for flag, value in rates.items():
-        if not (math.isfinite(value) and value > 0):
-            raise FlagError(f"{flag} {value!r} is not allowed: give a learning rate > 0")
-    if not 0 <= warmup < 1:
-        raise FlagError(f"--warmup {warmup!r} is not allowed: give the fraction of {warmup_of} spent warming up, "
-                        "0 <= WARMUP < 1")
-    # NaN passes every comparison's negation, and an infinite norm clips nothing: both said here.
-    if not (math.isfinite(weight_decay) and weight_decay >= 0):
-        raise FlagError(f"--weight-decay {weight_decay!r} is not allowed: give a finite number >= 0")
-    if not (math.isfinite(max_grad_norm) and max_grad_norm > 0):
-        raise FlagError(f"--max-grad-norm {max_grad_norm!r} is not allowed: give a finite number > 0")
+def seed_everything(seed: int) -> None:
+    """Python's, numpy's and torch's global generators from one seed: a training run's
+    initialisation, dropout and batch order repeat."""
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def make_adamw(groups: Iterable[tuple[NamedParameters, float]], weight_decay: float) -> torch.optim.Optimizer:
@@ -83,13 +74,12 @@ def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, schedul
 class EpochProgress:
     """An epoch's running loss and speed, shown on a progress bar (smoothed loss, learning rate,
     pairs/s); ``close`` gives {train_loss (mean over the epoch), pairs, seconds, pairs_per_second}.
-    ``bar_options``: the tqdm options the job draws bars with; None: no bar."""
+    ``bars``: the job's progress callback (encoders/progress.py); None: no bar."""
 
-    def __init__(self, total: int, description: str, bar_options: Mapping[str, Any] | None):
+    def __init__(self, total: int, description: str, bars: Bars):
         self.total_loss, self.seen, self.smoothed = 0.0, 0, None
         self.started = time.perf_counter()
-        self.bar = tqdm(total=total, desc=description, unit="pair", disable=bar_options is None,
-                        **(bar_options or {}))
+        self.bar = open_bar(bars, total, description, "pair")
 
     def update(self, loss: torch.Tensor, pairs: int, lr: float) -> None:
         value = float(loss.detach())

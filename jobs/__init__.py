@@ -8,6 +8,8 @@ run inside its functions. No job imports another job.
 
 Light on purpose (standard library only): every entry point imports this package first.
 """
+import os
+import sys
 import time
 
 
@@ -18,3 +20,24 @@ import time
 # scheduler's `bash -c 'sleep 8 && pairscore ...'` bash execs Python in its own process, whose
 # start was 8 s before Python's.
 PROCESS_STARTED = time.time()
+
+# The directory holding pairscore's packages (jobs/, pipeline/, encoders/, heads/).
+PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_shielded = False
+
+
+def shield_from_current_directory() -> None:
+    """``python -m`` puts the current directory first on ``sys.path``, so a user's ``pipeline.py``
+    (or ``heads.py`` ...) there would shadow pairscore's package of that name; the current
+    directory moves to the end (once) unless it is where pairscore lives."""
+    global _shielded
+    if not _shielded and sys.path and os.path.abspath(sys.path[0] or os.curdir) != PACKAGE_ROOT:
+        sys.path.append(sys.path.pop(0))
+    _shielded = True
+
+
+# `python -m jobs.<name>` imports this package while it locates the job (sys.argv[0] is "-m" until
+# then): the current directory moves now, before the job module imports its declared settings from
+# encoders/ and pipeline/. Any other import leaves sys.path alone.
+if sys.argv[:1] == ["-m"]:
+    shield_from_current_directory()

@@ -27,12 +27,14 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import click
-
-from jobs.common import (ARGV_KEY, DEFAULT_ENCODER, FORMATS, PLAIN_JOB_CONTEXT, abort_output_on_failure, device_option,
-                         JobCommand, main_module, output_option, overwrite_option, preflight, run_job, run_options,
-                         run_started, dead_letter_option, Number, POSITIVE_INT, SEED)
+from encoders.choices import DEVICES
+from encoders.config import DEFAULT_ENCODER
+from encoders.errors import FlagError
+from encoders.settings import NON_NEGATIVE_INT, POSITIVE_INT, SEED, Range, check_settings, setting
+from jobs.common import abort_output_on_failure, job_command, main_module, run_started
 from jobs.text_tables import side_column_options, side_columns
+from pipeline.choices import FORMATS
+from pipeline.settings import LITERAL_OUTPUT, Output, TrainingRun
 
 if TYPE_CHECKING:  # annotations only: the imports run inside the functions
     from encoders.checkpoint import Student
@@ -43,37 +45,45 @@ if TYPE_CHECKING:  # annotations only: the imports run inside the functions
 JOB_NAME = "build_candidates"
 
 
-@dataclass(frozen=True)
-class BuildCandidatesJob:
-    """Everything one mining run needs; built once from the command line."""
-    left_texts: tuple[str, ...]
-    right_texts: tuple[str, ...]
-    output: str
-    top_k: int = 10
-    random_per_left: int = 1
-    texts_text_col: str = "text"
-    texts_id_col: str | None = None
-    left_texts_id_col: str | None = None      # None: texts_id_col (jobs/text_tables.py)
+@dataclass(frozen=True, kw_only=True)
+class Mining:
+    """The two text pools, their columns, and how candidates are mined from them."""
+    left_texts: tuple[str, ...] = setting(
+        (), "Pool of left texts: a path, glob or Beam filesystem path; repeat for more. Format from the extension: "
+            ".parquet, .jsonl, .csv, .tsv, the last three optionally .zst.", multiple=True, required=True,
+        metavar="PATH")
+    right_texts: tuple[str, ...] = setting((), "Pool of right texts (may be the same files as --left-texts).",
+                                           multiple=True, required=True, metavar="PATH")
+    format: str | None = setting(None, "Read every input as this format, whatever its extension.", choices=FORMATS)
+    texts_text_col: str = setting("text", "Column holding the text.")
+    texts_id_col: str | None = setting(None, "Column holding the text's id. Without it, a text's id is a stable hash "
+                                             "of its content.")
+    left_texts_id_col: str | None = None      # None: texts_id_col (jobs/text_tables.py declares the four)
     left_texts_text_col: str | None = None
     right_texts_id_col: str | None = None
     right_texts_text_col: str | None = None
-    encoder: str = DEFAULT_ENCODER
-    max_length: int = 128
-    batch_size: int = 128
-    seed: int = 0
-    device: str = "auto"
-    format: str | None = None
-    overwrite: bool = False
-    progress: bool = True
-    max_dead_letter_fraction: float = 0.1
+    top_k: int = setting(10, "Nearest right texts per left text (exact cosine search), the text itself excluded.",
+                         range=NON_NEGATIVE_INT, required=True, metavar="K")
+    random_per_left: int = setting(1, "Random right texts per left text, as easy negatives (never a neighbour or the "
+                                      "text itself).", range=NON_NEGATIVE_INT, metavar="R")
+    encoder: str = setting(DEFAULT_ENCODER, "Sentence encoder (Hugging Face directory or hub id), mean pooled and "
+                                            "normalised; the default is the packaged all-MiniLM-L6-v2, no download.",
+                           metavar="MODEL")
+    max_length: int = setting(128, "Tokens per text for the encoder.", range=Range(int, 2))
+    batch_size: int = setting(128, "Texts per encoder batch (sorted by length first).", range=POSITIVE_INT)
+    seed: int = setting(0, "Seeds the random pairs.", range=SEED)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BuildCandidatesJob(TrainingRun, Output, Mining):
+    """Everything one mining run needs, every field a flag (--help lists the last base's first)."""
+    output: str = setting(help="Directory to create: part-00000-of-00001.parquet, _dead_letter/, _SUMMARY.json, "
+                               "_SUCCESS." + LITERAL_OUTPUT, metavar="DIR", required=True)
+    device: str = setting("auto", "Where encoding and search run; auto = CUDA when present.", choices=DEVICES)
+    progress: bool = setting(True, "Show encoding progress bars.", negatable=True)
 
     def check(self) -> None:
-        from pipeline.errors import FlagError
-
-        for flag, value, least in (("--top-k", self.top_k, 0), ("--random-per-left", self.random_per_left, 0),
-                                   ("--batch-size", self.batch_size, 1), ("--max-length", self.max_length, 2)):
-            if not isinstance(value, int) or value < least:
-                raise FlagError(f"{flag} {value!r} is not allowed: give an integer >= {least}")
+        check_settings(self)
         if self.top_k + self.random_per_left < 1:
             raise FlagError("--top-k 0 with --random-per-left 0 would mine nothing: give --top-k K >= 1 "
                             "and/or --random-per-left R >= 1")
@@ -86,52 +96,15 @@ class BuildCandidatesJob:
         return TextColumns(text=chosen["text"][0], id=chosen["id"][0])
 
 
-# --------------------------------------------------------------------------- texts
-
-
 # --------------------------------------------------------------------------- the command line
 
-@click.command("build-candidates", cls=JobCommand, context_settings=PLAIN_JOB_CONTEXT)
-@click.option("--left-texts", multiple=True, required=True, metavar="PATH",
-              help="Pool of left texts: a path, glob or Beam filesystem path; repeat for more. Format from the "
-                   "extension: .parquet, .jsonl, .csv, .tsv, the last three optionally .zst.")
-@click.option("--right-texts", multiple=True, required=True, metavar="PATH",
-              help="Pool of right texts (may be the same files as --left-texts).")
-@click.option("--format", type=click.Choice(FORMATS), default=None,
-              help="Read every input as this format, whatever its extension.")
-@click.option("--texts-text-col", default="text", show_default=True, help="Column holding the text.")
-@click.option("--texts-id-col", default=None,
-              help="Column holding the text's id. Without it, a text's id is a stable hash of its content.")
-@side_column_options
-@click.option("--top-k", type=Number(int, 0), required=True, metavar="K",
-              help="Nearest right texts per left text (exact cosine search), the text itself excluded.")
-@click.option("--random-per-left", type=Number(int, 0), default=1, show_default=True, metavar="R",
-              help="Random right texts per left text, as easy negatives (never a neighbour or the text itself).")
-@click.option("--encoder", default=DEFAULT_ENCODER, show_default=True, metavar="MODEL",
-              help="Sentence encoder (Hugging Face directory or hub id), mean pooled and normalised; the default "
-                   "is the packaged all-MiniLM-L6-v2, no download.")
-@click.option("--max-length", type=Number(int, 2),
-              default=128, show_default=True, help="Tokens per text for the encoder.")
-@click.option("--batch-size", type=POSITIVE_INT, default=128, show_default=True,
-              help="Texts per encoder batch (sorted by length first).")
-@click.option("--seed", type=SEED, default=0, show_default=True, help="Seeds the random pairs.")
-@device_option("Where encoding and search run; auto = CUDA when present.")
-@output_option("Directory to create: part-00000-of-00001.parquet, _dead_letter/, _SUMMARY.json, _SUCCESS.")
-@overwrite_option
-@dead_letter_option
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Show encoding progress bars.")
-@run_options
-@click.pass_context
-def main(ctx: click.Context, quiet: bool, verbose: bool, progress: bool, **flags) -> None:
-    """Mine candidate pairs (top-k neighbours + random pairs) for teacher labeling."""
-    def go() -> str:
-        preflight(ctx, "build_candidates", flags)
-        job = BuildCandidatesJob(left_texts=tuple(flags.pop("left_texts")),
-                                 right_texts=tuple(flags.pop("right_texts")), progress=progress and not quiet,
-                                 **flags)
-        summary = run(job, ctx.meta[ARGV_KEY])
-        return summary.table()
-    run_job(go, name="build_candidates", quiet=quiet, verbose=verbose)
+def report(job: BuildCandidatesJob, argv: list[str]) -> str:
+    return run(job, argv).table()
+
+
+main = job_command("build-candidates", BuildCandidatesJob, report,
+                   "Mine candidate pairs (top-k neighbours + random pairs) for teacher labeling.",
+                   extra=side_column_options)
 
 
 # --------------------------------------------------------------------------- the job
@@ -159,7 +132,6 @@ def run(job: BuildCandidatesJob, argv: list[str] | None = None) -> RunSummary:
     from pipeline.dead_letters import check_dead_letter_limit
     from pipeline.output.commit import open_output, write_dead_letter_file
     from pipeline.output.paths import local_path_or_none
-    from pipeline.progress import bar_options
     from pipeline.readers import check_columns, expand_inputs
     from pipeline.store import STORE_FILE_PREFIX, STORE_FILE_SUFFIX
     from pipeline.summary import RunSummary
@@ -197,8 +169,7 @@ def run(job: BuildCandidatesJob, argv: list[str] | None = None) -> RunSummary:
         if name == "right" and right.texts == left.texts:
             embeddings[name] = embeddings["left"]   # one pool on both sides (e.g. questions x questions)
         else:
-            embeddings[name] = embed_texts(side, pool.texts, job.batch_size,
-                                           f"encode {name}" if job.progress else None, bar_options()).to(device)
+            embeddings[name] = embed_texts(side, pool.texts, job.batch_size, f"encode {name}", job.bars()).to(device)
         seconds[f"encode_{name}"] = round(time.perf_counter() - tic, 2)
 
     # A left text whose identical text is in the right pool must not be paired with it.

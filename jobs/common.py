@@ -7,24 +7,27 @@ before its flags have parsed; the job's library imports come after, inside its f
 """
 from __future__ import annotations
 
+import functools
 import importlib
-import json
-import math
 import os
-import sys
 from typing import Any, Callable
 
 import click
 
+# The choices the flags offer: defined once, in the library's standard-library-only modules.
+from encoders.choices import DEVICES, STUDENT_LOSSES, TASKS, TEACHER_LOSSES  # noqa: F401
+from encoders.choices import TRAINABLE_HEADS as STUDENT_HEADS  # noqa: F401
+from encoders import settings as ranges
+from encoders.config import DEFAULT_ENCODER  # noqa: F401
+from jobs import PACKAGE_ROOT, PROCESS_STARTED, shield_from_current_directory  # noqa: F401
+from jobs.options import (ARGV_KEY, BEAM_JOB_CONTEXT, PLAIN_JOB_CONTEXT, FlagValueError, JobCommand,  # noqa: F401
+                          Number, option_of, options)
+from pipeline.choices import DTYPES, FORMATS  # noqa: F401
+from pipeline.settings import LITERAL_OUTPUT, Engine, Output, Run
 # The runner's names that the job modules import from here too (jobs/runner.py defines them).
-from jobs.runner import (ARGV_KEY, abort_output_on_failure, count_from_process_start, preflight,  # noqa: F401
-                         run_job, run_started)
+from jobs.runner import (abort_output_on_failure, count_from_process_start, preflight, run_job,  # noqa: F401
+                         run_started)
 
-# Options a Beam job does not declare are collected and handed to Beam as pipeline options.
-BEAM_JOB_CONTEXT = {"ignore_unknown_options": True, "allow_extra_args": True,
-                    "help_option_names": ["-h", "--help"], "max_content_width": 100}
-# Jobs without Beam take only their own options.
-PLAIN_JOB_CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 # How paths are read (the CLI contract, "paths are literal"), said in every job's --help.
 PATHS_NOTE = ("Paths: an input path that exists is read as it is, even with *, ? or [ in its name; otherwise "
@@ -33,126 +36,28 @@ BEAM_EPILOG = ("Any other option is passed to Beam as a pipeline option, e.g. --
                "--direct_num_workers=2 --direct_running_mode=multi_processing, or Dataflow flags. "
                "Default runner: Beam's in-process runner (DirectRunner without the Prism download). " + PATHS_NOTE)
 
-DEVICES = ("auto", "cpu", "cuda")                         # encoders.device.DEVICES
-
-# Choices the flags offer, spelled here so that --help needs no heavy import. Each is defined in
-# the library (named in the comment); tests/jobs/test_cli.py checks that the two agree.
-FORMATS = ("parquet", "jsonl", "csv", "tsv")              # pipeline.readers.FORMATS
-DTYPES = ("float16", "int8")                              # pipeline.store.DTYPES
-TASKS = ("binary", "graded", "classes")                   # encoders.teacher.TASKS
-TEACHER_LOSSES = ("bce", "ce", "mse")                     # every loss of encoders.teacher.LOSSES
-STUDENT_LOSSES = ("ce", "mse")                            # encoders.distill.LOSSES
-STUDENT_HEADS = ("dipair", "dipair-ffnn", "li", "de-ffnn", "de-cos")  # encoders.distill.TRAINABLE_HEADS
-DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"  # encoders.config.DEFAULT_ENCODER
-
-# The directory holding pairscore's packages (jobs/, pipeline/, encoders/, heads/).
-PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-class JobCommand(click.Command):
-    """A job's command: remembers the arguments it was given (``ctx.meta[ARGV_KEY]``), which
-    the summary records, the same under ``pairscore <job>`` and ``python -m jobs.<name>``."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        ctx.meta[ARGV_KEY] = list(args)
-        return super().parse_args(ctx, args)
 
 
 # --------------------------------------------------------------------------- shared options
+# The options the engine jobs share, generated from their declarations (pipeline/settings.py).
 
 def output_option(help: str, metavar: str = "DIR"):
-    return click.option("--output", required=True, metavar=metavar,
-                        help=help + " A literal path (never a pattern), without *, ? or [.")
+    return option_of(Output, "output", help=help + LITERAL_OUTPUT, metavar=metavar)
 
 
-overwrite_option = click.option("--overwrite", is_flag=True, help="Replace an earlier pairscore output in --output "
-                                "(one whose _SUMMARY.json lists its files) when this run commits; until then it "
-                                "stays whole, and a failed run leaves it as it was. Refused for a directory holding "
-                                "anything pairscore did not write.")
+def device_option(help: str | None = None):
+    return option_of(Run, "device", **({"help": help} if help else {}))
 
 
-def device_option(help: str = "Where models run; auto = CUDA when present (mixed precision on GPU)."):
-    return click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, help=help)
-
-
-class FlagValueError(click.ClickException):
-    """A flag value outside what it allows: one line (``error: --flag VALUE is not allowed: ...``),
-    exit 2, raised while the flags parse (before any pre-flight work or heavy import)."""
-    exit_code = 2
-
-    def show(self, file=None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
-
-
-class Number(click.ParamType):
-    """A number in a range, NaN and infinity refused (click.FloatRange lets NaN through: every
-    comparison with NaN is false). ``kind`` float or int; ``low``/``high`` bounds, exclusive when
-    ``low_open``/``high_open``; ``allowed`` says what is allowed in the one-line error."""
-
-    def __init__(self, kind: type = float, low: float | None = None, high: float | None = None, *,
-                 low_open: bool = False, high_open: bool = False, allowed: str | None = None) -> None:
-        self.kind, self.low, self.high, self.low_open, self.high_open = kind, low, high, low_open, high_open
-        self.name = "integer" if kind is int else "float"
-        self.allowed = allowed or self._describe()
-
-    def _describe(self) -> str:
-        if self.kind is int and self.low == 1 and self.high is None and not self.low_open:
-            return "give a positive integer"
-        what = "an integer" if self.kind is int else "a finite number"
-        bounds = []
-        if self.low is not None:
-            bounds.append(f"{'>' if self.low_open else '>='} {self.low:g}")
-        if self.high is not None:
-            bounds.append(f"{'<' if self.high_open else '<='} {self.high:g}")
-        return f"give {what}" + (" " + " and ".join(bounds) if bounds else "")
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        flag = max(param.opts, key=len) if param is not None and param.opts else "value"
-        try:
-            number = self.kind(value)
-            if self.kind is int and isinstance(value, float) and value != number:
-                raise ValueError
-        except (TypeError, ValueError, OverflowError):
-            raise FlagValueError(f"{flag} {value!r} is not allowed: {self.allowed}") from None
-        if (self.kind is float and not math.isfinite(number)
-                or self.low is not None and (number <= self.low if self.low_open else number < self.low)
-                or self.high is not None and (number >= self.high if self.high_open else number > self.high)):
-            raise FlagValueError(f"{flag} {number!r} is not allowed: {self.allowed}")
-        return number
-
-    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
-        return self.name.upper()
-
-
+overwrite_option = option_of(Output, "overwrite")
+# --max-dead-letter-fraction: the share of rows a run may dead-letter and still commit (pipeline.dead_letters).
+dead_letter_option = option_of(Output, "max_dead_letter_fraction")
+# --torch-threads: torch threads per worker process, over the automatic sizing (encoders/threads.py).
+torch_threads_option = option_of(Engine, "torch_threads")
+# --stall-timeout: how long a Beam job waits for workers that never start (pipeline/beam/watchdog.py).
+stall_option = option_of(Engine, "stall_timeout")
 # The numbers several jobs take, each refused outside its range while the flags parse.
-POSITIVE_INT = Number(int, 1)
-SEED = Number(int, 0, 2 ** 32 - 1, allowed="give an integer in [0, 2**32 - 1]")       # what numpy seeds with
-LEARNING_RATE = Number(float, 0, low_open=True, allowed="give a learning rate > 0")
-WEIGHT_DECAY = Number(float, 0)
-MAX_GRAD_NORM = Number(float, 0, low_open=True)        # an infinite norm would clip nothing
-
-
-def warmup_type(of: str) -> Number:
-    """--warmup: the fraction of ``of`` (the steps it counts) spent warming up."""
-    return Number(float, 0, 1, high_open=True, allowed=f"give the fraction of {of} spent warming up, 0 <= WARMUP < 1")
-
-
-def dead_letter_option(command: Callable) -> Callable:
-    """--max-dead-letter-fraction: the share of rows a run may dead-letter and still commit
-    (pipeline.dead_letters.check_dead_letter_limit)."""
-    return click.option("--max-dead-letter-fraction", type=Number(float, 0, 1, allowed="give a fraction in [0, 1]"),
-                        default=0.1, show_default=True, metavar="F",
-                        help="Refuse to commit (exit 3, nothing written, the previous output stays) when more than "
-                             "this fraction of the rows read is dead-lettered; a run whose every row is "
-                             "dead-lettered always fails.")(command)
-def torch_threads_option(command: Callable) -> Callable:
-    """--torch-threads: torch threads per worker process, over the automatic sizing (encoders/threads.py)."""
-    return click.option("--torch-threads", type=POSITIVE_INT, default=None, metavar="N",
-                        help="Torch threads per worker process. Default: the slot's CPUs where the engine "
-                             "says (Spark's task CPUs; 1 per Dataflow SDK process), else this process's share "
-                             "of the CPUs it may run on (taskset/cpuset) among the local worker processes.")(command)
-
-
+POSITIVE_INT = Number(ranges.POSITIVE_INT)
 HEAD_QUANTIZE = ("int8",)
 
 
@@ -166,22 +71,9 @@ def head_speed_options(command: Callable) -> Callable:
                              "pays off on long runs).")(command)
 
 
-def stall_option(command: Callable) -> Callable:
-    """--stall-timeout: how long a Beam job waits for workers that never start (pipeline/beam/watchdog.py)."""
-    return click.option("--stall-timeout", type=Number(float, 0), default=300.0, show_default=True,
-                        metavar="SECONDS",
-                        help="End the run (exit 3, one line saying what is missing) when Beam has asked for "
-                             "workers, none has connected and nothing has progressed for this long; 0: wait "
-                             "forever. Watches the runners whose workers connect to this process (multi-process, "
-                             "PortableRunner with --job_endpoint=embed).")(command)
-
-
 def run_options(command: Callable) -> Callable:
     """--quiet and --verbose: how much a run says while it runs."""
-    command = click.option("--verbose", is_flag=True,
-                           help="Show the log messages of Beam and its workers (hidden by default).")(command)
-    return click.option("--quiet", is_flag=True,
-                        help="No progress output (errors and the final summary still print).")(command)
+    return option_of(Run, "quiet")(option_of(Run, "verbose")(command))
 
 
 def split_list(ctx, param, value: str | None) -> tuple[str, ...]:
@@ -189,52 +81,17 @@ def split_list(ctx, param, value: str | None) -> tuple[str, ...]:
     return tuple(v.strip() for v in value.split(",") if v.strip()) if value else ()
 
 
-# --------------------------------------------------------------------------- flag values
-# Parsed before the job's modules are imported, so that a bad value answers at once.
-
-def parse_label_range(text: str | None) -> tuple[float, float] | None:
-    """``"LOW,HIGH"`` -> (low, high); FlagError naming the value otherwise."""
-    from pipeline.errors import FlagError
-
-    if text is None:
-        return None
-    parts = text.split(",")
-    try:
-        low, high = (float(p) for p in parts)
-    except ValueError:
-        raise FlagError(f"--label-range {text!r} is not allowed: give two numbers LOW,HIGH, e.g. 0,5") from None
-    return low, high
-
-
-def parse_head_options(text: str | None) -> dict[str, Any]:
-    """``--head-options '{"ffn": 512}'`` -> a dict; FlagError naming the value otherwise."""
-    from pipeline.errors import FlagError
-
-    if not text:
-        return {}
-    try:
-        options = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise FlagError(f"--head-options {text!r} is not allowed: give a JSON object, e.g. "
-                        f"'{{\"ffn\": 512}}' ({err})") from None
-    if not isinstance(options, dict):
-        raise FlagError(f"--head-options {text!r} is not allowed: give a JSON object, e.g. '{{\"ffn\": 512}}'")
-    return options
-
-
 # --------------------------------------------------------------------------- entry points
 
 def main_module(name: str) -> None:
     """``python -m jobs.<name>``: run the job's command, then exit.
 
-    ``python -m`` puts the current directory first on ``sys.path``, so a user's ``pipeline.py``
-    (or ``heads.py`` ...) there would shadow pairscore's package of that name once the job
-    imports it; the current directory moves to the end unless it is where pairscore lives. The
-    job module (light: its own imports run inside its functions) is then imported by its name,
-    so that what Beam pickles refers to ``jobs.<name>``, not ``__main__``.
+    The current directory moves behind pairscore's packages (:func:`shield_from_current_directory`,
+    already done when this module was imported under ``python -m``). The job module (light: its own
+    imports run inside its functions) is then imported by its name, so that what Beam pickles
+    refers to ``jobs.<name>``, not ``__main__``.
     """
-    if sys.path and os.path.abspath(sys.path[0] or os.curdir) != PACKAGE_ROOT:
-        sys.path.append(sys.path.pop(0))
+    shield_from_current_directory()
     quiet_idle_threads()
     shield_beam_workers()
     count_from_process_start()
@@ -277,3 +134,27 @@ def refuse_non_finite(model) -> None:
         raise RefusedToCommit(f"training produced weights that are not finite numbers (NaN or infinity) in "
                               f"{describe_non_finite(bad)}; nothing was committed (try a lower --lr or "
                               "--max-grad-norm)")
+
+
+# --------------------------------------------------------------------------- a job's command
+
+def job_command(name: str, settings: type, report: Callable[[Any, list[str]], str], help: str,
+                extra: Callable | None = None) -> click.Command:
+    """A job's command: ``pairscore <name>`` with an option per declared field of ``settings``
+    (``extra``: a decorator adding undeclared ones). Running it builds ``settings`` from the flags
+    and, under the runner (``jobs.common.run_job``: progress, logging, one-line errors and exit
+    statuses), runs the pre-flight, then ``report(job, argv)``, and prints the summary it returns."""
+    def main(ctx: click.Context, **flags: Any) -> None:
+        job = settings(**flags)
+        run_job(functools.partial(_checked, ctx, job, report), name=ctx.command.name.replace("-", "_"),
+                quiet=job.quiet, verbose=job.verbose)
+
+    main.__doc__ = help
+    command = options(settings)((extra or (lambda f: f))(click.pass_context(main)))
+    return click.command(name, cls=JobCommand, context_settings=PLAIN_JOB_CONTEXT, help=help)(command)
+
+
+def _checked(ctx: click.Context, job: Any, report: Callable[[Any, list[str]], str]) -> str:
+    """The pre-flight (before the job's heavy imports), then the job's report."""
+    preflight(ctx, ctx.command.name.replace("-", "_"), vars(job))
+    return report(job, ctx.meta[ARGV_KEY])

@@ -11,7 +11,7 @@ the models, and its pairs/s on this machine. ``--group-col qid`` also ranks each
 metric(A) - metric(B) with a 95% paired-bootstrap interval (``encoders/evaluation.py``).
 Writes ``DIR/report.md`` with PNG plots (``report.py``), ``DIR/metrics.json``,
 ``DIR/scores.parquet`` (every model's score per pair, and its query with ``--group-col``),
-``DIR/_dead_letter/``, ``DIR/_SUMMARY.json`` and ``DIR/_SUCCESS``, committed at the end (pipeline/outputs.py).
+``DIR/_dead_letter/``, ``DIR/_SUMMARY.json`` and ``DIR/_SUCCESS``, committed at the end (pipeline/output/).
 
 Speed, and its regime: a teacher reads every pair whole, so its cost is per pair. A student
 encodes each unique text once and runs its head per pair, so its pairs/s depends on how many
@@ -22,26 +22,22 @@ texts, DiPair's setting). Both are plain PyTorch in this process (no Beam, no st
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import sys
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
+from typing import TYPE_CHECKING
 
 import click
 
-from jobs.common import (ARGV_KEY, FORMATS, PLAIN_JOB_CONTEXT, abort_output_on_failure, device_option, JobCommand,
-                         main_module, output_option, overwrite_option, parse_label_range, preflight, run_job,
-                         run_options, run_started, dead_letter_option, POSITIVE_INT)
+from encoders.choices import DEVICES
+from encoders.settings import POSITIVE_INT, check_settings, setting
+from jobs.common import abort_output_on_failure, job_command, main_module, run_started
+from pipeline.settings import LITERAL_OUTPUT, Output, PairData, Run, parse_label_range
 
 if TYPE_CHECKING:  # annotations only: the imports run inside the functions
-    from encoders.evaluation import Scored
-    from encoders.inference import Pairs
     from encoders.teacher import TeacherTask
-    from pipeline.datasets import LabeledPairs
     from pipeline.summary import RunSummary
 
 
@@ -50,28 +46,43 @@ METRICS_FILE = "metrics.json"
 SCORES_FILE = "scores.parquet"
 
 
-@dataclass(frozen=True)
-class EvaluateJob:
-    """Everything one evaluation needs; built once from the command line."""
-    pairs: tuple[str, ...]
-    models: tuple[str, ...]
-    output: str
-    dev: tuple[str, ...] = ()
-    label_col: str = "label"
-    left_col: str = "left"
-    right_col: str = "right"
-    task: str = "binary"
-    label_range: tuple[float, float] | None = None
-    batch_size: int = 64
-    encode_batch_size: int = 128
-    head_batch_size: int = 8192
-    device: str = "auto"
-    limit: int | None = None
-    format: str | None = None
-    overwrite: bool = False
-    group_col: str | None = None
-    compare: tuple[str, ...] = ()     # "A,B": metric(A) - metric(B) with a paired bootstrap interval
-    max_dead_letter_fraction: float = 0.1
+@dataclass(frozen=True, kw_only=True)
+class EvaluationData:
+    """What is evaluated on (labeled pairs, dev for the thresholds), which models, and in what batches."""
+    pairs: tuple[str, ...] = setting((), "Labeled pairs to evaluate on: a path, glob or Beam filesystem path; repeat "
+                                         "for more.", multiple=True, required=True, metavar="PATH")
+    models: tuple[str, ...] = setting(
+        (), "A model to evaluate; repeat for more: a teacher checkpoint (train_teacher output or any Hugging Face "
+            "sequence-classification cross-encoder), a student checkpoint (train_student output), or `baseline` for "
+            "the zero-training cosine of the packaged MiniLM. NAME=DIR names it in the report (default: the "
+            "directory's name).", name="--model", multiple=True, required=True, metavar="[NAME=]DIR|baseline")
+    dev: tuple[str, ...] = setting(
+        (), "Labeled pairs on which the accuracy/F1 threshold of each model is chosen. Without it the threshold is "
+            "chosen on --pairs themselves (optimistic); the report says which.", multiple=True, metavar="PATH")
+    task: str = setting("binary", "binary: labels 0/1 (AUC, accuracy, F1). graded: numbers in --label-range "
+                                  "(Pearson, Spearman).", choices=("binary", "graded"))
+    label_range: tuple[float, float] | None = setting(None, "graded only: the range of the labels.",
+                                                      parse=parse_label_range, metavar="LOW,HIGH")
+    group_col: str | None = setting(
+        None, "Column naming each pair's query (e.g. qid): also rank each query's candidates and report MRR@10, MAP "
+              "and nDCG@10 over the queries with at least one positive and one negative.", metavar="COL")
+    compare: tuple[str, ...] = setting(
+        (), "Report metric(A) - metric(B) for two --model names with a 95%% paired-bootstrap interval (over queries "
+            "for ranking metrics, over pairs otherwise); repeat for more.", multiple=True, metavar="A,B")
+    batch_size: int = setting(64, "Pairs per teacher batch.", range=POSITIVE_INT)
+    encode_batch_size: int = setting(128, "Texts per student encoder batch.", range=POSITIVE_INT)
+    head_batch_size: int = setting(8192, "Pairs per student head batch.", range=POSITIVE_INT)
+    limit: int | None = setting(None, "Read at most N rows from each of --pairs and --dev (quick runs).",
+                                range=POSITIVE_INT, metavar="N")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluateJob(Run, Output, PairData, EvaluationData):
+    """Everything one evaluation needs, every field a flag (--help lists the last base's first)."""
+    output: str = setting(help="Directory to create: report.md, *.png, metrics.json, scores.parquet, _dead_letter/, "
+                               "_SUMMARY.json, _SUCCESS." + LITERAL_OUTPUT, metavar="DIR", required=True)
+    device: str = setting("auto", "Where models run; auto = CUDA when present (mixed precision). Speeds are of this "
+                                  "device.", choices=DEVICES)
 
     def check(self) -> None:
         from pipeline.errors import FlagError
@@ -80,13 +91,10 @@ class EvaluateJob:
         parse_comparisons(self.compare)
         if not self.models:
             raise FlagError("no --model given: name teacher or student checkpoint directories, or `baseline`")
-        for flag, value in (("--batch-size", self.batch_size), ("--encode-batch-size", self.encode_batch_size),
-                            ("--head-batch-size", self.head_batch_size), ("--limit", self.limit)):
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise FlagError(f"{flag} {value!r} is not allowed: give a positive integer")
         if self.task not in ("binary", "graded"):
             raise FlagError(f"--task {self.task!r} is not allowed: binary (labels 0/1) or graded (numbers in "
-                            "--label-range)")
+                             "--label-range)")
+        check_settings(self)
         if self.task == "graded" and self.label_range is None:
             raise FlagError("--task graded needs --label-range LOW,HIGH (e.g. 0,5 for STS-B)")
 
@@ -95,8 +103,6 @@ class EvaluateJob:
 
         return TeacherTask(self.task, label_range=self.label_range)
 
-
-# --------------------------------------------------------------------------- models
 
 def parse_model_spec(spec: str) -> tuple[str, str]:
     """``baseline``, ``DIR`` or ``NAME=DIR`` -> (name, source). The name defaults to the
@@ -114,60 +120,18 @@ def parse_model_spec(spec: str) -> tuple[str, str]:
 
 # --------------------------------------------------------------------------- the command line
 
-@click.command("evaluate", cls=JobCommand, context_settings=PLAIN_JOB_CONTEXT)
-@click.option("--pairs", multiple=True, required=True, metavar="PATH",
-              help="Labeled pairs to evaluate on: a path, glob or Beam filesystem path; repeat for more.")
-@click.option("--model", "models", multiple=True, required=True, metavar="[NAME=]DIR|baseline",
-              help="A model to evaluate; repeat for more: a teacher checkpoint (train_teacher output or any Hugging "
-                   "Face sequence-classification cross-encoder), a student checkpoint (train_student output), or "
-                   "`baseline` for the zero-training cosine of the packaged MiniLM. NAME=DIR names it in the report "
-                   "(default: the directory's name).")
-@click.option("--dev", multiple=True, metavar="PATH",
-              help="Labeled pairs on which the accuracy/F1 threshold of each model is chosen. Without it the threshold "
-                   "is chosen on --pairs themselves (optimistic); the report says which.")
-@click.option("--format", type=click.Choice(FORMATS), default=None,
-              help="Read every input as this format, whatever its extension.")
-@click.option("--left-col", default="left", show_default=True, help="Column holding the left text.")
-@click.option("--right-col", default="right", show_default=True, help="Column holding the right text.")
-@click.option("--label-col", default="label", show_default=True, help="Column holding the label.")
-@click.option("--task", type=click.Choice(["binary", "graded"]), default="binary", show_default=True,
-              help="binary: labels 0/1 (AUC, accuracy, F1). graded: numbers in --label-range (Pearson, Spearman).")
-@click.option("--label-range", default=None, metavar="LOW,HIGH", help="graded only: the range of the labels.")
-@click.option("--group-col", default=None, metavar="COL",
-              help="Column naming each pair's query (e.g. qid): also rank each query's candidates and report MRR@10, "
-                   "MAP and nDCG@10 over the queries with at least one positive and one negative.")
-@click.option("--compare", multiple=True, metavar="A,B",
-              help="Report metric(A) - metric(B) for two --model names with a 95%% paired-bootstrap interval (over "
-                   "queries for ranking metrics, over pairs otherwise); repeat for more.")
-@click.option("--batch-size", type=POSITIVE_INT, default=64, show_default=True, help="Pairs per teacher batch.")
-@click.option("--encode-batch-size", type=POSITIVE_INT,
-              default=128, show_default=True, help="Texts per student encoder batch.")
-@click.option("--head-batch-size", type=POSITIVE_INT,
-              default=8192, show_default=True, help="Pairs per student head batch.")
-@device_option("Where models run; auto = CUDA when present (mixed precision). Speeds are of this device.")
-@click.option("--limit", type=POSITIVE_INT, default=None, metavar="N",
-              help="Read at most N rows from each of --pairs and --dev (quick runs).")
-@output_option("Directory to create: report.md, *.png, metrics.json, scores.parquet, _dead_letter/, _SUMMARY.json, "
-               "_SUCCESS.")
-@overwrite_option
-@dead_letter_option
-@run_options
-@click.pass_context
-def main(ctx: click.Context, quiet: bool, verbose: bool, **flags) -> None:
-    """Evaluate teachers, students and the baseline on labeled pairs: quality, agreement, speed, plots."""
-    def go() -> str:
-        import json
+def report(job: EvaluateJob, argv: list[str]) -> str:
+    """Evaluate; the summary with the results tables."""
+    from pipeline.report import ranking_table, results_table
 
-        label_range = parse_label_range(flags.pop("label_range"))
-        preflight(ctx, "evaluate", flags)
-        from pipeline.report import ranking_table, results_table
-        job = EvaluateJob(pairs=tuple(flags.pop("pairs")), models=tuple(flags.pop("models")), dev=tuple(flags.pop(
-            "dev")), compare=tuple(flags.pop("compare")), label_range=label_range, **flags)
-        summary = run(job, ctx.meta[ARGV_KEY])
-        with open(os.path.join(job.output, METRICS_FILE), encoding="utf-8") as handle:
-            metrics = json.load(handle)
-        return summary.table() + "\n" + results_table(metrics) + "\n" + ranking_table(metrics)
-    run_job(go, name="evaluate", quiet=quiet, verbose=verbose)
+    summary = run(job, argv)
+    with open(os.path.join(job.output, METRICS_FILE), encoding="utf-8") as handle:
+        metrics = json.load(handle)
+    return summary.table() + "\n" + results_table(metrics) + "\n" + ranking_table(metrics)
+
+
+main = job_command("evaluate", EvaluateJob, report,
+                   "Evaluate teachers, students and the baseline on labeled pairs: quality, agreement, speed, plots.")
 
 
 # --------------------------------------------------------------------------- the job
@@ -180,8 +144,8 @@ def run(job: EvaluateJob, argv: list[str] | None = None) -> RunSummary:
     import numpy as np
     import torch
     from encoders.device import pick_device
-    from encoders.evaluation import (MAIN_METRICS, BatchSizes, agreement, compare_models, load_model,
-                                     model_kind, parse_comparisons, quality, ranking, score_model, speed)
+    from encoders.evaluation import (MAIN_METRICS, BatchSizes, compare_models, evaluate_models, load_model,
+                                     model_kind, parse_comparisons)
     from encoders.inference import Pairs
     from pipeline.datasets import read_labeled_pairs
     from pipeline.dead_letters import check_dead_letter_limit, count_reasons
@@ -189,7 +153,7 @@ def run(job: EvaluateJob, argv: list[str] | None = None) -> RunSummary:
     from pipeline.output.paths import local_path_or_none
     from pipeline.pairs import PairColumns
     from pipeline.readers import InputError, check_columns, expand_inputs
-    from pipeline.report import write_report
+    from pipeline.report import EVALUATED_SCORES, write_metrics, write_report, write_scores
     from pipeline.summary import RunSummary
 
     job.check()
@@ -240,35 +204,11 @@ def run(job: EvaluateJob, argv: list[str] | None = None) -> RunSummary:
     groups = np.array(evaluated.groups) if job.group_col else None
 
     batches = BatchSizes(job.batch_size, job.encode_batch_size, job.head_batch_size)
-    scored: dict[str, Scored] = {}
-    results: dict[str, dict[str, Any]] = {}
-    for model in models:
-        click.echo(f"scoring {len(pairs):,} pairs with {model.name} ({model.kind})", err=True)
-        scored[model.name] = score_model(model, evaluated.lefts, evaluated.rights, batches, device, time_it=True)
-        dev = splits.get("dev")
-        dev_scores = (score_model(model, dev.lefts, dev.rights, batches, device, time_it=False).scores
-                      if dev_targets is not None else None)
-        results[model.name] = {
-            "kind": model.kind, "source": model.source, "fingerprint": model.fingerprint,
-            "description": model.description,
-            "quality": quality(task.task, scored[model.name].scores, targets,
-                               (dev_scores, dev_targets) if dev_scores is not None else None),
-            "speed": speed(model, scored[model.name], pairs)}
-        if groups is not None:
-            results[model.name]["ranking"] = ranking(scored[model.name].scores, targets, groups)
-    teachers = [m for m in models if m.kind == "teacher" and scored[m.name].logits.shape[1] == 1]
-    reference = teachers[0].name if teachers else None
-    if reference is not None:
-        teacher_speed = results[reference]["speed"]["pairs_per_second"]
-        main = MAIN_METRICS[task.task]
-        for model in models:
-            result = results[model.name]
-            if model.name != reference:
-                result["agreement"] = agreement(scored[model.name], scored[reference])
-            result["relative_quality"] = result["quality"][main] / results[reference]["quality"][main]
-            result["speedup"] = result["speed"]["pairs_per_second"] / teacher_speed
-            if "head_pairs_per_second" in result["speed"]:
-                result["speedup_head"] = result["speed"]["head_pairs_per_second"] / teacher_speed
+    dev = splits.get("dev")
+    scored, results, reference = evaluate_models(
+        models, task.task, evaluated.lefts, evaluated.rights, targets,
+        (dev.lefts, dev.rights, dev_targets) if dev is not None else None, groups, batches, device,
+        say=lambda line: click.echo(line, err=True))
 
     metrics = {
         "task": task.task,
@@ -288,10 +228,9 @@ def run(job: EvaluateJob, argv: list[str] | None = None) -> RunSummary:
                         for a, b in parse_comparisons(job.compare)],
     }
     provenance = table_metadata(JOB_NAME, {m.name: (m.fingerprint, m.source) for m in models}, score=EVALUATED_SCORES)
-    write_scores(out.staged(SCORES_FILE), evaluated, pairs, scored, provenance, job.group_col)
-    with open(out.staged(METRICS_FILE), "w", encoding="utf-8") as handle:
-        json.dump(_strict_json(metrics), handle, indent=2, allow_nan=False)
-        handle.write("\n")
+    write_scores(out.staged(SCORES_FILE), evaluated, {name: s.scores for name, s in scored.items()}, provenance,
+                 job.group_col)
+    write_metrics(out.staged(METRICS_FILE), metrics)
     write_report(out.staged(), metrics, {name: s.scores for name, s in scored.items()}, targets)
     write_dead_letter_file(out.staged(), dead, provenance)
 
@@ -311,47 +250,6 @@ def run(job: EvaluateJob, argv: list[str] | None = None) -> RunSummary:
                         "pairs_per_second": r["speed"]["pairs_per_second"]} for name, r in results.items()})
     out.commit(summary)
     return summary
-
-
-# What the score:NAME columns of scores.parquet mean (its pairscore.score metadata).
-EVALUATED_SCORES = ("score:NAME, one column per model: a probability in [0, 1] for teachers and students, "
-                    "a cosine in [-1, 1] for the baseline")
-
-
-def write_scores(path: str, labeled: LabeledPairs, pairs: Pairs, scored: dict[str, Scored],
-                 provenance: dict[str, str] | None = None, group_col: str | None = None) -> None:
-    """Every model's score per evaluated pair, next to the texts, the target and (with
-    ``--group-col``) the query: one Parquet file anyone can load to dig into disagreements
-    (``provenance``: its key-value metadata)."""
-    import numpy as np
-    import pyarrow as pa
-    from pipeline.writers import write_parquet_file
-
-    columns = {"left": labeled.lefts, "right": labeled.rights, "target": labeled.targets}
-    if group_col is not None:
-        columns["group"] = labeled.groups
-    columns.update({f"score:{name}": s.scores.astype(np.float32) for name, s in scored.items()})
-    table = pa.table(columns).replace_schema_metadata(provenance)
-    write_parquet_file(path, table.schema, [table])
-
-
-def _strict_json(value: Any) -> Any:
-    """``value`` with numpy scalars as Python numbers, NaN (an undefined correlation or AUC) as null
-    and infinities (a threshold above every score: nothing predicted positive) as the strings
-    "inf" / "-inf", so metrics.json is JSON every parser reads."""
-    import numpy as np
-
-    if isinstance(value, dict):
-        return {k: _strict_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_strict_json(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, float) and math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    return value
 
 
 if __name__ == "__main__":  # python -m jobs.evaluate

@@ -38,13 +38,13 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence
 import click
 
 from jobs import PROCESS_STARTED
+from jobs.options import ARGV_KEY  # ctx.meta: the arguments a job's command was given (JobCommand)
 
 if TYPE_CHECKING:  # annotations only: the imports run inside the functions
     from pipeline.accounting import Balance
     from pipeline.output.commit import OutputDir
     from pipeline.summary import RunSummary
 
-ARGV_KEY = "pairscore.argv"      # ctx.meta: the arguments a job's command was given (jobs.common.JobCommand)
 
 
 @dataclass

@@ -73,6 +73,16 @@ def bar_options(stream: TextIO | None = None) -> dict:
     return {"file": LineStream(stream), "mininterval": LOG_SECONDS}
 
 
+def tqdm_bars(stream: TextIO | None = None):
+    """The progress callback of the library (``encoders/progress.py``): tqdm bars drawn with
+    :func:`bar_options`."""
+    def bars(total: int, description: str, unit: str):
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=description, unit=unit, **bar_options(stream))
+    return bars
+
+
 class LineStream:
     """A stream for tqdm off a terminal: each redraw (``\r`` + bar) becomes one plain line, so a
     log file gets readable lines instead of carriage returns."""

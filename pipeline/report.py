@@ -11,6 +11,7 @@ matplotlib runs with the Agg backend (no display needed).
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 from typing import Any
@@ -56,6 +57,51 @@ def write_report(directory: str, metrics: dict[str, Any], scores: dict[str, np.n
 
 
 # --------------------------------------------------------------------------- text
+
+def write_metrics(path: str, metrics: dict[str, Any]) -> None:
+    """``metrics.json``: strict JSON (see :func:`strict_json`), indented."""
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(strict_json(metrics), handle, indent=2, allow_nan=False)
+        handle.write("\n")
+
+
+def strict_json(value: Any) -> Any:
+    """``value`` with numpy scalars as Python numbers, NaN (an undefined correlation or AUC) as null
+    and infinities (a threshold above every score: nothing predicted positive) as the strings
+    "inf" / "-inf", so metrics.json is JSON every parser reads."""
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, float) and math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return value
+
+
+# What the score:NAME columns of scores.parquet mean (its pairscore.score metadata).
+EVALUATED_SCORES = ("score:NAME, one column per model: a probability in [0, 1] for teachers and students, "
+                    "a cosine in [-1, 1] for the baseline")
+
+
+def write_scores(path: str, labeled, scores: dict[str, np.ndarray], provenance: dict[str, str] | None = None,
+                 group_col: str | None = None) -> None:
+    """Every model's score per evaluated pair (``labeled``: pipeline.datasets.LabeledPairs), next to
+    the texts, the target and (with ``group_col``) the query: one Parquet file anyone can load to
+    dig into disagreements (``provenance``: its key-value metadata)."""
+    import pyarrow as pa
+    from pipeline.writers import write_parquet_file
+
+    columns = {"left": labeled.lefts, "right": labeled.rights, "target": labeled.targets}
+    if group_col is not None:
+        columns["group"] = labeled.groups
+    columns.update({f"score:{name}": s.astype(np.float32) for name, s in scores.items()})
+    table = pa.table(columns).replace_schema_metadata(provenance)
+    write_parquet_file(path, table.schema, [table])
+
 
 def markdown(metrics: dict[str, Any], plots: list[tuple[str, str]]) -> str:
     pairs, machine = metrics["pairs"], metrics["machine"]

@@ -46,6 +46,7 @@ from apache_beam.io.filesystems import FileSystems
 # The token codec and the Parquet settings are defined beside the store and used through it.
 from pipeline.store_codec import (SideArrays, binary_values, decode_pooled, decode_tokens,  # noqa: F401
                                   dequantize, encode_token_block, side_arrays, token_mask)
+from pipeline.choices import DTYPES
 from pipeline.writers import COMPRESSION, write_json_file  # noqa: F401
 from pipeline.paths import escape_glob
 from pipeline.errors import UsageError
@@ -58,7 +59,6 @@ V2_KEYS = ("part_bytes", "part_sha256", "model_files_fingerprint")
 _HASH_CHUNK_BYTES = 8 << 20
 STORE_FILE_PREFIX = "part"
 STORE_FILE_SUFFIX = ".parquet"
-DTYPES = ("float16", "int8")
 # Part footers checked at once before a run (each is a round trip on object stores).
 _CHECK_THREADS = 16
 

@@ -104,4 +104,16 @@ class RunSummary:
             lines.append(f"  wrote: {', '.join(self.written())}")
         return "\n".join(lines)
 
+    def training_table(self) -> str:
+        """:meth:`table`, then a line per training epoch (``metrics["epochs"]``: its stage where the
+        run has stages, train loss, dev metrics) and the train loss floor where the run measured one."""
+        lines = [self.table()]
+        for record in self.metrics.get("epochs", ()):
+            stage = f"{record['stage']} " if "stage" in record else ""
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in record["dev"].items())
+            lines.append(f"  {stage}epoch {record['epoch']}: train loss {record['train_loss']:.4f}, dev {shown}")
+        if "train_loss_floor" in self.metrics:
+            lines.append(f"  train loss floor (entropy of the targets): {self.metrics['train_loss_floor']:.4f}")
+        return "\n".join(lines)
+
 

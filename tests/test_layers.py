@@ -3,7 +3,8 @@
 Read from the source (every ``import`` statement, inside functions too, since a job imports its
 library where it runs): a module may import its own layer and the layers below it, never one
 above; no job imports another job (``jobs/cli.py`` gathers them; ``jobs/common.py``, ``jobs/runner.py``,
-``jobs/preflight.py``, ``jobs/text_tables.py`` and ``jobs/engines.py`` are shared helpers, which import no job);
+``jobs/preflight.py``, ``jobs/text_tables.py``, ``jobs/engines.py`` and ``jobs/options.py`` are shared helpers, which
+import no job);
 the two engine adapters share a layer and neither imports the other; pyspark is imported in ``pipeline/spark`` only;
 Beam appears below ``pipeline/beam`` only as its FileSystems (in ``encoders/remote.py`` and in
 ``pipeline/``); package ``__init__`` files import nothing heavy; and no import circle exists.
@@ -79,7 +80,8 @@ def test_no_layer_imports_a_layer_above_it():
 
 
 # What every job shares: not jobs themselves, and they import no job.
-JOB_HELPERS = ("jobs", "jobs.common", "jobs.runner", "jobs.preflight", "jobs.text_tables", "jobs.engines")
+JOB_HELPERS = ("jobs", "jobs.common", "jobs.runner", "jobs.preflight", "jobs.text_tables", "jobs.engines",
+               "jobs.options")
 
 
 def test_no_job_imports_another_job():

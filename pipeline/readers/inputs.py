@@ -15,7 +15,7 @@ from pipeline.errors import UsageError
 from pipeline.paths import UNREAD_COMPRESSIONS, escape_glob, has_glob, split_compression
 from pipeline.preflight import PreflightError, refuse_one_file_twice
 
-FORMATS = ("parquet", "jsonl", "csv", "tsv")
+from pipeline.choices import FORMATS  # defined once, standard library only
 
 # Extension (lower case, without .zst or .gz) -> format.
 _EXTENSIONS = {
