@@ -127,6 +127,9 @@ class ScorePairsJob(Job):
         if self.join not in JOINS:
             raise FlagError(f"--join {self.join!r} is not allowed: choose one of {', '.join(JOINS)}")
         check_keep_cols(self.keep_cols, OUTPUT_COLUMNS)      # also the pre-flight's: each once, no output column
+        if self.engine == "spark":
+            from pipeline.spark.steps import refuse_reserved_kept
+            refuse_reserved_kept(self.keep_cols)
 
     def reads(self) -> dict[str, tuple[str | None, ...]]:
         return {"--pairs": self.pairs, "--left-texts": self.left_texts, "--right-texts": self.right_texts,

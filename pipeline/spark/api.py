@@ -38,7 +38,7 @@ from pipeline.provenance import stamped
 from pipeline.scoring_core import PairColumns, prepare_pairs, score_pairs
 from pipeline.spark import tasks
 from pipeline.spark.batches import DEFAULT_BATCH_BYTES, arrow_batch_bytes, byte_slices, scored_rows
-from pipeline.spark.steps import SparkRun, collect, narrow
+from pipeline.spark.steps import SparkRun, collect, narrow, refuse_reserved_kept
 from pipeline.store import StoreLayout
 from pipeline.writers import COMPRESSION
 from pipeline.errors import UsageError
@@ -123,6 +123,7 @@ def score_pairs_frame(pairs, store: str, model_dir: str | None = None, *, left_c
     from pipeline.provenance import CLASS_PROBABILITY_SCORE, COSINE_SCORE, PROBABILITY_SCORE, table_metadata
     from pipeline.store import StoreWanted, open_store_side
 
+    refuse_reserved_kept(keep)
     columns = PairColumns.for_scoring(left_col, right_col, left_id_col, right_id_col, tuple(keep))
     missing = [c for c in columns.required() + list(keep) if c not in pairs.columns]
     if missing:

@@ -59,7 +59,7 @@ class SparkScoreSettings:
     threads: ThreadPlan = ThreadPlan()     # the workers' torch threads (pipeline/spark/session.thread_plan)
     slice_rows: int = 1 << 14
     join: str = "broadcast"      # or "shuffle": the bucketed join (pipeline/spark/join.py)
-    buckets: int = 64            # of the bucketed join (jobs.score_pairs.shuffle_buckets)
+    buckets: int = 64            # of the bucketed join (pipeline.score_plan.shuffle_buckets)
     batch_bytes: int | None = None   # of an Arrow batch; None: the session's (pipeline/spark/batches.py)
 
 

@@ -75,3 +75,19 @@ def items(spark, count: int):
 def collect(frame) -> list[dict]:
     """A step's result rows (``tasks.RESULT_SCHEMA``): one per file of a successful attempt."""
     return [{**row.asDict(), "info": json.loads(row["info"])} for row in frame.collect()]
+
+
+def refuse_reserved_kept(keep: Sequence[str]) -> None:
+    """Refuse kept columns named like the columns score-pairs' Spark steps add beside them (a dead
+    letter's reason, detail, source and row; a pair's file and position), in one line. Labeling
+    carries its kept columns by position and needs no such rule; scoring does not yet."""
+    from pipeline.dead_letters import DEAD_LETTER_SCHEMA
+    from pipeline.errors import FlagError
+    from pipeline.pair_checks import FILE_COLUMN, POSITION_COLUMN
+
+    reserved = (*DEAD_LETTER_SCHEMA.names, FILE_COLUMN, POSITION_COLUMN)
+    clash = [name for name in keep if name in reserved]
+    if clash:
+        raise FlagError(f"--keep-cols {', '.join(map(repr, clash))} is not allowed with --engine spark: the Spark "
+                        f"engine's scoring steps use columns named {', '.join(reserved)}; rename the column in the "
+                        "input or use --engine beam")

@@ -215,6 +215,21 @@ def test_engine_flags_that_do_not_fit_are_refused_in_one_line(tmp_path, text_pai
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("name", ["source", "reason", "_file"])
+def test_a_kept_column_named_like_the_spark_steps_own_is_refused_in_one_line(tmp_path, name):
+    """Scoring on Spark carries dead letters (reason, detail, source, row) and a pair's file and
+    position beside the kept columns: a kept column of one of those names is refused up front,
+    not mixed up with them (Beam keeps it; labeling on Spark carries kept columns by position)."""
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"left": "a cat", "right": "a dog", name: "x"}) + "\n", encoding="utf-8")
+    result = CliRunner().invoke(score_pairs.main, ["--pairs", str(pairs), "--output", str(tmp_path / "o"), "--quiet",
+                                                   "--engine", "spark", "--keep-cols", name])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and f"--keep-cols '{name}' is not allowed with --engine spark" in lines[0]
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize("id_col", ["id", None])
 def test_encode_texts_on_spark_writes_the_store_beam_writes(tmp_path, spark, student, id_col):
     from jobs.encode_texts import EncodeTextsJob, run as encode
