@@ -37,7 +37,6 @@ BEAM_EPILOG = ("Any other option is passed to Beam as a pipeline option, e.g. --
                "Default runner: Beam's in-process runner (DirectRunner without the Prism download). " + PATHS_NOTE)
 
 
-
 # --------------------------------------------------------------------------- shared options
 # The options the engine jobs share, generated from their declarations (pipeline/settings.py).
 

@@ -14,6 +14,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from jobs.text_tables import side_columns
 from pipeline.beam.option_names import check_beam_flags
+from pipeline.choices import DISTILLATION_COLUMNS, SCORES_COLUMNS
 from pipeline.preflight import (PreflightError, check_columns, check_keep_cols, check_model_dir, check_output,
                                 check_store_dir,
                                 check_student_dir, check_teacher_dir, local_files)
@@ -21,11 +22,8 @@ from pipeline.preflight import (PreflightError, check_columns, check_keep_cols, 
 __all__ = ["PreflightError", "check"]
 
 BASELINE = "baseline"   # encoders.evaluation.BASELINE: evaluate's --model for the zero-training cosine
-# The columns a job writes itself, which a --keep-cols column may not be named like
-# (jobs.score_pairs.OUTPUT_COLUMNS, pipeline.datasets.BASE_COLUMNS; a test checks they agree).
-OUTPUT_COLUMNS = {"score_pairs": ("left_id", "right_id", "score", "probs"),
-                  "label_pairs": ("left_id", "right_id", "left", "right", "logit", "soft_label", "logits",
-                                  "soft_labels", "truncated")}
+# The columns a job writes itself, which a --keep-cols column may not be named like.
+OUTPUT_COLUMNS = {"score_pairs": SCORES_COLUMNS, "label_pairs": DISTILLATION_COLUMNS}
 
 
 def _pair_inputs(flags: Mapping[str, Any], *extra: str | None) -> list[str | None]:

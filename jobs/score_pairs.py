@@ -22,6 +22,7 @@ from jobs.common import (BEAM_EPILOG, BEAM_JOB_CONTEXT, DTYPES, FORMATS, POSITIV
 from jobs.engines import check_engine, engine_options
 from jobs.runner import Counted, Job, Plan, Report, run, run_command
 from jobs.text_tables import side_column_options, side_columns
+from pipeline.choices import SCORES_COLUMNS
 
 if TYPE_CHECKING:  # annotations only: the imports run inside the functions
     import pyarrow as pa
@@ -35,7 +36,7 @@ if TYPE_CHECKING:  # annotations only: the imports run inside the functions
 __all__ = ["JOINS", "OUTPUT_COLUMNS", "ScorePairsJob", "main", "run"]   # run(ScorePairsJob(...), beam_args)
 
 JOINS = ("auto", "broadcast", "shuffle")
-OUTPUT_COLUMNS = ("left_id", "right_id", "score", "probs")   # what --keep-cols may not be named like
+OUTPUT_COLUMNS = SCORES_COLUMNS   # what --keep-cols may not be named like
 SCORES_DIR = "scores"        # OUT/scores/: the scores table
 STORE_DIR = "store"          # OUT/store/{left,right}/: tomorrow's --store
 SIDES = ("left", "right")    # encoders.config.SIDES

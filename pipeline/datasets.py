@@ -21,6 +21,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from encoders.teacher import TeacherTask
 from pipeline import dead_letters as dl
+from pipeline.choices import DISTILLATION_COLUMNS
 from pipeline.dead_letters import DeadLetter
 from pipeline.pair_checks import check_read_items
 from pipeline.pairs import PairColumns, TextPair
@@ -48,7 +49,7 @@ CANDIDATE_SOURCES = ("knn", "random")
 DISTILLATION_FORMAT = "pairscore-distillation"
 SCHEMA_VERSION = 1
 # Columns every distillation set has (kept columns may not reuse these names).
-BASE_COLUMNS = ("left_id", "right_id", "left", "right", "logit", "soft_label", "logits", "soft_labels", "truncated")
+BASE_COLUMNS = DISTILLATION_COLUMNS
 
 
 # --------------------------------------------------------------------------- labeled pairs

@@ -268,13 +268,6 @@ def test_keep_cols_mistakes_answer_at_pre_flight(tmp_path):
         assert (code, heavy, lines) == (2, [], [expected])
 
 
-def test_the_pre_flight_knows_the_columns_each_job_writes():
-    from jobs import preflight, score_pairs
-    from pipeline.datasets import BASE_COLUMNS
-
-    assert preflight.OUTPUT_COLUMNS == {"score_pairs": score_pairs.OUTPUT_COLUMNS, "label_pairs": BASE_COLUMNS}
-
-
 # --------------------------------------------------------------------------- locks and markers
 
 def lock_of(pid, **changes) -> str:
