@@ -9,7 +9,7 @@ runner reconciles and commits.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING
 
 import click
 
@@ -44,7 +44,7 @@ class EncodePlan(Plan):
 @dataclass(frozen=True)
 class EncodeTextsJob(Job):
     """Everything one stage-one run needs; built once from the command line."""
-    name: ClassVar[str] = "encode_texts"
+    name = "encode_texts"   # a class attribute (runner.Job.name), not a field: no annotation, so a run as __main__ builds it too
     inputs: tuple[str, ...]
     output: str
     text_col: str = "text"

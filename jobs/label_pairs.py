@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING
 
 import click
 
@@ -47,7 +47,7 @@ class LabelPlan(Plan):
 @dataclass(frozen=True)
 class LabelPairsJob(Job):
     """Everything one labeling run needs; built once from the command line."""
-    name: ClassVar[str] = "label_pairs"
+    name = "label_pairs"   # a class attribute (runner.Job.name), not a field: no annotation, so a run as __main__ builds it too
     pairs: tuple[str, ...]
     teacher: str
     output: str

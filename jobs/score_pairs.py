@@ -12,7 +12,7 @@ summarise; the runner reconciles and commits.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING
 
 import click
 
@@ -61,7 +61,7 @@ class ScorePlan(Plan):
 @dataclass(frozen=True)
 class ScorePairsJob(Job):
     """Everything one stage-two run needs; built once from the command line."""
-    name: ClassVar[str] = "score_pairs"
+    name = "score_pairs"   # a class attribute (runner.Job.name), not a field: no annotation, so a run as __main__ builds it too
     pairs: tuple[str, ...]
     output: str
     left_col: str = "left"

@@ -18,7 +18,7 @@ dead letter, in order: the teacher jobs (``label_pairs``, ``train_teacher``, ``t
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -29,9 +29,11 @@ from pipeline import dead_letters as dl
 from pipeline.dead_letters import DeadLetter
 from pipeline.pairs import (GIVEN_ID, KEPT_COLUMN_TYPE_CODE, SIDE_CHECKS, TEXTS, PairColumns, TextPair,
                             canonical_id, code_check, kept_values, reason_code, reason_name)
-from pipeline.readers import SourcedRow
 from pipeline.text_checks import blank_mask
 from pipeline.text_ids import text_id
+
+if TYPE_CHECKING:
+    from pipeline.readers import SourcedRow
 
 # Hidden columns a prepared batch carries so that a later dead letter can say where its row came from.
 FILE_COLUMN = "_file"          # int32: index into the job's list of pair files

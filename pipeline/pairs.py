@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -43,7 +43,9 @@ import pyarrow as pa
 from encoders.config import SIDES
 from pipeline import dead_letters as dl
 from pipeline.errors import FlagError
-from pipeline.readers import JSONL_PROBE_LINES, InputError, InputFile, SourcedRow, open_raw, parquet_file, read_rows
+
+if TYPE_CHECKING:
+    from pipeline.readers import InputFile
 
 TEXTS, IDS, TEXTS_AND_IDS = "texts", "ids", "texts_and_ids"
 
@@ -196,6 +198,10 @@ def kept_fields(files: Sequence[InputFile], names: Sequence[str]) -> list[pa.Fie
     Raises:
         InputError: two inputs that give a kept column different types, naming both files.
     """
+    # The readers (and Beam's FileSystems) are imported here, where inputs are read: the pair
+    # contract itself is needed without them (the scoring core, benchmarks/gpu_score.py).
+    from pipeline.readers import InputError, open_raw, parquet_file
+
     types: dict[str, tuple[pa.DataType, str]] = {}
     for file in files:
         if file.format == "parquet":
@@ -226,6 +232,8 @@ def _json_kind(value: Any) -> str:
 
 def _jsonl_types(file: InputFile, names: Sequence[str]) -> dict[str, pa.DataType]:
     """Kept columns' types from a JSONL file's first objects; columns never seen with a value are left out."""
+    from pipeline.readers import JSONL_PROBE_LINES, SourcedRow, read_rows
+
     kinds: dict[str, set[str]] = {name: set() for name in names}
     for number, item in enumerate(read_rows(file), start=1):
         if number > JSONL_PROBE_LINES:
@@ -296,6 +304,8 @@ def kept_column_values(values: list[Any], field: pa.Field) -> list[Any]:
         return [v if v is None or isinstance(v, str) else json.dumps(v, ensure_ascii=False) for v in values]
     _, misfit = kept_values(values, field)
     if misfit is not None:
+        from pipeline.readers import InputError
+
         bad = values[int(misfit.argmax())]
         raise InputError(f"kept column {field.name!r} holds a {type(bad).__name__} ({bad!r:.80}) but is "
                          f"{field.type} in the output, as decided from the inputs' first rows")

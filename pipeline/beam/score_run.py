@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 import apache_beam as beam
 from apache_beam.io.parquetio import WriteToParquetBatched
 
-from pipeline.beam.counters import read_counters
+# The runner and the counters are used through their modules, at call time: a test (or a tool)
+# that replaces runner.make_pipeline or counters.read_counters reaches this run as it reaches the others.
+from pipeline.beam import counters, runner
 from pipeline.beam.encode import DEAD_LETTER_TAG, DedupeTexts, EncodeSettings, ReadRows
-from pipeline.beam.runner import is_local_runner, make_pipeline, run_to_end
 from pipeline.beam.score import (CompleteStore, DistinctPairTexts, ReadPairs, ScorePairs, ScoreSettings,
                                  dedupe_pair_chunks, read_store_tables)
 from pipeline.beam.used_texts import UsedTextRows
@@ -56,9 +57,9 @@ def run_score_pipeline(beam_args: Sequence[str], run: BeamScoreRun) -> dict[str,
     expect_inputs(run.pair_files, ("pairs.rows_read",) + (() if run.dedupe_pairs else ("pairs.rows_scored",)))
     for side in run.sides.values():
         expect_inputs(side.text_files, (f"{side.side}_texts.rows_read",))
-    pipeline = make_pipeline(beam_args)
+    pipeline = runner.make_pipeline(beam_args)
     read = pipeline | "ReadPairs" >> ReadPairs(run.pair_files, columns, chunk_size=batch_size, kept=run.kept,
-                                               spread_batches=not is_local_runner(beam_args))
+                                               spread_batches=not runner.is_local_runner(beam_args))
     pairs = dedupe_pair_chunks(read.pairs, batch_size, run.score.buckets) if run.dedupe_pairs else read.pairs
     dead_letters = [read.dead_letters]
     tables = {}
@@ -89,4 +90,4 @@ def run_score_pipeline(beam_args: Sequence[str], run: BeamScoreRun) -> dict[str,
     dead_letters.append(scored.dead_letters)
     (tuple(dead_letters) | "AllDeadLetters" >> beam.Flatten()
      | "WriteDeadLetters" >> WriteDeadLetters(run.staged(), run.provenance))
-    return read_counters(run_to_end(pipeline))
+    return counters.read_counters(runner.run_to_end(pipeline))
