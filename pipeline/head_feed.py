@@ -170,8 +170,8 @@ class HeadScorer:
     Options: ``resident`` (None: on CUDA when both stores take at most :data:`RESIDENT_SHARE` of
     the free memory; never on CPU, where the host *is* the device and the pool's gather is the
     one copy); ``decode_once`` (None: on CPU when both stores' decoded rows take at most
-    :data:`DECODED_LIMIT_BYTES`; :class:`DecodedRows`); ``pin`` (None: on CUDA); ``mixed_precision`` (bf16 autocast on CUDA, as
-    ``encoders/device.py`` decides; False: fp32). Opt-in speed-ups of the head itself
+    :data:`DECODED_LIMIT_BYTES`; :class:`DecodedRows`); ``pin`` (None: on CUDA);
+    ``mixed_precision`` (bf16 autocast on CUDA, as ``encoders/device.py`` decides; False: fp32). Opt-in speed-ups of the head itself
     (``score_pairs --compile``, ``--head-quantize int8``): ``compile`` runs it through
     ``torch.compile`` (the heads trace without a graph break); ``quantize="int8"`` replaces its
     linear layers by dynamically quantized int8 ones (CPU only). Both change scores by rounding
